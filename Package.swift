@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Release builds of the numeric core run without overflow/bounds traps: the hot loops are
+// written over UnsafeMutableBufferPointers and checked by the parity tests in debug builds.
+let fastMath: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "diffedit",
+    products: [
+        .library(name: "DiffEditCore", targets: ["DiffEditCore"]),
+        .executable(name: "tensor", targets: ["tensor"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]),
+        // libnetpbm behind a small C shim: pm_error() would exit the process, so the shim
+        // installs a setjmp buffer and turns every libnetpbm error into a returned message.
+        .target(
+            name: "CNetpbm", path: "Sources/CNetpbm",
+            cSettings: [.unsafeFlags(["-I/usr/include/netpbm"])],
+            linkerSettings: [.linkedLibrary("netpbm")]),
+        .target(
+            name: "DiffEditCore",
+            dependencies: [
+                "COpenBLAS", "CNetpbm",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: fastMath),
+        .executableTarget(name: "tensor", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .testTarget(
+            name: "DiffEditCoreTests", dependencies: ["DiffEditCore"],
+            resources: []),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,56 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+
+/// Shared behaviour of every diffedit tool: one-line errors, refusing binary output to a
+/// terminal, `-` for stdin, progress on stderr.
+public enum CLI {
+    /// Runs a tool body; a ToolError becomes `tool: message` on stderr and exit status 1.
+    public static func run(_ tool: String, _ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch let e as ToolError {
+            printError(tool, e.message)
+            throw ExitCode(1)
+        }
+    }
+
+    public static func printError(_ tool: String, _ message: String) {
+        let line = "\(tool): \(message)\n"
+        _ = line.withCString { fputs($0, stderr) }
+    }
+
+    /// One line on stderr (notes, warnings, progress).
+    public static func note(_ tool: String, _ message: String) {
+        printError(tool, message)
+    }
+
+    /// Standard output as a tensor stream writer; refuses a terminal unless forced (like gzip).
+    public static func tensorOutput(force: Bool) throws -> TensorStreamWriter {
+        let out = ByteWriter(fd: 1, label: "stdout")
+        if out.isTerminal && !force {
+            throw ToolError("refusing to write binary tensor data to a terminal — redirect stdout to a file or pipe, or use -f to force")
+        }
+        return TensorStreamWriter(out)
+    }
+
+    /// Standard output for binary image data; refuses a terminal unless forced.
+    public static func binaryOutput(force: Bool, what: String = "image data") throws -> ByteWriter {
+        let out = ByteWriter(fd: 1, label: "stdout")
+        if out.isTerminal && !force {
+            throw ToolError("refusing to write binary \(what) to a terminal — redirect stdout to a file or pipe, or use -f to force")
+        }
+        return out
+    }
+
+    /// A tensor stream to read: a path, or `-`/nil for stdin. Refuses an interactive terminal on
+    /// stdin, where the user most likely forgot a pipe.
+    public static func tensorInput(_ path: String?) throws -> TensorStreamReader {
+        let reader = try ByteReader(path: path ?? "-")
+        if reader.fd == 0 && reader.isTerminal {
+            throw ToolError("expected a tensor stream on stdin, which is a terminal — pipe one in or give a file")
+        }
+        return TensorStreamReader(reader)
+    }
+}

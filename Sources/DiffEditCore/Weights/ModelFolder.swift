@@ -1,0 +1,136 @@
+import Foundation
+
+/// A Stable Diffusion checkpoint in diffusers' folder layout: model_index.json, tokenizer/,
+/// text_encoder/, unet/, vae/, scheduler/.
+public struct ModelFolder {
+    public let root: String
+
+    public static let environmentVariable = "DIFFEDIT_MODEL"
+
+    public init(root: String) throws {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDir), isDir.boolValue else {
+            throw ToolError("model folder '\(root)' does not exist — point --model or $\(ModelFolder.environmentVariable) at a Stable Diffusion folder in diffusers layout")
+        }
+        guard FileManager.default.fileExists(atPath: root + "/model_index.json") else {
+            throw ToolError("'\(root)' has no model_index.json — point --model at a Stable Diffusion folder in diffusers layout (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/)")
+        }
+        self.root = root
+    }
+
+    /// `--model DIR`, else `$DIFFEDIT_MODEL`, else an error saying how to give one.
+    public static func resolve(_ option: String?) throws -> ModelFolder {
+        if let option, !option.isEmpty { return try ModelFolder(root: option) }
+        if let env = ProcessInfo.processInfo.environment[environmentVariable], !env.isEmpty {
+            return try ModelFolder(root: env)
+        }
+        throw ToolError("no model given — use --model DIR or set $\(environmentVariable) to a Stable Diffusion folder in diffusers layout (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/)")
+    }
+
+    public func path(_ component: String, _ file: String) -> String { "\(root)/\(component)/\(file)" }
+
+    /// A component's JSON config (`config.json`, or `scheduler_config.json` for schedulers).
+    public func config(_ component: String, file: String = "config.json") throws -> JSONConfig {
+        try JSONConfig(path: path(component, file), label: "\(component)/\(file)")
+    }
+
+    /// Weight file names tried in order: full precision first, then the fp16 variant.
+    public static let weightFileNames = [
+        "diffusion_pytorch_model.safetensors", "model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors",
+    ]
+
+    /// The component's safetensors weights.
+    public func weights(_ component: String) throws -> WeightStore {
+        for name in ModelFolder.weightFileNames {
+            let p = path(component, name)
+            if FileManager.default.fileExists(atPath: p) {
+                return WeightStore(component: component, file: try SafeTensorsFile(path: p))
+            }
+        }
+        if FileManager.default.fileExists(atPath: path(component, "diffusion_pytorch_model.bin"))
+            || FileManager.default.fileExists(atPath: path(component, "pytorch_model.bin")) {
+            throw ToolError("\(root)/\(component) has only PyTorch .bin weights — convert them to safetensors (diffusers' save_pretrained(safe_serialization=True))")
+        }
+        throw ToolError("\(root)/\(component) has no weights (looked for \(ModelFolder.weightFileNames.joined(separator: ", ")))")
+    }
+}
+
+/// A parsed JSON config with typed, error-reporting accessors.
+public struct JSONConfig {
+    public let values: [String: Any]
+    public let label: String
+
+    public init(path: String, label: String) throws {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ToolError("cannot read \(label) (\(path)) — is this a diffusers model folder?")
+        }
+        try self.init(data: data, label: label)
+    }
+
+    public init(data: Data, label: String) throws {
+        guard let obj = try? JSONSerialization.jsonObject(with: data), let dict = obj as? [String: Any] else {
+            throw ToolError("\(label) is not a JSON object")
+        }
+        self.values = dict
+        self.label = label
+    }
+
+    public init(values: [String: Any], label: String) {
+        self.values = values
+        self.label = label
+    }
+
+    public func has(_ key: String) -> Bool { values[key] != nil && !(values[key] is NSNull) }
+
+    private func missing(_ key: String) -> ToolError { ToolError("\(label): missing key '\(key)'") }
+    private func wrong(_ key: String, _ type: String) -> ToolError {
+        ToolError("\(label): key '\(key)' should be \(type), found \(values[key].map { "\($0)" } ?? "null")")
+    }
+
+    public func int(_ key: String, default def: Int? = nil) throws -> Int {
+        guard has(key) else { if let def { return def }; throw missing(key) }
+        guard let n = values[key] as? NSNumber, n.doubleValue == n.doubleValue.rounded() else { throw wrong(key, "an integer") }
+        return n.intValue
+    }
+
+    public func double(_ key: String, default def: Double? = nil) throws -> Double {
+        guard has(key) else { if let def { return def }; throw missing(key) }
+        guard let n = values[key] as? NSNumber else { throw wrong(key, "a number") }
+        return n.doubleValue
+    }
+
+    public func bool(_ key: String, default def: Bool? = nil) throws -> Bool {
+        guard has(key) else { if let def { return def }; throw missing(key) }
+        guard let n = values[key] as? Bool else { throw wrong(key, "true or false") }
+        return n
+    }
+
+    public func string(_ key: String, default def: String? = nil) throws -> String {
+        guard has(key) else { if let def { return def }; throw missing(key) }
+        guard let s = values[key] as? String else { throw wrong(key, "a string") }
+        return s
+    }
+
+    public func ints(_ key: String, default def: [Int]? = nil) throws -> [Int] {
+        guard has(key) else { if let def { return def }; throw missing(key) }
+        guard let a = values[key] as? [Any] else { throw wrong(key, "a list of integers") }
+        return try a.map { guard let n = $0 as? NSNumber else { throw wrong(key, "a list of integers") }; return n.intValue }
+    }
+
+    public func strings(_ key: String, default def: [String]? = nil) throws -> [String] {
+        guard has(key) else { if let def { return def }; throw missing(key) }
+        guard let a = values[key] as? [Any] else { throw wrong(key, "a list of strings") }
+        return try a.map { guard let s = $0 as? String else { throw wrong(key, "a list of strings") }; return s }
+    }
+
+    /// An int, or a per-block list of ints (UNet's attention_head_dim), expanded to `count`.
+    public func intOrList(_ key: String, count: Int, default def: Int? = nil) throws -> [Int] {
+        if has(key), values[key] is [Any] {
+            let l = try ints(key)
+            guard l.count == count else { throw ToolError("\(label): '\(key)' lists \(l.count) values for \(count) blocks") }
+            return l
+        }
+        return Array(repeating: try int(key, default: def), count: count)
+    }
+}

@@ -1,0 +1,198 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// A memory-mapped `.safetensors` file: an 8-byte little-endian header length, a JSON header
+/// naming each tensor's dtype, shape and [begin, end) byte range, then the data. Every field is
+/// checked before it is trusted: a hostile header can only produce an error.
+public final class SafeTensorsFile {
+    public enum DataType: String, Sendable {
+        case F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL
+
+        public var size: Int {
+            switch self {
+            case .F64, .I64: return 8
+            case .F32, .I32: return 4
+            case .F16, .BF16, .I16: return 2
+            case .I8, .U8, .BOOL: return 1
+            }
+        }
+    }
+
+    public struct Entry: Sendable {
+        public let name: String
+        public let dtype: DataType
+        public let shape: [Int]
+        /// Byte range relative to the start of the data section.
+        public let begin: Int
+        public let end: Int
+        public var count: Int { shape.reduce(1, *) }
+    }
+
+    public static let maxHeaderBytes = 100 << 20
+
+    public let path: String
+    public let entries: [String: Entry]
+    /// The `__metadata__` object, if any.
+    public let metadata: [String: String]
+    private let base: UnsafeRawPointer
+    private let mappedLength: Int
+    private let dataStart: Int
+
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw ToolError("cannot open '\(path)': \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw ToolError("'\(path)' is not a regular file")
+        }
+        let size = Int(st.st_size)
+        guard size >= 8 else {
+            throw ToolError("'\(path)': \(size) bytes is too short for a safetensors file — the file is truncated or not safetensors")
+        }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw ToolError("cannot map '\(path)': \(String(cString: strerror(errno)))")
+        }
+        let raw = UnsafeRawPointer(p)
+        let headerLength = raw.loadUnaligned(as: UInt64.self).littleEndian
+        func fail(_ why: String) -> ToolError {
+            munmap(p, size)
+            return ToolError("'\(path)': corrupt safetensors header: \(why) — re-export or re-download the weights")
+        }
+        guard headerLength <= UInt64(size - 8) else {
+            throw fail("header length \(headerLength) runs past the end of the \(size)-byte file")
+        }
+        guard headerLength <= UInt64(SafeTensorsFile.maxHeaderBytes) else {
+            throw fail("header length \(headerLength) is past the limit of \(SafeTensorsFile.maxHeaderBytes) bytes")
+        }
+        let headerData = Data(bytes: raw + 8, count: Int(headerLength))
+        guard String(data: headerData, encoding: .utf8) != nil else { throw fail("header is not UTF-8") }
+        let json: Any
+        do {
+            json = try JSONSerialization.jsonObject(with: headerData, options: [])
+        } catch {
+            throw fail("header is not valid JSON")
+        }
+        guard let object = json as? [String: Any] else { throw fail("header is not a JSON object") }
+        let dataStart = 8 + Int(headerLength)
+        let dataSize = size - dataStart
+        var entries: [String: Entry] = [:]
+        var metadata: [String: String] = [:]
+        for (name, value) in object {
+            if name == "__metadata__" {
+                if let m = value as? [String: Any] {
+                    for (k, v) in m { metadata[k] = (v as? String) ?? "\(v)" }
+                }
+                continue
+            }
+            guard let info = value as? [String: Any] else { throw fail("entry '\(name)' is not an object") }
+            guard let dt = info["dtype"] as? String else { throw fail("entry '\(name)' has no dtype") }
+            guard let dtype = DataType(rawValue: dt) else { throw fail("entry '\(name)' has unknown dtype '\(dt)'") }
+            guard let shapeAny = info["shape"] as? [Any] else { throw fail("entry '\(name)' has no shape") }
+            var shape: [Int] = []
+            var count = 1
+            for d in shapeAny {
+                guard let n = d as? NSNumber, n.doubleValue == Double(n.int64Value), n.int64Value >= 0,
+                      n.int64Value < (1 << 40) else {
+                    throw fail("entry '\(name)' has a bad dimension \(d)")
+                }
+                shape.append(n.intValue)
+                let (c, o) = count.multipliedReportingOverflow(by: n.intValue)
+                guard !o, c < (1 << 50) else { throw fail("entry '\(name)' has an absurd shape \(shape)") }
+                count = c
+            }
+            guard let offs = info["data_offsets"] as? [Any], offs.count == 2,
+                  let b = (offs[0] as? NSNumber)?.int64Value, let e = (offs[1] as? NSNumber)?.int64Value,
+                  b >= 0, e >= b else {
+                throw fail("entry '\(name)' has bad data_offsets")
+            }
+            guard e <= Int64(dataSize) else {
+                throw fail("entry '\(name)' data [\(b), \(e)) runs past the \(dataSize) data bytes")
+            }
+            guard Int(e - b) == count * dtype.size else {
+                throw fail("entry '\(name)' holds \(e - b) bytes but shape \(shape) of \(dt) needs \(count * dtype.size)")
+            }
+            entries[name] = Entry(name: name, dtype: dtype, shape: shape, begin: Int(b), end: Int(e))
+        }
+        // Ranges must not overlap.
+        let sorted = entries.values.sorted { ($0.begin, $0.end) < ($1.begin, $1.end) }
+        for i in sorted.indices.dropFirst() where sorted[i].begin < sorted[i - 1].end {
+            throw fail("entries '\(sorted[i - 1].name)' and '\(sorted[i].name)' overlap")
+        }
+        self.entries = entries
+        self.metadata = metadata
+        self.base = raw
+        self.mappedLength = size
+        self.dataStart = dataStart
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: base), mappedLength) }
+
+    public var names: [String] { entries.keys.sorted() }
+
+    /// The raw bytes of an entry, straight from the mapping.
+    public func rawBytes(_ entry: Entry) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base + dataStart + entry.begin, count: entry.end - entry.begin)
+    }
+
+    /// An entry converted to Float (f32 copied, f16/bf16/f64/ints converted): the one copy a
+    /// weight makes on its way from the mapped file to a layer.
+    public func floats(_ entry: Entry) throws -> [Float] {
+        let raw = rawBytes(entry)
+        let n = entry.count
+        switch entry.dtype {
+        case .F32:
+            return [Float](unsafeUninitializedCapacity: n) { out, c in
+                _ = memcpy(out.baseAddress!, raw.baseAddress!, n * 4)
+                c = n
+            }
+        case .F16:
+            return (0..<n).map { HalfFloat.f16ToFloat(raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)) }
+        case .BF16:
+            return (0..<n).map { HalfFloat.bf16ToFloat(raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)) }
+        case .F64:
+            return (0..<n).map { Float(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Double.self)) }
+        case .I64:
+            return (0..<n).map { Float(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }
+        case .I32:
+            return (0..<n).map { Float(raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
+        default:
+            throw ToolError("'\(path)': weight '\(entry.name)' has dtype \(entry.dtype.rawValue), which diffedit does not load as floats")
+        }
+    }
+}
+
+/// The weights of one model component (text_encoder, unet, vae): looks tensors up by name and
+/// checks their shapes against what the config implies, naming any missing or mis-shaped one.
+public final class WeightStore {
+    public let component: String
+    public let file: SafeTensorsFile
+
+    public init(component: String, file: SafeTensorsFile) {
+        self.component = component
+        self.file = file
+    }
+
+    public func contains(_ name: String) -> Bool { file.entries[name] != nil }
+
+    /// Loads `name`, which must have exactly `shape`.
+    public func load(_ name: String, shape: [Int]) throws -> [Float] {
+        guard let e = file.entries[name] else {
+            throw ToolError("\(component): missing weight '\(name)' in \(file.path) — the weights do not match \(component)/config.json, or the file is not a \(component) checkpoint")
+        }
+        guard e.shape == shape else {
+            throw ToolError("\(component): weight '\(name)' has shape \(e.shape) but \(component)/config.json implies \(shape) — config and weights are from different models")
+        }
+        return try file.floats(e)
+    }
+
+    /// Loads `name` if present (optional biases).
+    public func loadIfPresent(_ name: String, shape: [Int]) throws -> [Float]? {
+        contains(name) ? try load(name, shape: shape) : nil
+    }
+}
