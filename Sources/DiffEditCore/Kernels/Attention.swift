@@ -1,9 +1,11 @@
 /// Scaled dot-product attention, softmax(Q·Kᵀ·scale)·V, computed head by head and in chunks of
 /// query rows so that no [heads, Lq, Lk] matrix is ever materialised whole: memory for the scores
-/// is `chunk × Lk` floats, reused for every head and chunk.
+/// is `chunk × Lk` floats per worker, reused for every head and chunk. (batch, head) pairs run
+/// in parallel, each with single-threaded BLAS; the softmax is vectorised (VectorMath).
 public enum Attention {
-    /// Rows of scores kept at once are bounded by this many floats (16 MiB).
-    public static var scoreBudget = 1 << 22
+    /// Rows of scores kept at once are bounded by this many floats per worker (1 MiB: small enough
+    /// to stay in cache between the two products).
+    nonisolated(unsafe) public static var scoreBudget = 1 << 18
 
     /// q: [B, Lq, heads·d], k and v: [B, Lk, heads·d] (heads interleaved as torch's
     /// `view(B, L, heads, d)`); returns [B, Lq, heads·d]. `causal` masks keys after the query
@@ -14,47 +16,68 @@ public enum Attention {
         let lk = k.shape[1]
         precondition(k.shape[0] == b && v.shape[0] == b && k.shape[2] == width && v.shape[2] == width
                      && v.shape[1] == lk && width % heads == 0)
-        let d = width / heads
-        let chunk = max(1, min(lq, scoreBudget / max(lk, 1)))
         var out = [Float](repeating: 0, count: b * lq * width)
-        var scores = [Float](repeating: 0, count: chunk * lk)
         q.data.withUnsafeBufferPointer { qp in
             k.data.withUnsafeBufferPointer { kp in
                 v.data.withUnsafeBufferPointer { vp in
                     out.withUnsafeMutableBufferPointer { op in
-                        scores.withUnsafeMutableBufferPointer { sp in
-                            let s = sp.baseAddress!
-                            for bi in 0..<b {
-                                for h in 0..<heads {
-                                    let kh = kp.baseAddress! + bi * lk * width + h * d
-                                    let vh = vp.baseAddress! + bi * lk * width + h * d
-                                    var i0 = 0
-                                    while i0 < lq {
-                                        let rows = min(chunk, lq - i0)
-                                        let qh = qp.baseAddress! + (bi * lq + i0) * width + h * d
-                                        BLAS.gemm(transB: true, m: rows, n: lk, k: d, alpha: scale,
-                                                  a: qh, lda: width, b: kh, ldb: width, c: s, ldc: lk)
-                                        if causal {
-                                            for r in 0..<rows {
-                                                let qi = i0 + r
-                                                if qi + 1 < lk {
-                                                    (s + r * lk + qi + 1).update(repeating: -.infinity, count: lk - qi - 1)
-                                                }
-                                            }
-                                        }
-                                        Activation.softmaxRows(s, rows: rows, n: lk, stride: lk)
-                                        let oh = op.baseAddress! + (bi * lq + i0) * width + h * d
-                                        BLAS.gemm(m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: width,
-                                                  c: oh, ldc: width)
-                                        i0 += rows
-                                    }
-                                }
-                            }
-                        }
+                        forward(q: qp.baseAddress!, ldq: width, k: kp.baseAddress!, ldk: width,
+                                v: vp.baseAddress!, ldv: width, out: op.baseAddress!, ldo: width,
+                                batch: b, lq: lq, lk: lk, heads: heads, headDim: width / heads,
+                                scale: scale, causal: causal)
                     }
                 }
             }
         }
         return Tensor(shape: [b, lq, width], data: out)
+    }
+
+    /// Strided form: row i of batch b of Q starts at q + (b·lq + i)·ldq, and head h occupies
+    /// columns h·d ..< (h+1)·d of every row (likewise K, V and the output). This lets fused
+    /// QKV projections be attended without copying them apart.
+    public static func forward(q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, ldk: Int,
+                               v: UnsafePointer<Float>, ldv: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
+                               batch b: Int, lq: Int, lk: Int, heads: Int, headDim d: Int,
+                               scale: Float, causal: Bool = false) {
+        guard b > 0, lq > 0, heads > 0 else { return }
+        let chunk = max(1, min(lq, scoreBudget / max(lk, 1)))
+        let pairs = b * heads
+        // Parallel over (batch, head) with single-threaded BLAS when there is enough work.
+        let parallel = pairs > 1 && Parallel.workers > 1 && lq * lk * d >= 1 << 16
+        let workers = parallel ? min(Parallel.workers, pairs) : 1
+        let savedThreads = parallel ? BLAS.threads : 0
+        if parallel { BLAS.threads = 1 }
+        defer { if parallel { BLAS.threads = savedThreads } }
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: workers * chunk * lk)
+        defer { scores.deallocate() }
+        Parallel.forEach(workers) { w in
+            let s = scores + w * chunk * lk
+            var pair = w
+            while pair < pairs {
+                let bi = pair / heads, h = pair % heads
+                let kh = k + bi * lk * ldk + h * d
+                let vh = v + bi * lk * ldv + h * d
+                var i0 = 0
+                while i0 < lq {
+                    let rows = min(chunk, lq - i0)
+                    let qh = q + (bi * lq + i0) * ldq + h * d
+                    BLAS.gemm(transB: true, m: rows, n: lk, k: d, alpha: scale,
+                              a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: lk)
+                    if causal {
+                        for r in 0..<rows {
+                            let qi = i0 + r
+                            if qi + 1 < lk {
+                                (s + r * lk + qi + 1).update(repeating: -.infinity, count: lk - qi - 1)
+                            }
+                        }
+                    }
+                    VectorMath.softmaxRows(s, rows: rows, n: lk, stride: lk)
+                    let oh = out + (bi * lq + i0) * ldo + h * d
+                    BLAS.gemm(m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo)
+                    i0 += rows
+                }
+                pair += workers
+            }
+        }
     }
 }

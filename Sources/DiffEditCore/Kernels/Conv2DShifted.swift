@@ -1,0 +1,83 @@
+/// Stride-1 convolution without im2col: with the input zero-padded once into planes of width
+/// Wp, the contribution of kernel tap (ky, kx) to every output is one GEMM
+///     Y[o, y·Wp + x] += Σ_c W[o, c, ky, kx] · P[c, (y + ky)·Wp + x + kx],
+/// whose B operand is just the padded planes shifted by ky·Wp + kx (row stride = plane size).
+/// Y is computed on rows of width Wp (the kw − 1 extra columns per row are discarded), so a
+/// 3×3 conv is 9 GEMMs with K = C instead of one GEMM over a 9×-larger unfolded copy.
+public extension Conv2D {
+    /// Rearranges a torch-layout weight [O, C, kh, kw] into [kh·kw][O][C] for `forwardShifted`.
+    static func packShifted(weight: [Float], outChannels o: Int, inChannels c: Int, kernel: (Int, Int)) -> [Float] {
+        let taps = kernel.0 * kernel.1
+        precondition(weight.count == o * c * taps)
+        var packed = [Float](repeating: 0, count: weight.count)
+        weight.withUnsafeBufferPointer { w in
+            packed.withUnsafeMutableBufferPointer { p in
+                for oi in 0..<o {
+                    for ci in 0..<c {
+                        let src = w.baseAddress! + (oi * c + ci) * taps
+                        for t in 0..<taps { p[(t * o + oi) * c + ci] = src[t] }
+                    }
+                }
+            }
+        }
+        return packed
+    }
+
+    /// x: [N, C, H, W]; packedWeight from `packShifted`; stride 1.
+    static func forwardShifted(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
+                               kernel: (Int, Int), padding: Padding) -> Tensor {
+        precondition(x.rank == 4)
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let (kh, kw) = kernel
+        precondition(packedWeight.count == o * c * kh * kw, "conv weight does not match \(o)x\(c)x\(kh)x\(kw)")
+        let hp = h + padding.top + padding.bottom, wp = w + padding.left + padding.right
+        let oh = hp - kh + 1, ow = wp - kw + 1
+        precondition(oh > 0 && ow > 0, "conv input \(h)x\(w) is smaller than the kernel")
+        let plane = hp * wp
+        let padded = UnsafeMutablePointer<Float>.allocate(capacity: c * plane + kw)
+        defer { padded.deallocate() }
+        padded.initialize(repeating: 0, count: c * plane + kw)
+        let rowsOut = oh * wp
+        let y = UnsafeMutablePointer<Float>.allocate(capacity: o * rowsOut)
+        defer { y.deallocate() }
+        var out = [Float](repeating: 0, count: n * o * oh * ow)
+        x.data.withUnsafeBufferPointer { xp in
+            packedWeight.withUnsafeBufferPointer { wpk in
+                out.withUnsafeMutableBufferPointer { op in
+                    for b in 0..<n {
+                        let img = xp.baseAddress! + b * c * h * w
+                        // Pad: only the interior is rewritten, the zero border stays.
+                        Parallel.ranges(c, minChunk: 16) { range in
+                            for ci in range {
+                                let src = img + ci * h * w
+                                let dst = padded + ci * plane + padding.top * wp + padding.left
+                                for yy in 0..<h { (dst + yy * wp).update(from: src + yy * w, count: w) }
+                            }
+                        }
+                        for ky in 0..<kh {
+                            for kx in 0..<kw {
+                                let t = ky * kw + kx
+                                BLAS.gemm(m: o, n: rowsOut, k: c, a: wpk.baseAddress! + t * o * c, lda: c,
+                                          b: padded + ky * wp + kx, ldb: plane, beta: t == 0 ? 0 : 1,
+                                          c: y, ldc: rowsOut)
+                            }
+                        }
+                        let dst = op.baseAddress! + b * o * oh * ow
+                        Parallel.ranges(o, minChunk: 16) { range in
+                            for oi in range {
+                                let bv = bias?[oi] ?? 0
+                                let srcPlane = y + oi * rowsOut
+                                let dstPlane = dst + oi * oh * ow
+                                for yy in 0..<oh {
+                                    let s = srcPlane + yy * wp, d = dstPlane + yy * ow
+                                    for xx in 0..<ow { d[xx] = s[xx] + bv }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return Tensor(shape: [n, o, oh, ow], data: out)
+    }
+}

@@ -1,0 +1,346 @@
+import Foundation
+
+/// The subset of diffusers' UNet2DConditionModel configuration that Stable Diffusion 1.x/2.x
+/// UNets use, read from unet/config.json. Anything outside it is refused by key name.
+public struct UNetConfig: Sendable {
+    public var inChannels = 4
+    public var outChannels = 4
+    public var blockOutChannels: [Int]
+    public var downBlockTypes: [String]
+    public var upBlockTypes: [String]
+    public var layersPerBlock: [Int]
+    /// Attention heads per down block. diffusers' naming trap: in UNet2DConditionModel
+    /// `attention_head_dim` is the number of heads (num_attention_heads must be null); each
+    /// Transformer2DModel gets head size channels // heads.
+    public var heads: [Int]
+    public var crossAttentionDim: [Int]
+    public var normNumGroups: Int
+    public var normEps: Float
+    public var useLinearProjection: Bool
+    public var flipSinToCos: Bool
+    public var freqShift: Float
+    public var timeEmbeddingDim: Int
+    public var convInKernel: Int
+    public var convOutKernel: Int
+    public var downsamplePadding: Int
+    public var midBlockScaleFactor: Float
+    public var centerInputSample: Bool
+
+    public init(_ c: JSONConfig) throws {
+        func refuse(_ key: String, _ why: String) -> ToolError {
+            ToolError("\(c.label): \(key) \(why) — diffedit supports Stable Diffusion 1.x/2.x text-to-image UNets")
+        }
+        func requireNull(_ key: String) throws {
+            if c.has(key) { throw refuse(key, "= \(c.values[key]!) is not supported") }
+        }
+        func requireValue(_ key: String, _ allowed: [String], default def: String) throws {
+            let v = try c.string(key, default: def)
+            if !allowed.contains(v) { throw refuse(key, "'\(v)' is not supported (only \(allowed.joined(separator: ", ")))") }
+        }
+        inChannels = try c.int("in_channels", default: 4)
+        if inChannels == 9 { throw ToolError("\(c.label): in_channels = 9: inpainting UNets are not supported — use a text-to-image Stable Diffusion model") }
+        if inChannels != 4 { throw refuse("in_channels", "= \(inChannels) is not supported (only 4 latent channels)") }
+        outChannels = try c.int("out_channels", default: 4)
+        if outChannels != 4 { throw refuse("out_channels", "= \(outChannels) is not supported (only 4)") }
+        downBlockTypes = try c.strings("down_block_types", default: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"])
+        upBlockTypes = try c.strings("up_block_types", default: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+        for t in downBlockTypes where !["CrossAttnDownBlock2D", "DownBlock2D"].contains(t) {
+            throw refuse("down_block_types", "contains '\(t)', which is not supported (only CrossAttnDownBlock2D, DownBlock2D)")
+        }
+        for t in upBlockTypes where !["CrossAttnUpBlock2D", "UpBlock2D"].contains(t) {
+            throw refuse("up_block_types", "contains '\(t)', which is not supported (only CrossAttnUpBlock2D, UpBlock2D)")
+        }
+        blockOutChannels = try c.ints("block_out_channels", default: [320, 640, 1280, 1280])
+        let n = blockOutChannels.count
+        guard n >= 1, downBlockTypes.count == n, upBlockTypes.count == n else {
+            throw ToolError("\(c.label): block_out_channels, down_block_types and up_block_types must have the same length")
+        }
+        layersPerBlock = try c.intOrList("layers_per_block", count: n, default: 2)
+        try requireNull("num_attention_heads")  // diffusers itself raises for it
+        heads = try c.intOrList("attention_head_dim", count: n, default: 8)
+        crossAttentionDim = try c.intOrList("cross_attention_dim", count: n, default: 1280)
+        guard c.has("norm_num_groups") || c.values["norm_num_groups"] == nil else {
+            throw refuse("norm_num_groups", "= null is not supported")
+        }
+        normNumGroups = try c.int("norm_num_groups", default: 32)
+        normEps = Float(try c.double("norm_eps", default: 1e-5))
+        useLinearProjection = try c.bool("use_linear_projection", default: false)
+        flipSinToCos = try c.bool("flip_sin_to_cos", default: true)
+        freqShift = Float(try c.double("freq_shift", default: 0))
+        timeEmbeddingDim = c.has("time_embedding_dim") ? try c.int("time_embedding_dim") : blockOutChannels[0] * 4
+        convInKernel = try c.int("conv_in_kernel", default: 3)
+        convOutKernel = try c.int("conv_out_kernel", default: 3)
+        downsamplePadding = try c.int("downsample_padding", default: 1)
+        midBlockScaleFactor = Float(try c.double("mid_block_scale_factor", default: 1))
+        centerInputSample = try c.bool("center_input_sample", default: false)
+
+        // Everything SDXL, Kandinsky, LCM, unCLIP, … would need.
+        for key in ["addition_embed_type", "class_embed_type", "num_class_embeds", "encoder_hid_dim",
+                    "encoder_hid_dim_type", "time_cond_proj_dim", "time_embedding_act_fn", "timestep_post_act",
+                    "cross_attention_norm", "reverse_transformer_layers_per_block",
+                    "projection_class_embeddings_input_dim"] {
+            try requireNull(key)
+        }
+        if c.has("transformer_layers_per_block") {
+            if c.values["transformer_layers_per_block"] is [Any] {
+                throw refuse("transformer_layers_per_block", "as a list (SDXL-style) is not supported (only 1)")
+            }
+            let t = try c.int("transformer_layers_per_block")
+            if t != 1 { throw refuse("transformer_layers_per_block", "= \(t) is not supported (only 1)") }
+        }
+        if c.has("only_cross_attention") {
+            let v = c.values["only_cross_attention"]
+            let any = (v as? Bool) ?? ((v as? [Any])?.contains { ($0 as? Bool) == true } ?? true)
+            if any { throw refuse("only_cross_attention", "= true is not supported") }
+        }
+        if try c.bool("mid_block_only_cross_attention", default: false) {
+            throw refuse("mid_block_only_cross_attention", "= true is not supported")
+        }
+        if try c.bool("dual_cross_attention", default: false) { throw refuse("dual_cross_attention", "= true is not supported") }
+        if try c.bool("class_embeddings_concat", default: false) { throw refuse("class_embeddings_concat", "= true is not supported") }
+        try requireValue("mid_block_type", ["UNetMidBlock2DCrossAttn"], default: "UNetMidBlock2DCrossAttn")
+        try requireValue("act_fn", ["silu", "swish"], default: "silu")
+        try requireValue("resnet_time_scale_shift", ["default"], default: "default")
+        try requireValue("time_embedding_type", ["positional"], default: "positional")
+        try requireValue("attention_type", ["default"], default: "default")
+
+        for (i, ch) in blockOutChannels.enumerated() {
+            guard ch > 0, ch % normNumGroups == 0 else {
+                throw ToolError("\(c.label): block_out_channels[\(i)] = \(ch) does not split into norm_num_groups = \(normNumGroups) groups")
+            }
+            guard heads[i] > 0, ch / heads[i] > 0 else {
+                throw ToolError("\(c.label): attention_head_dim[\(i)] = \(heads[i]) heads do not fit \(ch) channels")
+            }
+            guard layersPerBlock[i] >= 1 else { throw ToolError("\(c.label): layers_per_block must be at least 1") }
+        }
+        guard convInKernel % 2 == 1, convOutKernel % 2 == 1 else {
+            throw ToolError("\(c.label): conv_in_kernel and conv_out_kernel must be odd")
+        }
+        guard downsamplePadding == 0 || downsamplePadding == 1 else {
+            throw refuse("downsample_padding", "= \(downsamplePadding) is not supported (only 0 or 1)")
+        }
+    }
+}
+
+/// diffusers' UNet2DConditionModel for Stable Diffusion 1.x / 2.x: timestep embedding, conv_in,
+/// down blocks (CrossAttnDownBlock2D, DownBlock2D) whose outputs feed skip connections, the
+/// UNetMidBlock2DCrossAttn, up blocks (CrossAttnUpBlock2D, UpBlock2D), GroupNorm + SiLU, conv_out.
+public final class UNet2DCondition {
+    public let config: UNetConfig
+
+    enum Block {
+        case down(resnets: [ResnetBlock2D], attentions: [Transformer2D], downsample: Downsample2D?)
+        case up(resnets: [ResnetBlock2D], attentions: [Transformer2D], upsample: Upsample2D?)
+    }
+
+    let timeLinear1: LinearLayer
+    let timeLinear2: LinearLayer
+    let convIn: ConvLayer
+    let downBlocks: [Block]
+    let midResnets: [ResnetBlock2D]
+    let midAttention: Transformer2D
+    let upBlocks: [Block]
+    let normOut: GroupNormLayer
+    let convOut: ConvLayer
+
+    /// An observer receives intermediate results by diffusers module name: "time_embedding",
+    /// "conv_in", "down_blocks.i", "mid_block", "up_blocks.i", "conv_out".
+    public typealias Observer = (_ name: String, _ value: Tensor) -> Void
+
+    /// The UNet of a model folder: unet/config.json and its safetensors weights.
+    public convenience init(folder: ModelFolder) throws {
+        try self.init(config: try folder.config("unet"), weights: try folder.weights("unet"))
+    }
+
+    public init(config json: JSONConfig, weights: WeightStore) throws {
+        let cfg = try UNetConfig(json)
+        config = cfg
+        let l = WeightLoader(store: weights)
+        let boc = cfg.blockOutChannels
+        let n = boc.count
+        let c0 = boc[0]
+        let temb = cfg.timeEmbeddingDim
+        let groups = cfg.normNumGroups, eps = cfg.normEps
+        timeLinear1 = try l.linear("time_embedding.linear_1", in: c0, out: temb)
+        timeLinear2 = try l.linear("time_embedding.linear_2", in: temb, out: temb)
+        convIn = try l.conv("conv_in", in: cfg.inChannels, out: c0, kernel: cfg.convInKernel,
+                            padding: .same((cfg.convInKernel - 1) / 2))
+
+        func transformer(_ p: String, channels ch: Int, heads: Int, cross: Int) throws -> Transformer2D {
+            try Transformer2D(l, p, channels: ch, heads: heads, headDim: ch / heads, crossDim: cross, groups: groups,
+                              linearProjection: cfg.useLinearProjection, layers: 1)
+        }
+
+        var downs: [Block] = []
+        var output = c0
+        for i in 0..<n {
+            let input = output
+            output = boc[i]
+            let p = "down_blocks.\(i)"
+            let isFinal = i == n - 1
+            let hasAttention = cfg.downBlockTypes[i] == "CrossAttnDownBlock2D"
+            var resnets: [ResnetBlock2D] = [], attentions: [Transformer2D] = []
+            for j in 0..<cfg.layersPerBlock[i] {
+                resnets.append(try ResnetBlock2D(l, "\(p).resnets.\(j)", in: j == 0 ? input : output, out: output,
+                                                 temb: temb, groups: groups, eps: eps, outputScaleFactor: 1))
+                if hasAttention {
+                    attentions.append(try transformer("\(p).attentions.\(j)", channels: output, heads: cfg.heads[i],
+                                                      cross: cfg.crossAttentionDim[i]))
+                }
+            }
+            let down = isFinal ? nil : try Downsample2D(l, "\(p).downsamplers.0", channels: output, padding: cfg.downsamplePadding)
+            downs.append(.down(resnets: resnets, attentions: attentions, downsample: down))
+        }
+        downBlocks = downs
+
+        let cm = boc[n - 1]
+        midResnets = try (0..<2).map {
+            try ResnetBlock2D(l, "mid_block.resnets.\($0)", in: cm, out: cm, temb: temb, groups: groups, eps: eps,
+                              outputScaleFactor: cfg.midBlockScaleFactor)
+        }
+        midAttention = try transformer("mid_block.attentions.0", channels: cm, heads: cfg.heads[n - 1],
+                                       cross: cfg.crossAttentionDim[n - 1])
+
+        let rev = Array(boc.reversed())
+        let revHeads = Array(cfg.heads.reversed()), revLayers = Array(cfg.layersPerBlock.reversed())
+        let revCross = Array(cfg.crossAttentionDim.reversed())
+        var ups: [Block] = []
+        output = rev[0]
+        for i in 0..<n {
+            let isFinal = i == n - 1
+            let prevOutput = output
+            output = rev[i]
+            let input = rev[min(i + 1, n - 1)]
+            let p = "up_blocks.\(i)"
+            let layers = revLayers[i] + 1
+            let hasAttention = cfg.upBlockTypes[i] == "CrossAttnUpBlock2D"
+            var resnets: [ResnetBlock2D] = [], attentions: [Transformer2D] = []
+            for j in 0..<layers {
+                let skip = j == layers - 1 ? input : output
+                let resIn = j == 0 ? prevOutput : output
+                resnets.append(try ResnetBlock2D(l, "\(p).resnets.\(j)", in: resIn + skip, out: output, temb: temb,
+                                                 groups: groups, eps: eps, outputScaleFactor: 1))
+                if hasAttention {
+                    attentions.append(try transformer("\(p).attentions.\(j)", channels: output, heads: revHeads[i],
+                                                      cross: revCross[i]))
+                }
+            }
+            let up = isFinal ? nil : try Upsample2D(l, "\(p).upsamplers.0", channels: output)
+            ups.append(.up(resnets: resnets, attentions: attentions, upsample: up))
+        }
+        upBlocks = ups
+        normOut = try l.groupNorm("conv_norm_out", channels: c0, groups: groups, eps: eps)
+        convOut = try l.conv("conv_out", in: c0, out: cfg.outChannels, kernel: cfg.convOutKernel,
+                             padding: .same((cfg.convOutKernel - 1) / 2))
+    }
+
+    /// Number of 2× upsamplers (diffusers' num_upsamplers).
+    public var upsamplerCount: Int { config.blockOutChannels.count - 1 }
+
+    /// diffusers' get_timestep_embedding(t, C, flip_sin_to_cos, freq_shift) for one timestep:
+    /// freq_i = exp(−ln(10000)·i / (C/2 − shift)) in float32, then sin/cos of t·freq_i.
+    func sinusoidalEmbedding(_ t: Float) -> [Float] {
+        let dim = config.blockOutChannels[0]
+        let half = dim / 2
+        var emb = [Float](repeating: 0, count: dim)
+        let logMax = Float(-log(10000.0))
+        for i in 0..<half {
+            let exponent = logMax * Float(i) / (Float(half) - config.freqShift)
+            let freq = Float(Foundation.exp(Double(exponent)))
+            let arg = t * freq
+            let s = Float(Foundation.sin(Double(arg))), c = Float(Foundation.cos(Double(arg)))
+            if config.flipSinToCos { emb[i] = c; emb[half + i] = s } else { emb[i] = s; emb[half + i] = c }
+        }
+        return emb
+    }
+
+    /// One forward pass. sample [B, 4, h, w], one timestep for the whole batch,
+    /// encoder_hidden_states [B, L, cross_attention_dim]; returns [B, 4, h, w].
+    public func callAsFunction(sample: Tensor, timestep: Float, encoderHiddenStates: Tensor) throws -> Tensor {
+        try forward(sample: sample, timesteps: [timestep], encoderHiddenStates: encoderHiddenStates)
+    }
+
+    /// One forward pass with one timestep per batch element (or one for all). `observer` sees the
+    /// intermediate block outputs; `flops` counts the multiply–accumulates.
+    public func forward(sample: Tensor, timesteps: [Float], encoderHiddenStates: Tensor,
+                        observer: Observer? = nil, flops: FlopCounter? = nil) throws -> Tensor {
+        guard sample.rank == 4, sample.shape[1] == config.inChannels, sample.shape[0] >= 1,
+              sample.shape[2] >= 1, sample.shape[3] >= 1 else {
+            throw ToolError("UNet input has shape \(sample.shape), expected [batch, \(config.inChannels), height, width]")
+        }
+        let b = sample.shape[0]
+        let cross = config.crossAttentionDim
+        guard encoderHiddenStates.rank == 3, encoderHiddenStates.shape[0] == b, encoderHiddenStates.shape[1] >= 1,
+              cross.allSatisfy({ $0 == encoderHiddenStates.shape[2] }) else {
+            throw ToolError("encoder hidden states have shape \(encoderHiddenStates.shape), expected [\(b), tokens, \(cross[0])] — the text embeddings must come from this model's text encoder, one per latent")
+        }
+        guard timesteps.count == 1 || timesteps.count == b else {
+            throw ToolError("\(timesteps.count) timesteps for a batch of \(b)")
+        }
+        // Skip connections are resized by diffusers' forward_upsample_size when the latent is not
+        // a multiple of 2^num_upsamplers; the smallest size must stay ≥ 1.
+        var minSide = min(sample.shape[2], sample.shape[3])
+        for _ in 0..<upsamplerCount { minSide = (minSide + 1) / 2 }
+        guard minSide >= 1 else { throw ToolError("latent \(sample.shape[2])x\(sample.shape[3]) is too small") }
+        let forwardUpsampleSize = sample.shape[2...3].contains { $0 % (1 << upsamplerCount) != 0 }
+
+        // Time embedding: sinusoid → linear_1 → SiLU → linear_2; resnets take SiLU(temb).
+        let c0 = config.blockOutChannels[0]
+        var sinus = [Float]()
+        for i in 0..<b { sinus += sinusoidalEmbedding(timesteps.count == 1 ? timesteps[0] : timesteps[i]) }
+        var h1 = timeLinear1(Tensor(shape: [b, c0], data: sinus))
+        h1.data.withUnsafeMutableBufferPointer { VectorMath.silu($0.baseAddress!, count: $0.count) }
+        let emb = timeLinear2(h1)
+        observer?("time_embedding", emb)
+        var sTemb = emb
+        sTemb.data.withUnsafeMutableBufferPointer { VectorMath.silu($0.baseAddress!, count: $0.count) }
+        flops?.add(b * (c0 * timeLinear1.outFeatures + timeLinear2.inFeatures * timeLinear2.outFeatures))
+
+        var x = sample
+        if config.centerInputSample { x = Elementwise.map1(x) { 2 * $0 - 1 } }
+        x = convIn(x)
+        flops?.add(b * convIn.macs(outPixels: x.shape[2] * x.shape[3]))
+        observer?("conv_in", x)
+        let enc = encoderHiddenStates
+
+        var skips: [Tensor] = [x]
+        for (i, block) in downBlocks.enumerated() {
+            guard case let .down(resnets, attentions, downsample) = block else { continue }
+            for j in 0..<resnets.count {
+                x = resnets[j](x, sTemb: sTemb, flops: flops)
+                if !attentions.isEmpty { x = attentions[j](x, encoder: enc, flops: flops) }
+                skips.append(x)
+            }
+            if let downsample {
+                x = downsample(x, flops: flops)
+                skips.append(x)
+            }
+            observer?("down_blocks.\(i)", x)
+        }
+
+        x = midResnets[0](x, sTemb: sTemb, flops: flops)
+        x = midAttention(x, encoder: enc, flops: flops)
+        x = midResnets[1](x, sTemb: sTemb, flops: flops)
+        observer?("mid_block", x)
+
+        for (i, block) in upBlocks.enumerated() {
+            guard case let .up(resnets, attentions, upsample) = block else { continue }
+            for j in 0..<resnets.count {
+                let skip = skips.removeLast()
+                x = resnets[j](Tensor.concat(channels: x, skip), sTemb: sTemb, flops: flops)
+                if !attentions.isEmpty { x = attentions[j](x, encoder: enc, flops: flops) }
+            }
+            if let upsample {
+                // diffusers: upsample_size = the spatial size of the next skip connection.
+                let size = forwardUpsampleSize ? (skips.last!.shape[2], skips.last!.shape[3]) : nil
+                x = upsample(x, size: size, flops: flops)
+            }
+            observer?("up_blocks.\(i)", x)
+        }
+
+        x = convOut(normOut(x, silu: true))
+        flops?.add(b * convOut.macs(outPixels: x.shape[2] * x.shape[3]))
+        observer?("conv_out", x)
+        return x
+    }
+}
