@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .library(name: "DiffEditCore", targets: ["DiffEditCore"]),
         .executable(name: "tensor", targets: ["tensor"]),
+        .executable(name: "unet-bench", targets: ["unet-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -34,6 +35,7 @@ let package = Package(
             ],
             swiftSettings: fastMath),
         .executableTarget(name: "tensor", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "unet-bench", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .testTarget(
             name: "DiffEditCoreTests", dependencies: ["DiffEditCore"],
             resources: []),

@@ -4,8 +4,8 @@
 /// in parallel, each with single-threaded BLAS; the softmax is vectorised (VectorMath).
 public enum Attention {
     /// Rows of scores kept at once are bounded by this many floats per worker (1 MiB: small enough
-    /// to stay in cache between the two products).
-    nonisolated(unsafe) public static var scoreBudget = 1 << 18
+    /// SD at 64×64 latents, 256 query rows per chunk against 4096 keys).
+    nonisolated(unsafe) public static var scoreBudget = 1 << 20
 
     /// q: [B, Lq, heads·d], k and v: [B, Lk, heads·d] (heads interleaved as torch's
     /// `view(B, L, heads, d)`); returns [B, Lq, heads·d]. `causal` masks keys after the query
@@ -50,7 +50,7 @@ public enum Attention {
         defer { if parallel { BLAS.threads = savedThreads } }
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: workers * chunk * lk)
         defer { scores.deallocate() }
-        Parallel.forEach(workers) { w in
+        Profile.measure("attention total") { Parallel.forEach(workers) { w in
             let s = scores + w * chunk * lk
             var pair = w
             while pair < pairs {
@@ -61,8 +61,8 @@ public enum Attention {
                 while i0 < lq {
                     let rows = min(chunk, lq - i0)
                     let qh = q + (bi * lq + i0) * ldq + h * d
-                    BLAS.gemm(transB: true, m: rows, n: lk, k: d, alpha: scale,
-                              a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: lk)
+                    Profile.measure("attention QK") { BLAS.gemm(transB: true, m: rows, n: lk, k: d, alpha: scale,
+                              a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: lk) }
                     if causal {
                         for r in 0..<rows {
                             let qi = i0 + r
@@ -71,13 +71,13 @@ public enum Attention {
                             }
                         }
                     }
-                    VectorMath.softmaxRows(s, rows: rows, n: lk, stride: lk)
+                    Profile.measure("attention softmax") { VectorMath.softmaxRows(s, rows: rows, n: lk, stride: lk) }
                     let oh = out + (bi * lq + i0) * ldo + h * d
-                    BLAS.gemm(m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo)
+                    Profile.measure("attention PV") { BLAS.gemm(m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo) }
                     i0 += rows
                 }
                 pair += workers
             }
-        }
+        } }
     }
 }

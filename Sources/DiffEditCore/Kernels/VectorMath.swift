@@ -9,114 +9,111 @@ import Dispatch
 public enum VectorMath {
     public typealias V = SIMD8<Float>
 
-    /// e^x for each lane; exactly 0 below −87.3 (so −∞ from a causal mask gives 0), +∞ above 88.7.
+    // The scalar functions below use only arithmetic, comparisons-with-select and bit casts, so
+    // the loops that call them are auto-vectorised by LLVM (SSE on baseline x86-64, NEON on arm64).
+
+    /// e^x: Cephes-style range reduction x = n·ln2 + r and a degree-6 polynomial (≲ 2 ulp);
+    /// exactly 0 below −87.3 (so −∞ from a causal mask gives 0).
     @inline(__always)
-    public static func exp(_ xIn: V) -> V {
-        let x = xIn.clamped(lowerBound: V(repeating: -88), upperBound: V(repeating: 88.5))
-        // n = round(x·log2 e) via the 1.5·2^23 trick; its low bits hold n.
-        let magic = V(repeating: 12_582_912)
-        let t = x * V(repeating: 1.44269504088896341) + magic
+    public static func exp(_ xIn: Float) -> Float {
+        let x0: Float = xIn < -88 ? -88 : xIn
+        let x: Float = x0 > 88.5 ? 88.5 : x0
+        // n = round(x·log2 e) via the 1.5·2^23 trick; t's low mantissa bits hold n.
+        let magic: Float = 12_582_912
+        let t = x * 1.44269504088896341 + magic
         let n = t - magic
-        // r = x − n·ln 2 in two parts (Cephes C1 + C2).
-        var r = x - n * V(repeating: 0.693359375)
-        r = r - n * V(repeating: -2.12194440e-4)
+        var r = x - n * 0.693359375
+        r = r - n * -2.12194440e-4
         let z = r * r
-        var y = V(repeating: 1.9875691500e-4)
-        y = y * r + V(repeating: 1.3981999507e-3)
-        y = y * r + V(repeating: 8.3334519073e-3)
-        y = y * r + V(repeating: 4.1665795894e-2)
-        y = y * r + V(repeating: 1.6666665459e-1)
-        y = y * r + V(repeating: 5.0000001201e-1)
-        y = y * z + r + V(repeating: 1)
-        // 2^n from the integer in t's mantissa.
-        let tb = unsafeBitCast(t, to: SIMD8<UInt32>.self)
-        let e = (tb &- UInt32(0x4B40_0000) &+ 127) &<< 23
-        var result = y * unsafeBitCast(e, to: V.self)
-        result.replace(with: 0, where: xIn .< V(repeating: -87.3))
-        result.replace(with: .infinity, where: xIn .> V(repeating: 88.7))
-        return result
+        var y: Float = 1.9875691500e-4
+        y = y * r + 1.3981999507e-3
+        y = y * r + 8.3334519073e-3
+        y = y * r + 4.1665795894e-2
+        y = y * r + 1.6666665459e-1
+        y = y * r + 5.0000001201e-1
+        y = y * z + r + 1
+        let e = (t.bitPattern &- 0x4B40_0000 &+ 127) &<< 23
+        let result = y * Float(bitPattern: e)
+        return xIn < -87.3 ? 0 : result
+    }
+
+    /// erf by A&S 7.1.26, the formula ATen's Vectorized<float>::erf uses (|error| < 1.5e-7).
+    @inline(__always)
+    public static func erf(_ x: Float) -> Float {
+        let a: Float = x < 0 ? -x : x
+        let t = 1 / (0.3275911 * a + 1)
+        var r: Float = 1.061405429 * t - 1.453152027
+        r = r * t + 1.421413741
+        r = r * t - 0.284496736
+        r = r * t + 0.254829592
+        let y = 1 - r * t * exp(-(x * x))
+        return x < 0 ? -y : y
+    }
+
+    /// Exact-form GELU: x/2 · (1 + erf(x/√2)).
+    @inline(__always)
+    public static func gelu(_ x: Float) -> Float {
+        x * 0.5 * (1 + erf(x * 0.70710678118654752))
     }
 
     @inline(__always)
-    public static func exp(_ x: Float) -> Float { exp(V(repeating: x))[0] }
+    public static func silu(_ x: Float) -> Float { x / (1 + exp(-x)) }
 
     @inline(__always)
     static func load(_ p: UnsafePointer<Float>) -> V {
         UnsafeRawPointer(p).loadUnaligned(as: V.self)
     }
 
-    @inline(__always)
-    static func store(_ v: V, _ p: UnsafeMutablePointer<Float>) {
-        UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
-    }
-
-    /// erf by A&S 7.1.26, the formula ATen's Vectorized<float>::erf uses.
-    @inline(__always)
-    public static func erf(_ x: V) -> V {
-        let a = x.replacing(with: -x, where: x .< 0)
-        let t = V(repeating: 1) / (V(repeating: 0.3275911) * a + V(repeating: 1))
-        var r = V(repeating: 1.061405429) * t + V(repeating: -1.453152027)
-        r = r * t + V(repeating: 1.421413741)
-        r = r * t + V(repeating: -0.284496736)
-        r = r * t + V(repeating: 0.254829592)
-        let e = exp(-(x * x))
-        let y = V(repeating: 1) - r * t * e
-        var out = y
-        out.replace(with: -y, where: x .< 0)
-        return out
-    }
-
-    /// Exact-form GELU: x/2 · (1 + erf(x/√2)).
-    @inline(__always)
-    public static func gelu(_ x: V) -> V {
-        x * V(repeating: 0.5) * (V(repeating: 1) + erf(x * V(repeating: 0.70710678118654752)))
-    }
-
-    @inline(__always)
-    public static func silu(_ x: V) -> V { x / (V(repeating: 1) + exp(-x)) }
-
     /// SiLU in place over n floats.
     public static func silu(_ p: UnsafeMutablePointer<Float>, count n: Int) {
-        var i = 0
-        while i + 8 <= n { store(silu(load(p + i)), p + i); i += 8 }
-        while i < n { p[i] = silu(V(repeating: p[i]))[0]; i += 1 }
+        for i in 0..<n { p[i] = silu(p[i]) }
     }
 
     /// out[r][i] = h[r][i] · gelu(g[r][i]) where each input row is [h (d) | g (d)] (GEGLU).
     public static func geglu(_ x: UnsafePointer<Float>, rows: Int, d: Int, out: UnsafeMutablePointer<Float>) {
         for r in 0..<rows {
             let h = x + r * 2 * d, g = h + d, o = out + r * d
-            var i = 0
-            while i + 8 <= d { store(load(h + i) * gelu(load(g + i)), o + i); i += 8 }
-            while i < d { o[i] = h[i] * gelu(V(repeating: g[i]))[0]; i += 1 }
+            for i in 0..<d { o[i] = h[i] * gelu(g[i]) }
         }
+    }
+
+    /// Sum of n floats with eight running partial sums.
+    @inline(__always)
+    static func sum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = V(repeating: 0)
+        var i = 0
+        while i + 8 <= n { acc += load(p + i); i += 8 }
+        var s = acc.sum()
+        while i < n { s += p[i]; i += 1 }
+        return s
+    }
+
+    /// Maximum of n floats with four running maxima.
+    @inline(__always)
+    static func max(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+        var m0 = -Float.infinity, m1 = m0, m2 = m0, m3 = m0
+        var i = 0
+        while i + 4 <= n {
+            m0 = p[i] > m0 ? p[i] : m0
+            m1 = p[i + 1] > m1 ? p[i + 1] : m1
+            m2 = p[i + 2] > m2 ? p[i + 2] : m2
+            m3 = p[i + 3] > m3 ? p[i + 3] : m3
+            i += 4
+        }
+        var m = Swift.max(Swift.max(m0, m1), Swift.max(m2, m3))
+        while i < n { m = Swift.max(m, p[i]); i += 1 }
+        return m
     }
 
     /// Softmax over `rows` rows of length n (row stride `stride`), in place.
     public static func softmaxRows(_ p: UnsafeMutablePointer<Float>, rows: Int, n: Int, stride: Int) {
         for r in 0..<rows {
             let row = p + r * stride
-            var i = 0
-            var mv = V(repeating: -.infinity)
-            while i + 8 <= n { mv = pointwiseMax(mv, load(row + i)); i += 8 }
-            var m = mv.max()
-            while i < n { m = Swift.max(m, row[i]); i += 1 }
-            if m == -.infinity { m = 0 }
-            let mb = V(repeating: m)
-            var sv = V(repeating: 0)
-            i = 0
-            while i + 8 <= n {
-                let e = exp(load(row + i) - mb)
-                store(e, row + i)
-                sv += e
-                i += 8
-            }
-            var s = sv.sum()
-            while i < n { let e = exp(V(repeating: row[i] - m))[0]; row[i] = e; s += e; i += 1 }
-            let inv = V(repeating: 1 / s)
-            i = 0
-            while i + 8 <= n { store(load(row + i) * inv, row + i); i += 8 }
-            while i < n { row[i] *= inv[0]; i += 1 }
+            var m = max(row, n)
+            if m == -.infinity { m = 0 }  // fully masked row: all exp(−∞) = 0, sum 0 → NaN like torch
+            for i in 0..<n { row[i] = exp(row[i] - m) }
+            let inv = 1 / sum(row, n)
+            for i in 0..<n { row[i] *= inv }
         }
     }
 }

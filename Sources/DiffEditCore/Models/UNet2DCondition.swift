@@ -152,10 +152,20 @@ public final class UNet2DCondition {
         try self.init(config: try folder.config("unet"), weights: try folder.weights("unet"))
     }
 
-    public init(config json: JSONConfig, weights: WeightStore) throws {
+    public convenience init(config json: JSONConfig, weights: WeightStore) throws {
+        try self.init(config: json, source: weights)
+    }
+
+    /// A UNet of the given configuration with deterministic random weights (benchmarks).
+    public convenience init(config json: JSONConfig, randomWeightsSeed seed: UInt64) throws {
+        try self.init(config: json, source: RandomWeights(seed: seed))
+    }
+
+    init(config json: JSONConfig, source: any WeightSource) throws {
+        UNet2DCondition.tuneAllocator()
         let cfg = try UNetConfig(json)
         config = cfg
-        let l = WeightLoader(store: weights)
+        let l = WeightLoader(store: source)
         let boc = cfg.blockOutChannels
         let n = boc.count
         let c0 = boc[0]
@@ -233,6 +243,17 @@ public final class UNet2DCondition {
         convOut = try l.conv("conv_out", in: c0, out: cfg.outChannels, kernel: cfg.convOutKernel,
                              padding: .same((cfg.convOutKernel - 1) / 2))
     }
+
+    /// Activations are tens of megabytes each; by default glibc maps and unmaps every such block,
+    /// paying page faults on each reuse. Keeping them in the heap makes the UNet's sys time
+    /// negligible.
+    static let tuneAllocator: () -> Void = {
+        #if os(Linux)
+        _ = glibcMallopt(-3, 1 << 30)  // M_MMAP_THRESHOLD
+        _ = glibcMallopt(-1, 1 << 30)  // M_TRIM_THRESHOLD
+        #endif
+        return {}
+    }()
 
     /// Number of 2× upsamplers (diffusers' num_upsamplers).
     public var upsamplerCount: Int { config.blockOutChannels.count - 1 }
@@ -344,3 +365,23 @@ public final class UNet2DCondition {
         return x
     }
 }
+
+public extension UNetConfig {
+    /// unet/config.json of Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5), for benchmarks.
+    static let stableDiffusion15JSON: [String: Any] = [
+        "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": false,
+        "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4,
+        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+        "out_channels": 4, "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    ]
+}
+
+#if os(Linux)
+/// glibc's mallopt (declared in malloc.h, which the Glibc module does not export).
+@_silgen_name("mallopt")
+private func glibcMallopt(_ param: Int32, _ value: Int32) -> Int32
+#endif

@@ -4,9 +4,41 @@ import Foundation
 // attention_processor.py, transformers/transformer_2d.py, unets/unet_2d_blocks.py), with the
 // weights loaded once and laid out for the kernels.
 
-/// Loads weights under a name prefix, checking every shape.
+/// Where model weights come from: a checkpoint's WeightStore, or generated values.
+protocol WeightSource {
+    func load(_ name: String, shape: [Int]) throws -> [Float]
+}
+
+extension WeightStore: WeightSource {}
+
+/// Deterministic pseudo-random weights for benchmarks and tests without a checkpoint:
+/// uniform in ±1/√fan_in for matrices and kernels, 1 for norm scales, small values for biases.
+struct RandomWeights: WeightSource {
+    let seed: UInt64
+
+    func load(_ name: String, shape: [Int]) throws -> [Float] {
+        let count = shape.reduce(1, *)
+        if shape.count == 1 && name.hasSuffix(".weight") && name.contains("norm") {
+            return [Float](repeating: 1, count: count)
+        }
+        let fanIn = shape.count > 1 ? shape.dropFirst().reduce(1, *) : 100
+        let bound = 1 / Float(fanIn).squareRoot()
+        var state = seed ^ UInt64(truncatingIfNeeded: name.hashValue) | 1
+        return [Float](unsafeUninitializedCapacity: count) { buf, n in
+            for i in 0..<count {
+                // xorshift64*: plenty for weights nobody looks at.
+                state ^= state >> 12; state ^= state << 25; state ^= state >> 27
+                let r = (state &* 2_685_821_657_736_338_717) >> 40
+                buf[i] = (Float(r) * (1.0 / 16_777_216.0) * 2 - 1) * bound
+            }
+            n = count
+        }
+    }
+}
+
+/// Loads weights by name, checking every shape.
 struct WeightLoader {
-    let store: WeightStore
+    let store: any WeightSource
 
     func load(_ name: String, _ shape: [Int]) throws -> [Float] { try store.load(name, shape: shape) }
 
@@ -38,7 +70,7 @@ struct LinearLayer {
     let outFeatures: Int
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        Linear.forward(x, weight: weight, bias: bias, outFeatures: outFeatures)
+        Profile.measure("linear") { Linear.forward(x, weight: weight, bias: bias, outFeatures: outFeatures) }
     }
 
     /// Several linears over the same input fused into one GEMM (their weights stacked).
@@ -81,11 +113,11 @@ struct ConvLayer {
     func callAsFunction(_ x: Tensor) -> Tensor {
         precondition(x.shape[1] == inChannels, "conv expects \(inChannels) channels, got \(x.shape)")
         if shifted {
-            return Conv2D.forwardShifted(x, packedWeight: weight, bias: bias, outChannels: outChannels,
-                                         kernel: (kernel, kernel), padding: padding)
+            return Profile.measure("conv shifted \(x.shape[2])x\(x.shape[3]) \(inChannels)->\(outChannels)") { Conv2D.forwardShifted(x, packedWeight: weight, bias: bias, outChannels: outChannels,
+                                         kernel: (kernel, kernel), padding: padding) }
         }
-        return Conv2D.forward(x, weight: weight, bias: bias, outChannels: outChannels,
-                              kernel: (kernel, kernel), stride: stride, padding: padding)
+        return Profile.measure("conv im2col") { Conv2D.forward(x, weight: weight, bias: bias, outChannels: outChannels,
+                              kernel: (kernel, kernel), stride: stride, padding: padding) }
     }
 
     /// Multiply–accumulate count for an output of `outPixels` positions per image.
@@ -100,7 +132,7 @@ struct GroupNormLayer {
     let eps: Float
 
     func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
-        Normalization.groupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps, silu: silu)
+        Profile.measure("groupnorm") { Normalization.groupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps, silu: silu) }
     }
 }
 
@@ -111,7 +143,7 @@ struct LayerNormLayer {
     let eps: Float
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        Normalization.layerNorm(x, weight: weight, bias: bias, eps: eps)
+        Profile.measure("layernorm") { Normalization.layerNorm(x, weight: weight, bias: bias, eps: eps) }
     }
 }
 
@@ -272,14 +304,14 @@ struct BasicTransformerBlock {
         let d = ffOut.inFeatures
         let rows = h.count / (2 * d)
         var g = [Float](repeating: 0, count: rows * d)
-        h.data.withUnsafeBufferPointer { hp in
+        Profile.measure("geglu") { h.data.withUnsafeBufferPointer { hp in
             g.withUnsafeMutableBufferPointer { gp in
                 Parallel.ranges(rows, minChunk: 64) { r in
                     VectorMath.geglu(hp.baseAddress! + r.lowerBound * 2 * d, rows: r.count, d: d,
                                      out: gp.baseAddress! + r.lowerBound * d)
                 }
             }
-        }
+        } }
         var gs = h.shape
         gs[gs.count - 1] = d
         x += ffOut(Tensor(shape: gs, data: g))
