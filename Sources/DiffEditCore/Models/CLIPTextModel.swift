@@ -132,15 +132,23 @@ public final class CLIPTextModel {
     /// `last_hidden_state`; clipSkip k is diffusers' `clip_skip=k`
     /// (`final_layer_norm(hidden_states[-(k + 1)])`). Returns [batch, length, hiddenSize].
     public func encode(ids: [Int32], batch: Int, length: Int, clipSkip: Int = 0) throws -> Tensor {
+        guard clipSkip >= 0, clipSkip <= config.layers else {
+            throw ToolError("--clip-skip \(clipSkip) is out of range: the text encoder has \(config.layers) layers (use 0…\(config.layers))")
+        }
+        let h = try hiddenState(ids: ids, batch: batch, length: length, layers: config.layers - clipSkip)
+        return Normalization.layerNorm(h, weight: finalNormWeight, bias: finalNormBias, eps: config.layerNormEps)
+    }
+
+    /// transformers' `hidden_states[layers]`: the embeddings (layers = 0) or the output of block
+    /// `layers`, before the final LayerNorm. Returns [batch, length, hiddenSize].
+    public func hiddenState(ids: [Int32], batch: Int, length: Int, layers count: Int) throws -> Tensor {
         let d = config.hiddenSize
+        precondition(count >= 0 && count <= config.layers)
         guard ids.count == batch * length else {
             throw ToolError("token ids: \(ids.count) ids do not make \(batch) rows of \(length)")
         }
         guard length >= 1, length <= config.maxPositions else {
             throw ToolError("token ids: sequences of \(length) tokens, but the text encoder takes at most \(config.maxPositions) — tokenize with --max-length \(config.maxPositions)")
-        }
-        guard clipSkip >= 0, clipSkip <= config.layers else {
-            throw ToolError("--clip-skip \(clipSkip) is out of range: the text encoder has \(config.layers) layers (use 0…\(config.layers))")
         }
         for (k, id) in ids.enumerated() where id < 0 || Int(id) >= config.vocabSize {
             throw ToolError("token id \(id) at prompt \(k / length + 1), position \(k % length) is outside the vocabulary of \(config.vocabSize) — were the ids made with this model's tokenizer?")
@@ -161,7 +169,7 @@ public final class CLIPTextModel {
         }
 
         let scale = 1 / Float(d / config.heads).squareRoot()
-        for layer in layers.prefix(config.layers - clipSkip) {
+        for layer in layers.prefix(count) {
             // Pre-LN self-attention block, causal mask only: diffusers passes no attention
             // mask for SD (text_encoder.config.use_attention_mask is unset), so padding tokens
             // are attended to like any other token before them.
@@ -181,7 +189,7 @@ public final class CLIPTextModel {
             }
             x += Linear.forward(m, weight: layer.fc2Weight, bias: layer.fc2Bias, outFeatures: d)
         }
-        return Normalization.layerNorm(x, weight: finalNormWeight, bias: finalNormBias, eps: config.layerNormEps)
+        return x
     }
 
     /// Rows of the token embedding table for `ids` (already range-checked), converted to f32.
