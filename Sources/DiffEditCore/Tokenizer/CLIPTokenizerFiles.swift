@@ -39,7 +39,7 @@ extension CLIPTokenizer {
         var added: [AddedToken] = []
 
         if let tj = try json("tokenizer.json") {
-            guard let model = tj["model"]?.objectValue else {
+            guard let model = tj["model"], model.objectValue != nil else {
                 throw ToolError("\(label)/tokenizer.json has no \"model\" object — not a tokenizers file")
             }
             if let type = model["type"]?.stringValue, type != "BPE" {
@@ -73,23 +73,14 @@ extension CLIPTokenizer {
             guard let mt = try read("merges.txt") else {
                 throw ToolError("\(dir) has vocab.json but no merges.txt — the model folder's tokenizer is incomplete")
             }
-            guard let text = String(validating: mt, as: UTF8.self) else {
-                throw ToolError("\(label)/merges.txt is not UTF-8 text")
-            }
-            var lineNumber = 0
-            for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-                lineNumber += 1
-                let l = line.hasSuffix("\r") ? line.dropLast() : line
-                if l.isEmpty || (lineNumber == 1 && l.hasPrefix("#version")) { continue }
-                merges.append(try CLIPTokenizer.splitMerge(String(l), line: lineNumber, label: "\(label)/merges.txt"))
-            }
+            merges = try CLIPTokenizer.parseMerges(mt, label: "\(label)/merges.txt")
         }
 
         let config = try json("tokenizer_config.json")
         let specialMap = try json("special_tokens_map.json")
         if let c = config, c.objectValue == nil { throw ToolError("\(label)/tokenizer_config.json is not a JSON object") }
         // transformers 4's added_tokens_decoder: {"49406": {"content": ..., "special": true, ...}}
-        for (key, item) in config?["added_tokens_decoder"]?.objectValue ?? [:] {
+        for (key, item) in config?["added_tokens_decoder"]?.objectValue ?? [] {
             guard let id = Int32(key), id >= 0, let content = item["content"]?.stringValue else {
                 throw ToolError("\(label)/tokenizer_config.json: bad added_tokens_decoder entry '\(key)'")
             }
@@ -132,6 +123,37 @@ extension CLIPTokenizer {
             vocab[token] = Int32(id)
         }
         return vocab
+    }
+
+    /// merges.txt: an optional "#version" first line, then "left right" per line. Split as
+    /// bytes: String.split over Characters is slow for 48894 lines.
+    static func parseMerges(_ bytes: [UInt8], label: String) throws -> [(String, String)] {
+        var merges: [(String, String)] = []
+        merges.reserveCapacity(bytes.count / 10)
+        try bytes.withUnsafeBufferPointer { b in
+            var lineStart = 0, lineNumber = 0
+            while lineStart < b.count {
+                var end = lineStart
+                while end < b.count && b[end] != 0x0A { end += 1 }
+                lineNumber += 1
+                var stop = end
+                if stop > lineStart && b[stop - 1] == 0x0D { stop -= 1 }
+                defer { lineStart = end + 1 }
+                if stop == lineStart { continue }
+                let line = UnsafeBufferPointer(rebasing: b[lineStart..<stop])
+                if lineNumber == 1 && line.starts(with: Array("#version".utf8)) { continue }
+                var space = -1, spaces = 0
+                for k in 0..<line.count where line[k] == 0x20 { spaces += 1; if space < 0 { space = k } }
+                guard spaces == 1, space > 0, space < line.count - 1,
+                      let left = String(validating: UnsafeBufferPointer(rebasing: line[..<space]), as: UTF8.self),
+                      let right = String(validating: UnsafeBufferPointer(rebasing: line[(space + 1)...]), as: UTF8.self) else {
+                    let shown = String(decoding: line.prefix(40), as: UTF8.self)
+                    throw ToolError("\(label): merge on line \(lineNumber) is '\(shown)', expected two tokens separated by one space")
+                }
+                merges.append((left, right))
+            }
+        }
+        return merges
     }
 
     private static func splitMerge(_ s: String, line: Int, label: String) throws -> (String, String) {

@@ -12,7 +12,8 @@ public indirect enum JSONValue: Equatable {
     case number(Double)
     case string(String)
     case array([JSONValue])
-    case object([String: JSONValue])
+    /// Members in file order: no hashing while parsing a 49408-member vocabulary.
+    case object([(String, JSONValue)])
 
     /// Nesting deeper than this is refused instead of recursing without bound.
     public static let maxDepth = 256
@@ -29,13 +30,27 @@ public indirect enum JSONValue: Equatable {
         }
     }
 
+    /// The member named `key` (the last one, if the name repeats).
     public subscript(key: String) -> JSONValue? {
-        if case .object(let o) = self { return o[key] }
+        if case .object(let o) = self { return o.last(where: { $0.0 == key })?.1 }
         return nil
     }
 
+    public static func == (a: JSONValue, b: JSONValue) -> Bool {
+        switch (a, b) {
+        case (.null, .null): return true
+        case (.bool(let x), .bool(let y)): return x == y
+        case (.number(let x), .number(let y)): return x == y
+        case (.string(let x), .string(let y)): return x == y
+        case (.array(let x), .array(let y)): return x == y
+        case (.object(let x), .object(let y)):
+            return x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+        default: return false
+        }
+    }
+
     public var stringValue: String? { if case .string(let s) = self { return s }; return nil }
-    public var objectValue: [String: JSONValue]? { if case .object(let o) = self { return o }; return nil }
+    public var objectValue: [(String, JSONValue)]? { if case .object(let o) = self { return o }; return nil }
     public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a }; return nil }
     public var boolValue: Bool? { if case .bool(let b) = self { return b }; return nil }
     /// The number as an Int when it is integral and in range.
@@ -83,7 +98,7 @@ private struct JSONParser {
         switch bytes[i] {
         case UInt8(ascii: "{"):
             i += 1
-            var obj: [String: JSONValue] = [:]
+            var obj: [(String, JSONValue)] = []
             skipSpace()
             if i < bytes.count && bytes[i] == UInt8(ascii: "}") { i += 1; return .object(obj) }
             while true {
@@ -94,7 +109,7 @@ private struct JSONParser {
                 guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw error("expected ':'") }
                 i += 1
                 skipSpace()
-                obj[key] = try value(depth: depth + 1)
+                obj.append((key, try value(depth: depth + 1)))
                 skipSpace()
                 guard i < bytes.count else { throw error("unexpected end of file in an object") }
                 if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
