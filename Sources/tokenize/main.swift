@@ -81,12 +81,12 @@ struct Tokenize: ParsableCommand {
             if noPad {
                 metadata["padding"] = "none"
                 for (ids, text) in zip(rows, texts) {
-                    metadata["prompts"] = Self.jsonArray([text])
+                    metadata["prompts"] = Self.promptsMetadata([text])
                     try writer.write(TensorRecord(name: "ids", shape: [1, ids.count], int32s: ids, metadata: metadata))
                 }
             } else {
                 metadata["padding"] = "max_length"
-                metadata["prompts"] = Self.jsonArray(texts)
+                metadata["prompts"] = Self.promptsMetadata(texts)
                 try writer.write(TensorRecord(name: "ids", shape: [rows.count, length], int32s: rows.flatMap { $0 },
                                               metadata: metadata))
             }
@@ -125,7 +125,27 @@ struct Tokenize: ParsableCommand {
         return parts.joined(separator: " ")
     }
 
-    /// A JSON array of strings (the prompts, kept in the record's metadata).
+    /// The prompts as kept in the record's metadata: a JSON array, each prompt cut to
+    /// `maxStoredPromptBytes` (marked by a final "…"), the whole omitted (nil) past
+    /// `maxStoredPromptsBytes` — the stream format's headers are limited to 1 MiB.
+    static let maxStoredPromptBytes = 2048
+    static let maxStoredPromptsBytes = 256 << 10
+
+    static func promptsMetadata(_ texts: [String]) -> String? {
+        let cut = texts.map { t -> String in
+            guard t.utf8.count > maxStoredPromptBytes else { return t }
+            var s = ""
+            for ch in t {
+                if s.utf8.count + ch.utf8.count > maxStoredPromptBytes { break }
+                s.append(ch)
+            }
+            return s + "…"
+        }
+        let json = jsonArray(cut)
+        return json.utf8.count <= maxStoredPromptsBytes ? json : nil
+    }
+
+    /// A JSON array of strings.
     static func jsonArray(_ strings: [String]) -> String {
         var out = "["
         for (k, s) in strings.enumerated() {

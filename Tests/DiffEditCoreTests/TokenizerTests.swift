@@ -181,6 +181,21 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(recs[0].metadata["prompts"], "[\"a cat\"]")
     }
 
+    func testToolKeepsLongPromptsCutInMetadata() throws {
+        let long = String(repeating: "é", count: 3000)
+        let r = try runTool("tokenize", ["--model", Fixtures.path("sd1"), "-q", long])
+        XCTAssertEqual(r.status, 0, r.err)
+        let kept = try decode(r.out)[0].metadata["prompts"]!
+        XCTAssertEqual(kept, "[\"" + String(repeating: "é", count: 1024) + "…\"]")
+        // Many long prompts: the key is left out rather than passing the header limit.
+        let many = try runTool("tokenize", ["--model", Fixtures.path("sd1"), "-q"],
+                               stdin: Array(String(repeating: long + "\n", count: 200).utf8))
+        XCTAssertEqual(many.status, 0, many.err)
+        let rec = try decode(many.out)[0]
+        XCTAssertEqual(rec.shape, [200, 77])
+        XCTAssertNil(rec.metadata["prompts"])
+    }
+
     func testToolShowAndTruncationWarning() throws {
         let r = try runTool("tokenize", ["--model", Fixtures.path("sd2"), "--show", "--max-length", "6", "A cat!", "a b c d e f"])
         XCTAssertEqual(r.status, 0, r.err)

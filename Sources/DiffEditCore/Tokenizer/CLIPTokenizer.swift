@@ -297,32 +297,93 @@ public final class CLIPTokenizer {
 
     /// BPE over one pre-token's bytes: start from byte characters (the last with `</w>`) and
     /// merge the adjacent pair of lowest rank, leftmost first, until none is in the merge table
-    /// (the order `tokenizers`' BPE::merge_word applies them in).
+    /// (the order `tokenizers`' Word::merge_all applies them in). A heap of candidate pairs
+    /// keyed by (rank, position) over a linked list of symbols keeps a hostile 1 MB "word"
+    /// at O(n log n).
     public func bpe(_ bytes: [UInt8]) -> [Int32] {
         if bytes.isEmpty { return [] }
         if let hit = cache[bytes] { return hit }
-        var symbols = [Int32]()
-        symbols.reserveCapacity(bytes.count)
+        let n = bytes.count
+        var symbols = [Int32](repeating: 0, count: n)
         for (k, b) in bytes.enumerated() {
-            let id = k == bytes.count - 1 ? byteEndIDs[Int(b)] : byteIDs[Int(b)]
-            symbols.append(id >= 0 ? id : unkID)
+            let id = k == n - 1 ? byteEndIDs[Int(b)] : byteIDs[Int(b)]
+            symbols[k] = id >= 0 ? id : unkID
         }
-        while symbols.count > 1 {
-            var bestRank = UInt64.max, bestAt = -1, bestID: Int32 = 0
-            for k in 0..<(symbols.count - 1) {
-                let key = UInt64(UInt32(bitPattern: symbols[k])) << 32 | UInt64(UInt32(bitPattern: symbols[k + 1]))
-                if let m = merges[key], m >> 32 < bestRank {
-                    bestRank = m >> 32
-                    bestAt = k
-                    bestID = Int32(truncatingIfNeeded: m & 0xFFFF_FFFF)
+        var result: [Int32]
+        if n == 1 {
+            result = symbols
+        } else {
+            var next = (0..<n).map { $0 + 1 }      // n: none
+            var prev = (0..<n).map { $0 - 1 }      // -1: none
+            var alive = [Bool](repeating: true, count: n)
+            var heap = PairHeap()
+            func push(_ at: Int) {
+                let b = next[at]
+                guard b < n else { return }
+                let key = UInt64(UInt32(bitPattern: symbols[at])) << 32 | UInt64(UInt32(bitPattern: symbols[b]))
+                if let m = merges[key] {
+                    heap.push(.init(order: (m >> 32) << 32 | UInt64(at), left: symbols[at], right: symbols[b],
+                                    merged: Int32(truncatingIfNeeded: m & 0xFFFF_FFFF)))
                 }
             }
-            if bestAt < 0 { break }
-            symbols[bestAt] = bestID
-            symbols.remove(at: bestAt + 1)
+            for k in 0..<(n - 1) { push(k) }
+            while let top = heap.pop() {
+                let at = Int(top.order & 0xFFFF_FFFF)
+                // Skip candidates made stale by an earlier merge.
+                guard alive[at], symbols[at] == top.left, next[at] < n, symbols[next[at]] == top.right else { continue }
+                let gone = next[at]
+                symbols[at] = top.merged
+                alive[gone] = false
+                next[at] = next[gone]
+                if next[at] < n { prev[next[at]] = at }
+                if prev[at] >= 0 { push(prev[at]) }
+                push(at)
+            }
+            result = []
+            var k = 0
+            while k < n { result.append(symbols[k]); k = next[k] }
         }
         if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
-        cache[bytes] = symbols
-        return symbols
+        cache[bytes] = result
+        return result
+    }
+}
+
+/// A binary min-heap of BPE merge candidates ordered by (rank, position).
+struct PairHeap {
+    struct Candidate {
+        var order: UInt64
+        var left: Int32, right: Int32, merged: Int32
+    }
+    private var items: [Candidate] = []
+
+    mutating func push(_ c: Candidate) {
+        items.append(c)
+        var i = items.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            if items[parent].order <= items[i].order { break }
+            items.swapAt(parent, i)
+            i = parent
+        }
+    }
+
+    mutating func pop() -> Candidate? {
+        guard let top = items.first else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            var i = 0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < items.count && items[l].order < items[m].order { m = l }
+                if r < items.count && items[r].order < items[m].order { m = r }
+                if m == i { break }
+                items.swapAt(i, m)
+                i = m
+            }
+        }
+        return top
     }
 }
