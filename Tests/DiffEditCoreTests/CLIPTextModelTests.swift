@@ -86,6 +86,17 @@ final class CLIPTextModelTests: XCTestCase {
         assertClose(short.data, Array(all.data[0..<(4 * d)]), atol: 1e-5, "prefix")
     }
 
+    /// More prompts than one forward pass takes (CLIPTextModel.promptsPerPass).
+    func testLargeBatchIsEncodedInPasses() throws {
+        let m = try model("sd2")
+        let (ids, n, _) = try referenceIDs("sd2")
+        let copies = CLIPTextModel.promptsPerPass / n + 2
+        let out = try m.encode(ids: Array([[Int32]](repeating: ids, count: copies).joined()), batch: n * copies, length: 77)
+        let want = try Fixtures.record("sd2/ref/text.tensor", "text.last_hidden").floats()
+        XCTAssertGreaterThan(n * copies, CLIPTextModel.promptsPerPass)
+        assertClose(out.data, Array([[Float]](repeating: want, count: copies).joined()), atol: Self.atol, "\(n * copies) prompts")
+    }
+
     func testBadInputsAreClearErrors() throws {
         let m = try model("sd1")
         XCTAssertThrowsError(try m.encode(ids: [49406, 49408], batch: 1, length: 2)) { e in

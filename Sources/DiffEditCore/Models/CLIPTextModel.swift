@@ -135,9 +135,27 @@ public final class CLIPTextModel {
         guard clipSkip >= 0, clipSkip <= config.layers else {
             throw ToolError("--clip-skip \(clipSkip) is out of range: the text encoder has \(config.layers) layers (use 0…\(config.layers))")
         }
-        let h = try hiddenState(ids: ids, batch: batch, length: length, layers: config.layers - clipSkip)
-        return Normalization.layerNorm(h, weight: finalNormWeight, bias: finalNormBias, eps: config.layerNormEps)
+        guard ids.count == batch * length else {
+            throw ToolError("token ids: \(ids.count) ids do not make \(batch) rows of \(length)")
+        }
+        // Prompts are independent: encode a few at a time so that the intermediate activations
+        // (the MLP's are 4× the output) stay small whatever the batch.
+        var out = [Float]()
+        out.reserveCapacity(batch * length * config.hiddenSize)
+        var start = 0
+        while start < batch {
+            let n = min(CLIPTextModel.promptsPerPass, batch - start)
+            let h = try hiddenState(ids: Array(ids[(start * length)..<((start + n) * length)]), batch: n, length: length,
+                                    layers: config.layers - clipSkip)
+            out.append(contentsOf: Normalization.layerNorm(h, weight: finalNormWeight, bias: finalNormBias,
+                                                           eps: config.layerNormEps).data)
+            start += n
+        }
+        return Tensor(shape: [batch, length, config.hiddenSize], data: out)
     }
+
+    /// Prompts per forward pass in `encode` (16 × 77 rows keep the matrix products efficient).
+    public static let promptsPerPass = 16
 
     /// transformers' `hidden_states[layers]`: the embeddings (layers = 0) or the output of block
     /// `layers`, before the final LayerNorm. Returns [batch, length, hiddenSize].
