@@ -101,6 +101,39 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    /// The Hub's SD 1.5 and SD 2.1 tokenizer configs: special tokens as {"content", "normalized":
+    /// true} dicts, and for 2.1 a special_tokens_map.json whose pad "!" overrides the config's
+    /// "<|endoftext|>". The expected ids are what transformers 5.24's CLIPTokenizer gave for these
+    /// exact files (with the fixture's vocab.json and merges.txt).
+    func testHubStyleConfigsSpecialTokenMapAndNormalizedFlags() throws {
+        func addedToken(_ c: String) -> [String: Any] {
+            ["__type": "AddedToken", "content": c, "lstrip": false, "normalized": true, "rstrip": false, "single_word": false]
+        }
+        let config: [String: Any] = [
+            "add_prefix_space": false, "bos_token": addedToken("<|startoftext|>"), "do_lower_case": true,
+            "eos_token": addedToken("<|endoftext|>"), "errors": "replace", "model_max_length": 77,
+            "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer", "unk_token": addedToken("<|endoftext|>"),
+        ]
+        let cases: [(pad: String, cat: [Int32], specials: [Int32])] = [
+            ("<|endoftext|>", [49406, 320, 2368, 256, 49407], [49406, 27, 347, 40786, 4160, 91, 285, 49406, 343, 49407]),
+            ("!", [49406, 320, 2368, 0, 49407], [49406, 49407, 49406, 343, 49407]),
+        ]
+        for c in cases {
+            let dir = try temporaryDirectory(self)
+            for f in ["vocab.json", "merges.txt"] {
+                try FileManager.default.copyItem(atPath: Fixtures.path("sd1/tokenizer/" + f), toPath: dir.appendingPathComponent(f).path)
+            }
+            try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("tokenizer_config.json"))
+            let map: [String: Any] = ["bos_token": addedToken("<|startoftext|>"), "eos_token": addedToken("<|endoftext|>"),
+                                      "pad_token": c.pad, "unk_token": addedToken("<|endoftext|>")]
+            try JSONSerialization.data(withJSONObject: map).write(to: dir.appendingPathComponent("special_tokens_map.json"))
+            let tok = try CLIPTokenizer(directory: dir.path)
+            XCTAssertEqual(tok.padToken, c.pad)
+            XCTAssertEqual(tok.inputIDs("a cat!", pad: false), c.cat, c.pad)
+            XCTAssertEqual(tok.inputIDs("<|EndOfText|> <|STARTOFTEXT|>x", pad: false), c.specials, c.pad)
+        }
+    }
+
     /// \s, \p{L}, \p{N} as the reference's regex engine classifies them. The expectations were
     /// read from `tokenizers`' Split pre-tokenizer run over every scalar (U+A7CE and U+10940 are
     /// Unicode 17 letters its Unicode 16 tables do not know).

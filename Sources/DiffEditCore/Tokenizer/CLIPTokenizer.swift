@@ -103,11 +103,15 @@ public final class CLIPTokenizer {
         // Special tokens resolve through the added tokens first, then the vocabulary.
         var added = extraAdded
         func resolve(_ token: String, _ role: String) throws -> Int32 {
-            if let a = added.first(where: { $0.content == token }) { return a.id }
-            guard let id = vocab[token] else {
-                throw ToolError("\(label): the \(role) token '\(token)' is not in the vocabulary — fix tokenizer_config.json")
+            let normalized = normalizedSpecials.contains(token)
+            if let k = added.firstIndex(where: { $0.content == token }) {
+                added[k].normalized = normalized
+                return added[k].id
             }
-            added.append(AddedToken(content: token, id: id, normalized: normalizedSpecials.contains(token)))
+            guard let id = vocab[token] else {
+                throw ToolError("\(label): the \(role) token '\(token)' is not in the vocabulary — fix tokenizer_config.json or special_tokens_map.json")
+            }
+            added.append(AddedToken(content: token, id: id, normalized: normalized))
             return id
         }
         bosID = try resolve(bosToken, "bos")

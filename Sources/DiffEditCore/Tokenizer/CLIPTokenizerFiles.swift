@@ -3,8 +3,8 @@ import Foundation
 /// Loading a CLIPTokenizer from a model folder's tokenizer/ directory, as transformers'
 /// `CLIPTokenizer.from_pretrained` reads it: tokenizer.json when present (what
 /// `save_pretrained` writes in transformers 5), else vocab.json + merges.txt (the Hub's SD
-/// checkpoints); special tokens and `model_max_length` from tokenizer_config.json, falling back
-/// to special_tokens_map.json, then to CLIP's defaults.
+/// checkpoints); special tokens from special_tokens_map.json, else tokenizer_config.json, else
+/// CLIP's defaults; `model_max_length` from tokenizer_config.json.
 extension CLIPTokenizer {
     public static let maxFileBytes = 64 << 20
 
@@ -88,17 +88,26 @@ extension CLIPTokenizer {
             let special = item["special"]?.boolValue ?? false
             added.append(AddedToken(content: content, id: id, normalized: item["normalized"]?.boolValue ?? !special))
         }
+        // Each special token comes from special_tokens_map.json, which overrides
+        // tokenizer_config.json (SD 2.x's config says pad "<|endoftext|>", its map "!", and the
+        // reference pads with "!"). A token given as {"content", "normalized": true} is matched
+        // in the normalised text; a plain string is not. When several roles name one token, the
+        // last declaration in the order bos, eos, unk, pad sets the flag, as in transformers.
         var normalizedSpecials = Set<String>()
         func special(_ key: String, _ fallback: String) throws -> String {
-            for (file, source) in [("tokenizer_config.json", config), ("special_tokens_map.json", specialMap)] {
+            for (file, source) in [("special_tokens_map.json", specialMap), ("tokenizer_config.json", config)] {
                 guard let v = source?[key], v != .null else { continue }
-                if let s = v.stringValue { return s }
+                if let s = v.stringValue {
+                    normalizedSpecials.remove(s)
+                    return s
+                }
                 if let s = v["content"]?.stringValue {
-                    if v["normalized"]?.boolValue == true { normalizedSpecials.insert(s) }
+                    if v["normalized"]?.boolValue == true { normalizedSpecials.insert(s) } else { normalizedSpecials.remove(s) }
                     return s
                 }
                 throw ToolError("\(label)/\(file): '\(key)' should be a token string")
             }
+            normalizedSpecials.remove(fallback)
             return fallback
         }
         let bos = try special("bos_token", "<|startoftext|>")
