@@ -97,6 +97,9 @@ struct Tokenize: ParsableCommand {
     func readPrompts() throws -> [String] {
         if !(prompts.isEmpty || prompts == ["-"]) { return prompts }
         let reader = ByteReader(fd: 0, label: "stdin")
+        if reader.isTerminal && !quiet {
+            CLI.note("tokenize", "reading prompts from the terminal, one per line; end with Ctrl-D")
+        }
         let bytes = try reader.readToEnd(limit: 64 << 20)
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw ToolError("stdin is not UTF-8 text — prompts must be UTF-8, one per line")
