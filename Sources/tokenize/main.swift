@@ -36,6 +36,8 @@ struct Tokenize: ParsableCommand {
 
     func run() throws {
         try CLI.run("tokenize") {
+            // Refuse a terminal on stdout before waiting for prompts typed on one.
+            let writer = show ? nil : try CLI.tensorOutput(force: force)
             let folder = try ModelFolder.resolve(model)
             let tokenizer = try CLIPTokenizer(folder: folder)
             let length = maxLength ?? tokenizer.modelMaxLength
@@ -77,7 +79,7 @@ struct Tokenize: ParsableCommand {
                 "eos_id": String(tokenizer.eosID),
                 "pad_id": String(tokenizer.padID),
             ]
-            let writer = try CLI.tensorOutput(force: force)
+            guard let writer else { return }
             if noPad {
                 metadata["padding"] = "none"
                 for (ids, text) in zip(rows, texts) {
