@@ -66,11 +66,11 @@ func runTool(_ name: String, _ args: [String], stdin: [UInt8] = [], environment:
         try? inPipe.fileHandleForWriting.close()
     }
     writer.start()
-    var errData = Data()
-    let errReader = Thread { errData = errPipe.fileHandleForReading.readDataToEndOfFile() }
+    let box = DataBox()
+    let errReader = Thread { box.data = errPipe.fileHandleForReading.readDataToEndOfFile() }
     errReader.start()
     let out = outPipe.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     while errReader.isExecuting { usleep(1000) }
-    return (p.terminationStatus, [UInt8](out), String(decoding: errData, as: UTF8.self))
+    return (p.terminationStatus, [UInt8](out), String(decoding: box.data, as: UTF8.self))
 }
