@@ -365,16 +365,25 @@ public struct VAEEncoder {
     }
 
     /// Moments [N, 2·latent, H/f, W/f] (after quant_conv). H and W must be multiples of f.
-    public func moments(_ image: Tensor) -> Tensor {
+    /// `trace` sees each stage's output under the names of the reference fixtures
+    /// (vae.encoder.conv_in, vae.encoder.down.i, vae.encoder.mid, vae.encoder.conv_out, vae.quant_conv).
+    public func moments(_ image: Tensor, trace: ((String, Tensor) -> Void)? = nil) -> Tensor {
         precondition(image.rank == 4 && image.shape[1] == config.inChannels)
         var x = convIn(image)
-        for block in blocks {
+        trace?("vae.encoder.conv_in", x)
+        for (i, block) in blocks.enumerated() {
             for resnet in block.resnets { x = resnet(x) }
             if let down = block.downsample { x = down(x) }
+            trace?("vae.encoder.down.\(i)", x)
         }
         x = mid(x)
+        trace?("vae.encoder.mid", x)
         x = convOut(normOut(x, silu: true))
-        if let quantConv { x = quantConv(x) }
+        trace?("vae.encoder.conv_out", x)
+        if let quantConv {
+            x = quantConv(x)
+            trace?("vae.quant_conv", x)
+        }
         return x
     }
 }
@@ -420,18 +429,27 @@ public struct VAEDecoder {
         convOut = try ConvLayer(store, "decoder.conv_out", in: ch[0], out: config.outChannels, kernel: 3, padding: .same(1))
     }
 
-    /// The decoded image, as `vae.decode(z).sample` (no clamping).
-    public func decode(_ z: Tensor) -> Tensor {
+    /// The decoded image, as `vae.decode(z).sample` (no clamping). `trace` sees each stage's
+    /// output under the fixtures' names (vae.post_quant_conv, vae.decoder.conv_in,
+    /// vae.decoder.mid, vae.decoder.up.i).
+    public func decode(_ z: Tensor, trace: ((String, Tensor) -> Void)? = nil) -> Tensor {
         precondition(z.rank == 4 && z.shape[1] == config.latentChannels)
         var x = z
-        if let postQuantConv { x = postQuantConv(x) }
-        x = mid(convIn(x))
-        for block in blocks {
+        if let postQuantConv {
+            x = postQuantConv(x)
+            trace?("vae.post_quant_conv", x)
+        }
+        x = convIn(x)
+        trace?("vae.decoder.conv_in", x)
+        x = mid(x)
+        trace?("vae.decoder.mid", x)
+        for (i, block) in blocks.enumerated() {
             for resnet in block.resnets { x = resnet(x) }
             if let conv = block.upsampleConv {
                 // Upsample2D: F.interpolate(scale_factor=2, mode="nearest"), then conv.
                 x = conv(Conv2D.upsampleNearest(x, height: 2 * x.shape[2], width: 2 * x.shape[3]))
             }
+            trace?("vae.decoder.up.\(i)", x)
         }
         return convOut(normOut(x, silu: true))
     }
