@@ -72,6 +72,16 @@ final class VAETests: XCTestCase {
         }
     }
 
+    func testSampleMatchesDiffusers() throws {
+        for key in Self.pipelines {
+            let (vae, refs) = try fixture(key)
+            let posterior = DiagonalGaussian(moments: try vae.makeEncoder().moments(try ref(refs, "vae.image").tensor()))
+            let noise = TorchGenerator(seed: 0).randn(count: posterior.mean.count)
+            let sampled = posterior.sample(noise: noise) * vae.config.scalingFactor
+            assertClose(sampled.data, try ref(refs, "vae.sample.seed0").floats(), atol: 1e-4, "\(key) sample seed 0")
+        }
+    }
+
     // MARK: tools end to end
 
     func testEncodeToolGivesFixturePosterior() throws {
@@ -87,6 +97,47 @@ final class VAETests: XCTestCase {
             XCTAssertEqual(records[0].metadata["scaling_factor"].flatMap(Float.init), sf)
             assertClose(records[0].floats(), try ref(refs, "vae.posterior.mean").floats().map { $0 * sf }, atol: 1e-4, "\(key) tool mean")
             assertClose(records[1].floats(), try ref(refs, "vae.posterior.std").floats().map { $0 * sf }, atol: 1e-4, "\(key) tool std")
+        }
+    }
+
+    func testEncodeToolSampleMatchesDiffusers() throws {
+        for key in Self.pipelines {
+            let (_, refs) = try fixture(key)
+            let cat = Fixtures.path("\(key)/cat.ppm"), model = Fixtures.path(key)
+            let one = try sh("vae-encode --model '\(model)' --sample --seed 0 < '\(cat)'")
+            XCTAssertEqual(one.status, 0, one.err)
+            let records = try decodeStream(one.out)
+            XCTAssertEqual(records.map(\.name), ["latents"])
+            XCTAssertEqual(records.first?.metadata["seed"], "0")
+            assertClose(records.first?.floats() ?? [], try ref(refs, "vae.sample.seed0").floats(), atol: 1e-4, "\(key) vae-encode --sample --seed 0")
+            // generate_mask encodes the image repeated num_maps_per_mask = 10 times and draws one
+            // randn([10, 4, h, w]) from a fresh generator: the same as ten images in one stream.
+            let diffedit = try Fixtures.records("\(key)/ref/diffedit.tensor")
+            guard let maskLatents = diffedit["diffedit.mask.image_latents"] else { XCTFail("no diffedit.mask.image_latents"); continue }
+            let ten = try sh("for i in 0 1 2 3 4 5 6 7 8 9; do cat '\(cat)'; done | vae-encode --model '\(model)' --sample --seed 0")
+            XCTAssertEqual(ten.status, 0, ten.err)
+            let batch = try decodeStream(ten.out)
+            XCTAssertEqual(batch.first?.shape, maskLatents.shape)
+            assertClose(batch.first?.floats() ?? [], maskLatents.floats(), atol: 1e-4, "\(key) batch of 10 sampled like generate_mask")
+        }
+        let bad = try sh("vae-encode --model '\(Fixtures.path("sd1"))' --sample < '\(Fixtures.path("sd1/cat.ppm"))'")
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertEqual(bad.err, "vae-encode: --sample needs --seed N (the seed of torch.Generator('cpu').manual_seed(N))\n")
+    }
+
+    /// The edited latents of the reference DiffEdit run decode to the pipeline's output image.
+    func testDecodeToolOnDiffEditOutput() throws {
+        for key in Self.pipelines {
+            _ = try fixture(key)
+            let diffedit = try Fixtures.records("\(key)/ref/diffedit.tensor")
+            guard let latents = diffedit["diffedit.edited.latents"], let u8 = diffedit["diffedit.edited.u8"] else {
+                XCTFail("\(key): no diffedit.edited.latents / diffedit.edited.u8"); continue
+            }
+            let run = try runTool("vae-decode", ["--model", Fixtures.path(key)], stdin: TensorStream.encode(latents))
+            XCTAssertEqual(run.status, 0, run.err)
+            let images = try readImages(run.out)
+            XCTAssertEqual(images.count, 1)
+            assertClose(images.first.map { $0.samples.map { ($0 * 255).rounded() } } ?? [], u8.floats(), atol: 1, "\(key) decoded DiffEdit result, u8")
         }
     }
 
