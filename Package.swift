@@ -12,6 +12,8 @@ let package = Package(
     products: [
         .library(name: "DiffEditCore", targets: ["DiffEditCore"]),
         .executable(name: "tensor", targets: ["tensor"]),
+        .executable(name: "vae-encode", targets: ["vae-encode"]),
+        .executable(name: "vae-decode", targets: ["vae-decode"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -34,6 +36,8 @@ let package = Package(
             ],
             swiftSettings: fastMath),
         .executableTarget(name: "tensor", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "vae-encode", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "vae-decode", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .testTarget(
             name: "DiffEditCoreTests", dependencies: ["DiffEditCore"],
             resources: []),
