@@ -187,12 +187,17 @@ final class VAETests: XCTestCase {
     func testBatchOfImagesDecodesPerEntry() throws {
         let (_, _) = try fixture("sd1")
         let model = Fixtures.path("sd1"), cat = Fixtures.path("sd1/cat.ppm")
-        // Two copies of the image: a batch of two identical posteriors, decoded to two equal images.
+        // Two copies of the image: a batch of two posteriors, decoded to two images equal within one
+        // level (sgemm may round the two batch entries differently at the 1e-6 level, which can tip
+        // a pixel that sits on a rounding boundary).
         let r = try sh("cat '\(cat)' '\(cat)' | vae-encode --model '\(model)' | vae-decode --model '\(model)'")
         XCTAssertEqual(r.status, 0, r.err)
         let images = try readImages(r.out)
         XCTAssertEqual(images.count, 2)
-        if images.count == 2 { XCTAssertEqual(images[0].samples, images[1].samples) }
+        if images.count == 2 {
+            let worst = zip(images[0].samples, images[1].samples).map { abs($0 - $1) }.max() ?? 1
+            XCTAssertLessThanOrEqual(worst, 1.0 / 255 + 1e-6, "batch entries differ by more than one level")
+        }
     }
 
     func testSizeErrorsAndFitting() throws {
