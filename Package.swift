@@ -14,6 +14,8 @@ let package = Package(
         .executable(name: "tensor", targets: ["tensor"]),
         .executable(name: "tokenize", targets: ["tokenize"]),
         .executable(name: "encode-text", targets: ["encode-text"]),
+        .executable(name: "vae-encode", targets: ["vae-encode"]),
+        .executable(name: "vae-decode", targets: ["vae-decode"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -38,6 +40,8 @@ let package = Package(
         .executableTarget(name: "tensor", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .executableTarget(name: "tokenize", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .executableTarget(name: "encode-text", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "vae-encode", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "vae-decode", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .testTarget(
             name: "DiffEditCoreTests", dependencies: ["DiffEditCore"],
             resources: []),
