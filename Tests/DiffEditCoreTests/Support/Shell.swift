@@ -5,19 +5,26 @@ import XCTest
 /// mandoc, and for pipelines of our own tools (their folder is put first on PATH).
 @discardableResult
 func sh(_ script: String, stdin: [UInt8] = []) throws -> (status: Int32, out: [UInt8], err: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/bin/bash")
-    p.arguments = ["-c", "set -o pipefail; " + script]
     var env = ProcessInfo.processInfo.environment
     env["PATH"] = URL(fileURLWithPath: toolPath("tensor")).deletingLastPathComponent().path + ":" + (env["PATH"] ?? "/usr/bin:/bin")
-    p.environment = env
+    return try runProcess("/bin/bash", ["-c", "set -o pipefail; " + script], stdin: stdin, environment: env)
+}
+
+/// Runs a program, feeding stdin from a thread and draining stderr on another so neither pipe
+/// can fill up and deadlock; returns (status, stdout, stderr).
+func runProcess(_ executable: String, _ args: [String], stdin: [UInt8], environment: [String: String]?) throws -> (status: Int32, out: [UInt8], err: String) {
+    signal(SIGPIPE, SIG_IGN)  // a tool that exits without reading all of stdin must not kill the test
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments = args
+    if let environment { p.environment = environment }
     let inPipe = Pipe(), outPipe = Pipe(), errPipe = Pipe()
     p.standardInput = inPipe
     p.standardOutput = outPipe
     p.standardError = errPipe
     try p.run()
     let writer = Thread {
-        inPipe.fileHandleForWriting.write(Data(stdin))
+        try? inPipe.fileHandleForWriting.write(contentsOf: Data(stdin))
         try? inPipe.fileHandleForWriting.close()
     }
     writer.start()
