@@ -12,6 +12,10 @@ let package = Package(
     products: [
         .library(name: "DiffEditCore", targets: ["DiffEditCore"]),
         .executable(name: "tensor", targets: ["tensor"]),
+        .executable(name: "tokenize", targets: ["tokenize"]),
+        .executable(name: "encode-text", targets: ["encode-text"]),
+        .executable(name: "vae-encode", targets: ["vae-encode"]),
+        .executable(name: "vae-decode", targets: ["vae-decode"]),
         .executable(name: "unet-bench", targets: ["unet-bench"]),
     ],
     dependencies: [
@@ -35,6 +39,10 @@ let package = Package(
             ],
             swiftSettings: fastMath),
         .executableTarget(name: "tensor", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "tokenize", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "encode-text", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "vae-encode", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "vae-decode", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .executableTarget(name: "unet-bench", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .testTarget(
             name: "DiffEditCoreTests", dependencies: ["DiffEditCore"],

@@ -89,14 +89,15 @@ int diffedit_image_read_raster(FILE *file, const diffedit_image_info *info, floa
     }
     pm_setjmpbufsave(&jb, &saved);
     row = pnm_allocpamrow(&pam);
-    const float scale = 1.0f / (float)pam.maxval;
+    // Divide (not multiply by a reciprocal): numpy's u8 / 255.0 in float32 is what diffusers does.
+    const float maxval = (float)pam.maxval;
     const size_t depth = pam.depth;
     for (int y = 0; y < pam.height; y++) {
         pnm_readpamrow(&pam, row);
         float *dst = out + (size_t)y * (size_t)pam.width * depth;
         for (int x = 0; x < pam.width; x++)
             for (size_t c = 0; c < depth; c++)
-                dst[(size_t)x * depth + c] = (float)row[x][c] * scale;
+                dst[(size_t)x * depth + c] = (float)row[x][c] / maxval;
     }
     pnm_freepamrow(row);
     pm_setjmpbuf(saved);

@@ -1,1 +1,312 @@
-print("tensor")
+import ArgumentParser
+import DiffEditCore
+import Foundation
+
+// `tensor`: inspect and convert diffedit tensor streams (man 1 tensor, man 5 diffedit-tensor).
+
+struct Selection: ParsableArguments {
+    @Option(name: .long, help: "Pick the record with this name.")
+    var name: String?
+
+    @Option(name: .long, help: "Pick the record at this index (0 is the first).")
+    var index: Int?
+
+    /// The selected record; with neither option, the only record (or the first, with a note).
+    func pick(_ records: [TensorRecord], label: String) throws -> TensorRecord {
+        if let name {
+            guard let r = records.first(where: { $0.name == name }) else {
+                throw ToolError("\(label) has no record named '\(name)' (it has: \(records.map(\.name).joined(separator: ", ")))")
+            }
+            return r
+        }
+        if let index {
+            guard index >= 0 && index < records.count else {
+                throw ToolError("\(label) has \(records.count) record(s); index \(index) is out of range")
+            }
+            return records[index]
+        }
+        guard let first = records.first else { throw ToolError("\(label): empty stream, no record to pick") }
+        return first
+    }
+}
+
+struct Force: ParsableArguments {
+    @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
+    var force = false
+}
+
+func readStream(_ path: String) throws -> (records: [TensorRecord], label: String) {
+    let reader = try CLI.tensorInput(path)
+    return (try reader.readAll(), reader.label)
+}
+
+@main
+struct TensorTool: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tensor",
+        abstract: "Inspect and convert diffedit tensor streams.",
+        discussion: "Reads the stream format of man 5 diffedit-tensor. FILE defaults to - (stdin).",
+        subcommands: [Head.self, Stats.self, Pick.self, ToNPY.self, FromNPY.self, Compare.self,
+                      ToImage.self, FromImage.self])
+}
+
+struct Head: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the header of every record: index, name, dtype, shape, metadata.")
+    @Argument(help: "Stream files; - is stdin.") var files: [String] = ["-"]
+
+    func run() throws {
+        try CLI.run("tensor") {
+            for file in files {
+                let reader = try CLI.tensorInput(file)
+                var i = 0
+                while let r = try reader.next() {
+                    print("\(files.count > 1 ? reader.label + ": " : "")[\(i)] \(r.name) \(r.dtype.rawValue) [\(r.shape.map(String.init).joined(separator: ", "))] \(r.bytes.count) bytes")
+                    for k in r.metadata.keys.sorted() {
+                        print("    \(k)=\(TensorStream.escape(r.metadata[k]!))")
+                    }
+                    i += 1
+                }
+            }
+        }
+    }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print min, max, mean, std and NaN/Inf counts of every record.")
+    @Argument(help: "Stream file; - is stdin.") var file = "-"
+
+    func run() throws {
+        try CLI.run("tensor") {
+            let reader = try CLI.tensorInput(file)
+            print("index\tname\tdtype\tshape\tmin\tmax\tmean\tstd\tnan\tinf")
+            var i = 0
+            while let r = try reader.next() {
+                let s = TensorStatistics(r)
+                let shape = r.shape.map(String.init).joined(separator: "x")
+                print("\(i)\t\(r.name)\t\(r.dtype.rawValue)\t\(shape.isEmpty ? "scalar" : shape)\t\(fmt(s.min))\t\(fmt(s.max))\t\(fmt(s.mean))\t\(fmt(s.std))\t\(s.nan)\t\(s.inf)")
+                i += 1
+            }
+        }
+    }
+}
+
+func fmt(_ x: Double) -> String { String(format: "%.6g", x) }
+
+struct Pick: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write one record of a stream.")
+    @OptionGroup var selection: Selection
+    @OptionGroup var force: Force
+    @Argument(help: "Stream file; - is stdin.") var file = "-"
+
+    func run() throws {
+        try CLI.run("tensor") {
+            let out = try CLI.tensorOutput(force: force.force)
+            let (records, label) = try readStream(file)
+            try out.write(try selection.pick(records, label: label))
+            try out.flush()
+        }
+    }
+}
+
+struct ToNPY: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "to-npy", abstract: "Write one record as a NumPy .npy file on stdout.")
+    @OptionGroup var selection: Selection
+    @OptionGroup var force: Force
+    @Argument(help: "Stream file; - is stdin.") var file = "-"
+
+    func run() throws {
+        try CLI.run("tensor") {
+            let out = try CLI.binaryOutput(force: force.force, what: ".npy data")
+            let (records, label) = try readStream(file)
+            try out.write(try NPY.encode(try selection.pick(records, label: label)))
+            try out.flush()
+        }
+    }
+}
+
+struct FromNPY: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "from-npy", abstract: "Turn a NumPy .npy file into a one-record stream.")
+    @Option(help: "Name of the record.") var name = "tensor"
+    @Option(name: .customLong("meta"), help: "Metadata key=value (repeatable).") var meta: [String] = []
+    @OptionGroup var force: Force
+    @Argument(help: ".npy file; - is stdin.") var file = "-"
+
+    func run() throws {
+        try CLI.run("tensor") {
+            var metadata: [String: String] = [:]
+            for m in meta {
+                guard let eq = m.firstIndex(of: "="), TensorStream.isValidKey(m[..<eq]),
+                      !["name", "dtype", "shape"].contains(String(m[..<eq])) else {
+                    throw ToolError("--meta '\(m)' is not key=value with a key of letters, digits, '_', '.', '-' (and not name/dtype/shape)")
+                }
+                metadata[String(m[..<eq])] = String(m[m.index(after: eq)...])
+            }
+            let out = try CLI.tensorOutput(force: force.force)
+            let input = try ByteReader(path: file)
+            let bytes = try input.readToEnd(limit: TensorStream.maxDataBytes)
+            try out.write(try NPY.decode(bytes, name: name, metadata: metadata))
+            try out.flush()
+        }
+    }
+}
+
+struct Compare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compare two streams record by record.",
+        discussion: "Prints max abs and max relative error per record. Exits 1 when any element differs by more than atol + rtol*|b| (numpy.allclose), or the streams differ in record count, names, or shapes.")
+    @Option(help: "Absolute tolerance.") var atol: Double = 1e-4
+    @Option(help: "Relative tolerance.") var rtol: Double = 0
+    @Argument(help: "First stream (- is stdin).") var a: String
+    @Argument(help: "Second stream, the reference.") var b: String
+
+    func run() throws {
+        var failed = false
+        try CLI.run("tensor") {
+            guard a != "-" || b != "-" else { throw ToolError("only one of the two streams can be stdin") }
+            let (ra, la) = try readStream(a)
+            let (rb, lb) = try readStream(b)
+            if ra.count != rb.count {
+                print("record count differs: \(la) has \(ra.count), \(lb) has \(rb.count)")
+                failed = true
+            }
+            print("index\tname\tmax_abs\tmax_rel\toutside\tverdict")
+            for i in 0..<min(ra.count, rb.count) {
+                let x = ra[i], y = rb[i]
+                if x.name != y.name || x.shape != y.shape {
+                    print("\(i)\t\(x.name)\tshape/name differ: \(x.name) \(x.shapeDescription) vs \(y.name) \(y.shapeDescription)\t\t\tFAIL")
+                    failed = true
+                    continue
+                }
+                let c = TensorComparison(x, y, atol: atol, rtol: rtol)
+                let ok = c.outside == 0
+                if !ok { failed = true }
+                print("\(i)\t\(x.name)\t\(fmt(c.maxAbs))\t\(fmt(c.maxRel))\t\(c.outside)\t\(ok ? "ok" : "FAIL")")
+            }
+        }
+        if failed { throw ExitCode(1) }
+    }
+}
+
+struct ToImage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "to-image",
+        abstract: "Render a record as a PGM/PPM image for a person to look at.",
+        discussion: """
+            Takes a rank-2 [H, W], rank-3 [C, H, W] or rank-4 [N, C, H, W] record. --rgb writes \
+            3 channels in [-1, 1] as a PPM (as vae-decode would); otherwise one channel (or all \
+            channels side by side with --tile) is mapped from --range (default: its own min..max; \
+            a 0/1 mask maps to black/white) to grey levels.
+            """)
+    @OptionGroup var selection: Selection
+    @OptionGroup var force: Force
+    @Option(help: "Batch entry to show.") var batch = 0
+    @Option(help: "Channel to show.") var channel = 0
+    @Flag(help: "Show all channels side by side.") var tile = false
+    @Flag(help: "Treat 3 channels in [-1, 1] as an RGB image.") var rgb = false
+    @Option(help: "Value range lo:hi mapped to black..white (default: the data's min:max).") var range: String?
+    @Option(help: "Nearest-neighbour magnification factor (1-64).") var scale = 1
+    @Option(help: "Bits per sample, 8 or 16.") var bits = 8
+    @Argument(help: "Stream file; - is stdin.") var file = "-"
+
+    func run() throws {
+        try CLI.run("tensor") {
+            guard (1...64).contains(scale) else { throw ToolError("--scale must be 1 to 64") }
+            guard bits == 8 || bits == 16 else { throw ToolError("--bits must be 8 or 16") }
+            let out = try CLI.binaryOutput(force: force.force)
+            let (records, label) = try readStream(file)
+            let r = try selection.pick(records, label: label)
+            guard r.dtype.isFloatingPoint || r.dtype == .u8 || r.dtype == .i32 else {
+                throw ToolError("record '\(r.name)' is \(r.dtype.rawValue); only numeric images render")
+            }
+            var shape = r.shape
+            switch shape.count {
+            case 2: shape = [1, 1] + shape
+            case 3: shape = [1] + shape
+            case 4: break
+            default:
+                throw ToolError("record '\(r.name)' has shape \(r.shapeDescription); to-image needs [H, W], [C, H, W] or [N, C, H, W]")
+            }
+            let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3])
+            guard batch >= 0 && batch < n else { throw ToolError("--batch \(batch) is out of range (record has \(n))") }
+            guard h > 0 && w > 0 else { throw ToolError("record '\(r.name)' is empty") }
+            guard h * scale <= 1 << 15 && w * scale * (tile ? c : 1) <= 1 << 15 else {
+                throw ToolError("the image would be larger than 32768 pixels on a side — lower --scale")
+            }
+            let all = r.floats()
+            let plane = Array(all[(batch * c * h * w)..<((batch + 1) * c * h * w)])
+            if rgb {
+                guard c == 3 else { throw ToolError("--rgb needs 3 channels; record '\(r.name)' has \(c)") }
+                let t = upscale(Tensor(shape: [1, 3, h, w], data: plane), scale)
+                try NetpbmImage.write(t, bits: bits, to: out)
+                try out.flush()
+                return
+            }
+            let channels: [Int]
+            if tile {
+                channels = Array(0..<c)
+            } else {
+                guard channel >= 0 && channel < c else { throw ToolError("--channel \(channel) is out of range (record has \(c))") }
+                channels = [channel]
+            }
+            var grey = [Float](repeating: 0, count: h * w * channels.count)
+            for (k, ch) in channels.enumerated() {
+                for y in 0..<h {
+                    for x in 0..<w { grey[y * w * channels.count + k * w + x] = plane[ch * h * w + y * w + x] }
+                }
+            }
+            var lo: Float, hi: Float
+            if let range {
+                let parts = range.split(separator: ":")
+                guard parts.count == 2, let a = Float(parts[0]), let b = Float(parts[1]), a < b else {
+                    throw ToolError("--range '\(range)' should be lo:hi with lo < hi, e.g. -1:1")
+                }
+                (lo, hi) = (a, b)
+            } else {
+                let finite = grey.filter(\.isFinite)
+                lo = finite.min() ?? 0
+                hi = finite.max() ?? 1
+                if lo == hi { (lo, hi) = lo == 0 ? (0, 1) : (min(0, lo), max(0, hi)) }
+            }
+            // Map lo..hi to -1..1 and reuse the image writer's rounding.
+            let mapped = grey.map { (($0 - lo) / (hi - lo)) * 2 - 1 }
+            let t = upscale(Tensor(shape: [1, 1, h, w * channels.count], data: mapped), scale)
+            try NetpbmImage.write(t, bits: bits, to: out)
+            try out.flush()
+        }
+    }
+
+    func upscale(_ t: Tensor, _ k: Int) -> Tensor {
+        k == 1 ? t : Conv2D.upsampleNearest(t, height: t.shape[2] * k, width: t.shape[3] * k)
+    }
+}
+
+struct FromImage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "from-image",
+        abstract: "Read a netpbm image stream into an f32 [N, 3, H, W] record in [-1, 1].",
+        discussion: "Grey images are replicated to 3 channels and alpha is dropped (with a note), as diffusers' VaeImageProcessor prepares images for the VAE. All images of a multi-image stream must share one size.")
+    @Option(help: "Name of the record.") var name = "image"
+    @OptionGroup var force: Force
+    @Argument(help: "Netpbm file (PBM/PGM/PPM/PAM); - is stdin.") var file = "-"
+
+    func run() throws {
+        try CLI.run("tensor") {
+            let out = try CLI.tensorOutput(force: force.force)
+            let images = try NetpbmImage.readAll(try ByteReader(path: file))
+            let first = images[0]
+            for (i, im) in images.enumerated() where im.width != first.width || im.height != first.height {
+                throw ToolError("image \(i) is \(im.width)x\(im.height) but image 0 is \(first.width)x\(first.height) — one stream must hold images of one size")
+            }
+            if images.contains(where: \.hasAlpha) { CLI.note("tensor", "note: alpha channel dropped") }
+            let t = Tensor.concat(batch: images.map { $0.rgbTensor() })
+            try out.write(TensorRecord(name: name, tensor: t, metadata: [
+                "source.maxval": String(first.maxval), "source.depth": String(first.depth),
+            ]))
+            try out.flush()
+        }
+    }
+}

@@ -152,9 +152,15 @@ public final class SafeTensorsFile {
                 c = n
             }
         case .F16:
-            return (0..<n).map { HalfFloat.f16ToFloat(raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)) }
+            return [Float](unsafeUninitializedCapacity: n) { out, c in
+                for i in 0..<n { out[i] = HalfFloat.f16ToFloat(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)) }
+                c = n
+            }
         case .BF16:
-            return (0..<n).map { HalfFloat.bf16ToFloat(raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)) }
+            return [Float](unsafeUninitializedCapacity: n) { out, c in
+                for i in 0..<n { out[i] = HalfFloat.bf16ToFloat(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)) }
+                c = n
+            }
         case .F64:
             return (0..<n).map { Float(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Double.self)) }
         case .I64:

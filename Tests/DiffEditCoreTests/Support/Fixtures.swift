@@ -49,28 +49,8 @@ func toolPath(_ name: String) -> String {
     return dir.appendingPathComponent(name).path
 }
 
-/// Runs a tool with stdin bytes; returns (status, stdout, stderr).
+/// Runs a built tool with stdin bytes; returns (status, stdout, stderr).
 @discardableResult
 func runTool(_ name: String, _ args: [String], stdin: [UInt8] = [], environment: [String: String]? = nil) throws -> (status: Int32, out: [UInt8], err: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: toolPath(name))
-    p.arguments = args
-    if let environment { p.environment = environment }
-    let inPipe = Pipe(), outPipe = Pipe(), errPipe = Pipe()
-    p.standardInput = inPipe
-    p.standardOutput = outPipe
-    p.standardError = errPipe
-    try p.run()
-    let writer = Thread {
-        inPipe.fileHandleForWriting.write(Data(stdin))
-        try? inPipe.fileHandleForWriting.close()
-    }
-    writer.start()
-    var errData = Data()
-    let errReader = Thread { errData = errPipe.fileHandleForReading.readDataToEndOfFile() }
-    errReader.start()
-    let out = outPipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    while errReader.isExecuting { usleep(1000) }
-    return (p.terminationStatus, [UInt8](out), String(decoding: errData, as: UTF8.self))
+    try runProcess(toolPath(name), args, stdin: stdin, environment: environment)
 }

@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CNetpbm
+
+/// One image as libnetpbm reads it: interleaved HWC samples scaled to [0, 1].
+public struct NetpbmImage {
+    public var width: Int
+    public var height: Int
+    /// Samples per pixel: 1 grey, 2 grey+alpha, 3 RGB, 4 RGB+alpha.
+    public var depth: Int
+    public var maxval: Int
+    public var tupleType: String
+    /// height × width × depth samples in [0, 1].
+    public var samples: [Float]
+
+    public var hasAlpha: Bool { depth == 2 || depth == 4 }
+
+    /// The image as diffusers' VaeImageProcessor gives it to the VAE: [1, 3, H, W] in [-1, 1]
+    /// (x/maxval in f32, then 2x − 1). Grey is replicated to RGB; alpha is dropped.
+    public func rgbTensor() -> Tensor {
+        let hw = width * height
+        var out = [Float](repeating: 0, count: 3 * hw)
+        let colorChannels = depth >= 3 ? 3 : 1
+        samples.withUnsafeBufferPointer { s in
+            out.withUnsafeMutableBufferPointer { o in
+                for c in 0..<3 {
+                    let src = colorChannels == 3 ? c : 0
+                    for i in 0..<hw { o[c * hw + i] = 2 * s[i * depth + src] - 1 }
+                }
+            }
+        }
+        return Tensor(shape: [1, 3, height, width], data: out)
+    }
+
+    /// Largest image the readers accept before allocating: 2^28 samples (a 16k × 16k RGB image).
+    public static var maxSamples = 1 << 28
+
+    /// Reads every image of a netpbm stream (PBM, PGM, PPM, PAM; plain or raw; any maxval).
+    /// The whole input is read first so that a truncated or foreign file is reported by us, not
+    /// by libnetpbm exiting the process.
+    public static func readAll(_ input: ByteReader, limitBytes: Int = 1 << 32) throws -> [NetpbmImage] {
+        if input.fd == 0 && input.isTerminal {
+            throw ToolError("expected a netpbm image on stdin, which is a terminal — pipe one in (e.g. pngtopnm photo.png | ...)")
+        }
+        var bytes = try input.readToEnd(limit: limitBytes)
+        guard !bytes.isEmpty else {
+            throw ToolError("\(input.label): empty input, expected a netpbm image (PBM/PGM/PPM/PAM) — convert with e.g. pngtopnm or jpegtopnm")
+        }
+        guard bytes.count >= 2, bytes[0] == UInt8(ascii: "P"), (UInt8(ascii: "1")...UInt8(ascii: "7")).contains(bytes[1]) else {
+            throw ToolError("\(input.label): not a netpbm image (no P1..P7 magic) — convert it first, e.g. pngtopnm photo.png or jpegtopnm photo.jpg")
+        }
+        return try bytes.withUnsafeMutableBytes { raw -> [NetpbmImage] in
+            guard let file = fmemopen(raw.baseAddress, raw.count, "rb") else {
+                throw ToolError("cannot open the image buffer: \(String(cString: strerror(errno)))")
+            }
+            defer { fclose(file) }
+            var images: [NetpbmImage] = []
+            var err = [CChar](repeating: 0, count: 512)
+            while true {
+                var info = diffedit_image_info()
+                let status = diffedit_image_read_header(file, images.isEmpty ? 1 : 0, &info, &err, err.count)
+                if status == 1 { break }
+                if status != 0 {
+                    throw ToolError("\(input.label): bad netpbm image \(images.count): \(String(cString: err))")
+                }
+                let (w, h, d) = (Int(info.width), Int(info.height), Int(info.depth))
+                guard w > 0, h > 0, d > 0 else {
+                    throw ToolError("\(input.label): image \(images.count) is \(w)x\(h) with depth \(d) — nothing to process")
+                }
+                let (n1, o1) = w.multipliedReportingOverflow(by: h)
+                let (n, o2) = n1.multipliedReportingOverflow(by: d)
+                guard !o1, !o2, n <= maxSamples else {
+                    throw ToolError("\(input.label): image \(images.count) is \(w)x\(h)x\(d), past the limit of \(maxSamples) samples — scale it down first (pamscale)")
+                }
+                var samples = [Float](repeating: 0, count: n)
+                let ok = samples.withUnsafeMutableBufferPointer { s in
+                    diffedit_image_read_raster(file, &info, s.baseAddress!, &err, err.count)
+                }
+                if ok != 0 {
+                    throw ToolError("\(input.label): bad netpbm image \(images.count): \(String(cString: err)) — the file may be truncated")
+                }
+                let tupleType = withUnsafeBytes(of: info.tuple_type) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                images.append(NetpbmImage(width: w, height: h, depth: d, maxval: Int(info.maxval),
+                                          tupleType: tupleType, samples: samples))
+                // Only whitespace may follow the last image.
+                if try onlyWhitespaceLeft(file) { break }
+            }
+            return images
+        }
+    }
+
+    private static func onlyWhitespaceLeft(_ file: UnsafeMutablePointer<FILE>) throws -> Bool {
+        let here = ftell(file)
+        while true {
+            let c = fgetc(file)
+            if c == EOF { return true }
+            if c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 { continue }
+            fseek(file, here, SEEK_SET)
+            return false
+        }
+    }
+
+    /// diffusers' postprocess of one sample in [-1, 1] to an integer level:
+    /// (x·0.5 + 0.5).clamp(0, 1), × maxval, round half to even (numpy's round).
+    @inline(__always) public static func quantize(_ x: Float, maxval: Float) -> UInt16 {
+        var v = x * 0.5 + 0.5
+        if !(v >= 0) { v = 0 }  // NaN becomes black rather than undefined
+        if v > 1 { v = 1 }
+        return UInt16((v * maxval).rounded(.toNearestOrEven))
+    }
+
+    /// Writes each batch entry of an NCHW tensor in [-1, 1] as one raw image (C = 3 → PPM,
+    /// C = 1 → PGM) of a multi-image stream, 8 or 16 bits per sample.
+    public static func write(_ t: Tensor, bits: Int = 8, to out: ByteWriter) throws {
+        guard t.rank == 4, t.shape[1] == 3 || t.shape[1] == 1 else {
+            throw ToolError("cannot write a \(t.shape.map(String.init).joined(separator: "x")) tensor as an image — need [N, 3, H, W] or [N, 1, H, W]")
+        }
+        guard bits == 8 || bits == 16 else { throw ToolError("image depth must be 8 or 16 bits, not \(bits)") }
+        let (n, c, h, w) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
+        let maxval: Float = bits == 8 ? 255 : 65535
+        var levels = [UInt16](repeating: 0, count: h * w * c)
+        for b in 0..<n {
+            t.data.withUnsafeBufferPointer { p in
+                let base = b * c * h * w
+                for ch in 0..<c {
+                    for i in 0..<(h * w) { levels[i * c + ch] = quantize(p[base + ch * h * w + i], maxval: maxval) }
+                }
+            }
+            try writeLevels(width: w, height: h, depth: c, maxval: Int(maxval), levels: levels, to: out)
+        }
+    }
+
+    /// Writes one image from interleaved integer levels (0...maxval) through libnetpbm.
+    public static func writeLevels(width: Int, height: Int, depth: Int, maxval: Int, levels: [UInt16],
+                                   to out: ByteWriter) throws {
+        precondition(levels.count == width * height * depth)
+        var buffer: UnsafeMutablePointer<CChar>? = nil
+        var size = 0
+        guard let file = open_memstream(&buffer, &size) else {
+            throw ToolError("cannot allocate an image buffer: \(String(cString: strerror(errno)))")
+        }
+        var err = [CChar](repeating: 0, count: 512)
+        let status = levels.withUnsafeBufferPointer { l in
+            diffedit_image_write(file, Int32(width), Int32(height), Int32(depth), UInt(maxval), l.baseAddress!, &err, err.count)
+        }
+        fclose(file)
+        defer { free(buffer) }
+        if status != 0 { throw ToolError("cannot encode the image: \(String(cString: err))") }
+        try out.write(UnsafeRawBufferPointer(start: buffer, count: size))
+    }
+}

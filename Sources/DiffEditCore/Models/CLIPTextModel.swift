@@ -1,0 +1,235 @@
+/// The hyper-parameters of transformers' CLIPTextModel, from text_encoder/config.json.
+public struct CLIPTextConfig: Equatable {
+    public enum Activation: String { case quickGelu = "quick_gelu", gelu = "gelu" }
+
+    public var vocabSize: Int
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var layers: Int
+    public var heads: Int
+    public var maxPositions: Int
+    public var activation: Activation
+    public var layerNormEps: Float
+
+    public init(vocabSize: Int, hiddenSize: Int, intermediateSize: Int, layers: Int, heads: Int,
+                maxPositions: Int, activation: Activation, layerNormEps: Float) {
+        self.vocabSize = vocabSize
+        self.hiddenSize = hiddenSize
+        self.intermediateSize = intermediateSize
+        self.layers = layers
+        self.heads = heads
+        self.maxPositions = maxPositions
+        self.activation = activation
+        self.layerNormEps = layerNormEps
+    }
+
+    /// Reads the config, with CLIPTextConfig's defaults for absent keys, and checks it.
+    public init(_ c: JSONConfig) throws {
+        vocabSize = try c.int("vocab_size", default: 49408)
+        hiddenSize = try c.int("hidden_size", default: 512)
+        intermediateSize = try c.int("intermediate_size", default: 2048)
+        layers = try c.int("num_hidden_layers", default: 12)
+        heads = try c.int("num_attention_heads", default: 8)
+        maxPositions = try c.int("max_position_embeddings", default: 77)
+        let act = try c.string("hidden_act", default: "quick_gelu")
+        // "gelu" is torch's exact (erf) GELU in transformers' ACT2FN.
+        guard let a = Activation(rawValue: act) else {
+            throw ToolError("\(c.label): hidden_act '\(act)' is not supported (quick_gelu or gelu, as CLIP text encoders use)")
+        }
+        activation = a
+        layerNormEps = Float(try c.double("layer_norm_eps", default: 1e-5))
+        for (name, v) in [("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
+                          ("num_attention_heads", heads), ("max_position_embeddings", maxPositions)]
+        where v < 1 || v > 1 << 20 {
+            throw ToolError("\(c.label): \(name) = \(v) is out of range")
+        }
+        guard layers >= 0, layers <= 1024 else { throw ToolError("\(c.label): num_hidden_layers = \(layers) is out of range") }
+        guard hiddenSize % heads == 0 else {
+            throw ToolError("\(c.label): hidden_size \(hiddenSize) does not split into \(heads) attention heads")
+        }
+        guard layerNormEps > 0, layerNormEps.isFinite else { throw ToolError("\(c.label): layer_norm_eps must be positive") }
+    }
+}
+
+/// transformers' CLIPTextModel, the text encoder of Stable Diffusion: token + position
+/// embeddings, `layers` pre-LN transformer blocks with causal self-attention, final LayerNorm.
+/// The output is `last_hidden_state`, what diffusers' encode_prompt feeds the UNet.
+public final class CLIPTextModel {
+    struct Layer {
+        var norm1Weight: [Float], norm1Bias: [Float]
+        var qWeight: [Float], qBias: [Float]
+        var kWeight: [Float], kBias: [Float]
+        var vWeight: [Float], vBias: [Float]
+        var outWeight: [Float], outBias: [Float]
+        var norm2Weight: [Float], norm2Bias: [Float]
+        var fc1Weight: [Float], fc1Bias: [Float]
+        var fc2Weight: [Float], fc2Bias: [Float]
+    }
+
+    public let config: CLIPTextConfig
+    let weights: WeightStore
+    /// "text_model." in checkpoints saved by transformers 4 (the Hub's SD folders), "" in
+    /// those saved by transformers 5.
+    let prefix: String
+    let positionEmbedding: [Float]
+    let layers: [Layer]
+    let finalNormWeight: [Float], finalNormBias: [Float]
+
+    public convenience init(folder: ModelFolder) throws {
+        let config = try CLIPTextConfig(folder.config("text_encoder"))
+        try self.init(config: config, weights: folder.weights("text_encoder"))
+    }
+
+    public init(config: CLIPTextConfig, weights: WeightStore) throws {
+        self.config = config
+        self.weights = weights
+        let tokenName = "embeddings.token_embedding.weight"
+        let prefix: String
+        if weights.contains("text_model." + tokenName) {
+            prefix = "text_model."
+        } else if weights.contains(tokenName) {
+            prefix = ""
+        } else {
+            throw ToolError("text_encoder: missing weight 'text_model.\(tokenName)' in \(weights.file.path) — not a CLIP text encoder checkpoint")
+        }
+        let d = config.hiddenSize, f = config.intermediateSize
+        func load(_ name: String, _ shape: [Int]) throws -> [Float] { try weights.load(prefix + name, shape: shape) }
+        // The token table is only checked here; encode() gathers the rows it needs straight
+        // from the mapped file (49408 × 1024 floats would be a large copy for a few ids).
+        guard let tokenEntry = weights.file.entries[prefix + tokenName] else { throw ToolError("unreachable") }
+        guard tokenEntry.shape == [config.vocabSize, d] else {
+            throw ToolError("text_encoder: weight '\(prefix + tokenName)' has shape \(tokenEntry.shape) but text_encoder/config.json implies \([config.vocabSize, d]) — config and weights are from different models")
+        }
+        guard [.F32, .F16, .BF16].contains(tokenEntry.dtype) else {
+            throw ToolError("text_encoder: weight '\(prefix + tokenName)' has dtype \(tokenEntry.dtype.rawValue); expected F32, F16 or BF16")
+        }
+        positionEmbedding = try load("embeddings.position_embedding.weight", [config.maxPositions, d])
+        var layers: [Layer] = []
+        for i in 0..<config.layers {
+            let p = "encoder.layers.\(i)."
+            layers.append(Layer(
+                norm1Weight: try load(p + "layer_norm1.weight", [d]), norm1Bias: try load(p + "layer_norm1.bias", [d]),
+                qWeight: try load(p + "self_attn.q_proj.weight", [d, d]), qBias: try load(p + "self_attn.q_proj.bias", [d]),
+                kWeight: try load(p + "self_attn.k_proj.weight", [d, d]), kBias: try load(p + "self_attn.k_proj.bias", [d]),
+                vWeight: try load(p + "self_attn.v_proj.weight", [d, d]), vBias: try load(p + "self_attn.v_proj.bias", [d]),
+                outWeight: try load(p + "self_attn.out_proj.weight", [d, d]), outBias: try load(p + "self_attn.out_proj.bias", [d]),
+                norm2Weight: try load(p + "layer_norm2.weight", [d]), norm2Bias: try load(p + "layer_norm2.bias", [d]),
+                fc1Weight: try load(p + "mlp.fc1.weight", [f, d]), fc1Bias: try load(p + "mlp.fc1.bias", [f]),
+                fc2Weight: try load(p + "mlp.fc2.weight", [d, f]), fc2Bias: try load(p + "mlp.fc2.bias", [d])))
+        }
+        // A checkpoint with more layers than the config names is another model.
+        if weights.contains(prefix + "encoder.layers.\(config.layers).layer_norm1.weight") {
+            throw ToolError("text_encoder: the weights have more than the \(config.layers) layers text_encoder/config.json names — config and weights are from different models")
+        }
+        self.layers = layers
+        self.prefix = prefix
+        finalNormWeight = try load("final_layer_norm.weight", [d])
+        finalNormBias = try load("final_layer_norm.bias", [d])
+    }
+
+    /// Embeddings of token ids [batch, length] (row-major): the hidden state after
+    /// `layers − clipSkip` blocks, through the final LayerNorm. clipSkip 0 is
+    /// `last_hidden_state`; clipSkip k is diffusers' `clip_skip=k`
+    /// (`final_layer_norm(hidden_states[-(k + 1)])`). Returns [batch, length, hiddenSize].
+    public func encode(ids: [Int32], batch: Int, length: Int, clipSkip: Int = 0) throws -> Tensor {
+        guard clipSkip >= 0, clipSkip <= config.layers else {
+            throw ToolError("--clip-skip \(clipSkip) is out of range: the text encoder has \(config.layers) layers (use 0…\(config.layers))")
+        }
+        guard ids.count == batch * length else {
+            throw ToolError("token ids: \(ids.count) ids do not make \(batch) rows of \(length)")
+        }
+        // Prompts are independent: encode a few at a time so that the intermediate activations
+        // (the MLP's are 4× the output) stay small whatever the batch.
+        var out = [Float]()
+        out.reserveCapacity(batch * length * config.hiddenSize)
+        var start = 0
+        while start < batch {
+            let n = min(CLIPTextModel.promptsPerPass, batch - start)
+            let h = try hiddenState(ids: Array(ids[(start * length)..<((start + n) * length)]), batch: n, length: length,
+                                    layers: config.layers - clipSkip)
+            out.append(contentsOf: Normalization.layerNorm(h, weight: finalNormWeight, bias: finalNormBias,
+                                                           eps: config.layerNormEps).data)
+            start += n
+        }
+        return Tensor(shape: [batch, length, config.hiddenSize], data: out)
+    }
+
+    /// Prompts per forward pass in `encode` (16 × 77 rows keep the matrix products efficient).
+    public static let promptsPerPass = 16
+
+    /// transformers' `hidden_states[layers]`: the embeddings (layers = 0) or the output of block
+    /// `layers`, before the final LayerNorm. Returns [batch, length, hiddenSize].
+    public func hiddenState(ids: [Int32], batch: Int, length: Int, layers count: Int) throws -> Tensor {
+        let d = config.hiddenSize
+        precondition(count >= 0 && count <= config.layers)
+        guard ids.count == batch * length else {
+            throw ToolError("token ids: \(ids.count) ids do not make \(batch) rows of \(length)")
+        }
+        guard length >= 1, length <= config.maxPositions else {
+            throw ToolError("token ids: sequences of \(length) tokens, but the text encoder takes at most \(config.maxPositions) — tokenize with --max-length \(config.maxPositions)")
+        }
+        for (k, id) in ids.enumerated() where id < 0 || Int(id) >= config.vocabSize {
+            throw ToolError("token id \(id) at prompt \(k / length + 1), position \(k % length) is outside the vocabulary of \(config.vocabSize) — were the ids made with this model's tokenizer?")
+        }
+
+        // embeddings = token_embedding(ids) + position_embedding(0..<length)
+        var x = Tensor(shape: [batch, length, d], data: gatherTokenRows(ids))
+        x.data.withUnsafeMutableBufferPointer { xp in
+            positionEmbedding.withUnsafeBufferPointer { pp in
+                for b in 0..<batch {
+                    for t in 0..<length {
+                        let row = xp.baseAddress! + (b * length + t) * d
+                        let pos = pp.baseAddress! + t * d
+                        for i in 0..<d { row[i] += pos[i] }
+                    }
+                }
+            }
+        }
+
+        let scale = 1 / Float(d / config.heads).squareRoot()
+        for layer in layers.prefix(count) {
+            // Pre-LN self-attention block, causal mask only: diffusers passes no attention
+            // mask for SD (text_encoder.config.use_attention_mask is unset), so padding tokens
+            // are attended to like any other token before them.
+            let h = Normalization.layerNorm(x, weight: layer.norm1Weight, bias: layer.norm1Bias, eps: config.layerNormEps)
+            let q = Linear.forward(h, weight: layer.qWeight, bias: layer.qBias, outFeatures: d)
+            let k = Linear.forward(h, weight: layer.kWeight, bias: layer.kBias, outFeatures: d)
+            let v = Linear.forward(h, weight: layer.vWeight, bias: layer.vBias, outFeatures: d)
+            let a = Attention.forward(q: q, k: k, v: v, heads: config.heads, scale: scale, causal: true)
+            x += Linear.forward(a, weight: layer.outWeight, bias: layer.outBias, outFeatures: d)
+
+            // Pre-LN MLP block: fc2(act(fc1(LN(x)))).
+            let h2 = Normalization.layerNorm(x, weight: layer.norm2Weight, bias: layer.norm2Bias, eps: config.layerNormEps)
+            var m = Linear.forward(h2, weight: layer.fc1Weight, bias: layer.fc1Bias, outFeatures: config.intermediateSize)
+            switch config.activation {
+            case .quickGelu: Activation.quickGelu(&m)
+            case .gelu: Activation.gelu(&m)
+            }
+            x += Linear.forward(m, weight: layer.fc2Weight, bias: layer.fc2Bias, outFeatures: d)
+        }
+        return x
+    }
+
+    /// Rows of the token embedding table for `ids` (already range-checked), converted to f32.
+    func gatherTokenRows(_ ids: [Int32]) -> [Float] {
+        let d = config.hiddenSize
+        let entry = weights.file.entries[prefix + "embeddings.token_embedding.weight"]!
+        let raw = weights.file.rawBytes(entry)
+        var out = [Float](repeating: 0, count: ids.count * d)
+        out.withUnsafeMutableBufferPointer { o in
+            for (r, id) in ids.enumerated() {
+                let dst = o.baseAddress! + r * d
+                let src = Int(id) * d
+                switch entry.dtype {
+                case .F16:
+                    for i in 0..<d { dst[i] = HalfFloat.f16ToFloat(raw.loadUnaligned(fromByteOffset: (src + i) * 2, as: UInt16.self)) }
+                case .BF16:
+                    for i in 0..<d { dst[i] = HalfFloat.bf16ToFloat(raw.loadUnaligned(fromByteOffset: (src + i) * 2, as: UInt16.self)) }
+                default:
+                    for i in 0..<d { dst[i] = raw.loadUnaligned(fromByteOffset: (src + i) * 4, as: Float.self) }
+                }
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,83 @@
+import ArgumentParser
+import DiffEditCore
+
+// `vae-decode`: Stable Diffusion latents → netpbm images (man 1 vae-decode).
+
+@main
+struct VAEDecode: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vae-decode",
+        abstract: "Decode Stable Diffusion latents into PPM images with the model's VAE.",
+        discussion: """
+            Reads latents [N, 4, h, w] (in the UNet's space: they are divided by the VAE's \
+            scaling_factor first) and writes one raw PPM per batch entry as a multi-image netpbm \
+            stream, postprocessed as diffusers: (x/2 + 0.5) clamped to [0, 1], × 255 (or 65535), \
+            rounded.
+            """)
+
+    @Option(name: .long, help: "Stable Diffusion folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    var model: String?
+
+    @Option(name: .long, help: "Bits per sample of the output, 8 or 16.")
+    var depth = 8
+
+    @Option(name: .long, help: "Name of the record to decode (default: latents, else the only record, else posterior.mean).")
+    var record: String?
+
+    @Flag(name: .shortAndLong, help: "Do not print notes on stderr.")
+    var quiet = false
+
+    @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
+    var force = false
+
+    @Argument(help: "Tensor stream file; - is stdin.")
+    var file = "-"
+
+    /// --record, else `latents`, else the only record, else `posterior.mean` (so that
+    /// `vae-encode | vae-decode` decodes the posterior mean).
+    func pick(_ records: [TensorRecord], label: String) throws -> TensorRecord {
+        let names = records.map(\.name).joined(separator: ", ")
+        if let record {
+            guard let r = records.first(where: { $0.name == record }) else {
+                throw ToolError("\(label) has no record named '\(record)' (it has: \(names))")
+            }
+            return r
+        }
+        if let r = records.first(where: { $0.name == "latents" }) { return r }
+        if records.count == 1 { return records[0] }
+        if let r = records.first(where: { $0.name == "posterior.mean" }) { return r }
+        throw ToolError("\(label) holds \(records.count) records (\(names)) and none is named latents — choose one with --record NAME")
+    }
+
+    func run() throws {
+        try CLI.run("vae-decode") {
+            if depth != 8 && depth != 16 { throw ToolError("--depth must be 8 or 16") }
+            let folder = try ModelFolder.resolve(model)
+            let vae = try AutoencoderKL(folder: folder)
+            let out = try CLI.binaryOutput(force: force)
+            let reader = try CLI.tensorInput(file)
+            let records = try reader.readAllNonEmpty(expecting: "latents [N, \(vae.config.latentChannels), h, w]")
+            let r = try pick(records, label: reader.label)
+            let lc = vae.config.latentChannels
+            guard r.dtype.isFloatingPoint, r.rank == 4 || r.rank == 3, r.shape[r.rank - 3] == lc,
+                  r.shape[r.rank - 1] > 0, r.shape[r.rank - 2] > 0 else {
+                throw ToolError("record '\(r.name)' is \(r.shapeDescription); vae-decode needs float latents [N, \(lc), h, w]")
+            }
+            let sf = vae.config.scalingFactor
+            if !quiet, let s = r.metadata["scaling_factor"], let v = Float(s), v != sf {
+                CLI.note("vae-decode", "note: the latents were scaled by \(s) but this VAE's scaling_factor is \(sf) — are they from another model?")
+            }
+            let latents = r.rank == 4 ? r.tensor() : r.tensor().reshaped([1] + r.shape)
+            let decoder = try vae.makeDecoder()
+            // One batch entry at a time: memory stays that of a single image.
+            for b in 0..<latents.shape[0] {
+                var z = latents.slice(batch: b, count: 1)
+                // diffusers: vae.decode(latents / scaling_factor).
+                z.data.withUnsafeMutableBufferPointer { p in for i in 0..<p.count { p[i] = p[i] / sf } }
+                let image = decoder.decode(z)
+                try NetpbmImage.write(image, bits: depth, to: out)
+                try out.flush()
+            }
+        }
+    }
+}
