@@ -133,18 +133,20 @@ public final class UNet2DCondition {
         case up(resnets: [ResnetBlock2D], attentions: [Transformer2D], upsample: Upsample2D?)
     }
 
-    let timeLinear1: LinearLayer
-    let timeLinear2: LinearLayer
-    let convIn: ConvLayer
+    let timeLinear1: UNetLinear
+    let timeLinear2: UNetLinear
+    let convIn: UNetConv
     let downBlocks: [Block]
     let midResnets: [ResnetBlock2D]
     let midAttention: Transformer2D
     let upBlocks: [Block]
-    let normOut: GroupNormLayer
-    let convOut: ConvLayer
+    let normOut: UNetGroupNorm
+    let convOut: UNetConv
 
-    /// An observer receives intermediate results by diffusers module name: "time_embedding",
-    /// "conv_in", "down_blocks.i", "mid_block", "up_blocks.i", "conv_out".
+    /// An observer receives intermediate results, named as in the fixtures (diffusers module in
+    /// brackets): "time_proj" (the sinusoid), "time_emb" (time_embedding), "conv_in",
+    /// "down.i" (down_blocks[i] hidden states), "down.i.res.j" (its j-th skip tensor), "mid"
+    /// (mid_block), "up.i" (up_blocks[i]), "conv_norm_out" (the GroupNorm before SiLU), "out".
     public typealias Observer = (_ name: String, _ value: Tensor) -> Void
 
     /// The UNet of a model folder: unet/config.json and its safetensors weights.
@@ -309,10 +311,11 @@ public final class UNet2DCondition {
         let c0 = config.blockOutChannels[0]
         var sinus = [Float]()
         for i in 0..<b { sinus += sinusoidalEmbedding(timesteps.count == 1 ? timesteps[0] : timesteps[i]) }
+        observer?("time_proj", Tensor(shape: [b, c0], data: sinus))
         var h1 = timeLinear1(Tensor(shape: [b, c0], data: sinus))
         h1.data.withUnsafeMutableBufferPointer { VectorMath.silu($0.baseAddress!, count: $0.count) }
         let emb = timeLinear2(h1)
-        observer?("time_embedding", emb)
+        observer?("time_emb", emb)
         var sTemb = emb
         sTemb.data.withUnsafeMutableBufferPointer { VectorMath.silu($0.baseAddress!, count: $0.count) }
         flops?.add(b * (c0 * timeLinear1.outFeatures + timeLinear2.inFeatures * timeLinear2.outFeatures))
@@ -327,22 +330,26 @@ public final class UNet2DCondition {
         var skips: [Tensor] = [x]
         for (i, block) in downBlocks.enumerated() {
             guard case let .down(resnets, attentions, downsample) = block else { continue }
+            var res = 0
             for j in 0..<resnets.count {
                 x = resnets[j](x, sTemb: sTemb, flops: flops)
                 if !attentions.isEmpty { x = attentions[j](x, encoder: enc, flops: flops) }
                 skips.append(x)
+                observer?("down.\(i).res.\(res)", x)
+                res += 1
             }
             if let downsample {
                 x = downsample(x, flops: flops)
                 skips.append(x)
+                observer?("down.\(i).res.\(res)", x)
             }
-            observer?("down_blocks.\(i)", x)
+            observer?("down.\(i)", x)
         }
 
         x = midResnets[0](x, sTemb: sTemb, flops: flops)
         x = midAttention(x, encoder: enc, flops: flops)
         x = midResnets[1](x, sTemb: sTemb, flops: flops)
-        observer?("mid_block", x)
+        observer?("mid", x)
 
         for (i, block) in upBlocks.enumerated() {
             guard case let .up(resnets, attentions, upsample) = block else { continue }
@@ -356,12 +363,13 @@ public final class UNet2DCondition {
                 let size = forwardUpsampleSize ? (skips.last!.shape[2], skips.last!.shape[3]) : nil
                 x = upsample(x, size: size, flops: flops)
             }
-            observer?("up_blocks.\(i)", x)
+            observer?("up.\(i)", x)
         }
 
+        if let observer { observer("conv_norm_out", normOut(x)) }
         x = convOut(normOut(x, silu: true))
         flops?.add(b * convOut.macs(outPixels: x.shape[2] * x.shape[3]))
-        observer?("conv_out", x)
+        observer?("out", x)
         return x
     }
 }

@@ -42,28 +42,28 @@ struct WeightLoader {
 
     func load(_ name: String, _ shape: [Int]) throws -> [Float] { try store.load(name, shape: shape) }
 
-    func linear(_ p: String, in i: Int, out o: Int, bias: Bool = true) throws -> LinearLayer {
-        LinearLayer(weight: try load("\(p).weight", [o, i]), bias: bias ? try load("\(p).bias", [o]) : nil,
+    func linear(_ p: String, in i: Int, out o: Int, bias: Bool = true) throws -> UNetLinear {
+        UNetLinear(weight: try load("\(p).weight", [o, i]), bias: bias ? try load("\(p).bias", [o]) : nil,
                     inFeatures: i, outFeatures: o)
     }
 
     func conv(_ p: String, in i: Int, out o: Int, kernel k: Int, stride: Int = 1,
-              padding: Conv2D.Padding) throws -> ConvLayer {
-        ConvLayer(weight: try load("\(p).weight", [o, i, k, k]), bias: try load("\(p).bias", [o]),
+              padding: Conv2D.Padding) throws -> UNetConv {
+        UNetConv(weight: try load("\(p).weight", [o, i, k, k]), bias: try load("\(p).bias", [o]),
                   inChannels: i, outChannels: o, kernel: k, stride: stride, padding: padding)
     }
 
-    func groupNorm(_ p: String, channels c: Int, groups: Int, eps: Float) throws -> GroupNormLayer {
-        GroupNormLayer(weight: try load("\(p).weight", [c]), bias: try load("\(p).bias", [c]), groups: groups, eps: eps)
+    func groupNorm(_ p: String, channels c: Int, groups: Int, eps: Float) throws -> UNetGroupNorm {
+        UNetGroupNorm(weight: try load("\(p).weight", [c]), bias: try load("\(p).bias", [c]), groups: groups, eps: eps)
     }
 
-    func layerNorm(_ p: String, dim d: Int, eps: Float = 1e-5) throws -> LayerNormLayer {
-        LayerNormLayer(weight: try load("\(p).weight", [d]), bias: try load("\(p).bias", [d]), eps: eps)
+    func layerNorm(_ p: String, dim d: Int, eps: Float = 1e-5) throws -> UNetLayerNorm {
+        UNetLayerNorm(weight: try load("\(p).weight", [d]), bias: try load("\(p).bias", [d]), eps: eps)
     }
 }
 
 /// torch.nn.Linear.
-struct LinearLayer {
+struct UNetLinear {
     let weight: [Float]
     let bias: [Float]?
     let inFeatures: Int
@@ -74,11 +74,11 @@ struct LinearLayer {
     }
 
     /// Several linears over the same input fused into one GEMM (their weights stacked).
-    static func stacked(_ parts: [LinearLayer]) -> LinearLayer {
+    static func stacked(_ parts: [UNetLinear]) -> UNetLinear {
         let i = parts[0].inFeatures
         precondition(parts.allSatisfy { $0.inFeatures == i })
         let hasBias = parts.contains { $0.bias != nil }
-        return LinearLayer(weight: parts.flatMap(\.weight),
+        return UNetLinear(weight: parts.flatMap(\.weight),
                            bias: hasBias ? parts.flatMap { $0.bias ?? [Float](repeating: 0, count: $0.outFeatures) } : nil,
                            inFeatures: i, outFeatures: parts.reduce(0) { $0 + $1.outFeatures })
     }
@@ -86,7 +86,7 @@ struct LinearLayer {
 
 /// torch.nn.Conv2d (groups 1). Stride-1 convolutions with a spatial kernel keep their weight
 /// packed for Conv2D.forwardShifted; 1×1 and strided ones use Conv2D.forward.
-struct ConvLayer {
+struct UNetConv {
     let weight: [Float]
     let bias: [Float]
     let inChannels: Int
@@ -125,7 +125,7 @@ struct ConvLayer {
 }
 
 /// torch.nn.GroupNorm (affine), optionally followed by SiLU.
-struct GroupNormLayer {
+struct UNetGroupNorm {
     let weight: [Float]
     let bias: [Float]
     let groups: Int
@@ -137,7 +137,7 @@ struct GroupNormLayer {
 }
 
 /// torch.nn.LayerNorm over the last dimension.
-struct LayerNormLayer {
+struct UNetLayerNorm {
     let weight: [Float]
     let bias: [Float]
     let eps: Float
@@ -158,12 +158,12 @@ public final class FlopCounter: @unchecked Sendable {
 /// h = conv1(silu(norm1(x))) + time_emb_proj(silu(temb)); h = conv2(silu(norm2(h)));
 /// out = (shortcut(x) + h) / output_scale_factor.
 struct ResnetBlock2D {
-    let norm1: GroupNormLayer
-    let conv1: ConvLayer
-    let timeEmbProj: LinearLayer
-    let norm2: GroupNormLayer
-    let conv2: ConvLayer
-    let shortcut: ConvLayer?
+    let norm1: UNetGroupNorm
+    let conv1: UNetConv
+    let timeEmbProj: UNetLinear
+    let norm2: UNetGroupNorm
+    let conv2: UNetConv
+    let shortcut: UNetConv?
     let outputScaleFactor: Float
 
     init(_ l: WeightLoader, _ p: String, in i: Int, out o: Int, temb: Int, groups: Int, eps: Float,
@@ -215,10 +215,10 @@ struct AttentionLayer {
     let inner: Int
     let isSelf: Bool
     /// Self: [to_q; to_k; to_v]. Cross: to_q only.
-    let qProj: LinearLayer
+    let qProj: UNetLinear
     /// Cross: [to_k; to_v] over the encoder states.
-    let kvProj: LinearLayer?
-    let outProj: LinearLayer
+    let kvProj: UNetLinear?
+    let outProj: UNetLinear
 
     init(_ l: WeightLoader, _ p: String, queryDim: Int, crossDim: Int?, heads: Int, headDim: Int) throws {
         self.heads = heads
@@ -229,11 +229,11 @@ struct AttentionLayer {
         let k = try l.linear("\(p).to_k", in: kvIn, out: inner, bias: false)
         let v = try l.linear("\(p).to_v", in: kvIn, out: inner, bias: false)
         if isSelf {
-            qProj = LinearLayer.stacked([q, k, v])
+            qProj = UNetLinear.stacked([q, k, v])
             kvProj = nil
         } else {
             qProj = q
-            kvProj = LinearLayer.stacked([k, v])
+            kvProj = UNetLinear.stacked([k, v])
         }
         outProj = try l.linear("\(p).to_out.0", in: inner, out: queryDim)
     }
@@ -282,10 +282,10 @@ struct AttentionLayer {
 /// BasicTransformerBlock (norm_type layer_norm, GEGLU feed-forward):
 /// x += attn1(norm1(x)); x += attn2(norm2(x), encoder); x += ff(norm3(x)).
 struct BasicTransformerBlock {
-    let norm1, norm2, norm3: LayerNormLayer
+    let norm1, norm2, norm3: UNetLayerNorm
     let attn1, attn2: AttentionLayer
-    let ffIn: LinearLayer  // ff.net.0.proj: dim → 2·4·dim
-    let ffOut: LinearLayer  // ff.net.2: 4·dim → dim
+    let ffIn: UNetLinear  // ff.net.0.proj: dim → 2·4·dim
+    let ffOut: UNetLinear  // ff.net.2: 4·dim → dim
 
     init(_ l: WeightLoader, _ p: String, dim: Int, heads: Int, headDim: Int, crossDim: Int) throws {
         norm1 = try l.layerNorm("\(p).norm1", dim: dim)
@@ -324,7 +324,7 @@ struct BasicTransformerBlock {
 /// [B, H·W, inner] tokens, proj_out, plus the input as residual. The NCHW↔token permutes are
 /// folded into the projections' GEMMs.
 struct Transformer2D {
-    let norm: GroupNormLayer
+    let norm: UNetGroupNorm
     let projInWeight: [Float]  // [inner, C]
     let projInBias: [Float]
     let projOutWeight: [Float]  // [C, inner]
@@ -397,7 +397,7 @@ struct Transformer2D {
 /// Downsample2D with a conv: 3×3 stride 2, padding `downsample_padding` (0 means diffusers' pad of
 /// one row/column at the bottom/right first).
 struct Downsample2D {
-    let conv: ConvLayer
+    let conv: UNetConv
 
     init(_ l: WeightLoader, _ p: String, channels c: Int, padding: Int) throws {
         let pad = padding == 0 ? Conv2D.Padding(top: 0, bottom: 1, left: 0, right: 1) : .same(padding)
@@ -413,7 +413,7 @@ struct Downsample2D {
 
 /// Upsample2D with a conv: nearest 2× (or to an explicit size, diffusers' upsample_size), then 3×3.
 struct Upsample2D {
-    let conv: ConvLayer
+    let conv: UNetConv
 
     init(_ l: WeightLoader, _ p: String, channels c: Int) throws {
         conv = try l.conv("\(p).conv", in: c, out: c, kernel: 3, padding: .same(1))

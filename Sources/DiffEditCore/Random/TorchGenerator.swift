@@ -105,6 +105,45 @@ public final class TorchGenerator {
         return data
     }
 
+    /// One `torch.randn(count, generator=g, dtype=torch.float64)` call. Sizes ≥ 16 take ATen's
+    /// generic normal_fill: 53-bit uniforms, then Box–Muller per block of 16 with libm's double
+    /// log/cos/sin (the AVX2 kernel is float-only); smaller sizes take the scalar path above.
+    public func randnDouble(count: Int) -> [Double] {
+        precondition(count >= 0)
+        if count < 16 { return (0..<count).map { _ in scalarNormal() } }
+        var data = (0..<count).map { _ in uniformDouble() }
+        data.withUnsafeMutableBufferPointer { d in
+            func fill16(_ p: UnsafeMutablePointer<Double>) {
+                for j in 0..<8 {
+                    let u1 = 1 - p[j], u2 = p[j + 8]
+                    let radius = (-2 * log(u1)).squareRoot()
+                    let theta = 2.0 * Double.pi * u2
+                    p[j] = radius * cos(theta)
+                    p[j + 8] = radius * sin(theta)
+                }
+            }
+            var i = 0
+            while i + 16 <= count { fill16(d.baseAddress! + i); i += 16 }
+            if count % 16 != 0 {
+                let tail = d.baseAddress! + count - 16
+                for j in 0..<16 { tail[j] = uniformDouble() }
+                fill16(tail)
+            }
+        }
+        return data
+    }
+
+    /// One `torch.randint(low, high, (count,), generator=g)` call (int64): each value is
+    /// low + random() % (high − low), with random64() when the range is 2^32 or more.
+    public func randint(low: Int64 = 0, high: Int64, count: Int) -> [Int64] {
+        precondition(high > low && count >= 0)
+        let range = UInt64(bitPattern: high &- low)
+        return (0..<count).map { _ in
+            let v = range >= (1 << 32) ? random64() : UInt64(random32())
+            return low &+ Int64(bitPattern: v % range)
+        }
+    }
+
     /// `torch.randn(shape, generator=g)` as a tensor.
     public func randn(shape: [Int]) -> Tensor {
         Tensor(shape: shape, data: randn(count: shape.reduce(1, *)))
