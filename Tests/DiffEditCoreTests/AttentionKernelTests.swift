@@ -1,0 +1,188 @@
+import XCTest
+@testable import DiffEditCore
+
+/// The GEMM wrapper, chunked attention, the shifted-GEMM convolution and the vectorised math,
+/// each against a naive double-precision reference.
+final class AttentionKernelTests: XCTestCase {
+    func random(_ n: Int, seed: UInt64) -> [Float] { TorchGenerator(seed: seed).randn(count: n) }
+
+    func maxError(_ a: [Float], _ b: [Double]) -> Double {
+        zip(a, b).reduce(0) { max($0, abs(Double($1.0) - $1.1)) }
+    }
+
+    /// C = alpha·op(A)·op(B) + beta·C for every transpose combination, with leading dimensions
+    /// larger than the logical widths (sub-matrices of bigger buffers).
+    func testGemmTransposesAndLeadingDimensions() {
+        let (m, n, k) = (5, 7, 3)
+        for transA in [false, true] {
+            for transB in [false, true] {
+                let lda = (transA ? m : k) + 2, ldb = (transB ? k : n) + 3, ldc = n + 4
+                let aRows = transA ? k : m, bRows = transB ? n : k
+                let a = random(aRows * lda, seed: 1), b = random(bRows * ldb, seed: 2)
+                var c = random(m * ldc, seed: 3)
+                let c0 = c
+                let alpha: Float = 0.75, beta: Float = 0.5
+                BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                          b: b, ldb: ldb, beta: beta, c: &c, ldc: ldc)
+                for i in 0..<m {
+                    for j in 0..<ldc {
+                        if j >= n { XCTAssertEqual(c[i * ldc + j], c0[i * ldc + j], "padding column touched"); continue }
+                        var s: Double = 0
+                        for p in 0..<k {
+                            let av = transA ? a[p * lda + i] : a[i * lda + p]
+                            let bv = transB ? b[j * ldb + p] : b[p * ldb + j]
+                            s += Double(av) * Double(bv)
+                        }
+                        let want = Double(alpha) * s + Double(beta) * Double(c0[i * ldc + j])
+                        XCTAssertEqual(Double(c[i * ldc + j]), want, accuracy: 1e-5, "transA \(transA) transB \(transB) [\(i),\(j)]")
+                    }
+                }
+            }
+        }
+    }
+
+    /// softmax(Q·Kᵀ·scale)·V per head, in double.
+    func naiveAttention(q: [Float], k: [Float], v: [Float], b: Int, lq: Int, lk: Int, heads: Int, d: Int,
+                        scale: Float, causal: Bool) -> [Double] {
+        let w = heads * d
+        var out = [Double](repeating: 0, count: b * lq * w)
+        for bi in 0..<b {
+            for h in 0..<heads {
+                for i in 0..<lq {
+                    var s = [Double](repeating: -.infinity, count: lk)
+                    for j in 0..<lk where !(causal && j > i) {
+                        var dot: Double = 0
+                        for x in 0..<d { dot += Double(q[(bi * lq + i) * w + h * d + x]) * Double(k[(bi * lk + j) * w + h * d + x]) }
+                        s[j] = dot * Double(scale)
+                    }
+                    let m = s.max()!
+                    let e = s.map { Foundation.exp($0 - m) }
+                    let z = e.reduce(0, +)
+                    for x in 0..<d {
+                        var acc: Double = 0
+                        for j in 0..<lk { acc += e[j] / z * Double(v[(bi * lk + j) * w + h * d + x]) }
+                        out[(bi * lq + i) * w + h * d + x] = acc
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Chunking with odd sizes: a score budget so small that chunks are 1–3 rows and the last
+    /// chunk is partial, for self- and cross-attention, causal or not, several batches and heads;
+    /// the two largest cases take the parallel (batch, head) path.
+    func testChunkedAttentionMatchesNaive() {
+        let saved = Attention.scoreBudget
+        defer { Attention.scoreBudget = saved }
+        for (b, lq, lk, heads, d, causal) in [(1, 7, 7, 1, 3, false), (2, 13, 13, 3, 5, true),
+                                              (3, 11, 5, 2, 4, false), (2, 9, 77, 4, 8, false),
+                                              (1, 40, 40, 5, 8, true), (2, 300, 257, 3, 8, false),
+                                              (1, 260, 260, 2, 16, true)] {
+            let w = heads * d
+            let q = random(b * lq * w, seed: 10), k = random(b * lk * w, seed: 11), v = random(b * lk * w, seed: 12)
+            let scale = 1 / Float(d).squareRoot()
+            let want = naiveAttention(q: q, k: k, v: v, b: b, lq: lq, lk: lk, heads: heads, d: d, scale: scale, causal: causal)
+            for budget in [1, 2 * lk + 1, 3 * lk, 1 << 20] {
+                Attention.scoreBudget = budget
+                let got = Attention.forward(q: Tensor(shape: [b, lq, w], data: q), k: Tensor(shape: [b, lk, w], data: k),
+                                            v: Tensor(shape: [b, lk, w], data: v), heads: heads, scale: scale, causal: causal)
+                XCTAssertEqual(got.shape, [b, lq, w])
+                XCTAssertLessThan(maxError(got.data, want), 2e-5,
+                                  "b \(b) lq \(lq) lk \(lk) heads \(heads) d \(d) causal \(causal) budget \(budget)")
+            }
+        }
+    }
+
+    /// The strided form reads Q, K, V out of one fused [L, 3·width] buffer.
+    func testStridedAttentionOnFusedQKV() {
+        let (b, l, heads, d) = (2, 9, 3, 4)
+        let w = heads * d
+        let qkv = random(b * l * 3 * w, seed: 20)
+        var q = [Float](), k = [Float](), v = [Float]()
+        for r in 0..<(b * l) {
+            let base: Int = r * 3 * w
+            q.append(contentsOf: qkv[base..<(base + w)])
+            k.append(contentsOf: qkv[(base + w)..<(base + 2 * w)])
+            v.append(contentsOf: qkv[(base + 2 * w)..<(base + 3 * w)])
+        }
+        let want = naiveAttention(q: q, k: k, v: v, b: b, lq: l, lk: l, heads: heads, d: d, scale: 0.5, causal: false)
+        var out = [Float](repeating: 0, count: b * l * w)
+        qkv.withUnsafeBufferPointer { p in
+            out.withUnsafeMutableBufferPointer { o in
+                let base = p.baseAddress!
+                Attention.forward(q: base, ldq: 3 * w, k: base + w, ldk: 3 * w, v: base + 2 * w, ldv: 3 * w,
+                                  out: o.baseAddress!, ldo: w, batch: b, lq: l, lk: l, heads: heads, headDim: d, scale: 0.5)
+            }
+        }
+        XCTAssertLessThan(maxError(out, want), 2e-5)
+    }
+
+    func naiveConv(_ x: [Float], n: Int, c: Int, h: Int, w: Int, weight: [Float], bias: [Float], o: Int,
+                   k: Int, stride: Int, pad: Conv2D.Padding) -> (shape: [Int], data: [Double]) {
+        let oh = (h + pad.top + pad.bottom - k) / stride + 1, ow = (w + pad.left + pad.right - k) / stride + 1
+        var out = [Double](repeating: 0, count: n * o * oh * ow)
+        for b in 0..<n { for oc in 0..<o { for y in 0..<oh { for xx in 0..<ow {
+            var s = Double(bias[oc])
+            for ic in 0..<c { for ky in 0..<k { for kx in 0..<k {
+                let iy = y * stride + ky - pad.top, ix = xx * stride + kx - pad.left
+                if iy < 0 || iy >= h || ix < 0 || ix >= w { continue }
+                s += Double(x[((b * c + ic) * h + iy) * w + ix]) * Double(weight[((oc * c + ic) * k + ky) * k + kx])
+            } } }
+            out[((b * o + oc) * oh + y) * ow + xx] = s
+        } } } }
+        return ([n, o, oh, ow], out)
+    }
+
+    /// Conv2D.forwardShifted (the UNet's stride-1 path) against a direct convolution, for 3×3 and
+    /// 5×5 kernels, asymmetric padding, several images and non-square inputs.
+    func testShiftedConvolutionMatchesNaive() {
+        for (n, c, h, w, o, k, pad) in [(2, 3, 5, 7, 4, 3, Conv2D.Padding.same(1)), (1, 5, 4, 4, 2, 3, .same(0)),
+                                        (3, 2, 6, 3, 3, 5, .same(2)), (2, 4, 1, 1, 5, 3, .same(1)),
+                                        (1, 2, 5, 6, 3, 3, Conv2D.Padding(top: 0, bottom: 1, left: 2, right: 0))] {
+            let x = random(n * c * h * w, seed: 30), weight = random(o * c * k * k, seed: 31), bias = random(o, seed: 32)
+            let want = naiveConv(x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, o: o, k: k, stride: 1, pad: pad)
+            let packed = Conv2D.packShifted(weight: weight, outChannels: o, inChannels: c, kernel: (k, k))
+            let got = Conv2D.forwardShifted(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
+                                            outChannels: o, kernel: (k, k), padding: pad)
+            XCTAssertEqual(got.shape, want.shape)
+            XCTAssertLessThan(maxError(got.data, want.data), 1e-4, "n \(n) c \(c) \(h)x\(w) o \(o) k \(k)")
+        }
+    }
+
+    /// Vectorised exp, SiLU, GELU and softmax against libm in double.
+    func testVectorMathAccuracy() {
+        var worstExp: Double = 0
+        for i in 0..<20001 {
+            let x = Float(-87 + Double(i) * 175.0 / 20000)
+            let want = Foundation.exp(Double(x))
+            worstExp = max(worstExp, abs(Double(VectorMath.exp(x)) - want) / want)
+        }
+        XCTAssertLessThan(worstExp, 3e-7, "exp relative error")
+        XCTAssertEqual(VectorMath.exp(-.infinity), 0)
+        XCTAssertEqual(VectorMath.exp(-100), 0)
+        XCTAssertEqual(VectorMath.exp(0), 1)
+        var worstGelu: Double = 0, worstSilu: Double = 0
+        for i in 0..<4001 {
+            let x = Double(-10 + Double(i) * 20 / 4000)
+            let gelu = 0.5 * x * (1 + Foundation.erf(x / 2.0.squareRoot()))
+            worstGelu = max(worstGelu, abs(Double(VectorMath.gelu(Float(x))) - gelu))
+            worstSilu = max(worstSilu, abs(Double(VectorMath.silu(Float(x))) - x / (1 + Foundation.exp(-x))))
+        }
+        XCTAssertLessThan(worstGelu, 2e-6, "gelu abs error")
+        XCTAssertLessThan(worstSilu, 2e-6, "silu abs error")
+        var rows = random(3 * 37, seed: 40)
+        rows[5] = -.infinity
+        let copy = rows
+        rows.withUnsafeMutableBufferPointer { VectorMath.softmaxRows($0.baseAddress!, rows: 3, n: 37, stride: 37) }
+        for r in 0..<3 {
+            let xs = copy[(r * 37)..<(r * 37 + 37)].map(Double.init)
+            let m = xs.max()!
+            let z = xs.reduce(0) { $0 + Foundation.exp($1 - m) }
+            for j in 0..<37 {
+                XCTAssertEqual(Double(rows[r * 37 + j]), Foundation.exp(xs[j] - m) / z, accuracy: 1e-6)
+            }
+        }
+        XCTAssertEqual(rows[5], 0)
+    }
+}
