@@ -143,10 +143,17 @@ final class AttentionKernelTests: XCTestCase {
             let x = random(n * c * h * w, seed: 30), weight = random(o * c * k * k, seed: 31), bias = random(o, seed: 32)
             let want = naiveConv(x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, o: o, k: k, stride: 1, pad: pad)
             let packed = Conv2D.packShifted(weight: weight, outChannels: o, inChannels: c, kernel: (k, k))
-            let got = Conv2D.forwardShifted(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
-                                            outChannels: o, kernel: (k, k), padding: pad)
-            XCTAssertEqual(got.shape, want.shape)
-            XCTAssertLessThan(maxError(got.data, want.data), 1e-4, "n \(n) c \(c) \(h)x\(w) o \(o) k \(k)")
+            let plane = (h + pad.top + pad.bottom) * (w + pad.left + pad.right)
+            let saved = Conv2D.shiftedGroupBudget
+            defer { Conv2D.shiftedGroupBudget = saved }
+            // All images in one group, two per group, one per group.
+            for budget in [1 << 24, 2 * max(c, o) * plane, 1] {
+                Conv2D.shiftedGroupBudget = budget
+                let got = Conv2D.forwardShifted(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
+                                                outChannels: o, kernel: (k, k), padding: pad)
+                XCTAssertEqual(got.shape, want.shape)
+                XCTAssertLessThan(maxError(got.data, want.data), 1e-4, "n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
+            }
         }
     }
 

@@ -50,8 +50,11 @@ public enum Attention {
         defer { if parallel { BLAS.threads = savedThreads } }
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: workers * chunk * lk)
         defer { scores.deallocate() }
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: workers * chunk)
+        defer { sums.deallocate() }
         Profile.measure("attention total") { Parallel.forEach(workers) { w in
             let s = scores + w * chunk * lk
+            let rowSums = sums + w * chunk
             var pair = w
             while pair < pairs {
                 let bi = pair / heads, h = pair % heads
@@ -71,9 +74,15 @@ public enum Attention {
                             }
                         }
                     }
-                    Profile.measure("attention softmax") { VectorMath.softmaxRows(s, rows: rows, n: lk, stride: lk) }
+                    // softmax(S)·V = diag(1/Σ e)·(e^{S − max}·V): normalise the d-wide output rows.
+                    Profile.measure("attention softmax") { VectorMath.expRows(s, rows: rows, n: lk, stride: lk, sums: rowSums) }
                     let oh = out + (bi * lq + i0) * ldo + h * d
                     Profile.measure("attention PV") { BLAS.gemm(m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo) }
+                    for r in 0..<rows {
+                        let inv = 1 / rowSums[r]
+                        let o = oh + r * ldo
+                        for x in 0..<d { o[x] *= inv }
+                    }
                     i0 += rows
                 }
                 pair += workers

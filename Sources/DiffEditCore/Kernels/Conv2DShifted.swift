@@ -23,6 +23,10 @@ public extension Conv2D {
         return packed
     }
 
+    /// Scratch for the padded input of one group of images, in floats (64 MiB): images are
+    /// processed together (one set of GEMMs, N = images × padded plane) while they fit.
+    nonisolated(unsafe) static var shiftedGroupBudget = 1 << 24
+
     /// x: [N, C, H, W]; packedWeight from `packShifted`; stride 1.
     static func forwardShifted(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
                                kernel: (Int, Int), padding: Padding) -> Tensor {
@@ -34,46 +38,56 @@ public extension Conv2D {
         let oh = hp - kh + 1, ow = wp - kw + 1
         precondition(oh > 0 && ow > 0, "conv input \(h)x\(w) is smaller than the kernel")
         let plane = hp * wp
-        let padded = UnsafeMutablePointer<Float>.allocate(capacity: c * plane + kw)
+        // Images per group: their padded planes sit side by side in each channel row, so one GEMM
+        // per tap covers the whole group (the rows between images produce discarded columns).
+        let group = max(1, min(n, shiftedGroupBudget / max(1, max(c, o) * plane)))
+        let rowLength = group * plane  // one channel row of the padded group
+        let padded = UnsafeMutablePointer<Float>.allocate(capacity: c * rowLength + kw)
         defer { padded.deallocate() }
-        padded.initialize(repeating: 0, count: c * plane + kw)
-        let rowsOut = oh * wp
-        let y = UnsafeMutablePointer<Float>.allocate(capacity: o * rowsOut)
+        padded.initialize(repeating: 0, count: c * rowLength + kw)
+        let y = UnsafeMutablePointer<Float>.allocate(capacity: o * rowLength)
         defer { y.deallocate() }
         var out = [Float](repeating: 0, count: n * o * oh * ow)
         x.data.withUnsafeBufferPointer { xp in
             packedWeight.withUnsafeBufferPointer { wpk in
                 out.withUnsafeMutableBufferPointer { op in
-                    for b in 0..<n {
-                        let img = xp.baseAddress! + b * c * h * w
-                        // Pad: only the interior is rewritten, the zero border stays.
+                    var b0 = 0
+                    while b0 < n {
+                        let g = min(group, n - b0)
+                        // Pad: only the interiors are rewritten, the zero borders stay.
                         Parallel.ranges(c, minChunk: 16) { range in
                             for ci in range {
-                                let src = img + ci * h * w
-                                let dst = padded + ci * plane + padding.top * wp + padding.left
-                                for yy in 0..<h { (dst + yy * wp).update(from: src + yy * w, count: w) }
-                            }
-                        }
-                        for ky in 0..<kh {
-                            for kx in 0..<kw {
-                                let t = ky * kw + kx
-                                BLAS.gemm(m: o, n: rowsOut, k: c, a: wpk.baseAddress! + t * o * c, lda: c,
-                                          b: padded + ky * wp + kx, ldb: plane, beta: t == 0 ? 0 : 1,
-                                          c: y, ldc: rowsOut)
-                            }
-                        }
-                        let dst = op.baseAddress! + b * o * oh * ow
-                        Parallel.ranges(o, minChunk: 16) { range in
-                            for oi in range {
-                                let bv = bias?[oi] ?? 0
-                                let srcPlane = y + oi * rowsOut
-                                let dstPlane = dst + oi * oh * ow
-                                for yy in 0..<oh {
-                                    let s = srcPlane + yy * wp, d = dstPlane + yy * ow
-                                    for xx in 0..<ow { d[xx] = s[xx] + bv }
+                                for i in 0..<g {
+                                    let src = xp.baseAddress! + ((b0 + i) * c + ci) * h * w
+                                    let dst = padded + ci * rowLength + i * plane + padding.top * wp + padding.left
+                                    for yy in 0..<h { (dst + yy * wp).update(from: src + yy * w, count: w) }
                                 }
                             }
                         }
+                        // Output columns: image i's row yy starts at i·plane + yy·wp.
+                        let columns = (g - 1) * plane + oh * wp
+                        for ky in 0..<kh {
+                            for kx in 0..<kw {
+                                let t = ky * kw + kx
+                                BLAS.gemm(m: o, n: columns, k: c, a: wpk.baseAddress! + t * o * c, lda: c,
+                                          b: padded + ky * wp + kx, ldb: rowLength, beta: t == 0 ? 0 : 1,
+                                          c: y, ldc: rowLength)
+                            }
+                        }
+                        Parallel.ranges(o, minChunk: 16) { range in
+                            for oi in range {
+                                let bv = bias?[oi] ?? 0
+                                for i in 0..<g {
+                                    let srcPlane = y + oi * rowLength + i * plane
+                                    let dstPlane = op.baseAddress! + ((b0 + i) * o + oi) * oh * ow
+                                    for yy in 0..<oh {
+                                        let s = srcPlane + yy * wp, d = dstPlane + yy * ow
+                                        for xx in 0..<ow { d[xx] = s[xx] + bv }
+                                    }
+                                }
+                            }
+                        }
+                        b0 += g
                     }
                 }
             }

@@ -105,6 +105,20 @@ public enum VectorMath {
         return m
     }
 
+    /// The unnormalised half of a softmax: each row becomes exp(x − max(row)) in place and its sum
+    /// is written to sums[r]. Attention divides its (much narrower) output rows by the sums instead
+    /// of the score rows.
+    public static func expRows(_ p: UnsafeMutablePointer<Float>, rows: Int, n: Int, stride: Int,
+                               sums: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows {
+            let row = p + r * stride
+            var m = max(row, n)
+            if m == -.infinity { m = 0 }
+            for i in 0..<n { row[i] = exp(row[i] - m) }
+            sums[r] = sum(row, n)
+        }
+    }
+
     /// Softmax over `rows` rows of length n (row stride `stride`), in place.
     public static func softmaxRows(_ p: UnsafeMutablePointer<Float>, rows: Int, n: Int, stride: Int) {
         for r in 0..<rows {
