@@ -159,4 +159,23 @@ final class UNetTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("attn2.to_k.weight"), "\(error)")
         }
     }
+
+    /// The benchmark's random-weight UNet: deterministic, finite, and the SD 1.5 config parses
+    /// to 8 heads of 40/80/160 channels.
+    func testRandomWeightUNetIsDeterministic() throws {
+        let config = try ModelFolder(root: Fixtures.path("sd1")).config("unet")
+        let enc = TorchGenerator(seed: 2).randn(shape: [2, 77, 32])
+        let x = TorchGenerator(seed: 3).randn(shape: [2, 4, 8, 8])
+        let a = try UNet2DCondition(config: config, randomWeightsSeed: 5)(sample: x, timestep: 500, encoderHiddenStates: enc)
+        let b = try UNet2DCondition(config: config, randomWeightsSeed: 5)(sample: x, timestep: 500, encoderHiddenStates: enc)
+        let c = try UNet2DCondition(config: config, randomWeightsSeed: 6)(sample: x, timestep: 500, encoderHiddenStates: enc)
+        XCTAssertEqual(a.data, b.data)
+        XCTAssertNotEqual(a.data, c.data)
+        XCTAssertTrue(a.data.allSatisfy(\.isFinite))
+        let sd15 = try UNetConfig(JSONConfig(values: UNetConfig.stableDiffusion15JSON, label: "sd15"))
+        XCTAssertEqual(sd15.heads, [8, 8, 8, 8])
+        XCTAssertEqual(sd15.blockOutChannels, [320, 640, 1280, 1280])
+        XCTAssertEqual(sd15.crossAttentionDim, [768, 768, 768, 768])
+        XCTAssertEqual(sd15.timeEmbeddingDim, 1280)
+    }
 }

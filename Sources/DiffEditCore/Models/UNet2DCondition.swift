@@ -59,9 +59,7 @@ public struct UNetConfig: Sendable {
         try requireNull("num_attention_heads")  // diffusers itself raises for it
         heads = try c.intOrList("attention_head_dim", count: n, default: 8)
         crossAttentionDim = try c.intOrList("cross_attention_dim", count: n, default: 1280)
-        guard c.has("norm_num_groups") || c.values["norm_num_groups"] == nil else {
-            throw refuse("norm_num_groups", "= null is not supported")
-        }
+        if c.values["norm_num_groups"] is NSNull { throw refuse("norm_num_groups", "= null is not supported") }
         normNumGroups = try c.int("norm_num_groups", default: 32)
         normEps = Float(try c.double("norm_eps", default: 1e-5))
         useLinearProjection = try c.bool("use_linear_projection", default: false)

@@ -23,7 +23,10 @@ struct RandomWeights: WeightSource {
         }
         let fanIn = shape.count > 1 ? shape.dropFirst().reduce(1, *) : 100
         let bound = 1 / Float(fanIn).squareRoot()
-        var state = seed ^ UInt64(truncatingIfNeeded: name.hashValue) | 1
+        // FNV-1a of the name (String.hashValue is seeded per process).
+        var state: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name.utf8 { state = (state ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        state = (state ^ seed) | 1
         return [Float](unsafeUninitializedCapacity: count) { buf, n in
             for i in 0..<count {
                 // xorshift64*: plenty for weights nobody looks at.
