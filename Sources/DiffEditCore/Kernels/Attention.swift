@@ -1,10 +1,13 @@
 /// Scaled dot-product attention, softmax(Q·Kᵀ·scale)·V, computed head by head and in chunks of
 /// query rows so that no [heads, Lq, Lk] matrix is ever materialised whole: memory for the scores
 /// is `chunk × Lk` floats per worker, reused for every head and chunk. (batch, head) pairs run
-/// in parallel, each with single-threaded BLAS; the softmax is vectorised (VectorMath).
+/// in parallel, each with single-threaded BLAS (OpenBLAS's thread count is set to 1 for the call
+/// and restored, so concurrent callers from several threads would only cost speed); the
+/// softmax is vectorised (VectorMath) and its normalisation is applied to the d-wide output rows.
 public enum Attention {
-    /// Rows of scores kept at once are bounded by this many floats per worker (1 MiB: small enough
-    /// SD at 64×64 latents, 256 query rows per chunk against 4096 keys).
+    /// Rows of scores kept at once are bounded by this many floats per worker (4 MiB; measured
+    /// best for SD at 64×64 latents: 256 query rows per chunk against 4096 keys). Tests shrink it
+    /// to force many partial chunks.
     nonisolated(unsafe) public static var scoreBudget = 1 << 20
 
     /// q: [B, Lq, heads·d], k and v: [B, Lk, heads·d] (heads interleaved as torch's
