@@ -83,12 +83,6 @@ public enum DiffEditSupport {
         return fingerprint([UInt8](d))
     }
 
-    /// Identity of a model for metadata: the fingerprint of the UNet and scheduler configs
-    /// (cheap to compute, and what decides whether latents of two runs are compatible).
-    public static func modelFingerprint(_ folder: ModelFolder) -> String {
-        fileFingerprint(folder.path("unet", "config.json")) + "-" + fileFingerprint(folder.path("vae", "config.json"))
-    }
-
     public static func schedulerFingerprint(_ folder: ModelFolder) -> String {
         fileFingerprint(folder.path("scheduler", "scheduler_config.json"))
     }
