@@ -144,4 +144,31 @@ final class DiffEditToolTests: XCTestCase {
         let q = try sh("cd '\(dir.path)' && invert \(m) --prompt src.tensor --steps 10 --progress --quiet < post.tensor > /dev/null")
         XCTAssertEqual(q.err, "")
     }
+
+    /// The EXAMPLES of the three man pages run as written, with $DIFFEDIT_MODEL set to the
+    /// fixture model and cat.ppm in the working directory.
+    func testManPageExamplesRun() throws {
+        let c = try fixtureCase("sd1")
+        let manDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("man/man1")
+        guard try sh("command -v pnmtopng").status == 0 else { throw XCTSkip("netpbm tools not installed") }
+        for page in ["noise-diff-mask", "invert", "denoise"] {
+            let text = try String(contentsOf: manDir.appendingPathComponent("\(page).1"), encoding: .utf8)
+            guard let examples = text.components(separatedBy: ".SH EXAMPLES").last?.components(separatedBy: ".SH SEE ALSO").first else {
+                XCTFail("\(page).1 has no EXAMPLES"); continue
+            }
+            var blocks: [String] = []
+            var current: [String]?
+            for line in examples.split(separator: "\n", omittingEmptySubsequences: false) {
+                if line == ".EX" { current = [] } else if line == ".EE" { blocks.append(current!.joined(separator: "\n")); current = nil }
+                else if current != nil { current!.append(String(line)) }
+            }
+            XCTAssertFalse(blocks.isEmpty, page)
+            let script = blocks.joined(separator: "\n")
+                .replacingOccurrences(of: "\\-", with: "-").replacingOccurrences(of: "\\e", with: "\\")
+            let dir = try temporaryDirectory(self)
+            let r = try sh("set -e; cd '\(dir.path)'; cp '\(c.model)/cat.ppm' .; export DIFFEDIT_MODEL='\(c.model)'\n" + script)
+            XCTAssertEqual(r.status, 0, "\(page).1 EXAMPLES failed:\n\(script)\n\(r.err)")
+        }
+    }
 }
