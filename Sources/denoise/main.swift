@@ -84,7 +84,7 @@ struct Denoise: ParsableCommand {
             options.guidance = guidance
             options.blend = blend
             var dn = MaskedDenoising(unet: unet, scheduler: try DDIMScheduler(folder: folder), options: options)
-            let report = Progress(tool: "denoise", quiet: quiet, force: progress)
+            let report = ProgressReporter(tool: "denoise", quiet: quiet, force: progress)
             let r = try dn.denoise(inverted: stackRec.tensor(), mask: maskRec.tensor(), prompt: p, negative: neg,
                                    clean: clean, progress: report)
             var meta = DiffEditIO.provenance(folder)

@@ -76,7 +76,7 @@ struct Invert: ParsableCommand {
                                                        lambdaKL: lambdaKl, rolls: autoCorrRolls)
             let scheduler = try DDIMInverseScheduler(folder: folder)
             var inv = DDIMInversion(unet: unet, scheduler: scheduler, options: options)
-            let report = Progress(tool: "invert", quiet: quiet, force: progress)
+            let report = ProgressReporter(tool: "invert", quiet: quiet, force: progress)
             let r = try inv.invert(latents: latents, prompt: p, negative: neg, generator: generator, progress: report)
 
             var meta = DiffEditIO.provenance(folder)

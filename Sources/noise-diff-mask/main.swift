@@ -88,7 +88,7 @@ struct NoiseDiffMaskTool: ParsableCommand {
             options.guidance = guidance
             options.maxBatch = batch
             var nd = NoiseDiffMask(unet: unet, scheduler: try DDIMScheduler(folder: folder), options: options)
-            let report = Progress(tool: "noise-diff-mask", quiet: quiet, force: progress)
+            let report = ProgressReporter(tool: "noise-diff-mask", quiet: quiet, force: progress)
             let r = try nd.generate(mean: meanRec.tensor(), std: stdRec.tensor(), source: src, sourceNegative: srcNeg,
                                     target: tgt, targetNegative: tgtNeg, generator: TorchGenerator(seed: seed),
                                     progress: report)

@@ -6,7 +6,7 @@ import Foundation
 /// Progress of a long stage on stderr: "tool: label i/T  elapsed 3.1s  eta 12.0s".
 /// Shown when stderr is a terminal or when the user asked (--progress); --quiet silences it,
 /// so a tool in a pipeline writes nothing on stderr unless asked.
-public final class Progress {
+public final class ProgressReporter {
     public let tool: String
     public let enabled: Bool
     let interactive: Bool
@@ -39,7 +39,7 @@ public final class Progress {
         lastDraw = now
         let elapsed = now.timeIntervalSince(start)
         let eta = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
-        let line = "\(tool): \(label) \(done)/\(total)  elapsed \(Progress.format(elapsed))  eta \(Progress.format(eta))"
+        let line = "\(tool): \(label) \(done)/\(total)  elapsed \(ProgressReporter.format(elapsed))  eta \(ProgressReporter.format(eta))"
         let text = interactive ? "\r\(line)\u{1B}[K" + (done >= total ? "\n" : "") : line + "\n"
         _ = text.withCString { fputs($0, stderr) }
     }

@@ -36,7 +36,7 @@ public struct DDIMInversion {
     /// `negative` are [N, L, D]. The generator is used only by the regulariser's rolls (the
     /// posterior sample is drawn by the caller, before).
     public mutating func invert(latents start: Tensor, prompt: Tensor, negative: Tensor, generator: TorchGenerator,
-                                progress: Progress? = nil) throws -> Result {
+                                progress: ProgressReporter? = nil) throws -> Result {
         let o = options
         let n = start.shape[0]
         try DiffEditSupport.checkEmbeddings(prompt, unet: unet, option: "--prompt")

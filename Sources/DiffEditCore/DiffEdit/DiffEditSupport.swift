@@ -86,9 +86,4 @@ public enum DiffEditSupport {
     public static func schedulerFingerprint(_ folder: ModelFolder) -> String {
         fileFingerprint(folder.path("scheduler", "scheduler_config.json"))
     }
-
-    /// Shortest round-trip text of a float for metadata.
-    public static func text(_ v: Double) -> String {
-        v == v.rounded() && abs(v) < 1e15 ? String(Int(v)) : "\(v)"
-    }
 }

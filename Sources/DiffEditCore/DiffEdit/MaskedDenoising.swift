@@ -52,7 +52,7 @@ public struct MaskedDenoising {
     /// caption) and `negative` (source caption) are [N, L, D]. `clean` [N, 4, h, w] is x₀ for the
     /// paper blend.
     public mutating func denoise(inverted: Tensor, mask maskIn: Tensor, prompt: Tensor, negative: Tensor,
-                                 clean: Tensor? = nil, progress: Progress? = nil) throws -> Result {
+                                 clean: Tensor? = nil, progress: ProgressReporter? = nil) throws -> Result {
         let o = options
         guard inverted.rank == 5 else {
             throw ToolError("the inverted stack has shape \(inverted.shape), expected [N, T, 4, h, w] — pipe in invert's output")

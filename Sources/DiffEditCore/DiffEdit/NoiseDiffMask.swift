@@ -59,7 +59,7 @@ public struct NoiseDiffMask {
     /// invariant to that scale, but the intermediate values follow the reference.
     public mutating func generate(mean: Tensor, std: Tensor, source: Tensor, sourceNegative: Tensor,
                                   target: Tensor, targetNegative: Tensor, generator: TorchGenerator,
-                                  progress: Progress? = nil) throws -> Result {
+                                  progress: ProgressReporter? = nil) throws -> Result {
         let o = options
         guard mean.rank == 4, mean.shape == std.shape else {
             throw ToolError("posterior mean \(mean.shape) and std \(std.shape) must both be [N, 4, h, w] — pipe in vae-encode's output")
