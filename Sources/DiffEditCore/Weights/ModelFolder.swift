@@ -18,13 +18,28 @@ public struct ModelFolder {
         self.root = root
     }
 
-    /// `--model DIR`, else `$DIFFEDIT_MODEL`, else an error saying how to give one.
+    /// `--model DIR`, else `$DIFFEDIT_MODEL`, else the bundled demo model, else an error saying
+    /// how to give one.
     public static func resolve(_ option: String?) throws -> ModelFolder {
         if let option, !option.isEmpty { return try ModelFolder(root: option) }
         if let env = ProcessInfo.processInfo.environment[environmentVariable], !env.isEmpty {
             return try ModelFolder(root: env)
         }
+        if let bundled = bundledModelPath { return try ModelFolder(root: bundled) }
         throw ToolError("no model given — use --model DIR or set $\(environmentVariable) to a Stable Diffusion folder in diffusers layout (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/)")
+    }
+
+    /// The small demo model trained for this project (demo/model in the source tree, or
+    /// share/diffedit/model beside an installed bin/), used when no model is named.
+    public static var bundledModelPath: String? {
+        var candidates: [String] = []
+        let exe = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath()
+        candidates.append(exe.deletingLastPathComponent().appendingPathComponent("../share/diffedit/model").standardized.path)
+        // Sources/DiffEditCore/Weights/ModelFolder.swift → repository root.
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+        candidates.append(root.appendingPathComponent("demo/model").path)
+        return candidates.first { FileManager.default.fileExists(atPath: $0 + "/model_index.json") }
     }
 
     public func path(_ component: String, _ file: String) -> String { "\(root)/\(component)/\(file)" }
