@@ -112,6 +112,7 @@ final class DiffEditToolTests: XCTestCase {
             noise-diff-mask \(m) --source src.tensor --target tgt.tensor --steps 10 --maps 2 --soft < post.tensor > soft.tensor
             invert \(m) --prompt src.tensor --steps 10 < post.tensor > inv.tensor
             tensor to-image --range 0:1 big.tensor > big.pgm
+            vae-encode \(m) < '\(other.model)/cat.ppm' | noise-diff-mask \(m) --source src.tensor --target tgt.tensor --steps 10 --maps 2 > narrow.tensor
             """, in: dir)
         XCTAssertEqual(try read(dir.appendingPathComponent("big.tensor"), "mask").shape, [1, 1, 64, 64])
         let small = try read(dir.appendingPathComponent("mask.tensor"), "mask").floats()
@@ -130,6 +131,7 @@ final class DiffEditToolTests: XCTestCase {
         try refused("denoise \(m) --mask mask.tensor --prompt tgt.tensor --steps 20 < inv.tensor > /dev/null", "--steps 20 differs")
         try refused("denoise \(m) --mask mask.tensor --prompt tgt.tensor --strength 0.5 < inv.tensor > /dev/null", "--strength 0.5 differs")
         try refused("denoise \(m) --mask big.tensor --prompt tgt.tensor < inv.tensor > /dev/null", "--image-size")
+        try refused("denoise \(m) --mask narrow.tensor --prompt tgt.tensor < inv.tensor > /dev/null", "--mask is 6x8 but the latents are 8x8")
         try refused("denoise \(m) --mask mask.tensor --prompt tgt2.tensor < inv.tensor > /dev/null", "--prompt was made with model")
         try refused("denoise --model '\(other.model)' --mask mask.tensor --prompt tgt2.tensor < inv.tensor > /dev/null", "the inverted stack on stdin was made with model")
         try refused("noise-diff-mask \(m) --source src.tensor --target tgt.tensor < post2.tensor > /dev/null", "the posterior on stdin was made with model")
