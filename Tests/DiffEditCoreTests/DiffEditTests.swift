@@ -280,4 +280,31 @@ final class DiffEditTests: XCTestCase {
             }
         }
     }
+
+    /// The two blends on the fixture stack: with an empty mask diffusers' ends on the t = 1
+    /// inversion output and the paper's on the clean latent; with a full mask both are plain
+    /// DDIM decoding; with the fixture mask the paper blend keeps x₀ exactly outside it.
+    func testPaperBlendEndsOnTheCleanLatent() throws {
+        let p = try pipeline("sd1")
+        let inverted = try ref(p, "diffedit.inverted").tensor()
+        let clean = try ref(p, "diffedit.invert.image_latents").tensor()
+        let embeds = try ref(p, "diffedit.call.embeds").tensor()
+        let (h, w) = (inverted.shape[3], inverted.shape[4])
+        func run(_ mask: Tensor, _ blend: MaskedDenoising.Blend) throws -> Tensor {
+            var o = MaskedDenoising.Options(); o.steps = p.steps; o.blend = blend
+            var dn = MaskedDenoising(unet: p.unet, scheduler: try DDIMScheduler(folder: p.folder), options: o)
+            return try dn.denoise(inverted: inverted, mask: mask, prompt: embeds.slice(batch: 1, count: 1),
+                                  negative: embeds.slice(batch: 0, count: 1), clean: clean).latents
+        }
+        let zeros = Tensor(zeros: [1, 1, h, w]), ones = Tensor(shape: [1, 1, h, w], data: Array(repeating: 1, count: h * w))
+        XCTAssertEqual(try run(zeros, .diffusers).data, inverted.step(inverted.shape[1] - 1).data)
+        XCTAssertEqual(try run(zeros, .paper).data, clean.data)
+        XCTAssertEqual(try run(ones, .diffusers).data, try run(ones, .paper).data)
+        let mask = try ref(p, "diffedit.mask").tensor()
+        let edited = try run(mask, .paper)
+        for ch in 0..<4 { for i in 0..<(h * w) where mask.data[i] == 0 {
+            XCTAssertEqual(edited.data[ch * h * w + i], clean.data[ch * h * w + i])
+        } }
+        XCTAssertNotEqual(edited.data, clean.data, "the edit changes the inside of the mask")
+    }
 }

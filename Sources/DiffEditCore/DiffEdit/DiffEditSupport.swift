@@ -12,7 +12,7 @@ public enum DiffEditSupport {
         let b = latents.shape[0]
         precondition(embeddings.shape[0] == b)
         let step = max(1, maxBatch)
-        if b <= step { 
+        if b <= step {
             let out = try unet(sample: latents, timestep: Float(timestep), encoderHiddenStates: embeddings)
             progress?(b)
             return out
