@@ -17,6 +17,9 @@ let package = Package(
         .executable(name: "vae-encode", targets: ["vae-encode"]),
         .executable(name: "vae-decode", targets: ["vae-decode"]),
         .executable(name: "unet-bench", targets: ["unet-bench"]),
+        .executable(name: "noise-diff-mask", targets: ["noise-diff-mask"]),
+        .executable(name: "invert", targets: ["invert"]),
+        .executable(name: "denoise", targets: ["denoise"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -44,6 +47,9 @@ let package = Package(
         .executableTarget(name: "vae-encode", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .executableTarget(name: "vae-decode", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .executableTarget(name: "unet-bench", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "noise-diff-mask", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "invert", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
+        .executableTarget(name: "denoise", dependencies: ["DiffEditCore"], swiftSettings: fastMath),
         .testTarget(
             name: "DiffEditCoreTests", dependencies: ["DiffEditCore"],
             resources: []),

@@ -1,28 +1,83 @@
 #!/bin/bash
-# diffedit examples: a readable script of tool calls that keeps every intermediate file in
-# $OUT (default ./out) so you can inspect it with `tensor`.
+# diffedit examples: DiffEdit (Couairon et al. 2022) on a real photo, as a readable script of
+# tool calls. Every intermediate file stays in $OUT (default ./out) so you can inspect it with
+# `tensor head`, `tensor stats` and `tensor to-image`.
+#
+#   ./examples.sh                              # the fixture model, the cat photo
+#   MODEL=~/models/sd15 IMAGE=me.ppm SOURCE="a photo of a man" TARGET="a photo of a robot" ./examples.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-BIN=${BIN:-$(swift build -c release --show-bin-path)}
-export PATH="$BIN:$PATH"
+
+# --- Settings -------------------------------------------------------------------------------
+MODEL=${MODEL:-${DIFFEDIT_MODEL:-Tests/Fixtures/sd1}}   # Stable Diffusion folder, diffusers layout
+IMAGE=${IMAGE:-Tests/Fixtures/sd1/cat.ppm}              # a 64x64 crop of a real cat photo
+SOURCE=${SOURCE:-"a photo of a cat"}                    # what the image shows
+TARGET=${TARGET:-"a photo of a tiger in the jungle"}    # what it should show
+STEPS=${STEPS:-50}
+SEED=${SEED:-0}
 OUT=${OUT:-out}
+BIN=${BIN:-$(swift build -c release --show-bin-path)}
+[ -x "$BIN/denoise" ] || swift build -c release
+export PATH="$BIN:$PATH"
+export DIFFEDIT_MODEL="$MODEL"                          # every tool reads the model from here
 mkdir -p "$OUT"
+start=$SECONDS
+stage() { echo; echo "== $* ($((SECONDS - start)) s)"; }
 
-echo "== 1. An image through the tensor format and back"
-cp Tests/Fixtures/sd1/cat.ppm "$OUT/cat.ppm"   # a 64x64 crop of scikit-image's chelsea.png
-tensor from-image "$OUT/cat.ppm" > "$OUT/cat.tensor"
-tensor head "$OUT/cat.tensor"
-tensor stats "$OUT/cat.tensor"
-tensor to-image --rgb "$OUT/cat.tensor" > "$OUT/cat-back.ppm"
-cmp "$OUT/cat.ppm" "$OUT/cat-back.ppm" && echo "image -> tensor -> image: identical"
+stage "1. The input image, and its latent posterior"
+cp "$IMAGE" "$OUT/input.ppm"
+pnmtopng "$OUT/input.ppm" > "$OUT/input.png"
+vae-encode "$OUT/input.ppm" > "$OUT/posterior.tensor"   # records posterior.mean, posterior.std
+tensor head "$OUT/posterior.tensor"
+tensor stats "$OUT/posterior.tensor"
+# What the autoencoder alone makes of it (the best an edit can keep outside the mask):
+vae-decode --record posterior.mean < "$OUT/posterior.tensor" > "$OUT/reconstructed.ppm"
+# The four latent channels side by side, 8x:
+tensor to-image --name posterior.mean --tile --scale 8 "$OUT/posterior.tensor" | pnmtopng > "$OUT/latent.png"
 
-echo "== 2. A round trip through NumPy's .npy"
-tensor to-npy "$OUT/cat.tensor" > "$OUT/cat.npy"
-tensor from-npy --name image --meta source.depth=3 --meta source.maxval=255 "$OUT/cat.npy" > "$OUT/cat-npy.tensor"
-cmp "$OUT/cat.tensor" "$OUT/cat-npy.tensor" && echo "tensor -> npy -> tensor: byte-identical"
-tensor compare "$OUT/cat.tensor" "$OUT/cat-npy.tensor"
+stage "2. The captions as text embeddings"
+tokenize --show "$SOURCE" "$TARGET"
+tokenize "$SOURCE" | encode-text > "$OUT/source.tensor"
+tokenize "$TARGET" | encode-text > "$OUT/target.tensor"
+tensor stats "$OUT/source.tensor"
 
-echo "== 3. One channel as a grey map, 2x"
-tensor to-image --channel 0 --scale 2 "$OUT/cat.tensor" | pnmtopng > "$OUT/cat-red.png"
-pamfile "$OUT/cat-back.ppm"
-echo "done: files in $OUT/"
+stage "3. The mask: where the noise estimate changes with the caption (noise-diff-mask)"
+noise-diff-mask --source "$OUT/source.tensor" --target "$OUT/target.tensor" \
+    --steps "$STEPS" --seed "$SEED" < "$OUT/posterior.tensor" > "$OUT/mask.tensor"
+noise-diff-mask --source "$OUT/source.tensor" --target "$OUT/target.tensor" \
+    --steps "$STEPS" --seed "$SEED" --soft < "$OUT/posterior.tensor" > "$OUT/mask-soft.tensor"
+tensor head "$OUT/mask.tensor"                           # fraction_ones, clamp, near_threshold
+tensor stats "$OUT/mask-soft.tensor"
+# A mask is an image: latent resolution, enlarged to the picture's size by the VAE factor.
+factor=$(( $(pamfile "$OUT/input.ppm" | sed -E 's/.* ([0-9]+) by ([0-9]+).*/\1/') \
+         / $(tensor head "$OUT/mask.tensor" | sed -nE 's/ *latent.width=//p') ))
+tensor to-image --range 0:1 --scale "$factor" "$OUT/mask.tensor" > "$OUT/mask.pgm"
+tensor to-image --range 0:1 --scale "$factor" "$OUT/mask-soft.tensor" > "$OUT/mask-soft.pgm"
+pnmtopng "$OUT/mask.pgm" > "$OUT/mask.png"
+pnmtopng "$OUT/mask-soft.pgm" > "$OUT/mask-soft.png"
+
+stage "4. DDIM inversion under the source caption (invert)"
+invert --prompt "$OUT/source.tensor" --steps "$STEPS" --seed "$SEED" \
+    < "$OUT/posterior.tensor" > "$OUT/inverted.tensor"
+tensor head "$OUT/inverted.tensor"                       # [1, T, 4, h, w], noisiest first
+tensor pick --name inverted "$OUT/inverted.tensor" | tensor stats
+
+stage "5. Masked denoising under the target caption (denoise), then decode"
+denoise --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" --negative "$OUT/source.tensor" \
+    < "$OUT/inverted.tensor" > "$OUT/edited.tensor"
+vae-decode < "$OUT/edited.tensor" > "$OUT/edited.ppm"
+pnmtopng "$OUT/edited.ppm" > "$OUT/edited.png"
+# The paper's blending (clean background at the end) for comparison:
+denoise --blend paper --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" --negative "$OUT/source.tensor" \
+    < "$OUT/inverted.tensor" | vae-decode > "$OUT/edited-paper.ppm"
+pnmtopng "$OUT/edited-paper.ppm" > "$OUT/edited-paper.png"
+
+stage "6. Montage: input | VAE reconstruction | mask | edit | edit (paper blending)"
+cat_lr() { if command -v pamcat > /dev/null; then pamcat -lr "$@"; else pnmcat -lr "$@"; fi; }
+pgmtoppm white "$OUT/mask.pgm" > "$OUT/mask.ppm"
+cat_lr "$OUT/input.ppm" "$OUT/reconstructed.ppm" "$OUT/mask.ppm" "$OUT/edited.ppm" "$OUT/edited-paper.ppm" > "$OUT/montage.ppm"
+pamfile "$OUT/montage.ppm"
+pnmtopng "$OUT/montage.ppm" > "$OUT/montage.png"
+
+echo
+echo "done in $((SECONDS - start)) s: files in $OUT/ (input.png, mask.png, edited.png, montage.png)"

@@ -54,6 +54,7 @@ struct EncodeText: ParsableCommand {
                 let e = try encoder.encode(ids: b.ids, batch: b.n, length: b.length, clipSkip: clipSkip)
                 var metadata = b.metadata
                 metadata["model"] = folder.root
+                metadata["model.fingerprint"] = DiffEditIO.modelFingerprint(folder)
                 metadata["clip_skip"] = String(clipSkip)
                 if mean {
                     if sum.isEmpty { sum = [Double](repeating: 0, count: b.length * d) }
@@ -70,6 +71,7 @@ struct EncodeText: ParsableCommand {
             if mean {
                 var metadata = batches.count == 1 ? batches[0].metadata : [:]
                 metadata["model"] = folder.root
+                metadata["model.fingerprint"] = DiffEditIO.modelFingerprint(folder)
                 metadata["clip_skip"] = String(clipSkip)
                 metadata["mean_of"] = String(total)
                 let m = sum.map { Float($0 / Double(total)) }

@@ -63,6 +63,7 @@ struct VAEEncode: ParsableCommand {
             let sf = vae.config.scalingFactor
             var meta = [
                 "model": folder.root,
+                "model.fingerprint": DiffEditIO.modelFingerprint(folder),
                 "scaling_factor": "\(sf)",
                 "image.width": "\(x.shape[3])",
                 "image.height": "\(x.shape[2])",

@@ -1,0 +1,97 @@
+import Foundation
+
+/// DiffEdit step 2: DDIM inversion of the image latent under the source caption, keeping every
+/// intermediate latent (diffusers' StableDiffusionDiffEditPipeline.invert).
+public struct DDIMInversion {
+    public struct Options {
+        public var steps = 50
+        /// inpaint_strength: the fraction of the schedule inverted (the first ⌊steps·strength⌋).
+        public var strength = 0.8
+        public var guidance: Float = 7.5
+        public var regularizer = InversionRegularizer()
+        public init() {}
+    }
+
+    public struct Result {
+        /// [N, T, 4, h, w], noisiest first (diffusers' `stack(reversed(list), 1)`).
+        public var inverted: Tensor
+        /// The inverse timesteps, ascending (the stack holds them in reverse).
+        public var timesteps: [Int]
+        /// Per step: the guided prediction before / after regularisation, [N, 4, h, w] each.
+        public var predictions: [Tensor]
+        public var regularizedPredictions: [Tensor]
+    }
+
+    public let unet: UNet2DCondition
+    public var scheduler: DDIMInverseScheduler
+    public var options: Options
+
+    public init(unet: UNet2DCondition, scheduler: DDIMInverseScheduler, options: Options = Options()) {
+        self.unet = unet
+        self.scheduler = scheduler
+        self.options = options
+    }
+
+    /// Inverts latents [N, 4, h, w] (the posterior sample × scaling_factor). `prompt` and
+    /// `negative` are [N, L, D]. The generator is used only by the regulariser's rolls (the
+    /// posterior sample is drawn by the caller, before).
+    public mutating func invert(latents start: Tensor, prompt: Tensor, negative: Tensor, generator: TorchGenerator,
+                                progress: ProgressReporter? = nil) throws -> Result {
+        let o = options
+        let n = start.shape[0]
+        try DiffEditSupport.checkEmbeddings(prompt, unet: unet, option: "--prompt")
+        try DiffEditSupport.checkEmbeddings(negative, unet: unet, option: "--negative")
+        guard prompt.shape[0] == n, negative.shape[0] == n else {
+            throw ToolError("the prompt embeddings hold \(prompt.shape[0]) prompts for \(n) images")
+        }
+        try scheduler.setTimesteps(o.steps)
+        let timesteps = try scheduler.strengthTimesteps(strength: o.strength)
+        guard !timesteps.isEmpty else {
+            throw ToolError("--strength \(o.strength) with \(o.steps) steps inverts no step — raise it so that steps × strength ≥ 1")
+        }
+        let cfg = o.guidance > 1
+        let embeds = cfg ? Tensor.concat(batch: [negative, prompt]) : prompt
+        var latents = start
+        var outputs: [Tensor] = [], preds: [Tensor] = [], regPreds: [Tensor] = []
+        progress?.begin("inversion step", total: timesteps.count)
+        for (i, t) in timesteps.enumerated() {
+            let input = cfg ? Tensor.concat(batch: [latents, latents]) : latents
+            let out = try unet(sample: input, timestep: Float(t), encoderHiddenStates: embeds)
+            var pred = cfg ? Guidance.classifierFree(batched: out, scale: o.guidance) : out
+            preds.append(pred)
+            if o.regularizer.steps > 0 {
+                pred = o.regularizer.apply(pred, sample: input, predictionType: scheduler.predictionType,
+                                           alphaProd: scheduler.alphasCumprod[t], generator: generator)
+            }
+            regPreds.append(pred)
+            latents = try scheduler.step(modelOutput: pred, timestep: t, sample: latents).prevSample
+            outputs.append(latents)
+            progress?.update(i + 1)
+        }
+        // stack(reversed(outputs), dim 1): [N, T, C, h, w]
+        let tCount = outputs.count
+        let inner = start.count / n
+        var data = [Float](repeating: 0, count: n * tCount * inner)
+        for (k, x) in outputs.reversed().enumerated() {
+            for b in 0..<n {
+                for i in 0..<inner { data[(b * tCount + k) * inner + i] = x.data[b * inner + i] }
+            }
+        }
+        var shape = start.shape
+        shape.insert(tCount, at: 1)
+        return Result(inverted: Tensor(shape: shape, data: data), timesteps: timesteps,
+                      predictions: preds, regularizedPredictions: regPreds)
+    }
+}
+
+extension Tensor {
+    /// Entry `k` of dimension 1 of a [N, T, …] tensor, as [N, …].
+    public func step(_ k: Int) -> Tensor {
+        let n = shape[0], t = shape[1]
+        let inner = count / (n * t)
+        var out = [Float]()
+        out.reserveCapacity(n * inner)
+        for b in 0..<n { out.append(contentsOf: data[((b * t + k) * inner)..<((b * t + k + 1) * inner)]) }
+        return Tensor(shape: [n] + Array(shape.dropFirst(2)), data: out)
+    }
+}

@@ -1,0 +1,90 @@
+import Foundation
+
+/// Reading and checking the files the DiffEdit tools pass between them, with messages that name
+/// the option to fix.
+public enum DiffEditIO {
+    /// Record names.
+    public static let maskRecord = "mask"
+    public static let softRecord = "mask.soft"
+    public static let invertedRecord = "inverted"
+    public static let cleanRecord = "inverted.clean"
+    public static let latentsRecord = "latents"
+
+    /// Metadata keys every DiffEdit output carries.
+    public static func provenance(_ folder: ModelFolder) -> [String: String] {
+        ["model": folder.root, "model.fingerprint": modelFingerprint(folder)]
+    }
+
+    /// Identity of a model for compatibility checks: FNV-1a of the UNet, VAE and scheduler
+    /// configs and the sizes of the UNet and VAE weight files (cheap even for gigabyte
+    /// checkpoints, and stable when the folder moves).
+    public static func modelFingerprint(_ folder: ModelFolder) -> String {
+        var bytes: [UInt8] = []
+        for (c, f) in [("unet", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json"),
+                       ("text_encoder", "config.json")] {
+            bytes += [UInt8](FileManager.default.contents(atPath: folder.path(c, f)) ?? Data())
+        }
+        for c in ["unet", "vae", "text_encoder"] {
+            for name in ModelFolder.weightFileNames {
+                let p = folder.path(c, name)
+                if let size = (try? FileManager.default.attributesOfItem(atPath: p))?[.size] as? NSNumber {
+                    bytes += Array("\(c)/\(name):\(size)".utf8)
+                }
+            }
+        }
+        return DiffEditSupport.fingerprint(bytes)
+    }
+
+    /// Reads all records of a file given to `option` (or stdin for "-").
+    public static func records(_ path: String, option: String) throws -> [TensorRecord] {
+        do {
+            return try CLI.tensorInput(path).readAllNonEmpty(expecting: "a tensor stream")
+        } catch let e as ToolError {
+            throw ToolError("\(option) \(path): \(e.message)")
+        }
+    }
+
+    /// The record named `name`, else the only record.
+    public static func pick(_ records: [TensorRecord], _ name: String, option: String, what: String) throws -> TensorRecord {
+        if let r = records.first(where: { $0.name == name }) { return r }
+        if records.count == 1 { return records[0] }
+        throw ToolError("\(option) has no record '\(name)' (it has \(records.map(\.name).joined(separator: ", "))) — give \(what)")
+    }
+
+    /// Text embeddings [N, L, D] from a file (encode-text's `embeddings` record).
+    public static func embeddings(_ path: String, folder: ModelFolder, option: String) throws -> Tensor {
+        let r = try pick(try records(path, option: option), "embeddings", option: option,
+                         what: "text embeddings from tokenize | encode-text")
+        try checkModel(r, folder, option: option)
+        guard r.rank == 3, [.f32, .f16, .bf16].contains(r.dtype) else {
+            throw ToolError("\(option) \(path) holds \(r.shapeDescription), expected text embeddings [N, 77, D] — make them with tokenize | encode-text")
+        }
+        return r.tensor()
+    }
+
+    /// Refuses an input made with another model (metadata model.fingerprint).
+    public static func checkModel(_ r: TensorRecord, _ folder: ModelFolder, option: String) throws {
+        guard let fp = r.metadata["model.fingerprint"] else { return }
+        let mine = modelFingerprint(folder)
+        guard fp == mine else {
+            throw ToolError("\(option) was made with model \(r.metadata["model"] ?? "?") (fingerprint \(fp)), not \(folder.root) (\(mine)) — remake it with --model \(folder.root), or pass --model \(r.metadata["model"] ?? "of that file")")
+        }
+    }
+
+    /// The image posterior from vae-encode: (mean, std), or a sampled latent (std nil).
+    public static func posterior(_ records: [TensorRecord], label: String) throws -> (mean: TensorRecord, std: TensorRecord?) {
+        if let m = records.first(where: { $0.name == "posterior.mean" }) {
+            guard let s = records.first(where: { $0.name == "posterior.std" }) else {
+                throw ToolError("\(label) has posterior.mean but no posterior.std — pipe in vae-encode's complete output")
+            }
+            guard m.rank == 4, m.shape == s.shape else {
+                throw ToolError("\(label): posterior.mean \(m.shapeDescription) and posterior.std \(s.shapeDescription) must both be [N, 4, h, w]")
+            }
+            return (m, s)
+        }
+        if let l = records.first(where: { $0.name == latentsRecord }), l.rank == 4 {
+            return (l, nil)
+        }
+        throw ToolError("\(label) holds \(records.map(\.name).joined(separator: ", ")); expected the image posterior (posterior.mean, posterior.std) from vae-encode")
+    }
+}

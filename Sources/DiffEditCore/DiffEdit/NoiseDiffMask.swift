@@ -1,0 +1,168 @@
+import Foundation
+
+/// DiffEdit step 1 (Couairon et al. 2022, §3.2): where does the model's noise estimate change
+/// when the caption changes? As diffusers' StableDiffusionDiffEditPipeline.generate_mask.
+public struct NoiseDiffMask {
+    public struct Options {
+        /// num_maps_per_mask: noise draws averaged per image.
+        public var maps = 10
+        /// mask_encode_strength: how far into the schedule the image is noised.
+        public var encodeStrength = 0.5
+        /// mask_thresholding_ratio: the map is clamped at ratio × its mean, then halved.
+        public var thresholdRatio: Float = 3.0
+        public var steps = 50
+        public var guidance: Float = 7.5
+        /// Most latents per UNet call.
+        public var maxBatch = 40
+        public init() {}
+    }
+
+    public struct Result {
+        /// The encode timestep (scheduler.timesteps[t_start]).
+        public var timestep: Int
+        /// Sampled image latents [N·maps, 4, h, w] (posterior sample × scaling_factor).
+        public var imageLatents: Tensor
+        public var noise: Tensor
+        public var noisedLatents: Tensor
+        /// Guided predictions named as diffusers names them (see `generate`).
+        public var epsSource: Tensor
+        public var epsTarget: Tensor
+        /// |ε_target − ε_source| averaged over maps and channels, [N, h, w].
+        public var map: Tensor
+        /// mean(map) × ratio over the whole batch.
+        public var clamp: Float
+        /// clamp(map, 0, c)/c, [N, 1, h, w].
+        public var soft: Tensor
+        /// soft > 0.5, as 0/1 floats, [N, 1, h, w].
+        public var mask: Tensor
+    }
+
+    public let unet: UNet2DCondition
+    public var scheduler: DDIMScheduler
+    public var options: Options
+
+    public init(unet: UNet2DCondition, scheduler: DDIMScheduler, options: Options = Options()) {
+        self.unet = unet
+        self.scheduler = scheduler
+        self.options = options
+    }
+
+    /// The mask for N images. `mean`/`std` are the scaled posterior [N, 4, h, w] (vae-encode's
+    /// records); embeddings are [N, L, D] (already broadcast to the images). The generator draws
+    /// the posterior sample randn([N·maps, 4, h, w]) first and then the noise of the same shape,
+    /// as diffusers does.
+    ///
+    /// diffusers' generate_mask unpacks encode_prompt's (prompt, negative) pair into variables
+    /// named (negative, prompt), so its UNet batch is [source, sourceNegative, target,
+    /// targetNegative] and its "guided" predictions are c0 + g·(c1 − c0), c2 + g·(c3 − c2). That
+    /// is reproduced exactly: the difference is −(g−1)/g times the intended one, and the mask is
+    /// invariant to that scale, but the intermediate values follow the reference.
+    public mutating func generate(mean: Tensor, std: Tensor, source: Tensor, sourceNegative: Tensor,
+                                  target: Tensor, targetNegative: Tensor, generator: TorchGenerator,
+                                  progress: ProgressReporter? = nil) throws -> Result {
+        let o = options
+        guard mean.rank == 4, mean.shape == std.shape else {
+            throw ToolError("posterior mean \(mean.shape) and std \(std.shape) must both be [N, 4, h, w] — pipe in vae-encode's output")
+        }
+        guard o.maps >= 1 else { throw ToolError("--maps must be at least 1") }
+        guard o.thresholdRatio > 0 else { throw ToolError("--threshold-ratio must be positive") }
+        let n = mean.shape[0], c = mean.shape[1], h = mean.shape[2], w = mean.shape[3]
+        for (e, name) in [(source, "--source"), (sourceNegative, "--source-negative"),
+                          (target, "--target"), (targetNegative, "--target-negative")] {
+            try DiffEditSupport.checkEmbeddings(e, unet: unet, option: name)
+            guard e.shape[0] == n else { throw ToolError("\(name) has \(e.shape[0]) prompts for \(n) images") }
+        }
+        guard c == unet.config.inChannels else {
+            throw ToolError("the posterior has \(c) channels but the UNet takes \(unet.config.inChannels) — encode the image with the same model")
+        }
+
+        // 5. timesteps; the encode timestep is the first of the last ⌊steps·strength⌋.
+        try scheduler.setTimesteps(o.steps)
+        let ts = try scheduler.strengthTimesteps(strength: o.encodeStrength)
+        guard let t = ts.first else {
+            throw ToolError("--encode-strength \(o.encodeStrength) with \(o.steps) steps leaves no timestep — raise it so that steps × strength ≥ 1")
+        }
+
+        // 6. image.repeat_interleave(maps) → latent_dist.sample(generator) × sf, then noise.
+        let m = n * o.maps
+        let meanR = DiffEditSupport.repeatInterleave(mean, o.maps)
+        let stdR = DiffEditSupport.repeatInterleave(std, o.maps)
+        let posteriorNoise = generator.randn(count: meanR.count)
+        let imageLatents = DiagonalGaussian(mean: meanR, std: stdR).sample(noise: posteriorNoise)
+        let noise = generator.randn(shape: imageLatents.shape)
+        let noised = try scheduler.addNoise(original: imageLatents, noise: noise, timesteps: [t])
+
+        // 7. one UNet batch [source, sourceNeg, target, targetNeg] (each ×maps), micro-batched.
+        let embeds = Tensor.concat(batch: [
+            DiffEditSupport.repeatInterleave(source, o.maps), DiffEditSupport.repeatInterleave(sourceNegative, o.maps),
+            DiffEditSupport.repeatInterleave(target, o.maps), DiffEditSupport.repeatInterleave(targetNegative, o.maps),
+        ])
+        let input = Tensor.concat(batch: [noised, noised, noised, noised])
+        progress?.begin("noise maps (UNet latents)", total: 4 * m)
+        let out = try DiffEditSupport.predict(unet, latents: input, timestep: t, embeddings: embeds,
+                                              maxBatch: o.maxBatch, progress: { progress?.update($0) })
+        let c0 = out.slice(batch: 0, count: m), c1 = out.slice(batch: m, count: m)
+        let c2 = out.slice(batch: 2 * m, count: m), c3 = out.slice(batch: 3 * m, count: m)
+        let g = o.guidance
+        let epsSource: Tensor, epsTarget: Tensor
+        if g > 1 {
+            epsSource = Guidance.classifierFree(uncond: c0, cond: c1, scale: g)
+            epsTarget = Guidance.classifierFree(uncond: c2, cond: c3, scale: g)
+        } else {
+            // Without guidance diffusers builds the batch [source, target] only; the maps
+            // come from the conditional predictions, here c0 and c2 (same UNet inputs).
+            epsSource = c0
+            epsTarget = c2
+        }
+
+        // 8. map = |target − source| averaged over maps and channels; clamp at mean × ratio.
+        let plane = h * w
+        var map = [Float](repeating: 0, count: n * plane)
+        epsSource.data.withUnsafeBufferPointer { s in
+            epsTarget.data.withUnsafeBufferPointer { tg in
+                for i in 0..<n {
+                    for p in 0..<plane {
+                        var acc: Double = 0
+                        for k in 0..<o.maps {
+                            for ch in 0..<c {
+                                let idx = ((i * o.maps + k) * c + ch) * plane + p
+                                acc += Double(abs(tg[idx] - s[idx]))
+                            }
+                        }
+                        map[i * plane + p] = Float(acc / Double(o.maps * c))
+                    }
+                }
+            }
+        }
+        let mapMean = Float(map.reduce(0.0) { $0 + Double($1) } / Double(map.count))
+        let clamp = mapMean * o.thresholdRatio
+        let soft = map.map { min(max($0, 0), clamp) / clamp }
+        let mask = soft.map { $0 <= 0.5 ? Float(0) : 1 }
+        return Result(timestep: t, imageLatents: imageLatents, noise: noise, noisedLatents: noised,
+                      epsSource: epsSource, epsTarget: epsTarget,
+                      map: Tensor(shape: [n, h, w], data: map), clamp: clamp,
+                      soft: Tensor(shape: [n, 1, h, w], data: soft), mask: Tensor(shape: [n, 1, h, w], data: mask))
+    }
+
+    /// The binary mask for another thresholding ratio of the same map (no UNet work).
+    public static func threshold(map: Tensor, ratio: Float) -> (clamp: Float, soft: [Float], mask: [Float]) {
+        let mean = Float(map.data.reduce(0.0) { $0 + Double($1) } / Double(map.count))
+        let c = mean * ratio
+        let soft = map.data.map { min(max($0, 0), c) / c }
+        return (c, soft, soft.map { $0 <= 0.5 ? 0 : 1 })
+    }
+
+    /// A latent-resolution mask [N, 1, h, w] enlarged `factor` times by nearest neighbour (for
+    /// inpainting tools that take an image-size mask).
+    public static func upscaleNearest(_ mask: Tensor, factor: Int) -> Tensor {
+        let n = mask.shape[0], c = mask.shape[1], h = mask.shape[2], w = mask.shape[3]
+        let H = h * factor, W = w * factor
+        var out = [Float](repeating: 0, count: n * c * H * W)
+        for b in 0..<(n * c) {
+            for y in 0..<H {
+                for x in 0..<W { out[(b * H + y) * W + x] = mask.data[(b * h + y / factor) * w + x / factor] }
+            }
+        }
+        return Tensor(shape: [n, c, H, W], data: out)
+    }
+}

@@ -1,0 +1,100 @@
+import ArgumentParser
+import DiffEditCore
+
+extension MaskedDenoising.Blend: ExpressibleByArgument {}
+
+/// denoise: masked DDIM decoding of an inverted stack under the target caption
+/// (diffusers' StableDiffusionDiffEditPipeline.__call__). See denoise(1).
+@main
+struct Denoise: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "denoise",
+        abstract: "Decode an inverted stack under the target caption, editing only inside the mask.",
+        discussion: "Reads invert's output on stdin, writes the edited latents [N, 4, h, w] (record latents) for vae-decode. See denoise(1).")
+
+    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    var model: String?
+    @Option(name: .long, help: "The mask from noise-diff-mask (latent size).")
+    var mask: String
+    @Option(name: .long, help: "Embeddings of the target caption.")
+    var prompt: String
+    @Option(name: .long, help: "Negative embeddings: the source caption (default: the empty prompt).")
+    var negative: String?
+    @Option(name: .long, help: "Inference steps (default: the stack's, from invert).")
+    var steps: Int?
+    @Option(name: .long, help: "Strength (default: the stack's, from invert).")
+    var strength: Double?
+    @Option(name: .long, help: "Classifier-free guidance scale.")
+    var guidance: Float = 7.5
+    @Option(name: .long, help: "Background blending: diffusers (default) or paper.")
+    var blend: MaskedDenoising.Blend = .diffusers
+    @Flag(name: .long, help: "Show progress on stderr even when it is not a terminal.")
+    var progress = false
+    @Flag(name: .shortAndLong, help: "No progress on stderr.")
+    var quiet = false
+    @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
+    var force = false
+    @Argument(help: "The inverted stack from invert (default or '-': stdin).")
+    var input: String?
+
+    func run() throws {
+        try CLI.run("denoise") {
+            let out = try CLI.tensorOutput(force: force)
+            let reader = try CLI.tensorInput(input)
+            let records = try reader.readAllNonEmpty(expecting: "the inverted stack from invert")
+            let stackRec = try DiffEditIO.pick(records, DiffEditIO.invertedRecord, option: reader.label,
+                                               what: "invert's output")
+            guard stackRec.rank == 5 else {
+                throw ToolError("\(reader.label): record '\(stackRec.name)' is \(stackRec.shapeDescription); expected invert's stack [N, T, 4, h, w]")
+            }
+            let folder = try ModelFolder.resolve(model)
+            try DiffEditIO.checkModel(stackRec, folder, option: "the inverted stack on stdin")
+            if let fp = stackRec.metadata["scheduler.fingerprint"], fp != DiffEditSupport.schedulerFingerprint(folder) {
+                throw ToolError("the inverted stack was made with another scheduler config (\(stackRec.metadata["model"] ?? "?")) — invert again with --model \(folder.root)")
+            }
+            // Steps and strength come from invert; explicit options must agree (diffusers #5465).
+            let stackSteps = stackRec.metadata["steps"].flatMap(Int.init)
+            let stackStrength = stackRec.metadata["strength"].flatMap(Double.init)
+            if let steps, let stackSteps, steps != stackSteps {
+                throw ToolError("--steps \(steps) differs from the \(stackSteps) steps the stack was inverted with — the denoising schedule must retrace the inversion; drop --steps or invert again with --steps \(steps)")
+            }
+            if let strength, let stackStrength, strength != stackStrength {
+                throw ToolError("--strength \(strength) differs from the strength \(stackStrength) the stack was inverted with — drop --strength or invert again with --strength \(strength)")
+            }
+            guard let useSteps = steps ?? stackSteps, let useStrength = strength ?? stackStrength else {
+                throw ToolError("the stack has no steps/strength metadata (not written by invert) — give --steps and --strength as used for the inversion")
+            }
+            let n = stackRec.shape[0]
+            let maskRecords = try DiffEditIO.records(mask, option: "--mask")
+            let maskRec = try DiffEditIO.pick(maskRecords, DiffEditIO.maskRecord, option: "--mask", what: "noise-diff-mask's output")
+            try DiffEditIO.checkModel(maskRec, folder, option: "--mask")
+            if maskRec.metadata["scale"] != nil {
+                throw ToolError("--mask was written at image size (noise-diff-mask --image-size) — make it without --image-size for denoise")
+            }
+            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt"), to: n, option: "--prompt")
+            let neg = try DiffEditSupport.broadcastPrompts(
+                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative") }
+                    ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
+            let clean = records.first { $0.name == DiffEditIO.cleanRecord }?.tensor()
+
+            let unet = try UNet2DCondition(folder: folder)
+            var options = MaskedDenoising.Options()
+            options.steps = useSteps
+            options.strength = useStrength
+            options.guidance = guidance
+            options.blend = blend
+            var dn = MaskedDenoising(unet: unet, scheduler: try DDIMScheduler(folder: folder), options: options)
+            let report = ProgressReporter(tool: "denoise", quiet: quiet, force: progress)
+            let r = try dn.denoise(inverted: stackRec.tensor(), mask: maskRec.tensor(), prompt: p, negative: neg,
+                                   clean: clean, progress: report)
+            var meta = DiffEditIO.provenance(folder)
+            meta["steps"] = "\(useSteps)"
+            meta["strength"] = "\(useStrength)"
+            meta["guidance"] = "\(guidance)"
+            meta["blend"] = blend.rawValue
+            for k in ["image.width", "image.height"] { if let v = stackRec.metadata[k] { meta[k] = v } }
+            try out.write(TensorRecord(name: DiffEditIO.latentsRecord, tensor: r.latents, metadata: meta))
+            try out.flush()
+        }
+    }
+}

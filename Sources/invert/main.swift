@@ -1,0 +1,107 @@
+import ArgumentParser
+import DiffEditCore
+
+/// invert: DDIM inversion of an image latent under its caption, every step kept
+/// (diffusers' StableDiffusionDiffEditPipeline.invert). See invert(1).
+@main
+struct Invert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "invert",
+        abstract: "DDIM-invert an image latent under its caption; write every intermediate latent.",
+        discussion: "Reads vae-encode's posterior on stdin, writes the stack [N, T, 4, h, w] noisiest first (record inverted) and the clean latent (record inverted.clean). See invert(1).")
+
+    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    var model: String?
+    @Option(name: .long, help: "Embeddings of the caption of the image (the source caption).")
+    var prompt: String
+    @Option(name: .long, help: "Negative embeddings (default: the empty prompt).")
+    var negative: String?
+    @Option(name: .long, help: "Inference steps of the schedule.")
+    var steps = 50
+    @Option(name: .long, help: "Fraction of the schedule to invert (inpaint_strength).")
+    var strength = 0.8
+    @Option(name: .long, help: "Classifier-free guidance scale.")
+    var guidance: Float = 7.5
+    @Option(name: .long, help: "Seed of the torch CPU generator (posterior sample, then the regulariser's rolls).")
+    var seed: UInt64 = 0
+    @Option(name: .long, help: "Regularisation steps per inversion step (num_reg_steps; 0 = off).")
+    var regSteps = 0
+    @Option(name: .long, help: "Weight of the auto-correlation loss.")
+    var lambdaAutoCorr: Float = 20
+    @Option(name: .long, help: "Weight of the KL divergence loss.")
+    var lambdaKl: Float = 20
+    @Option(name: .long, help: "Auto-correlation gradient steps per regularisation step.")
+    var autoCorrRolls = 5
+    @Flag(name: .long, help: "Show progress on stderr even when it is not a terminal.")
+    var progress = false
+    @Flag(name: .shortAndLong, help: "No progress on stderr.")
+    var quiet = false
+    @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
+    var force = false
+    @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
+    var input: String?
+
+    func run() throws {
+        try CLI.run("invert") {
+            guard steps >= 1 else { throw ToolError("--steps must be at least 1, got \(steps)") }
+            guard strength > 0, strength <= 1 else { throw ToolError("--strength must be in (0, 1], got \(strength)") }
+            guard regSteps >= 0, autoCorrRolls >= 0 else { throw ToolError("--reg-steps and --auto-corr-rolls must not be negative") }
+            let out = try CLI.tensorOutput(force: force)
+            let reader = try CLI.tensorInput(input)
+            let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")
+            let (meanRec, stdRec) = try DiffEditIO.posterior(records, label: reader.label)
+            let folder = try ModelFolder.resolve(model)
+            try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
+            let n = meanRec.shape[0]
+            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt"), to: n, option: "--prompt")
+            let neg = try DiffEditSupport.broadcastPrompts(
+                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative") }
+                    ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
+
+            // diffusers: latent_dist.sample(generator) × scaling_factor, the generator's first draw.
+            let generator = TorchGenerator(seed: seed)
+            let latents: Tensor
+            if let stdRec {
+                let mean = meanRec.tensor()
+                latents = DiagonalGaussian(mean: mean, std: stdRec.tensor()).sample(noise: generator.randn(count: mean.count))
+            } else {
+                latents = meanRec.tensor()  // already sampled (vae-encode --sample)
+            }
+            let unet = try UNet2DCondition(folder: folder)
+            var options = DDIMInversion.Options()
+            options.steps = steps
+            options.strength = strength
+            options.guidance = guidance
+            options.regularizer = InversionRegularizer(steps: regSteps, lambdaAutoCorr: lambdaAutoCorr,
+                                                       lambdaKL: lambdaKl, rolls: autoCorrRolls)
+            let scheduler = try DDIMInverseScheduler(folder: folder)
+            var inv = DDIMInversion(unet: unet, scheduler: scheduler, options: options)
+            let report = ProgressReporter(tool: "invert", quiet: quiet, force: progress)
+            let r = try inv.invert(latents: latents, prompt: p, negative: neg, generator: generator, progress: report)
+
+            var meta = DiffEditIO.provenance(folder)
+            meta["steps"] = "\(steps)"
+            meta["strength"] = "\(strength)"
+            meta["guidance"] = "\(guidance)"
+            meta["seed"] = "\(seed)"
+            meta["timesteps"] = r.timesteps.reversed().map(String.init).joined(separator: ",")
+            meta["order"] = "noisiest first"
+            meta["scheduler.fingerprint"] = DiffEditSupport.schedulerFingerprint(folder)
+            meta["prediction_type"] = scheduler.predictionType.rawValue
+            meta["reg_steps"] = "\(regSteps)"
+            if regSteps > 0 {
+                meta["lambda_auto_corr"] = "\(lambdaAutoCorr)"
+                meta["lambda_kl"] = "\(lambdaKl)"
+                meta["auto_corr_rolls"] = "\(autoCorrRolls)"
+            }
+            meta["sampled"] = stdRec == nil ? "input" : "posterior"
+            for k in ["image.width", "image.height"] { if let v = meanRec.metadata[k] { meta[k] = v } }
+            try out.write(TensorRecord(name: DiffEditIO.invertedRecord, tensor: r.inverted, metadata: meta))
+            var cleanMeta = DiffEditIO.provenance(folder)
+            cleanMeta["seed"] = "\(seed)"
+            cleanMeta["note"] = "the posterior sample the inversion started from (x0), for denoise --blend paper"
+            try out.write(TensorRecord(name: DiffEditIO.cleanRecord, tensor: latents, metadata: cleanMeta))
+            try out.flush()
+        }
+    }
+}

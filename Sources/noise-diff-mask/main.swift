@@ -1,0 +1,124 @@
+import ArgumentParser
+import DiffEditCore
+
+/// noise-diff-mask: DiffEdit's mask from the difference of two noise estimates
+/// (diffusers' StableDiffusionDiffEditPipeline.generate_mask). See noise-diff-mask(1).
+@main
+struct NoiseDiffMaskTool: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "noise-diff-mask",
+        abstract: "Compute DiffEdit's edit mask from an image posterior and two captions.",
+        discussion: "Reads vae-encode's posterior on stdin, writes the mask [N, 1, h, w] (record mask). See noise-diff-mask(1).")
+
+    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    var model: String?
+    @Option(name: .long, help: "Embeddings of the source caption (what the image shows).")
+    var source: String
+    @Option(name: .long, help: "Embeddings of the target caption (what it should show).")
+    var target: String
+    @Option(name: .long, help: "Negative embeddings for the source (default: the empty prompt).")
+    var sourceNegative: String?
+    @Option(name: .long, help: "Negative embeddings for the target (default: the empty prompt).")
+    var targetNegative: String?
+    @Option(name: .long, help: "Noise draws averaged per image (num_maps_per_mask).")
+    var maps = 10
+    @Option(name: .long, help: "Fraction of the schedule the image is noised to (mask_encode_strength).")
+    var encodeStrength = 0.5
+    @Option(name: .long, help: "Clamp the map at this multiple of its mean; the mask is where it exceeds half that.")
+    var thresholdRatio: Float = 3.0
+    @Option(name: .long, help: "Inference steps of the schedule the encode timestep is taken from.")
+    var steps = 50
+    @Option(name: .long, help: "Classifier-free guidance scale.")
+    var guidance: Float = 7.5
+    @Option(name: .long, help: "Seed of the torch CPU generator (posterior sample, then noise).")
+    var seed: UInt64 = 0
+    @Option(name: .long, help: "Most latents per UNet call (memory bound; results do not depend on it).")
+    var batch = 40
+    @Flag(name: .long, help: "Write the normalised difference map before thresholding (record mask.soft).")
+    var soft = false
+    @Flag(name: .long, help: "Enlarge the output to image size (nearest neighbour by the VAE factor).")
+    var imageSize = false
+    @Flag(name: .long, help: "Show progress on stderr even when it is not a terminal.")
+    var progress = false
+    @Flag(name: .shortAndLong, help: "No progress or notes on stderr.")
+    var quiet = false
+    @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
+    var force = false
+    @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
+    var input: String?
+
+    func run() throws {
+        try CLI.run("noise-diff-mask") {
+            guard maps >= 1, maps <= 10_000 else { throw ToolError("--maps must be between 1 and 10000, got \(maps)") }
+            guard batch >= 1 else { throw ToolError("--batch must be at least 1, got \(batch)") }
+            guard steps >= 1 else { throw ToolError("--steps must be at least 1, got \(steps)") }
+            guard encodeStrength > 0, encodeStrength <= 1 else { throw ToolError("--encode-strength must be in (0, 1], got \(encodeStrength)") }
+            guard thresholdRatio > 0 else { throw ToolError("--threshold-ratio must be positive, got \(thresholdRatio)") }
+            let out = try CLI.tensorOutput(force: force)
+            let reader = try CLI.tensorInput(input)
+            let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")
+            let (meanRec, stdRec) = try DiffEditIO.posterior(records, label: reader.label)
+            guard let stdRec else {
+                throw ToolError("\(reader.label) holds sampled latents, but noise-diff-mask draws its own samples from the posterior — pipe in vae-encode without --sample")
+            }
+            let folder = try ModelFolder.resolve(model)
+            try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
+            let n = meanRec.shape[0]
+            func load(_ path: String?, _ option: String, _ empty: () throws -> Tensor) throws -> Tensor {
+                let e = try path.map { try DiffEditIO.embeddings($0, folder: folder, option: option) } ?? empty()
+                return try DiffEditSupport.broadcastPrompts(e, to: n, option: option)
+            }
+            let src = try load(source, "--source", { throw ToolError("--source is required") })
+            let tgt = try load(target, "--target", { throw ToolError("--target is required") })
+            var emptyCache: Tensor?
+            let empty = { () throws -> Tensor in
+                if let e = emptyCache { return e }
+                emptyCache = try DiffEditSupport.emptyPromptEmbedding(folder: folder)
+                return emptyCache!
+            }
+            let srcNeg = try load(sourceNegative, "--source-negative", empty)
+            let tgtNeg = try load(targetNegative, "--target-negative", empty)
+
+            let unet = try UNet2DCondition(folder: folder)
+            var options = NoiseDiffMask.Options()
+            options.maps = maps
+            options.encodeStrength = encodeStrength
+            options.thresholdRatio = thresholdRatio
+            options.steps = steps
+            options.guidance = guidance
+            options.maxBatch = batch
+            var nd = NoiseDiffMask(unet: unet, scheduler: try DDIMScheduler(folder: folder), options: options)
+            let report = ProgressReporter(tool: "noise-diff-mask", quiet: quiet, force: progress)
+            let r = try nd.generate(mean: meanRec.tensor(), std: stdRec.tensor(), source: src, sourceNegative: srcNeg,
+                                    target: tgt, targetNegative: tgtNeg, generator: TorchGenerator(seed: seed),
+                                    progress: report)
+            var meta = DiffEditIO.provenance(folder)
+            meta["maps"] = "\(maps)"
+            meta["encode_strength"] = "\(encodeStrength)"
+            meta["threshold_ratio"] = "\(thresholdRatio)"
+            meta["steps"] = "\(steps)"
+            meta["guidance"] = "\(guidance)"
+            meta["seed"] = "\(seed)"
+            meta["timestep"] = "\(r.timestep)"
+            meta["clamp"] = "\(r.clamp)"
+            meta["latent.height"] = "\(meanRec.shape[2])"
+            meta["latent.width"] = "\(meanRec.shape[3])"
+            for k in ["image.width", "image.height"] { if let v = meanRec.metadata[k] { meta[k] = v } }
+            let ones = r.mask.data.reduce(0, +)
+            meta["fraction_ones"] = "\(Double(ones) / Double(r.mask.count))"
+            let near = r.soft.data.filter { abs($0 - 0.5) < 1e-4 }.count
+            meta["near_threshold"] = "\(near)"
+            var t = soft ? r.soft : r.mask
+            if imageSize {
+                let factor = try AutoencoderKLConfig(folder.config("vae")).downsamplingFactor
+                t = NoiseDiffMask.upscaleNearest(t, factor: factor)
+                meta["scale"] = "\(factor)"
+            }
+            if !quiet && report.enabled {
+                CLI.note("noise-diff-mask", "mask covers \(Int(ones)) of \(r.mask.count) latent pixels; clamp \(r.clamp)")
+            }
+            try out.write(TensorRecord(name: soft ? DiffEditIO.softRecord : DiffEditIO.maskRecord, tensor: t, metadata: meta))
+            try out.flush()
+        }
+    }
+}

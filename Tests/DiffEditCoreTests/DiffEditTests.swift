@@ -1,0 +1,310 @@
+import Foundation
+import XCTest
+@testable import DiffEditCore
+
+/// The DiffEdit pipeline (generate_mask, invert, __call__) against diffusers' intermediates in
+/// Tests/Fixtures/{sd1,sd2}/ref/diffedit.tensor: sd1 is epsilon prediction with 50 steps, sd2
+/// v-prediction with 20 steps. Tolerances: latents and predictions 1e-3 absolute; the mask
+/// identical except where the reference map is within 1e-4 (relative to the clamp) of the
+/// threshold; the decoded 8-bit image within ±1 on ≥ 99.9 % of the samples.
+final class DiffEditTests: XCTestCase {
+    static let pipelines = ["sd1", "sd2"]
+    static let latentTolerance: Float = 1e-3
+
+    struct Pipeline {
+        let key: String
+        let folder: ModelFolder
+        let unet: UNet2DCondition
+        let refs: [String: TensorRecord]
+        let steps: Int
+    }
+
+    static var cache: [String: Pipeline] = [:]
+
+    func pipeline(_ key: String) throws -> Pipeline {
+        if let p = Self.cache[key] { return p }
+        let ref = "\(key)/ref/diffedit.tensor"
+        guard FileManager.default.fileExists(atPath: Fixtures.path(ref)) else { throw XCTSkip("fixtures not present") }
+        let folder = try ModelFolder(root: Fixtures.path(key))
+        let refs = try Fixtures.records(ref)
+        let steps = Int(try XCTUnwrap(refs["diffedit.invert.timesteps"]?.metadata["num_inference_steps"] ?? (key == "sd1" ? "50" : "20")))!
+        let p = Pipeline(key: key, folder: folder, unet: try UNet2DCondition(folder: folder), refs: refs, steps: steps)
+        Self.cache[key] = p
+        return p
+    }
+
+    func ref(_ p: Pipeline, _ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> TensorRecord {
+        guard let r = p.refs[name] else {
+            XCTFail("\(p.key): fixture has no record '\(name)'", file: file, line: line)
+            throw ToolError("missing fixture record \(name)")
+        }
+        return r
+    }
+
+    /// The scaled posterior (what vae-encode writes), computed by our VAE from cat.ppm.
+    func posterior(_ p: Pipeline) throws -> (mean: Tensor, std: Tensor) {
+        let vae = try AutoencoderKL(folder: p.folder)
+        let image = try NetpbmImage.readAll(try ByteReader(path: Fixtures.path("\(p.key)/cat.ppm")))
+        let (x, _) = try vae.inputTensor(image, fit: .exact)
+        let post = DiagonalGaussian(moments: try vae.makeEncoder().moments(x))
+        let sf = vae.config.scalingFactor
+        return (post.mean * sf, post.std * sf)
+    }
+
+    func maxError(_ a: [Float], _ b: [Float]) -> Float {
+        zip(a, b).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+    }
+
+    /// Compares a mask with the reference; pixels whose reference soft value is within 1e-4 of
+    /// 0.5 may differ. Returns (mismatches, near-threshold pixels).
+    func compareMask(_ mask: [Float], _ want: [Float], refSoft: [Float], _ label: String) -> (Int, Int) {
+        var mismatches = 0, near = 0
+        for i in 0..<want.count {
+            let isNear = abs(refSoft[i] - 0.5) < 1e-4
+            if isNear { near += 1 }
+            if mask[i] != want[i] && !isNear { mismatches += 1 }
+        }
+        XCTAssertEqual(mismatches, 0, "\(label): mask pixels differ away from the threshold")
+        return (mismatches, near)
+    }
+
+    // MARK: generate_mask
+
+    func testNoiseDiffMaskMatchesDiffusers() throws {
+        for key in Self.pipelines {
+            let p = try pipeline(key)
+            let (mean, std) = try posterior(p)
+            let embeds = try ref(p, "diffedit.mask.embeds").tensor()  // [src, "", tgt, ""]
+            let row = { (i: Int) in embeds.slice(batch: i, count: 1) }
+            for maxBatch in [40, 7] {
+                var options = NoiseDiffMask.Options()
+                options.steps = p.steps
+                options.maxBatch = maxBatch
+                var nd = NoiseDiffMask(unet: p.unet, scheduler: try DDIMScheduler(folder: p.folder), options: options)
+                let r = try nd.generate(mean: mean, std: std, source: row(0), sourceNegative: row(1), target: row(2),
+                                        targetNegative: row(3), generator: TorchGenerator(seed: 0))
+                let label = "\(key) mask (UNet batch \(maxBatch))"
+                XCTAssertEqual(r.timestep, Int(try ref(p, "diffedit.mask.timestep").floats()[0]), label)
+                assertClose(r.imageLatents.data, try ref(p, "diffedit.mask.image_latents").floats(), atol: 1e-4, "\(label) image latents")
+                assertClose(r.noise.data, try ref(p, "diffedit.mask.noise").floats(), atol: 0, "\(label) noise")
+                assertClose(r.noisedLatents.data, try ref(p, "diffedit.mask.noised_latents").floats(), atol: 1e-4, "\(label) noised")
+                assertClose(r.epsSource.data, try ref(p, "diffedit.mask.eps.source").floats(), atol: 1e-3, "\(label) eps.source")
+                assertClose(r.epsTarget.data, try ref(p, "diffedit.mask.eps.target").floats(), atol: 1e-3, "\(label) eps.target")
+                let refMap = try ref(p, "diffedit.mask.map").floats()
+                assertClose(r.map.data, refMap, atol: 1e-4, "\(label) map")
+                let refClamp = try ref(p, "diffedit.mask.clamp").floats()[0]
+                XCTAssertEqual(r.clamp, refClamp, accuracy: 1e-4 * max(1, refClamp), "\(label) clamp")
+                let refSoft = try ref(p, "diffedit.mask.soft").floats()
+                assertClose(r.soft.data, refSoft, atol: 1e-4, "\(label) soft")
+                XCTAssertEqual(r.mask.shape, [1, 1] + Array(mean.shape[2...]), label)
+                let (_, near) = compareMask(r.mask.data, try ref(p, "diffedit.mask").floats(), refSoft: refSoft, label)
+                print("\(label): map max err \(maxError(r.map.data, refMap)), eps max err \(maxError(r.epsTarget.data, try ref(p, "diffedit.mask.eps.target").floats())), near-threshold pixels \(near)")
+
+                // The dense variant: the same map thresholded at ratio 2.1.
+                let dense = NoiseDiffMask.threshold(map: r.map, ratio: 2.1)
+                let refDenseSoft = try ref(p, "diffedit.mask.dense.soft").floats()
+                assertClose(dense.soft, refDenseSoft, atol: 1e-4, "\(label) dense soft")
+                let (_, nearDense) = compareMask(dense.mask, try ref(p, "diffedit.mask.dense").floats(), refSoft: refDenseSoft, "\(label) dense")
+                print("\(label) dense: near-threshold pixels \(nearDense)")
+            }
+        }
+    }
+
+    // MARK: invert
+
+    func testInversionMatchesDiffusers() throws {
+        for key in Self.pipelines {
+            let p = try pipeline(key)
+            let (mean, std) = try posterior(p)
+            let gen = TorchGenerator(seed: 0)
+            let latents = DiagonalGaussian(mean: mean, std: std).sample(noise: gen.randn(count: mean.count))
+            assertClose(latents.data, try ref(p, "diffedit.invert.image_latents").floats(), atol: 1e-4, "\(key) invert image latents")
+            let embeds = try ref(p, "diffedit.invert.embeds").tensor()  // ["", src]
+            var options = DDIMInversion.Options()
+            options.steps = p.steps
+            var inv = DDIMInversion(unet: p.unet, scheduler: try DDIMInverseScheduler(folder: p.folder), options: options)
+            let r = try inv.invert(latents: latents, prompt: embeds.slice(batch: 1, count: 1),
+                                   negative: embeds.slice(batch: 0, count: 1), generator: gen)
+            XCTAssertEqual(r.timesteps.map(Int64.init), try ref(p, "diffedit.invert.timesteps").int32s().map(Int64.init), key)
+            let refEps = try ref(p, "diffedit.invert.eps").floats()
+            assertClose(r.predictions.flatMap(\.data), refEps, atol: Self.latentTolerance, "\(key) invert eps")
+            let want = try ref(p, "diffedit.inverted")
+            XCTAssertEqual(r.inverted.shape, want.shape, key)
+            assertClose(r.inverted.data, want.floats(), atol: Self.latentTolerance, "\(key) inverted")
+            print("\(key) inverted: max abs error \(maxError(r.inverted.data, want.floats()))")
+        }
+    }
+
+    func testRegularizedInversionMatchesDiffusers() throws {
+        for key in Self.pipelines {
+            let p = try pipeline(key)
+            let gen = TorchGenerator(seed: 0)
+            _ = gen.randn(count: try ref(p, "diffedit.invert.posterior_noise").count)
+            let latents = try ref(p, "diffedit.invert.image_latents").tensor()
+            let embeds = try ref(p, "diffedit.invert.embeds").tensor()
+            var options = DDIMInversion.Options()
+            options.steps = p.steps
+            options.regularizer.steps = 2
+            var rolls: [Int64] = []
+            options.regularizer.rollObserver = { rolls.append(Int64($0)) }
+            var inv = DDIMInversion(unet: p.unet, scheduler: try DDIMInverseScheduler(folder: p.folder), options: options)
+            let r = try inv.invert(latents: latents, prompt: embeds.slice(batch: 1, count: 1),
+                                   negative: embeds.slice(batch: 0, count: 1), generator: gen)
+            XCTAssertEqual(rolls, try ref(p, "diffedit.invert.reg.rolls").int32s().map(Int64.init), "\(key) roll draws")
+            assertClose(r.predictions.flatMap(\.data), try ref(p, "diffedit.invert.reg.eps_raw").floats(),
+                        atol: Self.latentTolerance, "\(key) reg eps_raw")
+            let refEps = try ref(p, "diffedit.invert.reg.eps").floats()
+            assertClose(r.regularizedPredictions.flatMap(\.data), refEps, atol: Self.latentTolerance, "\(key) reg eps")
+            let want = try ref(p, "diffedit.inverted.reg").floats()
+            assertClose(r.inverted.data, want, atol: Self.latentTolerance, "\(key) inverted.reg")
+            print("\(key) inverted.reg: max abs error \(maxError(r.inverted.data, want)), eps \(maxError(r.regularizedPredictions.flatMap(\.data), refEps))")
+        }
+    }
+
+    /// The regulariser's hand-derived gradients against central finite differences in double.
+    func testRegularizerGradientsMatchFiniteDifferences() throws {
+        let reg = InversionRegularizer()
+        var x = TorchGenerator(seed: 3).randn(count: 2 * 16 * 12).map { $0 * 0.7 + 0.1 }
+        // KL
+        func kl(_ e: [Float]) -> Double {
+            let n = Double(e.count), mu = e.reduce(0.0) { $0 + Double($1) } / n
+            let v = e.reduce(0.0) { $0 + (Double($1) - mu) * (Double($1) - mu) } / (n - 1)
+            return v + mu * mu - 1 - log(v + 1e-7)
+        }
+        let g = reg.klGradient(x)
+        for i in [0, 7, 100, 300] {
+            let h: Float = 1e-2
+            let old = x[i]
+            x[i] = old + h; let up = kl(x)
+            x[i] = old - h; let down = kl(x)
+            x[i] = old
+            XCTAssertEqual(Double(g[i]), (up - down) / Double(2 * h), accuracy: 2e-4, "kl gradient \(i)")
+        }
+        // Auto-correlation over a 16×12 plane (one pyramid level below: 8×6), replaying the rolls.
+        let plane = Array(x[0..<(16 * 12)])
+        func ac(_ p: [Float], rolls: [Int]) -> Double {
+            func terms(_ q: [Float], _ h: Int, _ w: Int, _ r: Int) -> Double {
+                var a = 0.0, b = 0.0
+                for y in 0..<h { for xx in 0..<w {
+                    a += Double(q[y * w + xx]) * Double(q[((y - r + h) % h) * w + xx])
+                    b += Double(q[y * w + xx]) * Double(q[y * w + (xx - r + w) % w])
+                } }
+                let n = Double(h * w)
+                return (a / n) * (a / n) + (b / n) * (b / n)
+            }
+            let pooled = InversionRegularizer.avgPool2(p, h: 16, w: 12)
+            return terms(p, 16, 12, rolls[0]) + terms(pooled.x, 8, 6, rolls[1])
+        }
+        var rolls: [Int] = []
+        var r2 = InversionRegularizer()
+        r2.rollObserver = { rolls.append($0) }
+        let ga = r2.autoCorrGradient(.init(rows: 1, data: plane), channels: 1, h: 16, w: 12, generator: TorchGenerator(seed: 5))
+        XCTAssertEqual(rolls.count, 2)
+        var q = plane
+        for i in [0, 13, 77, 190] {
+            let h: Float = 1e-2
+            let old = q[i]
+            q[i] = old + h; let up = ac(q, rolls: rolls)
+            q[i] = old - h; let down = ac(q, rolls: rolls)
+            q[i] = old
+            XCTAssertEqual(Double(ga[i]), (up - down) / Double(2 * h), accuracy: 1e-4, "auto-corr gradient \(i)")
+        }
+    }
+
+    // MARK: __call__
+
+    func testMaskedDenoisingMatchesDiffusers() throws {
+        for key in Self.pipelines {
+            let p = try pipeline(key)
+            let inverted = try ref(p, "diffedit.inverted").tensor()
+            let embeds = try ref(p, "diffedit.call.embeds").tensor()  // [src, tgt]
+            for (maskName, suffix) in [("diffedit.mask", ""), ("diffedit.mask.dense", ".dense")] {
+                let mask = try ref(p, maskName).tensor()
+                var options = MaskedDenoising.Options()
+                options.steps = p.steps
+                var dn = MaskedDenoising(unet: p.unet, scheduler: try DDIMScheduler(folder: p.folder), options: options)
+                let r = try dn.denoise(inverted: inverted, mask: mask, prompt: embeds.slice(batch: 1, count: 1),
+                                       negative: embeds.slice(batch: 0, count: 1))
+                let label = "\(key) denoise\(suffix)"
+                XCTAssertEqual(r.timesteps.map(Int64.init), try ref(p, "diffedit.call.timesteps").int32s().map(Int64.init), label)
+                if suffix.isEmpty {
+                    assertClose(r.predictions.flatMap(\.data), try ref(p, "diffedit.call.eps").floats(), atol: Self.latentTolerance, "\(label) eps")
+                    assertClose(r.stepOutputs.flatMap(\.data), try ref(p, "diffedit.call.step_out").floats(), atol: Self.latentTolerance, "\(label) step_out")
+                }
+                assertClose(r.blended.flatMap(\.data), try ref(p, "diffedit.call\(suffix).latents").floats(), atol: Self.latentTolerance, "\(label) latents per step")
+                let want = try ref(p, "diffedit.edited\(suffix).latents").floats()
+                assertClose(r.latents.data, want, atol: Self.latentTolerance, "\(label) edited latents")
+                print("\(label): edited latents max abs error \(maxError(r.latents.data, want))")
+            }
+        }
+    }
+
+    /// The whole pipeline from the image: our mask, our inversion, our edit, decoded to 8 bits.
+    func testFullPipelineImageMatchesDiffusers() throws {
+        for key in Self.pipelines {
+            let p = try pipeline(key)
+            let (mean, std) = try posterior(p)
+            let maskEmbeds = try ref(p, "diffedit.mask.embeds").tensor()
+            let row = { (i: Int) in maskEmbeds.slice(batch: i, count: 1) }
+            var mo = NoiseDiffMask.Options(); mo.steps = p.steps
+            var nd = NoiseDiffMask(unet: p.unet, scheduler: try DDIMScheduler(folder: p.folder), options: mo)
+            let m = try nd.generate(mean: mean, std: std, source: row(0), sourceNegative: row(1), target: row(2),
+                                    targetNegative: row(3), generator: TorchGenerator(seed: 0))
+            let gen = TorchGenerator(seed: 0)
+            let latents = DiagonalGaussian(mean: mean, std: std).sample(noise: gen.randn(count: mean.count))
+            var io = DDIMInversion.Options(); io.steps = p.steps
+            var inv = DDIMInversion(unet: p.unet, scheduler: try DDIMInverseScheduler(folder: p.folder), options: io)
+            let empty = row(1), src = row(0), tgt = row(2)
+            let stack = try inv.invert(latents: latents, prompt: src, negative: empty, generator: gen).inverted
+            let vae = try AutoencoderKL(folder: p.folder)
+            let decoder = try vae.makeDecoder()
+            for (mask, suffix) in [(m.mask, ""), (Tensor(shape: m.mask.shape, data: NoiseDiffMask.threshold(map: m.map, ratio: 2.1).mask), ".dense")] {
+                var dopt = MaskedDenoising.Options(); dopt.steps = p.steps
+                var dn = MaskedDenoising(unet: p.unet, scheduler: try DDIMScheduler(folder: p.folder), options: dopt)
+                let edited = try dn.denoise(inverted: stack, mask: mask, prompt: tgt, negative: src).latents
+                let want = try ref(p, "diffedit.edited\(suffix).latents").floats()
+                assertClose(edited.data, want, atol: Self.latentTolerance, "\(key)\(suffix) edited latents from the image")
+                let sf = vae.config.scalingFactor
+                let image = decoder.decode(Tensor(shape: edited.shape, data: edited.data.map { $0 / sf }))
+                let u8 = try ref(p, "diffedit.edited\(suffix).u8").floats()
+                let (h, w) = (image.shape[2], image.shape[3])
+                var within = 0, worst: Float = 0
+                for c in 0..<3 { for i in 0..<(h * w) {
+                    let d = abs(Float(NetpbmImage.quantize(image.data[c * h * w + i], maxval: 255)) - u8[i * 3 + c])
+                    if d <= 1 { within += 1 }
+                    worst = max(worst, d)
+                } }
+                let fraction = Double(within) / Double(u8.count)
+                XCTAssertGreaterThanOrEqual(fraction, 0.999, "\(key)\(suffix): 8-bit image within ±1")
+                print("\(key)\(suffix) full pipeline: latents max err \(maxError(edited.data, want)), u8 within ±1 \(within)/\(u8.count), worst \(worst)")
+            }
+        }
+    }
+
+    /// The two blends on the fixture stack: with an empty mask diffusers' ends on the t = 1
+    /// inversion output and the paper's on the clean latent; with a full mask both are plain
+    /// DDIM decoding; with the fixture mask the paper blend keeps x₀ exactly outside it.
+    func testPaperBlendEndsOnTheCleanLatent() throws {
+        let p = try pipeline("sd1")
+        let inverted = try ref(p, "diffedit.inverted").tensor()
+        let clean = try ref(p, "diffedit.invert.image_latents").tensor()
+        let embeds = try ref(p, "diffedit.call.embeds").tensor()
+        let (h, w) = (inverted.shape[3], inverted.shape[4])
+        func run(_ mask: Tensor, _ blend: MaskedDenoising.Blend) throws -> Tensor {
+            var o = MaskedDenoising.Options(); o.steps = p.steps; o.blend = blend
+            var dn = MaskedDenoising(unet: p.unet, scheduler: try DDIMScheduler(folder: p.folder), options: o)
+            return try dn.denoise(inverted: inverted, mask: mask, prompt: embeds.slice(batch: 1, count: 1),
+                                  negative: embeds.slice(batch: 0, count: 1), clean: clean).latents
+        }
+        let zeros = Tensor(zeros: [1, 1, h, w]), ones = Tensor(shape: [1, 1, h, w], data: Array(repeating: 1, count: h * w))
+        XCTAssertEqual(try run(zeros, .diffusers).data, inverted.step(inverted.shape[1] - 1).data)
+        XCTAssertEqual(try run(zeros, .paper).data, clean.data)
+        XCTAssertEqual(try run(ones, .diffusers).data, try run(ones, .paper).data)
+        let mask = try ref(p, "diffedit.mask").tensor()
+        let edited = try run(mask, .paper)
+        for ch in 0..<4 { for i in 0..<(h * w) where mask.data[i] == 0 {
+            XCTAssertEqual(edited.data[ch * h * w + i], clean.data[ch * h * w + i])
+        } }
+        XCTAssertNotEqual(edited.data, clean.data, "the edit changes the inside of the mask")
+    }
+}

@@ -1,0 +1,176 @@
+import Foundation
+import XCTest
+@testable import DiffEditCore
+
+/// noise-diff-mask, invert and denoise end to end as shell pipelines of the built tools, with
+/// the prompts, options and seed of the fixtures, compared with diffusers' results.
+final class DiffEditToolTests: XCTestCase {
+    struct Case {
+        let key: String
+        let model: String
+        let steps: Int
+        let source: String
+        let target: String
+        let refs: [String: TensorRecord]
+    }
+
+    func fixtureCase(_ key: String) throws -> Case {
+        let ref = "\(key)/ref/diffedit.tensor"
+        guard FileManager.default.fileExists(atPath: Fixtures.path(ref)) else { throw XCTSkip("fixtures not present") }
+        let refs = try Fixtures.records(ref)
+        let json = try XCTUnwrap(refs["diffedit.mask"]?.metadata["args_json"])
+        let args = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        return Case(key: key, model: Fixtures.path(key), steps: try XCTUnwrap(args["num_inference_steps"] as? Int),
+                    source: try XCTUnwrap(args["source_prompt"] as? String),
+                    target: try XCTUnwrap(args["target_prompt"] as? String), refs: refs)
+    }
+
+    func read(_ url: URL, _ name: String) throws -> TensorRecord {
+        let all = try TensorStream.readAll(path: url.path)
+        return try XCTUnwrap(all.first { $0.name == name }, "\(url.lastPathComponent) has no record \(name)")
+    }
+
+    func maxError(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) } }
+
+    func run(_ script: String, in dir: URL, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let r = try sh("cd '\(dir.path)' && " + script)
+        XCTAssertEqual(r.status, 0, "\(script)\n\(r.err)", file: file, line: line)
+        return r.err
+    }
+
+    func testPipelineOfToolsMatchesDiffusers() throws {
+        for key in ["sd1", "sd2"] {
+            let c = try fixtureCase(key)
+            let dir = try temporaryDirectory(self)
+            let m = "--model '\(c.model)'"
+            let s = "--steps \(c.steps)"
+            let started = Date()
+            let err = try run("""
+                tokenize \(m) '\(c.source)' | encode-text \(m) > src.tensor
+                tokenize \(m) '\(c.target)' | encode-text \(m) > tgt.tensor
+                vae-encode \(m) < '\(c.model)/cat.ppm' | noise-diff-mask \(m) --source src.tensor --target tgt.tensor \(s) --seed 0 > mask.tensor
+                vae-encode \(m) < '\(c.model)/cat.ppm' > post.tensor
+                noise-diff-mask \(m) --source src.tensor --target tgt.tensor \(s) --seed 0 --threshold-ratio 2.1 --batch 6 < post.tensor > dense.tensor
+                invert \(m) --prompt src.tensor \(s) --seed 0 < post.tensor > inv.tensor
+                invert \(m) --prompt src.tensor \(s) --seed 0 --reg-steps 2 < post.tensor > invreg.tensor
+                denoise \(m) --mask mask.tensor --prompt tgt.tensor --negative src.tensor < inv.tensor > edit.tensor
+                denoise \(m) --mask dense.tensor --prompt tgt.tensor --negative src.tensor < inv.tensor > dense-edit.tensor
+                vae-decode \(m) < edit.tensor > edit.ppm
+                vae-decode \(m) < dense-edit.tensor > dense-edit.ppm
+                """, in: dir)
+            print("\(key): tool pipeline (debug build, 2 masks, 2 inversions, 2 edits) took \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+            XCTAssertEqual(err, "", "\(key): tools in a pipeline write nothing on stderr without --progress")
+
+            // The embeddings tokenize | encode-text make are the ones the pipeline used.
+            let embeds = try XCTUnwrap(c.refs["diffedit.mask.embeds"]).tensor()  // [src, "", tgt, ""]
+            let inner = embeds.count / 4
+            assertClose(try read(dir.appendingPathComponent("src.tensor"), "embeddings").floats(), Array(embeds.data[0..<inner]), atol: 1e-4, "\(key) source embeddings")
+            assertClose(try read(dir.appendingPathComponent("tgt.tensor"), "embeddings").floats(), Array(embeds.data[(2 * inner)..<(3 * inner)]), atol: 1e-4, "\(key) target embeddings")
+
+            let mask = try read(dir.appendingPathComponent("mask.tensor"), "mask")
+            XCTAssertEqual(mask.shape, [1, 1] + Array(try XCTUnwrap(c.refs["diffedit.mask"]).shape.dropFirst()), key)
+            XCTAssertEqual(mask.floats(), try XCTUnwrap(c.refs["diffedit.mask"]).floats(), "\(key) mask (fixture margin ≥ 0.0027 from the threshold)")
+            XCTAssertEqual(try read(dir.appendingPathComponent("dense.tensor"), "mask").floats(),
+                           try XCTUnwrap(c.refs["diffedit.mask.dense"]).floats(), "\(key) dense mask (--batch 6)")
+
+            let inv = try read(dir.appendingPathComponent("inv.tensor"), "inverted")
+            XCTAssertEqual(inv.shape, try XCTUnwrap(c.refs["diffedit.inverted"]).shape)
+            assertClose(inv.floats(), try XCTUnwrap(c.refs["diffedit.inverted"]).floats(), atol: 1e-3, "\(key) inverted (tools)")
+            assertClose(try read(dir.appendingPathComponent("inv.tensor"), "inverted.clean").floats(),
+                        try XCTUnwrap(c.refs["diffedit.invert.image_latents"]).floats(), atol: 1e-4, "\(key) inverted.clean")
+            let invReg = try read(dir.appendingPathComponent("invreg.tensor"), "inverted")
+            assertClose(invReg.floats(), try XCTUnwrap(c.refs["diffedit.inverted.reg"]).floats(), atol: 1e-3, "\(key) inverted.reg (tools)")
+
+            for (file, suffix) in [("edit", ""), ("dense-edit", ".dense")] {
+                let edited = try read(dir.appendingPathComponent("\(file).tensor"), "latents").floats()
+                let want = try XCTUnwrap(c.refs["diffedit.edited\(suffix).latents"]).floats()
+                assertClose(edited, want, atol: 1e-3, "\(key)\(suffix) edited latents (tools)")
+                let image = try NetpbmImage.readAll(try ByteReader(path: dir.appendingPathComponent("\(file).ppm").path))[0]
+                let u8 = try XCTUnwrap(c.refs["diffedit.edited\(suffix).u8"]).floats()
+                let got = image.samples.map { ($0 * 255).rounded() }
+                XCTAssertEqual(got.count, u8.count, key)
+                let within = zip(got, u8).filter { abs($0 - $1) <= 1 }.count
+                XCTAssertGreaterThanOrEqual(Double(within) / Double(u8.count), 0.999, "\(key)\(suffix) 8-bit image within ±1")
+                print("\(key)\(suffix) tools: inverted max err \(maxError(inv.floats(), try XCTUnwrap(c.refs["diffedit.inverted"]).floats())), edited max err \(maxError(edited, want)), u8 within ±1 \(within)/\(u8.count)")
+            }
+        }
+    }
+
+    func testMaskOptionsAndRefusals() throws {
+        let c = try fixtureCase("sd1")
+        let other = try fixtureCase("sd2")
+        let dir = try temporaryDirectory(self)
+        let m = "--model '\(c.model)'"
+        _ = try run("""
+            tokenize \(m) '\(c.source)' | encode-text \(m) > src.tensor
+            tokenize \(m) '\(c.target)' | encode-text \(m) > tgt.tensor
+            tokenize --model '\(other.model)' '\(c.target)' | encode-text --model '\(other.model)' > tgt2.tensor
+            vae-encode \(m) < '\(c.model)/cat.ppm' > post.tensor
+            vae-encode --model '\(other.model)' < '\(other.model)/cat.ppm' > post2.tensor
+            noise-diff-mask \(m) --source src.tensor --target tgt.tensor --steps 10 --maps 2 < post.tensor > mask.tensor
+            noise-diff-mask \(m) --source src.tensor --target tgt.tensor --steps 10 --maps 2 --image-size < post.tensor > big.tensor
+            noise-diff-mask \(m) --source src.tensor --target tgt.tensor --steps 10 --maps 2 --soft < post.tensor > soft.tensor
+            invert \(m) --prompt src.tensor --steps 10 < post.tensor > inv.tensor
+            tensor to-image --range 0:1 big.tensor > big.pgm
+            vae-encode \(m) < '\(other.model)/cat.ppm' | noise-diff-mask \(m) --source src.tensor --target tgt.tensor --steps 10 --maps 2 > narrow.tensor
+            """, in: dir)
+        XCTAssertEqual(try read(dir.appendingPathComponent("big.tensor"), "mask").shape, [1, 1, 64, 64])
+        let small = try read(dir.appendingPathComponent("mask.tensor"), "mask").floats()
+        let big = try read(dir.appendingPathComponent("big.tensor"), "mask").floats()
+        XCTAssertEqual(big[9 * 64 + 17], small[1 * 8 + 2], "nearest upscaling by 8")
+        let soft = try read(dir.appendingPathComponent("soft.tensor"), "mask.soft").floats()
+        XCTAssertEqual(soft.map { $0 <= 0.5 ? Float(0) : 1 }, small, "--soft thresholds to the mask")
+        XCTAssert(try sh("head -c 2 '\(dir.path)/big.pgm'").out == Array("P5".utf8), "a mask renders as a PGM")
+
+        func refused(_ script: String, _ phrase: String, file: StaticString = #filePath, line: UInt = #line) throws {
+            let r = try sh("cd '\(dir.path)' && " + script)
+            XCTAssertEqual(r.status, 1, "\(script) should fail", file: file, line: line)
+            XCTAssert(r.err.contains(phrase), "\(script): stderr '\(r.err)' lacks '\(phrase)'", file: file, line: line)
+            XCTAssertEqual(r.err.split(separator: "\n").count, 1, "one line on stderr", file: file, line: line)
+        }
+        try refused("denoise \(m) --mask mask.tensor --prompt tgt.tensor --steps 20 < inv.tensor > /dev/null", "--steps 20 differs")
+        try refused("denoise \(m) --mask mask.tensor --prompt tgt.tensor --strength 0.5 < inv.tensor > /dev/null", "--strength 0.5 differs")
+        try refused("denoise \(m) --mask big.tensor --prompt tgt.tensor < inv.tensor > /dev/null", "--image-size")
+        try refused("denoise \(m) --mask narrow.tensor --prompt tgt.tensor < inv.tensor > /dev/null", "--mask is 6x8 but the latents are 8x8")
+        try refused("denoise \(m) --mask mask.tensor --prompt tgt2.tensor < inv.tensor > /dev/null", "--prompt was made with model")
+        try refused("denoise --model '\(other.model)' --mask mask.tensor --prompt tgt2.tensor < inv.tensor > /dev/null", "the inverted stack on stdin was made with model")
+        try refused("noise-diff-mask \(m) --source src.tensor --target tgt.tensor < post2.tensor > /dev/null", "the posterior on stdin was made with model")
+        try refused("invert \(m) --prompt src.tensor < src.tensor > /dev/null", "expected the image posterior")
+        try refused("noise-diff-mask \(m) --source src.tensor --target tgt.tensor --encode-strength 0 < post.tensor > /dev/null", "--encode-strength")
+
+        // Progress on request only, on stderr; --quiet wins.
+        let p = try sh("cd '\(dir.path)' && invert \(m) --prompt src.tensor --steps 10 --progress < post.tensor > /dev/null")
+        XCTAssertEqual(p.status, 0)
+        XCTAssert(p.err.contains("inversion step 8/8"), "progress lines: \(p.err)")
+        XCTAssert(p.err.contains("eta"), p.err)
+        let q = try sh("cd '\(dir.path)' && invert \(m) --prompt src.tensor --steps 10 --progress --quiet < post.tensor > /dev/null")
+        XCTAssertEqual(q.err, "")
+    }
+
+    /// The EXAMPLES of the three man pages run as written, with $DIFFEDIT_MODEL set to the
+    /// fixture model and cat.ppm in the working directory.
+    func testManPageExamplesRun() throws {
+        let c = try fixtureCase("sd1")
+        let manDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("man/man1")
+        guard try sh("command -v pnmtopng").status == 0 else { throw XCTSkip("netpbm tools not installed") }
+        for page in ["noise-diff-mask", "invert", "denoise"] {
+            let text = try String(contentsOf: manDir.appendingPathComponent("\(page).1"), encoding: .utf8)
+            guard let examples = text.components(separatedBy: ".SH EXAMPLES").last?.components(separatedBy: ".SH SEE ALSO").first else {
+                XCTFail("\(page).1 has no EXAMPLES"); continue
+            }
+            var blocks: [String] = []
+            var current: [String]?
+            for line in examples.split(separator: "\n", omittingEmptySubsequences: false) {
+                if line == ".EX" { current = [] } else if line == ".EE" { blocks.append(current!.joined(separator: "\n")); current = nil }
+                else if current != nil { current!.append(String(line)) }
+            }
+            XCTAssertFalse(blocks.isEmpty, page)
+            let script = blocks.joined(separator: "\n")
+                .replacingOccurrences(of: "\\-", with: "-").replacingOccurrences(of: "\\e", with: "\\")
+            let dir = try temporaryDirectory(self)
+            let r = try sh("set -e; cd '\(dir.path)'; cp '\(c.model)/cat.ppm' .; export DIFFEDIT_MODEL='\(c.model)'\n" + script)
+            XCTAssertEqual(r.status, 0, "\(page).1 EXAMPLES failed:\n\(script)\n\(r.err)")
+        }
+    }
+}

@@ -1,0 +1,80 @@
+import Foundation
+import XCTest
+@testable import DiffEditCore
+
+/// examples/Makefile on a folder of two small images with the fixture model: everything is
+/// built with -j2, intermediates are kept, and touching a prompt re-runs only what depends on it.
+final class ExamplesTests: XCTestCase {
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+
+    func testMakefileBuildsAndRebuildsOnlyDependents() throws {
+        guard FileManager.default.fileExists(atPath: Fixtures.path("sd1/ref/diffedit.tensor")) else { throw XCTSkip("fixtures not present") }
+        guard try sh("command -v make && command -v pnmtopng && command -v pgmtoppm").status == 0 else {
+            throw XCTSkip("make or netpbm tools not installed")
+        }
+        let dir = try temporaryDirectory(self)
+        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
+        let makefile = Self.repo.appendingPathComponent("examples/Makefile").path
+        let make = "make -f '\(makefile)' BIN='\(bin)' MODEL='\(Fixtures.path("sd1"))' STEPS=10"
+        // Two images of different sizes (64×64 and 48 wide × 64 high).
+        let setup = try sh("""
+            cd '\(dir.path)' && mkdir images && cp '\(Fixtures.path("sd1/cat.ppm"))' images/cat.ppm &&
+            cp '\(Fixtures.path("sd2/cat.ppm"))' images/narrow.ppm &&
+            echo 'a photo of a cat' > src.txt && echo 'a photo of a tiger' > dst.txt
+            """)
+        XCTAssertEqual(setup.status, 0, setup.err)
+
+        let first = try sh("cd '\(dir.path)' && \(make) -j2")
+        XCTAssertEqual(first.status, 0, first.err)
+        for name in ["cat", "narrow"] {
+            for suffix in ["posterior", "mask", "inverted", "edited", "edited.png", "mask.png", "montage.png"] {
+                XCTAssert(FileManager.default.fileExists(atPath: dir.appendingPathComponent("out/\(name).\(suffix)").path),
+                          "out/\(name).\(suffix) kept")
+            }
+        }
+        let montage = try sh("pngtopnm '\(dir.path)/out/narrow.montage.png' | pamfile")
+        XCTAssert(String(decoding: montage.out, as: UTF8.self).contains("144 by 64"), "input | mask | edit side by side: \(String(decoding: montage.out, as: UTF8.self))")
+        XCTAssertEqual(try sh("cd '\(dir.path)' && \(make) -q").status, 0, "up to date after a build")
+
+        // A new target caption: masks and edits are redone, the inversions and posteriors are not.
+        func mtime(_ f: String) throws -> Date {
+            try XCTUnwrap(try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent(f).path)[.modificationDate] as? Date)
+        }
+        let inverted = try mtime("out/cat.inverted"), src = try mtime("out/src.tensor")
+        sleep(1)
+        XCTAssertEqual(try sh("cd '\(dir.path)' && echo 'a photo of a dog' > dst.txt").status, 0)
+        XCTAssertEqual(try sh("cd '\(dir.path)' && \(make) -q").status, 1, "out of date after the prompt changed")
+        let plan = String(decoding: try sh("cd '\(dir.path)' && \(make) -n").out, as: UTF8.self)
+        XCTAssert(plan.contains("noise-diff-mask"), plan)
+        XCTAssert(plan.contains("denoise"), plan)
+        XCTAssert(plan.contains("dst.tensor"), plan)
+        XCTAssertFalse(plan.contains("invert "), "the inversion does not depend on the target caption:\n\(plan)")
+        XCTAssertFalse(plan.contains("vae-encode"), plan)
+        XCTAssertFalse(plan.contains("> out/src.tensor"), plan)
+        let second = try sh("cd '\(dir.path)' && \(make) -j2")
+        XCTAssertEqual(second.status, 0, second.err)
+        XCTAssertEqual(try mtime("out/cat.inverted"), inverted)
+        XCTAssertEqual(try mtime("out/src.tensor"), src)
+        XCTAssertEqual(try sh("cd '\(dir.path)' && \(make) -q").status, 0)
+
+        // A failing step leaves no partial target behind (.DELETE_ON_ERROR with pipefail).
+        XCTAssertEqual(try sh("cd '\(dir.path)' && printf 'P6\\n7 7\\n255\\n' > images/bad.ppm && head -c 147 /dev/zero >> images/bad.ppm").status, 0)
+        let bad = try sh("cd '\(dir.path)' && \(make) out/bad.posterior")
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("out/bad.posterior").path))
+    }
+
+    /// examples.sh runs to completion with the fixture model and writes the pictures it promises.
+    func testExamplesScriptRuns() throws {
+        guard FileManager.default.fileExists(atPath: Fixtures.path("sd1/ref/diffedit.tensor")) else { throw XCTSkip("fixtures not present") }
+        guard try sh("command -v pnmtopng && command -v pgmtoppm").status == 0 else { throw XCTSkip("netpbm tools not installed") }
+        let dir = try temporaryDirectory(self)
+        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
+        let r = try sh("BIN='\(bin)' OUT='\(dir.path)/out' MODEL='\(Fixtures.path("sd1"))' STEPS=10 '\(Self.repo.path)/examples.sh'")
+        XCTAssertEqual(r.status, 0, r.err)
+        for f in ["input.png", "mask.png", "edited.png", "montage.png", "inverted.tensor", "mask.tensor", "edited.tensor"] {
+            XCTAssert(FileManager.default.fileExists(atPath: "\(dir.path)/out/\(f)"), "examples.sh wrote out/\(f)")
+        }
+    }
+}
