@@ -155,68 +155,23 @@ public struct DiagonalGaussian {
 
 // MARK: - Layers
 
-/// GroupNorm parameters; eps is the VAE's 1e-6.
-struct GroupNormLayer {
-    let weight: [Float]
-    let bias: [Float]
-    let groups: Int
-
-    init(_ store: WeightStore, _ prefix: String, channels: Int, groups: Int) throws {
-        weight = try store.load(prefix + ".weight", shape: [channels])
-        bias = try store.load(prefix + ".bias", shape: [channels])
-        self.groups = groups
-    }
-
-    func callAsFunction(_ x: Tensor, silu: Bool) -> Tensor {
-        Normalization.groupNorm(x, groups: groups, weight: weight, bias: bias,
-                                eps: AutoencoderKLConfig.normEps, silu: silu)
-    }
-}
-
-/// A torch.nn.Conv2d with a square kernel and its padding.
-struct ConvLayer {
-    let weight: [Float]
-    let bias: [Float]?
-    let inChannels: Int
-    let outChannels: Int
-    let kernel: Int
-    let stride: Int
-    let padding: Conv2D.Padding
-
-    init(_ store: WeightStore, _ prefix: String, in inChannels: Int, out outChannels: Int, kernel: Int,
-         stride: Int = 1, padding: Conv2D.Padding) throws {
-        weight = try store.load(prefix + ".weight", shape: [outChannels, inChannels, kernel, kernel])
-        bias = try store.loadIfPresent(prefix + ".bias", shape: [outChannels])
-        self.inChannels = inChannels
-        self.outChannels = outChannels
-        self.kernel = kernel
-        self.stride = stride
-        self.padding = padding
-    }
-
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        Conv2D.forward(x, weight: weight, bias: bias, outChannels: outChannels,
-                       kernel: (kernel, kernel), stride: stride, padding: padding)
-    }
-}
-
 /// diffusers' ResnetBlock2D without a time embedding (temb_channels=None, output_scale_factor 1):
 /// shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))), the shortcut a 1×1 conv when the
 /// channel count changes.
 struct ResnetBlock {
     let norm1: GroupNormLayer
-    let conv1: ConvLayer
+    let conv1: Conv2DLayer
     let norm2: GroupNormLayer
-    let conv2: ConvLayer
-    let shortcut: ConvLayer?
+    let conv2: Conv2DLayer
+    let shortcut: Conv2DLayer?
 
     init(_ store: WeightStore, _ prefix: String, in inC: Int, out outC: Int, groups: Int) throws {
         norm1 = try GroupNormLayer(store, prefix + ".norm1", channels: inC, groups: groups)
-        conv1 = try ConvLayer(store, prefix + ".conv1", in: inC, out: outC, kernel: 3, padding: .same(1))
+        conv1 = try Conv2DLayer(store, prefix + ".conv1", in: inC, out: outC, kernel: 3, padding: .same(1))
         norm2 = try GroupNormLayer(store, prefix + ".norm2", channels: outC, groups: groups)
-        conv2 = try ConvLayer(store, prefix + ".conv2", in: outC, out: outC, kernel: 3, padding: .same(1))
+        conv2 = try Conv2DLayer(store, prefix + ".conv2", in: outC, out: outC, kernel: 3, padding: .same(1))
         shortcut = inC == outC ? nil
-            : try ConvLayer(store, prefix + ".conv_shortcut", in: inC, out: outC, kernel: 1, padding: .same(0))
+            : try Conv2DLayer(store, prefix + ".conv_shortcut", in: inC, out: outC, kernel: 1, padding: .same(0))
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
@@ -325,19 +280,19 @@ struct VAEMidBlock {
 /// [N, 2·latent, H/f, W/f].
 public struct VAEEncoder {
     let config: AutoencoderKLConfig
-    let convIn: ConvLayer
+    let convIn: Conv2DLayer
     /// Per down block: its resnets and, except for the last block, a stride-2 conv.
-    let blocks: [(resnets: [ResnetBlock], downsample: ConvLayer?)]
+    let blocks: [(resnets: [ResnetBlock], downsample: Conv2DLayer?)]
     let mid: VAEMidBlock
     let normOut: GroupNormLayer
-    let convOut: ConvLayer
-    let quantConv: ConvLayer?
+    let convOut: Conv2DLayer
+    let quantConv: Conv2DLayer?
 
     public init(config: AutoencoderKLConfig, weights store: WeightStore) throws {
         self.config = config
         let ch = config.blockOutChannels, g = config.normNumGroups
-        convIn = try ConvLayer(store, "encoder.conv_in", in: config.inChannels, out: ch[0], kernel: 3, padding: .same(1))
-        var blocks: [(resnets: [ResnetBlock], downsample: ConvLayer?)] = []
+        convIn = try Conv2DLayer(store, "encoder.conv_in", in: config.inChannels, out: ch[0], kernel: 3, padding: .same(1))
+        var blocks: [(resnets: [ResnetBlock], downsample: Conv2DLayer?)] = []
         var inC = ch[0]
         for (i, outC) in ch.enumerated() {
             var resnets: [ResnetBlock] = []
@@ -348,7 +303,7 @@ public struct VAEEncoder {
             // Downsample2D(padding=0): F.pad (0, 1, 0, 1) — right and bottom only — then a
             // stride-2 3×3 conv.
             let down = i == ch.count - 1 ? nil
-                : try ConvLayer(store, "encoder.down_blocks.\(i).downsamplers.0.conv", in: outC, out: outC,
+                : try Conv2DLayer(store, "encoder.down_blocks.\(i).downsamplers.0.conv", in: outC, out: outC,
                                 kernel: 3, stride: 2, padding: Conv2D.Padding(top: 0, bottom: 1, left: 0, right: 1))
             blocks.append((resnets, down))
             inC = outC
@@ -357,9 +312,9 @@ public struct VAEEncoder {
         let last = ch[ch.count - 1]
         mid = try VAEMidBlock(store, "encoder.mid_block", channels: last, groups: g, attention: config.midBlockAddAttention)
         normOut = try GroupNormLayer(store, "encoder.conv_norm_out", channels: last, groups: g)
-        convOut = try ConvLayer(store, "encoder.conv_out", in: last, out: 2 * config.latentChannels, kernel: 3, padding: .same(1))
+        convOut = try Conv2DLayer(store, "encoder.conv_out", in: last, out: 2 * config.latentChannels, kernel: 3, padding: .same(1))
         quantConv = config.useQuantConv
-            ? try ConvLayer(store, "quant_conv", in: 2 * config.latentChannels, out: 2 * config.latentChannels,
+            ? try Conv2DLayer(store, "quant_conv", in: 2 * config.latentChannels, out: 2 * config.latentChannels,
                             kernel: 1, padding: .same(0))
             : nil
     }
@@ -392,25 +347,25 @@ public struct VAEEncoder {
 /// divided by scaling_factor) → image [N, 3, h·f, w·f], roughly in [−1, 1].
 public struct VAEDecoder {
     let config: AutoencoderKLConfig
-    let postQuantConv: ConvLayer?
-    let convIn: ConvLayer
+    let postQuantConv: Conv2DLayer?
+    let convIn: Conv2DLayer
     let mid: VAEMidBlock
     /// Per up block (deepest first): layers_per_block + 1 resnets and, except for the last
     /// block, a nearest 2× upsample followed by a 3×3 conv.
-    let blocks: [(resnets: [ResnetBlock], upsampleConv: ConvLayer?)]
+    let blocks: [(resnets: [ResnetBlock], upsampleConv: Conv2DLayer?)]
     let normOut: GroupNormLayer
-    let convOut: ConvLayer
+    let convOut: Conv2DLayer
 
     public init(config: AutoencoderKLConfig, weights store: WeightStore) throws {
         self.config = config
         let ch = config.blockOutChannels, g = config.normNumGroups
         let lc = config.latentChannels
         postQuantConv = config.usePostQuantConv
-            ? try ConvLayer(store, "post_quant_conv", in: lc, out: lc, kernel: 1, padding: .same(0)) : nil
+            ? try Conv2DLayer(store, "post_quant_conv", in: lc, out: lc, kernel: 1, padding: .same(0)) : nil
         let reversed = Array(ch.reversed())
-        convIn = try ConvLayer(store, "decoder.conv_in", in: lc, out: reversed[0], kernel: 3, padding: .same(1))
+        convIn = try Conv2DLayer(store, "decoder.conv_in", in: lc, out: reversed[0], kernel: 3, padding: .same(1))
         mid = try VAEMidBlock(store, "decoder.mid_block", channels: reversed[0], groups: g, attention: config.midBlockAddAttention)
-        var blocks: [(resnets: [ResnetBlock], upsampleConv: ConvLayer?)] = []
+        var blocks: [(resnets: [ResnetBlock], upsampleConv: Conv2DLayer?)] = []
         var inC = reversed[0]
         for (i, outC) in reversed.enumerated() {
             var resnets: [ResnetBlock] = []
@@ -419,14 +374,14 @@ public struct VAEDecoder {
                                                in: j == 0 ? inC : outC, out: outC, groups: g))
             }
             let up = i == reversed.count - 1 ? nil
-                : try ConvLayer(store, "decoder.up_blocks.\(i).upsamplers.0.conv", in: outC, out: outC,
+                : try Conv2DLayer(store, "decoder.up_blocks.\(i).upsamplers.0.conv", in: outC, out: outC,
                                 kernel: 3, padding: .same(1))
             blocks.append((resnets, up))
             inC = outC
         }
         self.blocks = blocks
         normOut = try GroupNormLayer(store, "decoder.conv_norm_out", channels: ch[0], groups: g)
-        convOut = try ConvLayer(store, "decoder.conv_out", in: ch[0], out: config.outChannels, kernel: 3, padding: .same(1))
+        convOut = try Conv2DLayer(store, "decoder.conv_out", in: ch[0], out: config.outChannels, kernel: 3, padding: .same(1))
     }
 
     /// The decoded image, as `vae.decode(z).sample` (no clamping). `trace` sees each stage's

@@ -131,15 +131,15 @@ public final class UNet2DCondition {
         case up(resnets: [ResnetBlock2D], attentions: [Transformer2D], upsample: Upsample2D?)
     }
 
-    let timeLinear1: UNetLinear
-    let timeLinear2: UNetLinear
-    let convIn: UNetConv
+    let timeLinear1: LinearLayer
+    let timeLinear2: LinearLayer
+    let convIn: Conv2DLayer
     let downBlocks: [Block]
     let midResnets: [ResnetBlock2D]
     let midAttention: Transformer2D
     let upBlocks: [Block]
-    let normOut: UNetGroupNorm
-    let convOut: UNetConv
+    let normOut: GroupNormLayer
+    let convOut: Conv2DLayer
 
     /// An observer receives intermediate results, named as in the fixtures (diffusers module in
     /// brackets): "time_proj" (the sinusoid), "time_emb" (time_embedding), "conv_in",

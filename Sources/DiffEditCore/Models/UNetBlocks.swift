@@ -4,152 +4,6 @@ import Foundation
 // attention_processor.py, transformers/transformer_2d.py, unets/unet_2d_blocks.py), with the
 // weights loaded once and laid out for the kernels.
 
-/// Where model weights come from: a checkpoint's WeightStore, or generated values.
-protocol WeightSource {
-    func load(_ name: String, shape: [Int]) throws -> [Float]
-}
-
-extension WeightStore: WeightSource {}
-
-/// Deterministic pseudo-random weights for benchmarks and tests without a checkpoint:
-/// uniform in ±1/√fan_in for matrices and kernels, 1 for norm scales, small values for biases.
-struct RandomWeights: WeightSource {
-    let seed: UInt64
-
-    func load(_ name: String, shape: [Int]) throws -> [Float] {
-        let count = shape.reduce(1, *)
-        if shape.count == 1 && name.hasSuffix(".weight") && name.contains("norm") {
-            return [Float](repeating: 1, count: count)
-        }
-        let fanIn = shape.count > 1 ? shape.dropFirst().reduce(1, *) : 100
-        let bound = 1 / Float(fanIn).squareRoot()
-        // FNV-1a of the name (String.hashValue is seeded per process).
-        var state: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in name.utf8 { state = (state ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        state = (state ^ seed) | 1
-        return [Float](unsafeUninitializedCapacity: count) { buf, n in
-            for i in 0..<count {
-                // xorshift64*: plenty for weights nobody looks at.
-                state ^= state >> 12; state ^= state << 25; state ^= state >> 27
-                let r = (state &* 2_685_821_657_736_338_717) >> 40
-                buf[i] = (Float(r) * (1.0 / 16_777_216.0) * 2 - 1) * bound
-            }
-            n = count
-        }
-    }
-}
-
-/// Loads weights by name, checking every shape.
-struct WeightLoader {
-    let store: any WeightSource
-
-    func load(_ name: String, _ shape: [Int]) throws -> [Float] { try store.load(name, shape: shape) }
-
-    func linear(_ p: String, in i: Int, out o: Int, bias: Bool = true) throws -> UNetLinear {
-        UNetLinear(weight: try load("\(p).weight", [o, i]), bias: bias ? try load("\(p).bias", [o]) : nil,
-                    inFeatures: i, outFeatures: o)
-    }
-
-    func conv(_ p: String, in i: Int, out o: Int, kernel k: Int, stride: Int = 1,
-              padding: Conv2D.Padding) throws -> UNetConv {
-        UNetConv(weight: try load("\(p).weight", [o, i, k, k]), bias: try load("\(p).bias", [o]),
-                  inChannels: i, outChannels: o, kernel: k, stride: stride, padding: padding)
-    }
-
-    func groupNorm(_ p: String, channels c: Int, groups: Int, eps: Float) throws -> UNetGroupNorm {
-        UNetGroupNorm(weight: try load("\(p).weight", [c]), bias: try load("\(p).bias", [c]), groups: groups, eps: eps)
-    }
-
-    func layerNorm(_ p: String, dim d: Int, eps: Float = 1e-5) throws -> UNetLayerNorm {
-        UNetLayerNorm(weight: try load("\(p).weight", [d]), bias: try load("\(p).bias", [d]), eps: eps)
-    }
-}
-
-/// torch.nn.Linear.
-struct UNetLinear {
-    let weight: [Float]
-    let bias: [Float]?
-    let inFeatures: Int
-    let outFeatures: Int
-
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        Profile.measure("linear") { Linear.forward(x, weight: weight, bias: bias, outFeatures: outFeatures) }
-    }
-
-    /// Several linears over the same input fused into one GEMM (their weights stacked).
-    static func stacked(_ parts: [UNetLinear]) -> UNetLinear {
-        let i = parts[0].inFeatures
-        precondition(parts.allSatisfy { $0.inFeatures == i })
-        let hasBias = parts.contains { $0.bias != nil }
-        return UNetLinear(weight: parts.flatMap(\.weight),
-                           bias: hasBias ? parts.flatMap { $0.bias ?? [Float](repeating: 0, count: $0.outFeatures) } : nil,
-                           inFeatures: i, outFeatures: parts.reduce(0) { $0 + $1.outFeatures })
-    }
-}
-
-/// torch.nn.Conv2d (groups 1). Stride-1 convolutions with a spatial kernel keep their weight
-/// packed for Conv2D.forwardShifted; 1×1 and strided ones use Conv2D.forward.
-struct UNetConv {
-    let weight: [Float]
-    let bias: [Float]
-    let inChannels: Int
-    let outChannels: Int
-    let kernel: Int
-    let stride: Int
-    let padding: Conv2D.Padding
-    let shifted: Bool
-
-    init(weight: [Float], bias: [Float], inChannels: Int, outChannels: Int, kernel: Int, stride: Int,
-         padding: Conv2D.Padding) {
-        shifted = stride == 1 && kernel > 1
-        self.weight = shifted
-            ? Conv2D.packShifted(weight: weight, outChannels: outChannels, inChannels: inChannels, kernel: (kernel, kernel))
-            : weight
-        self.bias = bias
-        self.inChannels = inChannels
-        self.outChannels = outChannels
-        self.kernel = kernel
-        self.stride = stride
-        self.padding = padding
-    }
-
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        precondition(x.shape[1] == inChannels, "conv expects \(inChannels) channels, got \(x.shape)")
-        if shifted {
-            return Profile.measure("conv shifted \(x.shape[2])x\(x.shape[3]) \(inChannels)->\(outChannels)") { Conv2D.forwardShifted(x, packedWeight: weight, bias: bias, outChannels: outChannels,
-                                         kernel: (kernel, kernel), padding: padding) }
-        }
-        return Profile.measure("conv im2col") { Conv2D.forward(x, weight: weight, bias: bias, outChannels: outChannels,
-                              kernel: (kernel, kernel), stride: stride, padding: padding) }
-    }
-
-    /// Multiply–accumulate count for an output of `outPixels` positions per image.
-    func macs(outPixels: Int) -> Int { outChannels * inChannels * kernel * kernel * outPixels }
-}
-
-/// torch.nn.GroupNorm (affine), optionally followed by SiLU.
-struct UNetGroupNorm {
-    let weight: [Float]
-    let bias: [Float]
-    let groups: Int
-    let eps: Float
-
-    func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
-        Profile.measure("groupnorm") { Normalization.groupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps, silu: silu) }
-    }
-}
-
-/// torch.nn.LayerNorm over the last dimension.
-struct UNetLayerNorm {
-    let weight: [Float]
-    let bias: [Float]
-    let eps: Float
-
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        Profile.measure("layernorm") { Normalization.layerNorm(x, weight: weight, bias: bias, eps: eps) }
-    }
-}
-
 /// Counts multiply–accumulates of the products run (convs, linears, attention), for GFLOP/s.
 public final class FlopCounter: @unchecked Sendable {
     public private(set) var macs: Int = 0
@@ -161,12 +15,12 @@ public final class FlopCounter: @unchecked Sendable {
 /// h = conv1(silu(norm1(x))) + time_emb_proj(silu(temb)); h = conv2(silu(norm2(h)));
 /// out = (shortcut(x) + h) / output_scale_factor.
 struct ResnetBlock2D {
-    let norm1: UNetGroupNorm
-    let conv1: UNetConv
-    let timeEmbProj: UNetLinear
-    let norm2: UNetGroupNorm
-    let conv2: UNetConv
-    let shortcut: UNetConv?
+    let norm1: GroupNormLayer
+    let conv1: Conv2DLayer
+    let timeEmbProj: LinearLayer
+    let norm2: GroupNormLayer
+    let conv2: Conv2DLayer
+    let shortcut: Conv2DLayer?
     let outputScaleFactor: Float
 
     init(_ l: WeightLoader, _ p: String, in i: Int, out o: Int, temb: Int, groups: Int, eps: Float,
@@ -218,10 +72,10 @@ struct AttentionLayer {
     let inner: Int
     let isSelf: Bool
     /// Self: [to_q; to_k; to_v]. Cross: to_q only.
-    let qProj: UNetLinear
+    let qProj: LinearLayer
     /// Cross: [to_k; to_v] over the encoder states.
-    let kvProj: UNetLinear?
-    let outProj: UNetLinear
+    let kvProj: LinearLayer?
+    let outProj: LinearLayer
 
     init(_ l: WeightLoader, _ p: String, queryDim: Int, crossDim: Int?, heads: Int, headDim: Int) throws {
         self.heads = heads
@@ -232,11 +86,11 @@ struct AttentionLayer {
         let k = try l.linear("\(p).to_k", in: kvIn, out: inner, bias: false)
         let v = try l.linear("\(p).to_v", in: kvIn, out: inner, bias: false)
         if isSelf {
-            qProj = UNetLinear.stacked([q, k, v])
+            qProj = LinearLayer.stacked([q, k, v])
             kvProj = nil
         } else {
             qProj = q
-            kvProj = UNetLinear.stacked([k, v])
+            kvProj = LinearLayer.stacked([k, v])
         }
         outProj = try l.linear("\(p).to_out.0", in: inner, out: queryDim)
     }
@@ -285,10 +139,10 @@ struct AttentionLayer {
 /// BasicTransformerBlock (norm_type layer_norm, GEGLU feed-forward):
 /// x += attn1(norm1(x)); x += attn2(norm2(x), encoder); x += ff(norm3(x)).
 struct BasicTransformerBlock {
-    let norm1, norm2, norm3: UNetLayerNorm
+    let norm1, norm2, norm3: LayerNormLayer
     let attn1, attn2: AttentionLayer
-    let ffIn: UNetLinear  // ff.net.0.proj: dim → 2·4·dim
-    let ffOut: UNetLinear  // ff.net.2: 4·dim → dim
+    let ffIn: LinearLayer  // ff.net.0.proj: dim → 2·4·dim
+    let ffOut: LinearLayer  // ff.net.2: 4·dim → dim
 
     init(_ l: WeightLoader, _ p: String, dim: Int, heads: Int, headDim: Int, crossDim: Int) throws {
         norm1 = try l.layerNorm("\(p).norm1", dim: dim)
@@ -327,7 +181,7 @@ struct BasicTransformerBlock {
 /// [B, H·W, inner] tokens, proj_out, plus the input as residual. The NCHW↔token permutes are
 /// folded into the projections' GEMMs.
 struct Transformer2D {
-    let norm: UNetGroupNorm
+    let norm: GroupNormLayer
     let projInWeight: [Float]  // [inner, C]
     let projInBias: [Float]
     let projOutWeight: [Float]  // [C, inner]
@@ -400,7 +254,7 @@ struct Transformer2D {
 /// Downsample2D with a conv: 3×3 stride 2, padding `downsample_padding` (0 means diffusers' pad of
 /// one row/column at the bottom/right first).
 struct Downsample2D {
-    let conv: UNetConv
+    let conv: Conv2DLayer
 
     init(_ l: WeightLoader, _ p: String, channels c: Int, padding: Int) throws {
         let pad = padding == 0 ? Conv2D.Padding(top: 0, bottom: 1, left: 0, right: 1) : .same(padding)
@@ -416,7 +270,7 @@ struct Downsample2D {
 
 /// Upsample2D with a conv: nearest 2× (or to an explicit size, diffusers' upsample_size), then 3×3.
 struct Upsample2D {
-    let conv: UNetConv
+    let conv: Conv2DLayer
 
     init(_ l: WeightLoader, _ p: String, channels c: Int) throws {
         conv = try l.conv("\(p).conv", in: c, out: c, kernel: 3, padding: .same(1))
