@@ -53,7 +53,11 @@ struct VAEEncode: ParsableCommand {
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
             let out = try CLI.tensorOutput(force: force)
-            let images = try NetpbmImage.readAll(try ByteReader(path: file))
+            let images = try NetpbmImage.readAll(try ByteReader(path: file)) { w, h, _ in
+                try MemoryBudget.require(MemoryBudget.vaeBytes(width: w, height: h, widestChannels: vae.config.blockOutChannels.first ?? 128),
+                                         for: "encoding a \(w)x\(h) image",
+                                         remedy: "scale it down first, e.g. pamscale -xyfit 1024 1024 \(file == "-" ? "image.ppm" : file) | vae-encode")
+            }
             let fit: VAEImageFit = crop ? .crop
                 : resize == .nearest ? .resizeNearest : resize == .bilinear ? .resizeBilinear : .exact
             let (x, notes) = try vae.inputTensor(images, fit: fit)

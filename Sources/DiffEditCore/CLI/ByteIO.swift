@@ -81,6 +81,21 @@ public final class ByteReader {
         return buffer[start]
     }
 
+    /// Up to `n` next bytes without consuming them (fewer at end of input).
+    public func peekBytes(upTo n: Int) throws -> [UInt8] {
+        while end - start < n {
+            if end == buffer.count && start > 0 {
+                buffer.withUnsafeMutableBufferPointer { b in
+                    _ = memmove(b.baseAddress!, b.baseAddress! + start, end - start)
+                }
+                end -= start
+                start = 0
+            }
+            if try !fill() { break }
+        }
+        return Array(buffer[start..<min(end, start + n)])
+    }
+
     /// True when no byte is left.
     public func isAtEnd() throws -> Bool { try peek() == nil }
 
@@ -170,7 +185,7 @@ public final class ByteReader {
             offset += end - start
             start = end
             if out.count > limit {
-                throw ToolError("\(label): input larger than \(limit) bytes")
+                throw ToolError("\(label): input larger than \(limit) bytes — give a smaller input")
             }
         }
     }
