@@ -48,7 +48,7 @@ struct Denoise: ParsableCommand {
             let stackRec = try DiffEditIO.pick(records, DiffEditIO.invertedRecord, option: reader.label,
                                                what: "invert's output")
             guard stackRec.rank == 5 else {
-                throw ToolError("\(reader.label): record '\(stackRec.name)' is \(stackRec.shapeDescription); expected invert's stack [N, T, 4, h, w]")
+                throw ToolError("\(reader.label): record '\(stackRec.name)' is \(stackRec.shapeDescription); expected invert's stack [N, T, 4, h, w] — pipe in the output of invert")
             }
             let folder = try ModelFolder.resolve(model)
             try DiffEditIO.checkModel(stackRec, folder, option: "the inverted stack on stdin")

@@ -64,7 +64,7 @@ struct VAEDecode: ParsableCommand {
             let lc = vae.config.latentChannels
             guard r.dtype.isFloatingPoint, r.rank == 4 || r.rank == 3, r.shape[r.rank - 3] == lc,
                   r.shape[r.rank - 1] > 0, r.shape[r.rank - 2] > 0 else {
-                throw ToolError("record '\(r.name)' is \(r.shapeDescription); vae-decode needs float latents [N, \(lc), h, w]")
+                throw ToolError("record '\(r.name)' is \(r.shapeDescription); vae-decode needs float latents [N, \(lc), h, w] — pipe in denoise's output or vae-encode's posterior, or choose a record with --record")
             }
             let sf = vae.config.scalingFactor
             if !quiet, let s = r.metadata["scaling_factor"], let v = Float(s), v != sf {

@@ -235,6 +235,7 @@ public final class ByteWriter {
             let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
             if n >= 0 { done += n; continue }
             if errno == EINTR { continue }
+            if errno == EPIPE { CLI.endOnClosedPipe() }
             throw ToolError("write error on \(label): \(String(cString: strerror(errno))) — check free space and the output path")
         }
     }

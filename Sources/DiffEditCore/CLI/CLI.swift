@@ -13,16 +13,27 @@ public enum CLI {
             // Text printed with print() sits in stdout's buffer: flush it here so that a write
             // error (a full disk) is reported rather than lost at exit.
             if fflush(stdout) != 0 || ferror(stdout) != 0 {
+                if errno == EPIPE { endOnClosedPipe() }
                 throw ToolError("write error on stdout: \(String(cString: strerror(errno))) — check free space and the output path")
             }
         } catch let e as ToolError {
-            printError(tool, e.message)
+            // Every message should say what to do; the few that do not point at the manual.
+            printError(tool, e.message.contains(" — ") ? e.message : e.message + " — see \(tool)(1)")
             throw ExitCode(1)
         }
     }
 
     /// Control characters from hostile input (a name holding "\r") are shown escaped, so an
     /// error is always exactly one line.
+    /// A reader downstream went away (`| head`): end as the default SIGPIPE action does —
+    /// silently, status 128+13 — even when the parent left SIGPIPE ignored (as Python and some
+    /// test runners do), so that a pipeline never reports a spurious error.
+    public static func endOnClosedPipe() -> Never {
+        signal(SIGPIPE, SIG_DFL)
+        raise(SIGPIPE)
+        _exit(128 + SIGPIPE)
+    }
+
     public static func printError(_ tool: String, _ message: String) {
         var clean = ""
         for u in message.unicodeScalars {

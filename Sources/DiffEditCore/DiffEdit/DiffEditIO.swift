@@ -82,13 +82,13 @@ public enum DiffEditIO {
                 throw ToolError("\(label) has posterior.mean but no posterior.std — pipe in vae-encode's complete output")
             }
             guard m.rank == 4, m.shape == s.shape else {
-                throw ToolError("\(label): posterior.mean \(m.shapeDescription) and posterior.std \(s.shapeDescription) must both be [N, 4, h, w]")
+                throw ToolError("\(label): posterior.mean \(m.shapeDescription) and posterior.std \(s.shapeDescription) must both be [N, 4, h, w] — pipe in vae-encode's complete output")
             }
             return (m, s)
         }
         if let l = records.first(where: { $0.name == latentsRecord }), l.rank == 4 {
             return (l, nil)
         }
-        throw ToolError("\(label) holds \(records.map(\.name).joined(separator: ", ")); expected the image posterior (posterior.mean, posterior.std) from vae-encode")
+        throw ToolError("\(label) holds \(records.map(\.name).joined(separator: ", ")); expected the image posterior (posterior.mean, posterior.std) — pipe in the output of vae-encode")
     }
 }
