@@ -13,7 +13,11 @@ SECONDS_EACH=${1:-600}
 HARNESSES=${*:-TensorStream SafeTensors Tokenizer Netpbm}
 OUT=$ROOT/.build/fuzz
 mkdir -p "$OUT"
-LIB=Sources/DiffEditCore
+# Build from a snapshot of the sources, so that editing them during a long run cannot break
+# the build of the next harness.
+SNAP=$OUT/src-$$
+rm -rf "$SNAP" && mkdir -p "$SNAP" && cp -R Sources/DiffEditCore Sources/CNetpbm Fuzz "$SNAP/"
+LIB=$SNAP/DiffEditCore
 # The parts of DiffEditCore that parse outside input; nothing here needs BLAS.
 SOURCES="$LIB/CLI/ByteIO.swift $LIB/CLI/ToolError.swift $LIB/Format/DType.swift $LIB/Format/TensorRecord.swift
  $LIB/Format/TensorStream.swift $LIB/Kernels/Tensor.swift $LIB/Weights/SafeTensors.swift $LIB/Weights/ModelFolder.swift
@@ -21,21 +25,20 @@ SOURCES="$LIB/CLI/ByteIO.swift $LIB/CLI/ToolError.swift $LIB/Format/DType.swift 
  $LIB/ImageIO/NetpbmImage.swift $LIB/CLI/MemoryBudget.swift"
 
 # The libnetpbm shim as a Clang module, as SwiftPM builds it.
-mkdir -p "$OUT/CNetpbm"
-cat > "$OUT/CNetpbm/module.modulemap" <<MAP
-module CNetpbm { header "$ROOT/Sources/CNetpbm/include/netpbm_shim.h" export * }
+mkdir -p "$SNAP/module"
+cat > "$SNAP/module/module.modulemap" <<MAP
+module CNetpbm { header "$SNAP/CNetpbm/include/netpbm_shim.h" export * }
 MAP
-[ "$OUT/netpbm_shim.o" -nt Sources/CNetpbm/netpbm_shim.c ] ||
-    clang -c -O1 -g -fsanitize=fuzzer-no-link,address -I/usr/include/netpbm -ISources/CNetpbm/include \
-        Sources/CNetpbm/netpbm_shim.c -o "$OUT/netpbm_shim.o"
+clang -c -O1 -g -fsanitize=fuzzer-no-link,address -I/usr/include/netpbm -I"$SNAP/CNetpbm/include" \
+        "$SNAP/CNetpbm/netpbm_shim.c" -o "$SNAP/netpbm_shim.o"
 
 for h in $HARNESSES; do
     exe=$OUT/${h}Fuzzer
     echo "== building $h" >&2
     # shellcheck disable=SC2086
     swiftc -parse-as-library -sanitize=fuzzer,address -Onone -g -module-name ${h}Fuzz \
-        -Xcc -I/usr/include/netpbm -I "$OUT/CNetpbm" \
-        $SOURCES Fuzz/FuzzSupport.swift Fuzz/${h}Fuzzer.swift "$OUT/netpbm_shim.o" -lnetpbm -o "$exe"
+        -Xcc -I/usr/include/netpbm -I "$SNAP/module" \
+        $SOURCES "$SNAP/Fuzz/FuzzSupport.swift" "$SNAP/Fuzz/${h}Fuzzer.swift" "$SNAP/netpbm_shim.o" -lnetpbm -o "$exe"
     corpus=$OUT/corpus-$h
     mkdir -p "$corpus" "$OUT/crashes-$h"
     case $h in
@@ -52,3 +55,4 @@ for h in $HARNESSES; do
         "$exe" -max_total_time="$SECONDS_EACH" -max_len=32768 -rss_limit_mb=2048 -timeout=20 \
         -artifact_prefix="$OUT/crashes-$h/" -print_final_stats=1 "$corpus" 2>&1 | tail -n 30
 done
+rm -rf "$SNAP"

@@ -52,7 +52,7 @@ final class ReliabilityFuzzTests: XCTestCase {
     static func reader(_ bytes: [UInt8]) -> ByteReader {
         var fds: [Int32] = [0, 0]
         _ = pipe(&fds)
-        _ = fcntl(fds[1], F_SETPIPE_SZ, 1 << 17)
+        _ = fcntl(fds[1], 1031 /* F_SETPIPE_SZ */, 1 << 17)
         bytes.withUnsafeBytes { raw in
             var done = 0
             while done < raw.count {
@@ -66,8 +66,18 @@ final class ReliabilityFuzzTests: XCTestCase {
     }
 
     /// Runs `body`; anything but success or a ToolError fails the test with the input saved.
+    var parsed = 0, refused = 0
+
+    /// Both outcomes must occur often, or the generator is not exercising the parser.
+    override func tearDown() {
+        if parsed + refused > 0 {
+            XCTAssertGreaterThan(parsed, 50, "too few inputs parsed")
+            XCTAssertGreaterThan(refused, 50, "too few inputs refused")
+        }
+    }
+
     func expectParsesOrToolError(_ input: [UInt8], _ what: String, _ body: () throws -> Void) {
-        do { try body() } catch is ToolError {} catch {
+        do { try body(); parsed += 1 } catch is ToolError { refused += 1 } catch {
             let f = FileManager.default.temporaryDirectory.appendingPathComponent("fuzz-\(what)-\(UUID().uuidString)")
             try? Data(input).write(to: f)
             XCTFail("\(what): \(error) (input saved to \(f.path))")
@@ -86,7 +96,7 @@ final class ReliabilityFuzzTests: XCTestCase {
         var rng = RNG(state: 7)
         let keys = ["name", "dtype", "shape", "model", "#", "", "bad key", "k"]
         let values = ["f32", "i64", "1 2 3", "99999999999999999999", "-1", "", "\\n", "\\q", "4 4 4 4 4 4 4 4 4", "u8"]
-        for i in 0..<3000 {
+        for i in 0..<10_000 {
             var input: [UInt8]
             if i % 5 == 4 {  // a random header
                 var h = "DIFFEDIT-TENSOR 1\n"
@@ -117,7 +127,7 @@ final class ReliabilityFuzzTests: XCTestCase {
         ]
         let seeds = seedHeaders.map { Hostile.safetensors(header: Array($0.utf8), data: (0..<16).map { UInt8($0) }) }
         var rng = RNG(state: 11)
-        for i in 0..<1500 {
+        for i in 0..<5000 {
             var input = Self.mutate(seeds[rng.int(seeds.count)], seeds, &rng)
             if i % 4 == 3, input.count >= 8 {  // a random declared header length
                 let len = [UInt64(input.count - 8), UInt64(rng.int(input.count)), UInt64.max, 1 << 63, UInt64(rng.next())][rng.int(5)]
@@ -137,7 +147,7 @@ final class ReliabilityFuzzTests: XCTestCase {
         let seeds = ["a photo of a cat", "A BOWL of Pears, 3.5kg!! ça", "emoji 🐱‍👤 and 漢字 and \u{301}e",
                      "it's don't we'll <|endoftext|> <|startoftext|>", "   \t  ", ""].map { Array($0.utf8) }
         let scalars: [UInt32] = [0x0, 0x9, 0xA, 0x20, 0x27, 0x41, 0x7F, 0x80, 0xA0, 0x301, 0x2028, 0x200D, 0xFEFF, 0xFFFD, 0x1F431, 0x10FFFF, 0x4E00]
-        for i in 0..<2000 {
+        for i in 0..<5000 {
             let text: String
             if i % 3 == 2 {
                 var s = String.UnicodeScalarView()
@@ -161,7 +171,7 @@ final class ReliabilityFuzzTests: XCTestCase {
                                 Array("P2\n2 1\n65535\n0 65535\n".utf8)]
         seeds.append(Array("P7\nWIDTH 2\nHEIGHT 1\nDEPTH 4\nMAXVAL 255\nTUPLTYPE RGB_ALPHA\nENDHDR\n".utf8) + [1, 2, 3, 4, 5, 6, 7, 8])
         seeds.append(seeds[0] + seeds[0])
-        for _ in 0..<2000 {
+        for _ in 0..<10_000 {
             let input = Self.mutate(seeds[rng.int(seeds.count)], seeds, &rng, limit: 20_000)
             expectParsesOrToolError(input, "netpbm") {
                 for im in try NetpbmImage.readAll(Self.reader(input)) {

@@ -159,14 +159,16 @@ public final class ByteReader {
         }
     }
 
-    /// Reads `count` bytes into a new array, growing it in steps so that a hostile declared
-    /// size on a short stream never allocates more than what actually arrived (plus one step).
+    /// Reads `count` bytes into a new array, growing it in steps (1 MB, doubling up to 64 MB)
+    /// so that a hostile declared size on a short stream never allocates much more than what
+    /// actually arrived.
     public func readBytes(_ count: Int, what: String) throws -> [UInt8] {
-        let step = 64 << 20
+        var step = 1 << 20
         var out = [UInt8]()
         out.reserveCapacity(min(count, step))
         while out.count < count {
             let n = min(step, count - out.count)
+            step = min(step * 2, 64 << 20)
             let old = out.count
             out.append(contentsOf: repeatElement(0, count: n))
             try out.withUnsafeMutableBytes { raw in
