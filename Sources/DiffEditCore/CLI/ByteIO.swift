@@ -211,6 +211,15 @@ public final class ByteWriter {
 
     public var isTerminal: Bool { isatty(fd) == 1 }
 
+    /// A reader downstream went away (`| head`): end as the default SIGPIPE action does —
+    /// silently, status 128+13 — even when the parent left SIGPIPE ignored (as Python and some
+    /// test runners do), so that a pipeline never reports a spurious error.
+    public static func endOnClosedPipe() -> Never {
+        signal(SIGPIPE, SIG_DFL)
+        raise(SIGPIPE)
+        _exit(128 + SIGPIPE)
+    }
+
     public func write(_ bytes: [UInt8]) throws {
         try bytes.withUnsafeBytes { try write($0) }
     }
@@ -237,7 +246,7 @@ public final class ByteWriter {
             let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
             if n >= 0 { done += n; continue }
             if errno == EINTR { continue }
-            if errno == EPIPE { CLI.endOnClosedPipe() }
+            if errno == EPIPE { ByteWriter.endOnClosedPipe() }
             throw ToolError("write error on \(label): \(String(cString: strerror(errno))) — check free space and the output path")
         }
     }

@@ -25,14 +25,8 @@ public enum CLI {
 
     /// Control characters from hostile input (a name holding "\r") are shown escaped, so an
     /// error is always exactly one line.
-    /// A reader downstream went away (`| head`): end as the default SIGPIPE action does —
-    /// silently, status 128+13 — even when the parent left SIGPIPE ignored (as Python and some
-    /// test runners do), so that a pipeline never reports a spurious error.
-    public static func endOnClosedPipe() -> Never {
-        signal(SIGPIPE, SIG_DFL)
-        raise(SIGPIPE)
-        _exit(128 + SIGPIPE)
-    }
+    /// A reader downstream went away (`| head`): see ByteWriter.endOnClosedPipe.
+    public static func endOnClosedPipe() -> Never { ByteWriter.endOnClosedPipe() }
 
     public static func printError(_ tool: String, _ message: String) {
         var clean = ""
