@@ -15,7 +15,7 @@ struct Selection: ParsableArguments {
     func pick(_ records: [TensorRecord], label: String) throws -> TensorRecord {
         if let name {
             guard let r = records.first(where: { $0.name == name }) else {
-                throw ToolError("\(label) has no record named '\(name)' (it has: \(records.map(\.name).joined(separator: ", ")))")
+                throw ToolError("\(label) has no record named '\(name)' (it has: \(records.map(\.name).joined(separator: ", "))) — choose one of those with --name, or one by position with --index")
             }
             return r
         }
@@ -37,7 +37,9 @@ struct Force: ParsableArguments {
 
 func readStream(_ path: String) throws -> (records: [TensorRecord], label: String) {
     let reader = try CLI.tensorInput(path)
-    return (try reader.readAllNonEmpty(expecting: "tensor records"), reader.label)
+    let records = try reader.readAll()
+    if records.isEmpty { throw emptyStream(reader.label) }
+    return (records, reader.label)
 }
 
 @main
@@ -96,7 +98,7 @@ struct Stats: ParsableCommand {
 
 /// An empty stream is almost always a failed stage upstream: say so rather than print nothing.
 func emptyStream(_ label: String) -> ToolError {
-    ToolError("\(label): empty input, no tensor records — did the stage before this one fail?")
+    ToolError("\(label): empty input (an empty stream, no tensor records) — did the stage before this one fail?")
 }
 
 func fmt(_ x: Double) -> String { String(format: "%.6g", x) }

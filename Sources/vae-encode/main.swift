@@ -47,8 +47,8 @@ struct VAEEncode: ParsableCommand {
 
     func run() throws {
         try CLI.run("vae-encode") {
-            if crop && resize != nil { throw ToolError("--crop and --resize exclude each other") }
-            if sample && seed == nil { throw ToolError("--sample needs --seed N (the seed of torch.Generator('cpu').manual_seed(N))") }
+            if crop && resize != nil { throw ToolError("--crop and --resize exclude each other — give only one of them") }
+            if sample && seed == nil { throw ToolError("--sample needs a seed — add --seed N (the seed of torch.Generator('cpu').manual_seed(N))") }
             if seed != nil && !sample { throw ToolError("--seed only applies to --sample — add --sample, or drop --seed to write the posterior") }
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
