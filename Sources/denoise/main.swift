@@ -32,6 +32,8 @@ struct Denoise: ParsableCommand {
     var progress = false
     @Flag(name: .shortAndLong, help: "No progress on stderr.")
     var quiet = false
+    @Flag(name: .long, help: "Process inputs holding NaN or infinite values instead of refusing them.")
+    var allowNonfinite = false
     @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
     var force = false
     @Argument(help: "The inverted stack from invert (default or '-': stdin).")
@@ -42,10 +44,11 @@ struct Denoise: ParsableCommand {
             let out = try CLI.tensorOutput(force: force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the inverted stack from invert")
+            for r in records { try r.requireFinite(from: reader.label, allow: allowNonfinite) }
             let stackRec = try DiffEditIO.pick(records, DiffEditIO.invertedRecord, option: reader.label,
                                                what: "invert's output")
             guard stackRec.rank == 5 else {
-                throw ToolError("\(reader.label): record '\(stackRec.name)' is \(stackRec.shapeDescription); expected invert's stack [N, T, 4, h, w]")
+                throw ToolError("\(reader.label): record '\(stackRec.name)' is \(stackRec.shapeDescription); expected invert's stack [N, T, 4, h, w] — pipe in the output of invert")
             }
             let folder = try ModelFolder.resolve(model)
             try DiffEditIO.checkModel(stackRec, folder, option: "the inverted stack on stdin")
@@ -65,15 +68,15 @@ struct Denoise: ParsableCommand {
                 throw ToolError("the stack has no steps/strength metadata (not written by invert) — give --steps and --strength as used for the inversion")
             }
             let n = stackRec.shape[0]
-            let maskRecords = try DiffEditIO.records(mask, option: "--mask")
+            let maskRecords = try DiffEditIO.records(mask, option: "--mask", allowNonfinite: allowNonfinite)
             let maskRec = try DiffEditIO.pick(maskRecords, DiffEditIO.maskRecord, option: "--mask", what: "noise-diff-mask's output")
             try DiffEditIO.checkModel(maskRec, folder, option: "--mask")
             if maskRec.metadata["scale"] != nil {
                 throw ToolError("--mask was written at image size (noise-diff-mask --image-size) — make it without --image-size for denoise")
             }
-            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt"), to: n, option: "--prompt")
+            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: allowNonfinite), to: n, option: "--prompt")
             let neg = try DiffEditSupport.broadcastPrompts(
-                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative") }
+                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative", allowNonfinite: allowNonfinite) }
                     ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
             let clean = records.first { $0.name == DiffEditIO.cleanRecord }?.tensor()
 

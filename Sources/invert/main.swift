@@ -36,6 +36,8 @@ struct Invert: ParsableCommand {
     var progress = false
     @Flag(name: .shortAndLong, help: "No progress on stderr.")
     var quiet = false
+    @Flag(name: .long, help: "Process inputs holding NaN or infinite values instead of refusing them.")
+    var allowNonfinite = false
     @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
     var force = false
     @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
@@ -49,13 +51,14 @@ struct Invert: ParsableCommand {
             let out = try CLI.tensorOutput(force: force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")
+            for r in records { try r.requireFinite(from: reader.label, allow: allowNonfinite) }
             let (meanRec, stdRec) = try DiffEditIO.posterior(records, label: reader.label)
             let folder = try ModelFolder.resolve(model)
             try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
             let n = meanRec.shape[0]
-            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt"), to: n, option: "--prompt")
+            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: allowNonfinite), to: n, option: "--prompt")
             let neg = try DiffEditSupport.broadcastPrompts(
-                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative") }
+                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative", allowNonfinite: allowNonfinite) }
                     ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
 
             // diffusers: latent_dist.sample(generator) × scaling_factor, the generator's first draw.

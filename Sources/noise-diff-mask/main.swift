@@ -42,6 +42,8 @@ struct NoiseDiffMaskTool: ParsableCommand {
     var progress = false
     @Flag(name: .shortAndLong, help: "No progress or notes on stderr.")
     var quiet = false
+    @Flag(name: .long, help: "Process inputs holding NaN or infinite values instead of refusing them.")
+    var allowNonfinite = false
     @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
     var force = false
     @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
@@ -57,6 +59,7 @@ struct NoiseDiffMaskTool: ParsableCommand {
             let out = try CLI.tensorOutput(force: force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")
+            for r in records { try r.requireFinite(from: reader.label, allow: allowNonfinite) }
             let (meanRec, stdRec) = try DiffEditIO.posterior(records, label: reader.label)
             guard let stdRec else {
                 throw ToolError("\(reader.label) holds sampled latents, but noise-diff-mask draws its own samples from the posterior — pipe in vae-encode without --sample")
@@ -65,7 +68,7 @@ struct NoiseDiffMaskTool: ParsableCommand {
             try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
             let n = meanRec.shape[0]
             func load(_ path: String?, _ option: String, _ empty: () throws -> Tensor) throws -> Tensor {
-                let e = try path.map { try DiffEditIO.embeddings($0, folder: folder, option: option) } ?? empty()
+                let e = try path.map { try DiffEditIO.embeddings($0, folder: folder, option: option, allowNonfinite: allowNonfinite) } ?? empty()
                 return try DiffEditSupport.broadcastPrompts(e, to: n, option: option)
             }
             let src = try load(source, "--source", { throw ToolError("--source is required") })

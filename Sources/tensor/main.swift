@@ -15,7 +15,7 @@ struct Selection: ParsableArguments {
     func pick(_ records: [TensorRecord], label: String) throws -> TensorRecord {
         if let name {
             guard let r = records.first(where: { $0.name == name }) else {
-                throw ToolError("\(label) has no record named '\(name)' (it has: \(records.map(\.name).joined(separator: ", ")))")
+                throw ToolError("\(label) has no record named '\(name)' (it has: \(records.map(\.name).joined(separator: ", "))) — choose one of those with --name, or one by position with --index")
             }
             return r
         }
@@ -37,7 +37,9 @@ struct Force: ParsableArguments {
 
 func readStream(_ path: String) throws -> (records: [TensorRecord], label: String) {
     let reader = try CLI.tensorInput(path)
-    return (try reader.readAll(), reader.label)
+    let records = try reader.readAll()
+    if records.isEmpty { throw emptyStream(reader.label) }
+    return (records, reader.label)
 }
 
 @main
@@ -67,6 +69,7 @@ struct Head: ParsableCommand {
                     }
                     i += 1
                 }
+                if i == 0 { throw emptyStream(reader.label) }
             }
         }
     }
@@ -88,8 +91,14 @@ struct Stats: ParsableCommand {
                 print("\(i)\t\(r.name)\t\(r.dtype.rawValue)\t\(shape.isEmpty ? "scalar" : shape)\t\(fmt(s.min))\t\(fmt(s.max))\t\(fmt(s.mean))\t\(fmt(s.std))\t\(s.nan)\t\(s.inf)")
                 i += 1
             }
+            if i == 0 { throw emptyStream(reader.label) }
         }
     }
+}
+
+/// An empty stream is almost always a failed stage upstream: say so rather than print nothing.
+func emptyStream(_ label: String) -> ToolError {
+    ToolError("\(label): empty input (an empty stream, no tensor records) — did the stage before this one fail?")
 }
 
 func fmt(_ x: Double) -> String { String(format: "%.6g", x) }

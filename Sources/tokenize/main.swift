@@ -107,6 +107,11 @@ struct Tokenize: ParsableCommand {
             throw ToolError("stdin is not UTF-8 text — prompts must be UTF-8, one per line")
         }
         if text.isEmpty { return [] }
+        // A NUL byte means binary data piped in by mistake (text never holds one).
+        if let nul = bytes.firstIndex(of: 0) {
+            let line = bytes[..<nul].filter { $0 == 0x0A }.count + 1
+            throw ToolError("stdin: line \(line) holds a NUL byte — prompts must be text, one per line; is a binary file piped in?")
+        }
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
             String(line.hasSuffix("\r") ? line.dropLast() : line)
         }

@@ -27,6 +27,8 @@ struct VAEDecode: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Do not print notes on stderr.")
     var quiet = false
 
+    @Flag(name: .long, help: "Process inputs holding NaN or infinite values instead of refusing them.")
+    var allowNonfinite = false
     @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
     var force = false
 
@@ -57,16 +59,27 @@ struct VAEDecode: ParsableCommand {
             let out = try CLI.binaryOutput(force: force)
             let reader = try CLI.tensorInput(file)
             let records = try reader.readAllNonEmpty(expecting: "latents [N, \(vae.config.latentChannels), h, w]")
+            for r in records { try r.requireFinite(from: reader.label, allow: allowNonfinite) }
             let r = try pick(records, label: reader.label)
             let lc = vae.config.latentChannels
             guard r.dtype.isFloatingPoint, r.rank == 4 || r.rank == 3, r.shape[r.rank - 3] == lc,
                   r.shape[r.rank - 1] > 0, r.shape[r.rank - 2] > 0 else {
-                throw ToolError("record '\(r.name)' is \(r.shapeDescription); vae-decode needs float latents [N, \(lc), h, w]")
+                throw ToolError("record '\(r.name)' is \(r.shapeDescription); vae-decode needs float latents [N, \(lc), h, w] — pipe in denoise's output or vae-encode's posterior, or choose a record with --record")
             }
             let sf = vae.config.scalingFactor
             if !quiet, let s = r.metadata["scaling_factor"], let v = Float(s), v != sf {
                 CLI.note("vae-decode", "note: the latents were scaled by \(s) but this VAE's scaling_factor is \(sf) — are they from another model?")
             }
+            // Latents from another model decode to garbage, but two models may share one VAE
+            // (SD 1.4 and 1.5): warn rather than refuse.
+            if !quiet, let fp = r.metadata["model.fingerprint"], fp != DiffEditIO.modelFingerprint(folder) {
+                CLI.note("vae-decode", "warning: the latents were made with model \(r.metadata["model"] ?? "?") (fingerprint \(fp)), not \(folder.root) — decode with --model \(r.metadata["model"] ?? "of that model") unless both share this VAE")
+            }
+            let f = vae.config.downsamplingFactor
+            let (lh, lw) = (r.shape[r.rank - 2], r.shape[r.rank - 1])
+            try MemoryBudget.require(MemoryBudget.vaeBytes(width: lw * f, height: lh * f, widestChannels: vae.config.blockOutChannels.first ?? 128),
+                                     for: "decoding \(lw)x\(lh) latents into a \(lw * f)x\(lh * f) image",
+                                     remedy: "make smaller latents (vae-encode a scaled-down image, e.g. pamscale -xyfit 1024 1024)")
             let latents = r.rank == 4 ? r.tensor() : r.tensor().reshaped([1] + r.shape)
             let decoder = try vae.makeDecoder()
             // One batch entry at a time: memory stays that of a single image.

@@ -47,13 +47,17 @@ struct VAEEncode: ParsableCommand {
 
     func run() throws {
         try CLI.run("vae-encode") {
-            if crop && resize != nil { throw ToolError("--crop and --resize exclude each other") }
-            if sample && seed == nil { throw ToolError("--sample needs --seed N (the seed of torch.Generator('cpu').manual_seed(N))") }
+            if crop && resize != nil { throw ToolError("--crop and --resize exclude each other — give only one of them") }
+            if sample && seed == nil { throw ToolError("--sample needs a seed — add --seed N (the seed of torch.Generator('cpu').manual_seed(N))") }
             if seed != nil && !sample { throw ToolError("--seed only applies to --sample — add --sample, or drop --seed to write the posterior") }
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
             let out = try CLI.tensorOutput(force: force)
-            let images = try NetpbmImage.readAll(try ByteReader(path: file))
+            let images = try NetpbmImage.readAll(try ByteReader(path: file)) { w, h, _ in
+                try MemoryBudget.require(MemoryBudget.vaeBytes(width: w, height: h, widestChannels: vae.config.blockOutChannels.first ?? 128),
+                                         for: "encoding a \(w)x\(h) image",
+                                         remedy: "scale it down first, e.g. pamscale -xyfit 1024 1024 \(file == "-" ? "image.ppm" : file) | vae-encode")
+            }
             let fit: VAEImageFit = crop ? .crop
                 : resize == .nearest ? .resizeNearest : resize == .bilinear ? .resizeBilinear : .exact
             let (x, notes) = try vae.inputTensor(images, fit: fit)

@@ -36,7 +36,7 @@ final class TensorToolTests: XCTestCase {
         XCTAssertEqual(try decodeAll(byName.out).map(\.name), ["mask"])
         let missing = try runTool("tensor", ["pick", "--name", "nope"], stdin: sample)
         XCTAssertEqual(missing.status, 1)
-        XCTAssertEqual(missing.err, "tensor: stdin has no record named 'nope' (it has: latents, mask, ids)\n")
+        XCTAssertEqual(missing.err, "tensor: stdin has no record named 'nope' (it has: latents, mask, ids) — choose one of those with --name, or one by position with --index\n")
     }
 
     func testNPYRoundTripIsByteExactAndNumpyCompatible() throws {

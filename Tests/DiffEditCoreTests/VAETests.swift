@@ -122,7 +122,7 @@ final class VAETests: XCTestCase {
         }
         let bad = try sh("vae-encode --model '\(Fixtures.path("sd1"))' --sample < '\(Fixtures.path("sd1/cat.ppm"))'")
         XCTAssertEqual(bad.status, 1)
-        XCTAssertEqual(bad.err, "vae-encode: --sample needs --seed N (the seed of torch.Generator('cpu').manual_seed(N))\n")
+        XCTAssertEqual(bad.err, "vae-encode: --sample needs a seed — add --seed N (the seed of torch.Generator('cpu').manual_seed(N))\n")
     }
 
     /// The edited latents of the reference DiffEdit run decode to the pipeline's output image.
@@ -217,7 +217,7 @@ final class VAETests: XCTestCase {
         XCTAssertEqual(try decodeStream(resized.out).first?.shape, [1, 4, 7, 7])
         let both = try sh("vae-encode --model '\(model)' --crop --resize nearest < '\(cat)'")
         XCTAssertEqual(both.status, 1)
-        XCTAssertEqual(both.err, "vae-encode: --crop and --resize exclude each other\n")
+        XCTAssertEqual(both.err, "vae-encode: --crop and --resize exclude each other — give only one of them\n")
     }
 
     func testGreyAndAlphaInputs() throws {
@@ -243,7 +243,7 @@ final class VAETests: XCTestCase {
         let wrong = try runTool("vae-decode", ["--model", model],
                                 stdin: TensorStream.encode(TensorRecord(name: "latents", shape: [1, 3, 8, 8], floats: [Float](repeating: 0, count: 192))))
         XCTAssertEqual(wrong.status, 1)
-        XCTAssertEqual(wrong.err, "vae-decode: record 'latents' is 1x3x8x8 f32; vae-decode needs float latents [N, 4, h, w]\n")
+        XCTAssertEqual(wrong.err, "vae-decode: record 'latents' is 1x3x8x8 f32; vae-decode needs float latents [N, 4, h, w] — pipe in denoise's output or vae-encode's posterior, or choose a record with --record\n")
         let two = TensorStream.encode(TensorRecord(name: "a", shape: [1, 4, 1, 1], floats: [0, 0, 0, 0]))
             + TensorStream.encode(TensorRecord(name: "b", shape: [1, 4, 1, 1], floats: [0, 0, 0, 0]))
         let ambiguous = try runTool("vae-decode", ["--model", model], stdin: two)

@@ -81,6 +81,21 @@ public final class ByteReader {
         return buffer[start]
     }
 
+    /// Up to `n` next bytes without consuming them (fewer at end of input).
+    public func peekBytes(upTo n: Int) throws -> [UInt8] {
+        while end - start < n {
+            if end == buffer.count && start > 0 {
+                buffer.withUnsafeMutableBufferPointer { b in
+                    _ = memmove(b.baseAddress!, b.baseAddress! + start, end - start)
+                }
+                end -= start
+                start = 0
+            }
+            if try !fill() { break }
+        }
+        return Array(buffer[start..<min(end, start + n)])
+    }
+
     /// True when no byte is left.
     public func isAtEnd() throws -> Bool { try peek() == nil }
 
@@ -144,14 +159,16 @@ public final class ByteReader {
         }
     }
 
-    /// Reads `count` bytes into a new array, growing it in steps so that a hostile declared
-    /// size on a short stream never allocates more than what actually arrived (plus one step).
+    /// Reads `count` bytes into a new array, growing it in steps (1 MB, doubling up to 64 MB)
+    /// so that a hostile declared size on a short stream never allocates much more than what
+    /// actually arrived.
     public func readBytes(_ count: Int, what: String) throws -> [UInt8] {
-        let step = 64 << 20
+        var step = 1 << 20
         var out = [UInt8]()
         out.reserveCapacity(min(count, step))
         while out.count < count {
             let n = min(step, count - out.count)
+            step = min(step * 2, 64 << 20)
             let old = out.count
             out.append(contentsOf: repeatElement(0, count: n))
             try out.withUnsafeMutableBytes { raw in
@@ -170,7 +187,7 @@ public final class ByteReader {
             offset += end - start
             start = end
             if out.count > limit {
-                throw ToolError("\(label): input larger than \(limit) bytes")
+                throw ToolError("\(label): input larger than \(limit) bytes — give a smaller input")
             }
         }
     }
@@ -193,6 +210,15 @@ public final class ByteWriter {
     }
 
     public var isTerminal: Bool { isatty(fd) == 1 }
+
+    /// A reader downstream went away (`| head`): end as the default SIGPIPE action does —
+    /// silently, status 128+13 — even when the parent left SIGPIPE ignored (as Python and some
+    /// test runners do), so that a pipeline never reports a spurious error.
+    public static func endOnClosedPipe() -> Never {
+        signal(SIGPIPE, SIG_DFL)
+        raise(SIGPIPE)
+        _exit(128 + SIGPIPE)
+    }
 
     public func write(_ bytes: [UInt8]) throws {
         try bytes.withUnsafeBytes { try write($0) }
@@ -220,6 +246,7 @@ public final class ByteWriter {
             let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
             if n >= 0 { done += n; continue }
             if errno == EINTR { continue }
+            if errno == EPIPE { ByteWriter.endOnClosedPipe() }
             throw ToolError("write error on \(label): \(String(cString: strerror(errno))) — check free space and the output path")
         }
     }

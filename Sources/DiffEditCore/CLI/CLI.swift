@@ -10,14 +10,30 @@ public enum CLI {
     public static func run(_ tool: String, _ body: () throws -> Void) throws {
         do {
             try body()
+            // Text printed with print() sits in stdout's buffer: flush it here so that a write
+            // error (a full disk) is reported rather than lost at exit.
+            if fflush(stdout) != 0 || ferror(stdout) != 0 {
+                if errno == EPIPE { endOnClosedPipe() }
+                throw ToolError("write error on stdout: \(String(cString: strerror(errno))) — check free space and the output path")
+            }
         } catch let e as ToolError {
-            printError(tool, e.message)
+            // Every message should say what to do; the few that do not point at the manual.
+            printError(tool, e.message.contains(" — ") ? e.message : e.message + " — see \(tool)(1)")
             throw ExitCode(1)
         }
     }
 
+    /// Control characters from hostile input (a name holding "\r") are shown escaped, so an
+    /// error is always exactly one line.
+    /// A reader downstream went away (`| head`): see ByteWriter.endOnClosedPipe.
+    public static func endOnClosedPipe() -> Never { ByteWriter.endOnClosedPipe() }
+
     public static func printError(_ tool: String, _ message: String) {
-        let line = "\(tool): \(message)\n"
+        var clean = ""
+        for u in message.unicodeScalars {
+            if u.value < 0x20 || u.value == 0x7F { clean += "\\x" + String(u.value, radix: 16) } else { clean.unicodeScalars.append(u) }
+        }
+        let line = "\(tool): \(clean)\n"
         _ = line.withCString { fputs($0, stderr) }
     }
 

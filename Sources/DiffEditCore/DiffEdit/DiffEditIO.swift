@@ -36,12 +36,16 @@ public enum DiffEditIO {
     }
 
     /// Reads all records of a file given to `option` (or stdin for "-").
-    public static func records(_ path: String, option: String) throws -> [TensorRecord] {
+    /// NaN or ±Inf in any record is refused unless `allowNonfinite` (--allow-nonfinite).
+    public static func records(_ path: String, option: String, allowNonfinite: Bool = false) throws -> [TensorRecord] {
+        let all: [TensorRecord]
         do {
-            return try CLI.tensorInput(path).readAllNonEmpty(expecting: "a tensor stream")
+            all = try CLI.tensorInput(path).readAllNonEmpty(expecting: "a tensor stream")
         } catch let e as ToolError {
             throw ToolError("\(option) \(path): \(e.message)")
         }
+        for r in all { try r.requireFinite(from: "\(option) \(path)", allow: allowNonfinite) }
+        return all
     }
 
     /// The record named `name`, else the only record.
@@ -52,8 +56,8 @@ public enum DiffEditIO {
     }
 
     /// Text embeddings [N, L, D] from a file (encode-text's `embeddings` record).
-    public static func embeddings(_ path: String, folder: ModelFolder, option: String) throws -> Tensor {
-        let r = try pick(try records(path, option: option), "embeddings", option: option,
+    public static func embeddings(_ path: String, folder: ModelFolder, option: String, allowNonfinite: Bool = false) throws -> Tensor {
+        let r = try pick(try records(path, option: option, allowNonfinite: allowNonfinite), "embeddings", option: option,
                          what: "text embeddings from tokenize | encode-text")
         try checkModel(r, folder, option: option)
         guard r.rank == 3, [.f32, .f16, .bf16].contains(r.dtype) else {
@@ -78,13 +82,13 @@ public enum DiffEditIO {
                 throw ToolError("\(label) has posterior.mean but no posterior.std — pipe in vae-encode's complete output")
             }
             guard m.rank == 4, m.shape == s.shape else {
-                throw ToolError("\(label): posterior.mean \(m.shapeDescription) and posterior.std \(s.shapeDescription) must both be [N, 4, h, w]")
+                throw ToolError("\(label): posterior.mean \(m.shapeDescription) and posterior.std \(s.shapeDescription) must both be [N, 4, h, w] — pipe in vae-encode's complete output")
             }
             return (m, s)
         }
         if let l = records.first(where: { $0.name == latentsRecord }), l.rank == 4 {
             return (l, nil)
         }
-        throw ToolError("\(label) holds \(records.map(\.name).joined(separator: ", ")); expected the image posterior (posterior.mean, posterior.std) from vae-encode")
+        throw ToolError("\(label) holds \(records.map(\.name).joined(separator: ", ")); expected the image posterior (posterior.mean, posterior.std) — pipe in the output of vae-encode")
     }
 }

@@ -102,7 +102,7 @@ public struct TensorRecord: Equatable {
                 try (0..<count).map {
                     let v = raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)
                     guard let w = Int32(exactly: v) else {
-                        throw ToolError("record '\(name)' holds \(v), which does not fit in i32")
+                        throw ToolError("record '\(name)' holds \(v), which does not fit in i32 — token ids must come from tokenize")
                     }
                     return w
                 }
@@ -120,10 +120,28 @@ public struct TensorRecord: Equatable {
     /// Throws unless the record is floating point with the given rank.
     public func expectFloat(rank: Int, what: String) throws {
         guard dtype.isFloatingPoint else {
-            throw ToolError("record '\(name)' is \(dtype.rawValue), expected floating-point \(what)")
+            throw ToolError("record '\(name)' is \(dtype.rawValue), expected floating-point \(what) — check which file feeds this input")
         }
         guard shape.count == rank else {
-            throw ToolError("record '\(name)' has shape \(shapeDescription), expected rank-\(rank) \(what)")
+            throw ToolError("record '\(name)' has shape \(shapeDescription), expected rank-\(rank) \(what) — check which file feeds this input")
+        }
+    }
+
+    /// NaN and ±Inf elements (always 0 for integer dtypes).
+    public var nonFiniteCounts: (nan: Int, inf: Int) {
+        guard dtype.isFloatingPoint else { return (0, 0) }
+        var nan = 0, inf = 0
+        for x in floats() where !x.isFinite { if x.isNaN { nan += 1 } else { inf += 1 } }
+        return (nan, inf)
+    }
+
+    /// Refuses NaN or ±Inf elements unless `allow` (the tools' --allow-nonfinite): a stage fed
+    /// them would only spread them, so the error names the input instead.
+    public func requireFinite(from source: String, allow: Bool) throws {
+        if allow { return }
+        let (nan, inf) = nonFiniteCounts
+        guard nan == 0 && inf == 0 else {
+            throw ToolError("\(source): record '\(name)' holds \(nan) NaN and \(inf) infinite values — the stage that made it diverged or the file is corrupt; fix that input, or pass --allow-nonfinite to process it anyway")
         }
     }
 }

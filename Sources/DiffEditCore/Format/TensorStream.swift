@@ -69,7 +69,7 @@ public enum TensorStream {
             case "\\": out += "\\"
             case "n": out += "\n"
             case "r": out += "\r"
-            default: throw ToolError("bad escape in header value '\(s.prefix(40))'")
+            default: throw ToolError("bad escape in header value '\(s.prefix(40))' — only \\\\, \\n and \\r are escapes")
             }
         }
         return out
@@ -107,7 +107,7 @@ public final class TensorStreamReader {
     /// Like `readAll` but an empty stream is an error naming what was expected.
     public func readAllNonEmpty(expecting what: String) throws -> [TensorRecord] {
         let all = try readAll()
-        if all.isEmpty { throw ToolError("\(label): empty input, expected \(what)") }
+        if all.isEmpty { throw ToolError("\(label): empty input, expected \(what) — did the stage before this one fail?") }
         return all
     }
 
@@ -120,7 +120,7 @@ public final class TensorStreamReader {
             if recordIndex == 0 {
                 throw ToolError("\(label): not a tensor stream (no \(TensorStream.magic) magic) — feed the output of a diffedit tool, or convert with 'tensor from-npy'")
             }
-            throw ToolError("\(where_): trailing garbage after the last record (no \(TensorStream.magic) magic)")
+            throw ToolError("\(where_): trailing garbage after the last record (no \(TensorStream.magic) magic) — remove the bytes after the last record; was something else appended to the stream?")
         }
         guard magicLine == "\(TensorStream.magic) \(TensorStream.version)" else {
             throw ToolError("\(where_): unsupported format version '\(magicLine)' — this tool reads '\(TensorStream.magic) \(TensorStream.version)'")
@@ -140,45 +140,45 @@ public final class TensorStreamReader {
             if raw.isEmpty { break }
             if raw.first == UInt8(ascii: "#") { continue }
             guard let line = String(validatingUTF8: raw.map { CChar(bitPattern: $0) } + [0]) else {
-                throw ToolError("\(where_): header line is not valid UTF-8")
+                throw corrupt(where_, "header line is not valid UTF-8")
             }
             guard let eq = line.firstIndex(of: "=") else {
-                throw ToolError("\(where_): header line '\(line.prefix(40))' is not key=value")
+                throw corrupt(where_, "header line '\(line.prefix(40))' is not key=value")
             }
             let key = line[..<eq]
             let value = line[line.index(after: eq)...]
             guard TensorStream.isValidKey(key) else {
-                throw ToolError("\(where_): bad header key '\(key.prefix(40))'")
+                throw corrupt(where_, "bad header key '\(key.prefix(40))'")
             }
             switch key {
-            case "name": name = try TensorStream.unescape(value)
+            case "name": name = try unescape(value, where_)
             case "dtype":
                 guard let d = DType(rawValue: String(value)) else {
-                    throw ToolError("\(where_): unknown dtype '\(value.prefix(20))' (known: \(DType.allCases.map(\.rawValue).joined(separator: ", ")))")
+                    throw corrupt(where_, "unknown dtype '\(value.prefix(20))' (known: \(DType.allCases.map(\.rawValue).joined(separator: ", ")))")
                 }
                 dtype = d
             case "shape": shape = try parseShape(value, where_)
             default:
                 if metadata[String(key)] != nil {
-                    throw ToolError("\(where_): metadata key '\(key)' appears twice")
+                    throw corrupt(where_, "metadata key '\(key)' appears twice")
                 }
-                metadata[String(key)] = try TensorStream.unescape(value)
+                metadata[String(key)] = try unescape(value, where_)
             }
         }
-        guard let name else { throw ToolError("\(where_): header has no name= line") }
-        guard let dtype else { throw ToolError("\(where_): header has no dtype= line") }
-        guard let shape else { throw ToolError("\(where_): header has no shape= line") }
+        guard let name else { throw corrupt(where_, "header has no name= line") }
+        guard let dtype else { throw corrupt(where_, "header has no dtype= line") }
+        guard let shape else { throw corrupt(where_, "header has no shape= line") }
 
         // Element count and byte length, with overflow checks before any allocation.
         var count = 1
         for d in shape {
             let (c, o) = count.multipliedReportingOverflow(by: d)
-            guard !o else { throw ToolError("\(where_): shape \(shape) overflows the element count") }
+            guard !o else { throw corrupt(where_, "shape \(shape) overflows the element count") }
             count = c
         }
         let (nbytes, o) = count.multipliedReportingOverflow(by: dtype.size)
         guard !o, nbytes <= TensorStream.maxDataBytes else {
-            throw ToolError("\(where_): shape \(shape.map(String.init).joined(separator: "x")) declares \(o ? "more than 2^63" : String(nbytes)) bytes, past the format's limit of 2^40")
+            throw corrupt(where_, "shape \(shape.map(String.init).joined(separator: "x")) declares \(o ? "more than 2^63" : String(nbytes)) bytes, past the format's limit of 2^40")
         }
 
         // Padding up to the 64-byte data alignment: newlines only.
@@ -200,14 +200,25 @@ public final class TensorStreamReader {
         return TensorRecord(name: name, dtype: dtype, shape: shape, metadata: metadata, bytes: bytes)
     }
 
+    /// A malformed record: "stdin: record 2: problem — what to do", as every stream error reads.
+    private func corrupt(_ where_: String, _ problem: String) -> ToolError {
+        ToolError("\(where_): \(problem) — the stream is corrupt or not written by a diffedit tool; remake it with the stage that produced it")
+    }
+
+    private func unescape(_ value: Substring, _ where_: String) throws -> String {
+        do { return try TensorStream.unescape(value) } catch let e as ToolError {
+            throw corrupt(where_, e.message.components(separatedBy: " — ")[0])
+        }
+    }
+
     private func parseShape(_ value: Substring, _ where_: String) throws -> [Int] {
         let parts = value.split(separator: " ", omittingEmptySubsequences: true)
         guard parts.count <= TensorStream.maxRank else {
-            throw ToolError("\(where_): rank \(parts.count) is past the limit of \(TensorStream.maxRank)")
+            throw corrupt(where_, "rank \(parts.count) is past the limit of \(TensorStream.maxRank)")
         }
         return try parts.map { p in
             guard p.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), p.count <= 19, let d = Int(p) else {
-                throw ToolError("\(where_): bad dimension '\(p.prefix(24))' in shape (need non-negative integers)")
+                throw corrupt(where_, "bad dimension '\(p.prefix(24))' in shape (need non-negative integers)")
             }
             return d
         }

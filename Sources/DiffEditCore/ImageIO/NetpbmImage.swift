@@ -38,10 +38,26 @@ public struct NetpbmImage {
 
     /// Reads every image of a netpbm stream (PBM, PGM, PPM, PAM; plain or raw; any maxval).
     /// The whole input is read first so that a truncated or foreign file is reported by us, not
-    /// by libnetpbm exiting the process.
-    public static func readAll(_ input: ByteReader, limitBytes: Int = 1 << 32) throws -> [NetpbmImage] {
+    /// by libnetpbm exiting the process. `check(width, height, depth)` sees each image's header
+    /// before its raster is allocated — the first one before the input is even read, so that an
+    /// image too large for what follows is refused before anything big is allocated.
+    public static func readAll(_ input: ByteReader, limitBytes: Int = 1 << 32,
+                               check: ((Int, Int, Int) throws -> Void)? = nil) throws -> [NetpbmImage] {
         if input.fd == 0 && input.isTerminal {
             throw ToolError("expected a netpbm image on stdin, which is a terminal — pipe one in (e.g. pngtopnm photo.png | ...)")
+        }
+        // The first header from the first few kilobytes, where it always is.
+        var prefix = try input.peekBytes(upTo: 4096)
+        if prefix.count >= 2, prefix[0] == UInt8(ascii: "P") {
+            try prefix.withUnsafeMutableBytes { raw in
+                guard let file = fmemopen(raw.baseAddress, raw.count, "rb") else { return }
+                defer { fclose(file) }
+                var info = diffedit_image_info()
+                var err = [CChar](repeating: 0, count: 512)
+                if diffedit_image_read_header(file, 1, &info, &err, err.count) == 0 {
+                    try checkHeader(Int(info.width), Int(info.height), Int(info.depth), index: 0, label: input.label, check)
+                }
+            }
         }
         var bytes = try input.readToEnd(limit: limitBytes)
         guard !bytes.isEmpty else {
@@ -65,14 +81,8 @@ public struct NetpbmImage {
                     throw ToolError("\(input.label): bad netpbm image \(images.count): \(String(cString: err))")
                 }
                 let (w, h, d) = (Int(info.width), Int(info.height), Int(info.depth))
-                guard w > 0, h > 0, d > 0 else {
-                    throw ToolError("\(input.label): image \(images.count) is \(w)x\(h) with depth \(d) — nothing to process")
-                }
-                let (n1, o1) = w.multipliedReportingOverflow(by: h)
-                let (n, o2) = n1.multipliedReportingOverflow(by: d)
-                guard !o1, !o2, n <= maxSamples else {
-                    throw ToolError("\(input.label): image \(images.count) is \(w)x\(h)x\(d), past the limit of \(maxSamples) samples — scale it down first (pamscale)")
-                }
+                try checkHeader(w, h, d, index: images.count, label: input.label, check)
+                let n = w * h * d
                 var samples = [Float](repeating: 0, count: n)
                 let ok = samples.withUnsafeMutableBufferPointer { s in
                     diffedit_image_read_raster(file, &info, s.baseAddress!, &err, err.count)
@@ -87,6 +97,20 @@ public struct NetpbmImage {
                 if try onlyWhitespaceLeft(file) { break }
             }
             return images
+        }
+    }
+
+    /// Refuses empty images and rasters past `maxSamples` (with the memory they would take),
+    /// then runs the caller's check.
+    static func checkHeader(_ w: Int, _ h: Int, _ d: Int, index: Int, label: String,
+                            _ check: ((Int, Int, Int) throws -> Void)?) throws {
+        guard w > 0, h > 0, d > 0 else {
+            throw ToolError("\(label): image \(index) is \(w)x\(h) with depth \(d) — nothing to process; check the image file")
+        }
+        try check?(w, h, d)  // the caller's estimate (the model's memory) names the larger need
+        let samples = Double(w) * Double(h) * Double(d)
+        guard samples <= Double(maxSamples) else {
+            throw ToolError("\(label): image \(index) is \(w)x\(h)x\(d), past the limit of \(maxSamples) samples (its raster alone needs \(MemoryBudget.describe(samples * 5)) of memory) — scale it down first, e.g. pamscale -xyfit 1024 1024")
         }
     }
 

@@ -103,7 +103,7 @@ public struct UNetConfig: Sendable {
         try requireValue("attention_type", ["default"], default: "default")
 
         for (i, ch) in blockOutChannels.enumerated() {
-            guard ch > 0, ch % normNumGroups == 0 else {
+            guard ch > 0, normNumGroups > 0, ch % normNumGroups == 0 else {
                 throw ToolError("\(c.label): block_out_channels[\(i)] = \(ch) does not split into norm_num_groups = \(normNumGroups) groups")
             }
             guard heads[i] > 0, ch / heads[i] > 0 else {

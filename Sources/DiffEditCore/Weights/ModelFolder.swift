@@ -67,7 +67,7 @@ public struct ModelFolder {
             || FileManager.default.fileExists(atPath: path(component, "pytorch_model.bin")) {
             throw ToolError("\(root)/\(component) has only PyTorch .bin weights — convert them to safetensors (diffusers' save_pretrained(safe_serialization=True))")
         }
-        throw ToolError("\(root)/\(component) has no weights (looked for \(ModelFolder.weightFileNames.joined(separator: ", ")))")
+        throw ToolError("\(root)/\(component) has no weights (looked for \(ModelFolder.weightFileNames.joined(separator: ", "))) — the model folder is incomplete; download it again")
     }
 }
 
@@ -85,7 +85,7 @@ public struct JSONConfig {
 
     public init(data: Data, label: String) throws {
         guard let obj = try? JSONSerialization.jsonObject(with: data), let dict = obj as? [String: Any] else {
-            throw ToolError("\(label) is not a JSON object")
+            throw ToolError("\(label) is not a JSON object — the model folder's config is damaged; download it again")
         }
         self.values = dict
         self.label = label
@@ -98,15 +98,25 @@ public struct JSONConfig {
 
     public func has(_ key: String) -> Bool { values[key] != nil && !(values[key] is NSNull) }
 
-    private func missing(_ key: String) -> ToolError { ToolError("\(label): missing key '\(key)'") }
+    private func missing(_ key: String) -> ToolError { ToolError("\(label): missing key '\(key)' — is this a diffusers config of a Stable Diffusion model?") }
     private func wrong(_ key: String, _ type: String) -> ToolError {
-        ToolError("\(label): key '\(key)' should be \(type), found \(values[key].map { "\($0)" } ?? "null")")
+        ToolError("\(label): key '\(key)' should be \(type), found \(String(values[key].map { "\($0)" }?.prefix(60) ?? "null")) — fix the config or download it again")
     }
 
     public func int(_ key: String, default def: Int? = nil) throws -> Int {
         guard has(key) else { if let def { return def }; throw missing(key) }
         guard let n = values[key] as? NSNumber, n.doubleValue == n.doubleValue.rounded() else { throw wrong(key, "an integer") }
-        return n.intValue
+        return try checked(key, n)
+    }
+
+    /// Sizes, counts and ids in Stable Diffusion configs are never negative nor near 2^31: such a
+    /// value could only drive a huge or negative allocation, so it is refused here.
+    private func checked(_ key: String, _ n: NSNumber) throws -> Int {
+        let d = n.doubleValue
+        guard d == d.rounded(), d >= 0, d <= Double(1 << 30) else {
+            throw wrong(key, "a non-negative integer below 2^30")
+        }
+        return Int(d)
     }
 
     public func double(_ key: String, default def: Double? = nil) throws -> Double {
@@ -130,7 +140,7 @@ public struct JSONConfig {
     public func ints(_ key: String, default def: [Int]? = nil) throws -> [Int] {
         guard has(key) else { if let def { return def }; throw missing(key) }
         guard let a = values[key] as? [Any] else { throw wrong(key, "a list of integers") }
-        return try a.map { guard let n = $0 as? NSNumber else { throw wrong(key, "a list of integers") }; return n.intValue }
+        return try a.map { guard let n = $0 as? NSNumber else { throw wrong(key, "a list of integers") }; return try checked(key, n) }
     }
 
     public func strings(_ key: String, default def: [String]? = nil) throws -> [String] {
@@ -143,7 +153,7 @@ public struct JSONConfig {
     public func intOrList(_ key: String, count: Int, default def: Int? = nil) throws -> [Int] {
         if has(key), values[key] is [Any] {
             let l = try ints(key)
-            guard l.count == count else { throw ToolError("\(label): '\(key)' lists \(l.count) values for \(count) blocks") }
+            guard l.count == count else { throw ToolError("\(label): '\(key)' lists \(l.count) values for \(count) blocks — the config does not describe one model; download it again") }
             return l
         }
         return Array(repeating: try int(key, default: def), count: count)

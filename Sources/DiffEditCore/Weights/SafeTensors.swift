@@ -49,7 +49,7 @@ public final class SafeTensorsFile {
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
-            throw ToolError("'\(path)' is not a regular file")
+            throw ToolError("'\(path)' is not a regular file — point --model at a folder holding the weight files")
         }
         let size = Int(st.st_size)
         guard size >= 8 else {
@@ -168,7 +168,7 @@ public final class SafeTensorsFile {
         case .I32:
             return (0..<n).map { Float(raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
         default:
-            throw ToolError("'\(path)': weight '\(entry.name)' has dtype \(entry.dtype.rawValue), which diffedit does not load as floats")
+            throw ToolError("'\(path)': weight '\(entry.name)' has dtype \(entry.dtype.rawValue), which diffedit does not load as floats — export the weights as F32, F16 or BF16")
         }
     }
 }

@@ -1,0 +1,131 @@
+import DiffEditCore
+import Foundation
+import XCTest
+
+/// Pipes, full disks, signals and terminals: the tools live in pipelines and must behave as
+/// Unix filters do.
+final class ReliabilityPipeSignalTests: XCTestCase {
+    var m: String { Hostile.sd1 }
+
+    /// A closed pipe downstream ends the tool through SIGPIPE (status 141 in the shell), silently.
+    func testClosedPipeEndsQuietlyWith141() throws {
+        let dir = try temporaryDirectory(self)
+        let big = try Hostile.write(Hostile.stream([Hostile.f32("latents", [1, 4, 256, 256])]), dir, "big.tensor")
+        let cases = [
+            "seq 20000 | tokenize --model '\(m)'",                 // binary tensor output
+            "seq 20000 | tokenize --model '\(m)' --show",          // text through print()
+            "tensor pick -f '\(big)'",
+            "tensor to-npy '\(big)'",
+        ]
+        for c in cases {
+            let err = dir.appendingPathComponent("err").path
+            let r = try sh("\(c) 2>'\(err)' | head -c 10 >/dev/null; echo ${PIPESTATUS[@]}")
+            let statuses = String(decoding: r.out, as: UTF8.self).split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            XCTAssertTrue(statuses.contains("141"), "\(c): statuses \(statuses)")
+            XCTAssertEqual(try String(contentsOfFile: err, encoding: .utf8), "", "\(c) printed on a closed pipe")
+        }
+    }
+
+    /// A write error (a full disk) is reported in one line with a non-zero status.
+    func testWriteErrorIsReported() throws {
+        let dir = try temporaryDirectory(self)
+        let ids = try sh("tokenize --model '\(m)' 'a cat'").out
+        let idsFile = try Hostile.write(ids, dir, "ids.tensor")
+        let latents = try Hostile.write(Hostile.stream([Hostile.f32("latents", [1, 4, 2, 2])]), dir, "lat.tensor")
+        let cases: [(String, String)] = [
+            ("tokenize", "tokenize --model '\(m)' 'a cat'"),
+            ("tokenize", "tokenize --model '\(m)' --show 'a cat'"),
+            ("encode-text", "encode-text --model '\(m)' '\(idsFile)'"),
+            ("vae-encode", "vae-encode --model '\(m)' '\(Fixtures.path("sd1/cat.ppm"))'"),
+            ("vae-decode", "vae-decode --model '\(m)' '\(latents)'"),
+            ("tensor", "tensor stats '\(latents)'"),
+            ("tensor", "tensor head '\(latents)'"),
+            ("tensor", "tensor pick '\(latents)'"),
+        ]
+        for (tool, c) in cases {
+            let r = try sh("\(c) > /dev/full")
+            assertRefused(r, tool: tool, contains: ["write error"])
+        }
+    }
+
+    /// No tool writes temporary files: none of the sources calls a file-creating API other than
+    /// the descriptors it is given, and an interrupted run leaves its directory and $TMPDIR as
+    /// they were.
+    func testSignalsLeaveNoTemporaryFiles() throws {
+        // Static half: the sources open files read-only and write only stdout.
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Sources")
+        let e = FileManager.default.enumerator(atPath: sources.path)!
+        for case let f as String in e where f.hasSuffix(".swift") || f.hasSuffix(".c") {
+            let text = try String(contentsOfFile: sources.appendingPathComponent(f).path, encoding: .utf8)
+            for api in ["mkstemp", "tmpfile(", "O_CREAT", "createFile(", "temporaryDirectory", ".write(to:", "fopen("] {
+                XCTAssertFalse(text.contains(api), "\(f) uses \(api): a signal could leave a temporary file behind")
+            }
+        }
+        // Dynamic half: SIGINT and SIGTERM during invert (the longest stage on the fixture).
+        let post = try Hostile.posterior()
+        for sig in [SIGINT, SIGTERM] {
+            let dir = try temporaryDirectory(self)
+            let tmp = dir.appendingPathComponent("tmp")
+            try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+            let emb = try Hostile.embeddingsFile(dir)
+            let input = try Hostile.write(post, dir, "post.tensor")
+            let before = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: toolPath("invert"))
+            p.arguments = ["--model", m, "--prompt", emb, "--steps", "200", "--strength", "1", "-q", input]
+            p.currentDirectoryURL = dir
+            var env = ProcessInfo.processInfo.environment
+            env["TMPDIR"] = tmp.path
+            p.environment = env
+            p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+            p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+            try p.run()
+            usleep(700_000)
+            kill(p.processIdentifier, sig)
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationReason, .uncaughtSignal, "signal \(sig): the tool should die by the signal")
+            XCTAssertEqual(p.terminationStatus, sig)
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), before)
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp.path), [])
+        }
+    }
+
+    /// Every tool with binary output refuses a terminal on stdout (and -f overrides it).
+    func testBinaryOutputToTerminalIsRefused() throws {
+        let dir = try temporaryDirectory(self)
+        let emb = try Hostile.embeddingsFile(dir)
+        let ids = try sh("tokenize --model '\(m)' 'a cat'").out
+        let post = try Hostile.posterior()
+        let mask = try Hostile.write(Hostile.stream([Hostile.f32("mask", [1, 1, 8, 8], fill: 1)]), dir, "mask.tensor")
+        let cases: [(String, [String], [UInt8])] = [
+            ("tokenize", ["--model", m, "cat"], []),
+            ("encode-text", ["--model", m], ids),
+            ("vae-encode", ["--model", m, Fixtures.path("sd1/cat.ppm")], []),
+            ("vae-decode", ["--model", m], post),
+            ("noise-diff-mask", ["--model", m, "--source", emb, "--target", emb], post),
+            ("invert", ["--model", m, "--prompt", emb], post),
+            ("denoise", ["--model", m, "--prompt", emb, "--mask", mask], []),
+            ("tensor", ["pick"], post),
+            ("tensor", ["to-npy"], post),
+        ]
+        var master: Int32 = 0, slave: Int32 = 0
+        guard openpty(&master, &slave, nil, nil, nil) == 0 else { throw XCTSkip("no pty available") }
+        defer { close(master); close(slave) }
+        for (tool, args, stdin) in cases {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: toolPath(tool))
+            p.arguments = args
+            let inPipe = Pipe(), errPipe = Pipe()
+            p.standardInput = inPipe
+            p.standardOutput = FileHandle(fileDescriptor: slave, closeOnDealloc: false)
+            p.standardError = errPipe
+            try p.run()
+            try? inPipe.fileHandleForWriting.write(contentsOf: Data(stdin))
+            try? inPipe.fileHandleForWriting.close()
+            p.waitUntilExit()
+            let err = String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            assertRefused((p.terminationStatus, [], err), tool: tool, contains: ["terminal", "-f"])
+        }
+    }
+}
