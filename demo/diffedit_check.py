@@ -53,7 +53,7 @@ def edit(pipe, image_u8, src, tgt, a, seed=0):
                               mask_thresholding_ratio=a.ratio, num_inference_steps=a.steps,
                               guidance_scale=a.guidance)
     inv = pipe.invert(prompt=src, image=img, generator=g, inpaint_strength=a.strength,
-                      num_inference_steps=a.steps, guidance_scale=a.guidance).latents
+                      num_inference_steps=a.steps, guidance_scale=a.invert_guidance).latents
     out = pipe(prompt=tgt, mask_image=mask, image_latents=inv, generator=g,
                negative_prompt=src if a.negative_source else None, inpaint_strength=a.strength,
                num_inference_steps=a.steps, guidance_scale=a.guidance, output_type="np").images[0]
@@ -67,6 +67,7 @@ def main():
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--strength", type=float, default=0.8)
+    p.add_argument("--invert-guidance", type=float, default=7.5, help="guidance_scale for invert()")
     p.add_argument("--mask-strength", type=float, default=0.5)
     p.add_argument("--ratio", type=float, default=3.0)
     p.add_argument("--maps", type=int, default=10)
