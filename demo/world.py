@@ -1,0 +1,289 @@
+"""A tiny procedural world for the diffedit demo model.
+
+Every scene is a 64x64 RGB image with one or two flat-coloured shapes on a background, a plain
+English caption derived from the scene, and one ground-truth mask per object. Everything is a pure
+function of an integer seed (numpy PCG64), so datasets and benchmarks are reproducible.
+
+    scene = make_scene(seed)            # Scene(image uint8 [64,64,3], masks, objects, captions)
+    pair = make_edit_pair(seed)         # same background, one object's colour or shape changed
+
+Objects never overlap (rejection sampling with a margin), so each mask is the object's full
+silhouette. Edges are anti-aliased by 4x supersampling; a mask is the pixels >= 50 % covered.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SIZE = 64
+SUPER = 4  # supersampling factor for anti-aliased edges
+
+# Saturated object colours (RGB 0..255).
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 40),
+    "blue": (30, 60, 225),
+    "yellow": (245, 215, 20),
+    "purple": (140, 40, 190),
+    "orange": (250, 130, 10),
+}
+SHAPES = ("circle", "square", "triangle")
+
+# Muted background colours, chosen to stay far from every object colour.
+BACKGROUNDS = {
+    "gray": (128, 128, 128),
+    "black": (25, 25, 25),
+    "white": (235, 235, 235),
+    "brown": (110, 80, 50),
+    "beige": (215, 200, 165),
+    "teal": (40, 110, 110),
+}
+PATTERNS = ("plain", "gradient", "striped", "noisy")
+
+
+@dataclass
+class SceneObject:
+    shape: str
+    colour: str
+    cx: float  # centre x in pixels
+    cy: float  # centre y in pixels
+    r: float  # half extent in pixels
+    angle: float = 0.0  # rotation in radians (squares, triangles)
+
+    def phrase(self) -> str:
+        return f"{article(self.colour)} {self.colour} {self.shape}"
+
+
+@dataclass
+class Background:
+    colour: str
+    pattern: str
+    params: dict = field(default_factory=dict)
+
+    def phrase(self) -> str:
+        if self.pattern == "plain":
+            return f"a plain {self.colour} background"
+        if self.pattern == "gradient":
+            return f"a {self.colour} gradient background"
+        if self.pattern == "striped":
+            return f"a striped {self.colour} background"
+        return f"a noisy {self.colour} background"
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # uint8 [64, 64, 3]
+    masks: list  # bool [64, 64] per object
+    objects: list
+    background: Background
+
+    @property
+    def caption(self) -> str:
+        """Full caption: objects and background."""
+        return caption_for(self.objects, self.background)
+
+    @property
+    def short_caption(self) -> str:
+        """Objects only."""
+        return caption_for(self.objects, None)
+
+    def captions(self) -> list:
+        """All captions that describe this scene (used for training)."""
+        out = [self.caption, self.short_caption]
+        if len(self.objects) == 2:  # either order of the objects
+            rev = list(reversed(self.objects))
+            out += [caption_for(rev, self.background), caption_for(rev, None)]
+        return out
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption_for(objects, background) -> str:
+    text = " and ".join(o.phrase() for o in objects)
+    if background is not None:
+        text += " on " + background.phrase()
+    return text
+
+
+# ---------------------------------------------------------------- rendering
+
+def _grid():
+    n = SIZE * SUPER
+    c = (np.arange(n, dtype=np.float32) + 0.5) / SUPER
+    return np.meshgrid(c, c)  # xs, ys in pixel units
+
+
+_XS, _YS = _grid()
+
+
+def coverage(obj: SceneObject) -> np.ndarray:
+    """Fraction of each pixel covered by the object, float32 [64, 64]."""
+    x = _XS - obj.cx
+    y = _YS - obj.cy
+    if obj.shape == "circle":
+        inside = x * x + y * y <= obj.r * obj.r
+    else:
+        ca, sa = np.cos(obj.angle), np.sin(obj.angle)
+        u = ca * x + sa * y
+        v = -sa * x + ca * y
+        if obj.shape == "square":
+            h = obj.r * 0.85  # squares look as big as circles of radius r
+            inside = (np.abs(u) <= h) & (np.abs(v) <= h)
+        elif obj.shape == "triangle":
+            # Equilateral triangle with circumradius 1.15 r, apex up (before rotation).
+            R = obj.r * 1.15
+            inside = np.ones_like(u, dtype=bool)
+            for k in range(3):
+                a = np.pi / 2 + k * 2 * np.pi / 3 + np.pi  # outward normals of the 3 edges
+                nx, ny = np.cos(a), -np.sin(a)
+                inside &= (u * nx + v * ny) <= R / 2
+        else:
+            raise ValueError(f"unknown shape {obj.shape}")
+    cov = inside.astype(np.float32).reshape(SIZE, SUPER, SIZE, SUPER).mean(axis=(1, 3))
+    return cov
+
+
+def render_background(bg: Background) -> np.ndarray:
+    """float32 [64, 64, 3] in 0..255."""
+    base = np.array(BACKGROUNDS[bg.colour], dtype=np.float32)
+    img = np.broadcast_to(base, (SIZE, SIZE, 3)).copy()
+    p = bg.params
+    if bg.pattern == "gradient":
+        t = np.linspace(-1, 1, SIZE, dtype=np.float32)
+        ramp = np.cos(p["angle"]) * t[None, :] + np.sin(p["angle"]) * t[:, None]
+        img = img + (ramp[..., None] * p["amount"])
+    elif bg.pattern == "striped":
+        pos = np.cos(p["angle"]) * np.arange(SIZE)[None, :] + np.sin(p["angle"]) * np.arange(SIZE)[:, None]
+        stripe = (np.floor((pos + p["phase"]) / p["width"]) % 2).astype(np.float32)
+        img = img + (stripe[..., None] * 2 - 1) * p["amount"]
+    elif bg.pattern == "noisy":
+        img = img + np.asarray(p["noise"], dtype=np.float32)
+    return img
+
+
+def render(objects, bg: Background):
+    img = render_background(bg)
+    masks = []
+    for o in objects:
+        cov = coverage(o)
+        col = np.array(COLOURS[o.colour], dtype=np.float32)
+        img = img * (1 - cov[..., None]) + col * cov[..., None]
+        masks.append(cov >= 0.5)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), masks
+
+
+# ---------------------------------------------------------------- sampling
+
+def _sample_background(rng) -> Background:
+    colour = str(rng.choice(list(BACKGROUNDS)))
+    pattern = str(rng.choice(PATTERNS))
+    params = {}
+    sign = 1 if BACKGROUNDS[colour][0] < 128 else -1  # lighten dark colours, darken light ones
+    if pattern == "gradient":
+        params = {"angle": float(rng.uniform(0, 2 * np.pi)), "amount": float(rng.uniform(20, 35))}
+    elif pattern == "striped":
+        params = {
+            "angle": float(rng.choice([0, np.pi / 2, np.pi / 4, 3 * np.pi / 4])),
+            "width": float(rng.integers(3, 7)),
+            "phase": float(rng.uniform(0, 8)),
+            "amount": float(sign * rng.uniform(15, 25)),
+        }
+    elif pattern == "noisy":
+        params = {"noise": rng.normal(0, 10, size=(SIZE, SIZE, 1)).astype(np.float32)}
+    return Background(colour, pattern, params)
+
+
+def _sample_objects(rng, n: int, shapes=SHAPES, colours=tuple(COLOURS)):
+    for _ in range(1000):
+        objs = []
+        for i in range(n):
+            r = float(rng.uniform(9, 14) if n == 1 else rng.uniform(7.5, 11.5))
+            m = r * 1.2 + 1
+            objs.append(SceneObject(
+                shape=str(rng.choice(shapes)),
+                colour=str(rng.choice(colours)),
+                cx=float(rng.uniform(m, SIZE - m)),
+                cy=float(rng.uniform(m, SIZE - m)),
+                r=r,
+                angle=float(rng.uniform(-0.35, 0.35)),
+            ))
+        if n == 2:
+            a, b = objs
+            if (a.shape, a.colour) == (b.shape, b.colour):
+                continue
+            if np.hypot(a.cx - b.cx, a.cy - b.cy) < 1.25 * (a.r + b.r) + 2:
+                continue
+        return objs
+    raise RuntimeError("could not place objects")
+
+
+def make_scene(seed: int, n_objects: int | None = None) -> Scene:
+    """A random scene. n_objects: 1 or 2 (default: 1 with probability 0.5)."""
+    rng = np.random.default_rng(seed)
+    bg = _sample_background(rng)
+    n = n_objects if n_objects is not None else int(rng.integers(1, 3))
+    objs = _sample_objects(rng, n)
+    img, masks = render(objs, bg)
+    return Scene(img, masks, objs, bg)
+
+
+def scene_from(objects, background: Background) -> Scene:
+    img, masks = render(objects, background)
+    return Scene(img, masks, list(objects), background)
+
+
+@dataclass
+class EditPair:
+    source: Scene
+    target: Scene
+    index: int  # which object changed
+    kind: str  # "colour" or "shape"
+    source_caption: str
+    target_caption: str
+    mask: np.ndarray  # bool [64,64]: union of the changed object's source and target masks
+
+
+def make_edit_pair(seed: int, kind: str | None = None, n_objects: int | None = None,
+                   full_caption: bool = True) -> EditPair:
+    """Same scene twice; one object's colour (or shape) changed. Captions follow the scenes."""
+    rng = np.random.default_rng([seed, 7])
+    src = make_scene(seed, n_objects)
+    kind = kind or str(rng.choice(["colour", "shape"]))
+    i = int(rng.integers(len(src.objects)))
+    old = src.objects[i]
+    objs = [SceneObject(**vars(o)) for o in src.objects]
+    others = {(o.shape, o.colour) for j, o in enumerate(src.objects) if j != i}
+    if kind == "colour":
+        choices = [c for c in COLOURS if c != old.colour and (old.shape, c) not in others]
+        objs[i].colour = str(rng.choice(choices))
+    else:
+        choices = [s for s in SHAPES if s != old.shape and (s, old.colour) not in others]
+        objs[i].shape = str(rng.choice(choices))
+    tgt = scene_from(objs, src.background)
+    bg = src.background if full_caption else None
+    return EditPair(src, tgt, i, kind, caption_for(src.objects, bg), caption_for(tgt.objects, bg),
+                    src.masks[i] | tgt.masks[i])
+
+
+def classify_colour(pixels: np.ndarray) -> np.ndarray:
+    """Nearest object colour index for each RGB pixel ([N,3] uint8/float) -> int [N]."""
+    pal = np.array(list(COLOURS.values()), dtype=np.float32)
+    d = ((pixels[:, None, :].astype(np.float32) - pal[None]) ** 2).sum(-1)
+    return d.argmin(1), np.sqrt(d.min(1))
+
+
+if __name__ == "__main__":  # write a contact sheet of a few scenes
+    import sys
+    from PIL import Image
+
+    n = 32
+    sheet = np.zeros((4 * SIZE, 8 * SIZE, 3), np.uint8)
+    for k in range(n):
+        s = make_scene(k)
+        print(k, s.caption)
+        sheet[(k // 8) * SIZE:(k // 8 + 1) * SIZE, (k % 8) * SIZE:(k % 8 + 1) * SIZE] = s.image
+    Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(
+        sys.argv[1] if len(sys.argv) > 1 else "/tmp/world.png")
