@@ -1,18 +1,21 @@
 #!/bin/bash
-# diffedit examples: DiffEdit (Couairon et al. 2022) on a real photo, as a readable script of
+# diffedit examples: DiffEdit (Couairon et al. 2022) on an image, as a readable script of
 # tool calls. Every intermediate file stays in $OUT (default ./out) so you can inspect it with
 # `tensor head`, `tensor stats` and `tensor to-image`.
 #
-#   ./examples.sh                              # the fixture model, the cat photo
+#   ./examples.sh                              # the demo model: a red circle becomes a blue one
 #   MODEL=~/models/sd15 IMAGE=me.ppm SOURCE="a photo of a man" TARGET="a photo of a robot" ./examples.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 
 # --- Settings -------------------------------------------------------------------------------
-MODEL=${MODEL:-${DIFFEDIT_MODEL:-Tests/Fixtures/sd1}}   # Stable Diffusion folder, diffusers layout
-IMAGE=${IMAGE:-Tests/Fixtures/sd1/cat.ppm}              # a 64x64 crop of a real cat photo
-SOURCE=${SOURCE:-"a photo of a cat"}                    # what the image shows
-TARGET=${TARGET:-"a photo of a tiger in the jungle"}    # what it should show
+# The default is the small demo model trained for this project (demo/, see demo/TRAINING.md) on
+# a world of coloured shapes; any Stable Diffusion folder in diffusers layout works instead, e.g.
+#   MODEL=Tests/Fixtures/sd1 IMAGE=Tests/Fixtures/sd1/cat.ppm ./examples.sh   (random weights: noise)
+MODEL=${MODEL:-${DIFFEDIT_MODEL:-demo/model}}           # Stable Diffusion folder, diffusers layout
+IMAGE=${IMAGE:-demo/scenes/red-circle.ppm}              # a 64x64 scene from demo/world.py
+SOURCE=${SOURCE:-"a red circle on a striped white background"}    # what the image shows
+TARGET=${TARGET:-"a blue circle on a striped white background"}   # what it should show
 STEPS=${STEPS:-50}
 SEED=${SEED:-0}
 OUT=${OUT:-out}

@@ -249,9 +249,11 @@ final class TokenizerTests: XCTestCase {
 
         var env = ProcessInfo.processInfo.environment
         env["DIFFEDIT_MODEL"] = nil
-        let none = try runTool("tokenize", ["a cat"], environment: env)
-        XCTAssertEqual(none.status, 1)
-        XCTAssertTrue(none.err.contains("no model given"), none.err)
+        // With no --model and no $DIFFEDIT_MODEL the tools use the bundled demo model.
+        let none = try runTool("tokenize", ["--show", "a cat"], environment: env)
+        XCTAssertEqual(none.status, 0, none.err)
+        XCTAssertNotNil(ModelFolder.bundledModelPath)
+        XCTAssertTrue(ModelFolder.bundledModelPath?.hasSuffix("demo/model") ?? false)
 
         let dir = try temporaryDirectory(self)
         let noIndex = try runTool("tokenize", ["--model", dir.path, "a cat"])
