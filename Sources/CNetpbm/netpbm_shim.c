@@ -30,6 +30,53 @@ static void copy_error(char *err, size_t errlen) {
     snprintf(err, errlen, "%s", last_error[0] ? last_error : "libnetpbm failed");
 }
 
+// libnetpbm's PAM (P7) header parser copies header lines with overlapping strncpy arguments when
+// a line is not a known keyword (found by our libFuzzer harness, AddressSanitizer
+// strncpy-param-overlap). Check P7 headers first: every line up to ENDHDR must be empty, a
+// comment, or a known keyword, and no longer than 255 bytes. The stream position is restored.
+static int pam_header_is_sane(FILE *file, char *err, size_t errlen) {
+    long start = ftell(file);
+    if (start < 0) return 1;  // not seekable: leave it to libnetpbm
+    int c;
+    do { c = fgetc(file); } while (c == ' ' || c == '\n' || c == '\r' || c == '\t');
+    int c2 = fgetc(file);
+    int ok = 1;
+    if (c == 'P' && c2 == '7') {
+        static const char *keywords[] = {"WIDTH", "HEIGHT", "DEPTH", "MAXVAL", "TUPLTYPE", "ENDHDR"};
+        char line[256];
+        size_t n = 0;
+        long lines = 0;
+        while ((c = fgetc(file)) != EOF) {
+            if (c != '\n') {
+                if (n + 1 >= sizeof line) { ok = 0; break; }
+                line[n++] = (char)c;
+                continue;
+            }
+            line[n] = 0;
+            n = 0;
+            if (lines++ == 0) continue;  // the rest of the magic line
+            if (lines > 10000) { ok = 0; break; }
+            const char *p = line;
+            while (*p == ' ' || *p == '\t' || *p == '\r') p++;
+            if (*p == 0 || *p == '#') continue;
+            int known = 0;
+            for (size_t k = 0; k < sizeof keywords / sizeof keywords[0]; k++) {
+                size_t len = strlen(keywords[k]);
+                if (strncmp(p, keywords[k], len) == 0
+                    && (p[len] == 0 || p[len] == ' ' || p[len] == '\t' || p[len] == '\r')) {
+                    known = 1;
+                    if (k == 5) goto done;
+                }
+            }
+            if (!known) { ok = 0; break; }
+        }
+    }
+done:
+    fseek(file, start, SEEK_SET);
+    if (!ok) snprintf(err, errlen, "malformed PAM header (a line that is not WIDTH, HEIGHT, DEPTH, MAXVAL, TUPLTYPE, ENDHDR or a comment, or one over 255 bytes)");
+    return ok;
+}
+
 int diffedit_image_read_header(FILE *file, int is_first, diffedit_image_info *info,
                                char *err, size_t errlen) {
     init_once();
@@ -46,6 +93,10 @@ int diffedit_image_read_header(FILE *file, int is_first, diffedit_image_info *in
         int eof = 0;
         pnm_nextimage(file, &eof);
         if (eof) { pm_setjmpbuf(saved); return 1; }
+    }
+    if (!pam_header_is_sane(file, err, errlen)) {
+        pm_setjmpbuf(saved);
+        return -1;
     }
     struct pam pam;
     memset(&pam, 0, sizeof pam);

@@ -109,4 +109,18 @@ final class ImageIOTests: XCTestCase {
             }
         }
     }
+
+    /// libFuzzer found that libnetpbm's PAM header parser makes an overlapping strncpy on a P7
+    /// header line that is not a keyword (AddressSanitizer strncpy-param-overlap); the shim now
+    /// checks P7 headers first. The crashing input, kept as a regression test:
+    func testFuzzFoundMalformedPAMHeaderIsRefused() throws {
+        let crash = [UInt8](Data(base64Encoded: "UDcKV0lEVEAgJiYmJiYmJi4mJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYm////////////////////////////////////JiYmJib///8mJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmQiYmJiYmJiYm////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////JiYmJib/////////ZDI3kAoBAgIE")!)
+        XCTAssertThrowsError(try read(crash)) { e in
+            XCTAssertTrue(((e as? ToolError)?.message ?? "").contains("malformed PAM header"), "\(e)")
+        }
+        // Comments and every keyword still pass.
+        var ok = Array("P7\n# made by hand\nWIDTH 1\nHEIGHT 1\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n".utf8)
+        ok += [255, 0, 0]
+        XCTAssertEqual(try read(ok)[0].samples, [1, 0, 0])
+    }
 }
