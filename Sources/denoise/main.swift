@@ -12,8 +12,6 @@ struct Denoise: ParsableCommand {
         abstract: "Decode an inverted stack under the target caption, editing only inside the mask.",
         discussion: "Reads invert's output on stdin, writes the edited latents [N, 4, h, w] (record latents) for vae-decode. See denoise(1).")
 
-    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
-    var model: String?
     @Option(name: .long, help: "The mask from noise-diff-mask (latent size).")
     var mask: String
     @Option(name: .long, help: "Embeddings of the target caption.")
@@ -28,29 +26,22 @@ struct Denoise: ParsableCommand {
     var guidance: Float = 7.5
     @Option(name: .long, help: "Background blending: diffusers (default) or paper.")
     var blend: MaskedDenoising.Blend = .diffusers
-    @Flag(name: .long, help: "Show progress on stderr even when it is not a terminal.")
-    var progress = false
-    @Flag(name: .shortAndLong, help: "No progress on stderr.")
-    var quiet = false
-    @Flag(name: .long, help: "Process inputs holding NaN or infinite values instead of refusing them.")
-    var allowNonfinite = false
-    @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
-    var force = false
+    @OptionGroup var common: StageOptions
     @Argument(help: "The inverted stack from invert (default or '-': stdin).")
     var input: String?
 
     func run() throws {
         try CLI.run("denoise") {
-            let out = try CLI.tensorOutput(force: force)
+            let out = try CLI.tensorOutput(force: common.force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the inverted stack from invert")
-            for r in records { try r.requireFinite(from: reader.label, allow: allowNonfinite) }
+            for r in records { try r.requireFinite(from: reader.label, allow: common.allowNonfinite) }
             let stackRec = try DiffEditIO.pick(records, DiffEditIO.invertedRecord, option: reader.label,
                                                what: "invert's output")
             guard stackRec.rank == 5 else {
                 throw ToolError("\(reader.label): record '\(stackRec.name)' is \(stackRec.shapeDescription); expected invert's stack [N, T, 4, h, w] — pipe in the output of invert")
             }
-            let folder = try ModelFolder.resolve(model)
+            let folder = try ModelFolder.resolve(common.model)
             try DiffEditIO.checkModel(stackRec, folder, option: "the inverted stack on stdin")
             if let fp = stackRec.metadata["scheduler.fingerprint"], fp != DiffEditSupport.schedulerFingerprint(folder) {
                 throw ToolError("the inverted stack was made with another scheduler config (\(stackRec.metadata["model"] ?? "?")) — invert again with --model \(folder.root)")
@@ -68,15 +59,15 @@ struct Denoise: ParsableCommand {
                 throw ToolError("the stack has no steps/strength metadata (not written by invert) — give --steps and --strength as used for the inversion")
             }
             let n = stackRec.shape[0]
-            let maskRecords = try DiffEditIO.records(mask, option: "--mask", allowNonfinite: allowNonfinite)
+            let maskRecords = try DiffEditIO.records(mask, option: "--mask", allowNonfinite: common.allowNonfinite)
             let maskRec = try DiffEditIO.pick(maskRecords, DiffEditIO.maskRecord, option: "--mask", what: "noise-diff-mask's output")
             try DiffEditIO.checkModel(maskRec, folder, option: "--mask")
             if maskRec.metadata["scale"] != nil {
                 throw ToolError("--mask was written at image size (noise-diff-mask --image-size) — make it without --image-size for denoise")
             }
-            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: allowNonfinite), to: n, option: "--prompt")
+            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: common.allowNonfinite), to: n, option: "--prompt")
             let neg = try DiffEditSupport.broadcastPrompts(
-                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative", allowNonfinite: allowNonfinite) }
+                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative", allowNonfinite: common.allowNonfinite) }
                     ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
             let clean = records.first { $0.name == DiffEditIO.cleanRecord }?.tensor()
 
@@ -87,7 +78,7 @@ struct Denoise: ParsableCommand {
             options.guidance = guidance
             options.blend = blend
             var dn = MaskedDenoising(unet: unet, scheduler: try DDIMScheduler(folder: folder), options: options)
-            let report = ProgressReporter(tool: "denoise", quiet: quiet, force: progress)
+            let report = ProgressReporter(tool: "denoise", quiet: common.quiet, force: common.progress)
             let r = try dn.denoise(inverted: stackRec.tensor(), mask: maskRec.tensor(), prompt: p, negative: neg,
                                    clean: clean, progress: report)
             var meta = DiffEditIO.provenance(folder)

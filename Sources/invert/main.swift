@@ -10,8 +10,6 @@ struct Invert: ParsableCommand {
         abstract: "DDIM-invert an image latent under its caption; write every intermediate latent.",
         discussion: "Reads vae-encode's posterior on stdin, writes the stack [N, T, 4, h, w] noisiest first (record inverted) and the clean latent (record inverted.clean). See invert(1).")
 
-    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
-    var model: String?
     @Option(name: .long, help: "Embeddings of the caption of the image (the source caption).")
     var prompt: String
     @Option(name: .long, help: "Negative embeddings (default: the empty prompt).")
@@ -32,14 +30,7 @@ struct Invert: ParsableCommand {
     var lambdaKl: Float = 20
     @Option(name: .long, help: "Auto-correlation gradient steps per regularisation step.")
     var autoCorrRolls = 5
-    @Flag(name: .long, help: "Show progress on stderr even when it is not a terminal.")
-    var progress = false
-    @Flag(name: .shortAndLong, help: "No progress on stderr.")
-    var quiet = false
-    @Flag(name: .long, help: "Process inputs holding NaN or infinite values instead of refusing them.")
-    var allowNonfinite = false
-    @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
-    var force = false
+    @OptionGroup var common: StageOptions
     @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
     var input: String?
 
@@ -48,17 +39,17 @@ struct Invert: ParsableCommand {
             guard steps >= 1 else { throw ToolError("--steps must be at least 1, got \(steps)") }
             guard strength > 0, strength <= 1 else { throw ToolError("--strength must be in (0, 1], got \(strength)") }
             guard regSteps >= 0, autoCorrRolls >= 0 else { throw ToolError("--reg-steps and --auto-corr-rolls must not be negative") }
-            let out = try CLI.tensorOutput(force: force)
+            let out = try CLI.tensorOutput(force: common.force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")
-            for r in records { try r.requireFinite(from: reader.label, allow: allowNonfinite) }
+            for r in records { try r.requireFinite(from: reader.label, allow: common.allowNonfinite) }
             let (meanRec, stdRec) = try DiffEditIO.posterior(records, label: reader.label)
-            let folder = try ModelFolder.resolve(model)
+            let folder = try ModelFolder.resolve(common.model)
             try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
             let n = meanRec.shape[0]
-            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: allowNonfinite), to: n, option: "--prompt")
+            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: common.allowNonfinite), to: n, option: "--prompt")
             let neg = try DiffEditSupport.broadcastPrompts(
-                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative", allowNonfinite: allowNonfinite) }
+                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative", allowNonfinite: common.allowNonfinite) }
                     ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
 
             // diffusers: latent_dist.sample(generator) × scaling_factor, the generator's first draw.
@@ -79,7 +70,7 @@ struct Invert: ParsableCommand {
                                                        lambdaKL: lambdaKl, rolls: autoCorrRolls)
             let scheduler = try DDIMInverseScheduler(folder: folder)
             var inv = DDIMInversion(unet: unet, scheduler: scheduler, options: options)
-            let report = ProgressReporter(tool: "invert", quiet: quiet, force: progress)
+            let report = ProgressReporter(tool: "invert", quiet: common.quiet, force: common.progress)
             let r = try inv.invert(latents: latents, prompt: p, negative: neg, generator: generator, progress: report)
 
             var meta = DiffEditIO.provenance(folder)

@@ -10,8 +10,6 @@ struct NoiseDiffMaskTool: ParsableCommand {
         abstract: "Compute DiffEdit's edit mask from an image posterior and two captions.",
         discussion: "Reads vae-encode's posterior on stdin, writes the mask [N, 1, h, w] (record mask). See noise-diff-mask(1).")
 
-    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
-    var model: String?
     @Option(name: .long, help: "Embeddings of the source caption (what the image shows).")
     var source: String
     @Option(name: .long, help: "Embeddings of the target caption (what it should show).")
@@ -38,14 +36,7 @@ struct NoiseDiffMaskTool: ParsableCommand {
     var soft = false
     @Flag(name: .long, help: "Enlarge the output to image size (nearest neighbour by the VAE factor).")
     var imageSize = false
-    @Flag(name: .long, help: "Show progress on stderr even when it is not a terminal.")
-    var progress = false
-    @Flag(name: .shortAndLong, help: "No progress or notes on stderr.")
-    var quiet = false
-    @Flag(name: .long, help: "Process inputs holding NaN or infinite values instead of refusing them.")
-    var allowNonfinite = false
-    @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
-    var force = false
+    @OptionGroup var common: StageOptions
     @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
     var input: String?
 
@@ -56,19 +47,19 @@ struct NoiseDiffMaskTool: ParsableCommand {
             guard steps >= 1 else { throw ToolError("--steps must be at least 1, got \(steps)") }
             guard encodeStrength > 0, encodeStrength <= 1 else { throw ToolError("--encode-strength must be in (0, 1], got \(encodeStrength)") }
             guard thresholdRatio > 0 else { throw ToolError("--threshold-ratio must be positive, got \(thresholdRatio)") }
-            let out = try CLI.tensorOutput(force: force)
+            let out = try CLI.tensorOutput(force: common.force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")
-            for r in records { try r.requireFinite(from: reader.label, allow: allowNonfinite) }
+            for r in records { try r.requireFinite(from: reader.label, allow: common.allowNonfinite) }
             let (meanRec, stdRec) = try DiffEditIO.posterior(records, label: reader.label)
             guard let stdRec else {
                 throw ToolError("\(reader.label) holds sampled latents, but noise-diff-mask draws its own samples from the posterior — pipe in vae-encode without --sample")
             }
-            let folder = try ModelFolder.resolve(model)
+            let folder = try ModelFolder.resolve(common.model)
             try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
             let n = meanRec.shape[0]
             func load(_ path: String?, _ option: String, _ empty: () throws -> Tensor) throws -> Tensor {
-                let e = try path.map { try DiffEditIO.embeddings($0, folder: folder, option: option, allowNonfinite: allowNonfinite) } ?? empty()
+                let e = try path.map { try DiffEditIO.embeddings($0, folder: folder, option: option, allowNonfinite: common.allowNonfinite) } ?? empty()
                 return try DiffEditSupport.broadcastPrompts(e, to: n, option: option)
             }
             let src = try load(source, "--source", { throw ToolError("--source is required") })
@@ -91,7 +82,7 @@ struct NoiseDiffMaskTool: ParsableCommand {
             options.guidance = guidance
             options.maxBatch = batch
             var nd = NoiseDiffMask(unet: unet, scheduler: try DDIMScheduler(folder: folder), options: options)
-            let report = ProgressReporter(tool: "noise-diff-mask", quiet: quiet, force: progress)
+            let report = ProgressReporter(tool: "noise-diff-mask", quiet: common.quiet, force: common.progress)
             let r = try nd.generate(mean: meanRec.tensor(), std: stdRec.tensor(), source: src, sourceNegative: srcNeg,
                                     target: tgt, targetNegative: tgtNeg, generator: TorchGenerator(seed: seed),
                                     progress: report)
@@ -117,7 +108,7 @@ struct NoiseDiffMaskTool: ParsableCommand {
                 t = NoiseDiffMask.upscaleNearest(t, factor: factor)
                 meta["scale"] = "\(factor)"
             }
-            if !quiet && report.enabled {
+            if !common.quiet && report.enabled {
                 CLI.note("noise-diff-mask", "mask covers \(Int(ones)) of \(r.mask.count) latent pixels; clamp \(r.clamp)")
             }
             try out.write(TensorRecord(name: soft ? DiffEditIO.softRecord : DiffEditIO.maskRecord, tensor: t, metadata: meta))

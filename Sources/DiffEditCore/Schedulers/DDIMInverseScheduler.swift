@@ -23,26 +23,15 @@ public struct DDIMInverseScheduler: Sendable {
     public var numTrainTimesteps: Int { schedule.numTrainTimesteps }
 
     public init(config: JSONConfig) throws {
-        schedule = try NoiseSchedule(config: config)
-        clipSample = try config.bool("clip_sample", default: true)
-        clipSampleRange = Float(try config.double("clip_sample_range", default: 1.0))
+        let c = try DDIMConfig(config)
+        (schedule, clipSample, clipSampleRange, stepsOffset) = (c.schedule, c.clipSample, c.clipSampleRange, c.stepsOffset)
+        (predictionType, timestepSpacing) = (c.predictionType, c.timestepSpacing)
         // diffusers still honours the deprecated set_alpha_to_zero (it overrides set_alpha_to_one).
         if config.has("set_alpha_to_zero") {
             setAlphaToOne = try config.bool("set_alpha_to_zero")
         } else {
             setAlphaToOne = try config.bool("set_alpha_to_one", default: true)
         }
-        stepsOffset = try config.int("steps_offset", default: 0)
-        let p = try config.string("prediction_type", default: "epsilon")
-        guard let pt = PredictionType(rawValue: p) else {
-            throw ToolError("\(config.label): prediction_type '\(p)' is not supported (use epsilon, v_prediction or sample)")
-        }
-        predictionType = pt
-        let s = try config.string("timestep_spacing", default: "leading")
-        guard let sp = TimestepSpacing(rawValue: s) else {
-            throw ToolError("\(config.label): timestep_spacing '\(s)' is not supported (use leading, trailing or linspace)")
-        }
-        timestepSpacing = sp
         initialAlphaCumprod = setAlphaToOne ? 1 : schedule.alphasCumprod[0]
     }
 

@@ -1,0 +1,18 @@
+import ArgumentParser
+
+/// The options the three DiffEdit stages (noise-diff-mask, invert, denoise) share, defined once so
+/// their names, defaults and help read the same in every tool: `@OptionGroup var common: StageOptions`.
+public struct StageOptions: ParsableArguments {
+    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL, else the bundled demo model).")
+    public var model: String?
+    @Flag(name: .long, help: "Show progress on stderr even when it is not a terminal.")
+    public var progress = false
+    @Flag(name: .shortAndLong, help: "No progress or notes on stderr.")
+    public var quiet = false
+    @Flag(name: .long, help: "Process inputs holding NaN or infinite values instead of refusing them.")
+    public var allowNonfinite = false
+    @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
+    public var force = false
+
+    public init() {}
+}
