@@ -5,6 +5,7 @@
 #
 #   ./examples.sh                              # the demo model: a red circle becomes a blue one
 #   MODEL=~/models/sd15 IMAGE=me.ppm SOURCE="a photo of a man" TARGET="a photo of a robot" ./examples.sh
+#   GUIDANCE=7.5 NEGATIVE=source ./examples.sh  # diffusers' settings on the demo model (it tints)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,6 +19,13 @@ SOURCE=${SOURCE:-"a red circle on a striped white background"}    # what the ima
 TARGET=${TARGET:-"a blue circle on a striped white background"}   # what it should show
 STEPS=${STEPS:-50}
 SEED=${SEED:-0}
+# Guidance and denoise's negative prompt: diffusers' 7.5 and the source caption suit Stable
+# Diffusion. The small demo model over-saturates with them (the edited latents leave the range
+# its VAE decodes and the whole picture tints), so it gets 3 and the empty prompt; numbers for
+# both in demo/BENCHMARK.md.
+if [ "$MODEL" = demo/model ]; then DEFAULT_GUIDANCE=3 DEFAULT_NEGATIVE=empty; else DEFAULT_GUIDANCE=7.5 DEFAULT_NEGATIVE=source; fi
+GUIDANCE=${GUIDANCE:-$DEFAULT_GUIDANCE}
+NEGATIVE=${NEGATIVE:-$DEFAULT_NEGATIVE}                 # source (the source caption) or empty
 OUT=${OUT:-out}
 BIN=${BIN:-$(swift build -c release --show-bin-path)}
 [ -x "$BIN/denoise" ] || swift build -c release
@@ -46,9 +54,9 @@ tensor stats "$OUT/source.tensor"
 
 stage "3. The mask: where the noise estimate changes with the caption (noise-diff-mask)"
 noise-diff-mask --source "$OUT/source.tensor" --target "$OUT/target.tensor" \
-    --steps "$STEPS" --seed "$SEED" < "$OUT/posterior.tensor" > "$OUT/mask.tensor"
+    --steps "$STEPS" --seed "$SEED" --guidance "$GUIDANCE" < "$OUT/posterior.tensor" > "$OUT/mask.tensor"
 noise-diff-mask --source "$OUT/source.tensor" --target "$OUT/target.tensor" \
-    --steps "$STEPS" --seed "$SEED" --soft < "$OUT/posterior.tensor" > "$OUT/mask-soft.tensor"
+    --steps "$STEPS" --seed "$SEED" --guidance "$GUIDANCE" --soft < "$OUT/posterior.tensor" > "$OUT/mask-soft.tensor"
 tensor head "$OUT/mask.tensor"                           # fraction_ones, clamp, near_threshold
 tensor stats "$OUT/mask-soft.tensor"
 # A mask is an image: latent resolution, enlarged to the picture's size by the VAE factor.
@@ -60,18 +68,19 @@ pnmtopng "$OUT/mask.pgm" > "$OUT/mask.png"
 pnmtopng "$OUT/mask-soft.pgm" > "$OUT/mask-soft.png"
 
 stage "4. DDIM inversion under the source caption (invert)"
-invert --prompt "$OUT/source.tensor" --steps "$STEPS" --seed "$SEED" \
+invert --prompt "$OUT/source.tensor" --steps "$STEPS" --seed "$SEED" --guidance "$GUIDANCE" \
     < "$OUT/posterior.tensor" > "$OUT/inverted.tensor"
 tensor head "$OUT/inverted.tensor"                       # [1, T, 4, h, w], noisiest first
 tensor pick --name inverted "$OUT/inverted.tensor" | tensor stats
 
 stage "5. Masked denoising under the target caption (denoise), then decode"
-denoise --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" --negative "$OUT/source.tensor" \
+negative=(); [ "$NEGATIVE" = source ] && negative=(--negative "$OUT/source.tensor")
+denoise --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" --guidance "$GUIDANCE" \
     < "$OUT/inverted.tensor" > "$OUT/edited.tensor"
 vae-decode < "$OUT/edited.tensor" > "$OUT/edited.ppm"
 pnmtopng "$OUT/edited.ppm" > "$OUT/edited.png"
 # The paper's blending (clean background at the end) for comparison:
-denoise --blend paper --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" --negative "$OUT/source.tensor" \
+denoise --blend paper --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" --guidance "$GUIDANCE" \
     < "$OUT/inverted.tensor" | vae-decode > "$OUT/edited-paper.ppm"
 pnmtopng "$OUT/edited-paper.ppm" > "$OUT/edited-paper.png"
 

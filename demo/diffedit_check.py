@@ -1,6 +1,6 @@
 """DiffEdit on the demo model with diffusers' StableDiffusionDiffEditPipeline, measured.
 
-    python demo/diffedit_check.py [--model demo/model] [--pairs 24] [--montage demo/diffedit_montage.png]
+    python demo/diffedit_check.py [--model demo/model] [--pairs 24] [--montage /tmp/diffedit_montage.png]
         [--strength 0.8] [--guidance 7.5] [--steps 50] [--ratio 3.0] [--maps 10]
 
 1. The showcase: "a red circle on a striped white background" -> "a blue circle on a striped white
@@ -27,21 +27,12 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import world  # noqa: E402
-from eval_t2i import OBJ, object_pixels  # noqa: E402
+from measure import OBJ, dilate, object_pixels, to_latent  # noqa: E402
 from sample import DEFAULT_MODEL, load_diffedit  # noqa: E402
 
 
 def latent_mask(mask, factor):
-    h = mask.shape[0] // factor
-    return mask.reshape(h, factor, h, factor).mean((1, 3)) >= 0.5
-
-
-def dilate(mask, k=2):
-    out = mask.copy()
-    for dy in range(-k, k + 1):
-        for dx in range(-k, k + 1):
-            out |= np.roll(np.roll(mask, dy, 0), dx, 1)
-    return out
+    return to_latent(mask, factor, "half")
 
 
 @torch.no_grad()

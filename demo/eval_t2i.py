@@ -9,8 +9,8 @@ times --seeds. For each image:
   * object pixels = pixels whose nearest colour in (object palette + background palette) is an
     object colour, within distance 80 (RGB 0..255);
   * colour correct = the most frequent object colour among those pixels is the prompt's colour;
-  * shape correct = the pixels of the dominant colour fit the prompt's shape best among
-    circle/square/triangle templates (IoU with the best-placed template of the same area).
+  * shape correct = the largest blob of the dominant colour is classified as the prompt's shape
+    by measure.ShapeClassifier (trained on the generator's scenes).
 Also two-object prompts ("a red circle and a blue square"): both colours present (>= 25 px each).
 """
 from __future__ import annotations
@@ -27,46 +27,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import world  # noqa: E402
+from measure import OBJ, ShapeClassifier, dominant_colour, largest_component, object_pixels  # noqa: E402
 from sample import DEFAULT_MODEL, generate, grid, load_t2i  # noqa: E402
-
-OBJ = list(world.COLOURS)
-PAL = np.array(list(world.COLOURS.values()) + list(world.BACKGROUNDS.values()), np.float32)
-
-
-def object_pixels(img):
-    """Per pixel: object colour index or -1 (background / unclear). int [64,64]."""
-    px = img.reshape(-1, 3).astype(np.float32)
-    d = ((px[:, None] - PAL[None]) ** 2).sum(-1)
-    k = d.argmin(1)
-    ok = (k < len(OBJ)) & (np.sqrt(d.min(1)) < 80)
-    return np.where(ok, k, -1).reshape(img.shape[:2])
-
-
-def dominant_colour(img):
-    lab = object_pixels(img)
-    counts = np.bincount(lab[lab >= 0], minlength=len(OBJ))
-    return (OBJ[counts.argmax()] if counts.sum() else None), counts
-
-
-def classify_shape(mask):
-    """Best-fitting shape for a bool mask: template of equal area at the mask centroid, best angle."""
-    if mask.sum() < 20:
-        return None
-    ys, xs = np.nonzero(mask)
-    cy, cx = ys.mean() + 0.5, xs.mean() + 0.5
-    area = mask.sum()
-    best, best_iou = None, -1
-    for shape in world.SHAPES:
-        # area of a template with r = 1, to size the template to the mask's area
-        unit = {"circle": np.pi, "square": (2 * 0.85) ** 2, "triangle": 3 * np.sqrt(3) / 4 * 1.15 ** 2}[shape]
-        r = float(np.sqrt(area / unit))
-        angles = [0.0] if shape == "circle" else np.linspace(-0.5, 0.5, 9)
-        for ang in angles:
-            t = world.coverage(world.SceneObject(shape, "red", cx, cy, r, float(ang))) >= 0.5
-            iou = (t & mask).sum() / max(1, (t | mask).sum())
-            if iou > best_iou:
-                best, best_iou = shape, iou
-    return best
 
 
 def main():
@@ -81,6 +43,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     pipe = load_t2i(a.model)
+    clf = ShapeClassifier.train()
 
     bgs = list(world.BACKGROUNDS)
     single = []
@@ -97,7 +60,7 @@ def main():
         per_colour[c][0] += dom == c
         per_colour[c][1] += 1
         if dom is not None:
-            shape_ok += classify_shape(object_pixels(im) == OBJ.index(dom)) == s
+            shape_ok += clf.predict(largest_component(object_pixels(im) == OBJ.index(dom))) == s
     n = len(single)
 
     rng = np.random.default_rng(5)

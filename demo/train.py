@@ -276,6 +276,14 @@ def train_unet(a):
         ema_unet.load_state_dict(s["ema_unet"]); ema_te.load_state_dict(s["ema_te"])
         opt.load_state_dict(s["opt"]); step = s["step"]; torch.set_rng_state(s["rng"]); rng = s["nprng"]
         log(f"resumed unet at step {step}")
+    step0 = 0
+    if a.restart_schedule:
+        # A second phase: a fresh warmup + cosine from --lr over --steps more steps or a fresh
+        # --max-minutes budget, keeping weights, EMA and Adam moments.
+        step0, elapsed0 = step, 0.0
+        a.steps = step + a.steps
+        log(f"new learning-rate schedule from step {step0}: peak {a.lr:.1e}, until step {a.steps} "
+            f"or {a.max_minutes} min")
     log(f"unet params {sum(p.numel() for p in unet.parameters())}, text encoder params "
         f"{sum(p.numel() for p in te.parameters())}, scaling_factor {scaling:.5f}")
     t0 = time.time()
@@ -285,14 +293,15 @@ def train_unet(a):
     while step < a.steps:
         # The schedule follows whichever runs out first, steps or the wall-time budget (the
         # machine is shared, so step times vary 3x); the log records the progress actually used.
-        progress = step / a.steps
+        progress = (step - step0) / (a.steps - step0)
         if budget:
             progress = max(progress, (time.time() - t0 + elapsed0) / budget)
         if progress >= 1:
             log(f"time budget reached at step {step}")
             break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, a.steps, a.lr, warmup=200, progress=progress)
+            g["lr"] = lr_at(step - step0, a.steps - step0, a.lr, warmup=200 if step0 == 0 else 50,
+                            progress=progress)
         idx = rng.integers(0, n, a.batch)
         caps = []
         for i in idx:
@@ -391,6 +400,8 @@ def main():
     p.add_argument("--max-minutes", type=float, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart-schedule", action="store_true",
+                   help="unet: resume weights but start a new LR schedule (--steps more steps)")
     p.add_argument("--raw", action="store_true", help="export raw instead of EMA weights")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
