@@ -53,14 +53,7 @@ final class ReliabilityFuzzTests: XCTestCase {
         var fds: [Int32] = [0, 0]
         _ = pipe(&fds)
         _ = fcntl(fds[1], 1031 /* F_SETPIPE_SZ */, 1 << 17)
-        bytes.withUnsafeBytes { raw in
-            var done = 0
-            while done < raw.count {
-                let n = write(fds[1], raw.baseAddress! + done, raw.count - done)
-                if n <= 0 { break }
-                done += n
-            }
-        }
+        writeAll(fds[1], bytes)
         close(fds[1])
         return ByteReader(fd: fds[0], label: "fuzz", ownsFD: true)
     }

@@ -12,16 +12,10 @@ final class TensorStreamTests: XCTestCase {
         signal(SIGPIPE, SIG_IGN)  // the reader may stop early on a hostile stream
         var fds: [Int32] = [0, 0]
         XCTAssertEqual(pipe(&fds), 0)
+        let writeEnd = fds[1]
         let writer = Thread {
-            bytes.withUnsafeBytes { raw in
-                var done = 0
-                while done < raw.count {
-                    let n = write(fds[1], raw.baseAddress! + done, raw.count - done)
-                    if n <= 0 { break }
-                    done += n
-                }
-            }
-            close(fds[1])
+            writeAll(writeEnd, bytes)
+            close(writeEnd)
         }
         writer.start()
         defer { close(fds[0]) }
