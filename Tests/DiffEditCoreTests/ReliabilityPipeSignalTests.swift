@@ -113,19 +113,8 @@ final class ReliabilityPipeSignalTests: XCTestCase {
         guard openpty(&master, &slave, nil, nil, nil) == 0 else { throw XCTSkip("no pty available") }
         defer { close(master); close(slave) }
         for (tool, args, stdin) in cases {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: toolPath(tool))
-            p.arguments = args
-            let inPipe = Pipe(), errPipe = Pipe()
-            p.standardInput = inPipe
-            p.standardOutput = FileHandle(fileDescriptor: slave, closeOnDealloc: false)
-            p.standardError = errPipe
-            try p.run()
-            try? inPipe.fileHandleForWriting.write(contentsOf: Data(stdin))
-            try? inPipe.fileHandleForWriting.close()
-            p.waitUntilExit()
-            let err = String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            assertRefused((p.terminationStatus, [], err), tool: tool, contains: ["terminal", "-f"])
+            let r = try runWithTerminalOutput(toolPath(tool), args, stdin: stdin, tty: slave)
+            assertRefused((r.status, [], r.err), tool: tool, contains: ["terminal", "-f"])
         }
     }
 }

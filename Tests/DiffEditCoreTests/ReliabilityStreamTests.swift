@@ -148,14 +148,7 @@ func pipeReader(_ bytes: [UInt8]) -> ByteReader {
     _ = pipe(&fds)
     let w = fds[1]
     let t = Thread {
-        bytes.withUnsafeBytes { raw in
-            var done = 0
-            while done < raw.count {
-                let n = write(w, raw.baseAddress! + done, raw.count - done)
-                if n <= 0 { break }
-                done += n
-            }
-        }
+        writeAll(w, bytes)
         close(w)
     }
     t.start()

@@ -119,20 +119,9 @@ final class TensorToolTests: XCTestCase {
         guard openpty(&master, &slave, nil, nil, nil) == 0 else { throw XCTSkip("no pty available") }
         defer { close(master) }
         for args in [["pick"], ["to-npy"], ["to-image", "--name", "mask"]] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: toolPath("tensor"))
-            p.arguments = args
-            let inPipe = Pipe(), errPipe = Pipe()
-            p.standardInput = inPipe
-            p.standardOutput = FileHandle(fileDescriptor: slave, closeOnDealloc: false)
-            p.standardError = errPipe
-            try p.run()
-            inPipe.fileHandleForWriting.write(Data(sample))
-            try inPipe.fileHandleForWriting.close()
-            p.waitUntilExit()
-            let err = String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            XCTAssertEqual(p.terminationStatus, 1, "\(args)")
-            XCTAssertTrue(err.contains("refusing to write binary"), err)
+            let r = try runWithTerminalOutput(toolPath("tensor"), args, stdin: sample, tty: slave)
+            XCTAssertEqual(r.status, 1, "\(args)")
+            XCTAssertTrue(r.err.contains("refusing to write binary"), r.err)
         }
         close(slave)
     }

@@ -58,3 +58,20 @@ func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
         }
     }
 }
+
+/// Runs the tool at `path` with `args`, `stdin` on a pipe and stdout on the terminal `tty` (a pty's
+/// slave end); returns its exit status and stderr. For the "binary data to a terminal" refusals.
+func runWithTerminalOutput(_ path: String, _ args: [String], stdin: [UInt8], tty: Int32) throws -> (status: Int32, err: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    let inPipe = Pipe(), errPipe = Pipe()
+    p.standardInput = inPipe
+    p.standardOutput = FileHandle(fileDescriptor: tty, closeOnDealloc: false)
+    p.standardError = errPipe
+    try p.run()
+    try? inPipe.fileHandleForWriting.write(contentsOf: Data(stdin))
+    try? inPipe.fileHandleForWriting.close()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+}
