@@ -19,10 +19,10 @@ SNAP=$OUT/src-$$
 rm -rf "$SNAP" && mkdir -p "$SNAP" && cp -R Sources/DiffEditCore Sources/CNetpbm Fuzz "$SNAP/"
 LIB=$SNAP/DiffEditCore
 # The parts of DiffEditCore that parse outside input; nothing here needs BLAS.
-SOURCES="$LIB/CLI/ByteIO.swift $LIB/CLI/ToolError.swift $LIB/Format/DType.swift $LIB/Format/TensorRecord.swift
+SOURCES="$LIB/IO/ByteIO.swift $LIB/IO/ToolError.swift $LIB/Format/DType.swift $LIB/Format/TensorRecord.swift
  $LIB/Format/TensorStream.swift $LIB/Kernels/Tensor.swift $LIB/Weights/SafeTensors.swift $LIB/Weights/ModelFolder.swift
  $LIB/Tokenizer/CLIPTokenizer.swift $LIB/Tokenizer/CLIPTokenizerFiles.swift $LIB/Tokenizer/JSONValue.swift
- $LIB/ImageIO/NetpbmImage.swift $LIB/CLI/MemoryBudget.swift"
+ $LIB/ImageIO/NetpbmImage.swift $LIB/IO/MemoryBudget.swift"
 
 # The libnetpbm shim as a Clang module, as SwiftPM builds it.
 mkdir -p "$SNAP/module"

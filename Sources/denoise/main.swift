@@ -1,16 +1,18 @@
 import ArgumentParser
 import DiffEditCore
+import DiffEditCLI
 
 extension MaskedDenoising.Blend: ExpressibleByArgument {}
 
 /// denoise: masked DDIM decoding of an inverted stack under the target caption
 /// (diffusers' StableDiffusionDiffEditPipeline.__call__). See denoise(1).
 @main
-struct Denoise: ParsableCommand {
+struct Denoise: DiffEditTool {
     static let configuration = CommandConfiguration(
         commandName: "denoise",
         abstract: "Decode an inverted stack under the target caption, editing only inside the mask.",
-        discussion: "Reads invert's output on stdin, writes the edited latents [N, 4, h, w] (record latents) for vae-decode. See denoise(1).")
+        discussion: "Reads invert's output on stdin, writes the edited latents [N, 4, h, w] (record latents) for vae-decode. See denoise(1).",
+        version: CLI.version)
 
     @Option(name: .long, help: "The mask from noise-diff-mask (latent size).")
     var mask: String
@@ -71,7 +73,7 @@ struct Denoise: ParsableCommand {
                     ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
             let clean = records.first { $0.name == DiffEditIO.cleanRecord }?.tensor()
 
-            let unet = try UNet2DCondition(folder: folder)
+            let unet = try common.loadUNet(folder, tool: "denoise")
             var options = MaskedDenoising.Options()
             options.steps = useSteps
             options.strength = useStrength

@@ -1,13 +1,15 @@
 import ArgumentParser
 import DiffEditCore
+import DiffEditCLI
 
 /// encode-text: CLIP token ids → text embeddings, as diffusers' encode_prompt computes them.
 @main
-struct EncodeText: ParsableCommand {
+struct EncodeText: DiffEditTool {
     static let configuration = CommandConfiguration(
         commandName: "encode-text",
         abstract: "Encode CLIP token ids (from tokenize) into text embeddings [N, 77, D].",
-        discussion: "See encode-text(1).")
+        discussion: "See encode-text(1).",
+        version: CLI.version)
 
     @Argument(help: "Tensor stream of token ids (default or '-': stdin).")
     var input: String?

@@ -1,14 +1,16 @@
 import ArgumentParser
 import DiffEditCore
+import DiffEditCLI
 
 /// invert: DDIM inversion of an image latent under its caption, every step kept
 /// (diffusers' StableDiffusionDiffEditPipeline.invert). See invert(1).
 @main
-struct Invert: ParsableCommand {
+struct Invert: DiffEditTool {
     static let configuration = CommandConfiguration(
         commandName: "invert",
         abstract: "DDIM-invert an image latent under its caption; write every intermediate latent.",
-        discussion: "Reads vae-encode's posterior on stdin, writes the stack [N, T, 4, h, w] noisiest first (record inverted) and the clean latent (record inverted.clean). See invert(1).")
+        discussion: "Reads vae-encode's posterior on stdin, writes the stack [N, T, 4, h, w] noisiest first (record inverted) and the clean latent (record inverted.clean). See invert(1).",
+        version: CLI.version)
 
     @Option(name: .long, help: "Embeddings of the caption of the image (the source caption).")
     var prompt: String
@@ -61,7 +63,7 @@ struct Invert: ParsableCommand {
             } else {
                 latents = meanRec.tensor()  // already sampled (vae-encode --sample)
             }
-            let unet = try UNet2DCondition(folder: folder)
+            let unet = try common.loadUNet(folder, tool: "invert")
             var options = DDIMInversion.Options()
             options.steps = steps
             options.strength = strength

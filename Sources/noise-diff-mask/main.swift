@@ -1,14 +1,16 @@
 import ArgumentParser
 import DiffEditCore
+import DiffEditCLI
 
 /// noise-diff-mask: DiffEdit's mask from the difference of two noise estimates
 /// (diffusers' StableDiffusionDiffEditPipeline.generate_mask). See noise-diff-mask(1).
 @main
-struct NoiseDiffMaskTool: ParsableCommand {
+struct NoiseDiffMaskTool: DiffEditTool {
     static let configuration = CommandConfiguration(
         commandName: "noise-diff-mask",
         abstract: "Compute DiffEdit's edit mask from an image posterior and two captions.",
-        discussion: "Reads vae-encode's posterior on stdin, writes the mask [N, 1, h, w] (record mask). See noise-diff-mask(1).")
+        discussion: "Reads vae-encode's posterior on stdin, writes the mask [N, 1, h, w] (record mask). See noise-diff-mask(1).",
+        version: CLI.version)
 
     @Option(name: .long, help: "Embeddings of the source caption (what the image shows).")
     var source: String
@@ -73,7 +75,7 @@ struct NoiseDiffMaskTool: ParsableCommand {
             let srcNeg = try load(sourceNegative, "--source-negative", empty)
             let tgtNeg = try load(targetNegative, "--target-negative", empty)
 
-            let unet = try UNet2DCondition(folder: folder)
+            let unet = try common.loadUNet(folder, tool: "noise-diff-mask")
             var options = NoiseDiffMask.Options()
             options.maps = maps
             options.encodeStrength = encodeStrength

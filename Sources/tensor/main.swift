@@ -1,5 +1,6 @@
 import ArgumentParser
 import DiffEditCore
+import DiffEditCLI
 import Foundation
 
 // `tensor`: inspect and convert diffedit tensor streams (man 1 tensor, man 5 diffedit-tensor).
@@ -43,11 +44,12 @@ func readStream(_ path: String) throws -> (records: [TensorRecord], label: Strin
 }
 
 @main
-struct TensorTool: ParsableCommand {
+struct TensorTool: DiffEditTool {
     static let configuration = CommandConfiguration(
         commandName: "tensor",
         abstract: "Inspect and convert diffedit tensor streams.",
         discussion: "Reads the stream format of man 5 diffedit-tensor. FILE defaults to - (stdin).",
+        version: CLI.version,
         subcommands: [Head.self, Stats.self, Pick.self, ToNPY.self, FromNPY.self, Compare.self,
                       ToImage.self, FromImage.self])
 }

@@ -1,17 +1,19 @@
 import ArgumentParser
 import DiffEditCore
+import DiffEditCLI
 
 /// tokenize: prompts → CLIP token ids, as transformers' CLIPTokenizer gives them to diffusers'
 /// encode_prompt (padding="max_length", truncation=True).
 @main
-struct Tokenize: ParsableCommand {
+struct Tokenize: DiffEditTool {
     static let configuration = CommandConfiguration(
         commandName: "tokenize",
         abstract: "Turn prompts into CLIP token ids (an i32 tensor [N, 77]).",
         discussion: """
             Prompts come from the arguments, or one per line on standard input when there are \
             none (an empty line is the empty prompt, the unconditional one). See tokenize(1).
-            """)
+            """,
+        version: CLI.version)
 
     @Argument(help: "Prompts; none (or a single '-') reads one prompt per line from stdin.")
     var prompts: [String] = []

@@ -1,10 +1,11 @@
 import ArgumentParser
 import DiffEditCore
+import DiffEditCLI
 
 // `vae-decode`: Stable Diffusion latents → netpbm images (man 1 vae-decode).
 
 @main
-struct VAEDecode: ParsableCommand {
+struct VAEDecode: DiffEditTool {
     static let configuration = CommandConfiguration(
         commandName: "vae-decode",
         abstract: "Decode Stable Diffusion latents into PPM images with the model's VAE.",
@@ -13,7 +14,8 @@ struct VAEDecode: ParsableCommand {
             scaling_factor first) and writes one raw PPM per batch entry as a multi-image netpbm \
             stream, postprocessed as diffusers: (x/2 + 0.5) clamped to [0, 1], × 255 (or 65535), \
             rounded.
-            """)
+            """,
+        version: CLI.version)
 
     @Option(name: .long, help: "Stable Diffusion folder in diffusers layout (default: $DIFFEDIT_MODEL).")
     var model: String?

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DiffEditCore
+import DiffEditCLI
 
 // `vae-encode`: netpbm image(s) → the VAE's latent posterior (man 1 vae-encode).
 
@@ -8,7 +9,7 @@ enum ResizeMode: String, ExpressibleByArgument, CaseIterable {
 }
 
 @main
-struct VAEEncode: ParsableCommand {
+struct VAEEncode: DiffEditTool {
     static let configuration = CommandConfiguration(
         commandName: "vae-encode",
         abstract: "Encode netpbm images into Stable Diffusion latents with the model's VAE.",
@@ -19,7 +20,8 @@ struct VAEEncode: ParsableCommand {
             latent instead (record latents), as diffusers' latent_dist.sample(generator) × \
             scaling_factor with torch.Generator("cpu").manual_seed(N). \
             Every image of a multi-image stream becomes one batch entry; all must share one size.
-            """)
+            """,
+        version: CLI.version)
 
     @Option(name: .long, help: "Stable Diffusion folder in diffusers layout (default: $DIFFEDIT_MODEL).")
     var model: String?

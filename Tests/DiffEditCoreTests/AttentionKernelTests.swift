@@ -22,7 +22,7 @@ final class AttentionKernelTests: XCTestCase {
                 var c = random(m * ldc, seed: 3)
                 let c0 = c
                 let alpha: Float = 0.75, beta: Float = 0.5
-                BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                BLAS.gemm(threads: 1, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                           b: b, ldb: ldb, beta: beta, c: &c, ldc: ldc)
                 for i in 0..<m {
                     for j in 0..<ldc {
@@ -111,7 +111,7 @@ final class AttentionKernelTests: XCTestCase {
         qkv.withUnsafeBufferPointer { p in
             out.withUnsafeMutableBufferPointer { o in
                 let base = p.baseAddress!
-                Attention.forward(q: base, ldq: 3 * w, k: base + w, ldk: 3 * w, v: base + 2 * w, ldv: 3 * w,
+                Attention.forward(ComputeContext(), q: base, ldq: 3 * w, k: base + w, ldk: 3 * w, v: base + 2 * w, ldv: 3 * w,
                                   out: o.baseAddress!, ldo: w, batch: b, lq: l, lk: l, heads: heads, headDim: d, scale: 0.5)
             }
         }

@@ -53,16 +53,15 @@ final class KernelTests: XCTestCase {
     /// 50x slower); large ones use every allowed thread; results do not depend on it.
     func testSmallProductsRunOnOneThread() {
         do {
-            let saved = BLAS.threads
-            defer { BLAS.threads = saved }
-            BLAS.threads = 2
             var rng = Lcg(state: 3)
             let small = rng.array(32 * 32), big = rng.array(512 * 512)
             var c1 = [Float](repeating: 0, count: 32 * 32), c2 = [Float](repeating: 0, count: 512 * 512)
-            BLAS.gemm(m: 32, n: 32, k: 32, a: small, lda: 32, b: small, ldb: 32, c: &c1, ldc: 32)
+            BLAS.gemm(threads: 2, m: 32, n: 32, k: 32, a: small, lda: 32, b: small, ldb: 32, c: &c1, ldc: 32)
             XCTAssertEqual(Int(openblas_get_num_threads()), 1)
-            BLAS.gemm(m: 512, n: 512, k: 512, a: big, lda: 512, b: big, ldb: 512, c: &c2, ldc: 512)
+            XCTAssertEqual(BLAS.threadsInUse, 1)
+            BLAS.gemm(threads: 2, m: 512, n: 512, k: 512, a: big, lda: 512, b: big, ldb: 512, c: &c2, ldc: 512)
             XCTAssertEqual(Int(openblas_get_num_threads()), 2)
+            XCTAssertEqual(BLAS.threadsInUse, 2)
             // The small product is still right: one entry against its definition.
             var want: Float = 0
             for t in 0..<32 { want += small[5 * 32 + t] * small[t * 32 + 7] }

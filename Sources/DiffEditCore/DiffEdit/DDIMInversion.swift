@@ -83,15 +83,3 @@ public struct DDIMInversion {
                       predictions: preds, regularizedPredictions: regPreds)
     }
 }
-
-extension Tensor {
-    /// Entry `k` of dimension 1 of a [N, T, …] tensor, as [N, …].
-    public func step(_ k: Int) -> Tensor {
-        let n = shape[0], t = shape[1]
-        let inner = count / (n * t)
-        var out = [Float]()
-        out.reserveCapacity(n * inner)
-        for b in 0..<n { out.append(contentsOf: data[((b * t + k) * inner)..<((b * t + k + 1) * inner)]) }
-        return Tensor(shape: [n] + Array(shape.dropFirst(2)), data: out)
-    }
-}

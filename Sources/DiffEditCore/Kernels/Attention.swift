@@ -1,9 +1,9 @@
 /// Scaled dot-product attention, softmax(Q·Kᵀ·scale)·V, computed head by head and in chunks of
 /// query rows so that no [heads, Lq, Lk] matrix is ever materialised whole: memory for the scores
-/// is `chunk × Lk` floats per worker, reused for every head and chunk. (batch, head) pairs run
-/// in parallel, each with single-threaded BLAS (OpenBLAS's thread count is set to 1 for the call
-/// and restored, so concurrent callers from several threads would only cost speed); the
-/// softmax is vectorised (VectorMath) and its normalisation is applied to the d-wide output rows.
+/// is `chunk × Lk` floats per worker (from the workspace), reused for every head and chunk.
+/// (batch, head) pairs run in parallel on the context's threads, each with single-threaded BLAS;
+/// the softmax is vectorised (VectorMath) and its normalisation is applied to the d-wide output
+/// rows.
 public enum Attention {
     /// Rows of scores kept at once are bounded by this many floats per worker (4 MiB; measured
     /// best for SD at 64×64 latents: 256 query rows per chunk against 4096 keys). Tests shrink it
@@ -24,7 +24,7 @@ public enum Attention {
             k.data.withUnsafeBufferPointer { kp in
                 v.data.withUnsafeBufferPointer { vp in
                     out.withUnsafeMutableBufferPointer { op in
-                        forward(q: qp.baseAddress!, ldq: width, k: kp.baseAddress!, ldk: width,
+                        forward(ComputeContext(), q: qp.baseAddress!, ldq: width, k: kp.baseAddress!, ldk: width,
                                 v: vp.baseAddress!, ldv: width, out: op.baseAddress!, ldo: width,
                                 batch: b, lq: lq, lk: lk, heads: heads, headDim: width / heads,
                                 scale: scale, causal: causal)
@@ -38,7 +38,7 @@ public enum Attention {
     /// Strided form: row i of batch b of Q starts at q + (b·lq + i)·ldq, and head h occupies
     /// columns h·d ..< (h+1)·d of every row (likewise K, V and the output). This lets fused
     /// QKV projections be attended without copying them apart.
-    public static func forward(q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, ldk: Int,
+    static func forward(_ ctx: ComputeContext, q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, ldk: Int,
                                v: UnsafePointer<Float>, ldv: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
                                batch b: Int, lq: Int, lk: Int, heads: Int, headDim d: Int,
                                scale: Float, causal: Bool = false) {
@@ -46,16 +46,13 @@ public enum Attention {
         let chunk = max(1, min(lq, scoreBudget / max(lk, 1)))
         let pairs = b * heads
         // Parallel over (batch, head) with single-threaded BLAS when there is enough work.
-        let parallel = pairs > 1 && Parallel.workers > 1 && lq * lk * d >= 1 << 16
-        let workers = parallel ? min(Parallel.workers, pairs) : 1
-        let savedThreads = parallel ? BLAS.threads : 0
-        if parallel { BLAS.threads = 1 }
-        defer { if parallel { BLAS.threads = savedThreads } }
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: workers * chunk * lk)
-        defer { scores.deallocate() }
-        let sums = UnsafeMutablePointer<Float>.allocate(capacity: workers * chunk)
-        defer { sums.deallocate() }
-        Profile.measure("attention total") { Parallel.forEach(workers) { w in
+        let parallel = pairs > 1 && ctx.threads > 1 && lq * lk * d >= 1 << 16
+        let workers = parallel ? min(ctx.threads, pairs) : 1
+        let blasThreads = parallel ? 1 : ctx.threads
+        ctx.countMACs(2 * b * heads * lq * lk * d)
+        let ws = ctx.workspace
+        ws.withScratch(workers * chunk * lk) { scores in ws.withScratch(workers * chunk) { sums in
+        ctx.measure("attention") { ctx.parallel(workers) { w in
             let s = scores + w * chunk * lk
             let rowSums = sums + w * chunk
             var pair = w
@@ -67,8 +64,8 @@ public enum Attention {
                 while i0 < lq {
                     let rows = min(chunk, lq - i0)
                     let qh = q + (bi * lq + i0) * ldq + h * d
-                    Profile.measure("attention QK") { BLAS.gemm(transB: true, m: rows, n: lk, k: d, alpha: scale,
-                              a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: lk) }
+                    BLAS.gemm(threads: blasThreads, transB: true, m: rows, n: lk, k: d, alpha: scale,
+                              a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: lk)
                     if causal {
                         for r in 0..<rows {
                             let qi = i0 + r
@@ -78,9 +75,9 @@ public enum Attention {
                         }
                     }
                     // softmax(S)·V = diag(1/Σ e)·(e^{S − max}·V): normalise the d-wide output rows.
-                    Profile.measure("attention softmax") { VectorMath.expRows(s, rows: rows, n: lk, stride: lk, sums: rowSums) }
+                    VectorMath.expRows(s, rows: rows, n: lk, stride: lk, sums: rowSums)
                     let oh = out + (bi * lq + i0) * ldo + h * d
-                    Profile.measure("attention PV") { BLAS.gemm(m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo) }
+                    BLAS.gemm(threads: blasThreads, m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo)
                     for r in 0..<rows {
                         let inv = 1 / rowSums[r]
                         let o = oh + r * ldo
@@ -90,6 +87,7 @@ public enum Attention {
                 }
                 pair += workers
             }
+        } }
         } }
     }
 }

@@ -1,6 +1,10 @@
-/// 2-D convolution over NCHW as im2col + one sgemm per image, as torch.nn.Conv2d with groups=1.
+/// 2-D convolution over NCHW, as torch.nn.Conv2d with groups=1. Two methods:
+/// - `im2col`: patches unfolded a band of output rows at a time, one sgemm per band (strided
+///   and 1×1 convolutions);
+/// - `shifted` (Conv2DShifted.swift): stride-1 convolutions with a spatial kernel, one sgemm
+///   per kernel tap over the zero-padded input, no unfolded copy.
 public enum Conv2D {
-    public struct Padding: Equatable {
+    public struct Padding: Equatable, Sendable {
         public var top, bottom, left, right: Int
         public init(top: Int, bottom: Int, left: Int, right: Int) {
             self.top = top; self.bottom = bottom; self.left = left; self.right = right
@@ -11,63 +15,51 @@ public enum Conv2D {
     /// Largest im2col buffer kept at once, in floats (64 MiB). Patches are unfolded a band of
     /// output rows at a time, so a 3×3 convolution over 512×512 with 256 input channels needs
     /// this much scratch instead of the 2.4 GB of a whole-image unfold.
-    public static var columnBudget = 1 << 24
+    nonisolated(unsafe) public static var columnBudget = 1 << 24
 
-    /// weight: [outC, inC, kh, kw] (torch layout), bias: [outC].
-    public static func forward(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels: Int,
-                               kernel: (Int, Int), stride: Int = 1, padding: Padding) -> Tensor {
-        precondition(x.rank == 4)
-        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    /// Output size of a convolution.
+    static func outputSize(h: Int, w: Int, kernel: (Int, Int), stride: Int, padding: Padding) -> (Int, Int) {
+        ((h + padding.top + padding.bottom - kernel.0) / stride + 1, (w + padding.left + padding.right - kernel.1) / stride + 1)
+    }
+
+    /// x: [n, c, h, w] at `x`; weight [outC, c, kh, kw] (torch layout), bias [outC];
+    /// writes [n, outC, oh, ow] to `out`.
+    static func forwardIm2col(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
+                              weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, outChannels: Int,
+                              kernel: (Int, Int), stride: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
         let (kh, kw) = kernel
-        precondition(weight.count == outChannels * c * kh * kw,
-                     "conv weight \(weight.count) != \(outChannels)x\(c)x\(kh)x\(kw)")
-        let oh = (h + padding.top + padding.bottom - kh) / stride + 1
-        let ow = (w + padding.left + padding.right - kw) / stride + 1
+        let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: stride, padding: padding)
         precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the \(kh)x\(kw) kernel")
         let ohw = oh * ow
         let kdim = c * kh * kw
-        var out = [Float](repeating: 0, count: n * outChannels * ohw)
         let direct = kh == 1 && kw == 1 && stride == 1 && padding == .same(0)
         // Output rows unfolded per band: as many as fit the budget, at least one.
         let band = direct ? oh : max(1, min(oh, columnBudget / max(1, kdim * ow)))
-        var cols = direct ? [] : [Float](repeating: 0, count: kdim * band * ow)
-        x.data.withUnsafeBufferPointer { xp in
-            weight.withUnsafeBufferPointer { wp in
-                out.withUnsafeMutableBufferPointer { op in
-                    cols.withUnsafeMutableBufferPointer { cp in
-                        for b in 0..<n {
-                            let img = xp.baseAddress! + b * c * h * w
-                            let dst = op.baseAddress! + b * outChannels * ohw
-                            if let bias {
-                                for o in 0..<outChannels {
-                                    (dst + o * ohw).update(repeating: bias[o], count: ohw)
-                                }
-                            }
-                            if direct {
-                                BLAS.gemm(m: outChannels, n: ohw, k: kdim, a: wp.baseAddress!, lda: kdim,
-                                          b: img, ldb: ohw, beta: bias == nil ? 0 : 1,
-                                          c: dst, ldc: ohw)
-                                continue
-                            }
-                            var oy0 = 0
-                            while oy0 < oh {
-                                let rows = min(band, oh - oy0)
-                                im2col(img, c: c, h: h, w: w, kh: kh, kw: kw, stride: stride,
-                                       padding: padding, rows: oy0..<(oy0 + rows), ow: ow,
-                                       cols: cp.baseAddress!)
-                                // The band's outputs are columns [oy0·ow, (oy0+rows)·ow) of every
-                                // output-channel row: a sub-matrix of dst with leading dim ohw.
-                                BLAS.gemm(m: outChannels, n: rows * ow, k: kdim, a: wp.baseAddress!, lda: kdim,
-                                          b: cp.baseAddress!, ldb: rows * ow, beta: bias == nil ? 0 : 1,
-                                          c: dst + oy0 * ow, ldc: ohw)
-                                oy0 += rows
-                            }
-                        }
-                    }
+        ctx.workspace.withScratch(direct ? 0 : kdim * band * ow) { cols in
+            for b in 0..<n {
+                let img = x + b * c * h * w
+                let dst = out + b * outChannels * ohw
+                if let bias {
+                    for o in 0..<outChannels { (dst + o * ohw).update(repeating: bias[o], count: ohw) }
+                }
+                if direct {
+                    ctx.gemm(m: outChannels, n: ohw, k: kdim, a: weight, lda: kdim, b: img, ldb: ohw,
+                             beta: bias == nil ? 0 : 1, c: dst, ldc: ohw)
+                    continue
+                }
+                var oy0 = 0
+                while oy0 < oh {
+                    let rows = min(band, oh - oy0)
+                    im2col(img, c: c, h: h, w: w, kh: kh, kw: kw, stride: stride, padding: padding,
+                           rows: oy0..<(oy0 + rows), ow: ow, cols: cols)
+                    // The band's outputs are columns [oy0·ow, (oy0+rows)·ow) of every output-channel
+                    // row: a sub-matrix of dst with leading dimension ohw.
+                    ctx.gemm(m: outChannels, n: rows * ow, k: kdim, a: weight, lda: kdim, b: cols, ldb: rows * ow,
+                             beta: bias == nil ? 0 : 1, c: dst + oy0 * ow, ldc: ohw)
+                    oy0 += rows
                 }
             }
         }
-        return Tensor(shape: [n, outChannels, oh, ow], data: out)
     }
 
     /// Unfolds patches for output rows `rows` (a band of r = rows.count rows):
@@ -110,28 +102,73 @@ public enum Conv2D {
         }
     }
 
-    /// Nearest-neighbour upsampling to an explicit size (2× in SD's up blocks), as
+    /// Nearest-neighbour resize of n·c planes to oh × ow (2× in SD's up blocks), as
     /// F.interpolate(mode="nearest"): source index = floor(dst · in/out).
-    public static func upsampleNearest(_ x: Tensor, height oh: Int, width ow: Int) -> Tensor {
-        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        var out = [Float](repeating: 0, count: n * c * oh * ow)
+    static func upsampleNearest(_ ctx: ComputeContext, x: UnsafePointer<Float>, planes: Int, h: Int, w: Int,
+                                height oh: Int, width ow: Int, out: UnsafeMutablePointer<Float>) {
         let sy = Float(h) / Float(oh), sx = Float(w) / Float(ow)
-        var xIndex = [Int](repeating: 0, count: ow)
-        for ox in 0..<ow { xIndex[ox] = min(Int(Float(ox) * sx), w - 1) }
-        x.data.withUnsafeBufferPointer { xp in
-            out.withUnsafeMutableBufferPointer { op in
-                for p in 0..<(n * c) {
-                    let src = xp.baseAddress! + p * h * w
-                    let dst = op.baseAddress! + p * oh * ow
+        let xIndex = (0..<ow).map { min(Int(Float($0) * sx), w - 1) }
+        xIndex.withUnsafeBufferPointer { xi in
+            ctx.parallelRanges(planes, minChunk: max(1, 4096 / max(1, oh * ow))) { range in
+                for p in range {
+                    let src = x + p * h * w
+                    let dst = out + p * oh * ow
                     for oy in 0..<oh {
-                        let iy = min(Int(Float(oy) * sy), h - 1)
-                        let s = src + iy * w
+                        let s = src + min(Int(Float(oy) * sy), h - 1) * w
                         let d = dst + oy * ow
-                        for ox in 0..<ow { d[ox] = s[xIndex[ox]] }
+                        for ox in 0..<ow { d[ox] = s[xi[ox]] }
                     }
                 }
             }
         }
+    }
+}
+
+// Tensor forms, for callers outside the models and for tests.
+public extension Conv2D {
+    /// weight: [outC, inC, kh, kw] (torch layout), bias: [outC].
+    static func forward(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels: Int,
+                        kernel: (Int, Int), stride: Int = 1, padding: Padding) -> Tensor {
+        precondition(x.rank == 4)
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        precondition(weight.count == outChannels * c * kernel.0 * kernel.1,
+                     "conv weight \(weight.count) != \(outChannels)x\(c)x\(kernel.0)x\(kernel.1)")
+        let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: stride, padding: padding)
+        precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the kernel")
+        var out = [Float](repeating: 0, count: n * outChannels * oh * ow)
+        let ctx = ComputeContext()
+        x.data.withUnsafeBufferPointer { xp in
+            weight.withUnsafeBufferPointer { wp in
+                out.withUnsafeMutableBufferPointer { op in
+                    bias.withUnsafeOptionalPointer { bp in
+                        forwardIm2col(ctx, x: xp.baseAddress!, n: n, c: c, h: h, w: w, weight: wp.baseAddress!, bias: bp,
+                                      outChannels: outChannels, kernel: kernel, stride: stride, padding: padding,
+                                      out: op.baseAddress!)
+                    }
+                }
+            }
+        }
+        return Tensor(shape: [n, outChannels, oh, ow], data: out)
+    }
+
+    static func upsampleNearest(_ x: Tensor, height oh: Int, width ow: Int) -> Tensor {
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        var out = [Float](repeating: 0, count: n * c * oh * ow)
+        x.data.withUnsafeBufferPointer { xp in
+            out.withUnsafeMutableBufferPointer { op in
+                upsampleNearest(ComputeContext(), x: xp.baseAddress!, planes: n * c, h: h, w: w, height: oh, width: ow,
+                                out: op.baseAddress!)
+            }
+        }
         return Tensor(shape: [n, c, oh, ow], data: out)
+    }
+}
+
+extension Optional where Wrapped == [Float] {
+    /// The array's base address (nil for nil) for the duration of `body`.
+    @inline(__always)
+    func withUnsafeOptionalPointer<R>(_ body: (UnsafePointer<Float>?) throws -> R) rethrows -> R {
+        guard let a = self else { return try body(nil) }
+        return try a.withUnsafeBufferPointer { try body($0.baseAddress) }
     }
 }

@@ -5,35 +5,39 @@
 /// Y is computed on rows of width Wp (the kw − 1 extra columns per row are discarded), so a
 /// 3×3 conv is 9 GEMMs with K = C instead of one GEMM over a 9×-larger unfolded copy.
 public extension Conv2D {
-    /// Rearranges a torch-layout weight [O, C, kh, kw] into [kh·kw][O][C] for `forwardShifted`.
+    /// Rearranges a torch-layout weight [O, C, kh, kw] into [kh·kw][O][C] for the shifted method.
     static func packShifted(weight: [Float], outChannels o: Int, inChannels c: Int, kernel: (Int, Int)) -> [Float] {
-        let taps = kernel.0 * kernel.1
-        precondition(weight.count == o * c * taps)
+        precondition(weight.count == o * c * kernel.0 * kernel.1)
         var packed = [Float](repeating: 0, count: weight.count)
         weight.withUnsafeBufferPointer { w in
             packed.withUnsafeMutableBufferPointer { p in
-                for oi in 0..<o {
-                    for ci in 0..<c {
-                        let src = w.baseAddress! + (oi * c + ci) * taps
-                        for t in 0..<taps { p[(t * o + oi) * c + ci] = src[t] }
-                    }
-                }
+                packShifted(w.baseAddress!, outChannels: o, inChannels: c, taps: kernel.0 * kernel.1, into: p.baseAddress!)
             }
         }
         return packed
+    }
+
+    /// The pointer form of `packShifted`: out[t][o][c] = w[o][c][t].
+    static func packShifted(_ w: UnsafePointer<Float>, outChannels o: Int, inChannels c: Int, taps: Int,
+                            into p: UnsafeMutablePointer<Float>) {
+        for oi in 0..<o {
+            for ci in 0..<c {
+                let src = w + (oi * c + ci) * taps
+                for t in 0..<taps { p[(t * o + oi) * c + ci] = src[t] }
+            }
+        }
     }
 
     /// Scratch for the padded input of one group of images, in floats (64 MiB): images are
     /// processed together (one set of GEMMs, N = images × padded plane) while they fit.
     nonisolated(unsafe) static var shiftedGroupBudget = 1 << 24
 
-    /// x: [N, C, H, W]; packedWeight from `packShifted`; stride 1.
-    static func forwardShifted(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
-                               kernel: (Int, Int), padding: Padding) -> Tensor {
-        precondition(x.rank == 4)
-        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    /// x: [n, c, h, w]; packedWeight from `packShifted`; stride 1; writes [n, o, oh, ow].
+    internal static func forwardShifted(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
+                                        packedWeight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                        outChannels o: Int, kernel: (Int, Int), padding: Padding,
+                                        out: UnsafeMutablePointer<Float>) {
         let (kh, kw) = kernel
-        precondition(packedWeight.count == o * c * kh * kw, "conv weight does not match \(o)x\(c)x\(kh)x\(kw)")
         let hp = h + padding.top + padding.bottom, wp = w + padding.left + padding.right
         let oh = hp - kh + 1, ow = wp - kw + 1
         precondition(oh > 0 && ow > 0, "conv input \(h)x\(w) is smaller than the kernel")
@@ -42,52 +46,67 @@ public extension Conv2D {
         // per tap covers the whole group (the rows between images produce discarded columns).
         let group = max(1, min(n, shiftedGroupBudget / max(1, max(c, o) * plane)))
         let rowLength = group * plane  // one channel row of the padded group
-        let padded = UnsafeMutablePointer<Float>.allocate(capacity: c * rowLength + kw)
-        defer { padded.deallocate() }
-        padded.initialize(repeating: 0, count: c * rowLength + kw)
-        let y = UnsafeMutablePointer<Float>.allocate(capacity: o * rowLength)
-        defer { y.deallocate() }
+        let ws = ctx.workspace
+        ws.withScratch(c * rowLength + kw) { padded in
+            ws.withScratch(o * rowLength) { y in
+                padded.update(repeating: 0, count: c * rowLength + kw)
+                var b0 = 0
+                while b0 < n {
+                    let g = min(group, n - b0)
+                    // Pad: only the interiors are rewritten, the zero borders stay.
+                    ctx.parallelRanges(c, minChunk: 16) { range in
+                        for ci in range {
+                            for i in 0..<g {
+                                let src = x + ((b0 + i) * c + ci) * h * w
+                                let dst = padded + ci * rowLength + i * plane + padding.top * wp + padding.left
+                                for yy in 0..<h { (dst + yy * wp).update(from: src + yy * w, count: w) }
+                            }
+                        }
+                    }
+                    // Output columns: image i's row yy starts at i·plane + yy·wp.
+                    let columns = (g - 1) * plane + oh * wp
+                    for ky in 0..<kh {
+                        for kx in 0..<kw {
+                            let t = ky * kw + kx
+                            ctx.gemm(m: o, n: columns, k: c, a: packedWeight + t * o * c, lda: c,
+                                     b: padded + ky * wp + kx, ldb: rowLength, beta: t == 0 ? 0 : 1,
+                                     c: y, ldc: rowLength)
+                        }
+                    }
+                    ctx.parallelRanges(o, minChunk: 16) { range in
+                        for oi in range {
+                            let bv = bias?[oi] ?? 0
+                            for i in 0..<g {
+                                let srcPlane = y + oi * rowLength + i * plane
+                                let dstPlane = out + ((b0 + i) * o + oi) * oh * ow
+                                for yy in 0..<oh {
+                                    let s = srcPlane + yy * wp, d = dstPlane + yy * ow
+                                    for xx in 0..<ow { d[xx] = s[xx] + bv }
+                                }
+                            }
+                        }
+                    }
+                    b0 += g
+                }
+            }
+        }
+    }
+
+    /// Tensor form: x [N, C, H, W]; packedWeight from `packShifted`; stride 1.
+    static func forwardShifted(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
+                               kernel: (Int, Int), padding: Padding) -> Tensor {
+        precondition(x.rank == 4)
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        precondition(packedWeight.count == o * c * kernel.0 * kernel.1, "conv weight does not match \(o)x\(c)x\(kernel.0)x\(kernel.1)")
+        let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: 1, padding: padding)
+        precondition(oh > 0 && ow > 0, "conv input \(h)x\(w) is smaller than the kernel")
         var out = [Float](repeating: 0, count: n * o * oh * ow)
         x.data.withUnsafeBufferPointer { xp in
-            packedWeight.withUnsafeBufferPointer { wpk in
+            packedWeight.withUnsafeBufferPointer { wp in
                 out.withUnsafeMutableBufferPointer { op in
-                    var b0 = 0
-                    while b0 < n {
-                        let g = min(group, n - b0)
-                        // Pad: only the interiors are rewritten, the zero borders stay.
-                        Parallel.ranges(c, minChunk: 16) { range in
-                            for ci in range {
-                                for i in 0..<g {
-                                    let src = xp.baseAddress! + ((b0 + i) * c + ci) * h * w
-                                    let dst = padded + ci * rowLength + i * plane + padding.top * wp + padding.left
-                                    for yy in 0..<h { (dst + yy * wp).update(from: src + yy * w, count: w) }
-                                }
-                            }
-                        }
-                        // Output columns: image i's row yy starts at i·plane + yy·wp.
-                        let columns = (g - 1) * plane + oh * wp
-                        for ky in 0..<kh {
-                            for kx in 0..<kw {
-                                let t = ky * kw + kx
-                                BLAS.gemm(m: o, n: columns, k: c, a: wpk.baseAddress! + t * o * c, lda: c,
-                                          b: padded + ky * wp + kx, ldb: rowLength, beta: t == 0 ? 0 : 1,
-                                          c: y, ldc: rowLength)
-                            }
-                        }
-                        Parallel.ranges(o, minChunk: 16) { range in
-                            for oi in range {
-                                let bv = bias?[oi] ?? 0
-                                for i in 0..<g {
-                                    let srcPlane = y + oi * rowLength + i * plane
-                                    let dstPlane = op.baseAddress! + ((b0 + i) * o + oi) * oh * ow
-                                    for yy in 0..<oh {
-                                        let s = srcPlane + yy * wp, d = dstPlane + yy * ow
-                                        for xx in 0..<ow { d[xx] = s[xx] + bv }
-                                    }
-                                }
-                            }
-                        }
-                        b0 += g
+                    bias.withUnsafeOptionalPointer { bp in
+                        forwardShifted(ComputeContext(), x: xp.baseAddress!, n: n, c: c, h: h, w: w, packedWeight: wp.baseAddress!,
+                                       bias: bp, outChannels: o, kernel: kernel, padding: padding, out: op.baseAddress!)
                     }
                 }
             }

@@ -1,6 +1,19 @@
 /// Fully connected layers: y = x·Wᵀ + b over the last dimension, as torch.nn.Linear.
 public enum Linear {
-    /// x: [..., inFeatures], weight: [outFeatures, inFeatures] (torch layout), bias: [outFeatures].
+    /// x: rows × inFeatures, weight: [outFeatures, inFeatures] (torch layout), bias:
+    /// [outFeatures]; writes rows × outFeatures (row stride `ldo`) to `out`.
+    static func forward(_ ctx: ComputeContext, x: UnsafePointer<Float>, rows: Int, inFeatures: Int,
+                        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, outFeatures: Int,
+                        out: UnsafeMutablePointer<Float>, ldo: Int? = nil) {
+        let ldo = ldo ?? outFeatures
+        if let bias {
+            for r in 0..<rows { (out + r * ldo).update(from: bias, count: outFeatures) }
+        }
+        ctx.gemm(transB: true, m: rows, n: outFeatures, k: inFeatures, a: x, lda: inFeatures, b: weight,
+                 ldb: inFeatures, beta: bias == nil ? 0 : 1, c: out, ldc: ldo)
+    }
+
+    /// Tensor form. x: [..., inFeatures].
     public static func forward(_ x: Tensor, weight: [Float], bias: [Float]?, outFeatures: Int) -> Tensor {
         let inFeatures = x.shape.last!
         precondition(weight.count == outFeatures * inFeatures, "linear weight \(weight.count) != \(outFeatures)x\(inFeatures)")
@@ -8,17 +21,13 @@ public enum Linear {
         var shape = x.shape
         shape[shape.count - 1] = outFeatures
         var out = [Float](repeating: 0, count: rows * outFeatures)
-        out.withUnsafeMutableBufferPointer { o in
-            if let bias {
-                for r in 0..<rows {
-                    (o.baseAddress! + r * outFeatures).update(from: bias, count: outFeatures)
-                }
-            }
-            x.data.withUnsafeBufferPointer { xp in
-                weight.withUnsafeBufferPointer { wp in
-                    BLAS.gemm(transB: true, m: rows, n: outFeatures, k: inFeatures,
-                              a: xp.baseAddress!, lda: inFeatures, b: wp.baseAddress!, ldb: inFeatures,
-                              beta: bias == nil ? 0 : 1, c: o.baseAddress!, ldc: outFeatures)
+        x.data.withUnsafeBufferPointer { xp in
+            weight.withUnsafeBufferPointer { wp in
+                out.withUnsafeMutableBufferPointer { o in
+                    bias.withUnsafeOptionalPointer { bp in
+                        forward(ComputeContext(), x: xp.baseAddress!, rows: rows, inFeatures: inFeatures, weight: wp.baseAddress!,
+                                bias: bp, outFeatures: outFeatures, out: o.baseAddress!)
+                    }
                 }
             }
         }

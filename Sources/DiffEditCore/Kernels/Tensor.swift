@@ -56,11 +56,63 @@ public struct Tensor: Equatable {
         return Tensor(shape: [n, ca + cb, a.shape[2], a.shape[3]], data: out)
     }
 
-    /// Largest absolute elementwise difference (tests and `tensor compare`).
+    /// Entry `k` of dimension 1 of a [N, T, …] tensor, as [N, …].
+    public func step(_ k: Int) -> Tensor {
+        let n = shape[0], t = shape[1]
+        let inner = count / (n * t)
+        var out = [Float]()
+        out.reserveCapacity(n * inner)
+        for b in 0..<n { out.append(contentsOf: data[((b * t + k) * inner)..<((b * t + k + 1) * inner)]) }
+        return Tensor(shape: [n] + Array(shape.dropFirst(2)), data: out)
+    }
+
+    /// Largest absolute elementwise difference; NaN when any difference is NaN (Swift's `max`
+    /// would skip it and report agreement).
     public func maxAbsDifference(_ other: Tensor) -> Float {
         precondition(count == other.count)
         var m: Float = 0
-        for i in 0..<count { m = max(m, abs(data[i] - other.data[i])) }
+        for i in 0..<count {
+            let d = abs(data[i] - other.data[i])
+            if d.isNaN { return .nan }
+            if d > m { m = d }
+        }
         return m
+    }
+}
+
+/// Elementwise arithmetic on tensors of equal shape.
+public extension Tensor {
+    static func + (a: Tensor, b: Tensor) -> Tensor {
+        var r = a
+        r += b
+        return r
+    }
+
+    static func += (a: inout Tensor, b: Tensor) {
+        precondition(a.count == b.count, "add: \(a.shape) vs \(b.shape)")
+        a.data.withUnsafeMutableBufferPointer { ap in
+            b.data.withUnsafeBufferPointer { bp in
+                for i in 0..<ap.count { ap[i] += bp[i] }
+            }
+        }
+    }
+
+    static func - (a: Tensor, b: Tensor) -> Tensor {
+        precondition(a.count == b.count)
+        var r = a
+        r.data.withUnsafeMutableBufferPointer { rp in
+            b.data.withUnsafeBufferPointer { bp in
+                for i in 0..<rp.count { rp[i] -= bp[i] }
+            }
+        }
+        return r
+    }
+
+    static func * (a: Tensor, s: Float) -> Tensor {
+        var r = a
+        r.data.withUnsafeMutableBufferPointer { rp in
+            for i in 0..<rp.count { rp[i] *= s }
+        }
+        return r
     }
 }

@@ -1,7 +1,3 @@
-import Foundation
-
-import Dispatch
-
 /// Vectorised float32 transcendental kernels for the hot elementwise work of the UNet (softmax,
 /// SiLU, GELU), written over SIMD8<Float> so they compile to packed SSE/AVX code. Accuracy is
 /// that of torch's own vectorised CPU kernels (Cephes-style exp, ≲ 2 ulp; erf by Abramowitz &
@@ -128,34 +124,6 @@ public enum VectorMath {
             for i in 0..<n { row[i] = exp(row[i] - m) }
             let inv = 1 / sum(row, n)
             for i in 0..<n { row[i] *= inv }
-        }
-    }
-}
-
-/// Splitting work over the machine's cores.
-public enum Parallel {
-    /// Number of workers used for elementwise kernels.
-    public static let workers = Swift.max(1, ProcessInfo.processInfo.activeProcessorCount)
-
-    /// Runs body(i) for i in 0..<count on up to `workers` threads (inline when count is 1).
-    @inline(__always)
-    public static func forEach(_ count: Int, _ body: (Int) -> Void) {
-        if count <= 1 || workers == 1 {
-            for i in 0..<count { body(i) }
-        } else {
-            DispatchQueue.concurrentPerform(iterations: count, execute: body)
-        }
-    }
-
-    /// Splits 0..<n into about `workers` contiguous ranges (at least `minChunk` long each) and runs
-    /// body(range) for each in parallel.
-    public static func ranges(_ n: Int, minChunk: Int = 4096, _ body: (Range<Int>) -> Void) {
-        let parts = Swift.max(1, Swift.min(workers, n / Swift.max(minChunk, 1)))
-        if parts == 1 { body(0..<n); return }
-        let size = (n + parts - 1) / parts
-        DispatchQueue.concurrentPerform(iterations: parts) { k in
-            let lo = k * size, hi = Swift.min(n, lo + size)
-            if lo < hi { body(lo..<hi) }
         }
     }
 }

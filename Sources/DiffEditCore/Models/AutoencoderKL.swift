@@ -153,124 +153,66 @@ public struct DiagonalGaussian {
     }
 }
 
-// MARK: - Layers
-
-/// diffusers' ResnetBlock2D without a time embedding (temb_channels=None, output_scale_factor 1):
-/// shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))), the shortcut a 1×1 conv when the
-/// channel count changes.
-struct ResnetBlock {
-    let norm1: GroupNormLayer
-    let conv1: Conv2DLayer
-    let norm2: GroupNormLayer
-    let conv2: Conv2DLayer
-    let shortcut: Conv2DLayer?
-
-    init(_ store: WeightStore, _ prefix: String, in inC: Int, out outC: Int, groups: Int) throws {
-        norm1 = try GroupNormLayer(store, prefix + ".norm1", channels: inC, groups: groups)
-        conv1 = try Conv2DLayer(store, prefix + ".conv1", in: inC, out: outC, kernel: 3, padding: .same(1))
-        norm2 = try GroupNormLayer(store, prefix + ".norm2", channels: outC, groups: groups)
-        conv2 = try Conv2DLayer(store, prefix + ".conv2", in: outC, out: outC, kernel: 3, padding: .same(1))
-        shortcut = inC == outC ? nil
-            : try Conv2DLayer(store, prefix + ".conv_shortcut", in: inC, out: outC, kernel: 1, padding: .same(0))
-    }
-
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        var h = conv1(norm1(x, silu: true))
-        h = conv2(norm2(h, silu: true))
-        if let shortcut { h += shortcut(x) } else { h += x }
-        return h
-    }
-}
+// MARK: - Blocks
 
 /// The mid block's single-head self-attention over all h·w positions (diffusers' Attention with
 /// group_norm, heads = 1, dim_head = C, residual connection, rescale 1):
 /// x + to_out(softmax(q·kᵀ/√C)·v) with q, k, v = to_q/to_k/to_v(groupnorm(x)) as [N, hw, C].
+/// The NCHW↔token permutes are folded into the projections' products, and q, k, v are one.
 struct SpatialSelfAttention {
     let norm: GroupNormLayer
-    let q, k, v, out: (weight: [Float], bias: [Float])
-    let channels: Int
+    let attention: AttentionLayer
 
-    init(_ store: WeightStore, _ prefix: String, channels c: Int, groups: Int) throws {
-        channels = c
-        norm = try GroupNormLayer(store, prefix + ".group_norm", channels: c, groups: groups)
+    init(_ l: ParameterLoader, _ p: String, channels c: Int, groups: Int) throws {
+        norm = try GroupNormLayer(l, p + ".group_norm", channels: c, groups: groups, eps: AutoencoderKLConfig.normEps)
         // Older checkpoints name the projections query/key/value/proj_attn (diffusers converts
         // them when loading); some store them as 1×1 conv weights [C, C, 1, 1].
-        func linear(_ names: [String]) throws -> (weight: [Float], bias: [Float]) {
-            let name = names.first { store.contains(prefix + "." + $0 + ".weight") } ?? names[0]
-            let entry = store.file.entries[prefix + "." + name + ".weight"]
-            let shape = entry?.shape.count == 4 ? [c, c, 1, 1] : [c, c]
-            return (try store.load(prefix + "." + name + ".weight", shape: shape),
-                    try store.load(prefix + "." + name + ".bias", shape: [c]))
+        func name(_ names: [String]) -> (String, [Int]) {
+            let n = names.first { l.contains(p + "." + $0 + ".weight") } ?? names[0]
+            return (p + "." + n, l.storedShape(p + "." + n + ".weight")?.count == 4 ? [c, c, 1, 1] : [c, c])
         }
-        q = try linear(["to_q", "query"])
-        k = try linear(["to_k", "key"])
-        v = try linear(["to_v", "value"])
-        out = try linear(["to_out.0", "proj_attn"])
+        let projections = [["to_q", "query"], ["to_k", "key"], ["to_v", "value"]].map(name)
+        let qkv = Parameter(shape: [3 * c, c]), qkvBias = Parameter(shape: [3 * c])
+        for (i, (n, shape)) in projections.enumerated() {
+            try l.source.read(n + ".weight", shape: shape, into: qkv.pointer + i * c * c)
+            try l.source.read(n + ".bias", shape: [c], into: qkvBias.pointer + i * c)
+        }
+        let (outName, outShape) = name(["to_out.0", "proj_attn"])
+        let out = LinearLayer(weight: try l.load(outName + ".weight", outShape), bias: try l.load(outName + ".bias", [c]))
+        attention = AttentionLayer(heads: 1, inner: c, qkv: LinearLayer(weight: qkv, bias: qkvBias), out: out)
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        let tokens = Self.toTokens(norm(x, silu: false))
-        let qt = Linear.forward(tokens, weight: q.weight, bias: q.bias, outFeatures: c)
-        let kt = Linear.forward(tokens, weight: k.weight, bias: k.bias, outFeatures: c)
-        let vt = Linear.forward(tokens, weight: v.weight, bias: v.bias, outFeatures: c)
-        let attended = Attention.forward(q: qt, k: kt, v: vt, heads: 1, scale: 1 / Float(c).squareRoot())
-        let projected = Linear.forward(attended, weight: out.weight, bias: out.bias, outFeatures: c)
-        var y = Self.fromTokens(projected, height: h, width: w)
-        precondition(y.shape == [n, c, h, w])
-        y += x
-        return y
-    }
-
-    /// [N, C, H, W] → [N, H·W, C].
-    static func toTokens(_ x: Tensor) -> Tensor {
-        let (n, c, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
-        var out = [Float](repeating: 0, count: x.count)
-        x.data.withUnsafeBufferPointer { xp in
-            out.withUnsafeMutableBufferPointer { op in
-                for b in 0..<n {
-                    let src = xp.baseAddress! + b * c * hw, dst = op.baseAddress! + b * c * hw
-                    for ch in 0..<c { for i in 0..<hw { dst[i * c + ch] = src[ch * hw + i] } }
-                }
-            }
-        }
-        return Tensor(shape: [n, hw, c], data: out)
-    }
-
-    /// [N, H·W, C] → [N, C, H, W].
-    static func fromTokens(_ x: Tensor, height: Int, width: Int) -> Tensor {
-        let (n, hw, c) = (x.shape[0], x.shape[1], x.shape[2])
-        precondition(hw == height * width)
-        var out = [Float](repeating: 0, count: x.count)
-        x.data.withUnsafeBufferPointer { xp in
-            out.withUnsafeMutableBufferPointer { op in
-                for b in 0..<n {
-                    let src = xp.baseAddress! + b * c * hw, dst = op.baseAddress! + b * c * hw
-                    for i in 0..<hw { for ch in 0..<c { dst[ch * hw + i] = src[i * c + ch] } }
-                }
-            }
-        }
-        return Tensor(shape: [n, c, height, width], data: out)
+    func callAsFunction(_ x: Activation, _ ctx: ComputeContext) -> Activation {
+        let qkv = attention.qkv.fromChannels(norm(x, ctx), ctx)  // [N, hw, 3C]
+        let attended = attention.attendProjected(qkv: qkv, ctx)
+        return attention.out.toChannels(attended, residual: x, ctx)
     }
 }
 
 /// UNetMidBlock2D as the VAE uses it: resnet, [attention], resnet.
 struct VAEMidBlock {
-    let resnet0: ResnetBlock
+    let resnet0: ResnetBlock2D
     let attention: SpatialSelfAttention?
-    let resnet1: ResnetBlock
+    let resnet1: ResnetBlock2D
 
-    init(_ store: WeightStore, _ prefix: String, channels c: Int, groups: Int, attention: Bool) throws {
-        resnet0 = try ResnetBlock(store, prefix + ".resnets.0", in: c, out: c, groups: groups)
+    init(_ l: ParameterLoader, _ prefix: String, channels c: Int, groups: Int, attention: Bool) throws {
+        resnet0 = try .vae(l, prefix + ".resnets.0", in: c, out: c, groups: groups)
         self.attention = attention
-            ? try SpatialSelfAttention(store, prefix + ".attentions.0", channels: c, groups: groups) : nil
-        resnet1 = try ResnetBlock(store, prefix + ".resnets.1", in: c, out: c, groups: groups)
+            ? try SpatialSelfAttention(l, prefix + ".attentions.0", channels: c, groups: groups) : nil
+        resnet1 = try .vae(l, prefix + ".resnets.1", in: c, out: c, groups: groups)
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        var h = resnet0(x)
-        if let attention { h = attention(h) }
-        return resnet1(h)
+    func callAsFunction(_ x: Activation, _ ctx: ComputeContext) -> Activation {
+        var h = resnet0(x, ctx)
+        if let attention { h = attention(h, ctx) }
+        return resnet1(h, ctx)
+    }
+}
+
+extension ResnetBlock2D {
+    /// The VAE's ResnetBlock2D: no time embedding, eps 1e-6, conv biases optional.
+    static func vae(_ l: ParameterLoader, _ p: String, in i: Int, out o: Int, groups: Int) throws -> ResnetBlock2D {
+        try ResnetBlock2D(l, p, in: i, out: o, temb: nil, groups: groups, eps: AutoencoderKLConfig.normEps, optionalBias: true)
     }
 }
 
@@ -280,42 +222,45 @@ struct VAEMidBlock {
 /// [N, 2·latent, H/f, W/f].
 public struct VAEEncoder {
     let config: AutoencoderKLConfig
+    let context: ComputeContext
     let convIn: Conv2DLayer
     /// Per down block: its resnets and, except for the last block, a stride-2 conv.
-    let blocks: [(resnets: [ResnetBlock], downsample: Conv2DLayer?)]
+    let blocks: [(resnets: [ResnetBlock2D], downsample: Downsample2D?)]
     let mid: VAEMidBlock
     let normOut: GroupNormLayer
     let convOut: Conv2DLayer
     let quantConv: Conv2DLayer?
 
-    public init(config: AutoencoderKLConfig, weights store: WeightStore) throws {
+    public init(config: AutoencoderKLConfig, weights store: WeightStore, context: ComputeContext = ComputeContext()) throws {
         self.config = config
+        self.context = context
+        let l = ParameterLoader(source: store)
         let ch = config.blockOutChannels, g = config.normNumGroups
-        convIn = try Conv2DLayer(store, "encoder.conv_in", in: config.inChannels, out: ch[0], kernel: 3, padding: .same(1))
-        var blocks: [(resnets: [ResnetBlock], downsample: Conv2DLayer?)] = []
+        convIn = try Conv2DLayer(l, "encoder.conv_in", in: config.inChannels, out: ch[0], kernel: 3, padding: .same(1),
+                                 optionalBias: true)
+        var blocks: [(resnets: [ResnetBlock2D], downsample: Downsample2D?)] = []
         var inC = ch[0]
         for (i, outC) in ch.enumerated() {
-            var resnets: [ResnetBlock] = []
+            var resnets: [ResnetBlock2D] = []
             for j in 0..<config.layersPerBlock {
-                resnets.append(try ResnetBlock(store, "encoder.down_blocks.\(i).resnets.\(j)",
-                                               in: j == 0 ? inC : outC, out: outC, groups: g))
+                resnets.append(try .vae(l, "encoder.down_blocks.\(i).resnets.\(j)", in: j == 0 ? inC : outC, out: outC, groups: g))
             }
             // Downsample2D(padding=0): F.pad (0, 1, 0, 1) — right and bottom only — then a
             // stride-2 3×3 conv.
             let down = i == ch.count - 1 ? nil
-                : try Conv2DLayer(store, "encoder.down_blocks.\(i).downsamplers.0.conv", in: outC, out: outC,
-                                kernel: 3, stride: 2, padding: Conv2D.Padding(top: 0, bottom: 1, left: 0, right: 1))
+                : try Downsample2D(l, "encoder.down_blocks.\(i).downsamplers.0", channels: outC, padding: 0, optionalBias: true)
             blocks.append((resnets, down))
             inC = outC
         }
         self.blocks = blocks
         let last = ch[ch.count - 1]
-        mid = try VAEMidBlock(store, "encoder.mid_block", channels: last, groups: g, attention: config.midBlockAddAttention)
-        normOut = try GroupNormLayer(store, "encoder.conv_norm_out", channels: last, groups: g)
-        convOut = try Conv2DLayer(store, "encoder.conv_out", in: last, out: 2 * config.latentChannels, kernel: 3, padding: .same(1))
+        mid = try VAEMidBlock(l, "encoder.mid_block", channels: last, groups: g, attention: config.midBlockAddAttention)
+        normOut = try GroupNormLayer(l, "encoder.conv_norm_out", channels: last, groups: g, eps: AutoencoderKLConfig.normEps)
+        convOut = try Conv2DLayer(l, "encoder.conv_out", in: last, out: 2 * config.latentChannels, kernel: 3,
+                                  padding: .same(1), optionalBias: true)
         quantConv = config.useQuantConv
-            ? try Conv2DLayer(store, "quant_conv", in: 2 * config.latentChannels, out: 2 * config.latentChannels,
-                            kernel: 1, padding: .same(0))
+            ? try Conv2DLayer(l, "quant_conv", in: 2 * config.latentChannels, out: 2 * config.latentChannels,
+                              kernel: 1, padding: .same(0), optionalBias: true)
             : nil
     }
 
@@ -324,22 +269,23 @@ public struct VAEEncoder {
     /// (vae.encoder.conv_in, vae.encoder.down.i, vae.encoder.mid, vae.encoder.conv_out, vae.quant_conv).
     public func moments(_ image: Tensor, trace: ((String, Tensor) -> Void)? = nil) -> Tensor {
         precondition(image.rank == 4 && image.shape[1] == config.inChannels)
-        var x = convIn(image)
-        trace?("vae.encoder.conv_in", x)
+        let ctx = context
+        var x = convIn(Activation(image, ctx), ctx)
+        trace?("vae.encoder.conv_in", x.tensor)
         for (i, block) in blocks.enumerated() {
-            for resnet in block.resnets { x = resnet(x) }
-            if let down = block.downsample { x = down(x) }
-            trace?("vae.encoder.down.\(i)", x)
+            for resnet in block.resnets { x = resnet(x, ctx) }
+            if let down = block.downsample { x = down(x, ctx) }
+            trace?("vae.encoder.down.\(i)", x.tensor)
         }
-        x = mid(x)
-        trace?("vae.encoder.mid", x)
-        x = convOut(normOut(x, silu: true))
-        trace?("vae.encoder.conv_out", x)
+        x = mid(x, ctx)
+        trace?("vae.encoder.mid", x.tensor)
+        x = convOut(normOut(x, silu: true, ctx), ctx)
+        trace?("vae.encoder.conv_out", x.tensor)
         if let quantConv {
-            x = quantConv(x)
-            trace?("vae.quant_conv", x)
+            x = quantConv(x, ctx)
+            trace?("vae.quant_conv", x.tensor)
         }
-        return x
+        return x.tensor
     }
 }
 
@@ -347,41 +293,43 @@ public struct VAEEncoder {
 /// divided by scaling_factor) → image [N, 3, h·f, w·f], roughly in [−1, 1].
 public struct VAEDecoder {
     let config: AutoencoderKLConfig
+    let context: ComputeContext
     let postQuantConv: Conv2DLayer?
     let convIn: Conv2DLayer
     let mid: VAEMidBlock
     /// Per up block (deepest first): layers_per_block + 1 resnets and, except for the last
     /// block, a nearest 2× upsample followed by a 3×3 conv.
-    let blocks: [(resnets: [ResnetBlock], upsampleConv: Conv2DLayer?)]
+    let blocks: [(resnets: [ResnetBlock2D], upsample: Upsample2D?)]
     let normOut: GroupNormLayer
     let convOut: Conv2DLayer
 
-    public init(config: AutoencoderKLConfig, weights store: WeightStore) throws {
+    public init(config: AutoencoderKLConfig, weights store: WeightStore, context: ComputeContext = ComputeContext()) throws {
         self.config = config
+        self.context = context
+        let l = ParameterLoader(source: store)
         let ch = config.blockOutChannels, g = config.normNumGroups
         let lc = config.latentChannels
         postQuantConv = config.usePostQuantConv
-            ? try Conv2DLayer(store, "post_quant_conv", in: lc, out: lc, kernel: 1, padding: .same(0)) : nil
+            ? try Conv2DLayer(l, "post_quant_conv", in: lc, out: lc, kernel: 1, padding: .same(0), optionalBias: true) : nil
         let reversed = Array(ch.reversed())
-        convIn = try Conv2DLayer(store, "decoder.conv_in", in: lc, out: reversed[0], kernel: 3, padding: .same(1))
-        mid = try VAEMidBlock(store, "decoder.mid_block", channels: reversed[0], groups: g, attention: config.midBlockAddAttention)
-        var blocks: [(resnets: [ResnetBlock], upsampleConv: Conv2DLayer?)] = []
+        convIn = try Conv2DLayer(l, "decoder.conv_in", in: lc, out: reversed[0], kernel: 3, padding: .same(1), optionalBias: true)
+        mid = try VAEMidBlock(l, "decoder.mid_block", channels: reversed[0], groups: g, attention: config.midBlockAddAttention)
+        var blocks: [(resnets: [ResnetBlock2D], upsample: Upsample2D?)] = []
         var inC = reversed[0]
         for (i, outC) in reversed.enumerated() {
-            var resnets: [ResnetBlock] = []
+            var resnets: [ResnetBlock2D] = []
             for j in 0...config.layersPerBlock {
-                resnets.append(try ResnetBlock(store, "decoder.up_blocks.\(i).resnets.\(j)",
-                                               in: j == 0 ? inC : outC, out: outC, groups: g))
+                resnets.append(try .vae(l, "decoder.up_blocks.\(i).resnets.\(j)", in: j == 0 ? inC : outC, out: outC, groups: g))
             }
             let up = i == reversed.count - 1 ? nil
-                : try Conv2DLayer(store, "decoder.up_blocks.\(i).upsamplers.0.conv", in: outC, out: outC,
-                                kernel: 3, padding: .same(1))
+                : try Upsample2D(l, "decoder.up_blocks.\(i).upsamplers.0", channels: outC, optionalBias: true)
             blocks.append((resnets, up))
             inC = outC
         }
         self.blocks = blocks
-        normOut = try GroupNormLayer(store, "decoder.conv_norm_out", channels: ch[0], groups: g)
-        convOut = try Conv2DLayer(store, "decoder.conv_out", in: ch[0], out: config.outChannels, kernel: 3, padding: .same(1))
+        normOut = try GroupNormLayer(l, "decoder.conv_norm_out", channels: ch[0], groups: g, eps: AutoencoderKLConfig.normEps)
+        convOut = try Conv2DLayer(l, "decoder.conv_out", in: ch[0], out: config.outChannels, kernel: 3, padding: .same(1),
+                                  optionalBias: true)
     }
 
     /// The decoded image, as `vae.decode(z).sample` (no clamping). `trace` sees each stage's
@@ -389,24 +337,23 @@ public struct VAEDecoder {
     /// vae.decoder.mid, vae.decoder.up.i).
     public func decode(_ z: Tensor, trace: ((String, Tensor) -> Void)? = nil) -> Tensor {
         precondition(z.rank == 4 && z.shape[1] == config.latentChannels)
-        var x = z
+        let ctx = context
+        var x = Activation(z, ctx)
         if let postQuantConv {
-            x = postQuantConv(x)
-            trace?("vae.post_quant_conv", x)
+            x = postQuantConv(x, ctx)
+            trace?("vae.post_quant_conv", x.tensor)
         }
-        x = convIn(x)
-        trace?("vae.decoder.conv_in", x)
-        x = mid(x)
-        trace?("vae.decoder.mid", x)
+        x = convIn(x, ctx)
+        trace?("vae.decoder.conv_in", x.tensor)
+        x = mid(x, ctx)
+        trace?("vae.decoder.mid", x.tensor)
         for (i, block) in blocks.enumerated() {
-            for resnet in block.resnets { x = resnet(x) }
-            if let conv = block.upsampleConv {
-                // Upsample2D: F.interpolate(scale_factor=2, mode="nearest"), then conv.
-                x = conv(Conv2D.upsampleNearest(x, height: 2 * x.shape[2], width: 2 * x.shape[3]))
-            }
-            trace?("vae.decoder.up.\(i)", x)
+            for resnet in block.resnets { x = resnet(x, ctx) }
+            // Upsample2D: F.interpolate(scale_factor=2, mode="nearest"), then conv.
+            if let up = block.upsample { x = up(x, ctx) }
+            trace?("vae.decoder.up.\(i)", x.tensor)
         }
-        return convOut(normOut(x, silu: true))
+        return convOut(normOut(x, silu: true, ctx), ctx).tensor
     }
 }
 
@@ -427,8 +374,12 @@ public struct AutoencoderKL {
         store = try folder.weights("vae")
     }
 
-    public func makeEncoder() throws -> VAEEncoder { try VAEEncoder(config: config, weights: store) }
-    public func makeDecoder() throws -> VAEDecoder { try VAEDecoder(config: config, weights: store) }
+    public func makeEncoder(context: ComputeContext = ComputeContext()) throws -> VAEEncoder {
+        try VAEEncoder(config: config, weights: store, context: context)
+    }
+    public func makeDecoder(context: ComputeContext = ComputeContext()) throws -> VAEDecoder {
+        try VAEDecoder(config: config, weights: store, context: context)
+    }
 
     /// Checks that an image size fits the encoder; the message names the nearest valid sizes.
     public func checkImageSize(width: Int, height: Int) throws {

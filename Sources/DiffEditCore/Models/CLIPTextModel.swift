@@ -55,33 +55,34 @@ public struct CLIPTextConfig: Equatable {
 /// embeddings, `layers` pre-LN transformer blocks with causal self-attention, final LayerNorm.
 /// The output is `last_hidden_state`, what diffusers' encode_prompt feeds the UNet.
 public final class CLIPTextModel {
-    struct Layer {
-        var norm1Weight: [Float], norm1Bias: [Float]
-        var qWeight: [Float], qBias: [Float]
-        var kWeight: [Float], kBias: [Float]
-        var vWeight: [Float], vBias: [Float]
-        var outWeight: [Float], outBias: [Float]
-        var norm2Weight: [Float], norm2Bias: [Float]
-        var fc1Weight: [Float], fc1Bias: [Float]
-        var fc2Weight: [Float], fc2Bias: [Float]
+    /// One pre-LN encoder layer: x += self_attn(layer_norm1(x)); x += mlp(layer_norm2(x)).
+    struct EncoderLayer {
+        let layerNorm1: LayerNormLayer
+        let selfAttn: AttentionLayer
+        let layerNorm2: LayerNormLayer
+        let fc1: LinearLayer
+        let fc2: LinearLayer
     }
 
     public let config: CLIPTextConfig
+    /// Threads, workspace, profiler and FLOP counter of this encoder's forward passes.
+    public let context: ComputeContext
     let weights: WeightStore
     /// "text_model." in checkpoints saved by transformers 4 (the Hub's SD folders), "" in
     /// those saved by transformers 5.
     let prefix: String
-    let positionEmbedding: [Float]
-    let layers: [Layer]
-    let finalNormWeight: [Float], finalNormBias: [Float]
+    let positionEmbedding: Parameter
+    let layers: [EncoderLayer]
+    let finalLayerNorm: LayerNormLayer
 
-    public convenience init(folder: ModelFolder) throws {
+    public convenience init(folder: ModelFolder, context: ComputeContext = ComputeContext()) throws {
         let config = try CLIPTextConfig(folder.config("text_encoder"))
-        try self.init(config: config, weights: folder.weights("text_encoder"))
+        try self.init(config: config, weights: folder.weights("text_encoder"), context: context)
     }
 
-    public init(config: CLIPTextConfig, weights: WeightStore) throws {
+    public init(config: CLIPTextConfig, weights: WeightStore, context: ComputeContext = ComputeContext()) throws {
         self.config = config
+        self.context = context
         self.weights = weights
         let tokenName = "embeddings.token_embedding.weight"
         let prefix: String
@@ -92,8 +93,8 @@ public final class CLIPTextModel {
         } else {
             throw ToolError("text_encoder: missing weight 'text_model.\(tokenName)' in \(weights.file.path) — not a CLIP text encoder checkpoint")
         }
-        let d = config.hiddenSize, f = config.intermediateSize
-        func load(_ name: String, _ shape: [Int]) throws -> [Float] { try weights.load(prefix + name, shape: shape) }
+        let d = config.hiddenSize, f = config.intermediateSize, eps = config.layerNormEps
+        let l = ParameterLoader(source: weights)
         // The token table is only checked here; encode() gathers the rows it needs straight
         // from the mapped file (49408 × 1024 floats would be a large copy for a few ids).
         guard let tokenEntry = weights.file.entries[prefix + tokenName] else { throw ToolError("unreachable") }
@@ -103,28 +104,23 @@ public final class CLIPTextModel {
         guard [.F32, .F16, .BF16].contains(tokenEntry.dtype) else {
             throw ToolError("text_encoder: weight '\(prefix + tokenName)' has dtype \(tokenEntry.dtype.rawValue); expected F32, F16 or BF16")
         }
-        positionEmbedding = try load("embeddings.position_embedding.weight", [config.maxPositions, d])
-        var layers: [Layer] = []
-        for i in 0..<config.layers {
-            let p = "encoder.layers.\(i)."
-            layers.append(Layer(
-                norm1Weight: try load(p + "layer_norm1.weight", [d]), norm1Bias: try load(p + "layer_norm1.bias", [d]),
-                qWeight: try load(p + "self_attn.q_proj.weight", [d, d]), qBias: try load(p + "self_attn.q_proj.bias", [d]),
-                kWeight: try load(p + "self_attn.k_proj.weight", [d, d]), kBias: try load(p + "self_attn.k_proj.bias", [d]),
-                vWeight: try load(p + "self_attn.v_proj.weight", [d, d]), vBias: try load(p + "self_attn.v_proj.bias", [d]),
-                outWeight: try load(p + "self_attn.out_proj.weight", [d, d]), outBias: try load(p + "self_attn.out_proj.bias", [d]),
-                norm2Weight: try load(p + "layer_norm2.weight", [d]), norm2Bias: try load(p + "layer_norm2.bias", [d]),
-                fc1Weight: try load(p + "mlp.fc1.weight", [f, d]), fc1Bias: try load(p + "mlp.fc1.bias", [f]),
-                fc2Weight: try load(p + "mlp.fc2.weight", [d, f]), fc2Bias: try load(p + "mlp.fc2.bias", [d])))
+        positionEmbedding = try l.load(prefix + "embeddings.position_embedding.weight", [config.maxPositions, d])
+        layers = try (0..<config.layers).map { i in
+            let p = prefix + "encoder.layers.\(i)."
+            return EncoderLayer(
+                layerNorm1: try LayerNormLayer(l, p + "layer_norm1", dim: d, eps: eps),
+                selfAttn: try AttentionLayer(l, p + "self_attn", names: .clip, queryDim: d, crossDim: nil, heads: config.heads,
+                                             headDim: d / config.heads, projectionBias: true, causal: true),
+                layerNorm2: try LayerNormLayer(l, p + "layer_norm2", dim: d, eps: eps),
+                fc1: try LinearLayer(l, p + "mlp.fc1", in: d, out: f),
+                fc2: try LinearLayer(l, p + "mlp.fc2", in: f, out: d))
         }
         // A checkpoint with more layers than the config names is another model.
         if weights.contains(prefix + "encoder.layers.\(config.layers).layer_norm1.weight") {
             throw ToolError("text_encoder: the weights have more than the \(config.layers) layers text_encoder/config.json names — config and weights are from different models")
         }
-        self.layers = layers
         self.prefix = prefix
-        finalNormWeight = try load("final_layer_norm.weight", [d])
-        finalNormBias = try load("final_layer_norm.bias", [d])
+        finalLayerNorm = try LayerNormLayer(l, prefix + "final_layer_norm", dim: d, eps: eps)
     }
 
     /// Embeddings of token ids [batch, length] (row-major): the hidden state after
@@ -147,8 +143,7 @@ public final class CLIPTextModel {
             let n = min(CLIPTextModel.promptsPerPass, batch - start)
             let h = try hiddenState(ids: Array(ids[(start * length)..<((start + n) * length)]), batch: n, length: length,
                                     layers: config.layers - clipSkip)
-            out.append(contentsOf: Normalization.layerNorm(h, weight: finalNormWeight, bias: finalNormBias,
-                                                           eps: config.layerNormEps).data)
+            out.append(contentsOf: finalLayerNorm(Activation(h, context), context).tensor.data)
             start += n
         }
         return Tensor(shape: [batch, length, config.hiddenSize], data: out)
@@ -173,41 +168,27 @@ public final class CLIPTextModel {
         }
 
         // embeddings = token_embedding(ids) + position_embedding(0..<length)
-        var x = Tensor(shape: [batch, length, d], data: gatherTokenRows(ids))
-        x.data.withUnsafeMutableBufferPointer { xp in
-            positionEmbedding.withUnsafeBufferPointer { pp in
-                for b in 0..<batch {
-                    for t in 0..<length {
-                        let row = xp.baseAddress! + (b * length + t) * d
-                        let pos = pp.baseAddress! + t * d
-                        for i in 0..<d { row[i] += pos[i] }
-                    }
-                }
-            }
+        let ctx = context
+        let x = Activation(Tensor(shape: [batch, length, d], data: gatherTokenRows(ids)), ctx)
+        for b in 0..<batch {
+            Pointwise.add(ctx, x.pointer + b * length * d, positionEmbedding.pointer, count: length * d)
         }
-
-        let scale = 1 / Float(d / config.heads).squareRoot()
         for layer in layers.prefix(count) {
             // Pre-LN self-attention block, causal mask only: diffusers passes no attention
             // mask for SD (text_encoder.config.use_attention_mask is unset), so padding tokens
             // are attended to like any other token before them.
-            let h = Normalization.layerNorm(x, weight: layer.norm1Weight, bias: layer.norm1Bias, eps: config.layerNormEps)
-            let q = Linear.forward(h, weight: layer.qWeight, bias: layer.qBias, outFeatures: d)
-            let k = Linear.forward(h, weight: layer.kWeight, bias: layer.kBias, outFeatures: d)
-            let v = Linear.forward(h, weight: layer.vWeight, bias: layer.vBias, outFeatures: d)
-            let a = Attention.forward(q: q, k: k, v: v, heads: config.heads, scale: scale, causal: true)
-            x += Linear.forward(a, weight: layer.outWeight, bias: layer.outBias, outFeatures: d)
-
+            let a = layer.selfAttn(layer.layerNorm1(x, ctx), encoder: nil, ctx)
+            Pointwise.add(ctx, x.pointer, a.pointer, count: x.count)
             // Pre-LN MLP block: fc2(act(fc1(LN(x)))).
-            let h2 = Normalization.layerNorm(x, weight: layer.norm2Weight, bias: layer.norm2Bias, eps: config.layerNormEps)
-            var m = Linear.forward(h2, weight: layer.fc1Weight, bias: layer.fc1Bias, outFeatures: config.intermediateSize)
+            let m = layer.fc1(layer.layerNorm2(x, ctx), ctx)
             switch config.activation {
-            case .quickGelu: Activation.quickGelu(&m)
-            case .gelu: Activation.gelu(&m)
+            case .quickGelu: Pointwise.quickGelu(ctx, m.pointer, count: m.count)
+            case .gelu: Pointwise.gelu(ctx, m.pointer, count: m.count)
             }
-            x += Linear.forward(m, weight: layer.fc2Weight, bias: layer.fc2Bias, outFeatures: d)
+            let f = layer.fc2(m, ctx)
+            Pointwise.add(ctx, x.pointer, f.pointer, count: x.count)
         }
-        return x
+        return x.tensor
     }
 
     /// Rows of the token embedding table for `ids` (already range-checked), converted to f32.

@@ -1,96 +1,99 @@
 import Foundation
 
-// Layers shared by the models (UNet, VAE): weights loaded once by name with their shapes
-// checked, and laid out for the kernels.
+// The layer vocabulary every model (UNet, VAE, CLIP) is built from, named like the checkpoint
+// keys they load. Layers own their Parameters and call kernels; models call only layers.
+// A layer never writes into its input: it returns a fresh Activation from the context's
+// workspace (only activations a layer has just made are updated in place).
 
-/// Where model weights come from: a checkpoint's WeightStore, or generated values.
-protocol WeightSource {
-    func load(_ name: String, shape: [Int]) throws -> [Float]
-}
-
-extension WeightStore: WeightSource {}
-
-/// Deterministic pseudo-random weights for benchmarks and tests without a checkpoint:
-/// uniform in ±1/√fan_in for matrices and kernels, 1 for norm scales, small values for biases.
-struct RandomWeights: WeightSource {
-    let seed: UInt64
-
-    func load(_ name: String, shape: [Int]) throws -> [Float] {
-        let count = shape.reduce(1, *)
-        if shape.count == 1 && name.hasSuffix(".weight") && name.contains("norm") {
-            return [Float](repeating: 1, count: count)
-        }
-        let fanIn = shape.count > 1 ? shape.dropFirst().reduce(1, *) : 100
-        let bound = 1 / Float(fanIn).squareRoot()
-        // FNV-1a of the name (String.hashValue is seeded per process).
-        var state: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in name.utf8 { state = (state ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        state = (state ^ seed) | 1
-        return [Float](unsafeUninitializedCapacity: count) { buf, n in
-            for i in 0..<count {
-                // xorshift64*: plenty for weights nobody looks at.
-                state ^= state >> 12; state ^= state << 25; state ^= state >> 27
-                let r = (state &* 2_685_821_657_736_338_717) >> 40
-                buf[i] = (Float(r) * (1.0 / 16_777_216.0) * 2 - 1) * bound
-            }
-            n = count
-        }
-    }
-}
-
-/// Loads weights by name, checking every shape.
-struct WeightLoader {
-    let store: any WeightSource
-
-    func load(_ name: String, _ shape: [Int]) throws -> [Float] { try store.load(name, shape: shape) }
-
-    func linear(_ p: String, in i: Int, out o: Int, bias: Bool = true) throws -> LinearLayer {
-        LinearLayer(weight: try load("\(p).weight", [o, i]), bias: bias ? try load("\(p).bias", [o]) : nil,
-                    inFeatures: i, outFeatures: o)
-    }
-
-    func conv(_ p: String, in i: Int, out o: Int, kernel k: Int, stride: Int = 1,
-              padding: Conv2D.Padding) throws -> Conv2DLayer {
-        Conv2DLayer(weight: try load("\(p).weight", [o, i, k, k]), bias: try load("\(p).bias", [o]),
-                  inChannels: i, outChannels: o, kernel: k, stride: stride, padding: padding)
-    }
-
-    func groupNorm(_ p: String, channels c: Int, groups: Int, eps: Float) throws -> GroupNormLayer {
-        GroupNormLayer(weight: try load("\(p).weight", [c]), bias: try load("\(p).bias", [c]), groups: groups, eps: eps)
-    }
-
-    func layerNorm(_ p: String, dim d: Int, eps: Float = 1e-5) throws -> LayerNormLayer {
-        LayerNormLayer(weight: try load("\(p).weight", [d]), bias: try load("\(p).bias", [d]), eps: eps)
-    }
-}
-
-/// torch.nn.Linear.
+/// torch.nn.Linear over the last dimension.
 struct LinearLayer {
-    let weight: [Float]
-    let bias: [Float]?
+    let weight: Parameter  // [out, in]
+    let bias: Parameter?
     let inFeatures: Int
     let outFeatures: Int
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        Profile.measure("linear") { Linear.forward(x, weight: weight, bias: bias, outFeatures: outFeatures) }
+    init(_ l: ParameterLoader, _ p: String, in i: Int, out o: Int, bias: Bool = true) throws {
+        weight = try l.load("\(p).weight", [o, i])
+        self.bias = bias ? try l.load("\(p).bias", [o]) : nil
+        inFeatures = i
+        outFeatures = o
     }
 
-    /// Several linears over the same input fused into one GEMM (their weights stacked).
-    static func stacked(_ parts: [LinearLayer]) -> LinearLayer {
-        let i = parts[0].inFeatures
-        precondition(parts.allSatisfy { $0.inFeatures == i })
-        let hasBias = parts.contains { $0.bias != nil }
-        return LinearLayer(weight: parts.flatMap(\.weight),
-                           bias: hasBias ? parts.flatMap { $0.bias ?? [Float](repeating: 0, count: $0.outFeatures) } : nil,
-                           inFeatures: i, outFeatures: parts.reduce(0) { $0 + $1.outFeatures })
+    /// Several linears over the same input fused into one product (their weights stacked:
+    /// self-attention's q, k and v).
+    init(_ l: ParameterLoader, stacking names: [String], in i: Int, outs: [Int], bias: Bool) throws {
+        weight = try l.stacked(names.map { "\($0).weight" }, rows: outs, columns: i)
+        self.bias = bias ? try l.stacked(names.map { "\($0).bias" }, rows: outs, columns: nil) : nil
+        inFeatures = i
+        outFeatures = outs.reduce(0, +)
+    }
+
+    init(weight: Parameter, bias: Parameter?) {
+        self.weight = weight
+        self.bias = bias
+        outFeatures = weight.shape[0]
+        inFeatures = weight.count / weight.shape[0]
+    }
+
+    /// x: [..., in] → [..., out].
+    func callAsFunction(_ x: Activation, _ ctx: ComputeContext) -> Activation {
+        precondition(x.shape.last == inFeatures, "linear expects \(inFeatures) features, got \(x.shape)")
+        let rows = x.count / inFeatures
+        var shape = x.shape
+        shape[shape.count - 1] = outFeatures
+        let y = ctx.activation(shape)
+        ctx.measure("linear") {
+            Linear.forward(ctx, x: x.pointer, rows: rows, inFeatures: inFeatures, weight: weight.pointer,
+                           bias: bias?.pointer, outFeatures: outFeatures, out: y.pointer)
+        }
+        ctx.countMACs(rows * inFeatures * outFeatures)
+        return y
+    }
+
+    /// The same product read from NCHW channels: x [B, C = in, H, W] → tokens [B, H·W, out]
+    /// (the permute to tokens folded into the product: tokens[b] = x[b]ᵀ·Wᵀ + bias).
+    func fromChannels(_ x: Activation, _ ctx: ComputeContext) -> Activation {
+        let (b, c, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+        precondition(c == inFeatures)
+        let y = ctx.activation([b, hw, outFeatures])
+        ctx.measure("linear") {
+            if let bias {
+                for r in 0..<(b * hw) { (y.pointer + r * outFeatures).update(from: bias.pointer, count: outFeatures) }
+            }
+            for bi in 0..<b {
+                ctx.gemm(transA: true, transB: true, m: hw, n: outFeatures, k: c, a: x.pointer + bi * c * hw, lda: hw,
+                         b: weight.pointer, ldb: c, beta: bias == nil ? 0 : 1, c: y.pointer + bi * hw * outFeatures,
+                         ldc: outFeatures)
+            }
+        }
+        ctx.countMACs(b * hw * c * outFeatures)
+        return y
+    }
+
+    /// The product written back to NCHW channels plus a residual: tokens [B, H·W, in] →
+    /// residual + bias + W·tokensᵀ as [B, out, H, W] (the shape of `residual`).
+    func toChannels(_ t: Activation, residual: Activation, _ ctx: ComputeContext) -> Activation {
+        let (b, c, hw) = (residual.shape[0], residual.shape[1], residual.shape[2] * residual.shape[3])
+        precondition(c == outFeatures && t.shape == [b, hw, inFeatures])
+        let y = ctx.activation(residual.shape)
+        ctx.measure("linear") {
+            y.pointer.update(from: residual.pointer, count: residual.count)
+            if let bias { Pointwise.addPerChannel(ctx, y.pointer, n: b, channels: c, plane: hw, bias.pointer, perImage: false) }
+            for bi in 0..<b {
+                ctx.gemm(transB: true, m: c, n: hw, k: inFeatures, a: weight.pointer, lda: inFeatures,
+                         b: t.pointer + bi * hw * inFeatures, ldb: inFeatures, beta: 1, c: y.pointer + bi * c * hw, ldc: hw)
+            }
+        }
+        ctx.countMACs(b * hw * c * inFeatures)
+        return y
     }
 }
 
-/// torch.nn.Conv2d (groups 1). Stride-1 convolutions with a spatial kernel keep their weight
-/// packed for Conv2D.forwardShifted; 1×1 and strided ones use Conv2D.forward.
+/// torch.nn.Conv2d (groups 1, square kernel). Stride-1 convolutions with a spatial kernel keep
+/// their weight packed for the shifted method; 1×1 and strided ones use im2col.
 struct Conv2DLayer {
-    let weight: [Float]
-    let bias: [Float]?
+    let weight: Parameter
+    let bias: Parameter?
     let inChannels: Int
     let outChannels: Int
     let kernel: Int
@@ -98,71 +101,262 @@ struct Conv2DLayer {
     let padding: Conv2D.Padding
     let shifted: Bool
 
-    init(weight: [Float], bias: [Float]?, inChannels: Int, outChannels: Int, kernel: Int, stride: Int,
-         padding: Conv2D.Padding) {
-        shifted = stride == 1 && kernel > 1
-        self.weight = shifted
-            ? Conv2D.packShifted(weight: weight, outChannels: outChannels, inChannels: inChannels, kernel: (kernel, kernel))
-            : weight
-        self.bias = bias
-        self.inChannels = inChannels
-        self.outChannels = outChannels
-        self.kernel = kernel
+    /// `optionalBias`: the VAE's checkpoints may omit a conv bias; the UNet's may not.
+    init(_ l: ParameterLoader, _ p: String, in i: Int, out o: Int, kernel k: Int, stride: Int = 1,
+         padding: Conv2D.Padding, optionalBias: Bool = false) throws {
+        shifted = stride == 1 && k > 1
+        weight = shifted ? try l.shiftedConv("\(p).weight", out: o, in: i, kernel: k) : try l.load("\(p).weight", [o, i, k, k])
+        bias = optionalBias ? try l.loadIfPresent("\(p).bias", [o]) : try l.load("\(p).bias", [o])
+        inChannels = i
+        outChannels = o
+        kernel = k
         self.stride = stride
         self.padding = padding
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        precondition(x.shape[1] == inChannels, "conv expects \(inChannels) channels, got \(x.shape)")
+    func callAsFunction(_ x: Activation, _ ctx: ComputeContext) -> Activation {
+        precondition(x.rank == 4 && x.shape[1] == inChannels, "conv expects \(inChannels) channels, got \(x.shape)")
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let (oh, ow) = Conv2D.outputSize(h: h, w: w, kernel: (kernel, kernel), stride: stride, padding: padding)
+        precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the \(kernel)x\(kernel) kernel")
+        let y = ctx.activation([n, outChannels, oh, ow])
         if shifted {
-            return Profile.measure("conv shifted \(x.shape[2])x\(x.shape[3]) \(inChannels)->\(outChannels)") { Conv2D.forwardShifted(x, packedWeight: weight, bias: bias, outChannels: outChannels,
-                                         kernel: (kernel, kernel), padding: padding) }
+            ctx.measure("conv shifted \(h)x\(w) \(c)->\(outChannels)") {
+                Conv2D.forwardShifted(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.pointer,
+                                      bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
+                                      padding: padding, out: y.pointer)
+            }
+        } else {
+            ctx.measure("conv im2col") {
+                Conv2D.forwardIm2col(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: weight.pointer,
+                                     bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
+                                     stride: stride, padding: padding, out: y.pointer)
+            }
         }
-        return Profile.measure("conv im2col") { Conv2D.forward(x, weight: weight, bias: bias, outChannels: outChannels,
-                              kernel: (kernel, kernel), stride: stride, padding: padding) }
+        ctx.countMACs(n * outChannels * inChannels * kernel * kernel * oh * ow)
+        return y
     }
-
-    /// Multiply–accumulate count for an output of `outPixels` positions per image.
-    func macs(outPixels: Int) -> Int { outChannels * inChannels * kernel * kernel * outPixels }
 }
 
 /// torch.nn.GroupNorm (affine), optionally followed by SiLU.
 struct GroupNormLayer {
-    let weight: [Float]
-    let bias: [Float]
+    let weight: Parameter
+    let bias: Parameter
     let groups: Int
     let eps: Float
 
-    func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
-        Profile.measure("groupnorm") { Normalization.groupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps, silu: silu) }
+    init(_ l: ParameterLoader, _ p: String, channels c: Int, groups: Int, eps: Float) throws {
+        weight = try l.load("\(p).weight", [c])
+        bias = try l.load("\(p).bias", [c])
+        self.groups = groups
+        self.eps = eps
+    }
+
+    func callAsFunction(_ x: Activation, silu: Bool = false, _ ctx: ComputeContext) -> Activation {
+        let (n, c) = (x.shape[0], x.shape[1])
+        let y = ctx.activation(x.shape)
+        ctx.measure("groupnorm") {
+            Normalization.groupNorm(ctx, x: x.pointer, n: n, c: c, spatial: x.count / max(1, n * c), groups: groups,
+                                    weight: weight.pointer, bias: bias.pointer, eps: eps, silu: silu, out: y.pointer)
+        }
+        return y
     }
 }
 
 /// torch.nn.LayerNorm over the last dimension.
 struct LayerNormLayer {
-    let weight: [Float]
-    let bias: [Float]
+    let weight: Parameter
+    let bias: Parameter
     let eps: Float
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        Profile.measure("layernorm") { Normalization.layerNorm(x, weight: weight, bias: bias, eps: eps) }
+    init(_ l: ParameterLoader, _ p: String, dim d: Int, eps: Float = 1e-5) throws {
+        weight = try l.load("\(p).weight", [d])
+        bias = try l.load("\(p).bias", [d])
+        self.eps = eps
+    }
+
+    func callAsFunction(_ x: Activation, _ ctx: ComputeContext) -> Activation {
+        let d = x.shape.last!
+        let y = ctx.activation(x.shape)
+        ctx.measure("layernorm") {
+            Normalization.layerNorm(ctx, x: x.pointer, rows: x.count / d, d: d, weight: weight.pointer, bias: bias.pointer,
+                                    eps: eps, out: y.pointer)
+        }
+        return y
     }
 }
 
-extension GroupNormLayer {
-    /// A GroupNorm read from a checkpoint (eps 1e-6 unless given: the VAE's and UNet's value).
-    init(_ store: WeightStore, _ prefix: String, channels: Int, groups: Int, eps: Float = 1e-6) throws {
-        self = try WeightLoader(store: store).groupNorm(prefix, channels: channels, groups: groups, eps: eps)
+/// diffusers' ResnetBlock2D (time_embedding_norm "default"), the UNet's with a time embedding
+/// and the VAE's without:
+/// h = conv1(silu(norm1(x))) [+ time_emb_proj(silu(temb))]; h = conv2(silu(norm2(h)));
+/// out = (shortcut(x) + h) / output_scale_factor, the shortcut a 1×1 conv when channels change.
+struct ResnetBlock2D {
+    let norm1: GroupNormLayer
+    let conv1: Conv2DLayer
+    let timeEmbProj: LinearLayer?
+    let norm2: GroupNormLayer
+    let conv2: Conv2DLayer
+    let convShortcut: Conv2DLayer?
+    let outputScaleFactor: Float
+
+    /// `temb`: the time embedding's width (nil: the VAE's blocks, which have none).
+    init(_ l: ParameterLoader, _ p: String, in i: Int, out o: Int, temb: Int?, groups: Int, eps: Float,
+         outputScaleFactor: Float = 1, optionalBias: Bool = false) throws {
+        norm1 = try GroupNormLayer(l, "\(p).norm1", channels: i, groups: groups, eps: eps)
+        conv1 = try Conv2DLayer(l, "\(p).conv1", in: i, out: o, kernel: 3, padding: .same(1), optionalBias: optionalBias)
+        timeEmbProj = try temb.map { try LinearLayer(l, "\(p).time_emb_proj", in: $0, out: o) }
+        norm2 = try GroupNormLayer(l, "\(p).norm2", channels: o, groups: groups, eps: eps)
+        conv2 = try Conv2DLayer(l, "\(p).conv2", in: o, out: o, kernel: 3, padding: .same(1), optionalBias: optionalBias)
+        convShortcut = i != o
+            ? try Conv2DLayer(l, "\(p).conv_shortcut", in: i, out: o, kernel: 1, padding: .same(0), optionalBias: optionalBias)
+            : nil
+        self.outputScaleFactor = outputScaleFactor
+    }
+
+    /// `sTemb` is silu(temb), [B, temb], for blocks with a time embedding.
+    func callAsFunction(_ x: Activation, sTemb: Activation? = nil, _ ctx: ComputeContext) -> Activation {
+        let (b, hw) = (x.shape[0], x.shape[2] * x.shape[3])
+        let h = conv1(norm1(x, silu: true, ctx), ctx)
+        if let timeEmbProj, let sTemb {
+            let t = timeEmbProj(sTemb, ctx)  // [B, out]
+            Pointwise.addPerChannel(ctx, h.pointer, n: b, channels: conv1.outChannels, plane: hw, t.pointer, perImage: true)
+        }
+        let out = conv2(norm2(h, silu: true, ctx), ctx)
+        let residual = convShortcut.map { $0(x, ctx) } ?? x
+        if outputScaleFactor != 1 {
+            Pointwise.addScaled(ctx, out.pointer, residual.pointer, divideBy: outputScaleFactor, count: out.count)
+        } else {
+            Pointwise.add(ctx, out.pointer, residual.pointer, count: out.count)
+        }
+        return out
     }
 }
 
-extension Conv2DLayer {
-    /// A square-kernel conv read from a checkpoint; the bias is optional.
-    init(_ store: WeightStore, _ prefix: String, in inChannels: Int, out outChannels: Int, kernel: Int,
-         stride: Int = 1, padding: Conv2D.Padding) throws {
-        self.init(weight: try store.load(prefix + ".weight", shape: [outChannels, inChannels, kernel, kernel]),
-                  bias: try store.loadIfPresent(prefix + ".bias", shape: [outChannels]),
-                  inChannels: inChannels, outChannels: outChannels, kernel: kernel, stride: stride,
-                  padding: padding)
+/// diffusers' Attention (AttnProcessor) and CLIP's self-attention: q, k, v projections,
+/// scaled dot-product attention over `heads` heads of size d = inner/heads (scale 1/√d), and the
+/// output projection. Self-attention fuses q, k and v into one product; cross-attention fuses
+/// k and v over the encoder states.
+struct AttentionLayer {
+    /// Checkpoint names of the four projections.
+    struct Names {
+        var q, k, v, out: String
+        static let diffusers = Names(q: "to_q", k: "to_k", v: "to_v", out: "to_out.0")
+        static let clip = Names(q: "q_proj", k: "k_proj", v: "v_proj", out: "out_proj")
     }
+
+    let heads: Int
+    let inner: Int
+    let causal: Bool
+    /// Self: [q; k; v]. Cross: q only.
+    let qkv: LinearLayer
+    /// Cross: [k; v] over the encoder states.
+    let kv: LinearLayer?
+    let out: LinearLayer
+
+    /// `crossDim` nil for self-attention. `projectionBias`: q/k/v carry biases (CLIP, the VAE).
+    init(_ l: ParameterLoader, _ p: String, names: Names = .diffusers, queryDim: Int, crossDim: Int?, heads: Int,
+         headDim: Int, projectionBias: Bool = false, causal: Bool = false) throws {
+        self.heads = heads
+        self.causal = causal
+        inner = heads * headDim
+        let n = names
+        if let crossDim {
+            qkv = try LinearLayer(l, "\(p).\(n.q)", in: queryDim, out: inner, bias: projectionBias)
+            kv = try LinearLayer(l, stacking: ["\(p).\(n.k)", "\(p).\(n.v)"], in: crossDim, outs: [inner, inner],
+                                 bias: projectionBias)
+        } else {
+            qkv = try LinearLayer(l, stacking: ["\(p).\(n.q)", "\(p).\(n.k)", "\(p).\(n.v)"], in: queryDim,
+                                  outs: [inner, inner, inner], bias: projectionBias)
+            kv = nil
+        }
+        out = try LinearLayer(l, "\(p).\(n.out)", in: inner, out: queryDim)
+    }
+
+    init(heads: Int, inner: Int, qkv: LinearLayer, out: LinearLayer) {
+        self.heads = heads
+        self.inner = inner
+        causal = false
+        self.qkv = qkv
+        kv = nil
+        self.out = out
+    }
+
+    /// x: [B, L, queryDim]; encoder: [B, Le, crossDim] for cross-attention → [B, L, queryDim].
+    func callAsFunction(_ x: Activation, encoder: Activation?, _ ctx: ComputeContext) -> Activation {
+        out(attend(x, encoder: encoder, ctx), ctx)
+    }
+
+    /// The attended values before the output projection, [B, L, inner].
+    func attend(_ x: Activation, encoder: Activation?, _ ctx: ComputeContext) -> Activation {
+        if let kv {
+            return attendProjected(q: qkv(x, ctx), kv: kv(encoder!, ctx), ctx)
+        }
+        return attendProjected(qkv: qkv(x, ctx), ctx)
+    }
+
+    /// Self-attention over fused projections qkv [B, L, 3·inner].
+    func attendProjected(qkv p: Activation, _ ctx: ComputeContext) -> Activation {
+        let (b, l) = (p.shape[0], p.shape[1])
+        let y = ctx.activation([b, l, inner])
+        Attention.forward(ctx, q: p.pointer, ldq: 3 * inner, k: p.pointer + inner, ldk: 3 * inner,
+                          v: p.pointer + 2 * inner, ldv: 3 * inner, out: y.pointer, ldo: inner, batch: b, lq: l, lk: l,
+                          heads: heads, headDim: inner / heads, scale: 1 / Float(inner / heads).squareRoot(),
+                          causal: causal)
+        return y
+    }
+
+    /// Cross-attention: q [B, L, inner] against kv [B, Le, 2·inner].
+    func attendProjected(q: Activation, kv: Activation, _ ctx: ComputeContext) -> Activation {
+        let (b, l, le) = (q.shape[0], q.shape[1], kv.shape[1])
+        let y = ctx.activation([b, l, inner])
+        Attention.forward(ctx, q: q.pointer, ldq: inner, k: kv.pointer, ldk: 2 * inner, v: kv.pointer + inner,
+                          ldv: 2 * inner, out: y.pointer, ldo: inner, batch: b, lq: l, lk: le, heads: heads,
+                          headDim: inner / heads, scale: 1 / Float(inner / heads).squareRoot(), causal: causal)
+        return y
+    }
+}
+
+/// Downsample2D with a conv: 3×3 stride 2, padding `downsample_padding` (0 means diffusers' pad of
+/// one row/column at the bottom/right first).
+struct Downsample2D {
+    let conv: Conv2DLayer
+
+    init(_ l: ParameterLoader, _ p: String, channels c: Int, padding: Int, optionalBias: Bool = false) throws {
+        let pad = padding == 0 ? Conv2D.Padding(top: 0, bottom: 1, left: 0, right: 1) : .same(padding)
+        conv = try Conv2DLayer(l, "\(p).conv", in: c, out: c, kernel: 3, stride: 2, padding: pad, optionalBias: optionalBias)
+    }
+
+    func callAsFunction(_ x: Activation, _ ctx: ComputeContext) -> Activation { conv(x, ctx) }
+}
+
+/// Upsample2D with a conv: nearest 2× (or to an explicit size, diffusers' upsample_size), then 3×3.
+struct Upsample2D {
+    let conv: Conv2DLayer
+
+    init(_ l: ParameterLoader, _ p: String, channels c: Int, optionalBias: Bool = false) throws {
+        conv = try Conv2DLayer(l, "\(p).conv", in: c, out: c, kernel: 3, padding: .same(1), optionalBias: optionalBias)
+    }
+
+    func callAsFunction(_ x: Activation, size: (Int, Int)? = nil, _ ctx: ComputeContext) -> Activation {
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let (oh, ow) = size ?? (2 * h, 2 * w)
+        let up = ctx.activation([n, c, oh, ow])
+        ctx.measure("upsample") {
+            Conv2D.upsampleNearest(ctx, x: x.pointer, planes: n * c, h: h, w: w, height: oh, width: ow, out: up.pointer)
+        }
+        return conv(up, ctx)
+    }
+}
+
+/// Concatenation of NCHW activations along channels (the UNet's skip connections).
+func concatChannels(_ a: Activation, _ b: Activation, _ ctx: ComputeContext) -> Activation {
+    precondition(a.rank == 4 && b.rank == 4 && a.shape[0] == b.shape[0] && a.shape[2] == b.shape[2] && a.shape[3] == b.shape[3])
+    let n = a.shape[0], hw = a.shape[2] * a.shape[3]
+    let ca = a.shape[1], cb = b.shape[1]
+    let y = ctx.activation([n, ca + cb, a.shape[2], a.shape[3]])
+    for i in 0..<n {
+        (y.pointer + i * (ca + cb) * hw).update(from: a.pointer + i * ca * hw, count: ca * hw)
+        (y.pointer + (i * (ca + cb) + ca) * hw).update(from: b.pointer + i * cb * hw, count: cb * hw)
+    }
+    return y
 }

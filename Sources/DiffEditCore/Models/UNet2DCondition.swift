@@ -125,10 +125,16 @@ public struct UNetConfig: Sendable {
 /// UNetMidBlock2DCrossAttn, up blocks (CrossAttnUpBlock2D, UpBlock2D), GroupNorm + SiLU, conv_out.
 public final class UNet2DCondition {
     public let config: UNetConfig
+    /// Threads, workspace, profiler and FLOP counter of this UNet's forward passes.
+    public let context: ComputeContext
 
-    enum Block {
-        case down(resnets: [ResnetBlock2D], attentions: [Transformer2D], downsample: Downsample2D?)
-        case up(resnets: [ResnetBlock2D], attentions: [Transformer2D], upsample: Upsample2D?)
+    /// One down or up block: resnets, each followed by a transformer in the CrossAttn variants,
+    /// and a resampler between resolutions.
+    struct Block {
+        var resnets: [ResnetBlock2D]
+        var attentions: [Transformer2D]
+        var downsample: Downsample2D?
+        var upsample: Upsample2D?
     }
 
     let timeLinear1: LinearLayer
@@ -148,34 +154,40 @@ public final class UNet2DCondition {
     public typealias Observer = (_ name: String, _ value: Tensor) -> Void
 
     /// The UNet of a model folder: unet/config.json and its safetensors weights.
-    public convenience init(folder: ModelFolder) throws {
-        try self.init(config: try folder.config("unet"), weights: try folder.weights("unet"))
+    public convenience init(folder: ModelFolder, context: ComputeContext = ComputeContext()) throws {
+        let weights = try folder.weights("unet")
+        try self.init(config: try folder.config("unet"), source: weights, context: context)
+        weights.file.releasePages()
     }
 
-    public convenience init(config json: JSONConfig, weights: WeightStore) throws {
-        try self.init(config: json, source: weights)
+    public convenience init(config json: JSONConfig, weights: WeightStore, context: ComputeContext = ComputeContext()) throws {
+        try self.init(config: json, source: weights, context: context)
     }
 
     /// A UNet of the given configuration with deterministic random weights (benchmarks).
-    public convenience init(config json: JSONConfig, randomWeightsSeed seed: UInt64) throws {
-        try self.init(config: json, source: RandomWeights(seed: seed))
+    public convenience init(config json: JSONConfig, randomWeightsSeed seed: UInt64,
+                            context: ComputeContext = ComputeContext()) throws {
+        try self.init(config: json, source: RandomWeights(seed: seed), context: context)
     }
 
-    init(config json: JSONConfig, source: any WeightSource) throws {
-        UNet2DCondition.tuneAllocator()
+    init(config json: JSONConfig, source: any WeightSource, context: ComputeContext) throws {
         let cfg = try UNetConfig(json)
         config = cfg
-        let l = WeightLoader(store: source)
+        self.context = context
+        let l = ParameterLoader(source: source)
         let boc = cfg.blockOutChannels
         let n = boc.count
         let c0 = boc[0]
         let temb = cfg.timeEmbeddingDim
         let groups = cfg.normNumGroups, eps = cfg.normEps
-        timeLinear1 = try l.linear("time_embedding.linear_1", in: c0, out: temb)
-        timeLinear2 = try l.linear("time_embedding.linear_2", in: temb, out: temb)
-        convIn = try l.conv("conv_in", in: cfg.inChannels, out: c0, kernel: cfg.convInKernel,
-                            padding: .same((cfg.convInKernel - 1) / 2))
+        timeLinear1 = try LinearLayer(l, "time_embedding.linear_1", in: c0, out: temb)
+        timeLinear2 = try LinearLayer(l, "time_embedding.linear_2", in: temb, out: temb)
+        convIn = try Conv2DLayer(l, "conv_in", in: cfg.inChannels, out: c0, kernel: cfg.convInKernel,
+                                 padding: .same((cfg.convInKernel - 1) / 2))
 
+        func resnet(_ p: String, in i: Int, out o: Int, scale: Float = 1) throws -> ResnetBlock2D {
+            try ResnetBlock2D(l, p, in: i, out: o, temb: temb, groups: groups, eps: eps, outputScaleFactor: scale)
+        }
         func transformer(_ p: String, channels ch: Int, heads: Int, cross: Int) throws -> Transformer2D {
             try Transformer2D(l, p, channels: ch, heads: heads, headDim: ch / heads, crossDim: cross, groups: groups,
                               linearProjection: cfg.useLinearProjection, layers: 1)
@@ -187,26 +199,25 @@ public final class UNet2DCondition {
             let input = output
             output = boc[i]
             let p = "down_blocks.\(i)"
-            let isFinal = i == n - 1
             let hasAttention = cfg.downBlockTypes[i] == "CrossAttnDownBlock2D"
-            var resnets: [ResnetBlock2D] = [], attentions: [Transformer2D] = []
+            var block = Block(resnets: [], attentions: [])
             for j in 0..<cfg.layersPerBlock[i] {
-                resnets.append(try ResnetBlock2D(l, "\(p).resnets.\(j)", in: j == 0 ? input : output, out: output,
-                                                 temb: temb, groups: groups, eps: eps, outputScaleFactor: 1))
+                block.resnets.append(try resnet("\(p).resnets.\(j)", in: j == 0 ? input : output, out: output))
                 if hasAttention {
-                    attentions.append(try transformer("\(p).attentions.\(j)", channels: output, heads: cfg.heads[i],
-                                                      cross: cfg.crossAttentionDim[i]))
+                    block.attentions.append(try transformer("\(p).attentions.\(j)", channels: output, heads: cfg.heads[i],
+                                                            cross: cfg.crossAttentionDim[i]))
                 }
             }
-            let down = isFinal ? nil : try Downsample2D(l, "\(p).downsamplers.0", channels: output, padding: cfg.downsamplePadding)
-            downs.append(.down(resnets: resnets, attentions: attentions, downsample: down))
+            if i < n - 1 {
+                block.downsample = try Downsample2D(l, "\(p).downsamplers.0", channels: output, padding: cfg.downsamplePadding)
+            }
+            downs.append(block)
         }
         downBlocks = downs
 
         let cm = boc[n - 1]
         midResnets = try (0..<2).map {
-            try ResnetBlock2D(l, "mid_block.resnets.\($0)", in: cm, out: cm, temb: temb, groups: groups, eps: eps,
-                              outputScaleFactor: cfg.midBlockScaleFactor)
+            try resnet("mid_block.resnets.\($0)", in: cm, out: cm, scale: cfg.midBlockScaleFactor)
         }
         midAttention = try transformer("mid_block.attentions.0", channels: cm, heads: cfg.heads[n - 1],
                                        cross: cfg.crossAttentionDim[n - 1])
@@ -217,53 +228,39 @@ public final class UNet2DCondition {
         var ups: [Block] = []
         output = rev[0]
         for i in 0..<n {
-            let isFinal = i == n - 1
             let prevOutput = output
             output = rev[i]
             let input = rev[min(i + 1, n - 1)]
             let p = "up_blocks.\(i)"
             let layers = revLayers[i] + 1
             let hasAttention = cfg.upBlockTypes[i] == "CrossAttnUpBlock2D"
-            var resnets: [ResnetBlock2D] = [], attentions: [Transformer2D] = []
+            var block = Block(resnets: [], attentions: [])
             for j in 0..<layers {
                 let skip = j == layers - 1 ? input : output
                 let resIn = j == 0 ? prevOutput : output
-                resnets.append(try ResnetBlock2D(l, "\(p).resnets.\(j)", in: resIn + skip, out: output, temb: temb,
-                                                 groups: groups, eps: eps, outputScaleFactor: 1))
+                block.resnets.append(try resnet("\(p).resnets.\(j)", in: resIn + skip, out: output))
                 if hasAttention {
-                    attentions.append(try transformer("\(p).attentions.\(j)", channels: output, heads: revHeads[i],
-                                                      cross: revCross[i]))
+                    block.attentions.append(try transformer("\(p).attentions.\(j)", channels: output, heads: revHeads[i],
+                                                            cross: revCross[i]))
                 }
             }
-            let up = isFinal ? nil : try Upsample2D(l, "\(p).upsamplers.0", channels: output)
-            ups.append(.up(resnets: resnets, attentions: attentions, upsample: up))
+            if i < n - 1 { block.upsample = try Upsample2D(l, "\(p).upsamplers.0", channels: output) }
+            ups.append(block)
         }
         upBlocks = ups
-        normOut = try l.groupNorm("conv_norm_out", channels: c0, groups: groups, eps: eps)
-        convOut = try l.conv("conv_out", in: c0, out: cfg.outChannels, kernel: cfg.convOutKernel,
-                             padding: .same((cfg.convOutKernel - 1) / 2))
+        normOut = try GroupNormLayer(l, "conv_norm_out", channels: c0, groups: groups, eps: eps)
+        convOut = try Conv2DLayer(l, "conv_out", in: c0, out: cfg.outChannels, kernel: cfg.convOutKernel,
+                                  padding: .same((cfg.convOutKernel - 1) / 2))
     }
-
-    /// Activations are tens of megabytes each; by default glibc maps and unmaps every such block,
-    /// paying page faults on each reuse. Keeping them in the heap makes the UNet's sys time
-    /// negligible.
-    static let tuneAllocator: () -> Void = {
-        #if os(Linux)
-        _ = glibcMallopt(-3, 1 << 30)  // M_MMAP_THRESHOLD
-        _ = glibcMallopt(-1, 1 << 30)  // M_TRIM_THRESHOLD
-        #endif
-        return {}
-    }()
 
     /// Number of 2× upsamplers (diffusers' num_upsamplers).
     public var upsamplerCount: Int { config.blockOutChannels.count - 1 }
 
     /// diffusers' get_timestep_embedding(t, C, flip_sin_to_cos, freq_shift) for one timestep:
     /// freq_i = exp(−ln(10000)·i / (C/2 − shift)) in float32, then sin/cos of t·freq_i.
-    func sinusoidalEmbedding(_ t: Float) -> [Float] {
+    func sinusoidalEmbedding(_ t: Float, into emb: UnsafeMutablePointer<Float>) {
         let dim = config.blockOutChannels[0]
         let half = dim / 2
-        var emb = [Float](repeating: 0, count: dim)
         let logMax = Float(-log(10000.0))
         for i in 0..<half {
             let exponent = logMax * Float(i) / (Float(half) - config.freqShift)
@@ -272,7 +269,7 @@ public final class UNet2DCondition {
             let s = Float(Foundation.sin(Double(arg))), c = Float(Foundation.cos(Double(arg)))
             if config.flipSinToCos { emb[i] = c; emb[half + i] = s } else { emb[i] = s; emb[half + i] = c }
         }
-        return emb
+        if dim % 2 == 1 { emb[dim - 1] = 0 }
     }
 
     /// One forward pass. sample [B, 4, h, w], one timestep for the whole batch,
@@ -282,9 +279,9 @@ public final class UNet2DCondition {
     }
 
     /// One forward pass with one timestep per batch element (or one for all). `observer` sees the
-    /// intermediate block outputs; `flops` counts the multiply–accumulates.
+    /// intermediate block outputs.
     public func forward(sample: Tensor, timesteps: [Float], encoderHiddenStates: Tensor,
-                        observer: Observer? = nil, flops: FlopCounter? = nil) throws -> Tensor {
+                        observer: Observer? = nil) throws -> Tensor {
         guard sample.rank == 4, sample.shape[1] == config.inChannels, sample.shape[0] >= 1,
               sample.shape[2] >= 1, sample.shape[3] >= 1 else {
             throw ToolError("UNet input has shape \(sample.shape), expected [batch, \(config.inChannels), height, width]")
@@ -304,71 +301,68 @@ public final class UNet2DCondition {
         for _ in 0..<upsamplerCount { minSide = (minSide + 1) / 2 }
         guard minSide >= 1 else { throw ToolError("latent \(sample.shape[2])x\(sample.shape[3]) is too small") }
         let forwardUpsampleSize = sample.shape[2...3].contains { $0 % (1 << upsamplerCount) != 0 }
+        let ctx = context
+        func observe(_ name: String, _ a: @autoclosure () -> Activation) { if let observer { observer(name, a().tensor) } }
 
         // Time embedding: sinusoid → linear_1 → SiLU → linear_2; resnets take SiLU(temb).
         let c0 = config.blockOutChannels[0]
-        var sinus = [Float]()
-        for i in 0..<b { sinus += sinusoidalEmbedding(timesteps.count == 1 ? timesteps[0] : timesteps[i]) }
-        observer?("time_proj", Tensor(shape: [b, c0], data: sinus))
-        var h1 = timeLinear1(Tensor(shape: [b, c0], data: sinus))
-        h1.data.withUnsafeMutableBufferPointer { VectorMath.silu($0.baseAddress!, count: $0.count) }
-        let emb = timeLinear2(h1)
-        observer?("time_emb", emb)
-        var sTemb = emb
-        sTemb.data.withUnsafeMutableBufferPointer { VectorMath.silu($0.baseAddress!, count: $0.count) }
-        flops?.add(b * (c0 * timeLinear1.outFeatures + timeLinear2.inFeatures * timeLinear2.outFeatures))
+        let sinus = ctx.activation([b, c0])
+        for i in 0..<b { sinusoidalEmbedding(timesteps.count == 1 ? timesteps[0] : timesteps[i], into: sinus.pointer + i * c0) }
+        observe("time_proj", sinus)
+        let h1 = timeLinear1(sinus, ctx)
+        Pointwise.silu(ctx, h1.pointer, count: h1.count)
+        let emb = timeLinear2(h1, ctx)
+        observe("time_emb", emb)
+        let sTemb = ctx.activation(emb.shape)
+        sTemb.pointer.update(from: emb.pointer, count: emb.count)
+        Pointwise.silu(ctx, sTemb.pointer, count: sTemb.count)
 
-        var x = sample
-        if config.centerInputSample { x = Elementwise.map1(x) { 2 * $0 - 1 } }
-        x = convIn(x)
-        flops?.add(b * convIn.macs(outPixels: x.shape[2] * x.shape[3]))
-        observer?("conv_in", x)
-        let enc = encoderHiddenStates
+        var x = Activation(config.centerInputSample ? Elementwise.map1(sample) { 2 * $0 - 1 } : sample, ctx)
+        x = convIn(x, ctx)
+        observe("conv_in", x)
+        let enc = Activation(encoderHiddenStates, ctx)
 
-        var skips: [Tensor] = [x]
+        var skips: [Activation] = [x]
         for (i, block) in downBlocks.enumerated() {
-            guard case let .down(resnets, attentions, downsample) = block else { continue }
             var res = 0
-            for j in 0..<resnets.count {
-                x = resnets[j](x, sTemb: sTemb, flops: flops)
-                if !attentions.isEmpty { x = attentions[j](x, encoder: enc, flops: flops) }
+            for j in 0..<block.resnets.count {
+                x = block.resnets[j](x, sTemb: sTemb, ctx)
+                if !block.attentions.isEmpty { x = block.attentions[j](x, encoder: enc, ctx) }
                 skips.append(x)
-                observer?("down.\(i).res.\(res)", x)
+                observe("down.\(i).res.\(res)", x)
                 res += 1
             }
-            if let downsample {
-                x = downsample(x, flops: flops)
+            if let downsample = block.downsample {
+                x = downsample(x, ctx)
                 skips.append(x)
-                observer?("down.\(i).res.\(res)", x)
+                observe("down.\(i).res.\(res)", x)
             }
-            observer?("down.\(i)", x)
+            observe("down.\(i)", x)
         }
 
-        x = midResnets[0](x, sTemb: sTemb, flops: flops)
-        x = midAttention(x, encoder: enc, flops: flops)
-        x = midResnets[1](x, sTemb: sTemb, flops: flops)
-        observer?("mid", x)
+        x = midResnets[0](x, sTemb: sTemb, ctx)
+        x = midAttention(x, encoder: enc, ctx)
+        x = midResnets[1](x, sTemb: sTemb, ctx)
+        observe("mid", x)
 
         for (i, block) in upBlocks.enumerated() {
-            guard case let .up(resnets, attentions, upsample) = block else { continue }
-            for j in 0..<resnets.count {
+            for j in 0..<block.resnets.count {
                 let skip = skips.removeLast()
-                x = resnets[j](Tensor.concat(channels: x, skip), sTemb: sTemb, flops: flops)
-                if !attentions.isEmpty { x = attentions[j](x, encoder: enc, flops: flops) }
+                x = block.resnets[j](concatChannels(x, skip, ctx), sTemb: sTemb, ctx)
+                if !block.attentions.isEmpty { x = block.attentions[j](x, encoder: enc, ctx) }
             }
-            if let upsample {
+            if let upsample = block.upsample {
                 // diffusers: upsample_size = the spatial size of the next skip connection.
                 let size = forwardUpsampleSize ? (skips.last!.shape[2], skips.last!.shape[3]) : nil
-                x = upsample(x, size: size, flops: flops)
+                x = upsample(x, size: size, ctx)
             }
-            observer?("up.\(i)", x)
+            observe("up.\(i)", x)
         }
 
-        if let observer { observer("conv_norm_out", normOut(x)) }
-        x = convOut(normOut(x, silu: true))
-        flops?.add(b * convOut.macs(outPixels: x.shape[2] * x.shape[3]))
-        observer?("out", x)
-        return x
+        if observer != nil { observe("conv_norm_out", normOut(x, ctx)) }
+        x = convOut(normOut(x, silu: true, ctx), ctx)
+        observe("out", x)
+        return x.tensor
     }
 }
 
@@ -385,9 +379,3 @@ public extension UNetConfig {
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     ]
 }
-
-#if os(Linux)
-/// glibc's mallopt (declared in malloc.h, which the Glibc module does not export).
-@_silgen_name("mallopt")
-private func glibcMallopt(_ param: Int32, _ value: Int32) -> Int32
-#endif

@@ -140,36 +140,34 @@ public final class SafeTensorsFile {
         UnsafeRawBufferPointer(start: base + dataStart + entry.begin, count: entry.end - entry.begin)
     }
 
-    /// An entry converted to Float (f32 copied, f16/bf16/f64/ints converted): the one copy a
-    /// weight makes on its way from the mapped file to a layer.
+    /// An entry converted to Float (f32 copied, f16/bf16/f64/ints converted): `convert` into a
+    /// fresh array.
     public func floats(_ entry: Entry) throws -> [Float] {
-        let raw = rawBytes(entry)
-        let n = entry.count
-        switch entry.dtype {
-        case .F32:
-            return [Float](unsafeUninitializedCapacity: n) { out, c in
-                _ = memcpy(out.baseAddress!, raw.baseAddress!, n * 4)
-                c = n
-            }
-        case .F16:
-            return [Float](unsafeUninitializedCapacity: n) { out, c in
-                for i in 0..<n { out[i] = HalfFloat.f16ToFloat(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)) }
-                c = n
-            }
-        case .BF16:
-            return [Float](unsafeUninitializedCapacity: n) { out, c in
-                for i in 0..<n { out[i] = HalfFloat.bf16ToFloat(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)) }
-                c = n
-            }
-        case .F64:
-            return (0..<n).map { Float(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Double.self)) }
-        case .I64:
-            return (0..<n).map { Float(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }
-        case .I32:
-            return (0..<n).map { Float(raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
-        default:
-            throw ToolError("'\(path)': weight '\(entry.name)' has dtype \(entry.dtype.rawValue), which diffedit does not load as floats — export the weights as F32, F16 or BF16")
+        try [Float](unsafeUninitializedCapacity: entry.count) { out, c in
+            if entry.count > 0 { try convert(entry, into: out.baseAddress!) }
+            c = entry.count
         }
+    }
+
+    /// Drops the mapping's pages from this process's memory (the file stays mapped; a later
+    /// read faults them in again from the page cache). Called once a model has converted its
+    /// weights, so that the f16 file does not count twice in the resident set.
+    public func releasePages() {
+        #if os(Linux)
+        _ = madvise(UnsafeMutableRawPointer(mutating: base), mappedLength, MADV_DONTNEED)
+        #endif
+    }
+
+    /// Drops the pages that lie wholly inside one entry's bytes (after converting it), so that
+    /// the resident set during a load is the converted weights plus one entry of the file.
+    func releasePages(_ entry: Entry) {
+        #if os(Linux)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = Int(bitPattern: base) + dataStart + entry.begin
+        let end = Int(bitPattern: base) + dataStart + entry.end
+        let lo = (start + page - 1) / page * page, hi = end / page * page
+        if hi > lo { _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, MADV_DONTNEED) }
+        #endif
     }
 }
 
@@ -188,13 +186,18 @@ public final class WeightStore {
 
     /// Loads `name`, which must have exactly `shape`.
     public func load(_ name: String, shape: [Int]) throws -> [Float] {
+        try file.floats(try entry(name, shape: shape))
+    }
+
+    /// The entry `name`, checked to have exactly `shape`.
+    func entry(_ name: String, shape: [Int]) throws -> SafeTensorsFile.Entry {
         guard let e = file.entries[name] else {
             throw ToolError("\(component): missing weight '\(name)' in \(file.path) — the weights do not match \(component)/config.json, or the file is not a \(component) checkpoint")
         }
         guard e.shape == shape else {
             throw ToolError("\(component): weight '\(name)' has shape \(e.shape) but \(component)/config.json implies \(shape) — config and weights are from different models")
         }
-        return try file.floats(e)
+        return e
     }
 
     /// Loads `name` if present (optional biases).

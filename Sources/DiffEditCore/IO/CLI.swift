@@ -1,28 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ArgumentParser
 
-/// Shared behaviour of every diffedit tool: one-line errors, refusing binary output to a
-/// terminal, `-` for stdin, progress on stderr.
+/// Standard streams as every diffedit tool uses them: one-line messages on stderr, refusing
+/// binary output to a terminal, `-` for stdin. The ArgumentParser side (`CLI.run`, option
+/// groups) lives in the DiffEditCLI target, so that the core library does not depend on it.
 public enum CLI {
-    /// Runs a tool body; a ToolError becomes `tool: message` on stderr and exit status 1.
-    public static func run(_ tool: String, _ body: () throws -> Void) throws {
-        do {
-            try body()
-            // Text printed with print() sits in stdout's buffer: flush it here so that a write
-            // error (a full disk) is reported rather than lost at exit.
-            if fflush(stdout) != 0 || ferror(stdout) != 0 {
-                if errno == EPIPE { endOnClosedPipe() }
-                throw ToolError("write error on stdout: \(String(cString: strerror(errno))) — check free space and the output path")
-            }
-        } catch let e as ToolError {
-            // Every message should say what to do; the few that do not point at the manual.
-            printError(tool, e.message.contains(" — ") ? e.message : e.message + " — see \(tool)(1)")
-            throw ExitCode(1)
-        }
-    }
-
     /// Control characters from hostile input (a name holding "\r") are shown escaped, so an
     /// error is always exactly one line.
     /// A reader downstream went away (`| head`): see ByteWriter.endOnClosedPipe.

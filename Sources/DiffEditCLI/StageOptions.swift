@@ -1,4 +1,5 @@
 import ArgumentParser
+import DiffEditCore
 
 /// The options the three DiffEdit stages (noise-diff-mask, invert, denoise) share, defined once so
 /// their names, defaults and help read the same in every tool: `@OptionGroup var common: StageOptions`.
@@ -9,10 +10,23 @@ public struct StageOptions: ParsableArguments {
     public var progress = false
     @Flag(name: .shortAndLong, help: "No progress or notes on stderr.")
     public var quiet = false
+    @Flag(name: .shortAndLong, help: "Say on stderr what the tool computes with (model, threads, BLAS kernel).")
+    public var verbose = false
     @Flag(name: .long, help: "Process inputs holding NaN or infinite values instead of refusing them.")
     public var allowNonfinite = false
     @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
     public var force = false
 
     public init() {}
+}
+
+extension StageOptions {
+    /// The UNet a stage tool runs, loaded from `folder`; with --verbose, one line on how it runs.
+    public func loadUNet(_ folder: ModelFolder, tool: String) throws -> UNet2DCondition {
+        let unet = try UNet2DCondition(folder: folder)
+        if verbose && !quiet {
+            CLI.note(tool, "model \(folder.root); UNet on \(unet.context.threads) threads; \(BLASKernel.description)")
+        }
+        return unet
+    }
 }

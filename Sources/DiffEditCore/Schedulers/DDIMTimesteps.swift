@@ -1,0 +1,64 @@
+import Foundation
+
+/// Timestep arithmetic shared by both DDIM schedulers, reproducing numpy's float64 behaviour.
+public enum DDIMTimesteps {
+    /// np.linspace(0, last, n).round() (round half to even), as integers, ascending.
+    static func linspace(to last: Int, count n: Int) -> [Int] {
+        if n == 1 { return [0] }
+        let step = Double(last) / Double(n - 1)
+        return (0..<n).map { i in
+            let v = i == n - 1 ? Double(last) : Double(i) * step + 0
+            return Int(v.rounded(.toNearestOrEven))
+        }
+    }
+
+    /// np.round(np.arange(T, 0, −T/n)) as integers, descending. numpy's arange fills
+    /// `start + i·δ` with δ = (start + step) − start, so that is what is computed here.
+    static func trailing(train t: Int, count n: Int) -> [Int] {
+        let step = -(Double(t) / Double(n))
+        let length = Int((Double(0 - t) / step).rounded(.up))
+        let start = Double(t)
+        let delta = (start + step) - start
+        return (0..<length).map { i in
+            let v = i == 0 ? start : (i == 1 ? start + step : start + Double(i) * delta)
+            return Int(v.rounded(.toNearestOrEven))
+        }
+    }
+
+    /// t_start of the DiffEdit pipeline's get_timesteps / get_inverse_timesteps:
+    /// n − min(int(n·strength), n), at least 0.
+    public static func startIndex(steps n: Int, strength: Double) throws -> Int {
+        guard strength >= 0, strength <= 1 else {
+            throw ToolError("strength must be in [0, 1], got \(strength)")
+        }
+        let initTimestep = min(Int(Double(n) * strength), n)
+        return max(n - initTimestep, 0)
+    }
+
+    static func addNoise(alphasCumprod: [Float], original: Tensor, noise: Tensor, timesteps: [Int]) throws -> Tensor {
+        guard original.shape == noise.shape else {
+            throw ToolError("add_noise: sample \(original.shape) and noise \(noise.shape) differ in shape")
+        }
+        let batch = original.shape.first ?? 1
+        guard timesteps.count == 1 || timesteps.count == batch else {
+            throw ToolError("add_noise: \(timesteps.count) timesteps for a batch of \(batch)")
+        }
+        for t in timesteps where t < 0 || t >= alphasCumprod.count {
+            throw ToolError("add_noise: timestep \(t) is outside 0..<\(alphasCumprod.count)")
+        }
+        let inner = original.count / max(batch, 1)
+        var out = [Float](repeating: 0, count: original.count)
+        original.data.withUnsafeBufferPointer { xp in
+            noise.data.withUnsafeBufferPointer { np in
+                out.withUnsafeMutableBufferPointer { op in
+                    for b in 0..<batch {
+                        let a = alphasCumprod[timesteps.count == 1 ? timesteps[0] : timesteps[b]]
+                        let sa = a.squareRoot(), sb = (1 - a).squareRoot()
+                        for i in (b * inner)..<((b + 1) * inner) { op[i] = sa * xp[i] + sb * np[i] }
+                    }
+                }
+            }
+        }
+        return Tensor(shape: original.shape, data: out)
+    }
+}
