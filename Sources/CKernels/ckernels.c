@@ -64,3 +64,109 @@ void diffedit_bf16_to_f32(const uint16_t *src, float *dst, size_t n) {
     uint32_t *d = (uint32_t *)dst;
     for (size_t i = 0; i < n; i++) d[i] = (uint32_t)src[i] << 16;
 }
+
+/* ---- vectorised elementwise kernels ---------------------------------------------------- */
+
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+typedef float vf __attribute__((vector_size(64), aligned(4)));
+typedef int vi __attribute__((vector_size(64), aligned(4)));
+#define VL 16
+
+/* Helpers as macros (GNU statement expressions): a function taking a 64-byte vector would have
+ * a different ABI in each clone. */
+#define vsplat(x) ({ float s_ = (x); (vf){s_, s_, s_, s_, s_, s_, s_, s_, s_, s_, s_, s_, s_, s_, s_, s_}; })
+#define vload(p) ({ vf v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define vstore(p, v) do { vf w_ = (v); memcpy((p), &w_, sizeof w_); } while (0)
+#define vselect(mask, a, b) ((vf)((((vi)(a)) & (mask)) | (((vi)(b)) & ~(mask))))
+#define vmax(a, b) ({ vf a_ = (a), b_ = (b); vselect(a_ > b_, a_, b_); })
+
+/* e^x, the same arithmetic as VectorMath.exp. */
+#define vexp(xin_) ({                                                              \
+    vf xin = (xin_);                                                               \
+    vf x = vselect(xin < vsplat(-88.0f), vsplat(-88.0f), xin);                     \
+    x = vselect(x > vsplat(88.5f), vsplat(88.5f), x);                              \
+    const vf magic = vsplat(12582912.0f);                                          \
+    vf t = x * vsplat(1.44269504088896341f) + magic;                               \
+    vf n_ = t - magic;                                                             \
+    vf r = x - n_ * vsplat(0.693359375f);                                          \
+    r = r - n_ * vsplat(-2.12194440e-4f);                                          \
+    vf z = r * r;                                                                  \
+    vf y = vsplat(1.9875691500e-4f);                                               \
+    y = y * r + vsplat(1.3981999507e-3f);                                          \
+    y = y * r + vsplat(8.3334519073e-3f);                                          \
+    y = y * r + vsplat(4.1665795894e-2f);                                          \
+    y = y * r + vsplat(1.6666665459e-1f);                                          \
+    y = y * r + vsplat(5.0000001201e-1f);                                          \
+    y = y * z + r + vsplat(1.0f);                                                  \
+    vi e = (((vi)t - 0x4B400000) + 127) << 23;                                     \
+    vf res = y * (vf)e;                                                            \
+    vselect(xin < vsplat(-87.3f), vsplat(0.0f), res);                              \
+})
+
+#define sexp(x) (vexp(vsplat(x))[0])
+
+#define verf(x_) ({                                                                \
+    vf xe = (x_);                                                                  \
+    vf a = vselect(xe < vsplat(0.0f), -xe, xe);                                    \
+    vf t2 = vsplat(1.0f) / (vsplat(0.3275911f) * a + vsplat(1.0f));                \
+    vf r2 = vsplat(1.061405429f) * t2 - vsplat(1.453152027f);                      \
+    r2 = r2 * t2 + vsplat(1.421413741f);                                           \
+    r2 = r2 * t2 - vsplat(0.284496736f);                                           \
+    r2 = r2 * t2 + vsplat(0.254829592f);                                           \
+    vf y2 = vsplat(1.0f) - r2 * t2 * vexp(-(xe * xe));                             \
+    vselect(xe < vsplat(0.0f), -y2, y2);                                           \
+})
+
+CLONES
+void diffedit_exp_rows(float *p, size_t rows, size_t n, size_t stride, float *sums) {
+    for (size_t r = 0; r < rows; r++) {
+        float *row = p + r * stride;
+        size_t i = 0;
+        vf vm = vsplat(-__builtin_inff());
+        for (; i + VL <= n; i += VL) vm = vmax(vm, vload(row + i));
+        float m = -__builtin_inff();
+        for (int k = 0; k < VL; k++) m = vm[k] > m ? vm[k] : m;
+        for (; i < n; i++) m = row[i] > m ? row[i] : m;
+        if (m == -__builtin_inff()) m = 0;
+        vf vs = vsplat(0.0f);
+        const vf mm = vsplat(m);
+        for (i = 0; i + VL <= n; i += VL) {
+            vf e = vexp(vload(row + i) - mm);
+            vstore(row + i, e);
+            vs += e;
+        }
+        float s = 0;
+        for (int k = 0; k < VL; k++) s += vs[k];
+        for (; i < n; i++) { row[i] = sexp(row[i] - m); s += row[i]; }
+        sums[r] = s;
+    }
+}
+
+CLONES
+void diffedit_geglu(const float *x, size_t rows, size_t d, float *out) {
+    const vf half = vsplat(0.5f), one = vsplat(1.0f), rsqrt2 = vsplat(0.70710678118654752f);
+    for (size_t r = 0; r < rows; r++) {
+        const float *h = x + r * 2 * d, *g = h + d;
+        float *o = out + r * d;
+        size_t i = 0;
+        for (; i + VL <= d; i += VL) {
+            vf gv = vload(g + i);
+            vstore(o + i, vload(h + i) * (gv * half * (one + verf(gv * rsqrt2))));
+        }
+        for (; i < d; i++) {
+            float gv = g[i];
+            o[i] = h[i] * (gv * 0.5f * (1.0f + verf(vsplat(gv * 0.70710678118654752f))[0]));
+        }
+    }
+}
+
+CLONES
+void diffedit_silu(float *x, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf v = vload(x + i);
+        vstore(x + i, v / (vsplat(1.0f) + vexp(-v)));
+    }
+    for (; i < n; i++) x[i] = x[i] / (1.0f + sexp(-x[i]));
+}

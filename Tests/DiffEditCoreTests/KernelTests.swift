@@ -185,3 +185,54 @@ final class KernelTests: XCTestCase {
         }
     }
 }
+
+/// The vectorised C kernels (CKernels: AVX-512, AVX2 or baseline, chosen at load) against
+/// VectorMath's scalar forms of the same formulas, on lengths that are not multiples of the
+/// vector width and on the inputs softmax meets (−∞ from masks, large negatives).
+final class VectorisedKernelTests: XCTestCase {
+    func testExpRowsGegluSiluMatchScalarForms() {
+        var rng = KernelTests.Lcg(state: 21)
+        for n in [1, 7, 16, 17, 77, 333] {
+            let rows = 3
+            var x = rng.array(rows * n).map { 30 * $0 }
+            x[0] = -.infinity
+            if n > 3 { x[n + 2] = -200 }
+            var sums = [Float](repeating: 0, count: rows)
+            var got = x
+            got.withUnsafeMutableBufferPointer { p in
+                sums.withUnsafeMutableBufferPointer { VectorMath.expRows(p.baseAddress!, rows: rows, n: n, stride: n, sums: $0.baseAddress!) }
+            }
+            for r in 0..<rows {
+                let row = Array(x[(r * n)..<((r + 1) * n)])
+                let m = row.max()! == -.infinity ? 0 : row.max()!
+                var want: Float = 0
+                for i in 0..<n {
+                    let e = VectorMath.exp(row[i] - m)
+                    want += e
+                    let g = got[r * n + i]
+                    XCTAssertTrue(abs(g - e) <= 4e-7 * max(e, 1e-30) || abs(g - e) < 1e-37, "exp row \(r) [\(i)] of \(n): \(g) vs \(e)")
+                }
+                XCTAssertEqual(sums[r], want, accuracy: 1e-5 * want, "row sum \(r) of \(n)")
+            }
+            XCTAssertEqual(got[0], 0, "exp(−∞) is 0")
+
+            let d = n
+            let hg = rng.array(2 * d * rows).map { 6 * $0 }
+            var out = [Float](repeating: .nan, count: d * rows)
+            hg.withUnsafeBufferPointer { h in
+                out.withUnsafeMutableBufferPointer { VectorMath.geglu(h.baseAddress!, rows: rows, d: d, out: $0.baseAddress!) }
+            }
+            for r in 0..<rows { for i in 0..<d {
+                let want = hg[r * 2 * d + i] * VectorMath.gelu(hg[r * 2 * d + d + i])
+                XCTAssertEqual(out[r * d + i], want, accuracy: 1e-6 * max(1, abs(want)), "geglu \(r),\(i) of \(d)")
+            } }
+
+            var s = rng.array(n).map { 20 * $0 }
+            let s0 = s
+            s.withUnsafeMutableBufferPointer { VectorMath.silu($0.baseAddress!, count: n) }
+            for i in 0..<n {
+                XCTAssertEqual(s[i], VectorMath.silu(s0[i]), accuracy: 1e-6 * max(1, abs(s0[i])), "silu [\(i)] of \(n)")
+            }
+        }
+    }
+}

@@ -15,3 +15,18 @@ void diffedit_bf16_to_f32(const uint16_t *src, float *dst, size_t n);
 int diffedit_has_f16c(void);
 
 #endif
+
+/* Vectorised elementwise kernels of the UNet's hot loops, compiled for AVX-512, AVX2+FMA and
+ * the baseline, the best chosen at load time (function multiversioning). exp is the
+ * Cephes-style range reduction and degree-6 polynomial of VectorMath.exp (≲ 2 ulp), exactly 0
+ * below −87.3; erf is Abramowitz & Stegun 7.1.26 as ATen's Vectorized<float>::erf. */
+
+/// Each of `rows` rows (length n, stride `stride`) becomes exp(x − max(row)) in place; its sum
+/// is written to sums[r] (a fully masked row, max −∞, uses 0 as its max).
+void diffedit_exp_rows(float *p, size_t rows, size_t n, size_t stride, float *sums);
+
+/// out[r][i] = h[r][i] · gelu(g[r][i]) where input row r is [h (d) | g (d)] (GEGLU, exact GELU).
+void diffedit_geglu(const float *x, size_t rows, size_t d, float *out);
+
+/// x[i] = x[i] · σ(x[i]) in place.
+void diffedit_silu(float *x, size_t n);

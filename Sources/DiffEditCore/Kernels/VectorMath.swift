@@ -1,3 +1,5 @@
+import CKernels
+
 /// Vectorised float32 transcendental kernels for the hot elementwise work of the UNet (softmax,
 /// SiLU, GELU), written over SIMD8<Float> so they compile to packed SSE/AVX code. Accuracy is
 /// that of torch's own vectorised CPU kernels (Cephes-style exp, ≲ 2 ulp; erf by Abramowitz &
@@ -60,17 +62,14 @@ public enum VectorMath {
         UnsafeRawPointer(p).loadUnaligned(as: V.self)
     }
 
-    /// SiLU in place over n floats.
+    /// SiLU in place over n floats (CKernels: AVX-512/AVX2 where the CPU has them).
     public static func silu(_ p: UnsafeMutablePointer<Float>, count n: Int) {
-        for i in 0..<n { p[i] = silu(p[i]) }
+        diffedit_silu(p, n)
     }
 
     /// out[r][i] = h[r][i] · gelu(g[r][i]) where each input row is [h (d) | g (d)] (GEGLU).
     public static func geglu(_ x: UnsafePointer<Float>, rows: Int, d: Int, out: UnsafeMutablePointer<Float>) {
-        for r in 0..<rows {
-            let h = x + r * 2 * d, g = h + d, o = out + r * d
-            for i in 0..<d { o[i] = h[i] * gelu(g[i]) }
-        }
+        diffedit_geglu(x, rows, d, out)
     }
 
     /// Sum of n floats with eight running partial sums.
@@ -103,16 +102,10 @@ public enum VectorMath {
 
     /// The unnormalised half of a softmax: each row becomes exp(x − max(row)) in place and its sum
     /// is written to sums[r]. Attention divides its (much narrower) output rows by the sums instead
-    /// of the score rows.
+    /// of the score rows. (CKernels: the same exp, AVX-512/AVX2 where the CPU has them.)
     public static func expRows(_ p: UnsafeMutablePointer<Float>, rows: Int, n: Int, stride: Int,
                                sums: UnsafeMutablePointer<Float>) {
-        for r in 0..<rows {
-            let row = p + r * stride
-            var m = max(row, n)
-            if m == -.infinity { m = 0 }
-            for i in 0..<n { row[i] = exp(row[i] - m) }
-            sums[r] = sum(row, n)
-        }
+        diffedit_exp_rows(p, rows, n, stride, sums)
     }
 
     /// Softmax over `rows` rows of length n (row stride `stride`), in place.
