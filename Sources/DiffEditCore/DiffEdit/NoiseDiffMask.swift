@@ -93,16 +93,20 @@ public struct NoiseDiffMask {
         let noised = try scheduler.addNoise(original: imageLatents, noise: noise, timesteps: [t])
 
         // 7. one UNet batch [source, sourceNeg, target, targetNeg] (each ×maps), micro-batched.
-        let embeds = Tensor.concat(batch: [
-            DiffEditSupport.repeatInterleave(source, o.maps), DiffEditSupport.repeatInterleave(sourceNegative, o.maps),
-            DiffEditSupport.repeatInterleave(target, o.maps), DiffEditSupport.repeatInterleave(targetNegative, o.maps),
-        ])
-        let input = Tensor.concat(batch: [noised, noised, noised, noised])
-        progress?.begin("noise maps (UNet latents)", total: 4 * m)
+        // With the default negatives (both the empty prompt) the two negative quarters are the
+        // same latents under the same embedding: computed once, the mask stage does 3/4 of the
+        // UNet work for the same numbers.
+        let sharedNegative = sourceNegative.shape == targetNegative.shape && sourceNegative.data == targetNegative.data
+        var parts = [source, sourceNegative, target]
+        if !sharedNegative { parts.append(targetNegative) }
+        let embeds = Tensor.concat(batch: parts.map { DiffEditSupport.repeatInterleave($0, o.maps) })
+        let input = Tensor.concat(batch: [Tensor](repeating: noised, count: parts.count))
+        progress?.begin("noise maps (UNet latents)", total: parts.count * m)
         let out = try DiffEditSupport.predict(unet, latents: input, timestep: t, embeddings: embeds,
                                               maxBatch: o.maxBatch, progress: { progress?.update($0) })
         let c0 = out.slice(batch: 0, count: m), c1 = out.slice(batch: m, count: m)
-        let c2 = out.slice(batch: 2 * m, count: m), c3 = out.slice(batch: 3 * m, count: m)
+        let c2 = out.slice(batch: 2 * m, count: m)
+        let c3 = sharedNegative ? c1 : out.slice(batch: 3 * m, count: m)
         let g = o.guidance
         let epsSource: Tensor, epsTarget: Tensor
         if g > 1 {
