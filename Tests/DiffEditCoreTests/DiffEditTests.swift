@@ -6,10 +6,12 @@ import XCTest
 /// Tests/Fixtures/{sd1,sd2}/ref/diffedit.tensor: sd1 is epsilon prediction with 50 steps, sd2
 /// v-prediction with 20 steps. Tolerances: latents and predictions 1e-3 absolute; the mask
 /// identical except where the reference map is within 1e-4 (relative to the clamp) of the
-/// threshold; the decoded 8-bit image within ±1 on ≥ 99.9 % of the samples.
+/// threshold; the decoded 8-bit image within ±1 on every sample (it was ≥ 99.9 % of them with the
+/// worst merely printed; measured worst: 1 level on sd1, 0 on sd2). Measured latent/prediction
+/// errors: ≤ 3.2e-5 (sd1 dense edit from the image), inversion ≤ 7.9e-6.
 final class DiffEditTests: XCTestCase {
     static let pipelines = ["sd1", "sd2"]
-    static let latentTolerance: Float = 1e-3
+    static let latentTolerance: Double = 1e-3
 
     struct Pipeline {
         let key: String
@@ -24,7 +26,7 @@ final class DiffEditTests: XCTestCase {
     func pipeline(_ key: String) throws -> Pipeline {
         if let p = Self.cache[key] { return p }
         let ref = "\(key)/ref/diffedit.tensor"
-        guard FileManager.default.fileExists(atPath: Fixtures.path(ref)) else { throw XCTSkip("fixtures not present") }
+        try Fixtures.require(ref)  // committed: a missing one fails, never skips
         let folder = try ModelFolder(root: Fixtures.path(key))
         let refs = try Fixtures.records(ref)
         let steps = Int(try XCTUnwrap(refs["diffedit.invert.timesteps"]?.metadata["num_inference_steps"] ?? (key == "sd1" ? "50" : "20")))!
@@ -51,13 +53,13 @@ final class DiffEditTests: XCTestCase {
         return (post.mean * sf, post.std * sf)
     }
 
-    func maxError(_ a: [Float], _ b: [Float]) -> Float {
-        zip(a, b).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
-    }
-
     /// Compares a mask with the reference; pixels whose reference soft value is within 1e-4 of
     /// 0.5 may differ. Returns (mismatches, near-threshold pixels).
     func compareMask(_ mask: [Float], _ want: [Float], refSoft: [Float], _ label: String) -> (Int, Int) {
+        XCTAssertEqual(mask.count, want.count, "\(label): mask size")
+        XCTAssertEqual(refSoft.count, want.count, "\(label): reference soft mask size")
+        XCTAssertFalse(want.isEmpty, "\(label): empty reference mask")
+        guard mask.count == want.count, refSoft.count == want.count else { return (want.count, 0) }
         var mismatches = 0, near = 0
         for i in 0..<want.count {
             let isNear = abs(refSoft[i] - 0.5) < 1e-4
@@ -88,17 +90,17 @@ final class DiffEditTests: XCTestCase {
                 assertClose(r.imageLatents.data, try ref(p, "diffedit.mask.image_latents").floats(), atol: 1e-4, "\(label) image latents")
                 assertClose(r.noise.data, try ref(p, "diffedit.mask.noise").floats(), atol: 0, "\(label) noise")
                 assertClose(r.noisedLatents.data, try ref(p, "diffedit.mask.noised_latents").floats(), atol: 1e-4, "\(label) noised")
-                assertClose(r.epsSource.data, try ref(p, "diffedit.mask.eps.source").floats(), atol: 1e-3, "\(label) eps.source")
-                assertClose(r.epsTarget.data, try ref(p, "diffedit.mask.eps.target").floats(), atol: 1e-3, "\(label) eps.target")
+                let epsSrc = assertClose(r.epsSource.data, try ref(p, "diffedit.mask.eps.source").floats(), atol: 1e-3, "\(label) eps.source")
+                let epsTgt = assertClose(r.epsTarget.data, try ref(p, "diffedit.mask.eps.target").floats(), atol: 1e-3, "\(label) eps.target")
                 let refMap = try ref(p, "diffedit.mask.map").floats()
-                assertClose(r.map.data, refMap, atol: 1e-4, "\(label) map")
+                let mapErr = assertClose(r.map.data, refMap, atol: 1e-4, "\(label) map").maxAbsError
                 let refClamp = try ref(p, "diffedit.mask.clamp").floats()[0]
                 XCTAssertEqual(r.clamp, refClamp, accuracy: 1e-4 * max(1, refClamp), "\(label) clamp")
                 let refSoft = try ref(p, "diffedit.mask.soft").floats()
                 assertClose(r.soft.data, refSoft, atol: 1e-4, "\(label) soft")
                 XCTAssertEqual(r.mask.shape, [1, 1] + Array(mean.shape[2...]), label)
                 let (_, near) = compareMask(r.mask.data, try ref(p, "diffedit.mask").floats(), refSoft: refSoft, label)
-                print("\(label): map max err \(maxError(r.map.data, refMap)), eps max err \(maxError(r.epsTarget.data, try ref(p, "diffedit.mask.eps.target").floats())), near-threshold pixels \(near)")
+                print("\(label): map max err \(mapErr), eps max err \(nanAwareMax(epsSrc.maxAbsError, epsTgt.maxAbsError)), near-threshold pixels \(near)")
 
                 // The dense variant: the same map thresholded at ratio 2.1.
                 let dense = NoiseDiffMask.threshold(map: r.map, ratio: 2.1)
@@ -130,8 +132,8 @@ final class DiffEditTests: XCTestCase {
             assertClose(r.predictions.flatMap(\.data), refEps, atol: Self.latentTolerance, "\(key) invert eps")
             let want = try ref(p, "diffedit.inverted")
             XCTAssertEqual(r.inverted.shape, want.shape, key)
-            assertClose(r.inverted.data, want.floats(), atol: Self.latentTolerance, "\(key) inverted")
-            print("\(key) inverted: max abs error \(maxError(r.inverted.data, want.floats()))")
+            let c = assertClose(r.inverted.data, want.floats(), atol: Self.latentTolerance, "\(key) inverted")
+            print("\(key) inverted: max abs error \(c.maxAbsError)")
         }
     }
 
@@ -154,10 +156,10 @@ final class DiffEditTests: XCTestCase {
             assertClose(r.predictions.flatMap(\.data), try ref(p, "diffedit.invert.reg.eps_raw").floats(),
                         atol: Self.latentTolerance, "\(key) reg eps_raw")
             let refEps = try ref(p, "diffedit.invert.reg.eps").floats()
-            assertClose(r.regularizedPredictions.flatMap(\.data), refEps, atol: Self.latentTolerance, "\(key) reg eps")
+            let ce = assertClose(r.regularizedPredictions.flatMap(\.data), refEps, atol: Self.latentTolerance, "\(key) reg eps")
             let want = try ref(p, "diffedit.inverted.reg").floats()
-            assertClose(r.inverted.data, want, atol: Self.latentTolerance, "\(key) inverted.reg")
-            print("\(key) inverted.reg: max abs error \(maxError(r.inverted.data, want)), eps \(maxError(r.regularizedPredictions.flatMap(\.data), refEps))")
+            let c = assertClose(r.inverted.data, want, atol: Self.latentTolerance, "\(key) inverted.reg")
+            print("\(key) inverted.reg: max abs error \(c.maxAbsError), eps \(ce.maxAbsError)")
         }
     }
 
@@ -233,8 +235,8 @@ final class DiffEditTests: XCTestCase {
                 }
                 assertClose(r.blended.flatMap(\.data), try ref(p, "diffedit.call\(suffix).latents").floats(), atol: Self.latentTolerance, "\(label) latents per step")
                 let want = try ref(p, "diffedit.edited\(suffix).latents").floats()
-                assertClose(r.latents.data, want, atol: Self.latentTolerance, "\(label) edited latents")
-                print("\(label): edited latents max abs error \(maxError(r.latents.data, want))")
+                let c = assertClose(r.latents.data, want, atol: Self.latentTolerance, "\(label) edited latents")
+                print("\(label): edited latents max abs error \(c.maxAbsError)")
             }
         }
     }
@@ -263,20 +265,21 @@ final class DiffEditTests: XCTestCase {
                 var dn = MaskedDenoising(unet: p.unet, scheduler: try DDIMScheduler(folder: p.folder), options: dopt)
                 let edited = try dn.denoise(inverted: stack, mask: mask, prompt: tgt, negative: src).latents
                 let want = try ref(p, "diffedit.edited\(suffix).latents").floats()
-                assertClose(edited.data, want, atol: Self.latentTolerance, "\(key)\(suffix) edited latents from the image")
+                let cl = assertClose(edited.data, want, atol: Self.latentTolerance, "\(key)\(suffix) edited latents from the image")
                 let sf = vae.config.scalingFactor
                 let image = decoder.decode(Tensor(shape: edited.shape, data: edited.data.map { $0 / sf }))
                 let u8 = try ref(p, "diffedit.edited\(suffix).u8").floats()
                 let (h, w) = (image.shape[2], image.shape[3])
-                var within = 0, worst: Float = 0
+                XCTAssertEqual(h * w * 3, u8.count, "\(key)\(suffix): image size")
+                // Our 8-bit levels in the fixture's HWC order; every sample within ±1 of diffusers'.
+                var levels = [Float](repeating: .nan, count: h * w * 3)
                 for c in 0..<3 { for i in 0..<(h * w) {
-                    let d = abs(Float(NetpbmImage.quantize(image.data[c * h * w + i], maxval: 255)) - u8[i * 3 + c])
-                    if d <= 1 { within += 1 }
-                    worst = max(worst, d)
+                    levels[i * 3 + c] = Float(NetpbmImage.quantize(image.data[c * h * w + i], maxval: 255))
                 } }
-                let fraction = Double(within) / Double(u8.count)
-                XCTAssertGreaterThanOrEqual(fraction, 0.999, "\(key)\(suffix): 8-bit image within ±1")
-                print("\(key)\(suffix) full pipeline: latents max err \(maxError(edited.data, want)), u8 within ±1 \(within)/\(u8.count), worst \(worst)")
+                // quantize maps NaN to 0, so the decoded floats must be finite too.
+                XCTAssertTrue(image.data.allSatisfy(\.isFinite), "\(key)\(suffix): non-finite decoded samples")
+                let cu = assertClose(levels, u8, atol: 1, "\(key)\(suffix): 8-bit image within ±1")
+                print("\(key)\(suffix) full pipeline: latents max err \(cl.maxAbsError), u8 worst \(cu.maxAbsError) levels, \(cu.failures) of \(u8.count) samples off by more than 1")
             }
         }
     }
@@ -302,9 +305,11 @@ final class DiffEditTests: XCTestCase {
         XCTAssertEqual(try run(ones, .diffusers).data, try run(ones, .paper).data)
         let mask = try ref(p, "diffedit.mask").tensor()
         let edited = try run(mask, .paper)
+        XCTAssertTrue(mask.data.contains(0) && mask.data.contains(1), "the fixture mask has both an inside and an outside")
         for ch in 0..<4 { for i in 0..<(h * w) where mask.data[i] == 0 {
             XCTAssertEqual(edited.data[ch * h * w + i], clean.data[ch * h * w + i])
         } }
+        XCTAssertTrue(edited.data.allSatisfy(\.isFinite), "non-finite edited latents")
         XCTAssertNotEqual(edited.data, clean.data, "the edit changes the inside of the mask")
     }
 }

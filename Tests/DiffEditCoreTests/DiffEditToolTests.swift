@@ -16,7 +16,7 @@ final class DiffEditToolTests: XCTestCase {
 
     func fixtureCase(_ key: String) throws -> Case {
         let ref = "\(key)/ref/diffedit.tensor"
-        guard FileManager.default.fileExists(atPath: Fixtures.path(ref)) else { throw XCTSkip("fixtures not present") }
+        try Fixtures.require(ref)  // committed: a missing one fails, never skips
         let refs = try Fixtures.records(ref)
         let json = try XCTUnwrap(refs["diffedit.mask"]?.metadata["args_json"])
         let args = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
@@ -29,8 +29,6 @@ final class DiffEditToolTests: XCTestCase {
         let all = try TensorStream.readAll(path: url.path)
         return try XCTUnwrap(all.first { $0.name == name }, "\(url.lastPathComponent) has no record \(name)")
     }
-
-    func maxError(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) } }
 
     func run(_ script: String, in dir: URL, file: StaticString = #filePath, line: UInt = #line) throws -> String {
         let r = try sh("cd '\(dir.path)' && " + script)
@@ -75,7 +73,7 @@ final class DiffEditToolTests: XCTestCase {
 
             let inv = try read(dir.appendingPathComponent("inv.tensor"), "inverted")
             XCTAssertEqual(inv.shape, try XCTUnwrap(c.refs["diffedit.inverted"]).shape)
-            assertClose(inv.floats(), try XCTUnwrap(c.refs["diffedit.inverted"]).floats(), atol: 1e-3, "\(key) inverted (tools)")
+            let invErr = assertClose(inv.floats(), try XCTUnwrap(c.refs["diffedit.inverted"]).floats(), atol: 1e-3, "\(key) inverted (tools)").maxAbsError
             assertClose(try read(dir.appendingPathComponent("inv.tensor"), "inverted.clean").floats(),
                         try XCTUnwrap(c.refs["diffedit.invert.image_latents"]).floats(), atol: 1e-4, "\(key) inverted.clean")
             let invReg = try read(dir.appendingPathComponent("invreg.tensor"), "inverted")
@@ -84,14 +82,15 @@ final class DiffEditToolTests: XCTestCase {
             for (file, suffix) in [("edit", ""), ("dense-edit", ".dense")] {
                 let edited = try read(dir.appendingPathComponent("\(file).tensor"), "latents").floats()
                 let want = try XCTUnwrap(c.refs["diffedit.edited\(suffix).latents"]).floats()
-                assertClose(edited, want, atol: 1e-3, "\(key)\(suffix) edited latents (tools)")
-                let image = try NetpbmImage.readAll(try ByteReader(path: dir.appendingPathComponent("\(file).ppm").path))[0]
+                let ce = assertClose(edited, want, atol: 1e-3, "\(key)\(suffix) edited latents (tools)")
+                let image = try XCTUnwrap(try NetpbmImage.readAll(try ByteReader(path: dir.appendingPathComponent("\(file).ppm").path)).first,
+                                          "\(file).ppm holds no image")
                 let u8 = try XCTUnwrap(c.refs["diffedit.edited\(suffix).u8"]).floats()
                 let got = image.samples.map { ($0 * 255).rounded() }
-                XCTAssertEqual(got.count, u8.count, key)
-                let within = zip(got, u8).filter { abs($0 - $1) <= 1 }.count
-                XCTAssertGreaterThanOrEqual(Double(within) / Double(u8.count), 0.999, "\(key)\(suffix) 8-bit image within ±1")
-                print("\(key)\(suffix) tools: inverted max err \(maxError(inv.floats(), try XCTUnwrap(c.refs["diffedit.inverted"]).floats())), edited max err \(maxError(edited, want)), u8 within ±1 \(within)/\(u8.count)")
+                // Every sample within ±1 of diffusers' 8-bit image (vae-decode maps a NaN to 0, so the
+                // latents above are what rules NaN out).
+                let cu = assertClose(got, u8, atol: 1, "\(key)\(suffix) 8-bit image within ±1")
+                print("\(key)\(suffix) tools: inverted max err \(invErr), edited max err \(ce.maxAbsError), u8 worst \(cu.maxAbsError) levels, \(cu.failures) of \(u8.count) samples off by more than 1")
             }
         }
     }
@@ -153,7 +152,7 @@ final class DiffEditToolTests: XCTestCase {
         let c = try fixtureCase("sd1")
         let manDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("man/man1")
-        guard try sh("command -v pnmtopng").status == 0 else { throw XCTSkip("netpbm tools not installed") }
+        try requireCommands(["pnmtopng"])
         for page in ["noise-diff-mask", "invert", "denoise"] {
             let text = try String(contentsOf: manDir.appendingPathComponent("\(page).1"), encoding: .utf8)
             guard let examples = text.components(separatedBy: ".SH EXAMPLES").last?.components(separatedBy: ".SH SEE ALSO").first else {

@@ -9,10 +9,8 @@ final class ExamplesTests: XCTestCase {
         .deletingLastPathComponent()
 
     func testMakefileBuildsAndRebuildsOnlyDependents() throws {
-        guard FileManager.default.fileExists(atPath: Fixtures.path("sd1/ref/diffedit.tensor")) else { throw XCTSkip("fixtures not present") }
-        guard try sh("command -v make && command -v pnmtopng && command -v pgmtoppm").status == 0 else {
-            throw XCTSkip("make or netpbm tools not installed")
-        }
+        try Fixtures.require("sd1")  // the fixture model the examples run with
+        try requireCommands(["make", "pnmtopng", "pgmtoppm", "pngtopnm", "pamfile"])
         let dir = try temporaryDirectory(self)
         let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
         let makefile = Self.repo.appendingPathComponent("examples/Makefile").path
@@ -42,8 +40,18 @@ final class ExamplesTests: XCTestCase {
             try XCTUnwrap(try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent(f).path)[.modificationDate] as? Date)
         }
         let inverted = try mtime("out/cat.inverted"), src = try mtime("out/src.tensor")
-        sleep(1)
-        XCTAssertEqual(try sh("cd '\(dir.path)' && echo 'a photo of a dog' > dst.txt").status, 0)
+        // Rewrite dst.txt until its modification time is newer than every output (what make
+        // compares), instead of a fixed sleep: bounded (3000 tries 10 ms apart, beyond any
+        // filesystem's timestamp granularity), usually one try on a nanosecond filesystem.
+        let outputs = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("out").path)
+        let newest = try outputs.map { try mtime("out/\($0)") }.max() ?? .distantPast
+        var newer = false
+        for _ in 0..<3000 {
+            try Data("a photo of a dog\n".utf8).write(to: dir.appendingPathComponent("dst.txt"))
+            if try mtime("dst.txt") > newest { newer = true; break }
+            usleep(10_000)
+        }
+        XCTAssertTrue(newer, "dst.txt never got a modification time newer than the outputs")
         XCTAssertEqual(try sh("cd '\(dir.path)' && \(make) -q").status, 1, "out of date after the prompt changed")
         let plan = String(decoding: try sh("cd '\(dir.path)' && \(make) -n").out, as: UTF8.self)
         XCTAssert(plan.contains("noise-diff-mask"), plan)
@@ -67,8 +75,8 @@ final class ExamplesTests: XCTestCase {
 
     /// examples.sh runs to completion with the fixture model and writes the pictures it promises.
     func testExamplesScriptRuns() throws {
-        guard FileManager.default.fileExists(atPath: Fixtures.path("sd1/ref/diffedit.tensor")) else { throw XCTSkip("fixtures not present") }
-        guard try sh("command -v pnmtopng && command -v pgmtoppm").status == 0 else { throw XCTSkip("netpbm tools not installed") }
+        try Fixtures.require("sd1")  // the fixture model the examples run with
+        try requireCommands(["pnmtopng", "pgmtoppm"])
         let dir = try temporaryDirectory(self)
         let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
         let r = try sh("BIN='\(bin)' OUT='\(dir.path)/out' MODEL='\(Fixtures.path("sd1"))' STEPS=10 '\(Self.repo.path)/examples.sh'")

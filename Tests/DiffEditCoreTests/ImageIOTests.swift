@@ -67,7 +67,7 @@ final class ImageIOTests: XCTestCase {
         pam += [255, 0, 51, 7]
         let im = try read(pam)[0]
         XCTAssertTrue(im.hasAlpha)
-        assertClose(im.rgbTensor().data, [1, -1, 51 / 255 * 2 - 1], atol: 1e-6, "rgba")
+        assertClose(im.rgbTensor().data, [1, -1, 51 / 255 * 2 - 1] as [Float], atol: 1e-6, "rgba")
         // Same pixels from the real tools: ppmmake makes a plain colour image.
         let made = try sh("ppmmake rgb:ff/00/80 4 2")
         XCTAssertEqual(made.status, 0, made.err)

@@ -73,11 +73,10 @@ final class ReliabilityImageTextTests: XCTestCase {
         XCTAssertEqual(recs.first?.shape, [1, 77])
         // Thousands of prompts in one call: one [N, 77] record the next stage reads.
         let many = (0..<5000).map { "prompt number \($0) of a long list" }.joined(separator: "\n") + "\n"
-        let t0 = Date()
+        // (No timing assertion: runProcess's hang guard stops a stuck tool; speed is not tested here.)
         let r2 = try runTool("tokenize", ["--model", m], stdin: Array(many.utf8))
         XCTAssertEqual(r2.status, 0, r2.err)
         let recs2 = try TensorStreamReader(pipeReader(r2.out)).readAll()
         XCTAssertEqual(recs2.first?.shape, [5000, 77])
-        XCTAssertLessThan(Date().timeIntervalSince(t0), 60)
     }
 }

@@ -139,9 +139,9 @@ final class ReliabilityModelTests: XCTestCase {
         let h = FileHandle(forWritingAtPath: path)!
         try h.truncate(atOffset: declared + 64)
         try h.close()
-        let start = Date()
+        // "past the limit" is the declared-length check's message: the refusal came from the
+        // 8-byte length, not from reading or parsing the header (no timing assertion needed).
         assertToolError(try SafeTensorsFile(path: path), contains: ["past the limit"])
-        XCTAssertLessThan(Date().timeIntervalSince(start), 2)
     }
 
     /// A model folder whose weights file is hostile, through a tool: one line, exit 1.

@@ -55,13 +55,16 @@ final class ReliabilityPipeSignalTests: XCTestCase {
         // Static half: the sources open files read-only and write only stdout.
         let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("Sources")
-        let e = FileManager.default.enumerator(atPath: sources.path)!
+        let e = try XCTUnwrap(FileManager.default.enumerator(atPath: sources.path), "no Sources folder at \(sources.path)")
+        var scanned = 0
         for case let f as String in e where f.hasSuffix(".swift") || f.hasSuffix(".c") {
+            scanned += 1
             let text = try String(contentsOfFile: sources.appendingPathComponent(f).path, encoding: .utf8)
             for api in ["mkstemp", "tmpfile(", "O_CREAT", "createFile(", "temporaryDirectory", ".write(to:", "fopen("] {
                 XCTAssertFalse(text.contains(api), "\(f) uses \(api): a signal could leave a temporary file behind")
             }
         }
+        XCTAssertGreaterThan(scanned, 20, "the static scan found too few source files in \(sources.path)")
         // Dynamic half: SIGINT and SIGTERM during invert (the longest stage on the fixture).
         let post = try Hostile.posterior()
         for sig in [SIGINT, SIGTERM] {
@@ -73,17 +76,22 @@ final class ReliabilityPipeSignalTests: XCTestCase {
             let before = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
             let p = Process()
             p.executableURL = URL(fileURLWithPath: toolPath("invert"))
-            p.arguments = ["--model", m, "--prompt", emb, "--steps", "200", "--strength", "1", "-q", input]
+            // --progress writes a line to stderr after each finished step: its first byte proves the
+            // tool is inside the 200-step loop, so the signal lands mid-run (no fixed sleep).
+            p.arguments = ["--model", m, "--prompt", emb, "--steps", "200", "--strength", "1", "--progress", input]
             p.currentDirectoryURL = dir
             var env = ProcessInfo.processInfo.environment
             env["TMPDIR"] = tmp.path
             p.environment = env
+            let errPipe = Pipe()
             p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-            p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+            p.standardError = errPipe
             try p.run()
-            usleep(700_000)
+            let started = waitForFirstByte(errPipe.fileHandleForReading.fileDescriptor, timeout: childHangGuard)
+            XCTAssertTrue(started, "signal \(sig): invert wrote no progress before exiting or the hang guard")
             kill(p.processIdentifier, sig)
-            p.waitUntilExit()
+            XCTAssertTrue(waitForExit(p, timeout: childHangGuard), "signal \(sig): invert still running (hang guard killed it)")
+            try? errPipe.fileHandleForReading.close()
             XCTAssertEqual(p.terminationReason, .uncaughtSignal, "signal \(sig): the tool should die by the signal")
             XCTAssertEqual(p.terminationStatus, sig)
             XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), before)
@@ -110,11 +118,27 @@ final class ReliabilityPipeSignalTests: XCTestCase {
             ("tensor", ["to-npy"], post),
         ]
         var master: Int32 = 0, slave: Int32 = 0
-        guard openpty(&master, &slave, nil, nil, nil) == 0 else { throw XCTSkip("no pty available") }
+        // Linux always offers ptys (/dev/ptmx); without one the refusal cannot be tested, which is a failure.
+        guard openpty(&master, &slave, nil, nil, nil) == 0 else { return XCTFail("openpty failed (errno \(errno)): no pty to test terminal refusals") }
         defer { close(master); close(slave) }
         for (tool, args, stdin) in cases {
             let r = try runWithTerminalOutput(toolPath(tool), args, stdin: stdin, tty: slave)
             assertRefused((r.status, [], r.err), tool: tool, contains: ["terminal", "-f"])
         }
     }
+}
+
+/// Blocks until the first byte arrives on `fd` (consumes it; true) or EOF / `timeout` seconds pass
+/// (false). The timeout is a hang guard, not a speed check.
+func waitForFirstByte(_ fd: Int32, timeout: TimeInterval) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while deadline.timeIntervalSinceNow > 0 {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let n = poll(&pfd, 1, Int32(min(deadline.timeIntervalSinceNow, 60) * 1000) + 1)
+        if n < 0 && errno != EINTR { return false }
+        if n <= 0 { continue }
+        var byte: UInt8 = 0
+        return read(fd, &byte, 1) == 1  // readable: a byte, or 0 at EOF (the child exited silently)
+    }
+    return false
 }

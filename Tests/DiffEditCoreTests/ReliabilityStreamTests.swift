@@ -37,16 +37,25 @@ final class ReliabilityStreamTests: XCTestCase {
         ]
         // A large declared size on a short stream must fail fast on the missing bytes, not allocate.
         bad.append(("large size, short data", Array("DIFFEDIT-TENSOR 1\nname=latents\ndtype=f32\nshape=1 4 40000 40000\n\n".utf8) + [UInt8](repeating: 10, count: 64), "truncated"))
-        // Every case through `tensor stats` (cheap); three through each other reader, since
-        // all of them read with the same TensorStreamReader (keeps the test within seconds).
-        for (tool, args) in try streamReaders(dir) {
+        // Every case through `tensor stats` (cheap); three through each other reader (tensor head
+        // and tensor pick included), since all of them read with the same TensorStreamReader.
+        let readers = try streamReaders(dir)
+        XCTAssertEqual(readers.count, 8)
+        var runs: [String: Int] = [:]
+        for (tool, args) in readers {
             let subset = tool == "tensor" && args == ["stats"] ? bad : bad.filter { ["empty stdin", "truncated data", "trailing garbage"].contains($0.0) }
-            if tool == "tensor" && args != ["stats"] { continue }
             for (what, bytes, fragment) in subset {
                 let r = try runTool(tool, args, stdin: bytes)
                 assertRefused(r, tool: tool, contains: [fragment])
                 if r.status != 1 { XCTFail("\(tool) \(args.first ?? ""): \(what)") }
+                runs[([tool] + args.prefix(1)).joined(separator: " "), default: 0] += 1
             }
+        }
+        // Every listed reader was really run on its cases (none skipped).
+        XCTAssertEqual(runs["tensor stats"], bad.count)
+        for key in ["tensor head", "tensor pick", "encode-text --model", "vae-decode --model", "noise-diff-mask --model",
+                    "invert --model", "denoise --model"] {
+            XCTAssertEqual(runs[key], 3, "\(key) was not run on its three cases")
         }
     }
 

@@ -7,34 +7,35 @@ import XCTest
 /// f32 weights; sd2 = v-prediction, linear projections, per-block heads [2, 4], fp16 weight
 /// variant, 8×6 (non-square) latent.
 ///
-/// Tolerance: max |ours − diffusers| ≤ 1e-4 × max |diffusers| for every block output and the
-/// final output (measured: ≲ 2e-6; the differences come from GEMM summation order and torch's
-/// MKL exp/sin/cos in the time embedding).
+/// Tolerance: max |ours − diffusers| ≤ 1e-4 absolute (README's claim for f32 activations) for
+/// every block output and the final output. It used to be 1e-4 × max |diffusers|, i.e. up to
+/// ~4e-4 absolute on these fixtures. Measured (worst over blocks, cases and the 40-latent batch):
+/// sd1 2.8e-6 (conv_norm_out), sd2 2.9e-6 (conv_norm_out); relative to max |diffusers| ≤ 1.3e-6.
+/// The differences come from GEMM summation order and torch's MKL exp/sin/cos in the time
+/// embedding.
 final class UNetTests: XCTestCase {
-    static let tolerance: Float = 1e-4
+    static let tolerance: Double = 1e-4
 
-    static let models: [String: UNet2DCondition] = {
-        var m: [String: UNet2DCondition] = [:]
+    static let models: [String: Result<UNet2DCondition, Error>] = {
+        var m: [String: Result<UNet2DCondition, Error>] = [:]
         for p in ["sd1", "sd2"] {
-            m[p] = try? UNet2DCondition(folder: ModelFolder(root: Fixtures.path(p)))
+            m[p] = Result { try UNet2DCondition(folder: ModelFolder(root: Fixtures.path(p))) }
         }
         return m
     }()
 
     func unet(_ p: String) throws -> UNet2DCondition {
-        try XCTUnwrap(Self.models[p], "could not load Tests/Fixtures/\(p) UNet")
+        try Fixtures.require("\(p)/unet")
+        return try XCTUnwrap(Self.models[p], "no UNet entry for \(p)").get()
     }
 
+    /// Worst absolute error (≤ `tolerance`), and that error relative to the reference's largest
+    /// magnitude (reported only).
     @discardableResult
     func assertParity(_ got: Tensor, _ want: TensorRecord, _ label: String,
-                      file: StaticString = #filePath, line: UInt = #line) -> Float {
-        XCTAssertEqual(got.shape, want.shape, "\(label) shape", file: file, line: line)
-        let w = want.floats()
-        guard got.count == w.count else { return .infinity }
-        let scale = max(w.reduce(0) { max($0, abs($1)) }, 1e-12)
-        let err = zip(got.data, w).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) } / scale
-        XCTAssertLessThanOrEqual(err, Self.tolerance, "\(label): relative max error", file: file, line: line)
-        return err
+                      file: StaticString = #filePath, line: UInt = #line) -> (abs: Double, rel: Double) {
+        let c = assertClose(got, want, atol: Self.tolerance, label, file: file, line: line)
+        return (c.maxAbsError, c.maxAbsError / Double(max(maxMagnitude(want.floats()), 1e-12)))
     }
 
     func timesteps(_ r: TensorRecord) -> [Float] { r.floats() }
@@ -52,12 +53,14 @@ final class UNetTests: XCTestCase {
                 .map { String($0.dropFirst("unet.case0.".count)) }
                 .filter { !["sample", "timestep", "encoder_hidden_states"].contains($0) }
             XCTAssertGreaterThanOrEqual(expected.count, 10, p)
-            var worst: Float = 0
+            var worst = 0.0, worstRel = 0.0
             for name in expected.sorted() {
                 guard let got = seen[name] else { XCTFail("\(p): the UNet reported no '\(name)'"); continue }
-                worst = max(worst, assertParity(got, recs["unet.case0.\(name)"]!, "\(p) \(name)"))
+                let e = assertParity(got, try XCTUnwrap(recs["unet.case0.\(name)"]), "\(p) \(name)")
+                worst = nanAwareMax(worst, e.abs)
+                worstRel = nanAwareMax(worstRel, e.rel)
             }
-            print("\(p) UNet case 0: \(expected.count) block outputs, worst relative error \(worst)")
+            print("\(p) UNet case 0: \(expected.count) block outputs, worst abs error \(worst), relative \(worstRel)")
         }
     }
 
@@ -72,7 +75,7 @@ final class UNetTests: XCTestCase {
                 let t = timesteps(try XCTUnwrap(recs["unet.case\(k).timestep"]))
                 let out = try unet.forward(sample: x, timesteps: t, encoderHiddenStates: enc)
                 let e = assertParity(out, try XCTUnwrap(recs["unet.case\(k).out"]), "\(p) case \(k)")
-                print("\(p) UNet case \(k) (batch \(x.shape[0]), t \(t)): relative error \(e)")
+                print("\(p) UNet case \(k) (batch \(x.shape[0]), t \(t)): abs error \(e.abs), relative \(e.rel)")
             }
         }
     }
@@ -91,7 +94,7 @@ final class UNetTests: XCTestCase {
             for i in 0..<4 { rows += Array(repeating: embeds.slice(batch: i, count: 1), count: maps) }
             let out = try unet(sample: sample, timestep: t, encoderHiddenStates: Tensor.concat(batch: rows))
             let e = assertParity(out, try XCTUnwrap(recs["diffedit.mask.unet.out"]), "\(p) generate_mask batch")
-            print("\(p) UNet batch \(4 * maps): relative error \(e)")
+            print("\(p) UNet batch \(4 * maps): abs error \(e.abs), relative \(e.rel)")
         }
     }
 

@@ -11,35 +11,31 @@ enum Fixtures {
 
     static func path(_ relative: String) -> String { root.appendingPathComponent(relative).path }
 
+    /// Fails the test (and throws) when a committed fixture file or folder is missing: the
+    /// fixtures are part of the repository, so a missing one is a broken checkout, never a reason
+    /// to skip.
+    static func require(_ relative: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        guard FileManager.default.fileExists(atPath: path(relative)) else {
+            XCTFail("fixture Tests/Fixtures/\(relative) is missing (it is committed; restore it with git checkout)", file: file, line: line)
+            throw ToolError("missing fixture \(relative)")
+        }
+    }
+
     /// All records of a fixture stream, by name.
-    static func records(_ relative: String) throws -> [String: TensorRecord] {
+    static func records(_ relative: String, file: StaticString = #filePath, line: UInt = #line) throws -> [String: TensorRecord] {
+        try require(relative, file: file, line: line)
         let all = try TensorStream.readAll(path: path(relative))
         return Dictionary(all.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// One record; fails the test with a clear message if it is missing.
     static func record(_ relative: String, _ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> TensorRecord {
-        guard let r = try records(relative)[name] else {
+        guard let r = try records(relative, file: file, line: line)[name] else {
             XCTFail("fixture \(relative) has no record '\(name)'", file: file, line: line)
             throw ToolError("missing fixture record \(name)")
         }
         return r
     }
-}
-
-/// Asserts two float arrays agree elementwise within `atol`, reporting the worst element.
-func assertClose(_ actual: [Float], _ expected: [Float], atol: Float, _ label: String,
-                 file: StaticString = #filePath, line: UInt = #line) {
-    XCTAssertEqual(actual.count, expected.count, "\(label): element count", file: file, line: line)
-    guard actual.count == expected.count else { return }
-    var worst: Float = 0
-    var at = 0
-    for i in 0..<actual.count {
-        let d = abs(actual[i] - expected[i])
-        if !(d <= worst) { worst = d; at = i }  // NaN counts as worst
-    }
-    XCTAssert(worst <= atol, "\(label): max abs error \(worst) at \(at) (got \(actual[at]), want \(expected[at])) > \(atol)",
-              file: file, line: line)
 }
 
 /// Path to a built tool in the same build folder as the test bundle.

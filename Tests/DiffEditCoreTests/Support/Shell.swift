@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import DiffEditCore
 
 /// Runs `bash -c script` (with pipefail) and returns (status, stdout, stderr); used for the netpbm tools and
 /// mandoc, and for pipelines of our own tools (their folder is put first on PATH).
@@ -10,9 +11,21 @@ func sh(_ script: String, stdin: [UInt8] = []) throws -> (status: Int32, out: [U
     return try runProcess("/bin/bash", ["-c", "set -o pipefail; " + script], stdin: stdin, environment: env)
 }
 
-/// Runs a program, feeding stdin from a thread and draining stderr on another so neither pipe
-/// can fill up and deadlock; returns (status, stdout, stderr).
-func runProcess(_ executable: String, _ args: [String], stdin: [UInt8], environment: [String: String]?) throws -> (status: Int32, out: [UInt8], err: String) {
+/// A hang guard for every child a test runs: far longer than any tool takes on the fixtures, so it
+/// never decides a test's outcome by speed; it only stops a stuck child from stalling the suite.
+let childHangGuard: TimeInterval = 1800
+
+/// Runs a program with `stdin` on a pipe; returns (status, stdout, stderr), each pipe read to EOF.
+///
+/// Race-free capture: stdin is written and stdout and stderr are read on three threads that each
+/// enter a DispatchGroup *before* the process starts and leave it only at EOF, and the group is
+/// waited on after the process exits, so both outputs are complete when this returns (no pipe
+/// can fill up and deadlock either). A child still running after `hangGuard` seconds is killed
+/// with SIGKILL and the fact is appended to stderr (so any status/stderr assertion fails).
+/// With `stdout` given (e.g. a terminal), the child writes there instead of to a pipe and `out`
+/// is empty.
+func runProcess(_ executable: String, _ args: [String], stdin: [UInt8], environment: [String: String]?,
+                stdout: FileHandle? = nil, hangGuard: TimeInterval = childHangGuard) throws -> (status: Int32, out: [UInt8], err: String) {
     signal(SIGPIPE, SIG_IGN)  // a tool that exits without reading all of stdin must not kill the test
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
@@ -20,21 +33,66 @@ func runProcess(_ executable: String, _ args: [String], stdin: [UInt8], environm
     if let environment { p.environment = environment }
     let inPipe = Pipe(), outPipe = Pipe(), errPipe = Pipe()
     p.standardInput = inPipe
-    p.standardOutput = outPipe
+    p.standardOutput = stdout ?? outPipe
     p.standardError = errPipe
-    try p.run()
-    let writer = Thread {
-        try? inPipe.fileHandleForWriting.write(contentsOf: Data(stdin))
+    let group = DispatchGroup()
+    let outBox = DataBox(), errBox = DataBox()
+    // Entered here, before the process or any thread starts: wait() cannot return early.
+    group.enter(); group.enter()
+    if stdout == nil { group.enter() }
+    try p.run()  // on failure nothing was started and nobody waits on the group
+    let inFD = inPipe.fileHandleForWriting.fileDescriptor
+    Thread {
+        writeAll(inFD, stdin)
         try? inPipe.fileHandleForWriting.close()
+        group.leave()
+    }.start()
+    Thread {
+        errBox.data = errPipe.fileHandleForReading.readDataToEndOfFile()
+        group.leave()
+    }.start()
+    if stdout == nil {
+        Thread {
+            outBox.data = outPipe.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }.start()
     }
-    writer.start()
-    let box = DataBox()
-    let errReader = Thread { box.data = errPipe.fileHandleForReading.readDataToEndOfFile() }
-    errReader.start()
-    let out = outPipe.fileHandleForReading.readDataToEndOfFile()
+    let killed = !waitForExit(p, timeout: hangGuard)
+    // EOF on both pipes: the child (and anything it started that still holds them) has closed them.
+    group.wait()
+    var err = String(decoding: errBox.data, as: UTF8.self)
+    if killed { err += "\n[test harness: \(URL(fileURLWithPath: executable).lastPathComponent) killed after \(Int(hangGuard)) s — hang guard]\n" }
+    return (p.terminationStatus, [UInt8](outBox.data), err)
+}
+
+/// Waits for `p` to exit; after `timeout` seconds kills it (SIGKILL), waits for that, and returns
+/// false. Polls the process state (no fixed sleep decides anything: the poll interval only bounds
+/// how soon the exit is noticed).
+@discardableResult
+func waitForExit(_ p: Process, timeout: TimeInterval) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while p.isRunning {
+        if Date() >= deadline {
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            return false
+        }
+        usleep(2000)
+    }
     p.waitUntilExit()
-    while errReader.isExecuting { usleep(1000) }
-    return (p.terminationStatus, [UInt8](out), String(decoding: box.data, as: UTF8.self))
+    return true
+}
+
+/// Fails the test (and throws) unless every command is on PATH: scripts/setup-debian.sh installs
+/// netpbm and mandoc (and make comes with the toolchain's build tools), so a missing one is a broken setup, not a reason to skip.
+func requireCommands(_ names: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+    for name in names {
+        let r = try runProcess("/bin/bash", ["-c", "command -v '\(name)'"], stdin: [], environment: nil)
+        if r.status != 0 {
+            XCTFail("'\(name)' is not installed — scripts/setup-debian.sh installs netpbm and mandoc; make comes with the build tools", file: file, line: line)
+            throw ToolError("missing command \(name)")
+        }
+    }
 }
 
 final class DataBox: @unchecked Sendable { var data = Data() }
@@ -62,16 +120,6 @@ func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
 /// Runs the tool at `path` with `args`, `stdin` on a pipe and stdout on the terminal `tty` (a pty's
 /// slave end); returns its exit status and stderr. For the "binary data to a terminal" refusals.
 func runWithTerminalOutput(_ path: String, _ args: [String], stdin: [UInt8], tty: Int32) throws -> (status: Int32, err: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let inPipe = Pipe(), errPipe = Pipe()
-    p.standardInput = inPipe
-    p.standardOutput = FileHandle(fileDescriptor: tty, closeOnDealloc: false)
-    p.standardError = errPipe
-    try p.run()
-    try? inPipe.fileHandleForWriting.write(contentsOf: Data(stdin))
-    try? inPipe.fileHandleForWriting.close()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    let r = try runProcess(path, args, stdin: stdin, environment: nil, stdout: FileHandle(fileDescriptor: tty, closeOnDealloc: false))
+    return (r.status, r.err)
 }
