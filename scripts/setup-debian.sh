@@ -2,7 +2,7 @@
 # Installs what diffedit needs from Debian (the Swift toolchain itself is expected on PATH).
 # Safe to run again: packages already present are not fetched twice.
 set -eu
-packages="libopenblas-dev libnetpbm-dev netpbm mandoc pkg-config"
+packages="libopenblas-dev libnetpbm-dev netpbm mandoc pkg-config make"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
