@@ -27,6 +27,9 @@ struct UNetBench: DiffEditTool {
     @Option(name: .long, help: "Attention score buffer per worker, in floats (Attention.scoreBudget).")
     var scoreBudget: Int?
 
+    @Option(name: .long, help: "3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (Conv2D.smallImagePixels).")
+    var smallConvPixels: Int?
+
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
 
@@ -74,6 +77,7 @@ struct UNetBench: DiffEditTool {
             let profiler = profile ? Profiler() : nil
             context.profiler = profiler
             if let scoreBudget { Attention.scoreBudget = max(1, scoreBudget) }
+            if let smallConvPixels { Conv2D.smallImagePixels = max(0, smallConvPixels) }
             for r in 0..<runs {
                 let flops = FlopCounter()
                 context.flops = flops

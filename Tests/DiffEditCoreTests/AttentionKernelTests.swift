@@ -150,6 +150,17 @@ final class AttentionKernelTests: XCTestCase {
                 XCTAssertEqual(got.shape, want.shape)
                 assertClose(got.data, want.data, atol: 1e-4, "n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
             }
+            // The small-image method (one GEMM over a tap-major unfolded copy) on the same
+            // packed weight: all images in one group, two per group, one per group.
+            let savedSmall = Conv2D.smallColumnBudget
+            defer { Conv2D.smallColumnBudget = savedSmall }
+            for budget in [1 << 24, 2 * k * k * c * (want.data.count / (n * o)), 1] {
+                Conv2D.smallColumnBudget = budget
+                let got = Conv2D.forwardSmall(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
+                                              outChannels: o, kernel: (k, k), padding: pad)
+                XCTAssertEqual(got.shape, want.shape)
+                assertClose(got.data, want.data, atol: 1e-4, "small: n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
+            }
         }
     }
 

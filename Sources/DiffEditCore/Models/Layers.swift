@@ -120,7 +120,13 @@ struct Conv2DLayer {
         let (oh, ow) = Conv2D.outputSize(h: h, w: w, kernel: (kernel, kernel), stride: stride, padding: padding)
         precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the \(kernel)x\(kernel) kernel")
         let y = ctx.activation([n, outChannels, oh, ow])
-        if shifted {
+        if shifted && oh * ow <= Conv2D.smallImagePixels {
+            ctx.measure("conv small \(h)x\(w) \(c)->\(outChannels)") {
+                Conv2D.forwardSmall(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.pointer,
+                                    bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
+                                    padding: padding, out: y.pointer)
+            }
+        } else if shifted {
             ctx.measure("conv shifted \(h)x\(w) \(c)->\(outChannels)") {
                 Conv2D.forwardShifted(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.pointer,
                                       bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),

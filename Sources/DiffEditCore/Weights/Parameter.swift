@@ -72,7 +72,7 @@ protocol WeightSource {
     func contains(_ name: String) -> Bool
     func storedShape(_ name: String) -> [Int]?
     func read(_ name: String, shape: [Int], into: UnsafeMutablePointer<Float>) throws
-    /// A conv weight [O, C, kh, kw] written as [kh·kw][O][C] (Conv2D's shifted layout).
+    /// A conv weight [O, C, kh, kw] written as [O][kh·kw][C] (Conv2D's shifted layout).
     func readTapMajor(_ name: String, out o: Int, in c: Int, kernel k: Int, into: UnsafeMutablePointer<Float>,
                       scratch: ScratchBuffer) throws
 }
@@ -182,9 +182,9 @@ struct ParameterLoader {
         return p
     }
 
-    /// A conv weight [O, C, kh, kw] rearranged to [kh·kw][O][C] for Conv2D's shifted method.
+    /// A conv weight [O, C, kh, kw] rearranged to [O][kh·kw][C] for Conv2D's shifted method.
     func shiftedConv(_ name: String, out o: Int, in c: Int, kernel k: Int) throws -> Parameter {
-        let p = Parameter(shape: [k * k, o, c])
+        let p = Parameter(shape: [o, k * k, c])
         try source.readTapMajor(name, out: o, in: c, kernel: k, into: p.pointer, scratch: scratch)
         return p
     }
@@ -228,7 +228,7 @@ extension SafeTensorsFile {
         releasePages(entry)
     }
 
-    /// A conv weight entry [O, C, taps] written as [taps][O][C]: 16-bit values are permuted as
+    /// A conv weight entry [O, C, taps] written as [O][taps][C]: 16-bit values are permuted as
     /// raw bits into `scratch` and then converted in one contiguous pass (the conversion
     /// instructions want contiguous input); f32 is permuted straight into `out`.
     func convertTapMajor(_ entry: Entry, out o: Int, in c: Int, taps: Int, into out: UnsafeMutablePointer<Float>,
@@ -242,7 +242,7 @@ extension SafeTensorsFile {
             DispatchQueue.concurrentPerform(iterations: threads) { part in
                 for oi in (part * chunk)..<min(o, (part + 1) * chunk) {
                     for t in 0..<taps {
-                        let dst = d + (t * o + oi) * c
+                        let dst = d + (oi * taps + t) * c
                         let from = s + oi * c * taps + t
                         for ci in 0..<c { dst[ci] = from[ci * taps] }
                     }
