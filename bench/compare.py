@@ -588,7 +588,7 @@ class Ours:
 
 
 def shquote(s):
-    return s if re.fullmatch(r"[\w./:=+-]+", s) else "'" + s.replace("'", "'\\''") + "'"
+    return s if re.fullmatch(r"~?[\w./:=+-]+", s) else "'" + s.replace("'", "'\\''") + "'"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,8 +618,12 @@ def machine_info(bin_dir, env):
     except OSError:
         info["swift"] = "?"
     try:
-        info["git"] = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True,
-                                     text=True).stdout.strip()
+        git = lambda *a: subprocess.run(["git", "-C", REPO, *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+        info["git"] = git("describe", "--always", "--dirty")
+        # What the binaries are built from: the last commit that touched the sources, and whether
+        # they have uncommitted changes (other files, like this benchmark, do not matter).
+        info["sources"] = git("log", "-1", "--format=%h", "--", "Sources", "Package.swift") + (
+            " + uncommitted changes" if git("status", "--porcelain", "--", "Sources", "Package.swift") else "")
     except OSError:
         info["git"] = "?"
     # OpenBLAS as the tools load it: the library they link, its core as it decides with the
@@ -668,6 +672,15 @@ def cpu_short(cpu):
 
 # ---------------------------------------------------------------------------------------------
 # Report
+
+def show_path(x, meta):
+    """A path as a reader would type it: the repo as ., the home folder as ~."""
+    if x.startswith(REPO + "/"):
+        return "./" + x[len(REPO) + 1:]
+    if x == meta["cache"]:
+        return meta["cache_shown"]
+    return x
+
 
 def fmt_s(x):
     if x is None:
@@ -784,7 +797,8 @@ def write_report(path_base, meta, lines, raw, elapsed, args):
                                                if m["env"] else "none of " + ", ".join(f"`{k}`" for k in ENV_KEYS) + " set")
               + (" (the benchmark sets none of them)" if not args.unset_openblas_env else
                  " (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed for our tools by --unset-openblas-env)"))
-    md.append(f"- Ours: diffedit {m['git']}, {m['swift']}, `swift build -c release`; OpenBLAS "
+    src = f" (Sources/ and Package.swift as at {m['sources']})" if m.get("sources") else ""
+    md.append(f"- Ours: diffedit {m['git']}{src}, {m['swift']}, `swift build -c release`; OpenBLAS "
               f"{m.get('openblas_package', '?')} (`{m.get('openblas_lib')}`): core **{m.get('openblas_core')}** "
               f"(`openblas_get_corename()`), `{m.get('openblas_config')}`, {m.get('openblas_threads')} threads; "
               f"OPENBLAS_VERBOSE=2 in a tool: `{m.get('openblas_verbose')}`")
@@ -801,7 +815,8 @@ def write_report(path_base, meta, lines, raw, elapsed, args):
     md.append("## Our commands\n")
     for ln in lines:
         if ln["id"] != "edit":
-            md.append(f"- {ln['row']}: `{' '.join(shquote(x) for x in raw[ln['id']]['ours']['cmd'])}`")
+            cmd = raw[ln["id"]]["ours"]["cmd"]
+            md.append(f"- {ln['row']}: `{' '.join(shquote(show_path(x, meta)) for x in cmd)}`")
     md.append("")
     text = "\n".join(md) + "\n"
     with open(path_base + ".md", "w") as f:
@@ -832,12 +847,26 @@ def main():
     ap.add_argument("--work", help="folder for inputs and outputs (default: a temporary one, removed)")
     ap.add_argument("--unset-openblas-env", action="store_true",
                     help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for our tools (default: leave the environment alone)")
+    ap.add_argument("--rerender", metavar="JSON",
+                    help="only write the Markdown again from a results .json (next to it)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
         worker(json.loads(args.worker), args.worker_out)
+        return
+    if args.rerender:
+        with open(args.rerender) as f:
+            d = json.load(f)
+        args.threads = d["meta"].get("threads", args.threads)
+        args.unset_openblas_env = d["meta"].get("unset_openblas_env", False)
+        base = args.rerender[:-len(".json")] if args.rerender.endswith(".json") else args.rerender
+        lines = [summarize(ln["id"], d["raw"][ln["id"]]["ours"], d["raw"][ln["id"]]["torch"]) for ln in d["rows"]]
+        for ln in lines:
+            if ln["id"] == "edit":
+                d["raw"]["edit"]["ours"]["cmd"] = d["raw"]["edit"]["ours"]["edit_cmds"]
+        print(write_report(base, d["meta"], lines, d["raw"], d["elapsed_s"], args))
         return
 
     # The parent stays small (no torch import): torch runs in worker processes only.
@@ -943,6 +972,7 @@ def main():
     meta = {"machine": machine, "torch": tinfo, "cache": cache,
             "cache_shown": cache.replace(home, "~", 1) if cache.startswith(home) else cache,
             "model_made_this_run": made, "runs": args.runs, "edit_runs": args.edit_runs,
+            "threads": args.threads, "unset_openblas_env": args.unset_openblas_env,
             "argv": ["bench/compare.py"] + sys.argv[1:]}
     text = write_report(base, meta, lines, raw, elapsed, args)
     print(text)
