@@ -170,3 +170,60 @@ void diffedit_silu(float *x, size_t n) {
     }
     for (; i < n; i++) x[i] = x[i] / (1.0f + sexp(-x[i]));
 }
+
+typedef double vd __attribute__((vector_size(64), aligned(8)));
+#define VDL 8
+
+CLONES
+void diffedit_group_norm(const float *x, size_t c, size_t spatial, size_t groups, const float *weight,
+                         const float *bias, float eps, int silu, float *out, size_t pair_lo, size_t pair_hi) {
+    size_t cpg = c / groups;
+    for (size_t pair = pair_lo; pair < pair_hi; pair++) {
+        size_t b = pair / groups, g = pair % groups;
+        size_t base = (b * c + g * cpg) * spatial, len = cpg * spatial;
+        const float *p = x + base;
+        vd acc = {0, 0, 0, 0, 0, 0, 0, 0};
+        size_t i = 0;
+        for (; i + VDL <= len; i += VDL) {
+            float f[VDL];
+            memcpy(f, p + i, sizeof f);
+            acc += (vd){f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]};
+        }
+        double sum = 0;
+        for (int k = 0; k < VDL; k++) sum += acc[k];
+        for (; i < len; i++) sum += p[i];
+        double mean = sum / (double)len;
+        vd vmean = {mean, mean, mean, mean, mean, mean, mean, mean};
+        vd sq = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (i = 0; i + VDL <= len; i += VDL) {
+            float f[VDL];
+            memcpy(f, p + i, sizeof f);
+            vd t = (vd){f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]} - vmean;
+            sq += t * t;
+        }
+        double var = 0;
+        for (int k = 0; k < VDL; k++) var += sq[k];
+        for (; i < len; i++) { double t = p[i] - mean; var += t * t; }
+        float inv = (float)(1.0 / __builtin_sqrt(var / (double)len + (double)eps));
+        float m = (float)mean;
+        for (size_t ch = 0; ch < cpg; ch++) {
+            size_t cc = g * cpg + ch;
+            float scale = weight[cc] * inv;
+            float shift = bias[cc] - m * scale;
+            const float *src = p + ch * spatial;
+            float *dst = out + base + ch * spatial;
+            const vf vscale = vsplat(scale), vshift = vsplat(shift);
+            size_t j = 0;
+            if (silu) {
+                for (; j + VL <= spatial; j += VL) {
+                    vf v = vload(src + j) * vscale + vshift;
+                    vstore(dst + j, v / (vsplat(1.0f) + vexp(-v)));
+                }
+                for (; j < spatial; j++) { float v = src[j] * scale + shift; dst[j] = v / (1.0f + sexp(-v)); }
+            } else {
+                for (; j + VL <= spatial; j += VL) vstore(dst + j, vload(src + j) * vscale + vshift);
+                for (; j < spatial; j++) dst[j] = src[j] * scale + shift;
+            }
+        }
+    }
+}

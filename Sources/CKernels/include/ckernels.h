@@ -30,3 +30,9 @@ void diffedit_geglu(const float *x, size_t rows, size_t d, float *out);
 
 /// x[i] = x[i] · σ(x[i]) in place.
 void diffedit_silu(float *x, size_t n);
+
+/// GroupNorm over (image, group) pairs [pair_lo, pair_hi) of x [n][c][spatial]: mean and
+/// variance accumulated in double (two passes, as torch's CPU kernel), then the per-channel
+/// affine, optionally followed by SiLU (with the vectorised exp above).
+void diffedit_group_norm(const float *x, size_t c, size_t spatial, size_t groups, const float *weight,
+                         const float *bias, float eps, int silu, float *out, size_t pair_lo, size_t pair_hi);

@@ -1,3 +1,5 @@
+import CKernels
+
 /// LayerNorm and GroupNorm, accumulated in Double for the mean/variance like torch's CPU kernels
 /// do in their reductions (keeps parity at 1e-5 on wide rows). Rows (LayerNorm) and
 /// (image, group) pairs (GroupNorm) are independent and run on the context's threads.
@@ -29,33 +31,9 @@ public enum Normalization {
                           out: UnsafeMutablePointer<Float>) {
         precondition(c % groups == 0, "GroupNorm: \(c) channels do not split into \(groups) groups")
         let cpg = c / groups
+        // CKernels: vectorised for AVX-512/AVX2 (Swift's own loops compile for baseline SSE).
         ctx.parallelRanges(n * groups, minChunk: max(1, 16384 / max(1, cpg * spatial))) { range in
-            for pair in range {
-                let b = pair / groups, g = pair % groups
-                let base = (b * c + g * cpg) * spatial
-                let len = cpg * spatial
-                var sum: Double = 0
-                for i in 0..<len { sum += Double(x[base + i]) }
-                let mean = sum / Double(len)
-                var sq: Double = 0
-                for i in 0..<len { let t = Double(x[base + i]) - mean; sq += t * t }
-                let inv = Float(1 / (sq / Double(len) + Double(eps)).squareRoot())
-                let m = Float(mean)
-                for ch in 0..<cpg {
-                    let cc = g * cpg + ch
-                    let scale = weight[cc] * inv
-                    let shift = bias[cc] - m * scale
-                    let o = base + ch * spatial
-                    if silu {
-                        for i in 0..<spatial {
-                            let v = x[o + i] * scale + shift
-                            out[o + i] = v / (1 + Pointwise.expf(-v))
-                        }
-                    } else {
-                        for i in 0..<spatial { out[o + i] = x[o + i] * scale + shift }
-                    }
-                }
-            }
+            diffedit_group_norm(x, c, spatial, groups, weight, bias, eps, silu ? 1 : 0, out, range.lowerBound, range.upperBound)
         }
     }
 
