@@ -64,8 +64,10 @@ public enum Attention {
                 while i0 < lq {
                     let rows = min(chunk, lq - i0)
                     let qh = q + (bi * lq + i0) * ldq + h * d
-                    BLAS.gemm(threads: blasThreads, transB: true, m: rows, n: lk, k: d, alpha: scale,
-                              a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: lk)
+                    ctx.measure("attention QK") {
+                        BLAS.gemm(threads: blasThreads, transB: true, m: rows, n: lk, k: d, alpha: scale,
+                                  a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: lk)
+                    }
                     if causal {
                         for r in 0..<rows {
                             let qi = i0 + r
@@ -75,9 +77,11 @@ public enum Attention {
                         }
                     }
                     // softmax(S)·V = diag(1/Σ e)·(e^{S − max}·V): normalise the d-wide output rows.
-                    VectorMath.expRows(s, rows: rows, n: lk, stride: lk, sums: rowSums)
+                    ctx.measure("attention softmax") { VectorMath.expRows(s, rows: rows, n: lk, stride: lk, sums: rowSums) }
                     let oh = out + (bi * lq + i0) * ldo + h * d
-                    BLAS.gemm(threads: blasThreads, m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo)
+                    ctx.measure("attention PV") {
+                        BLAS.gemm(threads: blasThreads, m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo)
+                    }
                     for r in 0..<rows {
                         let inv = 1 / rowSums[r]
                         let o = oh + r * ldo
