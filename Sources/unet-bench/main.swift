@@ -30,6 +30,9 @@ struct UNetBench: DiffEditTool {
     @Option(name: .long, help: "3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (Conv2D.smallImagePixels).")
     var smallConvPixels: Int?
 
+    @Flag(name: .long, help: "3x3 convolutions of larger images by the shifted method instead of Winograd F(2x2, 3x3).")
+    var noWinograd = false
+
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
 
@@ -78,6 +81,7 @@ struct UNetBench: DiffEditTool {
             context.profiler = profiler
             if let scoreBudget { Attention.scoreBudget = max(1, scoreBudget) }
             if let smallConvPixels { Conv2D.smallImagePixels = max(0, smallConvPixels) }
+            if noWinograd { Conv2D.useWinograd = false }
             for r in 0..<runs {
                 let flops = FlopCounter()
                 context.flops = flops

@@ -161,6 +161,18 @@ final class AttentionKernelTests: XCTestCase {
                 XCTAssertEqual(got.shape, want.shape)
                 assertClose(got.data, want.data, atol: 1e-4, "small: n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
             }
+            // Winograd F(2×2, 3×3) for the 3×3 cases: tiles in one group, two groups, one per group.
+            if k == 3 {
+                let savedWinograd = Conv2D.winogradBudget
+                defer { Conv2D.winogradBudget = savedWinograd }
+                for budget in [1 << 24, 16 * (c + o) * 3, 1] {
+                    Conv2D.winogradBudget = budget
+                    let got = Conv2D.forwardWinograd(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
+                                                     outChannels: o, padding: pad)
+                    XCTAssertEqual(got.shape, want.shape)
+                    assertClose(got.data, want.data, atol: 1e-4, "winograd: n \(n) c \(c) \(h)x\(w) o \(o) budget \(budget)")
+                }
+            }
         }
     }
 

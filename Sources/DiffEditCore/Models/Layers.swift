@@ -126,6 +126,11 @@ struct Conv2DLayer {
                                     bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
                                     padding: padding, out: y.pointer)
             }
+        } else if shifted && kernel == 3 && Conv2D.useWinograd {
+            ctx.measure("conv winograd \(h)x\(w) \(c)->\(outChannels)") {
+                Conv2D.forwardWinograd(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.pointer,
+                                       bias: bias?.pointer, outChannels: outChannels, padding: padding, out: y.pointer)
+            }
         } else if shifted {
             ctx.measure("conv shifted \(h)x\(w) \(c)->\(outChannels)") {
                 Conv2D.forwardShifted(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.pointer,
