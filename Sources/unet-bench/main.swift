@@ -79,8 +79,14 @@ struct UNetBench: DiffEditTool {
             CLI.note("unet-bench", "\(model ?? "SD 1.5 config, random weights"), loaded in \(String(format: "%.1f", loadTime)) s; latent \(batch)x4x\(height)x\(width), \(tokens) tokens, \(context.threads) threads; \(BLASKernel.description)")
             let profiler = profile ? Profiler() : nil
             context.profiler = profiler
-            if let scoreBudget { Attention.scoreBudget = max(1, scoreBudget) }
-            if let smallConvPixels { Conv2D.smallImagePixels = max(0, smallConvPixels) }
+            if let scoreBudget {
+                guard scoreBudget >= 1 else { throw ToolError("--score-budget must be at least 1 (floats)") }
+                Attention.scoreBudget = scoreBudget
+            }
+            if let smallConvPixels {
+                guard smallConvPixels >= 0 else { throw ToolError("--small-conv-pixels must be 0 or more") }
+                Conv2D.smallImagePixels = smallConvPixels
+            }
             if noWinograd { Conv2D.useWinograd = false }
             for r in 0..<runs {
                 let flops = FlopCounter()

@@ -40,6 +40,23 @@ final class BLASKernelTests: XCTestCase {
         }
     }
 
+    /// What the tools start again with: the kernel when `override` says so, and OpenBLAS's idle
+    /// spin when the user has not set it; nothing twice, nothing over a user's value.
+    func testEnvironmentOverrides() {
+        let cpu = BLASKernel.CPUFeatures(vendor: "GenuineIntel", flags: Self.avx512bf16)
+        let timeout = BLASKernel.threadTimeout
+        XCTAssertEqual(BLASKernel.environmentOverrides(coreName: "Prescott", cpu: cpu, environment: [:]),
+                       ["OPENBLAS_CORETYPE": "Cooperlake", "OPENBLAS_THREAD_TIMEOUT": timeout])
+        XCTAssertEqual(BLASKernel.environmentOverrides(coreName: "Cooperlake", cpu: cpu, environment: [:]),
+                       ["OPENBLAS_THREAD_TIMEOUT": timeout])
+        XCTAssertEqual(BLASKernel.environmentOverrides(coreName: "Cooperlake", cpu: cpu,
+                                                       environment: ["OPENBLAS_THREAD_TIMEOUT": "28"]), [:])
+        XCTAssertEqual(BLASKernel.environmentOverrides(coreName: "Prescott", cpu: cpu,
+                                                       environment: ["OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_THREAD_TIMEOUT": "20"]), [:])
+        XCTAssertEqual(BLASKernel.environmentOverrides(coreName: "Prescott", cpu: cpu,
+                                                       environment: [BLASKernel.restartMarker: "settings"]), [:])
+    }
+
     func testCoreNamesCoverTheLevels() {
         XCTAssertEqual(BLASKernel.isaLevel(ofCore: "Prescott"), .baseline)
         XCTAssertEqual(BLASKernel.isaLevel(ofCore: "PRESCOTT"), .baseline)

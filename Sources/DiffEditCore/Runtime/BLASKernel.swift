@@ -96,6 +96,24 @@ public enum BLASKernel {
         }
     }
 
+    /// How long (2^n cycles) OpenBLAS's idle worker threads spin before sleeping, when the user
+    /// has not said. OpenBLAS's default, 2^28 cycles (~0.1 s), keeps a worker spinning through
+    /// the tools' own parallel loops (attention heads, norms) between products, taking a core
+    /// from them: on 2 cores the SD 1.5 64² step ran 9.0–9.5 s with it, 8.4–8.8 s with 2^4.
+    public static let threadTimeout = "4"
+
+    /// Everything the process should be started again with (empty: start nothing again):
+    /// OPENBLAS_CORETYPE from `override`, and OPENBLAS_THREAD_TIMEOUT when unset. Both are read
+    /// by OpenBLAS only when it loads. A user's own values always win.
+    public static func environmentOverrides(coreName: String, cpu: CPUFeatures,
+                                            environment: [String: String]) -> [String: String] {
+        if environment[restartMarker] != nil { return [:] }
+        var set: [String: String] = [:]
+        if let core = override(coreName: coreName, cpu: cpu, environment: environment) { set["OPENBLAS_CORETYPE"] = core }
+        if (environment["OPENBLAS_THREAD_TIMEOUT"] ?? "").isEmpty { set["OPENBLAS_THREAD_TIMEOUT"] = threadTimeout }
+        return set
+    }
+
     /// Set in the environment of the restarted process, so that a library that ignores
     /// OPENBLAS_CORETYPE can never make the tools restart in a loop.
     public static let restartMarker = "DIFFEDIT_BLAS_RESTARTED"
@@ -110,7 +128,7 @@ public enum BLASKernel {
     public static var description: String {
         let env = ProcessInfo.processInfo.environment
         let how: String
-        if env[restartMarker] != nil {
+        if env[restartMarker] == "kernel" {
             how = "chosen by diffedit for this CPU"
         } else if let set = env["OPENBLAS_CORETYPE"], !set.isEmpty {
             how = "OPENBLAS_CORETYPE=\(set)"
@@ -122,25 +140,25 @@ public enum BLASKernel {
         return "\(version), kernel \(coreName) (\(how)), \(openblas_get_num_threads()) threads"
     }
 
-    /// Call first thing in a tool's main, before any input is read: when `override` says so,
-    /// sets OPENBLAS_CORETYPE and replaces the process by a fresh start of the same program with
-    /// the same arguments, stdin and stdout. Does nothing (and returns) otherwise or if exec fails.
+    /// Call first thing in a tool's main, before any input is read: when
+    /// `environmentOverrides` asks for anything, sets it and replaces the process by a fresh
+    /// start of the same program with the same arguments, stdin and stdout (once: the restarted
+    /// process carries `restartMarker`). Does nothing (and returns) otherwise or if exec fails.
     public static func prepare() {
         #if os(Linux)
         let env = ProcessInfo.processInfo.environment
-        guard env["OPENBLAS_CORETYPE"] == nil || env["OPENBLAS_CORETYPE"] == "",
-              env[restartMarker] == nil,
-              let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let core = override(coreName: coreName, cpu: CPUFeatures(cpuinfo: cpuinfo), environment: env)
-        else { return }
-        setenv("OPENBLAS_CORETYPE", core, 1)
-        setenv(restartMarker, "1", 1)
+        guard env[restartMarker] == nil else { return }
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let set = environmentOverrides(coreName: coreName, cpu: CPUFeatures(cpuinfo: cpuinfo), environment: env)
+        guard !set.isEmpty else { return }
+        for (key, value) in set { setenv(key, value, 1) }
+        setenv(restartMarker, set["OPENBLAS_CORETYPE"] != nil ? "kernel" : "settings", 1)
         fflush(stdout)
         fflush(stderr)
         execv("/proc/self/exe", CommandLine.unsafeArgv)
-        // exec failed (no /proc): carry on with the kernel we have, and leave the environment
-        // as it was so that child processes choose for themselves.
-        unsetenv("OPENBLAS_CORETYPE")
+        // exec failed (no /proc): carry on as we are, and leave the environment as it was so
+        // that child processes choose for themselves.
+        for key in set.keys { unsetenv(key) }
         unsetenv(restartMarker)
         #endif
     }
