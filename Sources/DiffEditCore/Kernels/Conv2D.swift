@@ -125,30 +125,41 @@ public enum Conv2D {
 }
 
 // Tensor forms, for callers outside the models and for tests.
-public extension Conv2D {
-    /// weight: [outC, inC, kh, kw] (torch layout), bias: [outC].
-    static func forward(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels: Int,
-                        kernel: (Int, Int), stride: Int = 1, padding: Padding) -> Tensor {
+extension Conv2D {
+    /// The pointer kernel `method(context, x, n, c, h, w, weight, bias, out)` run on Tensors:
+    /// x [N, C, H, W] → [N, outChannels, oh, ow].
+    static func onTensors(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int, kernel: (Int, Int),
+                          stride: Int, padding: Padding,
+                          _ method: (ComputeContext, UnsafePointer<Float>, Int, Int, Int, Int, UnsafePointer<Float>,
+                                     UnsafePointer<Float>?, UnsafeMutablePointer<Float>) -> Void) -> Tensor {
         precondition(x.rank == 4)
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        precondition(weight.count == outChannels * c * kernel.0 * kernel.1,
-                     "conv weight \(weight.count) != \(outChannels)x\(c)x\(kernel.0)x\(kernel.1)")
+        precondition(weight.count == o * c * kernel.0 * kernel.1, "conv weight \(weight.count) != \(o)x\(c)x\(kernel.0)x\(kernel.1)")
         let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: stride, padding: padding)
         precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the kernel")
-        var out = [Float](repeating: 0, count: n * outChannels * oh * ow)
-        let ctx = ComputeContext()
+        var out = [Float](repeating: 0, count: n * o * oh * ow)
         x.data.withUnsafeBufferPointer { xp in
             weight.withUnsafeBufferPointer { wp in
                 out.withUnsafeMutableBufferPointer { op in
                     bias.withUnsafeOptionalPointer { bp in
-                        forwardIm2col(ctx, x: xp.baseAddress!, n: n, c: c, h: h, w: w, weight: wp.baseAddress!, bias: bp,
-                                      outChannels: outChannels, kernel: kernel, stride: stride, padding: padding,
-                                      out: op.baseAddress!)
+                        method(ComputeContext(), xp.baseAddress!, n, c, h, w, wp.baseAddress!, bp, op.baseAddress!)
                     }
                 }
             }
         }
-        return Tensor(shape: [n, outChannels, oh, ow], data: out)
+        return Tensor(shape: [n, o, oh, ow], data: out)
+    }
+}
+
+public extension Conv2D {
+    /// weight: [outC, inC, kh, kw] (torch layout), bias: [outC].
+    static func forward(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels: Int,
+                        kernel: (Int, Int), stride: Int = 1, padding: Padding) -> Tensor {
+        onTensors(x, weight: weight, bias: bias, outChannels: outChannels, kernel: kernel, stride: stride,
+                  padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
+            forwardIm2col(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: outChannels, kernel: kernel,
+                          stride: stride, padding: padding, out: out)
+        }
     }
 
     static func upsampleNearest(_ x: Tensor, height oh: Int, width ow: Int) -> Tensor {

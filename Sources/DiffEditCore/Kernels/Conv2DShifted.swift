@@ -164,41 +164,20 @@ public extension Conv2D {
     /// Tensor form of `forwardSmall`.
     static func forwardSmall(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
                              kernel: (Int, Int), padding: Padding) -> Tensor {
-        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: 1, padding: padding)
-        var out = [Float](repeating: 0, count: n * o * oh * ow)
-        x.data.withUnsafeBufferPointer { xp in
-            packedWeight.withUnsafeBufferPointer { wp in
-                out.withUnsafeMutableBufferPointer { op in
-                    bias.withUnsafeOptionalPointer { bp in
-                        forwardSmall(ComputeContext(), x: xp.baseAddress!, n: n, c: c, h: h, w: w, packedWeight: wp.baseAddress!,
-                                     bias: bp, outChannels: o, kernel: kernel, padding: padding, out: op.baseAddress!)
-                    }
-                }
-            }
+        onTensors(x, weight: packedWeight, bias: bias, outChannels: o, kernel: kernel, stride: 1,
+                  padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
+            forwardSmall(ctx, x: x, n: n, c: c, h: h, w: w, packedWeight: wp, bias: bp, outChannels: o, kernel: kernel,
+                         padding: padding, out: out)
         }
-        return Tensor(shape: [n, o, oh, ow], data: out)
     }
 
     /// Tensor form: x [N, C, H, W]; packedWeight from `packShifted`; stride 1.
     static func forwardShifted(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
                                kernel: (Int, Int), padding: Padding) -> Tensor {
-        precondition(x.rank == 4)
-        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        precondition(packedWeight.count == o * c * kernel.0 * kernel.1, "conv weight does not match \(o)x\(c)x\(kernel.0)x\(kernel.1)")
-        let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: 1, padding: padding)
-        precondition(oh > 0 && ow > 0, "conv input \(h)x\(w) is smaller than the kernel")
-        var out = [Float](repeating: 0, count: n * o * oh * ow)
-        x.data.withUnsafeBufferPointer { xp in
-            packedWeight.withUnsafeBufferPointer { wp in
-                out.withUnsafeMutableBufferPointer { op in
-                    bias.withUnsafeOptionalPointer { bp in
-                        forwardShifted(ComputeContext(), x: xp.baseAddress!, n: n, c: c, h: h, w: w, packedWeight: wp.baseAddress!,
-                                       bias: bp, outChannels: o, kernel: kernel, padding: padding, out: op.baseAddress!)
-                    }
-                }
-            }
+        onTensors(x, weight: packedWeight, bias: bias, outChannels: o, kernel: kernel, stride: 1,
+                  padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
+            forwardShifted(ctx, x: x, n: n, c: c, h: h, w: w, packedWeight: wp, bias: bp, outChannels: o, kernel: kernel,
+                           padding: padding, out: out)
         }
-        return Tensor(shape: [n, o, oh, ow], data: out)
     }
 }

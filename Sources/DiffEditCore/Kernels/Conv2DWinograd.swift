@@ -151,19 +151,10 @@ public extension Conv2D {
     /// Tensor form of `forwardWinograd`: x [N, C, H, W], packedWeight from `packShifted` (3×3).
     static func forwardWinograd(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
                                 padding: Padding) -> Tensor {
-        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        let (oh, ow) = outputSize(h: h, w: w, kernel: (3, 3), stride: 1, padding: padding)
-        var out = [Float](repeating: 0, count: n * o * oh * ow)
-        x.data.withUnsafeBufferPointer { xp in
-            packedWeight.withUnsafeBufferPointer { wp in
-                out.withUnsafeMutableBufferPointer { op in
-                    bias.withUnsafeOptionalPointer { bp in
-                        forwardWinograd(ComputeContext(), x: xp.baseAddress!, n: n, c: c, h: h, w: w, packedWeight: wp.baseAddress!,
-                                        bias: bp, outChannels: o, padding: padding, out: op.baseAddress!)
-                    }
-                }
-            }
+        onTensors(x, weight: packedWeight, bias: bias, outChannels: o, kernel: (3, 3), stride: 1,
+                  padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
+            forwardWinograd(ctx, x: x, n: n, c: c, h: h, w: w, packedWeight: wp, bias: bp, outChannels: o,
+                            padding: padding, out: out)
         }
-        return Tensor(shape: [n, o, oh, ow], data: out)
     }
 }
