@@ -107,17 +107,14 @@ public enum Conv2D {
     static func upsampleNearest(_ ctx: ComputeContext, x: UnsafePointer<Float>, planes: Int, h: Int, w: Int,
                                 height oh: Int, width ow: Int, out: UnsafeMutablePointer<Float>) {
         let sy = Float(h) / Float(oh), sx = Float(w) / Float(ow)
-        let xIndex = (0..<ow).map { min(Int(Float($0) * sx), w - 1) }
-        xIndex.withUnsafeBufferPointer { xi in
-            ctx.parallelRanges(planes, minChunk: max(1, 4096 / max(1, oh * ow))) { range in
-                for p in range {
-                    let src = x + p * h * w
-                    let dst = out + p * oh * ow
-                    for oy in 0..<oh {
-                        let s = src + min(Int(Float(oy) * sy), h - 1) * w
-                        let d = dst + oy * ow
-                        for ox in 0..<ow { d[ox] = s[xi[ox]] }
-                    }
+        ctx.parallelRanges(planes, minChunk: max(1, 4096 / max(1, oh * ow))) { range in
+            for p in range {
+                let src = x + p * h * w
+                let dst = out + p * oh * ow
+                for oy in 0..<oh {
+                    let s = src + min(Int(Float(oy) * sy), h - 1) * w
+                    let d = dst + oy * ow
+                    for ox in 0..<ow { d[ox] = s[min(Int(Float(ox) * sx), w - 1)] }
                 }
             }
         }
