@@ -32,8 +32,8 @@ struct NoiseDiffMaskTool: DiffEditTool {
     var guidance: Float = 7.5
     @Option(name: .long, help: "Seed of the torch CPU generator (posterior sample, then noise).")
     var seed: UInt64 = 0
-    @Option(name: .long, help: "Most latents per UNet call (memory bound; results do not depend on it).")
-    var batch = 40
+    @Option(name: .long, help: "Most latents per UNet call (bounds memory; results do not depend on it).")
+    var batch = 10
     @Flag(name: .long, help: "Write the normalised difference map before thresholding (record mask.soft).")
     var soft = false
     @Flag(name: .long, help: "Enlarge the output to image size (nearest neighbour by the VAE factor).")

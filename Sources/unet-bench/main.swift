@@ -32,6 +32,8 @@ struct UNetBench: DiffEditTool {
 
     @Flag(name: .long, help: "3x3 convolutions of larger images by the shifted method instead of Winograd F(2x2, 3x3).")
     var noWinograd = false
+    @Flag(name: .long, help: "Convert f16/bf16 weights to f32 at load instead of keeping them 16-bit and widening them per use (same numbers).")
+    var f32Weights = false
 
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
@@ -88,6 +90,7 @@ struct UNetBench: DiffEditTool {
                 Conv2D.smallImagePixels = smallConvPixels
             }
             if noWinograd { Conv2D.useWinograd = false }
+            if f32Weights { Parameter.keepsSixteenBit = false }
             for r in 0..<runs {
                 let flops = FlopCounter()
                 context.flops = flops

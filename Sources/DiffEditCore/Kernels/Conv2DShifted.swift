@@ -1,3 +1,5 @@
+import Foundation
+
 /// Stride-1 convolution without im2col: with the input zero-padded once into planes of width
 /// Wp, the contribution of kernel tap (ky, kx) to every output is one GEMM
 ///     Y[o, y·Wp + x] += Σ_c W[o, c, ky, kx] · P[c, (y + ky)·Wp + x + kx],
@@ -22,14 +24,19 @@ public extension Conv2D {
         return packed
     }
 
-    /// The pointer form of `packShifted`: out[o][t][c] = w[o][c][t].
-    static func packShifted(_ w: UnsafePointer<Float>, outChannels o: Int, inChannels c: Int, taps: Int,
-                            into p: UnsafeMutablePointer<Float>) {
-        for oi in 0..<o {
-            for t in 0..<taps {
-                let dst = p + (oi * taps + t) * c
-                let src = w + oi * c * taps + t
-                for ci in 0..<c { dst[ci] = src[ci * taps] }
+    /// The pointer form of `packShifted`, for f32 values or 16-bit patterns: out[o][t][c] =
+    /// w[o][c][t] (large weights on all cores).
+    static func packShifted<T>(_ w: UnsafePointer<T>, outChannels o: Int, inChannels c: Int, taps: Int,
+                               into p: UnsafeMutablePointer<T>) {
+        let threads = o * c * taps >= 1 << 18 ? ComputeContext.defaultThreads : 1
+        let chunk = (o + threads - 1) / threads
+        DispatchQueue.concurrentPerform(iterations: threads) { part in
+            for oi in (part * chunk)..<min(o, (part + 1) * chunk) {
+                for t in 0..<taps {
+                    let dst = p + (oi * taps + t) * c
+                    let src = w + oi * c * taps + t
+                    for ci in 0..<c { dst[ci] = src[ci * taps] }
+                }
             }
         }
     }
@@ -48,7 +55,7 @@ public extension Conv2D {
 
     /// x: [n, c, h, w]; packedWeight from `packShifted`; stride 1; writes [n, o, oh, ow].
     internal static func forwardShifted(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
-                                        packedWeight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                        packedWeight: WeightMatrix, bias: UnsafePointer<Float>?,
                                         outChannels o: Int, kernel: (Int, Int), padding: Padding,
                                         out: UnsafeMutablePointer<Float>) {
         let (kh, kw) = kernel
@@ -79,12 +86,16 @@ public extension Conv2D {
                     }
                     // Output columns: image i's row yy starts at i·plane + yy·wp.
                     let columns = (g - 1) * plane + oh * wp
-                    for ky in 0..<kh {
-                        for kx in 0..<kw {
-                            let t = ky * kw + kx
-                            ctx.gemm(m: o, n: columns, k: c, a: packedWeight + t * c, lda: kh * kw * c,
-                                     b: padded + ky * wp + kx, ldb: rowLength, beta: t == 0 ? 0 : 1,
+                    // Column k of the packed weight is tap k / c, channel k % c.
+                    packedWeight.columnBlocks(ctx, rows: o, ld: kh * kw * c, columns: 0..<(kh * kw * c)) { k, wk, ldw in
+                        var k0 = k.lowerBound
+                        while k0 < k.upperBound {
+                            let t = k0 / c, ci = k0 % c, kc = min(k.upperBound, (t + 1) * c) - k0
+                            let (ky, kx) = (t / kw, t % kw)
+                            ctx.gemm(m: o, n: columns, k: kc, a: wk + (k0 - k.lowerBound), lda: ldw,
+                                     b: padded + ci * rowLength + ky * wp + kx, ldb: rowLength, beta: k0 == 0 ? 0 : 1,
                                      c: y, ldc: rowLength)
+                            k0 += kc
                         }
                     }
                     ctx.parallelRanges(o, minChunk: 16) { range in
@@ -111,7 +122,7 @@ public extension Conv2D {
     /// (zero outside), Y[O][g·oh·ow] = W[O][taps·C] · cols, then Y's columns are scattered to
     /// [n][O][oh·ow].
     internal static func forwardSmall(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
-                                      packedWeight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                      packedWeight: WeightMatrix, bias: UnsafePointer<Float>?,
                                       outChannels o: Int, kernel: (Int, Int), padding: Padding,
                                       out: UnsafeMutablePointer<Float>) {
         let (kh, kw) = kernel
@@ -144,8 +155,10 @@ public extension Conv2D {
                             }
                         }
                     }
-                    ctx.gemm(m: o, n: columns, k: taps * c, a: packedWeight, lda: taps * c, b: cols, ldb: columns,
-                             c: y, ldc: columns)
+                    packedWeight.columnBlocks(ctx, rows: o, ld: taps * c, columns: 0..<(taps * c)) { k, wk, ldw in
+                        ctx.gemm(m: o, n: columns, k: k.count, a: wk, lda: ldw, b: cols + k.lowerBound * columns, ldb: columns,
+                                 beta: k.lowerBound == 0 ? 0 : 1, c: y, ldc: columns)
+                    }
                     ctx.parallelRanges(o, minChunk: 16) { range in
                         for oi in range {
                             let bv = bias?[oi] ?? 0
