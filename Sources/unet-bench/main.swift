@@ -65,6 +65,7 @@ struct UNetBench: DiffEditTool {
             }
             if let threads, threads < 1 { throw ToolError("--threads must be at least 1") }
             let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
+            if f32Weights { Parameter.keepsSixteenBit = false }
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {
@@ -90,7 +91,6 @@ struct UNetBench: DiffEditTool {
                 Conv2D.smallImagePixels = smallConvPixels
             }
             if noWinograd { Conv2D.useWinograd = false }
-            if f32Weights { Parameter.keepsSixteenBit = false }
             for r in 0..<runs {
                 let flops = FlopCounter()
                 context.flops = flops
