@@ -78,16 +78,16 @@ final class SixteenBitWeightTests: XCTestCase {
             ("small", o * c * 9, n * o * h * w, { ctx, xp, wm, bp, out in
                 Conv2D.forwardSmall(ctx, x: xp, n: n, c: c, h: h, w: w, packedWeight: wm, bias: bp, outChannels: o,
                                     kernel: (3, 3), padding: .same(1), out: out) }),
-            ("shifted", o * c * 9, n * o * h * w, { ctx, xp, wm, bp, out in
-                Conv2D.forwardShifted(ctx, x: xp, n: n, c: c, h: h, w: w, packedWeight: wm, bias: bp, outChannels: o,
-                                      kernel: (3, 3), padding: .same(1), out: out) }),
+            ("bands", o * c * 9, n * o * h * w, { ctx, xp, wm, bp, out in
+                Conv2D.forwardBands(ctx, x: xp, n: n, c: c, h: h, w: w, packedWeight: wm, bias: bp, outChannels: o,
+                                    kernel: (3, 3), padding: .same(1), out: out) }),
             ("winograd", o * c * 9, n * o * h * w, { ctx, xp, wm, bp, out in
                 Conv2D.forwardWinograd(ctx, x: xp, n: n, c: c, h: h, w: w, packedWeight: wm, bias: bp, outChannels: o,
                                        padding: .same(1), out: out) }),
         ]
         for (label, count, outCount, method) in cases {
             for bits in [WeightMatrix.Bits.f16, .bf16] {
-                // One block; K slices that cut through taps (shifted) and rows blocks (Winograd).
+                // One block; K slices that cut through taps; row blocks (Winograd).
                 for block in [1 << 21, 4 * 9 * c + 7, 13] {
                     let r = both(count, bits, blockFloats: block, seed: 7) { ctx, wm in
                         var out = [Float](repeating: .nan, count: outCount)

@@ -1,8 +1,9 @@
-/// 2-D convolution over NCHW, as torch.nn.Conv2d with groups=1. Two methods:
+/// 2-D convolution over NCHW, as torch.nn.Conv2d with groups=1. Methods:
 /// - `im2col`: patches unfolded a band of output rows at a time, one sgemm per band (strided
-///   and 1×1 convolutions);
-/// - `shifted` (Conv2DShifted.swift): stride-1 convolutions with a spatial kernel, one sgemm
-///   per kernel tap over the zero-padded input, no unfolded copy.
+///   and 1×1 convolutions, torch-layout weight);
+/// - `small` and `bands` (Conv2DShifted.swift): stride-1 convolutions with a spatial kernel over
+///   a tap-major packed weight, whole small images or bands of rows of large ones;
+/// - `winograd` (Conv2DWinograd.swift): F(2×2, 3×3) for large 3×3 convolutions with many channels.
 public enum Conv2D {
     public struct Padding: Equatable, Sendable {
         public var top, bottom, left, right: Int

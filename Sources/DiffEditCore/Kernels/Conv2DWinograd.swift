@@ -9,9 +9,17 @@
 ///     Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]
 ///     Aᵀ = [1 1 1 0; 0 1 −1 −1]
 public extension Conv2D {
-    /// Whether 3×3 stride-1 convolutions of images larger than `smallImagePixels` use F(2×2, 3×3)
-    /// (else the shifted method).
+    /// Whether 3×3 stride-1 convolutions of images larger than `smallImagePixels` may use
+    /// F(2×2, 3×3) (else bands: `unet-bench --no-winograd`).
     nonisolated(unsafe) static var useWinograd = true
+
+    /// Whether F(2×2, 3×3) pays for these channel counts: its transforms cost per tile ∝ C + O
+    /// against products ∝ C·O, so it needs a harmonic mean 2·C·O/(C + O) of at least 160
+    /// (measured on the SD VAE decoder at 512²: 128 → 128 channels 0.47 s per conv in bands
+    /// against 0.56 s by Winograd; 256 → 128 0.67 s by Winograd against 0.92 s in bands).
+    static func prefersWinograd(inChannels c: Int, outChannels o: Int) -> Bool {
+        useWinograd && 2 * c * o >= 160 * (c + o)
+    }
 
     /// Floats of the transformed input and output one group of tiles keeps (16·(C + O)·tiles).
     nonisolated(unsafe) static var winogradBudget = 1 << 24

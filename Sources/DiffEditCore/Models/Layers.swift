@@ -96,7 +96,7 @@ struct LinearLayer {
 }
 
 /// torch.nn.Conv2d (groups 1, square kernel). Stride-1 convolutions with a spatial kernel keep
-/// their weight packed for the shifted method; 1×1 and strided ones use im2col.
+/// their weight packed tap-major (small images, bands, Winograd); 1×1 and strided ones use im2col.
 struct Conv2DLayer {
     let weight: Parameter
     let bias: Parameter?
@@ -132,16 +132,16 @@ struct Conv2DLayer {
                                     bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
                                     padding: padding, out: y.pointer)
             }
-        } else if shifted && kernel == 3 && Conv2D.useWinograd {
+        } else if shifted && kernel == 3 && Conv2D.prefersWinograd(inChannels: c, outChannels: outChannels) {
             ctx.measure("conv winograd \(h)x\(w) \(c)->\(outChannels)") {
                 Conv2D.forwardWinograd(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.matrix,
                                        bias: bias?.pointer, outChannels: outChannels, padding: padding, out: y.pointer)
             }
         } else if shifted {
-            ctx.measure("conv shifted \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardShifted(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.matrix,
-                                      bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
-                                      padding: padding, out: y.pointer)
+            ctx.measure("conv bands \(h)x\(w) \(c)->\(outChannels)") {
+                Conv2D.forwardBands(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.matrix,
+                                    bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
+                                    padding: padding, out: y.pointer)
             }
         } else {
             ctx.measure("conv im2col") {

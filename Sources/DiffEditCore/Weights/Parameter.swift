@@ -121,7 +121,7 @@ protocol WeightSource {
     func contains(_ name: String) -> Bool
     func storedShape(_ name: String) -> [Int]?
     func read(_ name: String, shape: [Int], into: UnsafeMutablePointer<Float>) throws
-    /// A conv weight [O, C, kh, kw] written as [O][kh·kw][C] (Conv2D's shifted layout).
+    /// A conv weight [O, C, kh, kw] written as [O][kh·kw][C] (Conv2D's tap-major layout).
     func readTapMajor(_ name: String, out o: Int, in c: Int, kernel k: Int, into: UnsafeMutablePointer<Float>,
                       scratch: ScratchBuffer) throws
     /// `name` (which must have `shape`) as the 16-bit values the source keeps in memory, with the
@@ -281,7 +281,7 @@ struct ParameterLoader {
         return p
     }
 
-    /// A conv weight [O, C, kh, kw] rearranged to [O][kh·kw][C] for Conv2D's shifted method
+    /// A conv weight [O, C, kh, kw] rearranged to [O][kh·kw][C] for Conv2D's stride-1 methods
     /// (16-bit weights permuted as bits, staying 16-bit).
     func shiftedConv(_ name: String, out o: Int, in c: Int, kernel k: Int) throws -> Parameter {
         if let s = try sixteenBit(name, [o, c, k, k]) {
