@@ -34,7 +34,9 @@ public enum MaskImport {
                                          remedy: "scale it down first, e.g. pamscale -xyfit 1024 1024 mask.pgm")
             }
         } catch let e as ToolError {
-            throw ToolError(e.message.hasPrefix(label) ? e.message : "\(label): \(e.message)")
+            // The reader's messages start with the path; say which option it was given to.
+            let message = e.message.hasPrefix(path + ": ") ? String(e.message.dropFirst(path.count + 2)) : e.message
+            throw ToolError("\(label): \(message)")
         }
         var data: [Float] = []
         data.reserveCapacity(images.count * h * w)
