@@ -53,6 +53,12 @@ final class InstallTests: XCTestCase {
         XCTAssertEqual(posterior.metadata["model"], "\(prefix)/share/diffedit/model", "the installed demo model")
         XCTAssertEqual(try sh("cd '\(work.path)' && pngtopnm blue-circle.png > blue-circle.ppm").status, 0)
         try DemoModelTests.checkShowcaseEdit(work.appendingPathComponent("blue-circle.ppm").path)
+        // The other stage pages' first examples run as written too, on the same installed files.
+        for page in ["man/man1/noise-diff-mask.1", "man/man1/invert.1"] {
+            let r = try runProcess("/bin/bash", ["-c", "set -euo pipefail; cd '\(work.path)'\n" + (try Self.firstExample(page))],
+                                   stdin: [], environment: ["PATH": "\(prefix)/bin:/usr/bin:/bin", "HOME": dir.path])
+            XCTAssertEqual(r.status, 0, "\(page): \(r.err)")
+        }
 
         let uninstall = try sh("make -C '\(Self.repo.path)' uninstall PREFIX='\(prefix)'")
         XCTAssertEqual(uninstall.status, 0, uninstall.err)

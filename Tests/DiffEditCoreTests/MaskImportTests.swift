@@ -184,6 +184,17 @@ final class MaskImportTests: XCTestCase {
         XCTAssertEqual(soft[0].metadata, refSoft.metadata)
         XCTAssertTrue(Set(refSoft.floats()).count > 2, "the soft map must not be binary, or this test proves nothing")
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: d).contains { $0.hasSuffix(".tmp") }, "no temporary left")
+        // denoise picks the record named mask, so the two files joined in one stream (soft map
+        // first) still edit as the mask alone does.
+        let joined = try sh("""
+            cd '\(d)' && export DIFFEDIT_MODEL='\(DemoScene.model)'
+            invert --prompt src.tensor --steps 4 < posterior.tensor > inverted.tensor
+            cat both-soft.tensor both-mask.tensor > joined.tensor
+            denoise --mask joined.tensor --prompt dst.tensor < inverted.tensor > e-joined.tensor
+            denoise --mask both-mask.tensor --prompt dst.tensor < inverted.tensor > e-mask.tensor
+            """)
+        XCTAssertEqual(joined.status, 0, joined.err)
+        XCTAssertEqual(try DemoScene.record("\(d)/e-joined.tensor").floats(), try DemoScene.record("\(d)/e-mask.tensor").floats())
 
         let posterior = [UInt8](try Data(contentsOf: dir.appendingPathComponent("posterior.tensor")))
         let args = ["--model", DemoScene.model, "--source", "\(d)/src.tensor", "--target", "\(d)/dst.tensor"]

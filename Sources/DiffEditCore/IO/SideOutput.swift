@@ -2,6 +2,9 @@
 import Glibc
 #endif
 
+/// A signal that arrived while SideOutput held signals back (acted on when it is done).
+nonisolated(unsafe) private var sideOutputHeldSignal: Int32 = 0
+
 /// A second output file named by an option (noise-diff-mask --soft-output FILE), beside stdout.
 /// Checked before any work — not stdout, not an input (same device and inode), in a writable
 /// folder — and written at the end through a temporary file renamed over FILE, so that a failed
@@ -42,9 +45,18 @@ public struct SideOutput {
     }
 
     /// Writes the records to FILE (a temporary file first, renamed over FILE when complete).
+    /// SIGINT, SIGTERM and SIGHUP are held back from the temporary file's creation to its rename
+    /// or removal (and acted on right after), so that no signal leaves the temporary behind.
     public func write(_ records: TensorRecord...) throws {
         let name = path.split(separator: "/").last.map(String.init) ?? path
         let temporary = (path.contains("/") ? Self.folder(of: path) + "/" : "") + ".\(name).\(getpid()).tmp"
+        let signals = [SIGINT, SIGTERM, SIGHUP]
+        sideOutputHeldSignal = 0
+        let previous = signals.map { signal($0) { sideOutputHeldSignal = $0 } }
+        defer {
+            for (s, handler) in zip(signals, previous) { signal(s, handler) }
+            if sideOutputHeldSignal != 0 { raise(sideOutputHeldSignal) }
+        }
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             throw ToolError("\(option) '\(path)': cannot create '\(temporary)': \(String(cString: strerror(errno))) — name a file in a folder you can write")
