@@ -147,6 +147,44 @@ final class ReliabilityOptionTests: XCTestCase {
         XCTAssertEqual(range.out, Array("P5".utf8), range.err)
     }
 
+    /// The parser behind every numeric option, in-process: each way of writing a number in the
+    /// domain is taken, everything else refused with the domain's words.
+    func testNumberOptionParsing() throws {
+        let steps = NumberOption<Int>("--steps", .steps)
+        for (text, value) in [("50", 50), ("+50", 50), ("5e1", 50), ("50.0", 50), ("1000", 1000), ("1", 1)] {
+            XCTAssertEqual(try steps.parse(text), value, text)
+        }
+        for (text, problem) in [("50.5", "is not an integer"), ("0", "is out of range"), ("1001", "is out of range"),
+                                ("-1", "is out of range"), ("1e300", "is out of range"), ("nan", "is not a number"),
+                                ("inf", "is out of range"), ("", "'' is not a number"), ("5 0", "'5 0' is not a number"),
+                                ("--quiet", "(is the value missing?)"), ("9223372036854775808", "is out of range")] {
+            assertToolError(try steps.parse(text), contains: ["--steps ", problem, "--steps takes an integer from 1 to 1000"])
+        }
+        let seed = NumberOption<UInt64>("--seed", .seed)
+        XCTAssertEqual(try seed.parse("18446744073709551615"), .max)
+        XCTAssertEqual(try seed.parse("0"), 0)
+        for text in ["18446744073709551616", "-1", "1e30", "-0.5"] {
+            assertToolError(try seed.parse(text), contains: ["--seed \(text) is "])
+        }
+        let guidance = NumberOption<Float>("--guidance", .guidance)
+        XCTAssertEqual(try guidance.parse("7.5"), 7.5)
+        XCTAssertEqual(try guidance.parse("-0").sign, .plus, "−0 is stored as 0")
+        for text in ["1e39", "100.01", "-1e-30", "nan", "-inf", "infinity"] {
+            assertToolError(try guidance.parse(text), contains: ["--guidance takes a number from 0 to 100"])
+        }
+        XCTAssertThrowsError(try guidance.check(.nan))
+        XCTAssertThrowsError(try NumberOption<Double>("--atol", .atLeast(0)).check(.infinity), "a domain without an upper bound is still finite")
+        // The words of each kind of domain (--help, the man pages and the refusals use them).
+        XCTAssertEqual(NumberDomain<Double>.fraction.description, "a number above 0, at most 1")
+        XCTAssertEqual(NumberDomain<Int>.atLeast(0).description, "an integer of at least 0")
+        XCTAssertEqual(NumberDomain<Int>.oneOf([8, 16]).description, "8 or 16")
+        XCTAssertEqual(NumberDomain<Float>.guidance.description, "a number from 0 to 100")
+        XCTAssertEqual(steps.helpText("Inference steps.", default: "50"), "Inference steps: an integer from 1 to 1000 (default: 50).")
+        // A value from elsewhere (metadata) names where it came from and what to do.
+        assertToolError(try steps.parse("0", subject: "the stack's metadata steps=", remedy: "invert again"),
+                        contains: ["the stack's metadata steps=0 is out of range: --steps takes", "— invert again"])
+    }
+
     /// Before: `tensor compare --atol nan` reported "ok" for streams differing by 5 — now refused,
     /// and the comparison itself counts a NaN tolerance as outside.
     func testCompareWithNaNToleranceNeverSaysOk() throws {
