@@ -45,6 +45,7 @@ public enum StageNumbers {
     public static let strength = NumberOption<Double>("--strength", .fraction)
     public static let guidance = NumberOption<Float>("--guidance", .guidance)
     public static let seed = NumberOption<UInt64>("--seed", .seed)
+    public static let dilate = NumberOption<Int>("--dilate", .from(0, to: MaskDilation.maxCells))
     /// --guidance's abstract, the same in every stage.
     public static let guidanceAbstract = "Classifier-free guidance scale (1 or less turns guidance off, as in diffusers)"
 }

@@ -24,17 +24,17 @@ struct Invert: DiffEditTool {
 
     @Option(name: .long, help: "Embeddings of the caption of the image (the source caption).")
     var prompt: String
-    @Option(name: .long, help: "Negative embeddings (default: the empty prompt).")
+    @Option(name: .long, help: "Negative embeddings (default: the model's negative_prompt in diffedit_defaults.json, else the empty prompt).")
     var negative: String?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.steps.help("Inference steps of the schedule.", default: 50),
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.steps.help("Inference steps of the schedule", defaultText: "the model's diffedit_defaults.json, else 50"),
             transform: StageNumbers.steps.transform)
-    var steps = 50
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.strength.help("Fraction of the schedule to invert (inpaint_strength).", default: 0.8),
+    var steps: Int?
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.strength.help("Fraction of the schedule to invert (inpaint_strength)", defaultText: "the model's diffedit_defaults.json, else 0.8"),
             transform: StageNumbers.strength.transform)
-    var strength = 0.8
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.guidance.help(StageNumbers.guidanceAbstract, default: 7.5),
+    var strength: Double?
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.guidance.help(StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5"),
             transform: StageNumbers.guidance.transform)
-    var guidance: Float = 7.5
+    var guidance: Float?
     @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator (posterior sample, then the regulariser's rolls).", default: 0),
             transform: StageNumbers.seed.transform)
     var seed: UInt64 = 0
@@ -65,9 +65,13 @@ struct Invert: DiffEditTool {
             try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
             let n = meanRec.shape[0]
             let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: common.allowNonfinite), to: n, option: "--prompt")
+            let settings = try ModelSettings(folder: folder)
             let neg = try DiffEditSupport.broadcastPrompts(
-                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative", allowNonfinite: common.allowNonfinite) }
-                    ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
+                settings.negative(negative, option: "--negative", allowNonfinite: common.allowNonfinite), to: n, option: "--negative")
+            let steps = settings.pick(self.steps, \.steps, "steps", builtIn: 50)
+            let strength = settings.pick(self.strength, \.strength, "strength", builtIn: 0.8)
+            let guidance = settings.pick(self.guidance, \.guidance, "guidance", builtIn: 7.5)
+            settings.note("invert", common)
 
             // diffusers: latent_dist.sample(generator) × scaling_factor, the generator's first draw.
             let generator = TorchGenerator(seed: seed)
@@ -100,6 +104,7 @@ struct Invert: DiffEditTool {
             meta["scheduler.fingerprint"] = DiffEditSupport.schedulerFingerprint(folder)
             meta["prediction_type"] = scheduler.predictionType.rawValue
             meta["reg_steps"] = "\(regSteps)"
+            settings.record(into: &meta)
             if regSteps > 0 {
                 meta["lambda_auto_corr"] = "\(lambdaAutoCorr)"
                 meta["lambda_kl"] = "\(lambdaKl)"

@@ -54,8 +54,10 @@ struct UNetBench: DiffEditTool {
             transform: Numbers.smallConvPixels.transform)
     var smallConvPixels: Int?
 
-    @Flag(name: .long, help: "3x3 convolutions of larger images by the shifted method instead of Winograd F(2x2, 3x3).")
+    @Flag(name: .long, help: "3x3 convolutions of larger images in bands of rows instead of Winograd F(2x2, 3x3).")
     var noWinograd = false
+    @Flag(name: .long, help: "Convert f16/bf16 weights to f32 at load instead of keeping them 16-bit and widening them per use (same numbers).")
+    var f32Weights = false
 
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
@@ -86,6 +88,7 @@ struct UNetBench: DiffEditTool {
                 return
             }
             let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
+            if f32Weights { Parameter.keepsSixteenBit = false }
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {
