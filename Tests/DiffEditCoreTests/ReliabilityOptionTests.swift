@@ -132,6 +132,11 @@ final class ReliabilityOptionTests: XCTestCase {
             ("invert", ["--prompt", emb, "--reg-steps", "100000"], "--reg-steps 100000 is out of range: --reg-steps takes an integer from 0 to 100"),
             ("vae-encode", ["--sample", "--seed", "-3"], "--seed -3 is out of range"),
             ("invert", ["--prompt", emb, "--steps", "2.5"], "--steps 2.5 is not an integer"),
+            // --range lo:hi is two numbers in one option: each finite, lo < hi, and hi − lo finite.
+            ("tensor", ["to-image", "--range", "nan:1", emb], "--range 'nan:1' should be lo:hi, two finite numbers"),
+            ("tensor", ["to-image", "--range", "-inf:1", emb], "--range '-inf:1' should be lo:hi"),
+            ("tensor", ["to-image", "--range", "1:1", emb], "--range '1:1' should be lo:hi"),
+            ("tensor", ["to-image", "--range", "-3e38:3e38", emb], "--range '-3e38:3e38' should be lo:hi"),
             // A missing value: the next option was taken for it, and the message says so.
             ("invert", ["--steps", "--prompt", emb], "is the value missing?"),
         ]
