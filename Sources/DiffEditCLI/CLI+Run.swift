@@ -36,6 +36,6 @@ public protocol DiffEditTool: ParsableCommand {}
 extension DiffEditTool {
     public static func main() {
         BLASKernel.prepare()
-        main(nil)
+        parseAndRun()
     }
 }

@@ -20,15 +20,19 @@ struct Denoise: DiffEditTool {
     var prompt: String
     @Option(name: .long, help: "Negative embeddings: the source caption (default: the model's negative_prompt in diffedit_defaults.json, else the empty prompt).")
     var negative: String?
-    @Option(name: .long, help: "Inference steps (default: the stack's, from invert).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.steps.help("Inference steps", defaultText: "the stack's, from invert"),
+            transform: StageNumbers.steps.transform)
     var steps: Int?
-    @Option(name: .long, help: "Strength (default: the stack's, from invert).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.strength.help("Strength", defaultText: "the stack's, from invert"),
+            transform: StageNumbers.strength.transform)
     var strength: Double?
-    @Option(name: .long, help: "Classifier-free guidance scale (default: the model's diffedit_defaults.json, else 7.5).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.guidance.help(StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5"),
+            transform: StageNumbers.guidance.transform)
     var guidance: Float?
     @Option(name: .long, help: "Background blending: diffusers or paper (default: the model's diffedit_defaults.json, else diffusers).")
     var blend: MaskedDenoising.Blend?
-    @Option(name: .long, help: "Dilate the mask by this many latent cells, 0 to \(MaskDilation.maxCells) (diagonals included; default 0).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.dilate.help("Dilate the mask by this many latent cells (diagonals included)", default: 0),
+            transform: StageNumbers.dilate.transform)
     var dilate = 0
     @OptionGroup var common: StageOptions
     @Argument(help: "The inverted stack from invert (default or '-': stdin).")
@@ -36,7 +40,6 @@ struct Denoise: DiffEditTool {
 
     func run() throws {
         try CLI.run("denoise") {
-            guard (0...MaskDilation.maxCells).contains(dilate) else { throw ToolError("--dilate must be from 0 to \(MaskDilation.maxCells) latent cells, got \(dilate)") }
             let out = try CLI.tensorOutput(force: common.force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the inverted stack from invert")
@@ -52,8 +55,9 @@ struct Denoise: DiffEditTool {
                 throw ToolError("the inverted stack was made with another scheduler config (\(stackRec.metadata["model"] ?? "?")) — invert again with --model \(folder.root)")
             }
             // Steps and strength come from invert; explicit options must agree (diffusers #5465).
-            let stackSteps = stackRec.metadata["steps"].flatMap(Int.init)
-            let stackStrength = stackRec.metadata["strength"].flatMap(Double.init)
+            let damaged = "the stack is damaged or was not written by invert; invert again"
+            let stackSteps = try stackRec.metadata["steps"].map { try StageNumbers.steps.parse($0, subject: "the stack's metadata steps=", remedy: damaged) }
+            let stackStrength = try stackRec.metadata["strength"].map { try StageNumbers.strength.parse($0, subject: "the stack's metadata strength=", remedy: damaged) }
             if let steps, let stackSteps, steps != stackSteps {
                 throw ToolError("--steps \(steps) differs from the \(stackSteps) steps the stack was inverted with — the denoising schedule must retrace the inversion; drop --steps or invert again with --steps \(steps)")
             }

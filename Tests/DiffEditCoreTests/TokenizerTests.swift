@@ -280,7 +280,7 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(badJSON.err.split(separator: "\n").count, 1)
 
         let bad = try runTool("tokenize", ["--model", Fixtures.path("sd1"), "--max-length", "1", "a"])
-        XCTAssertTrue(bad.err.contains("--max-length 1 must be at least 2"), bad.err)
+        XCTAssertTrue(bad.err.contains("--max-length 1 is out of range: --max-length takes an integer from 2 to 4096"), bad.err)
         let notUTF8 = try runTool("tokenize", ["--model", Fixtures.path("sd1")], stdin: [0x61, 0xFF, 0x0A])
         XCTAssertTrue(notUTF8.err.contains("stdin is not UTF-8"), notUTF8.err)
         let empty = try runTool("tokenize", ["--model", Fixtures.path("sd1")], stdin: [])

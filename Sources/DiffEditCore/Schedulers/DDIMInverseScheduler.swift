@@ -55,6 +55,7 @@ public struct DDIMInverseScheduler: Sendable {
         case .linspace:
             throw ToolError("timestep_spacing 'linspace' is not supported by the DDIM inverse scheduler (diffusers refuses it too) — use a scheduler config with 'leading' or 'trailing'")
         }
+        try DDIMTimesteps.requireWithinSchedule(timesteps, train: t, steps: steps, offset: stepsOffset)
         numInferenceSteps = steps
     }
 

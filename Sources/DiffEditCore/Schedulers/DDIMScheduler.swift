@@ -81,6 +81,7 @@ public struct DDIMScheduler: Sendable {
             // round(arange(T, 0, −T/n)) − 1
             timesteps = DDIMTimesteps.trailing(train: t, count: steps).map { $0 - 1 }
         }
+        try DDIMTimesteps.requireWithinSchedule(timesteps, train: t, steps: steps, offset: stepsOffset)
     }
 
     /// The inference step size in training timesteps: T // n.

@@ -25,6 +25,13 @@ public enum DDIMTimesteps {
         }
     }
 
+    /// Refuses inference timesteps outside the training schedule (a steps_offset too large for
+    /// this many steps), which would index past ᾱ.
+    static func requireWithinSchedule(_ timesteps: [Int], train t: Int, steps: Int, offset: Int) throws {
+        guard let bad = timesteps.first(where: { $0 < 0 || $0 >= t }) else { return }
+        throw ToolError("scheduler_config.json: steps_offset \(offset) with \(steps) steps gives timestep \(bad), outside the \(t) training timesteps — use fewer steps, or a scheduler config with a smaller steps_offset")
+    }
+
     /// t_start of the DiffEdit pipeline's get_timesteps / get_inverse_timesteps:
     /// n − min(int(n·strength), n), at least 0.
     public static func startIndex(steps n: Int, strength: Double) throws -> Int {

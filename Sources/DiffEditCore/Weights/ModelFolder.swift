@@ -21,7 +21,12 @@ public struct ModelFolder {
     /// `--model DIR`, else `$DIFFEDIT_MODEL`, else the bundled demo model, else an error saying
     /// how to give one.
     public static func resolve(_ option: String?) throws -> ModelFolder {
-        if let option, !option.isEmpty { return try ModelFolder(root: option) }
+        if let option {
+            guard !option.isEmpty else {
+                throw ToolError("--model is empty — give a model folder, or leave --model out to use $\(environmentVariable) or the bundled demo model")
+            }
+            return try ModelFolder(root: option)
+        }
         if let env = ProcessInfo.processInfo.environment[environmentVariable], !env.isEmpty {
             return try ModelFolder(root: env)
         }
@@ -123,7 +128,7 @@ public struct JSONConfig {
 
     public func double(_ key: String, default def: Double? = nil) throws -> Double {
         guard has(key) else { if let def { return def }; throw missing(key) }
-        guard let n = values[key] as? NSNumber else { throw wrong(key, "a number") }
+        guard let n = values[key] as? NSNumber, n.doubleValue.isFinite else { throw wrong(key, "a finite number") }
         return n.doubleValue
     }
 
