@@ -17,7 +17,7 @@ struct VAEDecode: DiffEditTool {
             """,
         version: CLI.version)
 
-    @Option(name: .long, help: "Stable Diffusion folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
     @Option(name: .long, help: "Bits per sample of the output, 8 or 16.")

@@ -107,7 +107,7 @@ final class ScratchBuffer {
 }
 
 extension WeightStore: WeightSource {
-    func storedShape(_ name: String) -> [Int]? { file.entries[name]?.shape }
+    func storedShape(_ name: String) -> [Int]? { lookup(name)?.shape }
 
     func read(_ name: String, shape: [Int], into out: UnsafeMutablePointer<Float>) throws {
         let e = try entry(name, shape: shape)
