@@ -161,6 +161,8 @@ final class ReliabilitySingleFileTests: XCTestCase {
                       contains: ["unet.block_out_channels is read from the weights"])
         assertRefused(try run("tokenize", withSidecar("{\"defaults\": {}}")), tool: "tokenize", contains: ["unknown section 'defaults'"])
         assertRefused(try run("tokenize", withSidecar("{\"vae\": 3}")), tool: "tokenize", contains: ["'vae' is not a JSON object"])
+        assertRefused(try run("encode-text", withSidecar("{\"text_encoder\": {\"num_hidden_layers\": 7, \"num_attention_heads\": 4}}")), tool: "encode-text",
+                      contains: ["3 text transformer layers, fewer than the 7"])
         let badHeads = try withSidecar("{\"unet\": {\"attention_head_dim\": 3, \"norm_num_groups\": 8}, \"text_encoder\": {\"num_attention_heads\": 4}, \"vae\": {\"norm_num_groups\": 4}}")
         assertRefused(try run("unet-bench", badHeads), tool: "unet-bench", contains: ["unet.attention_head_dim [3, 3, 3] does not split the widths [16, 32, 32]"])
         let badPrediction = try withSidecar("{\"scheduler\": {\"prediction_type\": \"flow\"}, \"unet\": {\"attention_head_dim\": 4, \"norm_num_groups\": 8}, \"text_encoder\": {\"num_attention_heads\": 4}, \"vae\": {\"norm_num_groups\": 4}}")

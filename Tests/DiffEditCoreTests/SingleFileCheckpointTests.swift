@@ -79,6 +79,30 @@ final class SingleFileCheckpointTests: XCTestCase {
         }
     }
 
+    /// SD 1.x files written before transformers 4 lack the text_model. level; a sidecar may stop
+    /// the text encoder early (num_hidden_layers 2 of 3 is diffusers' clip_skip=1).
+    func testTextEncoderNamingVariantsAndDepth() throws {
+        let dir = try temporaryDirectory(self)
+        let ids = try Fixtures.record("sd1/ref/text.tensor", "text.ids")
+        let (tokenIDs, n, _) = try CLIPTextModelTests.referenceIDs("sd1")
+        let old = try SingleFileFixtures.write("sd1", in: dir, name: "old") { t in
+            for i in t.indices { t[i].key = t[i].key.replacingOccurrences(of: "cond_stage_model.transformer.text_model.", with: "cond_stage_model.transformer.") }
+        }
+        let m = try CLIPTextModel(folder: ModelFolder(root: old))
+        XCTAssertEqual(m.prefix, "")
+        assertClose(try m.encode(ids: tokenIDs, batch: n, length: 77).data,
+                    try Fixtures.record("sd1/ref/text.tensor", "text.last_hidden").floats(), atol: CLIPTextModelTests.atol, "sd1 file without text_model.")
+        let shallow = try SingleFileFixtures.write("sd1", in: dir, name: "shallow", sidecar: false)
+        var sidecar = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Fixtures.path("single-file/sd1.diffedit.json")))) as? [String: [String: Any]])
+        sidecar["text_encoder"]?["num_hidden_layers"] = 2
+        try JSONSerialization.data(withJSONObject: sidecar).write(to: dir.appendingPathComponent("shallow.diffedit.json"))
+        let r = try runTool("encode-text", ["--model", shallow], stdin: TensorStream.encode(ids))
+        XCTAssertEqual(r.status, 0, r.err)
+        let got = try TensorStreamReader(ByteReader(fd: -1, label: "encode-text")).readAllFromBytes(r.out)[0]
+        assertClose(got.floats(), try Fixtures.record("sd1/ref/text.tensor", "text.clip_skip1").floats(), atol: CLIPTextModelTests.atol,
+                    "sd1 file, 2 of 3 text layers = clip_skip 1")
+    }
+
     func testVAEFromTheFileMatchesDiffusers() throws {
         for key in Self.pipelines {
             let vae = try AutoencoderKL(folder: model(key)), refs = try Fixtures.records("\(key)/ref/vae.tensor")

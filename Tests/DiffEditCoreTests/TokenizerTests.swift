@@ -247,7 +247,7 @@ final class TokenizerTests: XCTestCase {
         let missing = try runTool("tokenize", ["--model", "/nonexistent/model", "a cat"])
         XCTAssertEqual(missing.status, 1)
         XCTAssertEqual(missing.err.split(separator: "\n").count, 1)
-        XCTAssertTrue(missing.err.hasPrefix("tokenize: model folder '/nonexistent/model' does not exist"), missing.err)
+        XCTAssertTrue(missing.err.hasPrefix("tokenize: model '/nonexistent/model' does not exist"), missing.err)
 
         var env = ProcessInfo.processInfo.environment
         env["DIFFEDIT_MODEL"] = nil

@@ -16,7 +16,7 @@ Outputs, in OUT/single-file/ (small: the weights are not committed, their recipe
   hashes prove it is the file checked here) instead of committing 10 MB of duplicated weights.
 * ``<key>.diffedit.json``: the sidecar diffedit reads beside ``<key>.safetensors`` for what a single
   file cannot say: the config values of the fixture that differ from what diffedit assumes for an SD
-  1.x / 2.x file (``LDM_ASSUMED``), scheduler keys included.
+  1.x / 2.x file (``ldm_assumed``), scheduler keys included.
 * ``sd15-shapes.json``, ``sd21-shapes.json``: the LDM keys and shapes of the real Stable Diffusion 1.5
   and 2.1 (768-v) checkpoints (made on torch's meta device, so no weights; ``extra_keys`` are the
   non-network keys real files carry), the diffusers configs diffusers derives for them from their

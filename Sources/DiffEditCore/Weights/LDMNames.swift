@@ -12,8 +12,9 @@ enum LDMNames: Sendable {
     /// `first_stage_model.*`: encoder.down.i / decoder.up.i (numbered from the deepest level),
     /// `block_j`-style resnets with `nin_shortcut`, mid.attn_1 with q/k/v/proj_out.
     case vae(blocks: Int)
-    /// `cond_stage_model.transformer.*`: transformers' CLIPTextModel names (SD 1.x).
-    case clip
+    /// `cond_stage_model.transformer.*`: transformers' CLIPTextModel names (SD 1.x). Layers from
+    /// `layers` on are not part of the text encoder (only when a sidecar asks for fewer).
+    case clip(layers: Int)
     /// `cond_stage_model.model.*`: OpenCLIP's text tower (SD 2.x), q/k/v fused in
     /// `attn.in_proj_weight`/`in_proj_bias`. Blocks from `layers` on are not part of the text
     /// encoder (SD 2.x stops one block before the last, as diffusers' conversion does).
@@ -36,7 +37,9 @@ enum LDMNames: Sendable {
         switch self {
         case let .unet(lpb, upAttention): return LDMNames.unetKey(name, layersPerBlock: lpb, upBlockHasAttention: upAttention)
         case let .vae(blocks): return LDMNames.vaeKey(name, blocks: blocks)
-        case .clip: return Key(name: LDMNames.clipPrefix + name)
+        case let .clip(layers):
+            guard LDMNames.encoderLayer(name).map({ $0 < layers }) ?? true else { return nil }
+            return Key(name: LDMNames.clipPrefix + name)
         case let .openCLIP(layers): return LDMNames.openCLIPKey(name, layers: layers)
         }
     }
@@ -118,6 +121,13 @@ enum LDMNames: Sendable {
         }
     }
 
+    /// The block index of a text encoder weight name (`[text_model.]encoder.layers.i.…`).
+    private static func encoderLayer(_ name: String) -> Int? {
+        let n = name.hasPrefix("text_model.") ? name.dropFirst("text_model.".count) : Substring(name)
+        guard n.hasPrefix("encoder.layers.") else { return nil }
+        return Int(n.dropFirst("encoder.layers.".count).prefix { $0 != "." })
+    }
+
     private static let openCLIPLayer = [("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("mlp.fc1.", "mlp.c_fc."),
                                         ("mlp.fc2.", "mlp.c_proj."), ("self_attn.out_proj.", "attn.out_proj.")]
 
@@ -131,7 +141,7 @@ enum LDMNames: Sendable {
         default: break
         }
         let p = n.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-        guard p.count >= 5, p[0] == "encoder", p[1] == "layers", let i = Int(p[2]), i >= 0, i < layers else { return nil }
+        guard p.count >= 5, p[0] == "encoder", p[1] == "layers", let i = encoderLayer(n), i >= 0, i < layers else { return nil }
         let block = "transformer.resblocks.\(i)."
         let rest = p[3...].joined(separator: ".")
         for (k, proj) in ["self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."].enumerated() where rest.hasPrefix(proj) {

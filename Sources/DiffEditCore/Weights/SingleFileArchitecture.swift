@@ -236,6 +236,10 @@ private struct ShapeReader {
             let token = try shape(p + "embeddings.token_embedding.weight", rank: 2, "text_encoder")
             var layers = 0
             while has(p + "encoder.layers.\(layers).layer_norm1.weight") { layers += 1 }
+            let used = (overrides["num_hidden_layers"] as? Int) ?? layers
+            guard used >= 0, used <= layers else {
+                throw ToolError("text_encoder: \(file) has \(layers) text transformer layers, fewer than the \(used) \(sidecar) asks for — correct it in \(sidecar)")
+            }
             config = [
                 "vocab_size": token[0], "hidden_size": token[1],
                 "max_position_embeddings": try shape(p + "embeddings.position_embedding.weight", rank: 2, "text_encoder")[0],
@@ -243,7 +247,7 @@ private struct ShapeReader {
                 "intermediate_size": layers > 0 ? try shape(p + "encoder.layers.0.mlp.fc1.weight", rank: 2, "text_encoder")[0] : 4 * token[1],
                 "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
             ]
-            names = .clip
+            names = .clip(layers: used)
         case .sd2:
             let p = LDMNames.openCLIPPrefix
             guard shapes.keys.contains(where: { $0.hasPrefix(p) }) else {

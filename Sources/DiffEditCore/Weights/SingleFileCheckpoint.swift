@@ -120,11 +120,14 @@ public final class SingleFileCheckpoint {
         var head: [UInt8] = []
         var st = stat()
         // Only a regular file is sniffed (opening a FIFO would wait for a writer).
-        if stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, let f = fopen(path, "rb") {
-            var buffer = [UInt8](repeating: 0, count: 4)
-            let n = fread(&buffer, 1, 4, f)
-            fclose(f)
-            head = Array(buffer.prefix(n))
+        if stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            if fd >= 0 {
+                var buffer = [UInt8](repeating: 0, count: 4)
+                let n = read(fd, &buffer, 4)
+                close(fd)
+                head = Array(buffer.prefix(max(n, 0)))
+            }
         }
         let zip = head.starts(with: [0x50, 0x4B, 0x03, 0x04])  // torch.save's zip container
         let pickle = head.count >= 2 && head[0] == 0x80 && (2...5).contains(head[1])  // legacy torch.save
