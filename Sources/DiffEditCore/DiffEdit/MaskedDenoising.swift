@@ -18,6 +18,8 @@ public struct MaskedDenoising {
         public var strength = 0.8
         public var guidance: Float = 7.5
         public var blend = Blend.diffusers
+        /// Cells the binarised mask is dilated by (MaskDilation; 0 = as given, diffusers).
+        public var dilate = 0
         public init() {}
     }
 
@@ -85,6 +87,7 @@ public struct MaskedDenoising {
             throw ToolError("--mask has values outside [0, 1] — give a 0/1 mask (noise-diff-mask's mask record)")
         }
         mask.data = mask.data.map { $0 < 0.5 ? 0 : 1 }
+        mask = MaskDilation.dilate(mask, cells: o.dilate)
 
         try scheduler.setTimesteps(o.steps)
         let timesteps = try scheduler.strengthTimesteps(strength: o.strength)
