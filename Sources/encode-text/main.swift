@@ -14,7 +14,7 @@ struct EncodeText: DiffEditTool {
     @Argument(help: "Tensor stream of token ids (default or '-': stdin).")
     var input: String?
 
-    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
     @Option(name: .long, parsing: .unconditional,

@@ -18,7 +18,7 @@ struct Tokenize: DiffEditTool {
     @Argument(help: "Prompts; none (or a single '-') reads one prompt per line from stdin.")
     var prompts: [String] = []
 
-    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
     @Option(name: .long, parsing: .unconditional,

@@ -30,7 +30,7 @@ struct UNetBench: DiffEditTool {
             """,
         version: CLI.version)
 
-    @Option(name: .long, help: "Model folder in diffusers layout (uses its unet/); default: built-in SD 1.5 config with random weights.")
+    @Option(name: .long, help: "Model (a diffusers folder or a single-file .safetensors checkpoint) whose UNet to time; default: built-in SD 1.5 config with random weights.")
     var model: String?
 
     @Option(name: .long, parsing: .unconditional, help: Numbers.height.help("Latent height", default: 64), transform: Numbers.height.transform)

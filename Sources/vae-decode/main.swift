@@ -17,7 +17,7 @@ struct VAEDecode: DiffEditTool {
             """,
         version: CLI.version)
 
-    @Option(name: .long, help: "Stable Diffusion folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
     @Option(name: .long, parsing: .unconditional, help: VAEDecode.depthOption.help("Bits per sample of the output", default: 8),

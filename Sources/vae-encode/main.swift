@@ -23,7 +23,7 @@ struct VAEEncode: DiffEditTool {
             """,
         version: CLI.version)
 
-    @Option(name: .long, help: "Stable Diffusion folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
     @Flag(name: .long, help: "Centre-crop each side down to a multiple of the VAE's downsampling factor.")

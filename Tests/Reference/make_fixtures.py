@@ -55,6 +55,8 @@ from diffusers import (  # noqa: E402
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
+import fixtures_single_file  # noqa: E402  (beside this script: the single-file (LDM layout) fixtures)
+
 diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
@@ -1218,7 +1220,7 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
 # 7. Main
 # ----------------------------------------------------------------------------------------------
 GENERATED = ["sd1", "sd2", "scheduler.tensor", "rng.tensor", "prompts.json", "tokens-sd1.tensor",
-             "tokens-sd2.tensor", "MANIFEST.txt"]
+             "tokens-sd2.tensor", "single-file", "MANIFEST.txt"]
 
 
 def manifest(out):
@@ -1304,6 +1306,8 @@ def main():
     ref_rng(out)
     prompts = make_prompts()
     ref_tokens(out, prompts, tokenizers, oc_mod, report)
+    print("[single-file] the pipelines as LDM-layout single files; full-size SD 1.5 / 2.1 key sets")
+    fixtures_single_file.write(out, SPECS)
 
     man = manifest(out)
     with open(os.path.join(out, "MANIFEST.txt"), "w", newline="\n") as f:

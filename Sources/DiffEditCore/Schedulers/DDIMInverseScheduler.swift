@@ -36,7 +36,7 @@ public struct DDIMInverseScheduler: Sendable {
     }
 
     public init(folder: ModelFolder) throws {
-        try self.init(config: folder.config("scheduler", file: "scheduler_config.json"))
+        try self.init(config: folder.schedulerConfig())
     }
 
     /// diffusers' DDIMInverseScheduler.set_timesteps: ascending timesteps.

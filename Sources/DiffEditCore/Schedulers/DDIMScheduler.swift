@@ -56,9 +56,9 @@ public struct DDIMScheduler: Sendable {
         finalAlphaCumprod = setAlphaToOne ? 1 : schedule.alphasCumprod[0]
     }
 
-    /// The scheduler of a model folder (scheduler/scheduler_config.json).
+    /// The scheduler of a model (ModelFolder.schedulerConfig).
     public init(folder: ModelFolder) throws {
-        try self.init(config: folder.config("scheduler", file: "scheduler_config.json"))
+        try self.init(config: folder.schedulerConfig())
     }
 
     /// diffusers' set_timesteps.
