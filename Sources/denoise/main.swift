@@ -28,12 +28,20 @@ struct Denoise: DiffEditTool {
     var guidance: Float = 7.5
     @Option(name: .long, help: "Background blending: diffusers (default) or paper.")
     var blend: MaskedDenoising.Blend = .diffusers
+    @Option(name: .long, help: "DDIM's eta in [0, 1]: 0 deterministic (default), 1 DDPM-like; noise drawn from --seed (--scheduler ddim only).")
+    var eta: Float = 0
+    @Option(name: .long, help: "Seed of the torch CPU generator (the noise of --eta > 0).")
+    var seed: UInt64 = 0
+    @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions
     @Argument(help: "The inverted stack from invert (default or '-': stdin).")
     var input: String?
 
     func run() throws {
         try CLI.run("denoise") {
+            guard eta >= 0, eta <= 1 else {
+                throw ToolError("--eta must be in [0, 1], got \(eta) — 0 is deterministic DDIM, 1 DDPM-like sampling")
+            }
             let out = try CLI.tensorOutput(force: common.force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the inverted stack from invert")
@@ -47,6 +55,10 @@ struct Denoise: DiffEditTool {
             try DiffEditIO.checkModel(stackRec, folder, option: "the inverted stack on stdin")
             if let fp = stackRec.metadata["scheduler.fingerprint"], fp != DiffEditSupport.schedulerFingerprint(folder) {
                 throw ToolError("the inverted stack was made with another scheduler config (\(stackRec.metadata["model"] ?? "?")) — invert again with --model \(folder.root)")
+            }
+            let kind = try schedulerOption.resolved(forStack: stackRec.metadata)
+            if eta > 0 && kind != .ddim {
+                throw ToolError("--eta \(eta) applies to the DDIM scheduler only; DPM-Solver++ is deterministic (diffusers ignores eta there) — drop --eta, or invert and denoise with --scheduler ddim")
             }
             // Steps and strength come from invert; explicit options must agree (diffusers #5465).
             let stackSteps = stackRec.metadata["steps"].flatMap(Int.init)
@@ -79,15 +91,18 @@ struct Denoise: DiffEditTool {
             options.strength = useStrength
             options.guidance = guidance
             options.blend = blend
-            var dn = MaskedDenoising(unet: unet, scheduler: try DDIMScheduler(folder: folder), options: options)
+            options.eta = eta
+            var dn = MaskedDenoising(unet: unet, scheduler: try kind.denoising(folder: folder), options: options)
             let report = ProgressReporter(tool: "denoise", quiet: common.quiet, force: common.progress)
             let r = try dn.denoise(inverted: stackRec.tensor(), mask: maskRec.tensor(), prompt: p, negative: neg,
-                                   clean: clean, progress: report)
+                                   clean: clean, generator: TorchGenerator(seed: seed), progress: report)
             var meta = DiffEditIO.provenance(folder)
             meta["steps"] = "\(useSteps)"
             meta["strength"] = "\(useStrength)"
             meta["guidance"] = "\(guidance)"
             meta["blend"] = blend.rawValue
+            meta[SchedulerOption.metadataKey] = kind.rawValue
+            if eta > 0 { (meta["eta"], meta["seed"]) = ("\(eta)", "\(seed)") }
             for k in ["image.width", "image.height"] { if let v = stackRec.metadata[k] { meta[k] = v } }
             try out.write(TensorRecord(name: DiffEditIO.latentsRecord, tensor: r.latents, metadata: meta))
             try out.flush()

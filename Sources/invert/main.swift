@@ -32,6 +32,7 @@ struct Invert: DiffEditTool {
     var lambdaKl: Float = 20
     @Option(name: .long, help: "Auto-correlation gradient steps per regularisation step.")
     var autoCorrRolls = 5
+    @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions
     @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
     var input: String?
@@ -70,7 +71,8 @@ struct Invert: DiffEditTool {
             options.guidance = guidance
             options.regularizer = InversionRegularizer(steps: regSteps, lambdaAutoCorr: lambdaAutoCorr,
                                                        lambdaKL: lambdaKl, rolls: autoCorrRolls)
-            let scheduler = try DDIMInverseScheduler(folder: folder)
+            let kind = schedulerOption.scheduler ?? .ddim
+            let scheduler = try kind.inversion(folder: folder)
             var inv = DDIMInversion(unet: unet, scheduler: scheduler, options: options)
             let report = ProgressReporter(tool: "invert", quiet: common.quiet, force: common.progress)
             let r = try inv.invert(latents: latents, prompt: p, negative: neg, generator: generator, progress: report)
@@ -83,6 +85,7 @@ struct Invert: DiffEditTool {
             meta["timesteps"] = r.timesteps.reversed().map(String.init).joined(separator: ",")
             meta["order"] = "noisiest first"
             meta["scheduler.fingerprint"] = DiffEditSupport.schedulerFingerprint(folder)
+            meta[SchedulerOption.metadataKey] = kind.rawValue  // denoise retraces it with the same scheduler
             meta["prediction_type"] = scheduler.predictionType.rawValue
             meta["reg_steps"] = "\(regSteps)"
             if regSteps > 0 {
