@@ -73,6 +73,10 @@ def scheduler_variants(mf):
         ("no_lower_order_final", dict(sd1, lower_order_final=False, solver_order=3)),
         ("euler_at_final", dict(sd1, euler_at_final=True, final_sigmas_type="sigma_min")),
         ("cosine_clipped", dict(sd1, beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1)),
+        ("cosine_clipped_trailing", dict(sd1, beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1,
+                                         timestep_spacing="trailing")),
+        ("cosine_clipped_linspace", dict(sd1, beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1,
+                                         timestep_spacing="linspace")),
         # diffusers renames these to dpmsolver++ / midpoint (and, for "deis", insists on sigma_min)
         ("deis_names", dict(sd1, algorithm_type="deis", solver_type="logrho", final_sigmas_type="sigma_min")),
     ]
