@@ -104,10 +104,7 @@ extension DiffEditToolTests {
         try Data(records.flatMap(TensorStream.encode)).write(to: dir.appendingPathComponent("old.tensor"))
 
         func refused(_ script: String, _ phrase: String, file: StaticString = #filePath, line: UInt = #line) throws {
-            let r = try sh("cd '\(dir.path)' && " + script)
-            XCTAssertEqual(r.status, 1, "\(script) should fail", file: file, line: line)
-            XCTAssert(r.err.contains(phrase), "\(script): stderr '\(r.err)' lacks '\(phrase)'", file: file, line: line)
-            XCTAssertEqual(r.err.split(separator: "\n").count, 1, "one line on stderr: \(r.err)", file: file, line: line)
+            assertRefused(try sh("cd '\(dir.path)' && " + script), tool: "denoise", contains: [phrase], file: file, line: line)
         }
         let d = "denoise \(m) --mask mask.tensor --prompt tgt.tensor"
         try refused("\(d) --scheduler dpm < ddim.tensor > /dev/null", "--scheduler dpm differs from the scheduler the stack was inverted with (ddim)")

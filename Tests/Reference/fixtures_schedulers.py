@@ -116,24 +116,23 @@ def ref_dpm_scheduler(out, mf):
             st.add(p + "inverse.timesteps.%d" % n, inv.timesteps,
                    call="DPMSolverMultistepInverseScheduler.from_config(same); set_timesteps(%d); timesteps" % n)
             st.add(p + "inverse.sigmas.%d" % n, inv.sigmas, call="inverse set_timesteps(%d); sigmas" % n)
-        for n, strength in RUNS:
-            fwd.set_timesteps(n)
-            ts = fwd.timesteps[t_start(n, strength):]
+        def run(s, ts):
+            """Every step's x over the timesteps ts, from dpm.input.sample."""
             x, outs = sample, []
             for k, t in enumerate(ts):
-                x = fwd.step(model_outputs[k], t, x).prev_sample
+                x = s.step(model_outputs[k], t, x).prev_sample
                 outs.append(x)
-            st.add(p + "run.n%d.s%s" % (n, strength), torch.stack(outs), timesteps_json=mf.jdump(ts.tolist()),
-                   call="set_timesteps(%d); for k, t in enumerate(timesteps[%d:]): x = step(model_output[k], t, x)"
-                        ".prev_sample, starting from dpm.input.sample; every step's x" % (n, t_start(n, strength)))
-            inv.set_timesteps(n)
+            return torch.stack(outs)
+        for n, strength in RUNS:
             s0 = t_start(n, strength)
+            fwd.set_timesteps(n)
+            ts = fwd.timesteps[s0:]
+            st.add(p + "run.n%d.s%s" % (n, strength), run(fwd, ts), timesteps_json=mf.jdump(ts.tolist()),
+                   call="set_timesteps(%d); for k, t in enumerate(timesteps[%d:]): x = step(model_output[k], t, x)"
+                        ".prev_sample, starting from dpm.input.sample; every step's x" % (n, s0))
+            inv.set_timesteps(n)
             its = inv.timesteps if s0 == 0 else inv.timesteps[:-s0]
-            x, outs = sample, []
-            for k, t in enumerate(its):
-                x = inv.step(model_outputs[k], t, x).prev_sample
-                outs.append(x)
-            st.add(p + "inverse.run.n%d.s%s" % (n, strength), torch.stack(outs), timesteps_json=mf.jdump(its.tolist()),
+            st.add(p + "inverse.run.n%d.s%s" % (n, strength), run(inv, its), timesteps_json=mf.jdump(its.tolist()),
                    call="inverse: set_timesteps(%d); the first %d timesteps; x = step(model_output[k], t, x)"
                         ".prev_sample from dpm.input.sample; every step's x" % (n, len(its)))
         fwd.set_timesteps(20)

@@ -1,5 +1,16 @@
 import Foundation
 
+/// The two DPM-Solver schedulers: what they read from their config.
+public protocol DPMSolverScheduler {
+    var config: DPMSolverConfig { get }
+}
+
+extension DPMSolverScheduler {
+    public var predictionType: PredictionType { config.predictionType }
+    public var alphasCumprod: [Float] { config.schedule.alphasCumprod }
+    public var numTrainTimesteps: Int { config.numTrainTimesteps }
+}
+
 /// The scheduler_config.json keys DPMSolverMultistepScheduler and its inverse both read, with the
 /// defaults diffusers gives them, as `DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`
 /// builds them from a Stable Diffusion model's scheduler config (a DDIM or PNDM one). Keys the file

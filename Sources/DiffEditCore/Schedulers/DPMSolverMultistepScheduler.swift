@@ -5,20 +5,15 @@ import Foundation
 /// DPM-Solver++ of Lu et al. 2022, second order by default, for denoising in fewer steps than DDIM.
 /// It keeps state between steps (the last data predictions and the step index), which
 /// `setTimesteps` resets; steps must follow the schedule in order, as in diffusers.
-public struct DPMSolverMultistepScheduler {
+public struct DPMSolverMultistepScheduler: DPMSolverScheduler {
     public let config: DPMSolverConfig
-    /// Inference timesteps, high to low, after `setTimesteps`.
-    public private(set) var timesteps: [Int] = []
-    /// σ at each timestep, then the final σ (0, or σ at t = 0 with final_sigmas_type sigma_min).
-    public private(set) var sigmas: [Float] = []
     /// The steps asked of setTimesteps (the pipeline's num_inference_steps).
     public private(set) var numInferenceSteps: Int?
     private var solver: DPMSolverMultistep
-    private var stepIndex: Int?
-
-    public var predictionType: PredictionType { config.predictionType }
-    public var alphasCumprod: [Float] { config.schedule.alphasCumprod }
-    public var numTrainTimesteps: Int { config.numTrainTimesteps }
+    /// Inference timesteps, high to low, after `setTimesteps`.
+    public var timesteps: [Int] { solver.timesteps }
+    /// σ at each timestep, then the final σ (0, or σ at t = 0 with final_sigmas_type sigma_min).
+    public var sigmas: [Float] { solver.sigmas }
 
     public init(config json: JSONConfig) throws {
         config = try DPMSolverConfig(json)
@@ -55,37 +50,16 @@ public struct DPMSolverMultistepScheduler {
         }
         try DPMSolverConfig.requireDistinct(ts, steps: steps)
         let final: Float = config.finalSigmas == .zero ? 0 : config.trainSigmas[0]
-        timesteps = ts
-        sigmas = ts.map(config.sigma(at:)) + [final]
+        solver = DPMSolverMultistep(config, timesteps: ts, sigmas: ts.map(config.sigma(at:)) + [final])
         numInferenceSteps = steps
-        solver = DPMSolverMultistep(config)
-        stepIndex = nil
     }
 
-    /// One step of the schedule from timestep t (diffusers' step(...).prev_sample). The first
-    /// step after setTimesteps may start anywhere in the schedule (the pipeline's strength); the
-    /// ones after must follow it. The last step is first order when final_sigmas_type is zero,
-    /// with euler_at_final, or with lower_order_final below 15 steps (which also makes the one
-    /// before it at most second order).
+    /// One step of the schedule from timestep t to the next (diffusers' step(...).prev_sample);
+    /// see `DPMSolverMultistep.step`. The last step is first order when final_sigmas_type is zero
+    /// (it returns x̂₀).
     public mutating func step(modelOutput: Tensor, timestep t: Int, sample: Tensor) throws -> Tensor {
-        guard numInferenceSteps != nil else {
-            throw ToolError("DPMSolverMultistepScheduler.step called before setTimesteps")
-        }
-        guard modelOutput.shape == sample.shape else {
-            throw ToolError("DPM-Solver step: model output \(modelOutput.shape) and sample \(sample.shape) differ in shape")
-        }
-        let i = try stepIndex ?? DPMSolverConfig.index(of: t, in: timesteps, scheduler: "DPM-Solver step")
-        guard i < timesteps.count, timesteps[i] == t else {
-            throw ToolError("DPM-Solver step: timestep \(t) is not the next one of the schedule — the multistep solver steps through it in order")
-        }
-        let n = timesteps.count
-        let lowerOrderFinal = i == n - 1
-            && (config.eulerAtFinal || (config.lowerOrderFinal && n < 15) || config.finalSigmas == .zero)
-        let lowerOrderSecond = i == n - 2 && config.lowerOrderFinal && n < 15
-        let prev = solver.step(modelOutput: modelOutput, sample: sample, sigmas: sigmas, index: i,
-                               lowerOrderFinal: lowerOrderFinal, lowerOrderSecond: lowerOrderSecond)
-        stepIndex = i + 1
-        return prev
+        try solver.step(modelOutput: modelOutput, timestep: t, sample: sample, scheduler: "DPM-Solver",
+                        firstOrderLastStep: config.finalSigmas == .zero)
     }
 
     /// diffusers' add_noise: α·x₀ + σ_t·ε with (α, σ_t) from the σ of each timestep's place in

@@ -1,9 +1,10 @@
 import Foundation
 
-/// The arithmetic DPMSolverMultistepScheduler and DPMSolverMultistepInverseScheduler share: the
-/// multistep DPM-Solver++ update of Lu et al. 2022 ("DPM-Solver++: Fast Solver for Guided Sampling
-/// of Diffusion Probabilistic Models", arXiv 2211.01095) in diffusers' form, and the history of
-/// data predictions it steps with. The two schedulers differ only in the σ they step between.
+/// What DPMSolverMultistepScheduler and DPMSolverMultistepInverseScheduler share: the schedule
+/// set by setTimesteps, the step counter, the history of data predictions, and the multistep
+/// DPM-Solver++ update of Lu et al. 2022 ("DPM-Solver++: Fast Solver for Guided Sampling of
+/// Diffusion Probabilistic Models", arXiv 2211.01095) in diffusers' form. The two schedulers
+/// differ only in their timesteps and σ, and in when the last step is first order.
 ///
 /// Notation (diffusers'): σ is the schedule's σ = √((1 − ᾱ)/ᾱ); a latent at σ is α·x₀ + σ_t·ε
 /// with α = 1/√(σ² + 1), σ_t = σ·α; λ = log α − log σ_t (half the log-SNR); h = λ_t − λ_s.
@@ -13,16 +14,70 @@ struct DPMSolverMultistep {
     let order: Int
     let solverType: DPMSolverConfig.SolverType
     let predictionType: PredictionType
+    let lowerOrderFinal: Bool
+    let eulerAtFinal: Bool
+    /// The schedule, in stepping order, and σ at each timestep followed by the σ the last step
+    /// reaches (empty before setTimesteps).
+    let timesteps: [Int]
+    let sigmas: [Float]
     /// model_outputs: the data predictions x̂₀ of the last `order` steps, oldest first.
     private(set) var dataPredictions: [Tensor?]
     /// lower_order_nums: steps taken since setTimesteps, at most `order`.
     private(set) var lowerOrderSteps = 0
+    /// step_index: the place in the schedule of the next step (set by the first one).
+    private var stepIndex: Int?
 
-    init(_ config: DPMSolverConfig) {
+    /// A fresh solver on a schedule (what diffusers' set_timesteps resets).
+    init(_ config: DPMSolverConfig, timesteps: [Int] = [], sigmas: [Float] = []) {
         order = config.solverOrder
         solverType = config.solverType
         predictionType = config.predictionType
+        lowerOrderFinal = config.lowerOrderFinal
+        eulerAtFinal = config.eulerAtFinal
+        self.timesteps = timesteps
+        self.sigmas = sigmas
         dataPredictions = Array(repeating: nil, count: config.solverOrder)
+    }
+
+    /// diffusers' step, for the scheduler called `name`, from σ_s = sigmas[i] to
+    /// σ_t = sigmas[i + 1]. The first step after setTimesteps finds its place i in the schedule
+    /// (diffusers' _init_step_index; it may start anywhere, as the pipeline's strength does), the
+    /// ones after must follow in order. The model output becomes the data prediction x̂₀
+    /// (convert_model_output), joins the history, and the multistep update (`update`) is of order
+    /// 1 on the first step, for a first-order solver, or on the last step with euler_at_final,
+    ///   with lower_order_final below 15 steps, or when `firstOrderLastStep` (the forward
+    ///   scheduler's final σ of zero);
+    /// 2 on the second step, for a second-order solver, or on the step before the last with
+    ///   lower_order_final below 15 steps;
+    /// 3 otherwise.
+    mutating func step(modelOutput: Tensor, timestep t: Int, sample: Tensor, scheduler name: String,
+                       firstOrderLastStep: Bool) throws -> Tensor {
+        guard !timesteps.isEmpty else { throw ToolError("\(name) step called before setTimesteps") }
+        guard modelOutput.shape == sample.shape else {
+            throw ToolError("\(name) step: model output \(modelOutput.shape) and sample \(sample.shape) differ in shape")
+        }
+        let i = try stepIndex ?? DPMSolverConfig.index(of: t, in: timesteps, scheduler: "\(name) step")
+        guard i < timesteps.count, timesteps[i] == t else {
+            throw ToolError("\(name) step: timestep \(t) is not the next one of the schedule — the multistep solver steps through it in order")
+        }
+        let n = timesteps.count
+        let lastFirstOrder = i == n - 1 && (eulerAtFinal || (lowerOrderFinal && n < 15) || firstOrderLastStep)
+        let beforeLastSecondOrder = i == n - 2 && lowerOrderFinal && n < 15
+        dataPredictions.removeFirst()
+        dataPredictions.append(dataPrediction(modelOutput, sample: sample, sigma: sigmas[i]))
+        let stepOrder: Int
+        if order == 1 || lowerOrderSteps < 1 || lastFirstOrder {
+            stepOrder = 1
+        } else if order == 2 || lowerOrderSteps < 2 || beforeLastSecondOrder {
+            stepOrder = 2
+        } else {
+            stepOrder = 3
+        }
+        let out = update(order: stepOrder, sample: sample, sigmaT: sigmas[i + 1], sigmaS: sigmas[i],
+                         sigmaS1: stepOrder >= 2 ? sigmas[i - 1] : 0, sigmaS2: stepOrder == 3 ? sigmas[i - 2] : 0)
+        lowerOrderSteps = min(lowerOrderSteps + 1, order)
+        stepIndex = i + 1
+        return out
     }
 
     /// diffusers' _sigma_to_alpha_sigma_t: α = 1/√(σ² + 1), σ_t = σ·α.
@@ -37,30 +92,6 @@ struct DPMSolverMultistep {
     static func lambda(_ sigma: Float) -> Float {
         let (a, s) = alphaSigma(sigma)
         return log(a) - log(s)
-    }
-
-    /// One step from σ_s = sigmas[i] to σ_t = sigmas[i + 1] (diffusers' step after the
-    /// bookkeeping): convert the model output to x̂₀ (convert_model_output), push it into the
-    /// history, and take the multistep update of order
-    /// 1 on the first step, when the scheduler is first order or `lowerOrderFinal`;
-    /// 2 on the second step, for a second-order scheduler or `lowerOrderSecond`; else 3.
-    mutating func step(modelOutput: Tensor, sample: Tensor, sigmas: [Float], index i: Int,
-                       lowerOrderFinal: Bool, lowerOrderSecond: Bool) -> Tensor {
-        let x0 = dataPrediction(modelOutput, sample: sample, sigma: sigmas[i])
-        dataPredictions.removeFirst()
-        dataPredictions.append(x0)
-        let stepOrder: Int
-        if order == 1 || lowerOrderSteps < 1 || lowerOrderFinal {
-            stepOrder = 1
-        } else if order == 2 || lowerOrderSteps < 2 || lowerOrderSecond {
-            stepOrder = 2
-        } else {
-            stepOrder = 3
-        }
-        let out = update(order: stepOrder, sample: sample, sigmaT: sigmas[i + 1], sigmaS: sigmas[i],
-                         sigmaS1: stepOrder >= 2 ? sigmas[i - 1] : 0, sigmaS2: stepOrder == 3 ? sigmas[i - 2] : 0)
-        lowerOrderSteps = min(lowerOrderSteps + 1, order)
-        return out
     }
 
     /// convert_model_output for DPM-Solver++: the data prediction x̂₀ at σ (Lu et al. 2022, §3:
