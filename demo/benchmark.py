@@ -2,7 +2,7 @@
 """DiffEdit's edit quality on held-out scenes of the demo world, measured through the Swift tools.
 
     python3 demo/benchmark.py [--cases 200] [--jobs 2] [--model demo/model] [--bin DIR]
-        [--steps 50] [--guidance 3] [--strength 0.8] [--negative empty|source]
+        [--steps 50] [--scheduler ddim|dpm] [--guidance 3] [--strength 0.8] [--negative empty|source]
         [--work /tmp/diffedit-bench] [--reuse] [--results demo/benchmark/results] [--montage 8]
 
 The defaults are the demo model's settings (examples.sh's): guidance 3 for every stage and the
@@ -13,11 +13,11 @@ Needs numpy and the release tools (`swift build -c release`); not torch. For eac
 set used seeds 0..23999) it runs, with tool seed k:
 
     vae-encode src.ppm > posterior            tokenize SRC | encode-text > src   (and tgt)
-    noise-diff-mask --source src --target tgt --guidance G < posterior > mask
-    invert --prompt src --guidance G --strength S < posterior > inverted
+    noise-diff-mask --source src --target tgt --guidance G --scheduler X < posterior > mask
+    invert --prompt src --guidance G --strength S --scheduler X < posterior > inverted
     denoise --mask M --blend B --prompt tgt --guidance G [--negative src] < inverted | vae-decode > V.ppm
 
-for the methods
+(denoise takes the scheduler X, ddim or dpm, from the stack) for the methods
     diffedit         the inferred mask, diffusers' blending (the tools' defaults)
     diffedit-paper   the inferred mask, --blend paper (the paper's: end on the clean input)
     sdedit           an all-ones mask: SDEdit-style editing of the same inverted latents
@@ -69,6 +69,7 @@ REFERENCES = [
     ("oracle", "the true target image through the VAE"),
 ]
 FIRST_SEED = 2_000_000
+SCHEDULERS = {"ddim": "DDIM", "dpm": "DPM-Solver++"}  # the tools' --scheduler
 
 
 def run(cmd, env, log):
@@ -96,7 +97,7 @@ def edit_case(k, a, env):
     measure.write_pnm(f"{d}/tgt.ppm", pair.target.image)
     log = f"{d}/log.txt"
     q = shlex.quote
-    s = f"--steps {a.steps} --seed {k} --guidance {a.guidance} --quiet"
+    s = f"--steps {a.steps} --seed {k} --guidance {a.guidance} --scheduler {a.scheduler} --quiet"
     run(f"cd {q(d)} && vae-encode src.ppm > posterior.tensor"
         f" && tokenize {q(pair.source_caption)} | encode-text > src.tensor"
         f" && tokenize {q(pair.target_caption)} | encode-text > tgt.tensor"
@@ -172,7 +173,8 @@ def table(summary, rows, a, seconds):
     desc = {m[0]: m[3] for m in METHODS} | {r[0]: r[1] for r in REFERENCES}
     n = len(rows)
     lines = [f"{n} held-out cases ({sum(r['kind'] == 'colour' for r in rows)} colour edits, "
-             f"{sum(r['kind'] == 'shape' for r in rows)} shape edits), {a.steps} DDIM steps, guidance {a.guidance}, "
+             f"{sum(r['kind'] == 'shape' for r in rows)} shape edits), {a.steps} {SCHEDULERS[a.scheduler]} steps, "
+             f"guidance {a.guidance}, "
              f"strength {a.strength}, mask: the tools' defaults (10 maps, encode strength 0.5, ratio 3.0); "
              f"negative prompt: {'the source caption' if a.negative == 'source' else 'empty'}; "
              f"model `{os.path.relpath(os.path.abspath(a.model), ROOT)}`. "
@@ -217,6 +219,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=200)
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim",
+                   help="the mask's, inversion's and denoising's scheduler: ddim (default) or dpm (DPM-Solver++)")
     p.add_argument("--guidance", type=float, default=3.0, help="guidance of every stage (default 3)")
     p.add_argument("--strength", type=float, default=0.8, help="invert --strength (default 0.8)")
     p.add_argument("--negative", choices=["source", "empty"], default="empty",
@@ -270,7 +274,8 @@ def main():
     if a.results:
         os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
         res = {"summary": summary, "shape_classifier_accuracy": acc,
-               "settings": {"cases": a.cases, "steps": a.steps, "guidance": a.guidance, "strength": a.strength,
+               "settings": {"cases": a.cases, "steps": a.steps, "scheduler": a.scheduler, "guidance": a.guidance,
+                            "strength": a.strength,
                             "negative": a.negative, "first_seed": FIRST_SEED,
                             "model": os.path.relpath(os.path.abspath(a.model), ROOT), "jobs": a.jobs},
                "seconds": round(seconds, 1), "tool_seconds_per_case": round(float(np.mean(tool_seconds)), 2),

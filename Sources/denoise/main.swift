@@ -34,6 +34,13 @@ struct Denoise: DiffEditTool {
     @Option(name: .long, parsing: .unconditional, help: StageNumbers.dilate.help("Dilate the mask by this many latent cells (diagonals included)", default: 0),
             transform: StageNumbers.dilate.transform)
     var dilate = 0
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.eta.help("DDIM's eta: 0 deterministic, 1 DDPM-like; noise drawn from --seed (--scheduler ddim only)", default: 0),
+            transform: StageNumbers.eta.transform)
+    var eta: Float = 0
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator (the noise of --eta > 0).", default: 0),
+            transform: StageNumbers.seed.transform)
+    var seed: UInt64 = 0
+    @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions
     @Argument(help: "The inverted stack from invert (default or '-': stdin).")
     var input: String?
@@ -53,6 +60,10 @@ struct Denoise: DiffEditTool {
             try DiffEditIO.checkModel(stackRec, folder, option: "the inverted stack on stdin")
             if let fp = stackRec.metadata["scheduler.fingerprint"], fp != DiffEditSupport.schedulerFingerprint(folder) {
                 throw ToolError("the inverted stack was made with another scheduler config (\(stackRec.metadata["model"] ?? "?")) — invert again with --model \(folder.root)")
+            }
+            let kind = try schedulerOption.resolved(forStack: stackRec.metadata)
+            if eta > 0 && kind != .ddim {
+                throw ToolError("--eta \(eta) applies to the DDIM scheduler only; DPM-Solver++ is deterministic (diffusers ignores eta there) — drop --eta, or invert and denoise with --scheduler ddim")
             }
             // Steps and strength come from invert; explicit options must agree (diffusers #5465).
             let damaged = "the stack is damaged or was not written by invert; invert again"
@@ -85,11 +96,12 @@ struct Denoise: DiffEditTool {
             options.guidance = settings.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
             options.blend = settings.pick(blend, \.blend, "blend", builtIn: .diffusers)
             options.dilate = dilate
+            options.eta = eta
             settings.note("denoise", common)
-            var dn = MaskedDenoising(unet: unet, scheduler: try DDIMScheduler(folder: folder), options: options)
+            var dn = MaskedDenoising(unet: unet, scheduler: try kind.denoising(folder: folder), options: options)
             let report = ProgressReporter(tool: "denoise", quiet: common.quiet, force: common.progress)
             let r = try dn.denoise(inverted: stackRec.tensor(), mask: maskTensor, prompt: p, negative: neg,
-                                   clean: clean, progress: report)
+                                   clean: clean, generator: TorchGenerator(seed: seed), progress: report)
             var meta = DiffEditIO.provenance(folder)
             meta["steps"] = "\(useSteps)"
             meta["strength"] = "\(useStrength)"
@@ -97,6 +109,8 @@ struct Denoise: DiffEditTool {
             meta["blend"] = options.blend.rawValue
             if dilate > 0 { meta["mask.dilate"] = "\(dilate)" }
             settings.record(into: &meta)
+            meta[SchedulerOption.metadataKey] = kind.rawValue
+            if eta > 0 { (meta["eta"], meta["seed"]) = ("\(eta)", "\(seed)") }
             for k in ["image.width", "image.height"] { if let v = stackRec.metadata[k] { meta[k] = v } }
             try out.write(TensorRecord(name: DiffEditIO.latentsRecord, tensor: r.latents, metadata: meta))
             try out.flush()

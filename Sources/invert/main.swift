@@ -50,6 +50,7 @@ struct Invert: DiffEditTool {
     @Option(name: .long, parsing: .unconditional, help: Numbers.autoCorrRolls.help("Auto-correlation gradient steps per regularisation step.", default: 5),
             transform: Numbers.autoCorrRolls.transform)
     var autoCorrRolls = 5
+    @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions
     @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
     var input: String?
@@ -89,7 +90,8 @@ struct Invert: DiffEditTool {
             options.guidance = guidance
             options.regularizer = InversionRegularizer(steps: regSteps, lambdaAutoCorr: lambdaAutoCorr,
                                                        lambdaKL: lambdaKl, rolls: autoCorrRolls)
-            let scheduler = try DDIMInverseScheduler(folder: folder)
+            let kind = schedulerOption.scheduler ?? .ddim
+            let scheduler = try kind.inversion(folder: folder)
             var inv = DDIMInversion(unet: unet, scheduler: scheduler, options: options)
             let report = ProgressReporter(tool: "invert", quiet: common.quiet, force: common.progress)
             let r = try inv.invert(latents: latents, prompt: p, negative: neg, generator: generator, progress: report)
@@ -102,6 +104,7 @@ struct Invert: DiffEditTool {
             meta["timesteps"] = r.timesteps.reversed().map(String.init).joined(separator: ",")
             meta["order"] = "noisiest first"
             meta["scheduler.fingerprint"] = DiffEditSupport.schedulerFingerprint(folder)
+            meta[SchedulerOption.metadataKey] = kind.rawValue  // denoise retraces it with the same scheduler
             meta["prediction_type"] = scheduler.predictionType.rawValue
             meta["reg_steps"] = "\(regSteps)"
             settings.record(into: &meta)

@@ -58,6 +58,7 @@ struct NoiseDiffMaskTool: DiffEditTool {
     var dilate = 0
     @Flag(name: .long, help: "Enlarge the output to image size (nearest neighbour by the VAE factor).")
     var imageSize = false
+    @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions
     @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
     var input: String?
@@ -98,7 +99,8 @@ struct NoiseDiffMaskTool: DiffEditTool {
             options.steps = steps
             options.guidance = guidance
             options.maxBatch = batch
-            var nd = NoiseDiffMask(unet: unet, scheduler: try DDIMScheduler(folder: folder), options: options)
+            let kind = schedulerOption.scheduler ?? .ddim
+            var nd = NoiseDiffMask(unet: unet, scheduler: try kind.denoising(folder: folder), options: options)
             let report = ProgressReporter(tool: "noise-diff-mask", quiet: common.quiet, force: common.progress)
             let r = try nd.generate(mean: meanRec.tensor(), std: stdRec.tensor(), source: src, sourceNegative: srcNeg,
                                     target: tgt, targetNegative: tgtNeg, generator: TorchGenerator(seed: seed),
@@ -117,6 +119,7 @@ struct NoiseDiffMaskTool: DiffEditTool {
             meta["seed"] = "\(seed)"
             meta["timestep"] = "\(r.timestep)"
             settings.record(into: &meta)
+            meta[SchedulerOption.metadataKey] = kind.rawValue
             meta["clamp"] = "\(r.clamp)"
             meta["latent.height"] = "\(meanRec.shape[2])"
             meta["latent.width"] = "\(meanRec.shape[3])"

@@ -55,7 +55,9 @@ from diffusers import (  # noqa: E402
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fixtures_single_file  # noqa: E402  (beside this script: the single-file (LDM layout) fixtures)
+import fixtures_schedulers  # noqa: E402  (beside this script: the DPM-Solver++ and DDIM-eta fixtures)
 
 diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
@@ -813,10 +815,10 @@ class Capture:
                   lambda a, k, r: dict(orig=a[0].clone(), noise=a[1].clone(), t=a[2], out=r.clone()))
         wrap_attr(pipe.scheduler, "step", "step",
                   lambda a, k, r: dict(model_output=a[0].clone(), t=a[1], sample=a[2].clone(),
-                                       prev=r.prev_sample.clone(), x0=r.pred_original_sample.clone()))
+                                       prev=r.prev_sample.clone(), x0=_clone_x0(r)))
         wrap_attr(pipe.inverse_scheduler, "step", "istep",
                   lambda a, k, r: dict(model_output=a[0].clone(), t=a[1], sample=a[2].clone(),
-                                       prev=r.prev_sample.clone(), x0=r.pred_original_sample.clone()))
+                                       prev=r.prev_sample.clone(), x0=_clone_x0(r)))
         wrap_attr(pipe, "prepare_image_latents", "image_latents", lambda a, k, r: r.clone())
         return self
 
@@ -826,6 +828,12 @@ class Capture:
 
     def get(self, tag):
         return [v for t, v in self.log if t == tag]
+
+
+def _clone_x0(r):
+    # DPM-Solver's SchedulerOutput has no pred_original_sample (fixtures_schedulers.py)
+    x0 = getattr(r, "pred_original_sample", None)
+    return None if x0 is None else x0.clone()
 
 
 def cfg(out, gs):
@@ -1220,7 +1228,6 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
 # 7. Main
 # ----------------------------------------------------------------------------------------------
 GENERATED = ["sd1", "sd2", "scheduler.tensor", "rng.tensor", "prompts.json", "tokens-sd1.tensor",
-             "tokens-sd2.tensor", "single-file", "MANIFEST.txt"]
 
 
 def manifest(out):
@@ -1306,8 +1313,6 @@ def main():
     ref_rng(out)
     prompts = make_prompts()
     ref_tokens(out, prompts, tokenizers, oc_mod, report)
-    print("[single-file] the pipelines as LDM-layout single files; full-size SD 1.5 / 2.1 key sets")
-    fixtures_single_file.write(out, SPECS)
 
     man = manifest(out)
     with open(os.path.join(out, "MANIFEST.txt"), "w", newline="\n") as f:

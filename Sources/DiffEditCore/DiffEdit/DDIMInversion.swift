@@ -1,7 +1,8 @@
 import Foundation
 
 /// DiffEdit step 2: DDIM inversion of the image latent under the source caption, keeping every
-/// intermediate latent (diffusers' StableDiffusionDiffEditPipeline.invert).
+/// intermediate latent (diffusers' StableDiffusionDiffEditPipeline.invert), with the pipeline's
+/// inverse scheduler: DDIMInverseScheduler or DPMSolverMultistepInverseScheduler.
 public struct DDIMInversion {
     public struct Options {
         public var steps = 50
@@ -23,10 +24,10 @@ public struct DDIMInversion {
     }
 
     public let unet: UNet2DCondition
-    public var scheduler: DDIMInverseScheduler
+    public var scheduler: any InversionScheduler
     public var options: Options
 
-    public init(unet: UNet2DCondition, scheduler: DDIMInverseScheduler, options: Options = Options()) {
+    public init(unet: UNet2DCondition, scheduler: any InversionScheduler, options: Options = Options()) {
         self.unet = unet
         self.scheduler = scheduler
         self.options = options
@@ -66,7 +67,7 @@ public struct DDIMInversion {
                                            progress: { progress?.update(i, part: $0, of: parts, "regularisation") })
             }
             regPreds.append(pred)
-            latents = try scheduler.step(modelOutput: pred, timestep: t, sample: latents).prevSample
+            latents = try scheduler.prevSample(modelOutput: pred, timestep: t, sample: latents)
             outputs.append(latents)
             progress?.update(i + 1)
         }

@@ -1,7 +1,8 @@
 import Foundation
 
 /// DiffEdit step 3: DDIM decoding from the inverted latent under the target caption, keeping
-/// the inverted latents outside the mask (diffusers' StableDiffusionDiffEditPipeline.__call__).
+/// the inverted latents outside the mask (diffusers' StableDiffusionDiffEditPipeline.__call__),
+/// with the pipeline's scheduler: DDIMScheduler (η as `eta`) or DPMSolverMultistepScheduler.
 public struct MaskedDenoising {
     public enum Blend: String, Sendable {
         /// diffusers: after step i, `latents·mask + inverted[:, i]·(1 − mask)`. The background
@@ -20,6 +21,9 @@ public struct MaskedDenoising {
         public var blend = Blend.diffusers
         /// Cells the binarised mask is dilated by (MaskDilation; 0 = as given, diffusers).
         public var dilate = 0
+        /// DDIM's η (the pipeline's eta): 0 is deterministic DDIM; η > 0 adds σₜ·z per step with z
+        /// drawn from the generator given to `denoise`.
+        public var eta: Float = 0
         public init() {}
     }
 
@@ -33,17 +37,17 @@ public struct MaskedDenoising {
     }
 
     public let unet: UNet2DCondition
-    public var scheduler: DDIMScheduler
+    public var scheduler: any DenoisingScheduler
     public var options: Options
 
-    public init(unet: UNet2DCondition, scheduler: DDIMScheduler, options: Options = Options()) {
+    public init(unet: UNet2DCondition, scheduler: any DenoisingScheduler, options: Options = Options()) {
         self.unet = unet
         self.scheduler = scheduler
         self.options = options
     }
 
     /// The denoising timesteps for the options (the last ⌊steps·strength⌋, high to low).
-    public static func timesteps(scheduler: DDIMScheduler, steps: Int, strength: Double) throws -> [Int] {
+    public static func timesteps(scheduler: any DenoisingScheduler, steps: Int, strength: Double) throws -> [Int] {
         var s = scheduler
         try s.setTimesteps(steps)
         return try s.strengthTimesteps(strength: strength)
@@ -52,9 +56,11 @@ public struct MaskedDenoising {
     /// Edits the inverted stack [N, T, 4, h, w] (noisiest first) with a binary mask
     /// [N or 1, 1, h, w] (binarised at 0.5 as diffusers' preprocess_mask does). `prompt` (target
     /// caption) and `negative` (source caption) are [N, L, D]. `clean` [N, 4, h, w] is x₀ for the
-    /// paper blend.
+    /// paper blend. `generator` draws η's noise (the pipeline's generator: one randn of the latents'
+    /// shape per step, in step order); it is needed only when `options.eta` > 0.
     public mutating func denoise(inverted: Tensor, mask maskIn: Tensor, prompt: Tensor, negative: Tensor,
-                                 clean: Tensor? = nil, progress: ProgressReporter? = nil) throws -> Result {
+                                 clean: Tensor? = nil, generator: TorchGenerator? = nil,
+                                 progress: ProgressReporter? = nil) throws -> Result {
         let o = options
         guard inverted.rank == 5 else {
             throw ToolError("the inverted stack has shape \(inverted.shape), expected [N, T, 4, h, w] — pipe in invert's output")
@@ -114,7 +120,8 @@ public struct MaskedDenoising {
             let input = cfg ? Tensor.concat(batch: [latents, latents]) : latents
             let out = try unet(sample: input, timestep: Float(t), encoderHiddenStates: embeds)
             let pred = cfg ? Guidance.classifierFree(batched: out, scale: o.guidance) : out
-            let stepped = try scheduler.step(modelOutput: pred, timestep: t, sample: latents, eta: 0).prevSample
+            let stepped = try scheduler.prevSample(modelOutput: pred, timestep: t, sample: latents, eta: o.eta,
+                                                   generator: generator)
             let background: Tensor
             switch o.blend {
             case .diffusers: background = inverted.step(i)

@@ -40,10 +40,11 @@ public struct NoiseDiffMask {
     }
 
     public let unet: UNet2DCondition
-    public var scheduler: DDIMScheduler
+    /// The pipeline's `scheduler` (DDIM, or DPM-Solver++): its timesteps and add_noise.
+    public var scheduler: any DenoisingScheduler
     public var options: Options
 
-    public init(unet: UNet2DCondition, scheduler: DDIMScheduler, options: Options = Options()) {
+    public init(unet: UNet2DCondition, scheduler: any DenoisingScheduler, options: Options = Options()) {
         self.unet = unet
         self.scheduler = scheduler
         self.options = options

@@ -42,10 +42,7 @@ public struct DDIMInverseScheduler: Sendable {
     /// diffusers' DDIMInverseScheduler.set_timesteps: ascending timesteps.
     public mutating func setTimesteps(_ steps: Int) throws {
         let t = numTrainTimesteps
-        guard steps >= 1 else { throw ToolError("the number of inference steps must be at least 1, got \(steps)") }
-        guard steps <= t else {
-            throw ToolError("\(steps) inference steps is more than the scheduler's \(t) training timesteps")
-        }
+        try DDIMTimesteps.requireSteps(steps, train: t)
         switch timestepSpacing {
         case .leading:
             let ratio = t / steps

@@ -64,10 +64,7 @@ public struct DDIMScheduler: Sendable {
     /// diffusers' set_timesteps.
     public mutating func setTimesteps(_ steps: Int) throws {
         let t = numTrainTimesteps
-        guard steps >= 1 else { throw ToolError("the number of inference steps must be at least 1, got \(steps)") }
-        guard steps <= t else {
-            throw ToolError("\(steps) inference steps is more than the scheduler's \(t) training timesteps")
-        }
+        try DDIMTimesteps.requireSteps(steps, train: t)
         numInferenceSteps = steps
         switch timestepSpacing {
         case .linspace:
