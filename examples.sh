@@ -6,6 +6,7 @@
 #   ./examples.sh                              # the demo model: a red circle becomes a blue one
 #   MODEL=~/models/sd15 IMAGE=me.ppm SOURCE="a photo of a man" TARGET="a photo of a robot" ./examples.sh
 #   GUIDANCE=7.5 NEGATIVE=source ./examples.sh  # diffusers' settings on the demo model (it tints)
+#   IMAGE=photo.jpg ./examples.sh               # PNG and JPEG images are converted with netpbm
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,11 +22,16 @@ STEPS=${STEPS:-50}
 SEED=${SEED:-0}
 # Guidance and denoise's negative prompt: diffusers' 7.5 and the source caption suit Stable
 # Diffusion. The small demo model over-saturates with them (the edited latents leave the range
-# its VAE decodes and the whole picture tints), so it gets 3 and the empty prompt; numbers for
-# both in demo/BENCHMARK.md.
-if [ "$MODEL" = demo/model ]; then DEFAULT_GUIDANCE=3 DEFAULT_NEGATIVE=empty; else DEFAULT_GUIDANCE=7.5 DEFAULT_NEGATIVE=source; fi
-GUIDANCE=${GUIDANCE:-$DEFAULT_GUIDANCE}
-NEGATIVE=${NEGATIVE:-$DEFAULT_NEGATIVE}                 # source (the source caption) or empty
+# its VAE decodes and the whole picture tints), so its folder's diffedit_defaults.json (man 5
+# diffedit-defaults) sets 3 and the empty prompt, which the tools take when no option is given;
+# numbers for both in demo/BENCHMARK.md. An empty GUIDANCE leaves --guidance off (the model's
+# default, else 7.5). NEGATIVE: source (the source caption), empty (the empty prompt) or model
+# (the model's negative_prompt, else empty); default: model for a folder with defaults, else source.
+if [ -f "$MODEL/diffedit_defaults.json" ]; then DEFAULT_NEGATIVE=model; else DEFAULT_NEGATIVE=source; fi
+GUIDANCE=${GUIDANCE:-}
+NEGATIVE=${NEGATIVE:-$DEFAULT_NEGATIVE}
+case "$NEGATIVE" in source|empty|model) ;; *) echo "examples.sh: NEGATIVE=$NEGATIVE: give source, empty or model" >&2; exit 1;; esac
+guidance=(); [ -n "$GUIDANCE" ] && guidance=(--guidance "$GUIDANCE")
 OUT=${OUT:-out}
 BIN=${BIN:-$(swift build -c release --show-bin-path)}
 [ -x "$BIN/denoise" ] || swift build -c release
@@ -36,7 +42,11 @@ start=$SECONDS
 stage() { echo; echo "== $* ($((SECONDS - start)) s)"; }
 
 stage "1. The input image, and its latent posterior"
-cp "$IMAGE" "$OUT/input.ppm"
+case "$IMAGE" in   # any netpbm image as PPM; PNG and JPEG through netpbm's converters
+    *.png|*.PNG) pngtopnm "$IMAGE" | ppmtoppm > "$OUT/input.ppm" ;;
+    *.jpg|*.JPG|*.jpeg|*.JPEG) jpegtopnm "$IMAGE" | ppmtoppm > "$OUT/input.ppm" ;;
+    *) ppmtoppm < "$IMAGE" > "$OUT/input.ppm" ;;
+esac
 pnmtopng "$OUT/input.ppm" > "$OUT/input.png"
 vae-encode "$OUT/input.ppm" > "$OUT/posterior.tensor"   # records posterior.mean, posterior.std
 tensor head "$OUT/posterior.tensor"
@@ -54,9 +64,8 @@ tensor stats "$OUT/source.tensor"
 
 stage "3. The mask: where the noise estimate changes with the caption (noise-diff-mask)"
 noise-diff-mask --source "$OUT/source.tensor" --target "$OUT/target.tensor" \
-    --steps "$STEPS" --seed "$SEED" --guidance "$GUIDANCE" < "$OUT/posterior.tensor" > "$OUT/mask.tensor"
-noise-diff-mask --source "$OUT/source.tensor" --target "$OUT/target.tensor" \
-    --steps "$STEPS" --seed "$SEED" --guidance "$GUIDANCE" --soft < "$OUT/posterior.tensor" > "$OUT/mask-soft.tensor"
+    --steps "$STEPS" --seed "$SEED" "${guidance[@]}" --soft-output "$OUT/mask-soft.tensor" \
+    < "$OUT/posterior.tensor" > "$OUT/mask.tensor"     # the mask, and its soft map from the same run
 tensor head "$OUT/mask.tensor"                           # fraction_ones, clamp, near_threshold
 tensor stats "$OUT/mask-soft.tensor"
 # A mask is an image: latent resolution, enlarged to the picture's size by the VAE factor.
@@ -68,19 +77,21 @@ pnmtopng "$OUT/mask.pgm" > "$OUT/mask.png"
 pnmtopng "$OUT/mask-soft.pgm" > "$OUT/mask-soft.png"
 
 stage "4. DDIM inversion under the source caption (invert)"
-invert --prompt "$OUT/source.tensor" --steps "$STEPS" --seed "$SEED" --guidance "$GUIDANCE" \
+invert --prompt "$OUT/source.tensor" --steps "$STEPS" --seed "$SEED" "${guidance[@]}" \
     < "$OUT/posterior.tensor" > "$OUT/inverted.tensor"
 tensor head "$OUT/inverted.tensor"                       # [1, T, 4, h, w], noisiest first
 tensor pick --name inverted "$OUT/inverted.tensor" | tensor stats
 
 stage "5. Masked denoising under the target caption (denoise), then decode"
-negative=(); [ "$NEGATIVE" = source ] && negative=(--negative "$OUT/source.tensor")
-denoise --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" --guidance "$GUIDANCE" \
+negative=()
+[ "$NEGATIVE" = source ] && negative=(--negative "$OUT/source.tensor")
+if [ "$NEGATIVE" = empty ]; then tokenize "" | encode-text > "$OUT/empty.tensor"; negative=(--negative "$OUT/empty.tensor"); fi
+denoise --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" "${guidance[@]}" \
     < "$OUT/inverted.tensor" > "$OUT/edited.tensor"
 vae-decode < "$OUT/edited.tensor" > "$OUT/edited.ppm"
 pnmtopng "$OUT/edited.ppm" > "$OUT/edited.png"
 # The paper's blending (clean background at the end) for comparison:
-denoise --blend paper --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" --guidance "$GUIDANCE" \
+denoise --blend paper --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" "${guidance[@]}" \
     < "$OUT/inverted.tensor" | vae-decode > "$OUT/edited-paper.ppm"
 pnmtopng "$OUT/edited-paper.ppm" > "$OUT/edited-paper.png"
 

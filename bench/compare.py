@@ -102,7 +102,9 @@ ROWS = [
     ("vae-dec512", "VAE decode, 512² image", "vae-dec", {"size": 512}),
     ("text", "CLIP ViT-L/14 text encoder, batch 2 × 77 tokens", "text", {}),
     ("edit", "whole DiffEdit edit, 256², 20 steps, guidance 7.5", "edit", {"size": 256, "steps": 20}),
+    ("edit512", "whole DiffEdit edit, 512², 10 steps, guidance 7.5", "edit", {"size": 512, "steps": 10}),
 ]
+EDIT_IDS = [r[0] for r in ROWS if r[2] == "edit"]
 ROW_IDS = [r[0] for r in ROWS]
 
 SOURCE = "a bowl of fruits"
@@ -562,9 +564,9 @@ class Ours:
             ("vae-decode", [[t("vae-decode")]], j("edited.tensor"), j("edited.ppm")),
         ]
 
-    def edit(self, image, steps, runs):
+    def edit(self, image, steps, runs, name="edit"):
         env = dict(self.env, DIFFEDIT_MODEL=self.cache)   # as examples.sh: export DIFFEDIT_MODEL
-        d = os.path.join(self.work, "edit")
+        d = os.path.join(self.work, name)
         os.makedirs(d, exist_ok=True)
         times, stages, rss = [], [], []
         for _ in range(runs):
@@ -583,7 +585,7 @@ class Ours:
             s = " | ".join(" ".join([os.path.basename(a[0])] + [shquote(x) for x in a[1:]]) for a in cmds)
             shown.append(s + (f" < {fin}" if fin else "") + f" > {fout}")
         top = max(rss)
-        return {"cmd": shown, "times": times, "stages": stages, "maxrss_kb": top[0], "maxrss_tool": top[1],
+        return {"cmd": shown, "times": times, "stages": stages, "maxrss_kb": top[0], "maxrss_tool": top[1], "steps": steps,
                 "maxrss_by_tool": {n: max(r for r, m in rss if m == n) for _, n in rss}, "dir": d}
 
 
@@ -753,9 +755,11 @@ def write_report(path_base, meta, lines, raw, elapsed, args):
             extra.append(f"PyTorch from_pretrained {fmt_s(ln['torch_load_s'])} s (not in its time)")
         md.append(f"- **{ln['row']}**: " + "; ".join(extra) + ".")
     md.append("")
-    if "edit" in raw:
-        o, p = raw["edit"]["ours"], raw["edit"]["torch"]
-        md.append("## The whole edit, stage by stage (median seconds)\n")
+    for edit_id in [i for i in EDIT_IDS if i in raw]:
+        title = dict((r[0], r[1]) for r in ROWS)[edit_id]
+        steps = dict((r[0], r[3]) for r in ROWS)[edit_id]["steps"]
+        o, p = raw[edit_id]["ours"], raw[edit_id]["torch"]
+        md.append(f"## The {title[len('whole '):]}, stage by stage (median seconds)\n")
         md.append("| ours: tool stage | s | peak RSS |")
         md.append("|---|--:|--:|")
         for label in o["stages"][0]:
@@ -774,18 +778,18 @@ def write_report(path_base, meta, lines, raw, elapsed, args):
         lt = median(p["times"]) + p["load_s"]
         md.append(f"Counting diffusers' `from_pretrained` too (every one of our tools loads its weights in its own "
                   f"process): PyTorch {fmt_s(lt)} s, ours/PyTorch **{median(o['times']) / lt:.2f}**.\n")
-        if raw["edit"].get("agreement"):
-            md.append(f"Same result? {raw['edit']['agreement']}\n")
-        md.append("Our commands (examples.sh's edit with MODEL=the cache folder, STEPS=20, SEED=0, GUIDANCE=7.5, "
+        if raw[edit_id].get("agreement"):
+            md.append(f"Same result? {raw[edit_id]['agreement']}\n")
+        md.append(f"Our commands (examples.sh's edit with MODEL=the cache folder, STEPS={steps}, SEED=0, GUIDANCE=7.5, "
                   "NEGATIVE=source; `DIFFEDIT_MODEL` exported):\n")
         md.append("```")
         md.extend(o["cmd"])
         md.append("```\n")
         md.append("PyTorch: `StableDiffusionDiffEditPipeline.from_pretrained(cache, dtype=float32)`, scheduler "
                   "`DDIMScheduler.from_config`, inverse scheduler `DDIMInverseScheduler.from_config`, then "
-                  "`generate_mask(image, source, target, num_inference_steps=20, generator=seed 0)`, "
-                  "`invert(source, image, num_inference_steps=20, generator=seed 0)`, "
-                  "`__call__(target, mask, latents, negative_prompt=source, num_inference_steps=20, generator=seed 0)` "
+                  f"`generate_mask(image, source, target, num_inference_steps={steps}, generator=seed 0)`, "
+                  f"`invert(source, image, num_inference_steps={steps}, generator=seed 0)`, "
+                  f"`__call__(target, mask, latents, negative_prompt=source, num_inference_steps={steps}, generator=seed 0)` "
                   "→ PIL image; defaults otherwise (guidance 7.5, 10 maps, mask strength 0.5, inpaint strength 0.8). "
                   "Its warm-up is one VAE encode, UNet step, VAE decode and prompt encoding at the edit's shapes, "
                   "not a whole edit.\n")
@@ -814,7 +818,7 @@ def write_report(path_base, meta, lines, raw, elapsed, args):
     md.append(f"- Whole benchmark run: {elapsed / 60:.1f} min (`{' '.join(meta['argv'])}`)\n")
     md.append("## Our commands\n")
     for ln in lines:
-        if ln["id"] != "edit":
+        if ln["id"] not in EDIT_IDS:
             cmd = raw[ln["id"]]["ours"]["cmd"]
             md.append(f"- {ln['row']}: `{' '.join(shquote(show_path(x, meta)) for x in cmd)}`")
     md.append("")
@@ -864,8 +868,8 @@ def main():
         base = args.rerender[:-len(".json")] if args.rerender.endswith(".json") else args.rerender
         lines = [summarize(ln["id"], d["raw"][ln["id"]]["ours"], d["raw"][ln["id"]]["torch"]) for ln in d["rows"]]
         for ln in lines:
-            if ln["id"] == "edit":
-                d["raw"]["edit"]["ours"]["cmd"] = d["raw"]["edit"]["ours"]["edit_cmds"]
+            if ln["id"] in EDIT_IDS:
+                d["raw"][ln["id"]]["ours"]["cmd"] = d["raw"][ln["id"]]["ours"]["edit_cmds"]
         print(write_report(base, d["meta"], lines, d["raw"], d["elapsed_s"], args))
         return
 
@@ -948,10 +952,10 @@ def main():
             o = ours.text(tok, tiny, args.runs)
         else:
             spec["runs"] = args.edit_runs
-            o = ours.edit(images[params["size"]], params["steps"], args.edit_runs)
+            o = ours.edit(images[params["size"]], params["steps"], args.edit_runs, name=row_id)
             o["edit_cmds"] = o["cmd"]
-            spec.update(image=images[params["size"]], mask_out=os.path.join(work, "torch-mask.npy"),
-                        image_out=os.path.join(work, "torch-edited.png"))
+            spec.update(image=images[params["size"]], mask_out=os.path.join(work, f"torch-mask-{row_id}.npy"),
+                        image_out=os.path.join(work, f"torch-edited-{row_id}.png"))
         log(f"   ours: {[round(x, 3) for x in (o.get('times') or o.get('process_times'))]} s "
             f"({time.perf_counter() - t0:.0f} s)")
         t0 = time.perf_counter()

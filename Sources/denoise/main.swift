@@ -14,20 +14,22 @@ struct Denoise: DiffEditTool {
         discussion: "Reads invert's output on stdin, writes the edited latents [N, 4, h, w] (record latents) for vae-decode. See denoise(1).",
         version: CLI.version)
 
-    @Option(name: .long, help: "The mask from noise-diff-mask (latent size).")
+    @Option(name: .long, help: "The mask: noise-diff-mask's (latent size), or a grey PGM/PBM of any size (white = edit; area average to the latent grid, then 0.5 or more = edit).")
     var mask: String
     @Option(name: .long, help: "Embeddings of the target caption.")
     var prompt: String
-    @Option(name: .long, help: "Negative embeddings: the source caption (default: the empty prompt).")
+    @Option(name: .long, help: "Negative embeddings: the source caption (default: the model's negative_prompt in diffedit_defaults.json, else the empty prompt).")
     var negative: String?
     @Option(name: .long, help: "Inference steps (default: the stack's, from invert).")
     var steps: Int?
     @Option(name: .long, help: "Strength (default: the stack's, from invert).")
     var strength: Double?
-    @Option(name: .long, help: "Classifier-free guidance scale.")
-    var guidance: Float = 7.5
-    @Option(name: .long, help: "Background blending: diffusers (default) or paper.")
-    var blend: MaskedDenoising.Blend = .diffusers
+    @Option(name: .long, help: "Classifier-free guidance scale (default: the model's diffedit_defaults.json, else 7.5).")
+    var guidance: Float?
+    @Option(name: .long, help: "Background blending: diffusers or paper (default: the model's diffedit_defaults.json, else diffusers).")
+    var blend: MaskedDenoising.Blend?
+    @Option(name: .long, help: "Dilate the mask by this many latent cells, 0 to \(MaskDilation.maxCells) (diagonals included; default 0).")
+    var dilate = 0
     @Option(name: .long, help: "DDIM's eta in [0, 1]: 0 deterministic (default), 1 DDPM-like; noise drawn from --seed (--scheduler ddim only).")
     var eta: Float = 0
     @Option(name: .long, help: "Seed of the torch CPU generator (the noise of --eta > 0).")
@@ -39,6 +41,7 @@ struct Denoise: DiffEditTool {
 
     func run() throws {
         try CLI.run("denoise") {
+            guard (0...MaskDilation.maxCells).contains(dilate) else { throw ToolError("--dilate must be from 0 to \(MaskDilation.maxCells) latent cells, got \(dilate)") }
             guard eta >= 0, eta <= 1 else {
                 throw ToolError("--eta must be in [0, 1], got \(eta) — 0 is deterministic DDIM, 1 DDPM-like sampling")
             }
@@ -73,36 +76,38 @@ struct Denoise: DiffEditTool {
                 throw ToolError("the stack has no steps/strength metadata (not written by invert) — give --steps and --strength as used for the inversion")
             }
             let n = stackRec.shape[0]
-            let maskRecords = try DiffEditIO.records(mask, option: "--mask", allowNonfinite: common.allowNonfinite)
-            let maskRec = try DiffEditIO.pick(maskRecords, DiffEditIO.maskRecord, option: "--mask", what: "noise-diff-mask's output")
-            try DiffEditIO.checkModel(maskRec, folder, option: "--mask")
-            if maskRec.metadata["scale"] != nil {
-                throw ToolError("--mask was written at image size (noise-diff-mask --image-size) — make it without --image-size for denoise")
-            }
+            let picture = [stackRec.metadata["image.width"], stackRec.metadata["image.height"]].compactMap { $0.flatMap(Int.init) }
+            let maskTensor = try MaskImport.load(mask, folder: folder, latentHeight: stackRec.shape[3], latentWidth: stackRec.shape[4],
+                                                 pictureSize: picture.count == 2 ? (picture[0], picture[1]) : nil,
+                                                 allowNonfinite: common.allowNonfinite)
+            let settings = try ModelSettings(folder: folder)
             let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: common.allowNonfinite), to: n, option: "--prompt")
             let neg = try DiffEditSupport.broadcastPrompts(
-                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative", allowNonfinite: common.allowNonfinite) }
-                    ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
+                settings.negative(negative, option: "--negative", allowNonfinite: common.allowNonfinite), to: n, option: "--negative")
             let clean = records.first { $0.name == DiffEditIO.cleanRecord }?.tensor()
 
             let unet = try common.loadUNet(folder, tool: "denoise")
             var options = MaskedDenoising.Options()
             options.steps = useSteps
             options.strength = useStrength
-            options.guidance = guidance
-            options.blend = blend
+            options.guidance = settings.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
+            options.blend = settings.pick(blend, \.blend, "blend", builtIn: .diffusers)
+            options.dilate = dilate
             options.eta = eta
+            settings.note("denoise", common)
             var dn = MaskedDenoising(unet: unet, scheduler: try kind.denoising(folder: folder), options: options)
             let report = ProgressReporter(tool: "denoise", quiet: common.quiet, force: common.progress)
-            let r = try dn.denoise(inverted: stackRec.tensor(), mask: maskRec.tensor(), prompt: p, negative: neg,
+            let r = try dn.denoise(inverted: stackRec.tensor(), mask: maskTensor, prompt: p, negative: neg,
                                    clean: clean, generator: TorchGenerator(seed: seed), progress: report)
             var meta = DiffEditIO.provenance(folder)
             meta["steps"] = "\(useSteps)"
             meta["strength"] = "\(useStrength)"
-            meta["guidance"] = "\(guidance)"
-            meta["blend"] = blend.rawValue
+            meta["guidance"] = "\(options.guidance)"
+            meta["blend"] = options.blend.rawValue
+            if dilate > 0 { meta["mask.dilate"] = "\(dilate)" }
             meta[SchedulerOption.metadataKey] = kind.rawValue
             if eta > 0 { (meta["eta"], meta["seed"]) = ("\(eta)", "\(seed)") }
+            settings.record(into: &meta)
             for k in ["image.width", "image.height"] { if let v = stackRec.metadata[k] { meta[k] = v } }
             try out.write(TensorRecord(name: DiffEditIO.latentsRecord, tensor: r.latents, metadata: meta))
             try out.flush()

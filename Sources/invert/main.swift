@@ -14,14 +14,14 @@ struct Invert: DiffEditTool {
 
     @Option(name: .long, help: "Embeddings of the caption of the image (the source caption).")
     var prompt: String
-    @Option(name: .long, help: "Negative embeddings (default: the empty prompt).")
+    @Option(name: .long, help: "Negative embeddings (default: the model's negative_prompt in diffedit_defaults.json, else the empty prompt).")
     var negative: String?
-    @Option(name: .long, help: "Inference steps of the schedule.")
-    var steps = 50
-    @Option(name: .long, help: "Fraction of the schedule to invert (inpaint_strength).")
-    var strength = 0.8
-    @Option(name: .long, help: "Classifier-free guidance scale.")
-    var guidance: Float = 7.5
+    @Option(name: .long, help: "Inference steps of the schedule (default: the model's diffedit_defaults.json, else 50).")
+    var steps: Int?
+    @Option(name: .long, help: "Fraction of the schedule to invert, inpaint_strength (default: the model's diffedit_defaults.json, else 0.8).")
+    var strength: Double?
+    @Option(name: .long, help: "Classifier-free guidance scale (default: the model's diffedit_defaults.json, else 7.5).")
+    var guidance: Float?
     @Option(name: .long, help: "Seed of the torch CPU generator (posterior sample, then the regulariser's rolls).")
     var seed: UInt64 = 0
     @Option(name: .long, help: "Regularisation steps per inversion step (num_reg_steps; 0 = off).")
@@ -39,8 +39,8 @@ struct Invert: DiffEditTool {
 
     func run() throws {
         try CLI.run("invert") {
-            guard steps >= 1 else { throw ToolError("--steps must be at least 1, got \(steps)") }
-            guard strength > 0, strength <= 1 else { throw ToolError("--strength must be in (0, 1], got \(strength)") }
+            guard (self.steps ?? 1) >= 1 else { throw ToolError("--steps must be at least 1, got \(self.steps ?? 0)") }
+            guard self.strength.map({ $0 > 0 && $0 <= 1 }) ?? true else { throw ToolError("--strength must be in (0, 1], got \(self.strength ?? 0)") }
             guard regSteps >= 0, autoCorrRolls >= 0 else { throw ToolError("--reg-steps and --auto-corr-rolls must not be negative") }
             let out = try CLI.tensorOutput(force: common.force)
             let reader = try CLI.tensorInput(input)
@@ -51,9 +51,13 @@ struct Invert: DiffEditTool {
             try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
             let n = meanRec.shape[0]
             let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: common.allowNonfinite), to: n, option: "--prompt")
+            let settings = try ModelSettings(folder: folder)
             let neg = try DiffEditSupport.broadcastPrompts(
-                try negative.map { try DiffEditIO.embeddings($0, folder: folder, option: "--negative", allowNonfinite: common.allowNonfinite) }
-                    ?? DiffEditSupport.emptyPromptEmbedding(folder: folder), to: n, option: "--negative")
+                settings.negative(negative, option: "--negative", allowNonfinite: common.allowNonfinite), to: n, option: "--negative")
+            let steps = settings.pick(self.steps, \.steps, "steps", builtIn: 50)
+            let strength = settings.pick(self.strength, \.strength, "strength", builtIn: 0.8)
+            let guidance = settings.pick(self.guidance, \.guidance, "guidance", builtIn: 7.5)
+            settings.note("invert", common)
 
             // diffusers: latent_dist.sample(generator) × scaling_factor, the generator's first draw.
             let generator = TorchGenerator(seed: seed)
@@ -88,6 +92,7 @@ struct Invert: DiffEditTool {
             meta[SchedulerOption.metadataKey] = kind.rawValue  // denoise retraces it with the same scheduler
             meta["prediction_type"] = scheduler.predictionType.rawValue
             meta["reg_steps"] = "\(regSteps)"
+            settings.record(into: &meta)
             if regSteps > 0 {
                 meta["lambda_auto_corr"] = "\(lambdaAutoCorr)"
                 meta["lambda_kl"] = "\(lambdaKl)"

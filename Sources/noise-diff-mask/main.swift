@@ -16,9 +16,9 @@ struct NoiseDiffMaskTool: DiffEditTool {
     var source: String
     @Option(name: .long, help: "Embeddings of the target caption (what it should show).")
     var target: String
-    @Option(name: .long, help: "Negative embeddings for the source (default: the empty prompt).")
+    @Option(name: .long, help: "Negative embeddings for the source (default: the model's negative_prompt in diffedit_defaults.json, else the empty prompt).")
     var sourceNegative: String?
-    @Option(name: .long, help: "Negative embeddings for the target (default: the empty prompt).")
+    @Option(name: .long, help: "Negative embeddings for the target (default: as --source-negative).")
     var targetNegative: String?
     @Option(name: .long, help: "Noise draws averaged per image (num_maps_per_mask).")
     var maps = 10
@@ -26,16 +26,20 @@ struct NoiseDiffMaskTool: DiffEditTool {
     var encodeStrength = 0.5
     @Option(name: .long, help: "Clamp the map at this multiple of its mean; the mask is where it exceeds half that.")
     var thresholdRatio: Float = 3.0
-    @Option(name: .long, help: "Inference steps of the schedule the encode timestep is taken from.")
-    var steps = 50
-    @Option(name: .long, help: "Classifier-free guidance scale.")
-    var guidance: Float = 7.5
+    @Option(name: .long, help: "Inference steps of the schedule the encode timestep is taken from (default: the model's diffedit_defaults.json, else 50).")
+    var steps: Int?
+    @Option(name: .long, help: "Classifier-free guidance scale (default: the model's diffedit_defaults.json, else 7.5).")
+    var guidance: Float?
     @Option(name: .long, help: "Seed of the torch CPU generator (posterior sample, then noise).")
     var seed: UInt64 = 0
-    @Option(name: .long, help: "Most latents per UNet call (memory bound; results do not depend on it).")
-    var batch = 40
+    @Option(name: .long, help: "Most latents per UNet call (bounds memory; results do not depend on it).")
+    var batch = 10
     @Flag(name: .long, help: "Write the normalised difference map before thresholding (record mask.soft).")
     var soft = false
+    @Option(name: .long, help: "Also write the soft map (record mask.soft) to this file, the mask going to stdout: both from one run.")
+    var softOutput: String?
+    @Option(name: .long, help: "Dilate the mask by this many latent cells, 0 to \(MaskDilation.maxCells) (diagonals included; default 0; the soft map is not dilated).")
+    var dilate = 0
     @Flag(name: .long, help: "Enlarge the output to image size (nearest neighbour by the VAE factor).")
     var imageSize = false
     @OptionGroup var schedulerOption: SchedulerOption
@@ -47,7 +51,10 @@ struct NoiseDiffMaskTool: DiffEditTool {
         try CLI.run("noise-diff-mask") {
             guard maps >= 1, maps <= 10_000 else { throw ToolError("--maps must be between 1 and 10000, got \(maps)") }
             guard batch >= 1 else { throw ToolError("--batch must be at least 1, got \(batch)") }
-            guard steps >= 1 else { throw ToolError("--steps must be at least 1, got \(steps)") }
+            guard (self.steps ?? 1) >= 1 else { throw ToolError("--steps must be at least 1, got \(self.steps ?? 0)") }
+            guard (0...MaskDilation.maxCells).contains(dilate) else { throw ToolError("--dilate must be from 0 to \(MaskDilation.maxCells) latent cells, got \(dilate)") }
+            let softFile = try softOutput.map { try SideOutput(path: $0, option: "--soft-output", inputs: [input ?? "-", source, target, sourceNegative, targetNegative].compactMap { $0 }) }
+            if soft && softFile != nil { throw ToolError("--soft and --soft-output both ask for the soft map — give --soft-output FILE alone to get the mask on stdout and the map in FILE") }
             guard encodeStrength > 0, encodeStrength <= 1 else { throw ToolError("--encode-strength must be in (0, 1], got \(encodeStrength)") }
             guard thresholdRatio > 0 else { throw ToolError("--threshold-ratio must be positive, got \(thresholdRatio)") }
             let out = try CLI.tensorOutput(force: common.force)
@@ -67,14 +74,12 @@ struct NoiseDiffMaskTool: DiffEditTool {
             }
             let src = try load(source, "--source", { throw ToolError("--source is required") })
             let tgt = try load(target, "--target", { throw ToolError("--target is required") })
-            var emptyCache: Tensor?
-            let empty = { () throws -> Tensor in
-                if let e = emptyCache { return e }
-                emptyCache = try DiffEditSupport.emptyPromptEmbedding(folder: folder)
-                return emptyCache!
-            }
-            let srcNeg = try load(sourceNegative, "--source-negative", empty)
-            let tgtNeg = try load(targetNegative, "--target-negative", empty)
+            let settings = try ModelSettings(folder: folder)
+            let srcNeg = try DiffEditSupport.broadcastPrompts(settings.negative(sourceNegative, option: "--source-negative", allowNonfinite: common.allowNonfinite), to: n, option: "--source-negative")
+            let tgtNeg = try DiffEditSupport.broadcastPrompts(settings.negative(targetNegative, option: "--target-negative", allowNonfinite: common.allowNonfinite), to: n, option: "--target-negative")
+            let steps = settings.pick(self.steps, \.steps, "steps", builtIn: 50)
+            let guidance = settings.pick(self.guidance, \.guidance, "guidance", builtIn: 7.5)
+            settings.note("noise-diff-mask", common)
 
             let unet = try common.loadUNet(folder, tool: "noise-diff-mask")
             var options = NoiseDiffMask.Options()
@@ -99,18 +104,22 @@ struct NoiseDiffMaskTool: DiffEditTool {
             meta["seed"] = "\(seed)"
             meta["timestep"] = "\(r.timestep)"
             meta[SchedulerOption.metadataKey] = kind.rawValue
+            settings.record(into: &meta)
             meta["clamp"] = "\(r.clamp)"
             meta["latent.height"] = "\(meanRec.shape[2])"
             meta["latent.width"] = "\(meanRec.shape[3])"
             for k in ["image.width", "image.height"] { if let v = meanRec.metadata[k] { meta[k] = v } }
-            let ones = r.mask.data.reduce(0, +)
+            let mask = MaskDilation.dilate(r.mask, cells: dilate)
+            if dilate > 0 { meta["dilate"] = "\(dilate)" }
+            let ones = mask.data.reduce(0, +)
             meta["fraction_ones"] = "\(Double(ones) / Double(r.mask.count))"
             let near = r.soft.data.filter { abs($0 - 0.5) < 1e-4 }.count
             meta["near_threshold"] = "\(near)"
-            var t = soft ? r.soft : r.mask
+            var t = soft ? r.soft : mask, softMap = r.soft
             if imageSize {
                 let factor = try AutoencoderKLConfig(folder.config("vae")).downsamplingFactor
                 t = NoiseDiffMask.upscaleNearest(t, factor: factor)
+                softMap = NoiseDiffMask.upscaleNearest(softMap, factor: factor)
                 meta["scale"] = "\(factor)"
             }
             if !common.quiet && report.enabled {
@@ -118,6 +127,7 @@ struct NoiseDiffMaskTool: DiffEditTool {
             }
             try out.write(TensorRecord(name: soft ? DiffEditIO.softRecord : DiffEditIO.maskRecord, tensor: t, metadata: meta))
             try out.flush()
+            try softFile?.write(TensorRecord(name: DiffEditIO.softRecord, tensor: softMap, metadata: meta.filter { $0.key != "dilate" }))
         }
     }
 }

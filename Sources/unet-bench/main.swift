@@ -30,8 +30,10 @@ struct UNetBench: DiffEditTool {
     @Option(name: .long, help: "3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (Conv2D.smallImagePixels).")
     var smallConvPixels: Int?
 
-    @Flag(name: .long, help: "3x3 convolutions of larger images by the shifted method instead of Winograd F(2x2, 3x3).")
+    @Flag(name: .long, help: "3x3 convolutions of larger images in bands of rows instead of Winograd F(2x2, 3x3).")
     var noWinograd = false
+    @Flag(name: .long, help: "Convert f16/bf16 weights to f32 at load instead of keeping them 16-bit and widening them per use (same numbers).")
+    var f32Weights = false
 
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
@@ -63,6 +65,7 @@ struct UNetBench: DiffEditTool {
             }
             if let threads, threads < 1 { throw ToolError("--threads must be at least 1") }
             let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
+            if f32Weights { Parameter.keepsSixteenBit = false }
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {

@@ -130,8 +130,9 @@ final class AttentionKernelTests: XCTestCase {
         return ([n, o, oh, ow], out)
     }
 
-    /// Conv2D.forwardShifted (the UNet's stride-1 path) against a direct convolution, for 3×3 and
-    /// 5×5 kernels, asymmetric padding, several images and non-square inputs.
+    /// Conv2D's stride-1 methods on a tap-major packed weight (bands, small images, Winograd)
+    /// against a direct convolution, for 3×3 and 5×5 kernels, asymmetric padding, several images
+    /// and non-square inputs.
     func testShiftedConvolutionMatchesNaive() {
         for (n, c, h, w, o, k, pad) in [(2, 3, 5, 7, 4, 3, Conv2D.Padding.same(1)), (1, 5, 4, 4, 2, 3, .same(0)),
                                         (3, 2, 6, 3, 3, 5, .same(2)), (2, 4, 1, 1, 5, 3, .same(1)),
@@ -139,16 +140,16 @@ final class AttentionKernelTests: XCTestCase {
             let x = random(n * c * h * w, seed: 30), weight = random(o * c * k * k, seed: 31), bias = random(o, seed: 32)
             let want = naiveConv(x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, o: o, k: k, stride: 1, pad: pad)
             let packed = Conv2D.packShifted(weight: weight, outChannels: o, inChannels: c, kernel: (k, k))
-            let plane = (h + pad.top + pad.bottom) * (w + pad.left + pad.right)
-            let saved = Conv2D.shiftedGroupBudget
-            defer { Conv2D.shiftedGroupBudget = saved }
-            // All images in one group, two per group, one per group.
-            for budget in [1 << 24, 2 * max(c, o) * plane, 1] {
-                Conv2D.shiftedGroupBudget = budget
-                let got = Conv2D.forwardShifted(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
-                                                outChannels: o, kernel: (k, k), padding: pad)
+            let saved = Conv2D.bandColumnBudget
+            defer { Conv2D.bandColumnBudget = saved }
+            // One band per image, bands of two rows, one row per band.
+            let ow = want.shape[3]
+            for budget in [1 << 24, 2 * k * k * c * ow, 1] {
+                Conv2D.bandColumnBudget = budget
+                let got = Conv2D.forwardBands(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
+                                              outChannels: o, kernel: (k, k), padding: pad)
                 XCTAssertEqual(got.shape, want.shape)
-                assertClose(got.data, want.data, atol: 1e-4, "n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
+                assertClose(got.data, want.data, atol: 1e-4, "bands: n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
             }
             // The small-image method (one GEMM over a tap-major unfolded copy) on the same
             // packed weight: all images in one group, two per group, one per group.

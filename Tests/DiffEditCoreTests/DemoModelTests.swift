@@ -57,11 +57,18 @@ final class DemoModelTests: XCTestCase {
             invert --prompt src.tensor --seed 0 --guidance 3 < posterior.tensor > inverted.tensor
             denoise --mask mask.tensor --prompt dst.tensor --guidance 3 < inverted.tensor | vae-decode > edited.ppm
             """)
+        try Self.checkShowcaseEdit(dir.appendingPathComponent("edited.ppm").path)
+    }
+
+    /// The showcase edit's claim on an edited picture of the demo scene: inside the circle the mean
+    /// colour is nearer the world's blue than its red; outside it (2 px margin, where the VAE and
+    /// the mask's cells blur edges) the mean |edit − input| is at most 14/255.
+    static func checkShowcaseEdit(_ editedPath: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let (scene, truth) = (Self.scene, Self.truth)
         let input = try NetpbmImage.readAll(try ByteReader(path: scene))[0]
-        let edited = try NetpbmImage.readAll(try ByteReader(path: dir.appendingPathComponent("edited.ppm").path))[0]
+        let edited = try NetpbmImage.readAll(try ByteReader(path: editedPath))[0]
         let mask = try NetpbmImage.readAll(try ByteReader(path: truth))[0]
-        XCTAssertEqual([edited.width, edited.height, edited.depth], [64, 64, 3])
+        XCTAssertEqual([edited.width, edited.height, edited.depth], [64, 64, 3], file: file, line: line)
         // Inside the circle: mean colour (0..255) nearer the world's blue than its red.
         // Outside it (2 px margin, where the VAE and the mask's cells blur edges): mean |edit - input|.
         var inside = [Double](repeating: 0, count: 3), nIn = 0, outsideError = 0.0, nOut = 0
@@ -85,8 +92,8 @@ final class DemoModelTests: XCTestCase {
         let mean = inside.map { $0 / Double(max(nIn, 1)) }
         func distance(_ rgb: [Double]) -> Double { sqrt(zip(mean, rgb).map { ($0 - $1) * ($0 - $1) }.reduce(0, +)) }
         let blue = distance([30, 60, 225]), red = distance([220, 30, 30])
-        XCTAssertLessThan(blue, red, "the circle's mean colour \(mean) is not nearer blue than red")
+        XCTAssertLessThan(blue, red, "the circle's mean colour \(mean) is not nearer blue than red", file: file, line: line)
         let mae = outsideError / Double(max(nOut, 1))
-        XCTAssertLessThanOrEqual(mae, 14, "background changed by \(mae)/255 on average")
+        XCTAssertLessThanOrEqual(mae, 14, "background changed by \(mae)/255 on average", file: file, line: line)
     }
 }

@@ -146,13 +146,15 @@ final class DiffEditToolTests: XCTestCase {
         XCTAssertEqual(q.err, "")
     }
 
-    /// The EXAMPLES of the three man pages run as written, with $DIFFEDIT_MODEL set to the
-    /// fixture model and cat.ppm in the working directory.
+    /// The EXAMPLES of the three man pages run as written: the demo-scene ones with the bundled
+    /// demo model (no $DIFFEDIT_MODEL) and red-circle.ppm in the working directory, the Stable
+    /// Diffusion one with the fixture model in place of ~/models/sd15 and its cat.ppm, the
+    /// hand-drawn-mask one with the scene's true mask as drawn.png.
     func testManPageExamplesRun() throws {
         let c = try fixtureCase("sd1")
         let manDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("man/man1")
-        try requireCommands(["pnmtopng"])
+        try requireCommands(["pnmtopng", "pngtopnm", "ppmtopgm"])
         for page in ["noise-diff-mask", "invert", "denoise"] {
             let text = try String(contentsOf: manDir.appendingPathComponent("\(page).1"), encoding: .utf8)
             guard let examples = text.components(separatedBy: ".SH EXAMPLES").last?.components(separatedBy: ".SH SEE ALSO").first else {
@@ -168,7 +170,9 @@ final class DiffEditToolTests: XCTestCase {
             let script = blocks.joined(separator: "\n")
                 .replacingOccurrences(of: "\\-", with: "-").replacingOccurrences(of: "\\e", with: "\\")
             let dir = try temporaryDirectory(self)
-            let r = try sh("set -e; cd '\(dir.path)'; cp '\(c.model)/cat.ppm' .; export DIFFEDIT_MODEL='\(c.model)'\n" + script)
+            let setup = "set -e; cd '\(dir.path)'; cp '\(c.model)/cat.ppm' '\(DemoScene.scene)' .; unset DIFFEDIT_MODEL; "
+                + "pnmtopng '\(DemoScene.repo.path)/demo/scenes/red-circle.mask.pgm' > drawn.png\n"
+            let r = try sh(setup + script.replacingOccurrences(of: "~/models/sd15", with: c.model))
             XCTAssertEqual(r.status, 0, "\(page).1 EXAMPLES failed:\n\(script)\n\(r.err)")
         }
     }

@@ -57,7 +57,10 @@ final class ReliabilityPipeSignalTests: XCTestCase {
             .deletingLastPathComponent().appendingPathComponent("Sources")
         let e = try XCTUnwrap(FileManager.default.enumerator(atPath: sources.path), "no Sources folder at \(sources.path)")
         var scanned = 0
-        for case let f as String in e where f.hasSuffix(".swift") || f.hasSuffix(".c") {
+        // SideOutput (noise-diff-mask --soft-output FILE) creates the file it is asked for, through
+        // a temporary renamed over it with SIGINT/SIGTERM/SIGHUP held back meanwhile; MaskImportTests
+        // checks that no temporary is left.
+        for case let f as String in e where (f.hasSuffix(".swift") || f.hasSuffix(".c")) && f != "DiffEditCore/IO/SideOutput.swift" {
             scanned += 1
             let text = try String(contentsOfFile: sources.appendingPathComponent(f).path, encoding: .utf8)
             for api in ["mkstemp", "tmpfile(", "O_CREAT", "createFile(", "temporaryDirectory", ".write(to:", "fopen("] {

@@ -27,6 +27,22 @@ final class SafeTensorsTests: XCTestCase {
         try write(name, header: Array(json.utf8), data: data)
     }
 
+    /// Writes a well-formed safetensors file of F16 entries (name, shape, bit patterns) to `path`.
+    static func writeF16(_ path: String, _ entries: [(String, [Int], [UInt16])]) throws {
+        var fields: [String] = [], data = [UInt8](), offset = 0
+        for (name, shape, bits) in entries {
+            fields.append("\"\(name)\":{\"dtype\":\"F16\",\"shape\":\(shape),\"data_offsets\":[\(offset),\(offset + 2 * bits.count)]}")
+            for b in bits { data += [UInt8(b & 0xff), UInt8(b >> 8)] }
+            offset += 2 * bits.count
+        }
+        var header = Array(("{" + fields.joined(separator: ",") + "}").utf8)
+        while header.count % 8 != 0 { header.append(0x20) }
+        var bytes = [UInt8]()
+        var n = UInt64(header.count).littleEndian
+        withUnsafeBytes(of: &n) { bytes.append(contentsOf: $0) }
+        try Data(bytes + header + data).write(to: URL(fileURLWithPath: path))
+    }
+
     /// Asserts that opening `path` throws a ToolError whose message contains every fragment.
     func assertRejects(_ path: String, _ fragments: [String], file: StaticString = #filePath, line: UInt = #line) {
         do {

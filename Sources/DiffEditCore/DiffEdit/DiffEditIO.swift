@@ -37,10 +37,12 @@ public enum DiffEditIO {
 
     /// Reads all records of a file given to `option` (or stdin for "-").
     /// NaN or ±Inf in any record is refused unless `allowNonfinite` (--allow-nonfinite).
-    public static func records(_ path: String, option: String, allowNonfinite: Bool = false) throws -> [TensorRecord] {
+    /// `reader`: the file already open (MaskImport peeks at its first bytes).
+    public static func records(_ path: String, option: String, allowNonfinite: Bool = false,
+                               reader: ByteReader? = nil) throws -> [TensorRecord] {
         let all: [TensorRecord]
         do {
-            all = try CLI.tensorInput(path).readAllNonEmpty(expecting: "a tensor stream")
+            all = try (reader.map { TensorStreamReader($0) } ?? CLI.tensorInput(path)).readAllNonEmpty(expecting: "a tensor stream")
         } catch let e as ToolError {
             throw ToolError("\(option) \(path): \(e.message)")
         }

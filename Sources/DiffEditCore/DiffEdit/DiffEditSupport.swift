@@ -64,8 +64,14 @@ public enum DiffEditSupport {
     /// The embedding of the empty prompt "" with the model's own tokenizer and text encoder
     /// (the unconditional embedding diffusers uses when no negative prompt is given).
     public static func emptyPromptEmbedding(folder: ModelFolder) throws -> Tensor {
+        try promptEmbedding("", folder: folder)
+    }
+
+    /// The embedding [1, L, D] of one prompt with the model's own tokenizer and text encoder (a
+    /// model's default negative prompt, diffedit_defaults.json).
+    public static func promptEmbedding(_ text: String, folder: ModelFolder) throws -> Tensor {
         let tokenizer = try CLIPTokenizer(folder: folder)
-        let ids = tokenizer.inputIDs("")
+        let ids = tokenizer.inputIDs(text)
         let encoder = try CLIPTextModel(folder: folder)
         return try encoder.encode(ids: ids, batch: 1, length: ids.count)
     }

@@ -19,6 +19,8 @@ public struct MaskedDenoising {
         public var strength = 0.8
         public var guidance: Float = 7.5
         public var blend = Blend.diffusers
+        /// Cells the binarised mask is dilated by (MaskDilation; 0 = as given, diffusers).
+        public var dilate = 0
         /// DDIM's η (the pipeline's eta): 0 is deterministic DDIM; η > 0 adds σₜ·z per step with z
         /// drawn from the generator given to `denoise`.
         public var eta: Float = 0
@@ -91,6 +93,7 @@ public struct MaskedDenoising {
             throw ToolError("--mask has values outside [0, 1] — give a 0/1 mask (noise-diff-mask's mask record)")
         }
         mask.data = mask.data.map { $0 < 0.5 ? 0 : 1 }
+        mask = MaskDilation.dilate(mask, cells: o.dilate)
 
         try scheduler.setTimesteps(o.steps)
         let timesteps = try scheduler.strengthTimesteps(strength: o.strength)

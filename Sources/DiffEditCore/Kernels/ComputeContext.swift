@@ -21,6 +21,7 @@ public final class ComputeContext: @unchecked Sendable {
     public init(threads: Int = ComputeContext.defaultThreads, workspace: Workspace = Workspace()) {
         self.threads = max(1, threads)
         self.workspace = workspace
+        profiler = Profiler.fromEnvironment
     }
 
     /// A fresh activation of `shape` from the workspace (contents undefined).
@@ -97,6 +98,24 @@ public final class Profiler: @unchecked Sendable {
         lock.unlock()
         return r
     }
+
+    /// With DIFFEDIT_PROFILE=1 in the environment, one profiler shared by every context of the
+    /// process, printed to stderr when the process exits (kernel time of any tool).
+    public static let fromEnvironment: Profiler? = {
+        guard let v = ProcessInfo.processInfo.environment["DIFFEDIT_PROFILE"], !v.isEmpty, v != "0" else { return nil }
+        let p = Profiler()
+        Profiler.atExit = p
+        atexit {
+            guard let p = Profiler.atExit else { return }
+            var text = "kernel time (DIFFEDIT_PROFILE):\n"
+            for (name, seconds, calls) in p.report() {
+                text += String(format: "  %-36@ %8.3f s %6d calls\n", name as NSString, seconds, calls)
+            }
+            FileHandle.standardError.write(text.data(using: .utf8)!)
+        }
+        return p
+    }()
+    nonisolated(unsafe) private static var atExit: Profiler?
 
     /// Categories by time, largest first, and clears them.
     public func report() -> [(name: String, seconds: Double, calls: Int)] {

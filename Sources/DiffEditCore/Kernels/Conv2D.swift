@@ -1,8 +1,9 @@
-/// 2-D convolution over NCHW, as torch.nn.Conv2d with groups=1. Two methods:
+/// 2-D convolution over NCHW, as torch.nn.Conv2d with groups=1. Methods:
 /// - `im2col`: patches unfolded a band of output rows at a time, one sgemm per band (strided
-///   and 1×1 convolutions);
-/// - `shifted` (Conv2DShifted.swift): stride-1 convolutions with a spatial kernel, one sgemm
-///   per kernel tap over the zero-padded input, no unfolded copy.
+///   and 1×1 convolutions, torch-layout weight);
+/// - `small` and `bands` (Conv2DShifted.swift): stride-1 convolutions with a spatial kernel over
+///   a tap-major packed weight, whole small images or bands of rows of large ones;
+/// - `winograd` (Conv2DWinograd.swift): F(2×2, 3×3) for large 3×3 convolutions with many channels.
 public enum Conv2D {
     public struct Padding: Equatable, Sendable {
         public var top, bottom, left, right: Int
@@ -25,7 +26,7 @@ public enum Conv2D {
     /// x: [n, c, h, w] at `x`; weight [outC, c, kh, kw] (torch layout), bias [outC];
     /// writes [n, outC, oh, ow] to `out`.
     static func forwardIm2col(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
-                              weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, outChannels: Int,
+                              weight: WeightMatrix, bias: UnsafePointer<Float>?, outChannels: Int,
                               kernel: (Int, Int), stride: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
         let (kh, kw) = kernel
         let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: stride, padding: padding)
@@ -35,27 +36,37 @@ public enum Conv2D {
         let direct = kh == 1 && kw == 1 && stride == 1 && padding == .same(0)
         // Output rows unfolded per band: as many as fit the budget, at least one.
         let band = direct ? oh : max(1, min(oh, columnBudget / max(1, kdim * ow)))
-        ctx.workspace.withScratch(direct ? 0 : kdim * band * ow) { cols in
+        for b in 0..<n {
+            let dst = out + b * outChannels * ohw
+            if let bias {
+                for o in 0..<outChannels { (dst + o * ohw).update(repeating: bias[o], count: ohw) }
+            }
+        }
+        if direct {
+            // Y[b] = W · X[b]: each weight block widened once for every image.
+            weight.columnBlocks(ctx, rows: outChannels, ld: kdim, columns: 0..<kdim) { k, wk, ldw in
+                for b in 0..<n {
+                    ctx.gemm(m: outChannels, n: ohw, k: k.count, a: wk, lda: ldw, b: x + b * c * h * w + k.lowerBound * ohw,
+                             ldb: ohw, beta: bias == nil && k.lowerBound == 0 ? 0 : 1, c: out + b * outChannels * ohw, ldc: ohw)
+                }
+            }
+            return
+        }
+        ctx.workspace.withScratch(kdim * band * ow) { cols in
             for b in 0..<n {
                 let img = x + b * c * h * w
                 let dst = out + b * outChannels * ohw
-                if let bias {
-                    for o in 0..<outChannels { (dst + o * ohw).update(repeating: bias[o], count: ohw) }
-                }
-                if direct {
-                    ctx.gemm(m: outChannels, n: ohw, k: kdim, a: weight, lda: kdim, b: img, ldb: ohw,
-                             beta: bias == nil ? 0 : 1, c: dst, ldc: ohw)
-                    continue
-                }
                 var oy0 = 0
                 while oy0 < oh {
-                    let rows = min(band, oh - oy0)
+                    let rows = min(band, oh - oy0), columns = rows * ow
                     im2col(img, c: c, h: h, w: w, kh: kh, kw: kw, stride: stride, padding: padding,
                            rows: oy0..<(oy0 + rows), ow: ow, cols: cols)
                     // The band's outputs are columns [oy0·ow, (oy0+rows)·ow) of every output-channel
                     // row: a sub-matrix of dst with leading dimension ohw.
-                    ctx.gemm(m: outChannels, n: rows * ow, k: kdim, a: weight, lda: kdim, b: cols, ldb: rows * ow,
-                             beta: bias == nil ? 0 : 1, c: dst + oy0 * ow, ldc: ohw)
+                    weight.columnBlocks(ctx, rows: outChannels, ld: kdim, columns: 0..<kdim) { k, wk, ldw in
+                        ctx.gemm(m: outChannels, n: columns, k: k.count, a: wk, lda: ldw, b: cols + k.lowerBound * columns,
+                                 ldb: columns, beta: bias == nil && k.lowerBound == 0 ? 0 : 1, c: dst + oy0 * ow, ldc: ohw)
+                    }
                     oy0 += rows
                 }
             }
@@ -127,7 +138,7 @@ extension Conv2D {
     /// x [N, C, H, W] → [N, outChannels, oh, ow].
     static func onTensors(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int, kernel: (Int, Int),
                           stride: Int, padding: Padding,
-                          _ method: (ComputeContext, UnsafePointer<Float>, Int, Int, Int, Int, UnsafePointer<Float>,
+                          _ method: (ComputeContext, UnsafePointer<Float>, Int, Int, Int, Int, WeightMatrix,
                                      UnsafePointer<Float>?, UnsafeMutablePointer<Float>) -> Void) -> Tensor {
         precondition(x.rank == 4)
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
@@ -139,7 +150,7 @@ extension Conv2D {
             weight.withUnsafeBufferPointer { wp in
                 out.withUnsafeMutableBufferPointer { op in
                     bias.withUnsafeOptionalPointer { bp in
-                        method(ComputeContext(), xp.baseAddress!, n, c, h, w, wp.baseAddress!, bp, op.baseAddress!)
+                        method(ComputeContext(), xp.baseAddress!, n, c, h, w, WeightMatrix(f32: wp.baseAddress!), bp, op.baseAddress!)
                     }
                 }
             }

@@ -1,14 +1,11 @@
-/// Stride-1 convolution without im2col: with the input zero-padded once into planes of width
-/// Wp, the contribution of kernel tap (ky, kx) to every output is one GEMM
-///     Y[o, y·Wp + x] += Σ_c W[o, c, ky, kx] · P[c, (y + ky)·Wp + x + kx],
-/// whose B operand is just the padded planes shifted by ky·Wp + kx (row stride = plane size).
-/// Y is computed on rows of width Wp (the kw − 1 extra columns per row are discarded), so a
-/// 3×3 conv is 9 GEMMs with K = C instead of one GEMM over a 9×-larger unfolded copy.
-///
-/// On small images (the UNet's 8×8 and 4×4 levels) those GEMMs are skinny — N is a few dozen
-/// padded columns against 1280 × 1280 weights per tap — and a single GEMM over a tap-major
-/// unfolded copy (`forwardSmall`, K = taps·C, N = the images' pixels exactly) is faster. The
-/// packed weight [O][taps][C] serves both: tap t is the sub-matrix at t·C with row stride taps·C.
+import Foundation
+
+/// Stride-1 convolutions with a spatial kernel over a tap-major packed weight [O][kh·kw][C]: the
+/// unfolded copy cols[t·C + c][pixel] = the input shifted by tap t (zero outside), multiplied
+/// in one GEMM with K = taps·C. Small images (the UNet's 32×32 and smaller levels) go in groups
+/// of whole images (`forwardSmall`: the GEMMs are skinny, one per group keeps them efficient);
+/// large ones in bands of output rows that stay in cache (`forwardBands`). Winograd
+/// (Conv2DWinograd.swift) takes large 3×3 convolutions with many channels.
 public extension Conv2D {
     /// Rearranges a torch-layout weight [O, C, kh, kw] into [O][kh·kw][C] (tap-major rows).
     static func packShifted(weight: [Float], outChannels o: Int, inChannels c: Int, kernel: (Int, Int)) -> [Float] {
@@ -22,14 +19,19 @@ public extension Conv2D {
         return packed
     }
 
-    /// The pointer form of `packShifted`: out[o][t][c] = w[o][c][t].
-    static func packShifted(_ w: UnsafePointer<Float>, outChannels o: Int, inChannels c: Int, taps: Int,
-                            into p: UnsafeMutablePointer<Float>) {
-        for oi in 0..<o {
-            for t in 0..<taps {
-                let dst = p + (oi * taps + t) * c
-                let src = w + oi * c * taps + t
-                for ci in 0..<c { dst[ci] = src[ci * taps] }
+    /// The pointer form of `packShifted`, for f32 values or 16-bit patterns: out[o][t][c] =
+    /// w[o][c][t] (large weights on all cores).
+    static func packShifted<T>(_ w: UnsafePointer<T>, outChannels o: Int, inChannels c: Int, taps: Int,
+                               into p: UnsafeMutablePointer<T>) {
+        let threads = o * c * taps >= 1 << 18 ? ComputeContext.defaultThreads : 1
+        let chunk = (o + threads - 1) / threads
+        DispatchQueue.concurrentPerform(iterations: threads) { part in
+            for oi in (part * chunk)..<min(o, (part + 1) * chunk) {
+                for t in 0..<taps {
+                    let dst = p + (oi * taps + t) * c
+                    let src = w + oi * c * taps + t
+                    for ci in 0..<c { dst[ci] = src[ci * taps] }
+                }
             }
         }
     }
@@ -42,76 +44,12 @@ public extension Conv2D {
     /// unfolded and multiplied in groups that fit.
     nonisolated(unsafe) static var smallColumnBudget = 1 << 25
 
-    /// Scratch for the padded input of one group of images, in floats (64 MiB): images are
-    /// processed together (one set of GEMMs, N = images × padded plane) while they fit.
-    nonisolated(unsafe) static var shiftedGroupBudget = 1 << 24
-
-    /// x: [n, c, h, w]; packedWeight from `packShifted`; stride 1; writes [n, o, oh, ow].
-    internal static func forwardShifted(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
-                                        packedWeight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                                        outChannels o: Int, kernel: (Int, Int), padding: Padding,
-                                        out: UnsafeMutablePointer<Float>) {
-        let (kh, kw) = kernel
-        let hp = h + padding.top + padding.bottom, wp = w + padding.left + padding.right
-        let oh = hp - kh + 1, ow = wp - kw + 1
-        precondition(oh > 0 && ow > 0, "conv input \(h)x\(w) is smaller than the kernel")
-        let plane = hp * wp
-        // Images per group: their padded planes sit side by side in each channel row, so one GEMM
-        // per tap covers the whole group (the rows between images produce discarded columns).
-        let group = max(1, min(n, shiftedGroupBudget / max(1, max(c, o) * plane)))
-        let rowLength = group * plane  // one channel row of the padded group
-        let ws = ctx.workspace
-        ws.withScratch(c * rowLength + kw) { padded in
-            ws.withScratch(o * rowLength) { y in
-                padded.update(repeating: 0, count: c * rowLength + kw)
-                var b0 = 0
-                while b0 < n {
-                    let g = min(group, n - b0)
-                    // Pad: only the interiors are rewritten, the zero borders stay.
-                    ctx.parallelRanges(c, minChunk: 16) { range in
-                        for ci in range {
-                            for i in 0..<g {
-                                let src = x + ((b0 + i) * c + ci) * h * w
-                                let dst = padded + ci * rowLength + i * plane + padding.top * wp + padding.left
-                                for yy in 0..<h { (dst + yy * wp).update(from: src + yy * w, count: w) }
-                            }
-                        }
-                    }
-                    // Output columns: image i's row yy starts at i·plane + yy·wp.
-                    let columns = (g - 1) * plane + oh * wp
-                    for ky in 0..<kh {
-                        for kx in 0..<kw {
-                            let t = ky * kw + kx
-                            ctx.gemm(m: o, n: columns, k: c, a: packedWeight + t * c, lda: kh * kw * c,
-                                     b: padded + ky * wp + kx, ldb: rowLength, beta: t == 0 ? 0 : 1,
-                                     c: y, ldc: rowLength)
-                        }
-                    }
-                    ctx.parallelRanges(o, minChunk: 16) { range in
-                        for oi in range {
-                            let bv = bias?[oi] ?? 0
-                            for i in 0..<g {
-                                let srcPlane = y + oi * rowLength + i * plane
-                                let dstPlane = out + ((b0 + i) * o + oi) * oh * ow
-                                for yy in 0..<oh {
-                                    let s = srcPlane + yy * wp, d = dstPlane + yy * ow
-                                    for xx in 0..<ow { d[xx] = s[xx] + bv }
-                                }
-                            }
-                        }
-                    }
-                    b0 += g
-                }
-            }
-        }
-    }
-
     /// Stride-1 convolution of small images as one GEMM per group of images: the tap-major
     /// unfolded copy cols[t·C + c][i·oh·ow + y·ow + x] = x[i][c][y + ky − pt][x + kx − pl]
     /// (zero outside), Y[O][g·oh·ow] = W[O][taps·C] · cols, then Y's columns are scattered to
     /// [n][O][oh·ow].
     internal static func forwardSmall(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
-                                      packedWeight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                      packedWeight: WeightMatrix, bias: UnsafePointer<Float>?,
                                       outChannels o: Int, kernel: (Int, Int), padding: Padding,
                                       out: UnsafeMutablePointer<Float>) {
         let (kh, kw) = kernel
@@ -144,8 +82,10 @@ public extension Conv2D {
                             }
                         }
                     }
-                    ctx.gemm(m: o, n: columns, k: taps * c, a: packedWeight, lda: taps * c, b: cols, ldb: columns,
-                             c: y, ldc: columns)
+                    packedWeight.columnBlocks(ctx, rows: o, ld: taps * c, columns: 0..<(taps * c)) { k, wk, ldw in
+                        ctx.gemm(m: o, n: columns, k: k.count, a: wk, lda: ldw, b: cols + k.lowerBound * columns, ldb: columns,
+                                 beta: k.lowerBound == 0 ? 0 : 1, c: y, ldc: columns)
+                    }
                     ctx.parallelRanges(o, minChunk: 16) { range in
                         for oi in range {
                             let bv = bias?[oi] ?? 0
@@ -161,6 +101,64 @@ public extension Conv2D {
         }
     }
 
+    /// Floats of the unfolded band `forwardBands` keeps (16 MiB: the band and its share of
+    /// the output stay in this machine class's L3 while the product runs).
+    nonisolated(unsafe) static var bandColumnBudget = 1 << 22
+
+    /// Stride-1 convolution of large images with few channels, one band of output rows at a
+    /// time: the band's tap-major unfolded copy cols[t·C + c][(y − y0)·ow + x] and one GEMM
+    /// Y[O][band] = W[O][taps·C] · cols written straight into the output rows (a band of an
+    /// output plane is contiguous). One GEMM per tap over a padded copy instead re-reads and
+    /// re-writes the whole output once per tap, which at 512×512 with 128 channels is bandwidth,
+    /// not arithmetic; Winograd's transforms cost more than its products there.
+    internal static func forwardBands(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
+                                      packedWeight: WeightMatrix, bias: UnsafePointer<Float>?,
+                                      outChannels o: Int, kernel: (Int, Int), padding: Padding,
+                                      out: UnsafeMutablePointer<Float>) {
+        let (kh, kw) = kernel
+        let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: 1, padding: padding)
+        let pixels = oh * ow, taps = kh * kw, k = taps * c
+        let band = max(1, min(oh, bandColumnBudget / max(1, k * ow)))
+        for img in 0..<n {
+            let dst = out + img * o * pixels
+            ctx.parallelRanges(o, minChunk: 16) { range in
+                for oi in range { (dst + oi * pixels).update(repeating: bias?[oi] ?? 0, count: pixels) }
+            }
+        }
+        ctx.workspace.withScratch(k * band * ow) { cols in
+            for img in 0..<n {
+                let src0 = x + img * c * h * w
+                var y0 = 0
+                while y0 < oh {
+                    let rows = min(band, oh - y0), columns = rows * ow
+                    ctx.parallelRanges(k, minChunk: 16) { part in
+                        for row in part {
+                            let t = row / c, ci = row % c
+                            let ky = t / kw, kx = t % kw
+                            let plane = src0 + ci * h * w
+                            let d0 = cols + row * columns
+                            let shift = kx - padding.left
+                            let xFirst = max(0, -shift), xEnd = min(ow, w - shift)
+                            for yy in 0..<rows {
+                                let iy = y0 + yy + ky - padding.top
+                                let d = d0 + yy * ow
+                                if iy < 0 || iy >= h || xFirst >= xEnd { d.update(repeating: 0, count: ow); continue }
+                                if xFirst > 0 { d.update(repeating: 0, count: xFirst) }
+                                (d + xFirst).update(from: plane + iy * w + xFirst + shift, count: xEnd - xFirst)
+                                if xEnd < ow { (d + xEnd).update(repeating: 0, count: ow - xEnd) }
+                            }
+                        }
+                    }
+                    packedWeight.columnBlocks(ctx, rows: o, ld: k, columns: 0..<k) { kr, wk, ldw in
+                        ctx.gemm(m: o, n: columns, k: kr.count, a: wk, lda: ldw, b: cols + kr.lowerBound * columns,
+                                 ldb: columns, beta: 1, c: out + img * o * pixels + y0 * ow, ldc: pixels)
+                    }
+                    y0 += rows
+                }
+            }
+        }
+    }
+
     /// Tensor form of `forwardSmall`.
     static func forwardSmall(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
                              kernel: (Int, Int), padding: Padding) -> Tensor {
@@ -171,13 +169,13 @@ public extension Conv2D {
         }
     }
 
-    /// Tensor form: x [N, C, H, W]; packedWeight from `packShifted`; stride 1.
-    static func forwardShifted(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
-                               kernel: (Int, Int), padding: Padding) -> Tensor {
+    /// Tensor form of `forwardBands`.
+    static func forwardBands(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
+                             kernel: (Int, Int), padding: Padding) -> Tensor {
         onTensors(x, weight: packedWeight, bias: bias, outChannels: o, kernel: kernel, stride: 1,
                   padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
-            forwardShifted(ctx, x: x, n: n, c: c, h: h, w: w, packedWeight: wp, bias: bp, outChannels: o, kernel: kernel,
-                           padding: padding, out: out)
+            forwardBands(ctx, x: x, n: n, c: c, h: h, w: w, packedWeight: wp, bias: bp, outChannels: o, kernel: kernel,
+                         padding: padding, out: out)
         }
     }
 }

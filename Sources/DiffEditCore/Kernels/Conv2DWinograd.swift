@@ -9,16 +9,24 @@
 ///     Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]
 ///     Aᵀ = [1 1 1 0; 0 1 −1 −1]
 public extension Conv2D {
-    /// Whether 3×3 stride-1 convolutions of images larger than `smallImagePixels` use F(2×2, 3×3)
-    /// (else the shifted method).
+    /// Whether 3×3 stride-1 convolutions of images larger than `smallImagePixels` may use
+    /// F(2×2, 3×3) (else bands: `unet-bench --no-winograd`).
     nonisolated(unsafe) static var useWinograd = true
+
+    /// Whether F(2×2, 3×3) pays for these channel counts: its transforms cost per tile ∝ C + O
+    /// against products ∝ C·O, so it needs a harmonic mean 2·C·O/(C + O) of at least 160
+    /// (measured on the SD VAE decoder at 512²: 128 → 128 channels 0.47 s per conv in bands
+    /// against 0.56 s by Winograd; 256 → 128 0.67 s by Winograd against 0.92 s in bands).
+    static func prefersWinograd(inChannels c: Int, outChannels o: Int) -> Bool {
+        useWinograd && 2 * c * o >= 160 * (c + o)
+    }
 
     /// Floats of the transformed input and output one group of tiles keeps (16·(C + O)·tiles).
     nonisolated(unsafe) static var winogradBudget = 1 << 24
 
     /// x: [n, c, h, w]; packedWeight [O][9][C] (`packShifted` of a 3×3 kernel); writes [n, o, oh, ow].
     internal static func forwardWinograd(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
-                                         packedWeight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                         packedWeight: WeightMatrix, bias: UnsafePointer<Float>?,
                                          outChannels o: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
         let (oh, ow) = outputSize(h: h, w: w, kernel: (3, 3), stride: 1, padding: padding)
         let th = (oh + 1) / 2, tw = (ow + 1) / 2
@@ -26,30 +34,33 @@ public extension Conv2D {
         let group = max(1, min(tiles, winogradBudget / max(1, 16 * (c + o))))
         let ws = ctx.workspace
         ws.withScratch(16 * o * c) { u in
-            // U_ξ[o][c] = (G g Gᵀ)_ξ for every (o, c).
-            ctx.parallelRanges(o, minChunk: 8) { range in
-                for oi in range {
-                    for ci in 0..<c {
-                        let src = packedWeight + oi * 9 * c + ci
-                        let g = (src[0], src[c], src[2 * c], src[3 * c], src[4 * c], src[5 * c], src[6 * c], src[7 * c], src[8 * c])
-                        // t = G g (4×3), rows of g: (g.0 g.1 g.2), (g.3 g.4 g.5), (g.6 g.7 g.8)
-                        let t0 = (g.0, g.1, g.2)
-                        let t1 = ((g.0 + g.3 + g.6) * 0.5, (g.1 + g.4 + g.7) * 0.5, (g.2 + g.5 + g.8) * 0.5)
-                        let t2 = ((g.0 - g.3 + g.6) * 0.5, (g.1 - g.4 + g.7) * 0.5, (g.2 - g.5 + g.8) * 0.5)
-                        let t3 = (g.6, g.7, g.8)
-                        let dst = u + oi * c + ci
-                        let stride = o * c
-                        // U = t Gᵀ, row by row.
-                        func store(_ r: Int, _ row: (Float, Float, Float)) {
-                            dst[(r * 4 + 0) * stride] = row.0
-                            dst[(r * 4 + 1) * stride] = (row.0 + row.1 + row.2) * 0.5
-                            dst[(r * 4 + 2) * stride] = (row.0 - row.1 + row.2) * 0.5
-                            dst[(r * 4 + 3) * stride] = row.2
+            // U_ξ[o][c] = (G g Gᵀ)_ξ for every (o, c), from whole rows of the packed weight.
+            packedWeight.rowBlocks(ctx, rows: o, rowLength: 9 * c) { rows, block in
+                ctx.parallelRanges(rows.count, minChunk: 8) { range in
+                    for r in range {
+                        let oi = rows.lowerBound + r
+                        for ci in 0..<c {
+                            let src = block + r * 9 * c + ci
+                            let g = (src[0], src[c], src[2 * c], src[3 * c], src[4 * c], src[5 * c], src[6 * c], src[7 * c], src[8 * c])
+                            // t = G g (4×3), rows of g: (g.0 g.1 g.2), (g.3 g.4 g.5), (g.6 g.7 g.8)
+                            let t0 = (g.0, g.1, g.2)
+                            let t1 = ((g.0 + g.3 + g.6) * 0.5, (g.1 + g.4 + g.7) * 0.5, (g.2 + g.5 + g.8) * 0.5)
+                            let t2 = ((g.0 - g.3 + g.6) * 0.5, (g.1 - g.4 + g.7) * 0.5, (g.2 - g.5 + g.8) * 0.5)
+                            let t3 = (g.6, g.7, g.8)
+                            let dst = u + oi * c + ci
+                            let stride = o * c
+                            // U = t Gᵀ, row by row.
+                            func store(_ r: Int, _ row: (Float, Float, Float)) {
+                                dst[(r * 4 + 0) * stride] = row.0
+                                dst[(r * 4 + 1) * stride] = (row.0 + row.1 + row.2) * 0.5
+                                dst[(r * 4 + 2) * stride] = (row.0 - row.1 + row.2) * 0.5
+                                dst[(r * 4 + 3) * stride] = row.2
+                            }
+                            store(0, t0)
+                            store(1, t1)
+                            store(2, t2)
+                            store(3, t3)
                         }
-                        store(0, t0)
-                        store(1, t1)
-                        store(2, t2)
-                        store(3, t3)
                     }
                 }
             }

@@ -3,14 +3,16 @@ public enum Linear {
     /// x: rows × inFeatures, weight: [outFeatures, inFeatures] (torch layout), bias:
     /// [outFeatures]; writes rows × outFeatures (row stride `ldo`) to `out`.
     static func forward(_ ctx: ComputeContext, x: UnsafePointer<Float>, rows: Int, inFeatures: Int,
-                        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, outFeatures: Int,
+                        weight: WeightMatrix, bias: UnsafePointer<Float>?, outFeatures: Int,
                         out: UnsafeMutablePointer<Float>, ldo: Int? = nil) {
         let ldo = ldo ?? outFeatures
         if let bias {
             for r in 0..<rows { (out + r * ldo).update(from: bias, count: outFeatures) }
         }
-        ctx.gemm(transB: true, m: rows, n: outFeatures, k: inFeatures, a: x, lda: inFeatures, b: weight,
-                 ldb: inFeatures, beta: bias == nil ? 0 : 1, c: out, ldc: ldo)
+        weight.columnBlocks(ctx, rows: outFeatures, ld: inFeatures, columns: 0..<inFeatures) { k, w, ldw in
+            ctx.gemm(transB: true, m: rows, n: outFeatures, k: k.count, a: x + k.lowerBound, lda: inFeatures, b: w,
+                     ldb: ldw, beta: bias == nil && k.lowerBound == 0 ? 0 : 1, c: out, ldc: ldo)
+        }
     }
 
     /// Tensor form. x: [..., inFeatures].
@@ -25,7 +27,7 @@ public enum Linear {
             weight.withUnsafeBufferPointer { wp in
                 out.withUnsafeMutableBufferPointer { o in
                     bias.withUnsafeOptionalPointer { bp in
-                        forward(ComputeContext(), x: xp.baseAddress!, rows: rows, inFeatures: inFeatures, weight: wp.baseAddress!,
+                        forward(ComputeContext(), x: xp.baseAddress!, rows: rows, inFeatures: inFeatures, weight: WeightMatrix(f32: wp.baseAddress!),
                                 bias: bp, outFeatures: outFeatures, out: o.baseAddress!)
                     }
                 }

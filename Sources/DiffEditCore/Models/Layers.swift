@@ -13,7 +13,7 @@ struct LinearLayer {
     let outFeatures: Int
 
     init(_ l: ParameterLoader, _ p: String, in i: Int, out o: Int, bias: Bool = true) throws {
-        weight = try l.load("\(p).weight", [o, i])
+        weight = try l.matrix("\(p).weight", [o, i])
         self.bias = bias ? try l.load("\(p).bias", [o]) : nil
         inFeatures = i
         outFeatures = o
@@ -43,7 +43,7 @@ struct LinearLayer {
         shape[shape.count - 1] = outFeatures
         let y = ctx.activation(shape)
         ctx.measure("linear") {
-            Linear.forward(ctx, x: x.pointer, rows: rows, inFeatures: inFeatures, weight: weight.pointer,
+            Linear.forward(ctx, x: x.pointer, rows: rows, inFeatures: inFeatures, weight: weight.matrix,
                            bias: bias?.pointer, outFeatures: outFeatures, out: y.pointer)
         }
         ctx.countMACs(rows * inFeatures * outFeatures)
@@ -60,10 +60,13 @@ struct LinearLayer {
             if let bias {
                 for r in 0..<(b * hw) { (y.pointer + r * outFeatures).update(from: bias.pointer, count: outFeatures) }
             }
-            for bi in 0..<b {
-                ctx.gemm(transA: true, transB: true, m: hw, n: outFeatures, k: c, a: x.pointer + bi * c * hw, lda: hw,
-                         b: weight.pointer, ldb: c, beta: bias == nil ? 0 : 1, c: y.pointer + bi * hw * outFeatures,
-                         ldc: outFeatures)
+            weight.matrix.columnBlocks(ctx, rows: outFeatures, ld: c, columns: 0..<c) { k, w, ldw in
+                for bi in 0..<b {
+                    ctx.gemm(transA: true, transB: true, m: hw, n: outFeatures, k: k.count,
+                             a: x.pointer + (bi * c + k.lowerBound) * hw, lda: hw, b: w, ldb: ldw,
+                             beta: bias == nil && k.lowerBound == 0 ? 0 : 1, c: y.pointer + bi * hw * outFeatures,
+                             ldc: outFeatures)
+                }
             }
         }
         ctx.countMACs(b * hw * c * outFeatures)
@@ -79,9 +82,12 @@ struct LinearLayer {
         ctx.measure("linear") {
             y.pointer.update(from: residual.pointer, count: residual.count)
             if let bias { Pointwise.addPerChannel(ctx, y.pointer, n: b, channels: c, plane: hw, bias.pointer, perImage: false) }
-            for bi in 0..<b {
-                ctx.gemm(transB: true, m: c, n: hw, k: inFeatures, a: weight.pointer, lda: inFeatures,
-                         b: t.pointer + bi * hw * inFeatures, ldb: inFeatures, beta: 1, c: y.pointer + bi * c * hw, ldc: hw)
+            weight.matrix.columnBlocks(ctx, rows: c, ld: inFeatures, columns: 0..<inFeatures) { k, w, ldw in
+                for bi in 0..<b {
+                    ctx.gemm(transB: true, m: c, n: hw, k: k.count, a: w, lda: ldw,
+                             b: t.pointer + bi * hw * inFeatures + k.lowerBound, ldb: inFeatures, beta: 1,
+                             c: y.pointer + bi * c * hw, ldc: hw)
+                }
             }
         }
         ctx.countMACs(b * hw * c * inFeatures)
@@ -90,7 +96,7 @@ struct LinearLayer {
 }
 
 /// torch.nn.Conv2d (groups 1, square kernel). Stride-1 convolutions with a spatial kernel keep
-/// their weight packed for the shifted method; 1×1 and strided ones use im2col.
+/// their weight packed tap-major (small images, bands, Winograd); 1×1 and strided ones use im2col.
 struct Conv2DLayer {
     let weight: Parameter
     let bias: Parameter?
@@ -105,7 +111,7 @@ struct Conv2DLayer {
     init(_ l: ParameterLoader, _ p: String, in i: Int, out o: Int, kernel k: Int, stride: Int = 1,
          padding: Conv2D.Padding, optionalBias: Bool = false) throws {
         shifted = stride == 1 && k > 1
-        weight = shifted ? try l.shiftedConv("\(p).weight", out: o, in: i, kernel: k) : try l.load("\(p).weight", [o, i, k, k])
+        weight = shifted ? try l.shiftedConv("\(p).weight", out: o, in: i, kernel: k) : try l.matrix("\(p).weight", [o, i, k, k])
         bias = optionalBias ? try l.loadIfPresent("\(p).bias", [o]) : try l.load("\(p).bias", [o])
         inChannels = i
         outChannels = o
@@ -122,24 +128,24 @@ struct Conv2DLayer {
         let y = ctx.activation([n, outChannels, oh, ow])
         if shifted && oh * ow <= Conv2D.smallImagePixels {
             ctx.measure("conv small \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardSmall(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.pointer,
+                Conv2D.forwardSmall(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.matrix,
                                     bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
                                     padding: padding, out: y.pointer)
             }
-        } else if shifted && kernel == 3 && Conv2D.useWinograd {
+        } else if shifted && kernel == 3 && Conv2D.prefersWinograd(inChannels: c, outChannels: outChannels) {
             ctx.measure("conv winograd \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardWinograd(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.pointer,
+                Conv2D.forwardWinograd(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.matrix,
                                        bias: bias?.pointer, outChannels: outChannels, padding: padding, out: y.pointer)
             }
         } else if shifted {
-            ctx.measure("conv shifted \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardShifted(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.pointer,
-                                      bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
-                                      padding: padding, out: y.pointer)
+            ctx.measure("conv bands \(h)x\(w) \(c)->\(outChannels)") {
+                Conv2D.forwardBands(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.matrix,
+                                    bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
+                                    padding: padding, out: y.pointer)
             }
         } else {
             ctx.measure("conv im2col") {
-                Conv2D.forwardIm2col(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: weight.pointer,
+                Conv2D.forwardIm2col(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: weight.matrix,
                                      bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
                                      stride: stride, padding: padding, out: y.pointer)
             }

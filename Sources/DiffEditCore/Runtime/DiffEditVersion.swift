@@ -1,4 +1,4 @@
 /// The toolchain's version, as `--version` prints it.
 public enum DiffEditVersion {
-    public static let string = "0.6.0"
+    public static let string = "0.7.0"
 }

@@ -33,7 +33,9 @@ public struct ModelFolder {
     /// share/diffedit/model beside an installed bin/), used when no model is named.
     public static var bundledModelPath: String? {
         var candidates: [String] = []
-        let exe = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath()
+        // The running executable itself: argv[0] is a bare name when the tool is found on PATH.
+        let exe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+                      ?? CommandLine.arguments.first ?? "").resolvingSymlinksInPath()
         candidates.append(exe.deletingLastPathComponent().appendingPathComponent("../share/diffedit/model").standardized.path)
         // Sources/DiffEditCore/Weights/ModelFolder.swift → repository root.
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -4,41 +4,58 @@ import Glibc
 import CKernels
 import Foundation
 
-/// A weight as a layer keeps it: f32, in the layout its kernel wants, converted once at load
-/// from the stored dtype (f16 and bf16 by the CPU's conversion instructions, on all cores).
-/// The one weight type of every model; a later f16/bf16 kernel would keep `stored` bits here
-/// instead.
+/// A weight as a layer keeps it, in the layout its kernel wants. Large matrices stored as f16 or
+/// bf16 stay in those 16 bits (pointing straight into the checkpoint's memory map when the
+/// layout is the file's, else repacked once) and are widened per use by the kernels
+/// (`WeightMatrix`); everything else is f32, converted once at load.
 public struct Parameter: @unchecked Sendable {
     final class Storage {
-        let pointer: UnsafeMutablePointer<Float>
+        let raw: UnsafeMutableRawPointer
         let count: Int
+        let bits: WeightMatrix.Bits
+        /// The object whose memory `raw` points into (a SafeTensorsFile's mapping), kept alive
+        /// with the parameter; nil when the storage is this object's own.
+        let owner: AnyObject?
         let mapped: Bool
+
+        var byteCount: Int { max(count, 1) * (bits == .f32 ? 4 : 2) }
 
         /// Large weights get their own anonymous mapping with transparent huge pages requested:
         /// the SD 1.5 UNet's 3.4 GB of f32 weights then fault in 2 MiB at a time rather than
         /// 4 KiB (an 850 000-fault load otherwise spends seconds in the kernel).
-        init(count: Int) {
+        init(count: Int, bits: WeightMatrix.Bits) {
             self.count = count
-            let bytes = max(count, 1) * 4
+            self.bits = bits
+            owner = nil
+            let bytes = max(count, 1) * (bits == .f32 ? 4 : 2)
             #if os(Linux)
             if bytes >= Storage.hugeThreshold,
                let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED {
                 _ = madvise(p, bytes, 14)  // MADV_HUGEPAGE
-                pointer = p.bindMemory(to: Float.self, capacity: max(count, 1))
+                raw = p
                 mapped = true
                 return
             }
             #endif
-            pointer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
-                .bindMemory(to: Float.self, capacity: max(count, 1))
+            raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            mapped = false
+        }
+
+        /// Storage that is `owner`'s memory (read only).
+        init(borrowing pointer: UnsafeRawPointer, count: Int, bits: WeightMatrix.Bits, owner: AnyObject) {
+            raw = UnsafeMutableRawPointer(mutating: pointer)
+            self.count = count
+            self.bits = bits
+            self.owner = owner
             mapped = false
         }
 
         deinit {
+            if owner != nil { return }
             #if os(Linux)
-            if mapped { munmap(pointer, max(count, 1) * 4); return }
+            if mapped { munmap(raw, byteCount); return }
             #endif
-            pointer.deallocate()
+            raw.deallocate()
         }
 
         static let hugeThreshold = 1 << 21
@@ -47,16 +64,41 @@ public struct Parameter: @unchecked Sendable {
     public let shape: [Int]
     let storage: Storage
 
-    init(shape: [Int]) {
+    init(shape: [Int], bits: WeightMatrix.Bits = .f32) {
         self.shape = shape
-        storage = Storage(count: shape.reduce(1, *))
+        storage = Storage(count: shape.reduce(1, *), bits: bits)
+    }
+
+    init(shape: [Int], storage: Storage) {
+        self.shape = shape
+        self.storage = storage
     }
 
     public var count: Int { storage.count }
-    @inline(__always) var pointer: UnsafeMutablePointer<Float> { storage.pointer }
+    public var bits: WeightMatrix.Bits { storage.bits }
 
-    /// The values (tests, small per-channel vectors).
-    public var values: [Float] { [Float](UnsafeBufferPointer(start: pointer, count: count)) }
+    /// The f32 values (every parameter that is not a 16-bit matrix).
+    @inline(__always) var pointer: UnsafeMutablePointer<Float> {
+        precondition(storage.bits == .f32, "a 16-bit weight is read through `matrix`")
+        return storage.raw.assumingMemoryBound(to: Float.self)
+    }
+
+    /// The weight as its kernels read it.
+    var matrix: WeightMatrix { WeightMatrix(raw: storage.raw, bits: storage.bits) }
+
+    /// The values (tests, small per-channel vectors), widened when stored in 16 bits.
+    public var values: [Float] {
+        switch storage.bits {
+        case .f32: return [Float](UnsafeBufferPointer(start: pointer, count: count))
+        case .f16, .bf16:
+            var out = [Float](repeating: 0, count: count)
+            let bits = storage.raw.assumingMemoryBound(to: UInt16.self)
+            out.withUnsafeMutableBufferPointer { o in
+                if storage.bits == .f16 { diffedit_f16_to_f32(bits, o.baseAddress!, count) } else { diffedit_bf16_to_f32(bits, o.baseAddress!, count) }
+            }
+            return out
+        }
+    }
 
     /// A parameter holding `values`.
     init(shape: [Int], values: [Float]) {
@@ -64,6 +106,13 @@ public struct Parameter: @unchecked Sendable {
         self.init(shape: shape)
         values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
     }
+
+    /// Whether large f16/bf16 matrices stay 16-bit in memory (default); false converts every
+    /// weight to f32 at load (`unet-bench --f32-weights`, to compare). Same numbers either way.
+    nonisolated(unsafe) public static var keepsSixteenBit = true
+
+    /// Matrices with fewer elements are converted to f32 at load (not worth a widening pass).
+    static let sixteenBitMinimum = 1 << 14
 }
 
 /// Where weights come from: a checkpoint's WeightStore, or generated values. Writes the f32
@@ -72,12 +121,20 @@ protocol WeightSource {
     func contains(_ name: String) -> Bool
     func storedShape(_ name: String) -> [Int]?
     func read(_ name: String, shape: [Int], into: UnsafeMutablePointer<Float>) throws
-    /// A conv weight [O, C, kh, kw] written as [O][kh·kw][C] (Conv2D's shifted layout).
+    /// A conv weight [O, C, kh, kw] written as [O][kh·kw][C] (Conv2D's tap-major layout).
     func readTapMajor(_ name: String, out o: Int, in c: Int, kernel k: Int, into: UnsafeMutablePointer<Float>,
                       scratch: ScratchBuffer) throws
+    /// `name` (which must have `shape`) as the 16-bit values the source keeps in memory, with the
+    /// object that owns that memory; nil when it is not stored in 16 bits.
+    func sixteenBit(_ name: String, shape: [Int]) throws -> (bits: UnsafePointer<UInt16>, format: WeightMatrix.Bits, owner: AnyObject)?
+    /// `name`'s stored bytes have been copied and will not be read again (its pages may go).
+    func copied(_ name: String)
 }
 
 extension WeightSource {
+    func sixteenBit(_ name: String, shape: [Int]) throws -> (bits: UnsafePointer<UInt16>, format: WeightMatrix.Bits, owner: AnyObject)? { nil }
+    func copied(_ name: String) {}
+
     func readTapMajor(_ name: String, out o: Int, in c: Int, kernel k: Int, into out: UnsafeMutablePointer<Float>,
                       scratch: ScratchBuffer) throws {
         let stored = scratch.floats(o * c * k * k)
@@ -118,6 +175,23 @@ extension WeightStore: WeightSource {
                       scratch: ScratchBuffer) throws {
         let e = try entry(name, shape: [o, c, k, k])
         try file.convertTapMajor(e, out: o, in: c, taps: k * k, into: out, scratch: scratch)
+    }
+
+    func sixteenBit(_ name: String, shape: [Int]) throws -> (bits: UnsafePointer<UInt16>, format: WeightMatrix.Bits, owner: AnyObject)? {
+        let e = try entry(name, shape: shape)
+        let format: WeightMatrix.Bits
+        switch e.dtype {
+        case .F16: format = .f16
+        case .BF16: format = .bf16
+        default: return nil
+        }
+        guard let base = file.rawBytes(e).baseAddress, Int(bitPattern: base) % 2 == 0 else { return nil }
+        file.keepsPages = true
+        return (base.assumingMemoryBound(to: UInt16.self), format, file)
+    }
+
+    func copied(_ name: String) {
+        if let e = file.entries[name] { file.releasePages(e) }
     }
 }
 
@@ -170,10 +244,35 @@ struct ParameterLoader {
         contains(name) ? try load(name, shape) : nil
     }
 
-    /// Several [rows_i, cols] matrices (or [rows_i] vectors) stacked into one (fused QKV).
+    /// A weight matrix a kernel multiplies by (`Parameter.matrix`): 16-bit weights stay in the
+    /// source's memory as they are stored, others are converted to f32.
+    func matrix(_ name: String, _ shape: [Int]) throws -> Parameter {
+        if let s = try sixteenBit(name, shape) {
+            return Parameter(shape: shape, storage: .init(borrowing: s.bits, count: shape.reduce(1, *), bits: s.format, owner: s.owner))
+        }
+        return try load(name, shape)
+    }
+
+    /// Several [rows_i, cols] matrices (or [rows_i] vectors) stacked into one (fused QKV);
+    /// matrices all stored in the same 16 bits stay 16-bit.
     func stacked(_ names: [String], rows: [Int], columns: Int?) throws -> Parameter {
         let total = rows.reduce(0, +)
-        let p = Parameter(shape: columns.map { [total, $0] } ?? [total])
+        let shape = columns.map { [total, $0] } ?? [total]
+        if let columns {
+            let views = try zip(names, rows).map { try sixteenBit($0, [$1, columns]) }
+            if let first = views.first??.format, views.allSatisfy({ $0?.format == first }) {
+                let p = Parameter(shape: shape, bits: first)
+                let dst = p.storage.raw.assumingMemoryBound(to: UInt16.self)
+                var offset = 0
+                for ((name, view), r) in zip(zip(names, views), rows) {
+                    (dst + offset * columns).update(from: view!.bits, count: r * columns)
+                    source.copied(name)
+                    offset += r
+                }
+                return p
+            }
+        }
+        let p = Parameter(shape: shape)
         var offset = 0
         for (name, r) in zip(names, rows) {
             try source.read(name, shape: columns.map { [r, $0] } ?? [r], into: p.pointer + offset * (columns ?? 1))
@@ -182,11 +281,25 @@ struct ParameterLoader {
         return p
     }
 
-    /// A conv weight [O, C, kh, kw] rearranged to [O][kh·kw][C] for Conv2D's shifted method.
+    /// A conv weight [O, C, kh, kw] rearranged to [O][kh·kw][C] for Conv2D's stride-1 methods
+    /// (16-bit weights permuted as bits, staying 16-bit).
     func shiftedConv(_ name: String, out o: Int, in c: Int, kernel k: Int) throws -> Parameter {
+        if let s = try sixteenBit(name, [o, c, k, k]) {
+            let p = Parameter(shape: [o, k * k, c], bits: s.format)
+            Conv2D.packShifted(s.bits, outChannels: o, inChannels: c, taps: k * k,
+                               into: p.storage.raw.assumingMemoryBound(to: UInt16.self))
+            source.copied(name)
+            return p
+        }
         let p = Parameter(shape: [o, k * k, c])
         try source.readTapMajor(name, out: o, in: c, kernel: k, into: p.pointer, scratch: scratch)
         return p
+    }
+
+    /// The 16-bit view of a large enough matrix, when 16-bit weights are kept.
+    private func sixteenBit(_ name: String, _ shape: [Int]) throws -> (bits: UnsafePointer<UInt16>, format: WeightMatrix.Bits, owner: AnyObject)? {
+        guard Parameter.keepsSixteenBit, shape.reduce(1, *) >= Parameter.sixteenBitMinimum else { return nil }
+        return try source.sixteenBit(name, shape: shape)
     }
 }
 
@@ -237,17 +350,7 @@ extension SafeTensorsFile {
         guard n > 0 else { return }
         let src = rawBytes(entry).baseAddress!
         func permute<T>(_ s: UnsafePointer<T>, _ d: UnsafeMutablePointer<T>) {
-            let threads = n >= 1 << 18 ? ComputeContext.defaultThreads : 1
-            let chunk = (o + threads - 1) / threads
-            DispatchQueue.concurrentPerform(iterations: threads) { part in
-                for oi in (part * chunk)..<min(o, (part + 1) * chunk) {
-                    for t in 0..<taps {
-                        let dst = d + (oi * taps + t) * c
-                        let from = s + oi * c * taps + t
-                        for ci in 0..<c { dst[ci] = from[ci * taps] }
-                    }
-                }
-            }
+            Conv2D.packShifted(s, outChannels: o, inChannels: c, taps: taps, into: d)
         }
         switch entry.dtype {
         case .F32:

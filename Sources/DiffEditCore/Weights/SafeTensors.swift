@@ -154,9 +154,14 @@ public final class SafeTensorsFile {
     /// weights, so that the f16 file does not count twice in the resident set.
     public func releasePages() {
         #if os(Linux)
+        if keepsPages { return }
         _ = madvise(UnsafeMutableRawPointer(mutating: base), mappedLength, MADV_DONTNEED)
         #endif
     }
+
+    /// Set once a 16-bit weight is used in place (Parameter points into the mapping): its pages
+    /// are then the weights themselves and stay.
+    var keepsPages = false
 
     /// Drops the pages that lie wholly inside one entry's bytes (after converting it), so that
     /// the resident set during a load is the converted weights plus one entry of the file.

@@ -1,0 +1,126 @@
+import Foundation
+
+/// A model folder's recommended settings: `diffedit_defaults.json` beside `model_index.json`
+/// (man 5 diffedit-defaults). The stage tools use a value from it when the option is not given on
+/// the command line; an option given always wins, and a folder without the file gets the tools'
+/// own defaults (diffusers'). The file is checked strictly: an unknown key, a wrong type or a
+/// value out of its option's domain is an error naming the file, never silently ignored.
+public struct ModelDefaults: Equatable {
+    public static let fileName = "diffedit_defaults.json"
+
+    /// Classifier-free guidance scale of noise-diff-mask, invert and denoise.
+    public var guidance: Float?
+    /// Negative prompt (text) of every stage when no negative embeddings are given.
+    public var negativePrompt: String?
+    /// Inference steps of noise-diff-mask and invert (denoise takes invert's from the stack).
+    public var steps: Int?
+    /// invert's strength (denoise takes it from the stack).
+    public var strength: Double?
+    /// denoise's background blending: "diffusers" or "paper".
+    public var blend: MaskedDenoising.Blend?
+    /// Free text for the reader of the file; the tools ignore it.
+    public var comment: String?
+    /// The file the values came from (nil: no file, every value nil).
+    public var path: String?
+
+    /// The option domains the file's values must lie in (the same as the command-line options').
+    public static let guidanceRange: ClosedRange<Float> = 0...100
+    public static let stepsRange: ClosedRange<Int> = 1...1000
+    public static let maxTextLength = 10_000
+
+    public init() {}
+
+    /// The defaults of a model folder: its `diffedit_defaults.json`, or none when it has no such file.
+    public init(folder: ModelFolder) throws {
+        let path = folder.root + "/" + Self.fileName
+        guard FileManager.default.fileExists(atPath: path) else { self.init(); return }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ToolError("cannot read \(path) — make it readable, or remove it to use the tools' own defaults")
+        }
+        try self.init(bytes: [UInt8](data), path: path)
+    }
+
+    /// Parses and checks the file's bytes; every error names `path`.
+    public init(bytes: [UInt8], path: String) throws {
+        self.init()
+        self.path = path
+        let fix = "fix it (man 5 diffedit-defaults) or remove it"
+        guard bytes.count <= 1 << 20 else { throw ToolError("\(path) is \(bytes.count) bytes, not a small settings file — \(fix)") }
+        let root: JSONValue
+        do { root = try JSONValue.parse(bytes, label: path) } catch let e as ToolError {
+            throw ToolError(e.message.replacingOccurrences(of: "the file is corrupt or truncated", with: fix))
+        }
+        guard let members = root.objectValue else { throw ToolError("\(path) is not a JSON object — \(fix)") }
+        var seen = Set<String>()
+        for (key, value) in members {
+            guard seen.insert(key).inserted else { throw ToolError("\(path): key '\(key)' appears twice — \(fix)") }
+            func bad(_ want: String) -> ToolError {
+                ToolError("\(path): '\(key)' must be \(want), found \(Self.describe(value)) — \(fix)")
+            }
+            switch key {
+            case "guidance":
+                guard let d = value.doubleValue, Self.guidanceRange.contains(Float(d)) else {
+                    throw bad("a number from \(Self.guidanceRange.lowerBound) to \(Self.guidanceRange.upperBound)")
+                }
+                guidance = Float(d)
+            case "steps":
+                guard let n = value.intValue, Self.stepsRange.contains(n) else {
+                    throw bad("an integer from \(Self.stepsRange.lowerBound) to \(Self.stepsRange.upperBound)")
+                }
+                steps = n
+            case "strength":
+                guard let d = value.doubleValue, d > 0, d <= 1 else { throw bad("a number in (0, 1]") }
+                strength = d
+            case "blend":
+                guard let b = value.stringValue.flatMap(MaskedDenoising.Blend.init(rawValue:)) else { throw bad("\"diffusers\" or \"paper\"") }
+                blend = b
+            case "negative_prompt", "comment":
+                guard let s = value.stringValue, s.count <= Self.maxTextLength,
+                      !s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+                    throw bad("one line of text (no control characters, at most \(Self.maxTextLength) characters)")
+                }
+                if key == "comment" { comment = s } else { negativePrompt = s }
+            default:
+                throw ToolError("\(path): unknown key '\(key)' (known: \(Self.keys.joined(separator: ", "))) — \(fix)")
+            }
+        }
+    }
+
+    public static let keys = ["guidance", "negative_prompt", "steps", "strength", "blend", "comment"]
+
+    /// The value an option takes: the command line's, else this file's, else the tool's own.
+    /// The name of a value taken from the file is added to `used` (for --verbose and metadata).
+    public func pick<T>(_ given: T?, _ key: KeyPath<ModelDefaults, T?>, _ name: String, builtIn: T,
+                        used: inout [String]) -> T {
+        if let given { return given }
+        if let fromFile = self[keyPath: key] {
+            used.append("\(name) \(Self.show(fromFile))")
+            return fromFile
+        }
+        return builtIn
+    }
+
+    /// The negative prompt's text when no negative embeddings file is given: the file's, else "".
+    public func negativeText(used: inout [String]) -> String {
+        pick(nil, \.negativePrompt, "negative prompt", builtIn: "", used: &used)
+    }
+
+    private static func show<T>(_ v: T) -> String {
+        if let s = v as? String { return "\"\(s)\"" }
+        return "\(v)"
+    }
+
+    private static func describe(_ v: JSONValue) -> String {
+        switch v {
+        case .null: return "null"
+        case .bool(let b): return "\(b)"
+        case .number(let d): return "\(d)"
+        case .string(let s):
+            // Control characters shown as '?', so that the message stays one line.
+            let shown = String(String.UnicodeScalarView(s.unicodeScalars.prefix(40).map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
+            return "\"\(shown)\(s.unicodeScalars.count > 40 ? "…" : "")\""
+        case .array: return "a list"
+        case .object: return "an object"
+        }
+    }
+}
