@@ -25,6 +25,9 @@ extension CLI {
         }
     }
 
+    /// `--model`'s help, the same in every tool.
+    public static let modelHelp = "Model: a folder in diffusers layout or a single-file .safetensors checkpoint (default: $DIFFEDIT_MODEL, else the bundled demo model)."
+
     /// `--version`: the toolchain's version and the BLAS kernel that runs the products.
     public static var version: String { "diffedit \(DiffEditVersion.string); \(BLASKernel.description)" }
 }
@@ -36,6 +39,6 @@ public protocol DiffEditTool: ParsableCommand {}
 extension DiffEditTool {
     public static func main() {
         BLASKernel.prepare()
-        main(nil)
+        parseAndRun()
     }
 }

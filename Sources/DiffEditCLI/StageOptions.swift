@@ -4,7 +4,7 @@ import DiffEditCore
 /// The options the three DiffEdit stages (noise-diff-mask, invert, denoise) share, defined once so
 /// their names, defaults and help read the same in every tool: `@OptionGroup var common: StageOptions`.
 public struct StageOptions: ParsableArguments {
-    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL, else the bundled demo model).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     public var model: String?
     @Flag(name: .long, help: "Show progress on stderr even when it is not a terminal.")
     public var progress = false
@@ -22,7 +22,10 @@ public struct StageOptions: ParsableArguments {
 
 extension StageOptions {
     /// The UNet a stage tool runs, loaded from `folder`; with --verbose, one line on how it runs.
+    /// An SD 2.x single file whose sidecar does not say its prediction type gets a note (unless
+    /// --quiet): the weights cannot tell a v-prediction model from an epsilon one.
     public func loadUNet(_ folder: ModelFolder, tool: String) throws -> UNet2DCondition {
+        if !quiet, let note = folder.singleFile?.predictionTypeNote { CLI.note(tool, "note: " + note) }
         let unet = try UNet2DCondition(folder: folder)
         if verbose && !quiet {
             CLI.note(tool, "model \(folder.root); UNet on \(unet.context.threads) threads; \(BLASKernel.description)")

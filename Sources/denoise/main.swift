@@ -20,19 +20,25 @@ struct Denoise: DiffEditTool {
     var prompt: String
     @Option(name: .long, help: "Negative embeddings: the source caption (default: the model's negative_prompt in diffedit_defaults.json, else the empty prompt).")
     var negative: String?
-    @Option(name: .long, help: "Inference steps (default: the stack's, from invert).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.steps.help("Inference steps", defaultText: "the stack's, from invert"),
+            transform: StageNumbers.steps.transform)
     var steps: Int?
-    @Option(name: .long, help: "Strength (default: the stack's, from invert).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.strength.help("Strength", defaultText: "the stack's, from invert"),
+            transform: StageNumbers.strength.transform)
     var strength: Double?
-    @Option(name: .long, help: "Classifier-free guidance scale (default: the model's diffedit_defaults.json, else 7.5).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.guidance.help(StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5"),
+            transform: StageNumbers.guidance.transform)
     var guidance: Float?
     @Option(name: .long, help: "Background blending: diffusers or paper (default: the model's diffedit_defaults.json, else diffusers).")
     var blend: MaskedDenoising.Blend?
-    @Option(name: .long, help: "Dilate the mask by this many latent cells, 0 to \(MaskDilation.maxCells) (diagonals included; default 0).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.dilate.help("Dilate the mask by this many latent cells (diagonals included)", default: 0),
+            transform: StageNumbers.dilate.transform)
     var dilate = 0
-    @Option(name: .long, help: "DDIM's eta in [0, 1]: 0 deterministic (default), 1 DDPM-like; noise drawn from --seed (--scheduler ddim only).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.eta.help("DDIM's eta: 0 deterministic, 1 DDPM-like; noise drawn from --seed (--scheduler ddim only)", default: 0),
+            transform: StageNumbers.eta.transform)
     var eta: Float = 0
-    @Option(name: .long, help: "Seed of the torch CPU generator (the noise of --eta > 0).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator (the noise of --eta > 0).", default: 0),
+            transform: StageNumbers.seed.transform)
     var seed: UInt64 = 0
     @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions
@@ -41,10 +47,6 @@ struct Denoise: DiffEditTool {
 
     func run() throws {
         try CLI.run("denoise") {
-            guard (0...MaskDilation.maxCells).contains(dilate) else { throw ToolError("--dilate must be from 0 to \(MaskDilation.maxCells) latent cells, got \(dilate)") }
-            guard eta >= 0, eta <= 1 else {
-                throw ToolError("--eta must be in [0, 1], got \(eta) — 0 is deterministic DDIM, 1 DDPM-like sampling")
-            }
             let out = try CLI.tensorOutput(force: common.force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the inverted stack from invert")
@@ -64,8 +66,9 @@ struct Denoise: DiffEditTool {
                 throw ToolError("--eta \(eta) applies to the DDIM scheduler only; DPM-Solver++ is deterministic (diffusers ignores eta there) — drop --eta, or invert and denoise with --scheduler ddim")
             }
             // Steps and strength come from invert; explicit options must agree (diffusers #5465).
-            let stackSteps = stackRec.metadata["steps"].flatMap(Int.init)
-            let stackStrength = stackRec.metadata["strength"].flatMap(Double.init)
+            let damaged = "the stack is damaged or was not written by invert; invert again"
+            let stackSteps = try stackRec.metadata["steps"].map { try StageNumbers.steps.parse($0, subject: "the stack's metadata steps=", remedy: damaged) }
+            let stackStrength = try stackRec.metadata["strength"].map { try StageNumbers.strength.parse($0, subject: "the stack's metadata strength=", remedy: damaged) }
             if let steps, let stackSteps, steps != stackSteps {
                 throw ToolError("--steps \(steps) differs from the \(stackSteps) steps the stack was inverted with — the denoising schedule must retrace the inversion; drop --steps or invert again with --steps \(steps)")
             }
@@ -105,9 +108,9 @@ struct Denoise: DiffEditTool {
             meta["guidance"] = "\(options.guidance)"
             meta["blend"] = options.blend.rawValue
             if dilate > 0 { meta["mask.dilate"] = "\(dilate)" }
+            settings.record(into: &meta)
             meta[SchedulerOption.metadataKey] = kind.rawValue
             if eta > 0 { (meta["eta"], meta["seed"]) = ("\(eta)", "\(seed)") }
-            settings.record(into: &meta)
             for k in ["image.width", "image.height"] { if let v = stackRec.metadata[k] { meta[k] = v } }
             try out.write(TensorRecord(name: DiffEditIO.latentsRecord, tensor: r.latents, metadata: meta))
             try out.flush()

@@ -14,11 +14,15 @@ struct EncodeText: DiffEditTool {
     @Argument(help: "Tensor stream of token ids (default or '-': stdin).")
     var input: String?
 
-    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
-    @Option(name: .long, help: "Skip the last N layers, as diffusers' clip_skip (default 0).")
+    @Option(name: .long, parsing: .unconditional,
+            help: EncodeText.clipSkipOption.help("Skip the last N layers, as diffusers' clip_skip (at most the text encoder's layers)", default: 0),
+            transform: EncodeText.clipSkipOption.transform)
     var clipSkip: Int = 0
+    /// At most the text encoder's layer count, which the model checks.
+    static let clipSkipOption = NumberOption<Int>("--clip-skip", .atLeast(0))
 
     @Flag(name: .long, help: "Average the embeddings of all prompts into one [1, L, D].")
     var mean = false

@@ -2,6 +2,16 @@ import ArgumentParser
 import DiffEditCore
 import DiffEditCLI
 
+/// invert's own numeric options (the regulariser's; diffusers' defaults, bounded so that a run
+/// stays within minutes: one regularisation step costs about as much as `rolls` auto-correlation
+/// gradients of the latent).
+private enum Numbers {
+    static let regSteps = NumberOption<Int>("--reg-steps", .from(0, to: 100))
+    static let lambdaAutoCorr = NumberOption<Float>("--lambda-auto-corr", .from(0, to: 1000))
+    static let lambdaKl = NumberOption<Float>("--lambda-kl", .from(0, to: 1000))
+    static let autoCorrRolls = NumberOption<Int>("--auto-corr-rolls", .from(0, to: 100))
+}
+
 /// invert: DDIM inversion of an image latent under its caption, every step kept
 /// (diffusers' StableDiffusionDiffEditPipeline.invert). See invert(1).
 @main
@@ -16,21 +26,29 @@ struct Invert: DiffEditTool {
     var prompt: String
     @Option(name: .long, help: "Negative embeddings (default: the model's negative_prompt in diffedit_defaults.json, else the empty prompt).")
     var negative: String?
-    @Option(name: .long, help: "Inference steps of the schedule (default: the model's diffedit_defaults.json, else 50).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.steps.help("Inference steps of the schedule", defaultText: "the model's diffedit_defaults.json, else 50"),
+            transform: StageNumbers.steps.transform)
     var steps: Int?
-    @Option(name: .long, help: "Fraction of the schedule to invert, inpaint_strength (default: the model's diffedit_defaults.json, else 0.8).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.strength.help("Fraction of the schedule to invert (inpaint_strength)", defaultText: "the model's diffedit_defaults.json, else 0.8"),
+            transform: StageNumbers.strength.transform)
     var strength: Double?
-    @Option(name: .long, help: "Classifier-free guidance scale (default: the model's diffedit_defaults.json, else 7.5).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.guidance.help(StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5"),
+            transform: StageNumbers.guidance.transform)
     var guidance: Float?
-    @Option(name: .long, help: "Seed of the torch CPU generator (posterior sample, then the regulariser's rolls).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator (posterior sample, then the regulariser's rolls).", default: 0),
+            transform: StageNumbers.seed.transform)
     var seed: UInt64 = 0
-    @Option(name: .long, help: "Regularisation steps per inversion step (num_reg_steps; 0 = off).")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.regSteps.help("Regularisation steps per inversion step (num_reg_steps; 0 = off).", default: 0),
+            transform: Numbers.regSteps.transform)
     var regSteps = 0
-    @Option(name: .long, help: "Weight of the auto-correlation loss.")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.lambdaAutoCorr.help("Weight of the auto-correlation loss.", default: 20),
+            transform: Numbers.lambdaAutoCorr.transform)
     var lambdaAutoCorr: Float = 20
-    @Option(name: .long, help: "Weight of the KL divergence loss.")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.lambdaKl.help("Weight of the KL divergence loss.", default: 20),
+            transform: Numbers.lambdaKl.transform)
     var lambdaKl: Float = 20
-    @Option(name: .long, help: "Auto-correlation gradient steps per regularisation step.")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.autoCorrRolls.help("Auto-correlation gradient steps per regularisation step.", default: 5),
+            transform: Numbers.autoCorrRolls.transform)
     var autoCorrRolls = 5
     @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions
@@ -39,9 +57,6 @@ struct Invert: DiffEditTool {
 
     func run() throws {
         try CLI.run("invert") {
-            guard (self.steps ?? 1) >= 1 else { throw ToolError("--steps must be at least 1, got \(self.steps ?? 0)") }
-            guard self.strength.map({ $0 > 0 && $0 <= 1 }) ?? true else { throw ToolError("--strength must be in (0, 1], got \(self.strength ?? 0)") }
-            guard regSteps >= 0, autoCorrRolls >= 0 else { throw ToolError("--reg-steps and --auto-corr-rolls must not be negative") }
             let out = try CLI.tensorOutput(force: common.force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")

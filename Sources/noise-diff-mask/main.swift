@@ -2,6 +2,14 @@ import ArgumentParser
 import DiffEditCore
 import DiffEditCLI
 
+/// noise-diff-mask's own numeric options.
+private enum Numbers {
+    static let maps = NumberOption<Int>("--maps", .from(1, to: 10_000))
+    static let encodeStrength = NumberOption<Double>("--encode-strength", .fraction)
+    static let thresholdRatio = NumberOption<Float>("--threshold-ratio", .above(0, atMost: 1000))
+    static let batch = NumberOption<Int>("--batch", .from(1, to: 1000))
+}
+
 /// noise-diff-mask: DiffEdit's mask from the difference of two noise estimates
 /// (diffusers' StableDiffusionDiffEditPipeline.generate_mask). See noise-diff-mask(1).
 @main
@@ -20,25 +28,33 @@ struct NoiseDiffMaskTool: DiffEditTool {
     var sourceNegative: String?
     @Option(name: .long, help: "Negative embeddings for the target (default: as --source-negative).")
     var targetNegative: String?
-    @Option(name: .long, help: "Noise draws averaged per image (num_maps_per_mask).")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.maps.help("Noise draws averaged per image (num_maps_per_mask).", default: 10),
+            transform: Numbers.maps.transform)
     var maps = 10
-    @Option(name: .long, help: "Fraction of the schedule the image is noised to (mask_encode_strength).")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.encodeStrength.help("Fraction of the schedule the image is noised to (mask_encode_strength).", default: 0.5),
+            transform: Numbers.encodeStrength.transform)
     var encodeStrength = 0.5
-    @Option(name: .long, help: "Clamp the map at this multiple of its mean; the mask is where it exceeds half that.")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.thresholdRatio.help("Clamp the map at this multiple of its mean; the mask is where it exceeds half that.", default: 3),
+            transform: Numbers.thresholdRatio.transform)
     var thresholdRatio: Float = 3.0
-    @Option(name: .long, help: "Inference steps of the schedule the encode timestep is taken from (default: the model's diffedit_defaults.json, else 50).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.steps.help("Inference steps of the schedule the encode timestep is taken from", defaultText: "the model's diffedit_defaults.json, else 50"),
+            transform: StageNumbers.steps.transform)
     var steps: Int?
-    @Option(name: .long, help: "Classifier-free guidance scale (default: the model's diffedit_defaults.json, else 7.5).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.guidance.help(StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5"),
+            transform: StageNumbers.guidance.transform)
     var guidance: Float?
-    @Option(name: .long, help: "Seed of the torch CPU generator (posterior sample, then noise).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator (posterior sample, then noise).", default: 0),
+            transform: StageNumbers.seed.transform)
     var seed: UInt64 = 0
-    @Option(name: .long, help: "Most latents per UNet call (bounds memory; results do not depend on it).")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.batch.help("Most latents per UNet call (bounds memory; results do not depend on it).", default: 10),
+            transform: Numbers.batch.transform)
     var batch = 10
     @Flag(name: .long, help: "Write the normalised difference map before thresholding (record mask.soft).")
     var soft = false
     @Option(name: .long, help: "Also write the soft map (record mask.soft) to this file, the mask going to stdout: both from one run.")
     var softOutput: String?
-    @Option(name: .long, help: "Dilate the mask by this many latent cells, 0 to \(MaskDilation.maxCells) (diagonals included; default 0; the soft map is not dilated).")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.dilate.help("Dilate the mask by this many latent cells (diagonals included; the soft map is not dilated)", default: 0),
+            transform: StageNumbers.dilate.transform)
     var dilate = 0
     @Flag(name: .long, help: "Enlarge the output to image size (nearest neighbour by the VAE factor).")
     var imageSize = false
@@ -49,14 +65,8 @@ struct NoiseDiffMaskTool: DiffEditTool {
 
     func run() throws {
         try CLI.run("noise-diff-mask") {
-            guard maps >= 1, maps <= 10_000 else { throw ToolError("--maps must be between 1 and 10000, got \(maps)") }
-            guard batch >= 1 else { throw ToolError("--batch must be at least 1, got \(batch)") }
-            guard (self.steps ?? 1) >= 1 else { throw ToolError("--steps must be at least 1, got \(self.steps ?? 0)") }
-            guard (0...MaskDilation.maxCells).contains(dilate) else { throw ToolError("--dilate must be from 0 to \(MaskDilation.maxCells) latent cells, got \(dilate)") }
             let softFile = try softOutput.map { try SideOutput(path: $0, option: "--soft-output", inputs: [input ?? "-", source, target, sourceNegative, targetNegative].compactMap { $0 }) }
             if soft && softFile != nil { throw ToolError("--soft and --soft-output both ask for the soft map — give --soft-output FILE alone to get the mask on stdout and the map in FILE") }
-            guard encodeStrength > 0, encodeStrength <= 1 else { throw ToolError("--encode-strength must be in (0, 1], got \(encodeStrength)") }
-            guard thresholdRatio > 0 else { throw ToolError("--threshold-ratio must be positive, got \(thresholdRatio)") }
             let out = try CLI.tensorOutput(force: common.force)
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")
@@ -95,6 +105,11 @@ struct NoiseDiffMaskTool: DiffEditTool {
             let r = try nd.generate(mean: meanRec.tensor(), std: stdRec.tensor(), source: src, sourceNegative: srcNeg,
                                     target: tgt, targetNegative: tgtNeg, generator: TorchGenerator(seed: seed),
                                     progress: report)
+            // Identical captions: no difference anywhere, a whole-image mask (diffusers' result too).
+            let sameCaptions = src.data == tgt.data && srcNeg.data == tgtNeg.data
+            if !common.quiet && (sameCaptions || r.clamp == 0) {
+                CLI.note("noise-diff-mask", "warning: \(sameCaptions ? "the source and target captions are the same" : "the source and target noise estimates do not differ"), so the mask covers the whole image (as diffusers' does) — give a target caption that names the edit")
+            }
             var meta = DiffEditIO.provenance(folder)
             meta["maps"] = "\(maps)"
             meta["encode_strength"] = "\(encodeStrength)"
@@ -103,8 +118,8 @@ struct NoiseDiffMaskTool: DiffEditTool {
             meta["guidance"] = "\(guidance)"
             meta["seed"] = "\(seed)"
             meta["timestep"] = "\(r.timestep)"
-            meta[SchedulerOption.metadataKey] = kind.rawValue
             settings.record(into: &meta)
+            meta[SchedulerOption.metadataKey] = kind.rawValue
             meta["clamp"] = "\(r.clamp)"
             meta["latent.height"] = "\(meanRec.shape[2])"
             meta["latent.width"] = "\(meanRec.shape[3])"

@@ -9,7 +9,8 @@ struct Selection: ParsableArguments {
     @Option(name: .long, help: "Pick the record with this name.")
     var name: String?
 
-    @Option(name: .long, help: "Pick the record at this index (0 is the first).")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.index.help("Pick the record at this index (0 is the first)", defaultText: nil),
+            transform: Numbers.index.transform)
     var index: Int?
 
     /// The selected record; with neither option, the only record (or the first, with a note).
@@ -29,6 +30,17 @@ struct Selection: ParsableArguments {
         guard let first = records.first else { throw ToolError("\(label): empty stream, no record to pick") }
         return first
     }
+}
+
+/// The numeric options of the subcommands.
+enum Numbers {
+    static let index = NumberOption<Int>("--index", .atLeast(0))
+    static let atol = NumberOption<Double>("--atol", .atLeast(0))
+    static let rtol = NumberOption<Double>("--rtol", .atLeast(0))
+    static let batch = NumberOption<Int>("--batch", .atLeast(0))
+    static let channel = NumberOption<Int>("--channel", .atLeast(0))
+    static let scale = NumberOption<Int>("--scale", .from(1, to: 64))
+    static let bits = NumberOption<Int>("--bits", .oneOf([8, 16]))
 }
 
 struct Force: ParsableArguments {
@@ -85,9 +97,10 @@ struct Stats: ParsableCommand {
     func run() throws {
         try CLI.run("tensor") {
             let reader = try CLI.tensorInput(file)
-            print("index\tname\tdtype\tshape\tmin\tmax\tmean\tstd\tnan\tinf")
             var i = 0
             while let r = try reader.next() {
+                // The table's header once a record has been read: a refused stream prints nothing.
+                if i == 0 { print("index\tname\tdtype\tshape\tmin\tmax\tmean\tstd\tnan\tinf") }
                 let s = TensorStatistics(r)
                 let shape = r.shape.map(String.init).joined(separator: "x")
                 print("\(i)\t\(r.name)\t\(r.dtype.rawValue)\t\(shape.isEmpty ? "scalar" : shape)\t\(fmt(s.min))\t\(fmt(s.max))\t\(fmt(s.mean))\t\(fmt(s.std))\t\(s.nan)\t\(s.inf)")
@@ -113,7 +126,7 @@ struct Pick: ParsableCommand {
 
     func run() throws {
         try CLI.run("tensor") {
-            let out = try CLI.tensorOutput(force: force.force)
+            let out = try CLI.tensorOutput(force: force.force, copiesInput: true)
             let (records, label) = try readStream(file)
             try out.write(try selection.pick(records, label: label))
             try out.flush()
@@ -156,7 +169,7 @@ struct FromNPY: ParsableCommand {
                 }
                 metadata[String(m[..<eq])] = String(m[m.index(after: eq)...])
             }
-            let out = try CLI.tensorOutput(force: force.force)
+            let out = try CLI.tensorOutput(force: force.force, copiesInput: true)
             let input = try ByteReader(path: file)
             let bytes = try input.readToEnd(limit: TensorStream.maxDataBytes)
             try out.write(try NPY.decode(bytes, name: name, metadata: metadata))
@@ -169,8 +182,10 @@ struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compare two streams record by record.",
         discussion: "Prints max abs and max relative error per record. Exits 1 when any element differs by more than atol + rtol*|b| (numpy.allclose), or the streams differ in record count, names, or shapes.")
-    @Option(help: "Absolute tolerance.") var atol: Double = 1e-4
-    @Option(help: "Relative tolerance.") var rtol: Double = 0
+    @Option(parsing: .unconditional, help: Numbers.atol.help("Absolute tolerance", default: 1e-4), transform: Numbers.atol.transform)
+    var atol: Double = 1e-4
+    @Option(parsing: .unconditional, help: Numbers.rtol.help("Relative tolerance", default: 0), transform: Numbers.rtol.transform)
+    var rtol: Double = 0
     @Argument(help: "First stream (- is stdin).") var a: String
     @Argument(help: "Second stream, the reference.") var b: String
 
@@ -214,19 +229,22 @@ struct ToImage: ParsableCommand {
             """)
     @OptionGroup var selection: Selection
     @OptionGroup var force: Force
-    @Option(help: "Batch entry to show.") var batch = 0
-    @Option(help: "Channel to show.") var channel = 0
+    @Option(parsing: .unconditional, help: Numbers.batch.help("Batch entry to show", default: 0), transform: Numbers.batch.transform)
+    var batch = 0
+    @Option(parsing: .unconditional, help: Numbers.channel.help("Channel to show", default: 0), transform: Numbers.channel.transform)
+    var channel = 0
     @Flag(help: "Show all channels side by side.") var tile = false
     @Flag(help: "Treat 3 channels in [-1, 1] as an RGB image.") var rgb = false
-    @Option(help: "Value range lo:hi mapped to black..white (default: the data's min:max).") var range: String?
-    @Option(help: "Nearest-neighbour magnification factor (1-64).") var scale = 1
-    @Option(help: "Bits per sample, 8 or 16.") var bits = 8
+    @Option(parsing: .unconditional, help: "Value range lo:hi mapped to black..white, two finite numbers with lo < hi, e.g. -1:1 (default: the data's min:max).")
+    var range: String?
+    @Option(parsing: .unconditional, help: Numbers.scale.help("Nearest-neighbour magnification factor", default: 1), transform: Numbers.scale.transform)
+    var scale = 1
+    @Option(parsing: .unconditional, help: Numbers.bits.help("Bits per sample", default: 8), transform: Numbers.bits.transform)
+    var bits = 8
     @Argument(help: "Stream file; - is stdin.") var file = "-"
 
     func run() throws {
         try CLI.run("tensor") {
-            guard (1...64).contains(scale) else { throw ToolError("--scale must be 1 to 64") }
-            guard bits == 8 || bits == 16 else { throw ToolError("--bits must be 8 or 16") }
             let out = try CLI.binaryOutput(force: force.force)
             let (records, label) = try readStream(file)
             let r = try selection.pick(records, label: label)
@@ -272,8 +290,9 @@ struct ToImage: ParsableCommand {
             var lo: Float, hi: Float
             if let range {
                 let parts = range.split(separator: ":")
-                guard parts.count == 2, let a = Float(parts[0]), let b = Float(parts[1]), a < b else {
-                    throw ToolError("--range '\(range)' should be lo:hi with lo < hi, e.g. -1:1")
+                guard parts.count == 2, let a = Float(parts[0]), let b = Float(parts[1]), a.isFinite, b.isFinite, a < b,
+                      (b - a).isFinite else {
+                    throw ToolError("--range '\(range)' should be lo:hi, two finite numbers with lo < hi — e.g. -1:1")
                 }
                 (lo, hi) = (a, b)
             } else {

@@ -18,11 +18,15 @@ struct Tokenize: DiffEditTool {
     @Argument(help: "Prompts; none (or a single '-') reads one prompt per line from stdin.")
     var prompts: [String] = []
 
-    @Option(name: .long, help: "Model folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
-    @Option(name: .long, help: "Tokens per prompt including bos and eos (default: the tokenizer's model_max_length, 77).")
+    @Option(name: .long, parsing: .unconditional,
+            help: Tokenize.maxLengthOption.help("Tokens per prompt including bos and eos", defaultText: "the tokenizer's model_max_length, 77"),
+            transform: Tokenize.maxLengthOption.transform)
     var maxLength: Int?
+    /// Room for the start and end tokens, and a bound on the [N, length] ids a run writes.
+    static let maxLengthOption = NumberOption<Int>("--max-length", .from(2, to: 4096))
 
     @Flag(name: .long, help: "Do not pad: write one record [1, n] per prompt.")
     var noPad = false
@@ -42,10 +46,8 @@ struct Tokenize: DiffEditTool {
             let writer = show ? nil : try CLI.tensorOutput(force: force)
             let folder = try ModelFolder.resolve(model)
             let tokenizer = try CLIPTokenizer(folder: folder)
-            let length = maxLength ?? tokenizer.modelMaxLength
-            guard length >= 2, length <= 1_000_000 else {
-                throw ToolError("--max-length \(length) must be at least 2 (room for the start and end tokens)")
-            }
+            let length = try maxLength ?? Self.maxLengthOption.check(
+                tokenizer.modelMaxLength, subject: "the tokenizer's model_max_length ", remedy: "give --max-length")
             let texts = try readPrompts()
             guard !texts.isEmpty else {
                 throw ToolError("no prompts — give them as arguments or one per line on stdin")
@@ -100,7 +102,7 @@ struct Tokenize: DiffEditTool {
 
     func readPrompts() throws -> [String] {
         if !(prompts.isEmpty || prompts == ["-"]) { return prompts }
-        let reader = ByteReader(fd: 0, label: "stdin")
+        let reader = try ByteReader(path: "-")
         if reader.isTerminal && !quiet {
             CLI.note("tokenize", "reading prompts from the terminal, one per line; end with Ctrl-D")
         }

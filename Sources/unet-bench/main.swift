@@ -3,6 +3,20 @@ import DiffEditCore
 import DiffEditCLI
 import Foundation
 
+/// unet-bench's numeric options: sizes bounded so that a run fits in memory (a 256x256 latent is
+/// a 2048x2048 image).
+private enum Numbers {
+    static let height = NumberOption<Int>("--height", .from(1, to: 256))
+    static let width = NumberOption<Int>("--width", .from(1, to: 256))
+    static let batch = NumberOption<Int>("--batch", .from(1, to: 64))
+    static let tokens = NumberOption<Int>("--tokens", .from(1, to: 1024))
+    static let runs = NumberOption<Int>("--runs", .from(1, to: 1000))
+    static let scoreBudget = NumberOption<Int>("--score-budget", .from(1, to: 1 << 30))
+    static let smallConvPixels = NumberOption<Int>("--small-conv-pixels", .from(0, to: 1 << 30))
+    static let threads = NumberOption<Int>("--threads", .from(1, to: 1024))
+    static let gemmSize = NumberOption<Int>("--gemm", .from(1, to: 8192))
+}
+
 /// Times UNet forward passes: one CFG step of Stable Diffusion is a batch-2 forward.
 @main
 struct UNetBench: DiffEditTool {
@@ -16,18 +30,28 @@ struct UNetBench: DiffEditTool {
             """,
         version: CLI.version)
 
-    @Option(name: .long, help: "Model folder in diffusers layout (uses its unet/); default: built-in SD 1.5 config with random weights.")
+    @Option(name: .long, help: "Model (a diffusers folder or a single-file .safetensors checkpoint) whose UNet to time; default: built-in SD 1.5 config with random weights.")
     var model: String?
 
-    @Option(name: .long, help: "Latent height.") var height = 64
-    @Option(name: .long, help: "Latent width.") var width = 64
-    @Option(name: .long, help: "Batch size (2 = one classifier-free-guidance step).") var batch = 2
-    @Option(name: .long, help: "Text tokens per prompt.") var tokens = 77
-    @Option(name: .long, help: "Timed forward passes (no warm-up run).") var runs = 1
-    @Option(name: .long, help: "Attention score buffer per worker, in floats (Attention.scoreBudget).")
+    @Option(name: .long, parsing: .unconditional, help: Numbers.height.help("Latent height", default: 64), transform: Numbers.height.transform)
+    var height = 64
+    @Option(name: .long, parsing: .unconditional, help: Numbers.width.help("Latent width", default: 64), transform: Numbers.width.transform)
+    var width = 64
+    @Option(name: .long, parsing: .unconditional, help: Numbers.batch.help("Batch size (2 = one classifier-free-guidance step)", default: 2),
+            transform: Numbers.batch.transform)
+    var batch = 2
+    @Option(name: .long, parsing: .unconditional, help: Numbers.tokens.help("Text tokens per prompt", default: 77), transform: Numbers.tokens.transform)
+    var tokens = 77
+    @Option(name: .long, parsing: .unconditional, help: Numbers.runs.help("Timed forward passes (no warm-up run)", default: 1), transform: Numbers.runs.transform)
+    var runs = 1
+    @Option(name: .long, parsing: .unconditional,
+            help: Numbers.scoreBudget.help("Attention score buffer per worker, in floats (Attention.scoreBudget)", defaultText: "Attention's own"),
+            transform: Numbers.scoreBudget.transform)
     var scoreBudget: Int?
 
-    @Option(name: .long, help: "3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (Conv2D.smallImagePixels).")
+    @Option(name: .long, parsing: .unconditional,
+            help: Numbers.smallConvPixels.help("3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (Conv2D.smallImagePixels)", defaultText: "Conv2D's own"),
+            transform: Numbers.smallConvPixels.transform)
     var smallConvPixels: Int?
 
     @Flag(name: .long, help: "3x3 convolutions of larger images in bands of rows instead of Winograd F(2x2, 3x3).")
@@ -38,15 +62,18 @@ struct UNetBench: DiffEditTool {
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
 
-    @Option(name: .long, help: "Threads for the BLAS and our own loops (default: the machine's cores).") var threads: Int?
+    @Option(name: .long, parsing: .unconditional, help: Numbers.threads.help("Threads for the BLAS and our own loops", defaultText: "the machine's cores"),
+            transform: Numbers.threads.transform)
+    var threads: Int?
 
-    @Option(name: .long, parsing: .upToNextOption, help: "Instead, time one GEMM of M N K (BLAS.gemm, row-major).")
+    @Option(name: .long, parsing: .upToNextOption, help: Numbers.gemmSize.help("Instead, time one GEMM of M N K (BLAS.gemm, row-major), each", defaultText: nil),
+            transform: Numbers.gemmSize.transform)
     var gemm: [Int] = []
 
     func run() throws {
         try CLI.run("unet-bench") {
             if !gemm.isEmpty {
-                guard gemm.count == 3, gemm.allSatisfy({ $0 > 0 }) else { throw ToolError("--gemm takes M N K") }
+                guard gemm.count == 3 else { throw ToolError("--gemm takes three sizes, M N K — e.g. --gemm 64 64 64") }
                 let (m, n, k) = (gemm[0], gemm[1], gemm[2])
                 let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: k * n)
                 var c = [Float](repeating: 0, count: m * n)
@@ -60,10 +87,6 @@ struct UNetBench: DiffEditTool {
                 }
                 return
             }
-            guard height >= 1, width >= 1, batch >= 1, tokens >= 1, runs >= 1 else {
-                throw ToolError("--height, --width, --batch, --tokens and --runs must be positive")
-            }
-            if let threads, threads < 1 { throw ToolError("--threads must be at least 1") }
             let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
             if f32Weights { Parameter.keepsSixteenBit = false }
             let loadStart = Date()
@@ -82,14 +105,8 @@ struct UNetBench: DiffEditTool {
             CLI.note("unet-bench", "\(model ?? "SD 1.5 config, random weights"), loaded in \(String(format: "%.1f", loadTime)) s; latent \(batch)x4x\(height)x\(width), \(tokens) tokens, \(context.threads) threads; \(BLASKernel.description)")
             let profiler = profile ? Profiler() : nil
             context.profiler = profiler
-            if let scoreBudget {
-                guard scoreBudget >= 1 else { throw ToolError("--score-budget must be at least 1 (floats)") }
-                Attention.scoreBudget = scoreBudget
-            }
-            if let smallConvPixels {
-                guard smallConvPixels >= 0 else { throw ToolError("--small-conv-pixels must be 0 or more") }
-                Conv2D.smallImagePixels = smallConvPixels
-            }
+            if let scoreBudget { Attention.scoreBudget = scoreBudget }
+            if let smallConvPixels { Conv2D.smallImagePixels = smallConvPixels }
             if noWinograd { Conv2D.useWinograd = false }
             for r in 0..<runs {
                 let flops = FlopCounter()

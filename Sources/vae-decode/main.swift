@@ -17,11 +17,13 @@ struct VAEDecode: DiffEditTool {
             """,
         version: CLI.version)
 
-    @Option(name: .long, help: "Stable Diffusion folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
-    @Option(name: .long, help: "Bits per sample of the output, 8 or 16.")
+    @Option(name: .long, parsing: .unconditional, help: VAEDecode.depthOption.help("Bits per sample of the output", default: 8),
+            transform: VAEDecode.depthOption.transform)
     var depth = 8
+    static let depthOption = NumberOption<Int>("--depth", .oneOf([8, 16]))
 
     @Option(name: .long, help: "Name of the record to decode (default: latents, else the only record, else posterior.mean).")
     var record: String?
@@ -55,7 +57,6 @@ struct VAEDecode: DiffEditTool {
 
     func run() throws {
         try CLI.run("vae-decode") {
-            if depth != 8 && depth != 16 { throw ToolError("--depth must be 8 or 16") }
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
             let out = try CLI.binaryOutput(force: force)
@@ -90,6 +91,7 @@ struct VAEDecode: DiffEditTool {
                 // diffusers: vae.decode(latents / scaling_factor).
                 z.data.withUnsafeMutableBufferPointer { p in for i in 0..<p.count { p[i] = p[i] / sf } }
                 let image = decoder.decode(z)
+                try NonfiniteOutput.check(image.data, what: "the decoded image \(b)")
                 try NetpbmImage.write(image, bits: depth, to: out)
                 try out.flush()
             }

@@ -23,7 +23,7 @@ struct VAEEncode: DiffEditTool {
             """,
         version: CLI.version)
 
-    @Option(name: .long, help: "Stable Diffusion folder in diffusers layout (default: $DIFFEDIT_MODEL).")
+    @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
     @Flag(name: .long, help: "Centre-crop each side down to a multiple of the VAE's downsampling factor.")
@@ -35,7 +35,8 @@ struct VAEEncode: DiffEditTool {
     @Flag(name: .long, help: "Write one sample of the posterior (record latents) instead of mean and std; needs --seed.")
     var sample = false
 
-    @Option(name: .long, help: "Seed of the torch CPU generator used by --sample.")
+    @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator used by --sample", defaultText: nil),
+            transform: StageNumbers.seed.transform)
     var seed: UInt64?
 
     @Flag(name: .shortAndLong, help: "Do not print notes on stderr.")

@@ -9,59 +9,64 @@ final class CLIPTextModelTests: XCTestCase {
     static let atol: Double = 1e-4
 
     func model(_ pipeline: String) throws -> CLIPTextModel {
-        try CLIPTextModel(folder: ModelFolder(root: Fixtures.path(pipeline)))
+        try CLIPTextModel(folder: Fixtures.model(pipeline))
     }
 
-    func referenceIDs(_ pipeline: String) throws -> (ids: [Int32], n: Int, prompts: [String]) {
+    func referenceIDs(_ pipeline: String) throws -> (ids: [Int32], n: Int, prompts: [String]) { try Self.referenceIDs(pipeline) }
+
+    static func referenceIDs(_ pipeline: String) throws -> (ids: [Int32], n: Int, prompts: [String]) {
         let r = try Fixtures.record("\(pipeline)/ref/text.tensor", "text.ids")
         let prompts = try JSONSerialization.jsonObject(with: Data(r.metadata["prompts_json"]!.utf8)) as! [String]
         XCTAssertEqual(r.shape, [prompts.count, 77])
         return (try r.int32s(), r.shape[0], prompts)
     }
 
-    func checkLastHidden(_ pipeline: String) throws {
-        let m = try model(pipeline)
+    /// last_hidden_state of the fixture prompts, from the model's own tokenizer and text encoder.
+    static func checkLastHidden(_ pipeline: String, _ folder: ModelFolder, label: String) throws {
+        let m = try CLIPTextModel(folder: folder)
         let (ids, n, prompts) = try referenceIDs(pipeline)
         // The fixture's ids are our tokenizer's ids too.
-        let tok = try CLIPTokenizer(folder: ModelFolder(root: Fixtures.path(pipeline)))
-        XCTAssertEqual(prompts.flatMap { tok.inputIDs($0) }, ids)
+        let tok = try CLIPTokenizer(folder: folder)
+        XCTAssertEqual(prompts.flatMap { tok.inputIDs($0) }, ids, label)
         let out = try m.encode(ids: ids, batch: n, length: 77)
         let want = try Fixtures.record("\(pipeline)/ref/text.tensor", "text.last_hidden")
         XCTAssertEqual(out.shape, want.shape)
-        assertClose(out.data, want.floats(), atol: Self.atol, "\(pipeline) last_hidden_state")
+        assertClose(out.data, want.floats(), atol: Self.atol, "\(label) last_hidden_state")
     }
 
-    func testSD1LastHiddenStateParity() throws { try checkLastHidden("sd1") }
-    func testSD2LastHiddenStateParityF16Weights() throws { try checkLastHidden("sd2") }
+    func testSD1LastHiddenStateParity() throws { try Self.checkLastHidden("sd1", Fixtures.model("sd1"), label: "sd1") }
+    func testSD2LastHiddenStateParityF16Weights() throws { try Self.checkLastHidden("sd2", Fixtures.model("sd2"), label: "sd2") }
 
     func testClipSkip1ParityBothPipelines() throws {
-        for pipeline in ["sd1", "sd2"] {
-            let m = try model(pipeline)
-            let (ids, n, _) = try referenceIDs(pipeline)
-            let out = try m.encode(ids: ids, batch: n, length: 77, clipSkip: 1)
-            let want = try Fixtures.record("\(pipeline)/ref/text.tensor", "text.clip_skip1")
-            assertClose(out.data, want.floats(), atol: Self.atol, "\(pipeline) clip_skip=1")
-            // A test that can fail: skipping a layer changes the output.
-            let last = try Fixtures.record("\(pipeline)/ref/text.tensor", "text.last_hidden").floats()
-            // (maxAbsError is NaN-aware: a NaN output makes this fail too.)
-            XCTAssertGreaterThan(closeness(out.data, last, atol: 0).maxAbsError, 1e-2)
-        }
+        for pipeline in ["sd1", "sd2"] { try Self.checkClipSkip1(pipeline, model(pipeline), label: pipeline) }
+    }
+
+    static func checkClipSkip1(_ pipeline: String, _ m: CLIPTextModel, label: String) throws {
+        let (ids, n, _) = try referenceIDs(pipeline)
+        let out = try m.encode(ids: ids, batch: n, length: 77, clipSkip: 1)
+        let want = try Fixtures.record("\(pipeline)/ref/text.tensor", "text.clip_skip1")
+        assertClose(out.data, want.floats(), atol: Self.atol, "\(label) clip_skip=1")
+        // A test that can fail: skipping a layer changes the output.
+        let last = try Fixtures.record("\(pipeline)/ref/text.tensor", "text.last_hidden").floats()
+        // (maxAbsError is NaN-aware: a NaN output makes this fail too.)
+        XCTAssertGreaterThan(closeness(out.data, last, atol: 0).maxAbsError, 1e-2, label)
     }
 
     /// Every intermediate hidden state (embeddings, then each block's output) of one prompt.
     func testHiddenStatesLayerByLayer() throws {
-        for pipeline in ["sd1", "sd2"] {
-            let m = try model(pipeline)
-            let (ids, _, _) = try referenceIDs(pipeline)
-            let ref = try Fixtures.record("\(pipeline)/ref/text.tensor", "text.hidden_states")
-            let index = Int(ref.metadata["prompt_index"]!)!
-            let d = m.config.hiddenSize
-            XCTAssertEqual(ref.shape, [m.config.layers + 1, 77, d])
-            let want = ref.floats()
-            for k in 0...m.config.layers {
-                let h = try m.hiddenState(ids: Array(ids[(index * 77)..<((index + 1) * 77)]), batch: 1, length: 77, layers: k)
-                assertClose(h.data, Array(want[(k * 77 * d)..<((k + 1) * 77 * d)]), atol: Self.atol, "\(pipeline) hidden_states[\(k)]")
-            }
+        for pipeline in ["sd1", "sd2"] { try Self.checkHiddenStates(pipeline, model(pipeline), label: pipeline) }
+    }
+
+    static func checkHiddenStates(_ pipeline: String, _ m: CLIPTextModel, label: String) throws {
+        let (ids, _, _) = try referenceIDs(pipeline)
+        let ref = try Fixtures.record("\(pipeline)/ref/text.tensor", "text.hidden_states")
+        let index = Int(ref.metadata["prompt_index"]!)!
+        let d = m.config.hiddenSize
+        XCTAssertEqual(ref.shape, [m.config.layers + 1, 77, d], label)
+        let want = ref.floats()
+        for k in 0...m.config.layers {
+            let h = try m.hiddenState(ids: Array(ids[(index * 77)..<((index + 1) * 77)]), batch: 1, length: 77, layers: k)
+            assertClose(h.data, Array(want[(k * 77 * d)..<((k + 1) * 77 * d)]), atol: Self.atol, "\(label) hidden_states[\(k)]")
         }
     }
 

@@ -32,10 +32,10 @@ extension DiffEditTests {
 
     func testDPMNoiseDiffMaskMatchesDiffusers() throws {
         for key in Self.pipelines {
-            let p = try pipeline(key)
+            let p = try Self.pipeline(key)
             let refs = try schedulerRefs(key)
             let steps = try fixtureSteps(try record(refs, "dpm.mask"))
-            let (mean, std) = try posterior(p)
+            let (mean, std) = try Self.posterior(p)
             let embeds = try record(refs, "dpm.mask.embeds").tensor()  // [src, "", tgt, ""]
             let row = { (i: Int) in embeds.slice(batch: i, count: 1) }
             var options = NoiseDiffMask.Options()
@@ -49,21 +49,21 @@ extension DiffEditTests {
             let mapErr = assertClose(r.map.data, try record(refs, "dpm.mask.map").floats(), atol: 1e-4, "\(label) map").maxAbsError
             let refSoft = try record(refs, "dpm.mask.soft").floats()
             assertClose(r.soft.data, refSoft, atol: 1e-4, "\(label) soft")
-            let (_, near) = compareMask(r.mask.data, try record(refs, "dpm.mask").floats(), refSoft: refSoft, label)
+            let (_, near) = Self.compareMask(r.mask.data, try record(refs, "dpm.mask").floats(), refSoft: refSoft, label)
             let dense = NoiseDiffMask.threshold(map: r.map, ratio: 2.1)
             let refDense = try record(refs, "dpm.mask.dense.soft").floats()
             assertClose(dense.soft, refDense, atol: 1e-4, "\(label) dense soft")
-            _ = compareMask(dense.mask, try record(refs, "dpm.mask.dense").floats(), refSoft: refDense, "\(label) dense")
+            _ = Self.compareMask(dense.mask, try record(refs, "dpm.mask.dense").floats(), refSoft: refDense, "\(label) dense")
             print("\(label): timestep \(r.timestep), map max err \(mapErr), near-threshold pixels \(near)")
         }
     }
 
     func testDPMInversionMatchesDiffusers() throws {
         for key in Self.pipelines {
-            let p = try pipeline(key)
+            let p = try Self.pipeline(key)
             let refs = try schedulerRefs(key)
             let steps = try fixtureSteps(try record(refs, "dpm.inverted"))
-            let (mean, std) = try posterior(p)
+            let (mean, std) = try Self.posterior(p)
             let gen = TorchGenerator(seed: 0)
             let latents = DiagonalGaussian(mean: mean, std: std).sample(noise: gen.randn(count: mean.count))
             assertClose(latents.data, try record(refs, "dpm.invert.image_latents").floats(), atol: 1e-4, "\(key) DPM invert image latents")
@@ -84,7 +84,7 @@ extension DiffEditTests {
 
     func testDPMMaskedDenoisingMatchesDiffusers() throws {
         for key in Self.pipelines {
-            let p = try pipeline(key)
+            let p = try Self.pipeline(key)
             let refs = try schedulerRefs(key)
             let steps = try fixtureSteps(try record(refs, "dpm.edited.latents"))
             let embeds = try record(refs, "dpm.mask.embeds").tensor()  // [src, "", tgt, ""]
@@ -107,10 +107,10 @@ extension DiffEditTests {
     /// decoded to 8 bits.
     func testDPMFullPipelineImageMatchesDiffusers() throws {
         for key in Self.pipelines {
-            let p = try pipeline(key)
+            let p = try Self.pipeline(key)
             let refs = try schedulerRefs(key)
             let steps = try fixtureSteps(try record(refs, "dpm.edited.u8"))
-            let (mean, std) = try posterior(p)
+            let (mean, std) = try Self.posterior(p)
             let embeds = try record(refs, "dpm.mask.embeds").tensor()
             let row = { (i: Int) in embeds.slice(batch: i, count: 1) }
             var mo = NoiseDiffMask.Options(); mo.steps = steps
@@ -155,7 +155,7 @@ extension DiffEditTests {
     /// shape from the call's generator (seed 0), in step order; nothing else draws.
     func testEtaMatchesDiffusers() throws {
         for key in Self.pipelines {
-            let p = try pipeline(key)
+            let p = try Self.pipeline(key)
             let refs = try schedulerRefs(key)
             let inverted = try record(refs, "eta.inverted").tensor()
             let mask = try record(refs, "eta.mask").tensor()

@@ -112,7 +112,7 @@ extension DiffEditToolTests {
         try refused("\(d) < euler.tensor > /dev/null", "names scheduler 'euler'")
         try refused("\(d) --eta 0.5 < dpm.tensor > /dev/null", "--eta 0.5 applies to the DDIM scheduler only")
         for bad in ["1.5", "-0.25", "nan", "inf"] {
-            try refused("\(d) --eta=\(bad) < ddim.tensor > /dev/null", "--eta must be in [0, 1]")
+            try refused("\(d) --eta=\(bad) < ddim.tensor > /dev/null", "--eta takes")
         }
         let ok = try sh("cd '\(dir.path)' && \(d) --scheduler ddim < old.tensor > old-edit.tensor && \(d) < ddim.tensor > edit.tensor")
         XCTAssertEqual(ok.status, 0, ok.err)

@@ -14,7 +14,9 @@ final class DiffEditToolTests: XCTestCase {
         let refs: [String: TensorRecord]
     }
 
-    func fixtureCase(_ key: String) throws -> Case {
+    func fixtureCase(_ key: String) throws -> Case { try Self.fixtureCase(key) }
+
+    static func fixtureCase(_ key: String) throws -> Case {
         let ref = "\(key)/ref/diffedit.tensor"
         try Fixtures.require(ref)  // committed: a missing one fails, never skips
         let refs = try Fixtures.records(ref)
@@ -25,12 +27,18 @@ final class DiffEditToolTests: XCTestCase {
                     target: try XCTUnwrap(args["target_prompt"] as? String), refs: refs)
     }
 
-    func read(_ url: URL, _ name: String) throws -> TensorRecord {
+    func read(_ url: URL, _ name: String) throws -> TensorRecord { try Self.read(url, name) }
+
+    static func read(_ url: URL, _ name: String) throws -> TensorRecord {
         let all = try TensorStream.readAll(path: url.path)
         return try XCTUnwrap(all.first { $0.name == name }, "\(url.lastPathComponent) has no record \(name)")
     }
 
     func run(_ script: String, in dir: URL, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        try Self.run(script, in: dir, file: file, line: line)
+    }
+
+    static func run(_ script: String, in dir: URL, file: StaticString = #filePath, line: UInt = #line) throws -> String {
         let r = try sh("cd '\(dir.path)' && " + script)
         XCTAssertEqual(r.status, 0, "\(script)\n\(r.err)", file: file, line: line)
         return r.err
@@ -39,59 +47,65 @@ final class DiffEditToolTests: XCTestCase {
     func testPipelineOfToolsMatchesDiffusers() throws {
         for key in ["sd1", "sd2"] {
             let c = try fixtureCase(key)
-            let dir = try temporaryDirectory(self)
-            let m = "--model '\(c.model)'"
-            let s = "--steps \(c.steps)"
-            let started = Date()
-            let err = try run("""
-                tokenize \(m) '\(c.source)' | encode-text \(m) > src.tensor
-                tokenize \(m) '\(c.target)' | encode-text \(m) > tgt.tensor
-                vae-encode \(m) < '\(c.model)/cat.ppm' | noise-diff-mask \(m) --source src.tensor --target tgt.tensor \(s) --seed 0 > mask.tensor
-                vae-encode \(m) < '\(c.model)/cat.ppm' > post.tensor
-                noise-diff-mask \(m) --source src.tensor --target tgt.tensor \(s) --seed 0 --threshold-ratio 2.1 --batch 6 < post.tensor > dense.tensor
-                invert \(m) --prompt src.tensor \(s) --seed 0 < post.tensor > inv.tensor
-                invert \(m) --prompt src.tensor \(s) --seed 0 --reg-steps 2 < post.tensor > invreg.tensor
-                denoise \(m) --mask mask.tensor --prompt tgt.tensor --negative src.tensor < inv.tensor > edit.tensor
-                denoise \(m) --mask dense.tensor --prompt tgt.tensor --negative src.tensor < inv.tensor > dense-edit.tensor
-                vae-decode \(m) < edit.tensor > edit.ppm
-                vae-decode \(m) < dense-edit.tensor > dense-edit.ppm
-                """, in: dir)
-            print("\(key): tool pipeline (debug build, 2 masks, 2 inversions, 2 edits) took \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
-            XCTAssertEqual(err, "", "\(key): tools in a pipeline write nothing on stderr without --progress")
+            try Self.checkToolPipeline(c, model: c.model, label: key, dir: try temporaryDirectory(self))
+        }
+    }
 
-            // The embeddings tokenize | encode-text make are the ones the pipeline used.
-            let embeds = try XCTUnwrap(c.refs["diffedit.mask.embeds"]).tensor()  // [src, "", tgt, ""]
-            let inner = embeds.count / 4
-            assertClose(try read(dir.appendingPathComponent("src.tensor"), "embeddings").floats(), Array(embeds.data[0..<inner]), atol: 1e-4, "\(key) source embeddings")
-            assertClose(try read(dir.appendingPathComponent("tgt.tensor"), "embeddings").floats(), Array(embeds.data[(2 * inner)..<(3 * inner)]), atol: 1e-4, "\(key) target embeddings")
+    /// Every tool in a shell pipeline with `model` (the fixture folder, or a single file made of it)
+    /// on the fixture's image, prompts and options, against diffusers' results.
+    static func checkToolPipeline(_ c: Case, model: String, label: String, dir: URL) throws {
+        let cat = Fixtures.path("\(c.key)/cat.ppm")
+        let m = "--model '\(model)'"
+        let s = "--steps \(c.steps)"
+        let started = Date()
+        let err = try run("""
+            tokenize \(m) '\(c.source)' | encode-text \(m) > src.tensor
+            tokenize \(m) '\(c.target)' | encode-text \(m) > tgt.tensor
+            vae-encode \(m) < '\(cat)' | noise-diff-mask \(m) --source src.tensor --target tgt.tensor \(s) --seed 0 > mask.tensor
+            vae-encode \(m) < '\(cat)' > post.tensor
+            noise-diff-mask \(m) --source src.tensor --target tgt.tensor \(s) --seed 0 --threshold-ratio 2.1 --batch 6 < post.tensor > dense.tensor
+            invert \(m) --prompt src.tensor \(s) --seed 0 < post.tensor > inv.tensor
+            invert \(m) --prompt src.tensor \(s) --seed 0 --reg-steps 2 < post.tensor > invreg.tensor
+            denoise \(m) --mask mask.tensor --prompt tgt.tensor --negative src.tensor < inv.tensor > edit.tensor
+            denoise \(m) --mask dense.tensor --prompt tgt.tensor --negative src.tensor < inv.tensor > dense-edit.tensor
+            vae-decode \(m) < edit.tensor > edit.ppm
+            vae-decode \(m) < dense-edit.tensor > dense-edit.ppm
+            """, in: dir)
+        print("\(label): tool pipeline (debug build, 2 masks, 2 inversions, 2 edits) took \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+        XCTAssertEqual(err, "", "\(label): tools in a pipeline write nothing on stderr without --progress")
 
-            let mask = try read(dir.appendingPathComponent("mask.tensor"), "mask")
-            XCTAssertEqual(mask.shape, [1, 1] + Array(try XCTUnwrap(c.refs["diffedit.mask"]).shape.dropFirst()), key)
-            XCTAssertEqual(mask.floats(), try XCTUnwrap(c.refs["diffedit.mask"]).floats(), "\(key) mask (fixture margin ≥ 0.0027 from the threshold)")
-            XCTAssertEqual(try read(dir.appendingPathComponent("dense.tensor"), "mask").floats(),
-                           try XCTUnwrap(c.refs["diffedit.mask.dense"]).floats(), "\(key) dense mask (--batch 6)")
+        // The embeddings tokenize | encode-text make are the ones the pipeline used.
+        let embeds = try XCTUnwrap(c.refs["diffedit.mask.embeds"]).tensor()  // [src, "", tgt, ""]
+        let inner = embeds.count / 4
+        assertClose(try read(dir.appendingPathComponent("src.tensor"), "embeddings").floats(), Array(embeds.data[0..<inner]), atol: 1e-4, "\(label) source embeddings")
+        assertClose(try read(dir.appendingPathComponent("tgt.tensor"), "embeddings").floats(), Array(embeds.data[(2 * inner)..<(3 * inner)]), atol: 1e-4, "\(label) target embeddings")
 
-            let inv = try read(dir.appendingPathComponent("inv.tensor"), "inverted")
-            XCTAssertEqual(inv.shape, try XCTUnwrap(c.refs["diffedit.inverted"]).shape)
-            let invErr = assertClose(inv.floats(), try XCTUnwrap(c.refs["diffedit.inverted"]).floats(), atol: 1e-3, "\(key) inverted (tools)").maxAbsError
-            assertClose(try read(dir.appendingPathComponent("inv.tensor"), "inverted.clean").floats(),
-                        try XCTUnwrap(c.refs["diffedit.invert.image_latents"]).floats(), atol: 1e-4, "\(key) inverted.clean")
-            let invReg = try read(dir.appendingPathComponent("invreg.tensor"), "inverted")
-            assertClose(invReg.floats(), try XCTUnwrap(c.refs["diffedit.inverted.reg"]).floats(), atol: 1e-3, "\(key) inverted.reg (tools)")
+        let mask = try read(dir.appendingPathComponent("mask.tensor"), "mask")
+        XCTAssertEqual(mask.shape, [1, 1] + Array(try XCTUnwrap(c.refs["diffedit.mask"]).shape.dropFirst()), label)
+        XCTAssertEqual(mask.floats(), try XCTUnwrap(c.refs["diffedit.mask"]).floats(), "\(label) mask (fixture margin ≥ 0.0027 from the threshold)")
+        XCTAssertEqual(try read(dir.appendingPathComponent("dense.tensor"), "mask").floats(),
+                       try XCTUnwrap(c.refs["diffedit.mask.dense"]).floats(), "\(label) dense mask (--batch 6)")
 
-            for (file, suffix) in [("edit", ""), ("dense-edit", ".dense")] {
-                let edited = try read(dir.appendingPathComponent("\(file).tensor"), "latents").floats()
-                let want = try XCTUnwrap(c.refs["diffedit.edited\(suffix).latents"]).floats()
-                let ce = assertClose(edited, want, atol: 1e-3, "\(key)\(suffix) edited latents (tools)")
-                let image = try XCTUnwrap(try NetpbmImage.readAll(try ByteReader(path: dir.appendingPathComponent("\(file).ppm").path)).first,
-                                          "\(file).ppm holds no image")
-                let u8 = try XCTUnwrap(c.refs["diffedit.edited\(suffix).u8"]).floats()
-                let got = image.samples.map { ($0 * 255).rounded() }
-                // Every sample within ±1 of diffusers' 8-bit image (vae-decode maps a NaN to 0, so the
-                // latents above are what rules NaN out).
-                let cu = assertClose(got, u8, atol: 1, "\(key)\(suffix) 8-bit image within ±1")
-                print("\(key)\(suffix) tools: inverted max err \(invErr), edited max err \(ce.maxAbsError), u8 worst \(cu.maxAbsError) levels, \(cu.failures) of \(u8.count) samples off by more than 1")
-            }
+        let inv = try read(dir.appendingPathComponent("inv.tensor"), "inverted")
+        XCTAssertEqual(inv.shape, try XCTUnwrap(c.refs["diffedit.inverted"]).shape)
+        let invErr = assertClose(inv.floats(), try XCTUnwrap(c.refs["diffedit.inverted"]).floats(), atol: 1e-3, "\(label) inverted (tools)").maxAbsError
+        assertClose(try read(dir.appendingPathComponent("inv.tensor"), "inverted.clean").floats(),
+                    try XCTUnwrap(c.refs["diffedit.invert.image_latents"]).floats(), atol: 1e-4, "\(label) inverted.clean")
+        let invReg = try read(dir.appendingPathComponent("invreg.tensor"), "inverted")
+        assertClose(invReg.floats(), try XCTUnwrap(c.refs["diffedit.inverted.reg"]).floats(), atol: 1e-3, "\(label) inverted.reg (tools)")
+
+        for (file, suffix) in [("edit", ""), ("dense-edit", ".dense")] {
+            let edited = try read(dir.appendingPathComponent("\(file).tensor"), "latents").floats()
+            let want = try XCTUnwrap(c.refs["diffedit.edited\(suffix).latents"]).floats()
+            let ce = assertClose(edited, want, atol: 1e-3, "\(label)\(suffix) edited latents (tools)")
+            let image = try XCTUnwrap(try NetpbmImage.readAll(try ByteReader(path: dir.appendingPathComponent("\(file).ppm").path)).first,
+                                      "\(file).ppm holds no image")
+            let u8 = try XCTUnwrap(c.refs["diffedit.edited\(suffix).u8"]).floats()
+            let got = image.samples.map { ($0 * 255).rounded() }
+            // Every sample within ±1 of diffusers' 8-bit image (vae-decode maps a NaN to 0, so the
+            // latents above are what rules NaN out).
+            let cu = assertClose(got, u8, atol: 1, "\(label)\(suffix) 8-bit image within ±1")
+            print("\(label)\(suffix) tools: inverted max err \(invErr), edited max err \(ce.maxAbsError), u8 worst \(cu.maxAbsError) levels, \(cu.failures) of \(u8.count) samples off by more than 1")
         }
     }
 

@@ -130,11 +130,11 @@ final class MaskImportTests: XCTestCase {
         try refuse([], "empty.tensor", ["--mask", "empty input"])
         try refuse(Array("P9 not an image\n".utf8), "p9.pgm", ["--mask", "not a tensor stream"])
         // --dilate outside 0…64.
-        try refuse(grey64, "ok-65.pgm", ["--dilate must be from 0 to 64 latent cells, got 65"], extra: ["--dilate", "65"])
-        try refuse(grey64, "ok-neg.pgm", ["--dilate must be from 0 to 64 latent cells, got -1"], extra: ["--dilate=-1"])
+        try refuse(grey64, "ok-65.pgm", ["--dilate 65 is out of range: --dilate takes an integer from 0 to 64"], extra: ["--dilate", "65"])
+        try refuse(grey64, "ok-neg.pgm", ["--dilate -1 is out of range: --dilate takes an integer from 0 to 64"], extra: ["--dilate", "-1"])
         let nd = try runTool("noise-diff-mask", ["--model", DemoScene.model, "--source", "\(d)/src.tensor", "--target", "\(d)/dst.tensor", "--dilate", "100"],
                              stdin: [UInt8](try Data(contentsOf: dir.appendingPathComponent("posterior.tensor"))))
-        assertRefused(nd, tool: "noise-diff-mask", contains: ["--dilate must be from 0 to 64 latent cells, got 100"])
+        assertRefused(nd, tool: "noise-diff-mask", contains: ["--dilate 100 is out of range: --dilate takes an integer from 0 to 64"])
     }
 
     /// --dilate: noise-diff-mask's dilated mask is MaskDilation of its plain mask, and denoise

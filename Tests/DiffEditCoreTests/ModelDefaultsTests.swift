@@ -37,7 +37,7 @@ final class ModelDefaultsTests: XCTestCase {
             (#"{"guidance": 3, "guidance": 4}"#, ["'guidance' appears twice"]),
             (#"{"guidanc": 3}"#, ["unknown key 'guidanc'", "known: guidance"]),
             (#"{"negative": ""}"#, ["unknown key 'negative'"]),
-            (#"{"guidance": "3"}"#, ["'guidance' must be a number from 0.0 to 100.0", "\"3\""]),
+            (#"{"guidance": "3"}"#, ["'guidance' must be a number from 0 to 100", "\"3\""]),
             (#"{"guidance": 101}"#, ["'guidance'"]),
             (#"{"guidance": -0.5}"#, ["'guidance'"]),
             (#"{"guidance": 1e39}"#, ["'guidance'"]),
@@ -46,7 +46,7 @@ final class ModelDefaultsTests: XCTestCase {
             (#"{"steps": 1001}"#, ["'steps'"]),
             (#"{"steps": 2.5}"#, ["'steps'"]),
             (#"{"steps": true}"#, ["'steps'", "true"]),
-            (#"{"strength": 0}"#, ["'strength' must be a number in (0, 1]"]),
+            (#"{"strength": 0}"#, ["'strength' must be a number above 0, at most 1"]),
             (#"{"strength": 1.5}"#, ["'strength'"]),
             (#"{"blend": "nice"}"#, ["'blend'", "\"nice\""]),
             (#"{"blend": ["paper"]}"#, ["'blend'", "a list"]),
@@ -99,7 +99,7 @@ final class ModelDefaultsTests: XCTestCase {
         let outOfDomain = try DemoScene.modelCopy(dir, defaults: #"{"guidance": 1e30}"#)
         let r2 = try runTool("invert", ["--model", outOfDomain, "--prompt", "\(d)/src.tensor"],
                              stdin: [UInt8](try Data(contentsOf: dir.appendingPathComponent("posterior.tensor"))))
-        assertRefused(r2, tool: "invert", contains: [outOfDomain + "/diffedit_defaults.json", "'guidance' must be a number from 0.0 to 100.0"])
+        assertRefused(r2, tool: "invert", contains: [outOfDomain + "/diffedit_defaults.json", "'guidance' must be a number from 0 to 100"])
     }
 
     /// The demo model's file gives what the options would: no --guidance on the demo model is

@@ -33,6 +33,32 @@ final class ReliabilityConsistencyTests: XCTestCase {
         XCTAssertEqual(same.err, "")
     }
 
+    /// Identical source and target captions (issue 14, item 8): diffusers gives a mask of the
+    /// whole image; so does noise-diff-mask — exactly, not a random mask from rounding — with a
+    /// warning on stderr (silenced by -q), and its soft map is 1 everywhere instead of 0/0 = NaN.
+    func testIdenticalCaptionsWarnAndMaskTheWholeImage() throws {
+        let dir = try temporaryDirectory(self)
+        let emb = try Hostile.embeddingsFile(dir)
+        let post = try Hostile.posterior()
+        let args = ["--model", Hostile.sd1, "--source", emb, "--target", emb, "--steps", "10", "--maps", "2"]
+        let r = try runTool("noise-diff-mask", args, stdin: post)
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
+        XCTAssertTrue(r.err.hasPrefix("noise-diff-mask: warning: the source and target captions are the same") && r.err.contains(" — "), r.err)
+        let mask = try TensorStreamReader(pipeReader(r.out)).readAll()[0]
+        XCTAssertEqual(mask.shape, [1, 1, 8, 8])
+        XCTAssertEqual(mask.floats(), [Float](repeating: 1, count: 64))
+        let soft = try runTool("noise-diff-mask", args + ["--soft", "-q"], stdin: post)
+        XCTAssertEqual(soft.status, 0, soft.err)
+        XCTAssertEqual(soft.err, "")
+        XCTAssertEqual(try TensorStreamReader(pipeReader(soft.out)).readAll()[0].floats(), [Float](repeating: 1, count: 64))
+        // Different captions: no warning.
+        let other = try Hostile.embeddingsFile(dir, prompt: "a dog")
+        let d = try runTool("noise-diff-mask", ["--model", Hostile.sd1, "--source", emb, "--target", other, "--steps", "10", "--maps", "2"], stdin: post)
+        XCTAssertEqual(d.status, 0, d.err)
+        XCTAssertFalse(d.err.contains("warning"), d.err)
+    }
+
     func testDenoiseRefusesMismatchedStackAndMask() throws {
         let dir = try temporaryDirectory(self)
         let emb = try Hostile.embeddingsFile(dir)

@@ -78,6 +78,61 @@ final class ReliabilityModelTests: XCTestCase {
         }
     }
 
+    /// Scheduler configs are checked as strictly as UNet configs (issue 14, item 4): a schedule
+    /// that is no noise schedule (beta_start 5, beta_end −1 gave all-NaN output with exit 0), a
+    /// non-finite value, a clip range or steps offset out of range — each refused naming the
+    /// file and the key, by both schedulers and through a tool, before any output.
+    func testHostileSchedulerConfigValues() throws {
+        let edits: [([String: Any], [String])] = [
+            (["beta_start": 5.0, "beta_end": -1.0], ["beta_start 5.0", "between 0 and 1"]),
+            (["beta_end": 1.0], ["beta_end 1.0"]),
+            (["beta_start": 0.0], ["beta_start 0.0"]),
+            (["beta_start": -0.001, "beta_schedule": "linear"], ["beta_start"]),
+            (["beta_end": 1e300], ["beta_end"]),
+            (["trained_betas": [Double](repeating: 0.01, count: 999) + [1.5]], ["trained_betas[999]"]),
+            (["trained_betas": [Double](repeating: 0.01, count: 999) + [0]], ["trained_betas[999]"]),
+            (["clip_sample_range": 0.0], ["clip_sample_range"]),
+            (["clip_sample_range": -1.0], ["clip_sample_range"]),
+            (["steps_offset": 1000], ["steps_offset 1000"]),
+            (["num_train_timesteps": 0], ["num_train_timesteps"]),
+            (["prediction_type": "flow"], ["prediction_type 'flow'"]),
+            (["beta_schedule": "sigmoid"], ["beta_schedule 'sigmoid'"]),
+            (["beta_start": "0.1"], ["beta_start", "a finite number"]),
+            // ᾱ underflows to 0 in float32: every step would divide by √ᾱ = 0.
+            (["beta_start": 0.9, "beta_end": 0.99, "beta_schedule": "linear", "num_train_timesteps": 1000], ["ᾱ reaches 0"]),
+        ]
+        for (edit, fragments) in edits {
+            let f = try folder { m in
+                try Hostile.editConfig(m.appendingPathComponent("scheduler/scheduler_config.json")) { c in
+                    for (k, v) in edit { c[k] = v }
+                }
+            }
+            assertToolError(try DDIMScheduler(folder: f), contains: ["scheduler/scheduler_config.json"] + fragments)
+            assertToolError(try DDIMInverseScheduler(folder: f), contains: ["scheduler/scheduler_config.json"] + fragments)
+        }
+        // Through a tool: one line, nothing written.
+        let f = try folder { m in
+            try Hostile.editConfig(m.appendingPathComponent("scheduler/scheduler_config.json")) { $0["beta_start"] = 5.0; $0["beta_end"] = -1.0 }
+        }
+        let dir = try temporaryDirectory(self)
+        let emb = try Hostile.embeddingsFile(dir, model: f.root)
+        let post = try runTool("vae-encode", ["--model", f.root, Fixtures.path("sd1/cat.ppm")]).out
+        for (tool, args) in [("invert", ["--prompt", emb]), ("noise-diff-mask", ["--source", emb, "--target", emb])] {
+            let r = try runTool(tool, ["--model", f.root, "--steps", "4"] + args, stdin: post)
+            assertRefused(r, tool: tool, contains: ["beta_start 5.0"])
+            XCTAssertEqual(r.out, [])
+        }
+        // A steps_offset that fits the config but not this many steps: timestep 1000 of 1000.
+        let offset = try folder { m in
+            try Hostile.editConfig(m.appendingPathComponent("scheduler/scheduler_config.json")) { $0["steps_offset"] = 1 }
+        }
+        var s = try DDIMInverseScheduler(folder: offset)
+        assertToolError(try s.setTimesteps(1000), contains: ["steps_offset 1", "timestep 1000"])
+        var d = try DDIMScheduler(folder: offset)
+        assertToolError(try d.setTimesteps(1000), contains: ["steps_offset 1", "timestep 1000"])
+        XCTAssertNoThrow(try d.setTimesteps(50))
+    }
+
     func testUnsupportedArchitecturesAreNamed() throws {
         let sdxl = try folder { m in
             try Hostile.editConfig(m.appendingPathComponent("unet/config.json")) {

@@ -102,6 +102,52 @@ final class ReliabilityPipeSignalTests: XCTestCase {
         }
     }
 
+    /// Standard output that is also an input (issue 14, item 6): `tool < f > f` and
+    /// `tool --mask f > f` find f emptied by the shell before the tool starts. Each tool says so —
+    /// stdin or the named input, compared by device and inode as cat(1) does — in one line instead
+    /// of "empty input"; with `>>` the input is left as it was. /dev/null on both sides is fine.
+    func testStandardOutputThatIsAnInputIsRefused() throws {
+        let dir = try temporaryDirectory(self)
+        let emb = try Hostile.embeddingsFile(dir)
+        try Data(try Hostile.posterior()).write(to: dir.appendingPathComponent("post.tensor"))
+        let inv = try sh("cd '\(dir.path)' && invert --model '\(m)' --prompt '\(emb)' --steps 4 -q < post.tensor > inv.tensor")
+        XCTAssertEqual(inv.status, 0, inv.err)
+        let files: [String: Data] = [
+            "post.tensor": Data(try Hostile.posterior()),
+            "inv.tensor": try Data(contentsOf: dir.appendingPathComponent("inv.tensor")),
+            "mask.tensor": Data(Hostile.stream([Hostile.f32("mask", [1, 1, 8, 8], fill: 1)])),
+        ]
+        let stage = "--model '\(m)'"
+        let cases: [(String, String, String)] = [
+            ("denoise", "denoise \(stage) --prompt '\(emb)' --mask mask.tensor < inv.tensor > inv.tensor", "standard input (\(dir.path)/inv.tensor) is also standard output"),
+            ("denoise", "denoise \(stage) --prompt '\(emb)' --mask mask.tensor inv.tensor > inv.tensor", "'inv.tensor' is also standard output"),
+            ("denoise", "denoise \(stage) --prompt '\(emb)' --mask mask.tensor < inv.tensor > mask.tensor", "--mask mask.tensor: 'mask.tensor' is also standard output"),
+            ("invert", "invert \(stage) --prompt post.tensor < post.tensor > post.tensor", "is also standard output"),
+            ("vae-encode", "cp '\(Fixtures.path("sd1/cat.ppm"))' cat.ppm && vae-encode \(stage) cat.ppm > cat.ppm", "'cat.ppm' is also standard output"),
+            ("tokenize", "echo 'a cat' > p.txt && tokenize \(stage) < p.txt > p.txt", "standard input (\(dir.path)/p.txt) is also standard output"),
+            ("tensor", "tensor stats post.tensor > post.tensor", "'post.tensor' is also standard output"),
+            ("tensor", "tensor compare mask.tensor mask.tensor > mask.tensor", "'mask.tensor' is also standard output"),
+        ]
+        for (tool, script, fragment) in cases {
+            // Each case on fresh copies: the shell empties the file a case names.
+            for (name, bytes) in files { try bytes.write(to: dir.appendingPathComponent(name)) }
+            let r = try sh("cd '\(dir.path)' && \(script)")
+            assertRefused(r, tool: tool, contains: [fragment, "write the output to another file"])
+        }
+        for (name, bytes) in files { try bytes.write(to: dir.appendingPathComponent(name)) }
+        // Appending (>>): refused too, and the input keeps every byte.
+        let before = try Data(contentsOf: dir.appendingPathComponent("inv.tensor"))
+        let app = try sh("cd '\(dir.path)' && denoise \(stage) --prompt '\(emb)' --mask mask.tensor < inv.tensor >> inv.tensor")
+        assertRefused(app, tool: "denoise", contains: ["standard output appends to it"])
+        XCTAssertEqual(try Data(contentsOf: dir.appendingPathComponent("inv.tensor")), before, "the input was changed")
+        // Devices are shared by design: /dev/null in and out is an empty input, nothing else.
+        let null = try sh("tensor stats < /dev/null > /dev/null")
+        assertRefused(null, tool: "tensor", contains: ["empty input"])
+        // And a different file is fine.
+        let ok = try sh("cd '\(dir.path)' && denoise \(stage) --prompt '\(emb)' --mask mask.tensor -q < inv.tensor > out.tensor")
+        XCTAssertEqual(ok.status, 0, ok.err)
+    }
+
     /// Every tool with binary output refuses a terminal on stdout (and -f overrides it).
     func testBinaryOutputToTerminalIsRefused() throws {
         let dir = try temporaryDirectory(self)

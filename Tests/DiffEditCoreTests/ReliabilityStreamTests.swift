@@ -123,6 +123,52 @@ final class ReliabilityStreamTests: XCTestCase {
                       tool: "noise-diff-mask", contains: ["infinite", "--allow-nonfinite"])
     }
 
+    /// man 5: every header key appears at most once — the reserved ones too (a repeated
+    /// `shape=4` then `shape=2` was accepted, the last one winning).
+    func testRepeatedReservedHeaderKeysAreRefused() throws {
+        let data = [UInt8](repeating: 0, count: 64)
+        for (key, first, second) in [("shape", "4", "2"), ("dtype", "f32", "i32"), ("name", "a", "b")] {
+            var lines = ["name=x", "dtype=f32", "shape=2"].filter { !$0.hasPrefix(key + "=") }
+            lines.insert(contentsOf: ["\(key)=\(first)", "\(key)=\(second)"], at: 0)
+            var header = "DIFFEDIT-TENSOR 1\n" + lines.joined(separator: "\n") + "\n\n"
+            header += String(repeating: "\n", count: (64 - header.utf8.count % 64) % 64)
+            let bytes = Array(header.utf8) + data
+            for tool in [["stats"], ["head"], ["pick", "-f"]] {
+                let r = try runTool("tensor", tool, stdin: bytes)
+                assertRefused(r, tool: "tensor", contains: ["header key '\(key)' appears twice"])
+                XCTAssertEqual(r.out, [], "\(tool): nothing may be written")
+            }
+            assertRefused(try runTool("vae-decode", ["--model", Hostile.sd1], stdin: bytes), tool: "vae-decode",
+                          contains: ["'\(key)' appears twice"])
+        }
+    }
+
+    /// The last line of defence (issue 14, item 4): finite inputs that overflow inside a stage
+    /// (latents of 3e38 divided by the VAE's scaling factor, a posterior of 3e38 through the DDIM
+    /// step) gave NaN records with exit 0; now the tool stops with one line and writes nothing.
+    /// An input holding NaN that the user let through (--allow-nonfinite) may still carry it on.
+    func testNonfiniteOutputsTheToolProducedAreRefused() throws {
+        let dir = try temporaryDirectory(self)
+        let emb = try Hostile.embeddingsFile(dir)
+        let huge = Hostile.stream([Hostile.f32("latents", [1, 4, 8, 8], fill: 3e38)])
+        let r = try runTool("vae-decode", ["--model", Hostile.sd1], stdin: huge)
+        assertRefused(r, tool: "vae-decode", contains: ["the decoded image 0 came out holding", "NaN", "from finite inputs"])
+        XCTAssertEqual(r.out, [])
+        let post = Hostile.stream([Hostile.f32("posterior.mean", [1, 4, 8, 8], fill: 3e38), Hostile.f32("posterior.std", [1, 4, 8, 8], fill: 0.1)])
+        let inv = try runTool("invert", ["--model", Hostile.sd1, "--prompt", emb, "--steps", "4"], stdin: post)
+        assertRefused(inv, tool: "invert", contains: ["record 'inverted' came out holding"])
+        XCTAssertEqual(inv.out, [])
+        // The guard sits in the writer every tool gets from CLI.tensorOutput; tools that only copy
+        // their input (tensor pick, from-npy) pass NaN through, as inspection tools must.
+        let nan = Hostile.stream([TensorRecord(name: "x", shape: [2], floats: [.nan, 1])])
+        let pick = try runTool("tensor", ["pick"], stdin: nan)
+        XCTAssertEqual(pick.status, 0, pick.err)
+        XCTAssertEqual(pick.out, nan)
+        let allowed = try runTool("vae-decode", ["--model", Hostile.sd1, "--allow-nonfinite"],
+                                  stdin: Hostile.stream([TensorRecord(name: "latents", shape: [1, 4, 2, 2], floats: [.nan] + [Float](repeating: 0, count: 15))]))
+        XCTAssertEqual(allowed.status, 0, allowed.err)
+    }
+
     func testLibraryStreamErrorsShareOneFormat() throws {
         // Every reader error names the input and record and says what to do.
         let cases: [[UInt8]] = [
@@ -134,6 +180,7 @@ final class ReliabilityStreamTests: XCTestCase {
             Array("DIFFEDIT-TENSOR 1\nname=x\ndtype=f32\nshape=1 -2\n\n".utf8),
             Array("DIFFEDIT-TENSOR 1\nname=x\ndtype=f32\nshape=1 2 3 4 5 6 7 8 9\n\n".utf8),
             Array("DIFFEDIT-TENSOR 1\nk=1\nk=2\n\n".utf8),
+            Array("DIFFEDIT-TENSOR 1\nname=x\ndtype=f32\nshape=4\nshape=2\n\n".utf8),
             Array("DIFFEDIT-TENSOR 1\n\u{FF}\n\n".utf8) + [0xFF, 0x0A, 0x0A],
             Array("DIFFEDIT-TENSOR 1\nname=x\ndtype=f32\nshape=1\n\nXXXXXXXX".utf8),
             latents + Array("junk".utf8),

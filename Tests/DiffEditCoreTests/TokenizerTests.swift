@@ -7,7 +7,9 @@ import XCTest
 final class TokenizerTests: XCTestCase {
     static let promptCount = 640
 
-    func prompts() throws -> [String] {
+    func prompts() throws -> [String] { try Self.prompts() }
+
+    static func prompts() throws -> [String] {
         let data = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("prompts.json")))
         let p = try JSONSerialization.jsonObject(with: data) as! [String]
         XCTAssertEqual(p.count, TokenizerTests.promptCount, "prompts.json changed size: rename the parity tests")
@@ -15,11 +17,11 @@ final class TokenizerTests: XCTestCase {
     }
 
     func tokenizer(_ pipeline: String) throws -> CLIPTokenizer {
-        try CLIPTokenizer(folder: ModelFolder(root: Fixtures.path(pipeline)))
+        try CLIPTokenizer(folder: Fixtures.model(pipeline))
     }
 
     /// Compares every prompt's padded ids with the reference's [N, 77] `ids`.
-    func checkPadded(_ pipeline: String, _ tok: CLIPTokenizer, file: StaticString = #filePath, line: UInt = #line) throws {
+    static func checkPadded(_ pipeline: String, _ tok: CLIPTokenizer, file: StaticString = #filePath, line: UInt = #line) throws {
         let prompts = try prompts()
         let ref = try Fixtures.record("tokens-\(pipeline).tensor", "ids")
         XCTAssertEqual(ref.shape, [prompts.count, 77], file: file, line: line)
@@ -41,14 +43,14 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(tok.padToken, "<|endoftext|>")
         XCTAssertEqual(tok.padID, 49407)
         XCTAssertEqual(tok.vocab.count, 49408)
-        try checkPadded("sd1", tok)
+        try Self.checkPadded("sd1", tok)
     }
 
     func testSD2TokenizerParity640Prompts() throws {
         let tok = try tokenizer("sd2")
         XCTAssertEqual(tok.padToken, "!")
         XCTAssertEqual(tok.padID, 0)
-        try checkPadded("sd2", tok)
+        try Self.checkPadded("sd2", tok)
     }
 
     /// Unpadded, truncated ids (`tokenizer(p, truncation=True, max_length=77)`), both pipelines.
@@ -245,7 +247,7 @@ final class TokenizerTests: XCTestCase {
         let missing = try runTool("tokenize", ["--model", "/nonexistent/model", "a cat"])
         XCTAssertEqual(missing.status, 1)
         XCTAssertEqual(missing.err.split(separator: "\n").count, 1)
-        XCTAssertTrue(missing.err.hasPrefix("tokenize: model folder '/nonexistent/model' does not exist"), missing.err)
+        XCTAssertTrue(missing.err.hasPrefix("tokenize: model '/nonexistent/model' does not exist"), missing.err)
 
         var env = ProcessInfo.processInfo.environment
         env["DIFFEDIT_MODEL"] = nil
@@ -280,7 +282,7 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(badJSON.err.split(separator: "\n").count, 1)
 
         let bad = try runTool("tokenize", ["--model", Fixtures.path("sd1"), "--max-length", "1", "a"])
-        XCTAssertTrue(bad.err.contains("--max-length 1 must be at least 2"), bad.err)
+        XCTAssertTrue(bad.err.contains("--max-length 1 is out of range: --max-length takes an integer from 2 to 4096"), bad.err)
         let notUTF8 = try runTool("tokenize", ["--model", Fixtures.path("sd1")], stdin: [0x61, 0xFF, 0x0A])
         XCTAssertTrue(notUTF8.err.contains("stdin is not UTF-8"), notUTF8.err)
         let empty = try runTool("tokenize", ["--model", Fixtures.path("sd1")], stdin: [])

@@ -32,51 +32,53 @@ final class UNetTests: XCTestCase {
     /// Worst absolute error (≤ `tolerance`), and that error relative to the reference's largest
     /// magnitude (reported only).
     @discardableResult
-    func assertParity(_ got: Tensor, _ want: TensorRecord, _ label: String,
+    static func assertParity(_ got: Tensor, _ want: TensorRecord, _ label: String,
                       file: StaticString = #filePath, line: UInt = #line) -> (abs: Double, rel: Double) {
         let c = assertClose(got, want, atol: Self.tolerance, label, file: file, line: line)
         return (c.maxAbsError, c.maxAbsError / Double(max(maxMagnitude(want.floats()), 1e-12)))
     }
 
-    func timesteps(_ r: TensorRecord) -> [Float] { r.floats() }
+    static func timesteps(_ r: TensorRecord) -> [Float] { r.floats() }
 
     func testBlockOutputsMatchDiffusers() throws {
-        for p in ["sd1", "sd2"] {
-            let unet = try unet(p)
-            let recs = try Fixtures.records("\(p)/ref/unet.tensor")
-            let x = try XCTUnwrap(recs["unet.case0.sample"]).tensor()
-            let enc = try XCTUnwrap(recs["unet.case0.encoder_hidden_states"]).tensor()
-            let t = timesteps(try XCTUnwrap(recs["unet.case0.timestep"]))
-            var seen: [String: Tensor] = [:]
-            _ = try unet.forward(sample: x, timesteps: t, encoderHiddenStates: enc) { name, value in seen[name] = value }
-            let expected = recs.keys.filter { $0.hasPrefix("unet.case0.") }
-                .map { String($0.dropFirst("unet.case0.".count)) }
-                .filter { !["sample", "timestep", "encoder_hidden_states"].contains($0) }
-            XCTAssertGreaterThanOrEqual(expected.count, 10, p)
-            var worst = 0.0, worstRel = 0.0
-            for name in expected.sorted() {
-                guard let got = seen[name] else { XCTFail("\(p): the UNet reported no '\(name)'"); continue }
-                let e = assertParity(got, try XCTUnwrap(recs["unet.case0.\(name)"]), "\(p) \(name)")
-                worst = nanAwareMax(worst, e.abs)
-                worstRel = nanAwareMax(worstRel, e.rel)
-            }
-            print("\(p) UNet case 0: \(expected.count) block outputs, worst abs error \(worst), relative \(worstRel)")
+        for p in ["sd1", "sd2"] { try Self.checkBlockOutputs(unet(p), fixture: p, label: p) }
+    }
+
+    static func checkBlockOutputs(_ unet: UNet2DCondition, fixture p: String, label: String) throws {
+        let recs = try Fixtures.records("\(p)/ref/unet.tensor")
+        let x = try XCTUnwrap(recs["unet.case0.sample"]).tensor()
+        let enc = try XCTUnwrap(recs["unet.case0.encoder_hidden_states"]).tensor()
+        let t = Self.timesteps(try XCTUnwrap(recs["unet.case0.timestep"]))
+        var seen: [String: Tensor] = [:]
+        _ = try unet.forward(sample: x, timesteps: t, encoderHiddenStates: enc) { name, value in seen[name] = value }
+        let expected = recs.keys.filter { $0.hasPrefix("unet.case0.") }
+            .map { String($0.dropFirst("unet.case0.".count)) }
+            .filter { !["sample", "timestep", "encoder_hidden_states"].contains($0) }
+        XCTAssertGreaterThanOrEqual(expected.count, 10, p)
+        var worst = 0.0, worstRel = 0.0
+        for name in expected.sorted() {
+            guard let got = seen[name] else { XCTFail("\(label): the UNet reported no '\(name)'"); continue }
+            let e = Self.assertParity(got, try XCTUnwrap(recs["unet.case0.\(name)"]), "\(label) \(name)")
+            worst = nanAwareMax(worst, e.abs)
+            worstRel = nanAwareMax(worstRel, e.rel)
         }
+        print("\(label) UNet case 0: \(expected.count) block outputs, worst abs error \(worst), relative \(worstRel)")
     }
 
     /// Batch 2 with one int timestep, and batch 2 with per-sample fractional timesteps.
     func testWholeUNetMatchesDiffusers() throws {
-        for p in ["sd1", "sd2"] {
-            let unet = try unet(p)
-            let recs = try Fixtures.records("\(p)/ref/unet.tensor")
-            for k in 0..<3 {
-                let x = try XCTUnwrap(recs["unet.case\(k).sample"]).tensor()
-                let enc = try XCTUnwrap(recs["unet.case\(k).encoder_hidden_states"]).tensor()
-                let t = timesteps(try XCTUnwrap(recs["unet.case\(k).timestep"]))
-                let out = try unet.forward(sample: x, timesteps: t, encoderHiddenStates: enc)
-                let e = assertParity(out, try XCTUnwrap(recs["unet.case\(k).out"]), "\(p) case \(k)")
-                print("\(p) UNet case \(k) (batch \(x.shape[0]), t \(t)): abs error \(e.abs), relative \(e.rel)")
-            }
+        for p in ["sd1", "sd2"] { try Self.checkWholeUNet(unet(p), fixture: p, label: p) }
+    }
+
+    static func checkWholeUNet(_ unet: UNet2DCondition, fixture p: String, label: String) throws {
+        let recs = try Fixtures.records("\(p)/ref/unet.tensor")
+        for k in 0..<3 {
+            let x = try XCTUnwrap(recs["unet.case\(k).sample"]).tensor()
+            let enc = try XCTUnwrap(recs["unet.case\(k).encoder_hidden_states"]).tensor()
+            let t = Self.timesteps(try XCTUnwrap(recs["unet.case\(k).timestep"]))
+            let out = try unet.forward(sample: x, timesteps: t, encoderHiddenStates: enc)
+            let e = Self.assertParity(out, try XCTUnwrap(recs["unet.case\(k).out"]), "\(label) case \(k)")
+            print("\(label) UNet case \(k) (batch \(x.shape[0]), t \(t)): abs error \(e.abs), relative \(e.rel)")
         }
     }
 
@@ -93,7 +95,7 @@ final class UNetTests: XCTestCase {
             var rows: [Tensor] = []
             for i in 0..<4 { rows += Array(repeating: embeds.slice(batch: i, count: 1), count: maps) }
             let out = try unet(sample: sample, timestep: t, encoderHiddenStates: Tensor.concat(batch: rows))
-            let e = assertParity(out, try XCTUnwrap(recs["diffedit.mask.unet.out"]), "\(p) generate_mask batch")
+            let e = Self.assertParity(out, try XCTUnwrap(recs["diffedit.mask.unet.out"]), "\(p) generate_mask batch")
             print("\(p) UNet batch \(4 * maps): abs error \(e.abs), relative \(e.rel)")
         }
     }

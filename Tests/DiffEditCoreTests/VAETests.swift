@@ -16,10 +16,14 @@ final class VAETests: XCTestCase {
     func fixture(_ key: String) throws -> (vae: AutoencoderKL, refs: [String: TensorRecord]) {
         let ref = "\(key)/ref/vae.tensor"
         try Fixtures.require(ref)  // committed: a missing one fails, never skips
-        return (try AutoencoderKL(folder: ModelFolder(root: Fixtures.path(key))), try Fixtures.records(ref))
+        return (try AutoencoderKL(folder: Fixtures.model(key)), try Fixtures.records(ref))
     }
 
     func ref(_ refs: [String: TensorRecord], _ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> TensorRecord {
+        try Self.ref(refs, name, file: file, line: line)
+    }
+
+    static func ref(_ refs: [String: TensorRecord], _ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> TensorRecord {
         guard let r = refs[name] else {
             XCTFail("fixture has no record '\(name)'", file: file, line: line)
             throw ToolError("missing fixture record \(name)")
@@ -66,50 +70,58 @@ final class VAETests: XCTestCase {
     func testPosteriorMatchesDiffusers() throws {
         for key in Self.pipelines {
             let (vae, refs) = try fixture(key)
-            let image = try ref(refs, "vae.image").tensor()
-            let encoder = try vae.makeEncoder()
-            let stages = StageChecker(refs, key, atol: 1e-4, expected: Self.encoderStages)
-            let moments = encoder.moments(image, trace: stages.check)
-            stages.finish()
-            print("\(key) VAE encoder: \(stages.seen.count) stages traced, worst stage abs error \(stages.worst)")
-            let posterior = DiagonalGaussian(moments: moments)
-            let mean = try ref(refs, "vae.posterior.mean"), std = try ref(refs, "vae.posterior.std")
-            XCTAssertEqual(posterior.mean.shape, mean.shape, key)
-            let cm = assertClose(posterior.mean.data, mean.floats(), atol: 1e-4, "\(key) posterior mean")
-            let cs = assertClose(posterior.std.data, std.floats(), atol: 1e-4, "\(key) posterior std")
-            print("\(key) VAE posterior: mean abs error \(cm.maxAbsError), std \(cs.maxAbsError)")
-            // What vae-encode writes: both scaled into the UNet's latent space.
-            let sf = vae.config.scalingFactor
-            assertClose((posterior.mean * sf).data, mean.floats().map { $0 * sf }, atol: 1e-4, "\(key) scaled mean")
+            try Self.checkPosterior(vae, refs: refs, label: key)
         }
+    }
+
+    static func checkPosterior(_ vae: AutoencoderKL, refs: [String: TensorRecord], label key: String) throws {
+        let image = try Self.ref(refs, "vae.image").tensor()
+        let encoder = try vae.makeEncoder()
+        let stages = StageChecker(refs, key, atol: 1e-4, expected: Self.encoderStages)
+        let moments = encoder.moments(image, trace: stages.check)
+        stages.finish()
+        print("\(key) VAE encoder: \(stages.seen.count) stages traced, worst stage abs error \(stages.worst)")
+        let posterior = DiagonalGaussian(moments: moments)
+        let mean = try Self.ref(refs, "vae.posterior.mean"), std = try Self.ref(refs, "vae.posterior.std")
+        XCTAssertEqual(posterior.mean.shape, mean.shape, key)
+        let cm = assertClose(posterior.mean.data, mean.floats(), atol: 1e-4, "\(key) posterior mean")
+        let cs = assertClose(posterior.std.data, std.floats(), atol: 1e-4, "\(key) posterior std")
+        print("\(key) VAE posterior: mean abs error \(cm.maxAbsError), std \(cs.maxAbsError)")
+        // What vae-encode writes: both scaled into the UNet's latent space.
+        let sf = vae.config.scalingFactor
+        assertClose((posterior.mean * sf).data, mean.floats().map { $0 * sf }, atol: 1e-4, "\(key) scaled mean")
     }
 
     func testDecodeMatchesDiffusers() throws {
         for key in Self.pipelines {
             let (vae, refs) = try fixture(key)
-            let sf = vae.config.scalingFactor
-            var z = try ref(refs, "vae.decode.in").tensor()
-            // diffusers: vae.decode(latents / scaling_factor), a float32 division.
-            z.data = z.data.map { $0 / sf }
-            let decoder = try vae.makeDecoder()
-            let stages = StageChecker(refs, key, atol: Self.decoderTolerance, expected: Self.decoderStages)
-            let out = decoder.decode(z, trace: stages.check)
-            stages.finish()
-            print("\(key) VAE decoder: \(stages.seen.count) stages traced, worst stage abs error \(stages.worst)")
-            let want = try ref(refs, "vae.decode.out")
-            XCTAssertEqual(out.shape, want.shape, key)
-            let c = assertClose(out.data, want.floats(), atol: Self.decoderTolerance, "\(key) decoded pixels in [-1, 1]")
-            print("\(key) VAE decode: output abs error \(c.maxAbsError)")
-
-            // Postprocess to u8 (fixture is HWC) within ±1 level.
-            let u8 = try ref(refs, "vae.postprocess.u8").floats()
-            let (h, w) = (out.shape[2], out.shape[3])
-            var levels = [Float](repeating: 0, count: h * w * 3)
-            for c in 0..<3 { for i in 0..<(h * w) {
-                levels[i * 3 + c] = Float(NetpbmImage.quantize(out.data[c * h * w + i], maxval: 255))
-            } }
-            assertClose(levels, u8, atol: 1, "\(key) postprocessed u8")
+            try Self.checkDecode(vae, refs: refs, label: key)
         }
+    }
+
+    static func checkDecode(_ vae: AutoencoderKL, refs: [String: TensorRecord], label key: String) throws {
+        let sf = vae.config.scalingFactor
+        var z = try Self.ref(refs, "vae.decode.in").tensor()
+        // diffusers: vae.decode(latents / scaling_factor), a float32 division.
+        z.data = z.data.map { $0 / sf }
+        let decoder = try vae.makeDecoder()
+        let stages = StageChecker(refs, key, atol: Self.decoderTolerance, expected: Self.decoderStages)
+        let out = decoder.decode(z, trace: stages.check)
+        stages.finish()
+        print("\(key) VAE decoder: \(stages.seen.count) stages traced, worst stage abs error \(stages.worst)")
+        let want = try Self.ref(refs, "vae.decode.out")
+        XCTAssertEqual(out.shape, want.shape, key)
+        let c = assertClose(out.data, want.floats(), atol: Self.decoderTolerance, "\(key) decoded pixels in [-1, 1]")
+        print("\(key) VAE decode: output abs error \(c.maxAbsError)")
+
+        // Postprocess to u8 (fixture is HWC) within ±1 level.
+        let u8 = try Self.ref(refs, "vae.postprocess.u8").floats()
+        let (h, w) = (out.shape[2], out.shape[3])
+        var levels = [Float](repeating: 0, count: h * w * 3)
+        for c in 0..<3 { for i in 0..<(h * w) {
+            levels[i * 3 + c] = Float(NetpbmImage.quantize(out.data[c * h * w + i], maxval: 255))
+        } }
+        assertClose(levels, u8, atol: 1, "\(key) postprocessed u8")
     }
 
     func testSampleMatchesDiffusers() throws {

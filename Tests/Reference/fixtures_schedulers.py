@@ -8,7 +8,7 @@ Called by make_fixtures.py after everything else (so the files it already writes
 * `sd1/ref/schedulers.tensor`, `sd2/ref/schedulers.tensor`: StableDiffusionDiffEditPipeline with
   those schedulers set (generate_mask, invert, __call__), and __call__ with DDIM's eta 0.5 and 1.0.
 
-See Tests/Fixtures/README.md (sections 10 and 11) for every record.
+See Tests/Fixtures/README.md (sections 11 and 12) for every record.
 """
 import os
 

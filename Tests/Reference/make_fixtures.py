@@ -56,7 +56,8 @@ from diffusers import (  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fixtures_schedulers  # noqa: E402
+import fixtures_single_file  # noqa: E402  (beside this script: the single-file (LDM layout) fixtures)
+import fixtures_schedulers  # noqa: E402  (beside this script: the DPM-Solver++ and DDIM-eta fixtures)
 
 diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
@@ -1227,7 +1228,6 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
 # 7. Main
 # ----------------------------------------------------------------------------------------------
 GENERATED = ["sd1", "sd2", "scheduler.tensor", "rng.tensor", "prompts.json", "tokens-sd1.tensor",
-             "tokens-sd2.tensor", "MANIFEST.txt"] + fixtures_schedulers.GENERATED
 
 
 def manifest(out):
@@ -1313,8 +1313,6 @@ def main():
     ref_rng(out)
     prompts = make_prompts()
     ref_tokens(out, prompts, tokenizers, oc_mod, report)
-    # DPM-Solver++ and DDIM eta (Tests/Reference/fixtures_schedulers.py); last, so nothing above changes
-    report.update(fixtures_schedulers.write_all(out, sys.modules[__name__]))
 
     man = manifest(out)
     with open(os.path.join(out, "MANIFEST.txt"), "w", newline="\n") as f:

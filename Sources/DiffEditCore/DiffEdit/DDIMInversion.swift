@@ -61,8 +61,10 @@ public struct DDIMInversion {
             var pred = cfg ? Guidance.classifierFree(batched: out, scale: o.guidance) : out
             preds.append(pred)
             if o.regularizer.steps > 0 {
+                let parts = o.regularizer.steps
                 pred = o.regularizer.apply(pred, sample: input, predictionType: scheduler.predictionType,
-                                           alphaProd: scheduler.alphasCumprod[t], generator: generator)
+                                           alphaProd: scheduler.alphasCumprod[t], generator: generator,
+                                           progress: { progress?.update(i, part: $0, of: parts, "regularisation") })
             }
             regPreds.append(pred)
             latents = try scheduler.prevSample(modelOutput: pred, timestep: t, sample: latents)

@@ -17,8 +17,9 @@ public enum DiffEditIO {
 
     /// Identity of a model for compatibility checks: FNV-1a of the UNet, VAE and scheduler
     /// configs and the sizes of the UNet and VAE weight files (cheap even for gigabyte
-    /// checkpoints, and stable when the folder moves).
+    /// checkpoints, and stable when the folder moves); a single file's from its effective configs.
     public static func modelFingerprint(_ folder: ModelFolder) -> String {
+        if let singleFile = folder.singleFile { return singleFile.fingerprint }
         var bytes: [UInt8] = []
         for (c, f) in [("unet", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json"),
                        ("text_encoder", "config.json")] {

@@ -90,6 +90,7 @@ public enum DiffEditSupport {
     }
 
     public static func schedulerFingerprint(_ folder: ModelFolder) -> String {
-        fileFingerprint(folder.path("scheduler", "scheduler_config.json"))
+        if let singleFile = folder.singleFile { return singleFile.schedulerFingerprint }
+        return fileFingerprint(folder.path("scheduler", "scheduler_config.json"))
     }
 }

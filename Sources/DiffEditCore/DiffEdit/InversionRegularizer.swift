@@ -38,11 +38,12 @@ public struct InversionRegularizer {
 
     /// Applies the regulariser to a guided prediction `pred` [N, C, h, w]; `sample` is the UNet
     /// input batch [B, C, h, w] (B = 2N with guidance, else N).
+    /// `progress` hears after each regularisation step how many are done.
     public func apply(_ pred: Tensor, sample: Tensor, predictionType: PredictionType, alphaProd: Float,
-                      generator: TorchGenerator) -> Tensor {
+                      generator: TorchGenerator, progress: ((Int) -> Void)? = nil) -> Tensor {
         guard steps > 0 else { return pred }
         var p = pred
-        for _ in 0..<steps {
+        for step in 0..<steps {
             if lambdaAutoCorr > 0 {
                 for _ in 0..<rolls {
                     let eps = epsilon(p, sample: sample, type: predictionType, alphaProd: alphaProd)
@@ -61,6 +62,7 @@ public struct InversionRegularizer {
                 let l = lambdaKL
                 for i in 0..<p.count { p.data[i] = p.data[i] - l * g[i] }
             }
+            progress?(step + 1)
         }
         return p
     }

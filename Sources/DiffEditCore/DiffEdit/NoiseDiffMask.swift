@@ -100,7 +100,11 @@ public struct NoiseDiffMask {
         // same latents under the same embedding: computed once, the mask stage does 3/4 of the
         // UNet work for the same numbers.
         let sharedNegative = sourceNegative.shape == targetNegative.shape && sourceNegative.data == targetNegative.data
-        var parts = [source, sourceNegative, target]
+        // Identical captions (and negatives): the target half is the source half, so it is not
+        // computed again. In diffusers the identical rows give identical noise; here they would
+        // differ by the rounding of their batch position, turning a zero map into a random mask.
+        let sameCaptions = sharedNegative && source.shape == target.shape && source.data == target.data
+        var parts = sameCaptions ? [source, sourceNegative] : [source, sourceNegative, target]
         if !sharedNegative { parts.append(targetNegative) }
         let embeds = Tensor.concat(batch: parts.map { DiffEditSupport.repeatInterleave($0, o.maps) })
         let input = Tensor.concat(batch: [Tensor](repeating: noised, count: parts.count))
@@ -108,7 +112,7 @@ public struct NoiseDiffMask {
         let out = try DiffEditSupport.predict(unet, latents: input, timestep: t, embeddings: embeds,
                                               maxBatch: o.maxBatch, progress: { progress?.update($0) })
         let c0 = out.slice(batch: 0, count: m), c1 = out.slice(batch: m, count: m)
-        let c2 = out.slice(batch: 2 * m, count: m)
+        let c2 = sameCaptions ? c0 : out.slice(batch: 2 * m, count: m)
         let c3 = sharedNegative ? c1 : out.slice(batch: 3 * m, count: m)
         let g = o.guidance
         let epsSource: Tensor, epsTarget: Tensor
@@ -141,10 +145,8 @@ public struct NoiseDiffMask {
                 }
             }
         }
-        let mapMean = Float(map.reduce(0.0) { $0 + Double($1) } / Double(map.count))
-        let clamp = mapMean * o.thresholdRatio
-        let soft = map.map { min(max($0, 0), clamp) / clamp }
-        let mask = soft.map { $0 <= 0.5 ? Float(0) : 1 }
+        try NonfiniteOutput.check(map, what: "the noise-difference map")
+        let (clamp, soft, mask) = NoiseDiffMask.threshold(map, ratio: o.thresholdRatio)
         return Result(timestep: t, imageLatents: imageLatents, noise: noise, noisedLatents: noised,
                       epsSource: epsSource, epsTarget: epsTarget,
                       map: Tensor(shape: [n, h, w], data: map), clamp: clamp,
@@ -153,9 +155,16 @@ public struct NoiseDiffMask {
 
     /// The binary mask for another thresholding ratio of the same map (no UNet work).
     public static func threshold(map: Tensor, ratio: Float) -> (clamp: Float, soft: [Float], mask: [Float]) {
-        let mean = Float(map.data.reduce(0.0) { $0 + Double($1) } / Double(map.count))
+        threshold(map.data, ratio: ratio)
+    }
+
+    /// clamp(map, 0, c)/c with c = mean(map)·ratio, and the mask where that exceeds 0.5. A map
+    /// that is zero everywhere (identical captions) makes that 0/0: diffusers gets NaN there and a
+    /// mask of ones (NaN fails its `<= 0.5` test); here the soft map is 1, the same mask, no NaN.
+    static func threshold(_ map: [Float], ratio: Float) -> (clamp: Float, soft: [Float], mask: [Float]) {
+        let mean = Float(map.reduce(0.0) { $0 + Double($1) } / Double(map.count))
         let c = mean * ratio
-        let soft = map.data.map { min(max($0, 0), c) / c }
+        let soft = c > 0 ? map.map { min(max($0, 0), c) / c } : [Float](repeating: 1, count: map.count)
         return (c, soft, soft.map { $0 <= 0.5 ? 0 : 1 })
     }
 

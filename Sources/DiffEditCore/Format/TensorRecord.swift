@@ -137,10 +137,11 @@ public struct TensorRecord: Equatable {
 
     /// Refuses NaN or ±Inf elements unless `allow` (the tools' --allow-nonfinite): a stage fed
     /// them would only spread them, so the error names the input instead.
+    /// An input let through with them is noted, so that the outputs may carry them on.
     public func requireFinite(from source: String, allow: Bool) throws {
-        if allow { return }
         let (nan, inf) = nonFiniteCounts
         guard nan == 0 && inf == 0 else {
+            if allow { NonfiniteOutput.admitInput(); return }
             throw ToolError("\(source): record '\(name)' holds \(nan) NaN and \(inf) infinite values — the stage that made it diverged or the file is corrupt; fix that input, or pass --allow-nonfinite to process it anyway")
         }
     }

@@ -43,7 +43,8 @@ public struct TensorComparison {
         for i in 0..<min(x.count, y.count) {
             let d = abs(x[i] - y[i])
             if x[i] == y[i] { continue }  // also equal infinities
-            if d.isNaN || d > atol + rtol * abs(y[i]) { outside += 1 }
+            // Written so that a NaN difference or tolerance counts as outside, never as close.
+            if !(d <= atol + rtol * abs(y[i])) { outside += 1 }
             if d.isNaN || d > maxAbs { if !maxAbs.isNaN { maxAbs = d; worstIndex = i } }
             let rel = d / Swift.max(abs(y[i]), 1e-12)
             if rel.isNaN || rel > maxRel { maxRel = rel }

@@ -150,6 +150,11 @@ public final class TensorStreamReader {
             guard TensorStream.isValidKey(key) else {
                 throw corrupt(where_, "bad header key '\(key.prefix(40))'")
             }
+            // Every key appears at most once (man 5): a repeated name, dtype or shape would
+            // otherwise let the last one win silently.
+            if (key == "name" && name != nil) || (key == "dtype" && dtype != nil) || (key == "shape" && shape != nil) {
+                throw corrupt(where_, "header key '\(key)' appears twice")
+            }
             switch key {
             case "name": name = try unescape(value, where_)
             case "dtype":
@@ -228,10 +233,15 @@ public final class TensorStreamReader {
 /// Writes records to a descriptor.
 public final class TensorStreamWriter {
     public let output: ByteWriter
+    /// Refuse records holding NaN or ±Inf the tool produced itself (see NonfiniteOutput).
+    public var refusesProducedNonfinite = false
 
     public init(_ output: ByteWriter) { self.output = output }
 
     public func write(_ record: TensorRecord) throws {
+        if refusesProducedNonfinite && record.dtype.isFloatingPoint {
+            try NonfiniteOutput.check(record.floats(), what: "record '\(record.name)'")
+        }
         try output.write(TensorStream.encode(record))
     }
 

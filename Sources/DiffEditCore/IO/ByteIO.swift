@@ -25,9 +25,11 @@ public final class ByteReader {
         buffer = [UInt8](repeating: 0, count: bufferSize)
     }
 
-    /// Opens a path for reading; "-" is standard input.
+    /// Opens a path for reading; "-" is standard input. An input that is also standard output
+    /// (`tool < f > f`) is refused: see FileIdentity.
     public convenience init(path: String) throws {
         if path == "-" {
+            try FileIdentity.refuseStandardOutput(asInput: 0, path: path)
             self.init(fd: 0, label: "stdin")
             return
         }
@@ -39,6 +41,10 @@ public final class ByteReader {
         if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
             close(fd)
             throw ToolError("'\(path)' is a directory — give a file")
+        }
+        do { try FileIdentity.refuseStandardOutput(asInput: fd, path: path) } catch {
+            close(fd)
+            throw error
         }
         self.init(fd: fd, label: path, ownsFD: true)
     }

@@ -26,12 +26,16 @@ public enum CLI {
     }
 
     /// Standard output as a tensor stream writer; refuses a terminal unless forced (like gzip).
-    public static func tensorOutput(force: Bool) throws -> TensorStreamWriter {
+    /// Records holding NaN or ±Inf the tool produced are refused (NonfiniteOutput), except by a
+    /// tool that only `copiesInput` (tensor pick, tensor from-npy).
+    public static func tensorOutput(force: Bool, copiesInput: Bool = false) throws -> TensorStreamWriter {
         let out = ByteWriter(fd: 1, label: "stdout")
         if out.isTerminal && !force {
             throw ToolError("refusing to write binary tensor data to a terminal — redirect stdout to a file or pipe, or use -f to force")
         }
-        return TensorStreamWriter(out)
+        let writer = TensorStreamWriter(out)
+        writer.refusesProducedNonfinite = !copiesInput
+        return writer
     }
 
     /// Standard output for binary image data; refuses a terminal unless forced.

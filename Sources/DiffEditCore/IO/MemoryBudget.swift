@@ -13,10 +13,17 @@ public enum MemoryBudget {
         return o ? Int.max : b
     }
 
-    /// Overrides the machine's memory for tests: $DIFFEDIT_MEMORY_LIMIT in bytes.
+    /// Overrides the machine's memory (for tests, or to leave room for other work):
+    /// $DIFFEDIT_MEMORY_LIMIT in bytes, a positive integer; set but empty is unset. Any other
+    /// value is refused rather than ignored.
     public static var limitBytes: Int? {
-        if let s = getenv("DIFFEDIT_MEMORY_LIMIT"), let v = Int(String(cString: s)), v > 0 { return v }
-        return physicalBytes
+        get throws {
+            guard let s = getenv("DIFFEDIT_MEMORY_LIMIT").map({ String(cString: $0) }), !s.isEmpty else { return physicalBytes }
+            guard s.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let v = Int(s), v > 0 else {
+                throw ToolError("$DIFFEDIT_MEMORY_LIMIT '\(s.prefix(40))' is not a number of bytes — set it to a positive integer such as 8000000000, or unset it")
+            }
+            return v
+        }
     }
 
     /// "3.2 GB", "512 MB".
@@ -40,7 +47,7 @@ public enum MemoryBudget {
 
     /// Throws when `bytes` is more than the machine has.
     public static func require(_ bytes: Double, for what: String, remedy: String) throws {
-        guard let limit = limitBytes, bytes > Double(limit) else { return }
+        guard let limit = try limitBytes, bytes > Double(limit) else { return }
         throw ToolError("\(what) needs about \(describe(bytes)) of memory, more than the \(describe(Double(limit))) this machine has — \(remedy)")
     }
 }

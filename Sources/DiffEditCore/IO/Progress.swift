@@ -14,6 +14,8 @@ public final class ProgressReporter {
     var total = 0
     var start = Date()
     var lastDraw = Date.distantPast
+    /// Least time between two lines inside a step when stderr is a log.
+    var partLogInterval: TimeInterval = 1
 
     /// `enabled` = (stderr is a terminal or `force`) and not `quiet`.
     public init(tool: String, quiet: Bool, force: Bool) {
@@ -32,15 +34,28 @@ public final class ProgressReporter {
 
     /// Step `done` of the current stage has finished.
     public func update(_ done: Int) {
+        draw(Double(done), "\(label) \(done)/\(total)", final: done >= total, logEvery: 0)
+    }
+
+    /// Inside step `done + 1` of the stage, `part` of its `parts` are finished: a long step shows
+    /// its own progress ("inversion step 3/50, regularisation 40/100"). A log gets such a line at
+    /// most once a second.
+    public func update(_ done: Int, part: Int, of parts: Int, _ what: String) {
+        guard parts > 0 else { return }
+        draw(Double(done) + Double(part) / Double(parts),
+             "\(label) \(done + 1)/\(total), \(what) \(part)/\(parts)", final: false, logEvery: partLogInterval)
+    }
+
+    private func draw(_ done: Double, _ text: String, final: Bool, logEvery: TimeInterval) {
         guard enabled else { return }
         let now = Date()
         // A terminal line is redrawn at most 10 times a second; a log gets every step.
-        if interactive && done < total && now.timeIntervalSince(lastDraw) < 0.1 { return }
+        if now.timeIntervalSince(lastDraw) < (interactive ? (final ? 0 : 0.1) : logEvery) { return }
         lastDraw = now
         let elapsed = now.timeIntervalSince(start)
-        let eta = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
-        let line = "\(tool): \(label) \(done)/\(total)  elapsed \(ProgressReporter.format(elapsed))  eta \(ProgressReporter.format(eta))"
-        let text = interactive ? "\r\(line)\u{1B}[K" + (done >= total ? "\n" : "") : line + "\n"
+        let eta = done > 0 ? elapsed / done * (Double(total) - done) : 0
+        let line = "\(tool): \(text)  elapsed \(ProgressReporter.format(elapsed))  eta \(ProgressReporter.format(eta))"
+        let text = interactive ? "\r\(line)\u{1B}[K" + (final ? "\n" : "") : line + "\n"
         _ = text.withCString { fputs($0, stderr) }
     }
 

@@ -67,6 +67,7 @@ public struct SideOutput {
             if !done { unlink(temporary) }
         }
         let writer = TensorStreamWriter(ByteWriter(fd: fd, label: path))
+        writer.refusesProducedNonfinite = true  // as every output (NonfiniteOutput)
         for r in records { try writer.write(r) }
         try writer.flush()
         guard rename(temporary, path) == 0 else {

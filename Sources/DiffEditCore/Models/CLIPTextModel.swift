@@ -71,6 +71,8 @@ public final class CLIPTextModel {
     /// "text_model." in checkpoints saved by transformers 4 (the Hub's SD folders), "" in
     /// those saved by transformers 5.
     let prefix: String
+    /// The token table, left in the mapped file (see init).
+    let tokenEntry: SafeTensorsFile.Entry
     let positionEmbedding: Parameter
     let layers: [EncoderLayer]
     let finalLayerNorm: LayerNormLayer
@@ -85,22 +87,12 @@ public final class CLIPTextModel {
         self.context = context
         self.weights = weights
         let tokenName = "embeddings.token_embedding.weight"
-        let prefix: String
-        if weights.contains("text_model." + tokenName) {
-            prefix = "text_model."
-        } else if weights.contains(tokenName) {
-            prefix = ""
-        } else {
-            throw ToolError("text_encoder: missing weight 'text_model.\(tokenName)' in \(weights.file.path) — not a CLIP text encoder checkpoint")
-        }
+        let prefix = weights.contains(tokenName) && !weights.contains("text_model." + tokenName) ? "" : "text_model."
         let d = config.hiddenSize, f = config.intermediateSize, eps = config.layerNormEps
         let l = ParameterLoader(source: weights)
         // The token table is only checked here; encode() gathers the rows it needs straight
         // from the mapped file (49408 × 1024 floats would be a large copy for a few ids).
-        guard let tokenEntry = weights.file.entries[prefix + tokenName] else { throw ToolError("unreachable") }
-        guard tokenEntry.shape == [config.vocabSize, d] else {
-            throw ToolError("text_encoder: weight '\(prefix + tokenName)' has shape \(tokenEntry.shape) but text_encoder/config.json implies \([config.vocabSize, d]) — config and weights are from different models")
-        }
+        let tokenEntry = try weights.entry(prefix + tokenName, shape: [config.vocabSize, d])
         guard [.F32, .F16, .BF16].contains(tokenEntry.dtype) else {
             throw ToolError("text_encoder: weight '\(prefix + tokenName)' has dtype \(tokenEntry.dtype.rawValue); expected F32, F16 or BF16")
         }
@@ -120,6 +112,7 @@ public final class CLIPTextModel {
             throw ToolError("text_encoder: the weights have more than the \(config.layers) layers text_encoder/config.json names — config and weights are from different models")
         }
         self.prefix = prefix
+        self.tokenEntry = tokenEntry
         finalLayerNorm = try LayerNormLayer(l, prefix + "final_layer_norm", dim: d, eps: eps)
     }
 
@@ -194,7 +187,7 @@ public final class CLIPTextModel {
     /// Rows of the token embedding table for `ids` (already range-checked), converted to f32.
     func gatherTokenRows(_ ids: [Int32]) -> [Float] {
         let d = config.hiddenSize
-        let entry = weights.file.entries[prefix + "embeddings.token_embedding.weight"]!
+        let entry = tokenEntry
         let raw = weights.file.rawBytes(entry)
         var out = [Float](repeating: 0, count: ids.count * d)
         out.withUnsafeMutableBufferPointer { o in

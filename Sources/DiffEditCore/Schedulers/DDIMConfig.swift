@@ -27,15 +27,21 @@ public struct DDIMConfig: Sendable {
         schedule = try NoiseSchedule(config: config)
         clipSample = try config.bool("clip_sample", default: true)
         clipSampleRange = Float(try config.double("clip_sample_range", default: 1.0))
+        guard clipSampleRange > 0, clipSampleRange.isFinite else {
+            throw ToolError("\(config.label): clip_sample_range \(clipSampleRange) must be a positive number — fix the config (diffusers' default is 1.0)")
+        }
         stepsOffset = try config.int("steps_offset", default: 0)
+        guard stepsOffset < schedule.numTrainTimesteps else {
+            throw ToolError("\(config.label): steps_offset \(stepsOffset) is not below num_train_timesteps \(schedule.numTrainTimesteps) — fix the config (Stable Diffusion's is 1)")
+        }
         let p = try config.string("prediction_type", default: "epsilon")
         guard let pt = PredictionType(rawValue: p) else {
-            throw ToolError("\(config.label): prediction_type '\(p)' is not supported (use epsilon, v_prediction or sample)")
+            throw ToolError("\(config.label): prediction_type '\(p)' is not supported — use epsilon, v_prediction or sample")
         }
         predictionType = pt
         let s = try config.string("timestep_spacing", default: "leading")
         guard let sp = TimestepSpacing(rawValue: s) else {
-            throw ToolError("\(config.label): timestep_spacing '\(s)' is not supported (use leading, trailing or linspace)")
+            throw ToolError("\(config.label): timestep_spacing '\(s)' is not supported — use leading, trailing or linspace")
         }
         timestepSpacing = sp
     }

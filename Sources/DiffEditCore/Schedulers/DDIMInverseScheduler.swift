@@ -36,7 +36,7 @@ public struct DDIMInverseScheduler: Sendable {
     }
 
     public init(folder: ModelFolder) throws {
-        try self.init(config: folder.config("scheduler", file: "scheduler_config.json"))
+        try self.init(config: folder.schedulerConfig())
     }
 
     /// diffusers' DDIMInverseScheduler.set_timesteps: ascending timesteps.
@@ -52,6 +52,7 @@ public struct DDIMInverseScheduler: Sendable {
         case .linspace:
             throw ToolError("timestep_spacing 'linspace' is not supported by the DDIM inverse scheduler (diffusers refuses it too) — use a scheduler config with 'leading' or 'trailing'")
         }
+        try DDIMTimesteps.requireWithinSchedule(timesteps, train: t, steps: steps, offset: stepsOffset)
         numInferenceSteps = steps
     }
 

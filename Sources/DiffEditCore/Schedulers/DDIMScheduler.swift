@@ -56,9 +56,9 @@ public struct DDIMScheduler: Sendable {
         finalAlphaCumprod = setAlphaToOne ? 1 : schedule.alphasCumprod[0]
     }
 
-    /// The scheduler of a model folder (scheduler/scheduler_config.json).
+    /// The scheduler of a model (ModelFolder.schedulerConfig).
     public init(folder: ModelFolder) throws {
-        try self.init(config: folder.config("scheduler", file: "scheduler_config.json"))
+        try self.init(config: folder.schedulerConfig())
     }
 
     /// diffusers' set_timesteps.
@@ -78,6 +78,7 @@ public struct DDIMScheduler: Sendable {
             // round(arange(T, 0, −T/n)) − 1
             timesteps = DDIMTimesteps.trailing(train: t, count: steps).map { $0 - 1 }
         }
+        try DDIMTimesteps.requireWithinSchedule(timesteps, train: t, steps: steps, offset: stepsOffset)
     }
 
     /// The inference step size in training timesteps: T // n.

@@ -27,6 +27,13 @@ public enum DDIMTimesteps {
         }
     }
 
+    /// Refuses inference timesteps outside the training schedule (a steps_offset too large for
+    /// this many steps), which would index past ᾱ.
+    static func requireWithinSchedule(_ timesteps: [Int], train t: Int, steps: Int, offset: Int) throws {
+        guard let bad = timesteps.first(where: { $0 < 0 || $0 >= t }) else { return }
+        throw ToolError("scheduler_config.json: steps_offset \(offset) with \(steps) steps gives timestep \(bad), outside the \(t) training timesteps — use fewer steps, or a scheduler config with a smaller steps_offset")
+    }
+
     /// Every scheduler's set_timesteps takes 1 … T steps.
     static func requireSteps(_ steps: Int, train t: Int) throws {
         guard steps >= 1 else { throw ToolError("the number of inference steps must be at least 1, got \(steps)") }

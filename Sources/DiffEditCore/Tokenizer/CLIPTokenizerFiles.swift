@@ -8,11 +8,18 @@ import Foundation
 extension CLIPTokenizer {
     public static let maxFileBytes = 64 << 20
 
+    /// The model's tokenizer: a folder's tokenizer/, or for a single-file checkpoint (which has
+    /// none) the bundled CLIP BPE with the pad token of the checkpoint's family.
     public convenience init(folder: ModelFolder) throws {
-        try self.init(directory: folder.root + "/tokenizer")
+        if let singleFile = folder.singleFile {
+            try self.init(directory: singleFile.tokenizerDirectory(), padToken: singleFile.padToken)
+        } else {
+            try self.init(directory: folder.root + "/tokenizer")
+        }
     }
 
-    public convenience init(directory dir: String) throws {
+    /// `padToken` replaces the pad token the files name.
+    public convenience init(directory dir: String, padToken padOverride: String? = nil) throws {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
@@ -113,7 +120,7 @@ extension CLIPTokenizer {
         let bos = try special("bos_token", "<|startoftext|>")
         let eos = try special("eos_token", "<|endoftext|>")
         let unk = try special("unk_token", "<|endoftext|>")
-        let pad = try special("pad_token", "<|endoftext|>")
+        let pad = try padOverride ?? special("pad_token", "<|endoftext|>")
         var maxLength = CLIPTokenizer.defaultMaxLength
         if let m = config?["model_max_length"]?.intValue, m >= 2, m <= 1_000_000 { maxLength = m }
         try self.init(vocab: vocab, merges: merges, bosToken: bos, eosToken: eos, unkToken: unk, padToken: pad,

@@ -23,9 +23,8 @@ public struct ModelDefaults: Equatable {
     /// The file the values came from (nil: no file, every value nil).
     public var path: String?
 
-    /// The option domains the file's values must lie in (the same as the command-line options').
-    public static let guidanceRange: ClosedRange<Float> = 0...100
-    public static let stepsRange: ClosedRange<Int> = 1...1000
+    /// The file's values lie in the command-line options' domains (NumberDomain .guidance,
+    /// .steps, .fraction: one definition for both).
     public static let maxTextLength = 10_000
 
     public init() {}
@@ -59,17 +58,17 @@ public struct ModelDefaults: Equatable {
             }
             switch key {
             case "guidance":
-                guard let d = value.doubleValue, Self.guidanceRange.contains(Float(d)) else {
-                    throw bad("a number from \(Self.guidanceRange.lowerBound) to \(Self.guidanceRange.upperBound)")
+                guard let d = value.doubleValue, NumberDomain<Float>.guidance.contains(Float(d)) else {
+                    throw bad(NumberDomain<Float>.guidance.description)
                 }
                 guidance = Float(d)
             case "steps":
-                guard let n = value.intValue, Self.stepsRange.contains(n) else {
-                    throw bad("an integer from \(Self.stepsRange.lowerBound) to \(Self.stepsRange.upperBound)")
+                guard let n = value.intValue, NumberDomain<Int>.steps.contains(n) else {
+                    throw bad(NumberDomain<Int>.steps.description)
                 }
                 steps = n
             case "strength":
-                guard let d = value.doubleValue, d > 0, d <= 1 else { throw bad("a number in (0, 1]") }
+                guard let d = value.doubleValue, NumberDomain<Double>.fraction.contains(d) else { throw bad(NumberDomain<Double>.fraction.description) }
                 strength = d
             case "blend":
                 guard let b = value.stringValue.flatMap(MaskedDenoising.Blend.init(rawValue:)) else { throw bad("\"diffusers\" or \"paper\"") }

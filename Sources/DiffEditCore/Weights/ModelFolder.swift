@@ -1,32 +1,55 @@
 import Foundation
 
-/// A Stable Diffusion checkpoint in diffusers' folder layout: model_index.json, tokenizer/,
-/// text_encoder/, unet/, vae/, scheduler/.
+/// A Stable Diffusion model as the tools open it: a folder in diffusers' layout (model_index.json,
+/// tokenizer/, text_encoder/, unet/, vae/, scheduler/), or one single-file checkpoint in the
+/// original LDM layout (`singleFile`). Both answer the same questions — a component's config and
+/// weights, the scheduler config, the tokenizer — so a model's `init(folder:)` reads either.
 public struct ModelFolder {
+    /// The folder, or the single file.
     public let root: String
+    /// Set when the model is a single-file checkpoint.
+    public let singleFile: SingleFileCheckpoint?
 
     public static let environmentVariable = "DIFFEDIT_MODEL"
 
+    /// What --model takes, for messages.
+    static let expected = "a Stable Diffusion folder in diffusers layout (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/) or a single-file .safetensors checkpoint"
+
     public init(root: String) throws {
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDir), isDir.boolValue else {
-            throw ToolError("model folder '\(root)' does not exist — point --model or $\(ModelFolder.environmentVariable) at a Stable Diffusion folder in diffusers layout")
+        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDir) else {
+            throw ToolError("model '\(root)' does not exist — point --model or $\(ModelFolder.environmentVariable) at \(ModelFolder.expected)")
+        }
+        if !isDir.boolValue {
+            singleFile = try SingleFileCheckpoint(path: root)
+            self.root = root
+            return
         }
         guard FileManager.default.fileExists(atPath: root + "/model_index.json") else {
-            throw ToolError("'\(root)' has no model_index.json — point --model at a Stable Diffusion folder in diffusers layout (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/)")
+            let checkpoints = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
+            if checkpoints.count == 1 {
+                throw ToolError("'\(root)' has no model_index.json — for the single-file checkpoint in it use --model \(root)/\(checkpoints[0]); a diffusers folder needs model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/")
+            }
+            throw ToolError("'\(root)' has no model_index.json — point --model at \(ModelFolder.expected)")
         }
         self.root = root
+        singleFile = nil
     }
 
-    /// `--model DIR`, else `$DIFFEDIT_MODEL`, else the bundled demo model, else an error saying
+    /// `--model DIR|FILE`, else `$DIFFEDIT_MODEL`, else the bundled demo model, else an error saying
     /// how to give one.
     public static func resolve(_ option: String?) throws -> ModelFolder {
-        if let option, !option.isEmpty { return try ModelFolder(root: option) }
+        if let option {
+            guard !option.isEmpty else {
+                throw ToolError("--model is empty — give a model folder, or leave --model out to use $\(environmentVariable) or the bundled demo model")
+            }
+            return try ModelFolder(root: option)
+        }
         if let env = ProcessInfo.processInfo.environment[environmentVariable], !env.isEmpty {
             return try ModelFolder(root: env)
         }
         if let bundled = bundledModelPath { return try ModelFolder(root: bundled) }
-        throw ToolError("no model given — use --model DIR or set $\(environmentVariable) to a Stable Diffusion folder in diffusers layout (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/)")
+        throw ToolError("no model given — use --model or set $\(environmentVariable) to \(ModelFolder.expected)")
     }
 
     /// The small demo model trained for this project (demo/model in the source tree, or
@@ -46,9 +69,18 @@ public struct ModelFolder {
 
     public func path(_ component: String, _ file: String) -> String { "\(root)/\(component)/\(file)" }
 
-    /// A component's JSON config (`config.json`, or `scheduler_config.json` for schedulers).
+    /// A component's JSON config (`config.json`, or `scheduler_config.json` for schedulers); a
+    /// single file's are inferred from its weights and sidecar.
     public func config(_ component: String, file: String = "config.json") throws -> JSONConfig {
-        try JSONConfig(path: path(component, file), label: "\(component)/\(file)")
+        if let singleFile { return try singleFile.config(component) }
+        return try JSONConfig(path: path(component, file), label: "\(component)/\(file)")
+    }
+
+    /// The scheduler config every scheduler of this model reads: scheduler/scheduler_config.json, or
+    /// for a single file SD's standard one with its sidecar's keys.
+    public func schedulerConfig() throws -> JSONConfig {
+        if let singleFile { return singleFile.schedulerConfig() }
+        return try config("scheduler", file: "scheduler_config.json")
     }
 
     /// Weight file names tried in order: full precision first, then the fp16 variant.
@@ -59,6 +91,7 @@ public struct ModelFolder {
 
     /// The component's safetensors weights.
     public func weights(_ component: String) throws -> WeightStore {
+        if let singleFile { return try singleFile.weights(component) }
         for name in ModelFolder.weightFileNames {
             let p = path(component, name)
             if FileManager.default.fileExists(atPath: p) {
@@ -123,7 +156,7 @@ public struct JSONConfig {
 
     public func double(_ key: String, default def: Double? = nil) throws -> Double {
         guard has(key) else { if let def { return def }; throw missing(key) }
-        guard let n = values[key] as? NSNumber else { throw wrong(key, "a number") }
+        guard let n = values[key] as? NSNumber, n.doubleValue.isFinite else { throw wrong(key, "a finite number") }
         return n.doubleValue
     }
 

@@ -164,7 +164,7 @@ final class ScratchBuffer {
 }
 
 extension WeightStore: WeightSource {
-    func storedShape(_ name: String) -> [Int]? { file.entries[name]?.shape }
+    func storedShape(_ name: String) -> [Int]? { lookup(name)?.shape }
 
     func read(_ name: String, shape: [Int], into out: UnsafeMutablePointer<Float>) throws {
         let e = try entry(name, shape: shape)
@@ -191,7 +191,7 @@ extension WeightStore: WeightSource {
     }
 
     func copied(_ name: String) {
-        if let e = file.entries[name] { file.releasePages(e) }
+        if let e = lookup(name) { file.releasePages(e) }
     }
 }
 

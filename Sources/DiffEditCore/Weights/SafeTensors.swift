@@ -178,16 +178,40 @@ public final class SafeTensorsFile {
 
 /// The weights of one model component (text_encoder, unet, vae): looks tensors up by name and
 /// checks their shapes against what the config implies, naming any missing or mis-shaped one.
+/// Names are diffusers'; in a single-file checkpoint (`ldmNames`) they are rewritten to the file's
+/// LDM keys, a fused q/k/v tensor read as the rows of one part, all from the one mapping.
 public final class WeightStore {
     public let component: String
     public let file: SafeTensorsFile
+    let ldmNames: LDMNames?
 
     public init(component: String, file: SafeTensorsFile) {
         self.component = component
         self.file = file
+        ldmNames = nil
     }
 
-    public func contains(_ name: String) -> Bool { file.entries[name] != nil }
+    init(component: String, file: SafeTensorsFile, ldmNames: LDMNames) {
+        self.component = component
+        self.file = file
+        self.ldmNames = ldmNames
+    }
+
+    /// The file key that holds `name` (nil: the layout has no such weight).
+    func fileKey(_ name: String) -> String? { ldmNames.map { $0.key(name)?.name } ?? name }
+
+    /// The entry holding `name`: for a part of a fused tensor, that part's rows (when the rows do not
+    /// split evenly, the whole entry, whose shape the caller's check then reports).
+    func lookup(_ name: String) -> SafeTensorsFile.Entry? {
+        guard let names = ldmNames else { return file.entries[name] }
+        guard let key = names.key(name), let e = file.entries[key.name] else { return nil }
+        guard let part = key.part, let rows = e.shape.first, rows % key.parts == 0 else { return e }
+        let bytes = (e.end - e.begin) / key.parts
+        return SafeTensorsFile.Entry(name: e.name, dtype: e.dtype, shape: [rows / key.parts] + e.shape.dropFirst(),
+                                     begin: e.begin + part * bytes, end: e.begin + (part + 1) * bytes)
+    }
+
+    public func contains(_ name: String) -> Bool { lookup(name) != nil }
 
     /// Loads `name`, which must have exactly `shape`.
     public func load(_ name: String, shape: [Int]) throws -> [Float] {
@@ -196,10 +220,16 @@ public final class WeightStore {
 
     /// The entry `name`, checked to have exactly `shape`.
     func entry(_ name: String, shape: [Int]) throws -> SafeTensorsFile.Entry {
-        guard let e = file.entries[name] else {
+        guard let e = lookup(name) else {
+            if ldmNames != nil {
+                throw ToolError("\(component): missing weight '\(fileKey(name) ?? name)' in \(file.path) — the file is incomplete, or not a Stable Diffusion 1.x/2.x checkpoint in the original (LDM) layout")
+            }
             throw ToolError("\(component): missing weight '\(name)' in \(file.path) — the weights do not match \(component)/config.json, or the file is not a \(component) checkpoint")
         }
         guard e.shape == shape else {
+            if ldmNames != nil {
+                throw ToolError("\(component): weight '\(e.name)' has shape \(e.shape) but the other weights of \(file.path) imply \(shape) — the file mixes weights of different models or is damaged; use a complete checkpoint")
+            }
             throw ToolError("\(component): weight '\(name)' has shape \(e.shape) but \(component)/config.json implies \(shape) — config and weights are from different models")
         }
         return e

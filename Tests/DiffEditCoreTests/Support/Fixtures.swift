@@ -11,6 +11,12 @@ enum Fixtures {
 
     static func path(_ relative: String) -> String { root.appendingPathComponent(relative).path }
 
+    /// A fixture pipeline (sd1, sd2) as a model: its folder, or (`singleFile`) the single-file
+    /// checkpoint in LDM layout made of it (SingleFileFixtures).
+    static func model(_ key: String, singleFile: Bool = false) throws -> ModelFolder {
+        try ModelFolder(root: singleFile ? SingleFileFixtures.path(key) : path(key))
+    }
+
     /// Fails the test (and throws) when a committed fixture file or folder is missing: the
     /// fixtures are part of the repository, so a missing one is a broken checkout, never a reason
     /// to skip.

@@ -1,0 +1,90 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import DiffEditCore
+import Foundation
+
+// Numeric options on the command line: every one is declared with its NumberOption, e.g.
+//
+//     @Option(name: .long, parsing: .unconditional,
+//             help: StageNumbers.steps.help("Inference steps of the schedule.", default: 50),
+//             transform: StageNumbers.steps.transform)
+//     var steps = 50
+//
+// `.unconditional` lets a negative value through as a value (ArgumentParser would take "-1" for
+// an option name and say "Missing value"), so that it meets the domain and gets its range error.
+
+extension NumberOption {
+    /// The option's --help text: `abstract`, the domain and the default.
+    public func help(_ abstract: String, default value: Value) -> ArgumentHelp {
+        ArgumentHelp(helpText(abstract, default: value.optionText))
+    }
+
+    /// For an option without a fixed default (`defaultText` says what is used instead).
+    public func help(_ abstract: String, defaultText: String?) -> ArgumentHelp {
+        ArgumentHelp(helpText(abstract, default: defaultText))
+    }
+
+    /// ArgumentParser's transform for the option. ArgumentParser wraps a transform's error in its
+    /// own usage message; the refusal is also kept for DiffEditTool.main, which reports it as
+    /// every other refusal: one line `tool: message`, exit status 1.
+    public var transform: @Sendable (String) throws -> Value {
+        { text in
+            do { return try self.parse(text) } catch let e as ToolError {
+                CommandLineRefusal.keep(e)
+                throw e
+            }
+        }
+    }
+}
+
+/// The numeric options the three DiffEdit stages share: one domain each, in every tool.
+public enum StageNumbers {
+    public static let steps = NumberOption<Int>("--steps", .steps)
+    public static let strength = NumberOption<Double>("--strength", .fraction)
+    public static let guidance = NumberOption<Float>("--guidance", .guidance)
+    public static let seed = NumberOption<UInt64>("--seed", .seed)
+    public static let dilate = NumberOption<Int>("--dilate", .from(0, to: MaskDilation.maxCells))
+    /// DDIM's η: 0 deterministic DDIM, 1 the DDPM-like variance (diffusers' DDIMScheduler eta).
+    public static let eta = NumberOption<Float>("--eta", .from(0, to: 1))
+    /// --guidance's abstract, the same in every stage.
+    public static let guidanceAbstract = "Classifier-free guidance scale (1 or less turns guidance off, as in diffusers)"
+}
+
+/// The first option value a NumberOption refused while ArgumentParser parsed the command line.
+public enum CommandLineRefusal {
+    nonisolated(unsafe) public private(set) static var first: ToolError?
+    static func keep(_ e: ToolError) { if first == nil { first = e } }
+}
+
+extension DiffEditTool {
+    /// Parses the command line and runs the tool. A command line that does not parse ends with one
+    /// line on stderr, as every other error does: a refused option value as `tool: message` with
+    /// status 1, ArgumentParser's own complaints (an unknown option, a missing value) as
+    /// `tool: complaint — see tool --help` with status 64. --help and --version print as usual.
+    static func parseAndRun() {
+        var command: ParsableCommand
+        do {
+            command = try parseAsRoot(nil)
+        } catch {
+            let tool = configuration.commandName ?? _commandName
+            if let refusal = CommandLineRefusal.first {
+                CLI.printError(tool, refusal.message)
+                Glibc.exit(1)
+            }
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            var text = message(for: error).split(whereSeparator: \.isNewline)
+                .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: " ")
+            if let first = text.first { text = first.lowercased() + text.dropFirst() }
+            CLI.printError(tool, "\(text.isEmpty ? "bad command line" : text) — see \(tool) --help")
+            Glibc.exit(code.rawValue)
+        }
+        do {
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

@@ -1,0 +1,182 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// A Stable Diffusion 1.x/2.x checkpoint as one `.safetensors` file in the original CompVis/LDM
+/// layout (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`), the form most
+/// community models ship in and diffusers' `from_single_file` reads. The file is mapped once; each
+/// network reads its weights from that mapping through a renaming view (`LDMNames`), as a diffusers
+/// folder's would be read. Configs come from the weights' shapes (`SingleFileArchitecture`); what a
+/// file cannot say comes from the sidecar `NAME.diffedit.json` beside it, else from Stable
+/// Diffusion's own values. The tokenizer is the CLIP BPE of the bundled demo model, which SD 1.x and
+/// 2.x share; SD 2.x pads with "!" (id 0), as its tokenizer (stabilityai/stable-diffusion-2's, the one
+/// diffusers' from_single_file takes for OpenCLIP checkpoints) does.
+public final class SingleFileCheckpoint {
+    public let path: String
+    /// The sidecar's path (it may not exist).
+    public let sidecarPath: String
+    public let family: SingleFileArchitecture.Family
+    let file: SafeTensorsFile
+    let architecture: SingleFileArchitecture
+    /// The sidecar's sections (empty without a sidecar).
+    let sidecar: [String: [String: Any]]
+
+    /// SD 1.5's scheduler_config.json (runwayml/stable-diffusion-v1-5; every SD 1.x/2.x shares its
+    /// betas) with the two keys DDIM reads that it leaves to defaults: what a single file is
+    /// scheduled with unless its sidecar's "scheduler" section says otherwise.
+    public static let standardScheduler: [String: Any] = [
+        "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000, "steps_offset": 1, "set_alpha_to_one": false, "clip_sample": false,
+        "skip_prk_steps": true, "trained_betas": NSNull(), "prediction_type": "epsilon", "timestep_spacing": "leading",
+    ]
+
+    /// Extensions of PyTorch pickle checkpoints, which are refused.
+    static let pickleExtensions: Set<String> = ["ckpt", "pt", "pth", "bin", "pkl", "pickle"]
+
+    public init(path: String) throws {
+        self.path = path
+        try SingleFileCheckpoint.refusePickle(path)
+        let name = URL(fileURLWithPath: path).lastPathComponent
+        sidecarPath = (name.hasSuffix(".safetensors") ? String(path.dropLast(".safetensors".count)) : path) + ".diffedit.json"
+        file = try SafeTensorsFile(path: path)
+        let sidecarName = URL(fileURLWithPath: sidecarPath).lastPathComponent
+        sidecar = try SingleFileCheckpoint.readSidecar(sidecarPath, label: sidecarName)
+        try SingleFileCheckpoint.refuseOtherLayouts(file, name: path)
+        architecture = try SingleFileArchitecture(shapes: file.entries.mapValues(\.shape), file: path,
+                                                  overrides: sidecar, sidecar: sidecarName)
+        family = architecture.family
+    }
+
+    /// The JSON config of `component` (unet, vae, text_encoder: inferred and overridden; scheduler:
+    /// SD's standard one with the sidecar's keys).
+    public func config(_ component: String) throws -> JSONConfig {
+        if component == "scheduler" { return schedulerConfig() }
+        return JSONConfig(values: try network(component).config, label: "\(component) of \(path)")
+    }
+
+    /// The weights of `component`, named as diffusers names them, read from the one mapping.
+    public func weights(_ component: String) throws -> WeightStore {
+        WeightStore(component: component, file: file, ldmNames: try network(component).names)
+    }
+
+    public func schedulerConfig() -> JSONConfig {
+        JSONConfig(values: SingleFileCheckpoint.standardScheduler.merging(sidecar["scheduler"] ?? [:]) { _, new in new },
+                   label: sidecar["scheduler"] == nil ? "the standard Stable Diffusion scheduler config"
+                       : "scheduler of \(URL(fileURLWithPath: sidecarPath).lastPathComponent)")
+    }
+
+    /// The tokenizer files: the bundled demo model's CLIP BPE (vocab.json, merges.txt).
+    public func tokenizerDirectory() throws -> String {
+        guard let bundled = ModelFolder.bundledModelPath else {
+            throw ToolError("\(path) is a single-file checkpoint, which holds no tokenizer, and the CLIP tokenizer diffedit uses for it (share/diffedit/model/tokenizer of its installation) is missing — reinstall diffedit, or use a diffusers folder")
+        }
+        return bundled + "/tokenizer"
+    }
+
+    /// SD 2.x's tokenizer pads with "!", SD 1.x's with its end token.
+    public var padToken: String { family == .sd2 ? "!" : "<|endoftext|>" }
+
+    /// A note for SD 2.x files whose sidecar does not say the prediction type: 768-pixel SD 2.x
+    /// models predict v, the 512-pixel base models ε, and the weights look the same.
+    public var predictionTypeNote: String? {
+        guard family == .sd2, sidecar["scheduler"]?["prediction_type"] == nil else { return nil }
+        return "\(URL(fileURLWithPath: path).lastPathComponent) is an SD 2.x checkpoint and nothing says what it predicts; assuming epsilon (SD 2.x-base) — for a 768-v model write {\"scheduler\": {\"prediction_type\": \"v_prediction\"}} to \(sidecarPath)"
+    }
+
+    /// Identity for provenance checks: the effective configs and the file's size.
+    public var fingerprint: String {
+        let size = ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0
+        var bytes = Array("single-file:\(size)".utf8)
+        for component in ["unet", "vae", "text_encoder"] {
+            if let c = try? network(component).config { bytes += SingleFileCheckpoint.canonicalJSON(c) }
+        }
+        bytes += SingleFileCheckpoint.canonicalJSON(schedulerConfig().values)
+        return DiffEditSupport.fingerprint(bytes)
+    }
+
+    /// The scheduler config's identity (it decides the timesteps invert and denoise must share).
+    public var schedulerFingerprint: String { DiffEditSupport.fingerprint(SingleFileCheckpoint.canonicalJSON(schedulerConfig().values)) }
+
+    static func canonicalJSON(_ values: [String: Any]) -> [UInt8] {
+        [UInt8]((try? JSONSerialization.data(withJSONObject: values, options: [.sortedKeys])) ?? Data())
+    }
+
+    private func network(_ component: String) throws -> (config: [String: Any], names: LDMNames) {
+        switch component {
+        case "unet": return try architecture.unet.get()
+        case "vae": return try architecture.vae.get()
+        case "text_encoder": return try architecture.textEncoder.get()
+        default:
+            throw ToolError("\(path) is a single-file checkpoint: it has a unet, a vae, a text_encoder and a scheduler, no '\(component)' — use a diffusers folder")
+        }
+    }
+
+    // MARK: - Refusals
+
+    /// PyTorch's `.ckpt`/`.pt`/`.bin` files are pickles: loading one runs whatever code it names.
+    static func refusePickle(_ path: String) throws {
+        let ext = URL(fileURLWithPath: path).pathExtension.lowercased()
+        var head: [UInt8] = []
+        var st = stat()
+        // Only a regular file is sniffed (opening a FIFO would wait for a writer).
+        if stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            if fd >= 0 {
+                var buffer = [UInt8](repeating: 0, count: 4)
+                let n = read(fd, &buffer, 4)
+                close(fd)
+                head = Array(buffer.prefix(max(n, 0)))
+            }
+        }
+        let zip = head.starts(with: [0x50, 0x4B, 0x03, 0x04])  // torch.save's zip container
+        let pickle = head.count >= 2 && head[0] == 0x80 && (2...5).contains(head[1])  // legacy torch.save
+        guard pickleExtensions.contains(ext) || zip || pickle else { return }
+        let converted = URL(fileURLWithPath: path).deletingPathExtension().path + ".safetensors"
+        throw ToolError("\(path) is a PyTorch pickle checkpoint, which diffedit does not load: unpickling can run arbitrary code — convert it once to safetensors, e.g. python3 -c \"import torch, safetensors.torch as st; sd = torch.load('\(path)', map_location='cpu', weights_only=True); sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous().clone() for k, v in sd.items() if torch.is_tensor(v)}, '\(converted)')\" (weights_only=True reads tensors without running code), then use --model \(converted)")
+    }
+
+    /// Files that are safetensors but not a whole SD 1.x/2.x checkpoint in the LDM layout.
+    static func refuseOtherLayouts(_ file: SafeTensorsFile, name: String) throws {
+        let keys = file.entries.keys
+        if keys.contains(where: { $0.hasPrefix("conditioner.embedders.") }) {
+            throw ToolError("\(name) is an SDXL checkpoint (conditioner.embedders.*) — diffedit supports Stable Diffusion 1.x and 2.x")
+        }
+        if keys.contains(where: { $0.hasPrefix(LDMNames.unetPrefix) }) { return }
+        let what: String
+        if keys.contains(where: { $0.hasPrefix("down_blocks.") || $0.hasPrefix("encoder.down_blocks.") || $0.hasPrefix("text_model.") || $0.hasPrefix("encoder.layers.") }) {
+            what = "one component of a diffusers folder (diffusers names, no model.diffusion_model.*) — point --model at the folder that holds it (model_index.json, unet/, vae/, …)"
+        } else if keys.contains(where: { $0.hasPrefix("lora_") || $0.contains(".lora_") || $0.contains("lora_down") }) {
+            what = "a LoRA, not a whole model — diffedit needs a whole Stable Diffusion 1.x/2.x checkpoint"
+        } else {
+            what = "not a Stable Diffusion checkpoint in the original (LDM) layout: it has no model.diffusion_model.* weights — use a whole SD 1.x/2.x checkpoint or a diffusers folder"
+        }
+        throw ToolError("\(name) is \(what)")
+    }
+
+    /// The sidecar's sections, each checked to set only what the file cannot say.
+    static func readSidecar(_ path: String, label: String) throws -> [String: [String: Any]] {
+        guard FileManager.default.fileExists(atPath: path) else { return [:] }
+        guard let data = FileManager.default.contents(atPath: path), data.count <= 1 << 20 else {
+            throw ToolError("cannot read \(path) (or it is over 1 MiB) — the sidecar is a small JSON object; fix or remove it")
+        }
+        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw ToolError("\(label) is not a JSON object — write it as {\"scheduler\": {…}, \"unet\": {…}, \"vae\": {…}, \"text_encoder\": {…}}")
+        }
+        var out: [String: [String: Any]] = [:]
+        for (section, value) in object {
+            guard section == "scheduler" || SingleFileArchitecture.overridable[section] != nil else {
+                throw ToolError("\(label): unknown section '\(section)' — the sidecar has scheduler, unet, vae and text_encoder sections")
+            }
+            guard let keys = value as? [String: Any] else {
+                throw ToolError("\(label): '\(section)' is not a JSON object — write it as \"\(section)\": {\"key\": value}")
+            }
+            if let allowed = SingleFileArchitecture.overridable[section],
+               let bad = keys.keys.sorted().first(where: { !allowed.contains($0) }) {
+                throw ToolError("\(label): \(section).\(bad) is read from the weights, not the sidecar — remove it (\(section) may set \(allowed.sorted().joined(separator: ", ")))")
+            }
+            out[section] = keys
+        }
+        return out
+    }
+}
