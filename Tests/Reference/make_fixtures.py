@@ -1228,6 +1228,7 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
 # 7. Main
 # ----------------------------------------------------------------------------------------------
 GENERATED = ["sd1", "sd2", "scheduler.tensor", "rng.tensor", "prompts.json", "tokens-sd1.tensor",
+             "tokens-sd2.tensor", "single-file", "MANIFEST.txt"] + fixtures_schedulers.GENERATED
 
 
 def manifest(out):
@@ -1313,6 +1314,10 @@ def main():
     ref_rng(out)
     prompts = make_prompts()
     ref_tokens(out, prompts, tokenizers, oc_mod, report)
+    print("[single-file] the pipelines as LDM-layout single files; full-size SD 1.5 / 2.1 key sets")
+    fixtures_single_file.write(out, SPECS)
+    # DPM-Solver++ and DDIM eta (Tests/Reference/fixtures_schedulers.py); last, so nothing above changes
+    report.update(fixtures_schedulers.write_all(out, sys.modules[__name__]))
 
     man = manifest(out)
     with open(os.path.join(out, "MANIFEST.txt"), "w", newline="\n") as f:
