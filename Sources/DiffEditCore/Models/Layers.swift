@@ -42,8 +42,9 @@ struct LinearLayer {
         var shape = x.shape
         shape[shape.count - 1] = outFeatures
         let y = ctx.activation(shape)
+        let matrix = weight.matrix  // outside the closure: Swift 6.3's optimiser crashes on it inside
         ctx.measure("linear") {
-            Linear.forward(ctx, x: x.pointer, rows: rows, inFeatures: inFeatures, weight: weight.matrix,
+            Linear.forward(ctx, x: x.pointer, rows: rows, inFeatures: inFeatures, weight: matrix,
                            bias: bias?.pointer, outFeatures: outFeatures, out: y.pointer)
         }
         ctx.countMACs(rows * inFeatures * outFeatures)
@@ -56,11 +57,12 @@ struct LinearLayer {
         let (b, c, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
         precondition(c == inFeatures)
         let y = ctx.activation([b, hw, outFeatures])
+        let matrix = weight.matrix
         ctx.measure("linear") {
             if let bias {
                 for r in 0..<(b * hw) { (y.pointer + r * outFeatures).update(from: bias.pointer, count: outFeatures) }
             }
-            weight.matrix.columnBlocks(ctx, rows: outFeatures, ld: c, columns: 0..<c) { k, w, ldw in
+            matrix.columnBlocks(ctx, rows: outFeatures, ld: c, columns: 0..<c) { k, w, ldw in
                 for bi in 0..<b {
                     ctx.gemm(transA: true, transB: true, m: hw, n: outFeatures, k: k.count,
                              a: x.pointer + (bi * c + k.lowerBound) * hw, lda: hw, b: w, ldb: ldw,
@@ -79,10 +81,11 @@ struct LinearLayer {
         let (b, c, hw) = (residual.shape[0], residual.shape[1], residual.shape[2] * residual.shape[3])
         precondition(c == outFeatures && t.shape == [b, hw, inFeatures])
         let y = ctx.activation(residual.shape)
+        let matrix = weight.matrix
         ctx.measure("linear") {
             y.pointer.update(from: residual.pointer, count: residual.count)
             if let bias { Pointwise.addPerChannel(ctx, y.pointer, n: b, channels: c, plane: hw, bias.pointer, perImage: false) }
-            weight.matrix.columnBlocks(ctx, rows: c, ld: inFeatures, columns: 0..<inFeatures) { k, w, ldw in
+            matrix.columnBlocks(ctx, rows: c, ld: inFeatures, columns: 0..<inFeatures) { k, w, ldw in
                 for bi in 0..<b {
                     ctx.gemm(transB: true, m: c, n: hw, k: k.count, a: w, lda: ldw,
                              b: t.pointer + bi * hw * inFeatures + k.lowerBound, ldb: inFeatures, beta: 1,
@@ -125,21 +128,21 @@ struct Conv2DLayer {
         let (oh, ow) = Conv2D.outputSize(h: h, w: w, kernel: (kernel, kernel), stride: stride, padding: padding)
         precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the \(kernel)x\(kernel) kernel")
         let y = ctx.activation([n, outChannels, oh, ow])
-        let spatial = stride == 1 && kernel > 1
+        let spatial = stride == 1 && kernel > 1, matrix = weight.matrix
         if spatial && oh * ow <= Conv2D.smallImagePixels {
             ctx.measure("conv small \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardSmall(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: weight.matrix,
+                Conv2D.forwardSmall(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: matrix,
                                     bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
                                     padding: padding, out: y.pointer)
             }
         } else if spatial && kernel == 3 && Conv2D.prefersWinograd(inChannels: c, outChannels: outChannels) {
             ctx.measure("conv winograd \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardWinograd(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: weight.matrix,
+                Conv2D.forwardWinograd(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: matrix,
                                        bias: bias?.pointer, outChannels: outChannels, padding: padding, out: y.pointer)
             }
         } else {
             ctx.measure(spatial ? "conv bands \(h)x\(w) \(c)->\(outChannels)" : "conv im2col") {
-                Conv2D.forwardIm2col(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: weight.matrix,
+                Conv2D.forwardIm2col(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: matrix,
                                      bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
                                      stride: stride, padding: padding, out: y.pointer)
             }
