@@ -18,12 +18,15 @@ trap 'rm -rf "$work"' EXIT
 mkdir "$work/images"
 scene="$root/demo/scenes/red-circle.ppm"
 i=0
-for flip in null -lr -tb -r90 -r180 -r270 -xy -xy\ -lr; do
-    # shellcheck disable=SC2086
-    pamscale -xsize "$size" -ysize "$size" "$scene" | { if [ "$flip" = null ]; then cat; else pamflip $flip; fi; } \
-        | ppmtoppm > "$work/images/scene$i.ppm"
+for flip in null -lr -tb -r90 -r180 -r270 -xy -xy,-lr; do
+    pamscale -xsize "$size" -ysize "$size" "$scene" > "$work/scaled.ppm"
+    for f in ${flip//,/ }; do
+        [ "$f" = null ] || { pamflip "$f" "$work/scaled.ppm" > "$work/flipped.ppm" && mv "$work/flipped.ppm" "$work/scaled.ppm"; }
+    done
+    ppmtoppm < "$work/scaled.ppm" > "$work/images/scene$i.ppm"
     i=$((i + 1))
 done
+rm "$work/scaled.ppm"
 echo "a red circle on a striped white background" > "$work/src.txt"
 echo "a blue circle on a striped white background" > "$work/dst.txt"
 cd "$work"

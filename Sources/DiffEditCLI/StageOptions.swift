@@ -31,7 +31,7 @@ extension StageOptions {
         let unet = try UNet2DCondition(folder: folder)
         if verbose && !quiet {
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            CLI.note(tool, "model \(folder.root); UNet loaded in \(String(format: "%.2f", seconds)) s, on \(unet.context.threads) threads; \(BLASKernel.description)")
+            CLI.note(tool, "model \(folder.root); UNet on \(unet.context.threads) threads, loaded in \(String(format: "%.2f", seconds)) s; \(BLASKernel.description)")
         }
         return unet
     }
