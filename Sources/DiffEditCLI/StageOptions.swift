@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import DiffEditCore
 
@@ -26,9 +27,11 @@ extension StageOptions {
     /// --quiet): the weights cannot tell a v-prediction model from an epsilon one.
     public func loadUNet(_ folder: ModelFolder, tool: String) throws -> UNet2DCondition {
         if !quiet, let note = folder.singleFile?.predictionTypeNote { CLI.note(tool, "note: " + note) }
+        let start = DispatchTime.now().uptimeNanoseconds
         let unet = try UNet2DCondition(folder: folder)
         if verbose && !quiet {
-            CLI.note(tool, "model \(folder.root); UNet on \(unet.context.threads) threads; \(BLASKernel.description)")
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            CLI.note(tool, "model \(folder.root); UNet on \(unet.context.threads) threads, loaded in \(String(format: "%.2f", seconds)) s; \(BLASKernel.description)")
         }
         return unet
     }

@@ -56,7 +56,7 @@ struct UNetBench: DiffEditTool {
 
     @Flag(name: .long, help: "3x3 convolutions of larger images in bands of rows instead of Winograd F(2x2, 3x3).")
     var noWinograd = false
-    @Flag(name: .long, help: "Convert f16/bf16 weights to f32 at load instead of keeping them 16-bit and widening them per use (same numbers).")
+    @Flag(name: .long, help: "Convert every weight to a private f32 copy at load instead of reading matrices in place from the checkpoint's memory map (same numbers).")
     var f32Weights = false
 
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
@@ -88,7 +88,7 @@ struct UNetBench: DiffEditTool {
                 return
             }
             let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
-            if f32Weights { Parameter.keepsSixteenBit = false }
+            if f32Weights { Parameter.readsInPlace = false }
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {

@@ -130,34 +130,33 @@ final class AttentionKernelTests: XCTestCase {
         return ([n, o, oh, ow], out)
     }
 
-    /// Conv2D's stride-1 methods on a tap-major packed weight (bands, small images, Winograd)
+    /// Conv2D's stride-1 methods on torch's weight layout (bands, small images, Winograd)
     /// against a direct convolution, for 3×3 and 5×5 kernels, asymmetric padding, several images
     /// and non-square inputs.
-    func testShiftedConvolutionMatchesNaive() {
+    func testStrideOneConvolutionsMatchNaive() {
         for (n, c, h, w, o, k, pad) in [(2, 3, 5, 7, 4, 3, Conv2D.Padding.same(1)), (1, 5, 4, 4, 2, 3, .same(0)),
                                         (3, 2, 6, 3, 3, 5, .same(2)), (2, 4, 1, 1, 5, 3, .same(1)),
                                         (1, 2, 5, 6, 3, 3, Conv2D.Padding(top: 0, bottom: 1, left: 2, right: 0))] {
             let x = random(n * c * h * w, seed: 30), weight = random(o * c * k * k, seed: 31), bias = random(o, seed: 32)
             let want = naiveConv(x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, o: o, k: k, stride: 1, pad: pad)
-            let packed = Conv2D.packShifted(weight: weight, outChannels: o, inChannels: c, kernel: (k, k))
-            let saved = Conv2D.bandColumnBudget
-            defer { Conv2D.bandColumnBudget = saved }
+            let saved = Conv2D.columnBudget
+            defer { Conv2D.columnBudget = saved }
             // One band per image, bands of two rows, one row per band.
             let ow = want.shape[3]
             for budget in [1 << 24, 2 * k * k * c * ow, 1] {
-                Conv2D.bandColumnBudget = budget
-                let got = Conv2D.forwardBands(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
-                                              outChannels: o, kernel: (k, k), padding: pad)
+                Conv2D.columnBudget = budget
+                let got = Conv2D.forward(Tensor(shape: [n, c, h, w], data: x), weight: weight, bias: bias,
+                                         outChannels: o, kernel: (k, k), padding: pad)
                 XCTAssertEqual(got.shape, want.shape)
                 assertClose(got.data, want.data, atol: 1e-4, "bands: n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
             }
-            // The small-image method (one GEMM over a tap-major unfolded copy) on the same
-            // packed weight: all images in one group, two per group, one per group.
+            // The small-image method (one GEMM over the group's unfolded images): all images in
+            // one group, two per group, one per group.
             let savedSmall = Conv2D.smallColumnBudget
             defer { Conv2D.smallColumnBudget = savedSmall }
             for budget in [1 << 24, 2 * k * k * c * (want.data.count / (n * o)), 1] {
                 Conv2D.smallColumnBudget = budget
-                let got = Conv2D.forwardSmall(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
+                let got = Conv2D.forwardSmall(Tensor(shape: [n, c, h, w], data: x), weight: weight, bias: bias,
                                               outChannels: o, kernel: (k, k), padding: pad)
                 XCTAssertEqual(got.shape, want.shape)
                 assertClose(got.data, want.data, atol: 1e-4, "small: n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
@@ -168,7 +167,7 @@ final class AttentionKernelTests: XCTestCase {
                 defer { Conv2D.winogradBudget = savedWinograd }
                 for budget in [1 << 24, 16 * (c + o) * 3, 1] {
                     Conv2D.winogradBudget = budget
-                    let got = Conv2D.forwardWinograd(Tensor(shape: [n, c, h, w], data: x), packedWeight: packed, bias: bias,
+                    let got = Conv2D.forwardWinograd(Tensor(shape: [n, c, h, w], data: x), weight: weight, bias: bias,
                                                      outChannels: o, padding: pad)
                     XCTAssertEqual(got.shape, want.shape)
                     assertClose(got.data, want.data, atol: 1e-4, "winograd: n \(n) c \(c) \(h)x\(w) o \(o) budget \(budget)")

@@ -2,9 +2,10 @@ import Foundation
 import XCTest
 @testable import DiffEditCore
 
-/// 16-bit weights kept in memory (`WeightMatrix`, `Parameter.keepsSixteenBit`): every kernel that
-/// multiplies by a weight gives the numbers of the same values held as f32, also when the
-/// weight is widened in many blocks, and the loader keeps f16/bf16 checkpoints 16-bit.
+/// Weights read in place (`WeightMatrix`, `Parameter.readsInPlace`): every kernel that multiplies
+/// by a weight gives the numbers of the same values held as f32, also when a 16-bit weight is
+/// widened in many blocks or a matrix is the rows of several stored tensors, and the loader
+/// points large matrices of f32, f16 and bf16 checkpoints into the file's mapping.
 final class SixteenBitWeightTests: XCTestCase {
     typealias Lcg = KernelTests.Lcg
 
@@ -76,13 +77,13 @@ final class SixteenBitWeightTests: XCTestCase {
                 Conv2D.forwardIm2col(ctx, x: xp, n: n, c: c, h: h, w: w, weight: wm, bias: bp, outChannels: o,
                                      kernel: (3, 3), stride: 2, padding: asym, out: out) }),
             ("small", o * c * 9, n * o * h * w, { ctx, xp, wm, bp, out in
-                Conv2D.forwardSmall(ctx, x: xp, n: n, c: c, h: h, w: w, packedWeight: wm, bias: bp, outChannels: o,
+                Conv2D.forwardSmall(ctx, x: xp, n: n, c: c, h: h, w: w, weight: wm, bias: bp, outChannels: o,
                                     kernel: (3, 3), padding: .same(1), out: out) }),
             ("bands", o * c * 9, n * o * h * w, { ctx, xp, wm, bp, out in
-                Conv2D.forwardBands(ctx, x: xp, n: n, c: c, h: h, w: w, packedWeight: wm, bias: bp, outChannels: o,
-                                    kernel: (3, 3), padding: .same(1), out: out) }),
+                Conv2D.forwardIm2col(ctx, x: xp, n: n, c: c, h: h, w: w, weight: wm, bias: bp, outChannels: o,
+                                     kernel: (3, 3), stride: 1, padding: .same(1), out: out) }),
             ("winograd", o * c * 9, n * o * h * w, { ctx, xp, wm, bp, out in
-                Conv2D.forwardWinograd(ctx, x: xp, n: n, c: c, h: h, w: w, packedWeight: wm, bias: bp, outChannels: o,
+                Conv2D.forwardWinograd(ctx, x: xp, n: n, c: c, h: h, w: w, weight: wm, bias: bp, outChannels: o,
                                        padding: .same(1), out: out) }),
         ]
         for (label, count, outCount, method) in cases {
@@ -102,34 +103,111 @@ final class SixteenBitWeightTests: XCTestCase {
         }
     }
 
-    /// A checkpoint stored in f16: matrices stay 16-bit (the file's own bytes for plain
-    /// layouts, repacked for convolutions), small vectors become f32, and every value is the
-    /// stored one; with keepsSixteenBit off everything is f32 with the same values.
-    func testLoaderKeepsSixteenBitMatrices() throws {
-        let (o, c) = (48, 400)  // 19 200 elements: above Parameter.sixteenBitMinimum
-        let conv = Self.values(o * c * 9, .f16, seed: 1), lin = Self.values(o * c, .f16, seed: 2)
-        let lin2 = Self.values(o * c, .f16, seed: 3), bias = Self.values(o, .f16, seed: 4)
-        let path = NSTemporaryDirectory() + "sixteen-\(getpid()).safetensors"
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        try SafeTensorsTests.writeF16(path, [("conv.weight", [o, c, 3, 3], conv.raw), ("lin.weight", [o, c], lin.raw),
-                                             ("lin2.weight", [o, c], lin2.raw), ("lin.bias", [o], bias.raw)])
-        for keep in [true, false] {
-            let saved = Parameter.keepsSixteenBit
-            Parameter.keepsSixteenBit = keep
-            defer { Parameter.keepsSixteenBit = saved }
-            let l = ParameterLoader(source: WeightStore(component: "test", file: try SafeTensorsFile(path: path)))
-            let m = try l.matrix("lin.weight", [o, c])
-            XCTAssertEqual(m.bits, keep ? .f16 : .f32)
-            XCTAssertEqual(m.values, lin.f32)
-            let b = try l.matrix("lin.bias", [o])
-            XCTAssertEqual(b.bits, .f32, "vectors are converted")
-            XCTAssertEqual(b.values, bias.f32)
-            let s = try l.stacked(["lin.weight", "lin2.weight"], rows: [o, o], columns: c)
-            XCTAssertEqual(s.bits, keep ? .f16 : .f32)
-            XCTAssertEqual(s.values, lin.f32 + lin2.f32)
-            let k = try l.shiftedConv("conv.weight", out: o, in: c, kernel: 3)
-            XCTAssertEqual(k.bits, keep ? .f16 : .f32)
-            XCTAssertEqual(k.values, Conv2D.packShifted(weight: conv.f32, outChannels: o, inChannels: c, kernel: (3, 3)))
+    /// A matrix made of row segments stored apart (fused q/k/v read in place) multiplies as
+    /// the same rows in one piece, in f32 and 16 bits, in one block and in many.
+    func testSegmentedMatrixMatchesContiguous() {
+        let (rows, i) = (4, 29), outs = [7, 5, 9], o = outs.reduce(0, +)
+        var rng = Lcg(state: 12)
+        let x = rng.array(rows * i)
+        for bits in [WeightMatrix.Bits.f32, .f16, .bf16] {
+            let (f, raw) = Self.values(o * i, bits, seed: 13)
+            let want = f.withUnsafeBufferPointer { wp in
+                Linear.forward(Tensor(shape: [rows, i], data: x), weight: Array(wp), bias: nil, outFeatures: o).data
+            }
+            for block in [1 << 21, 40, 3] {
+                let saved = WeightMatrix.blockFloats
+                WeightMatrix.blockFloats = block
+                defer { WeightMatrix.blockFloats = saved }
+                // Each segment in its own buffer, as separate tensors of a file are.
+                let size = bits == .f32 ? 4 : 2
+                var buffers: [UnsafeMutableRawPointer] = []
+                defer { buffers.forEach { $0.deallocate() } }
+                var first = 0
+                for r in outs {
+                    let b = UnsafeMutableRawPointer.allocate(byteCount: r * i * size, alignment: 64)
+                    if bits == .f32 {
+                        f.withUnsafeBytes { b.copyMemory(from: $0.baseAddress! + first * i * 4, byteCount: r * i * 4) }
+                    } else {
+                        raw.withUnsafeBytes { b.copyMemory(from: $0.baseAddress! + first * i * 2, byteCount: r * i * 2) }
+                    }
+                    buffers.append(b)
+                    first += r
+                }
+                let wm = WeightMatrix(raw: buffers[0], bits: bits,
+                                      segments: .init(bases: buffers.map { UnsafeRawPointer($0) }, rows: outs))
+                XCTAssertFalse(wm.isPlainF32, "segments are read through blocks")
+                var got = [Float](repeating: .nan, count: rows * o)
+                x.withUnsafeBufferPointer { xp in
+                    Linear.forward(ComputeContext(), x: xp.baseAddress!, rows: rows, inFeatures: i, weight: wm,
+                                   bias: nil, outFeatures: o, out: &got)
+                }
+                assertClose(got, want, atol: 1e-5, "segments \(bits) block \(block)")
+            }
+        }
+    }
+
+    /// A safetensors file of `entries` (name, dtype, shape, little-endian bytes), `pad` bytes of
+    /// an unused entry first (to misalign what follows).
+    static func write(_ path: String, _ entries: [(String, String, [Int], [UInt8])], pad: Int = 0) throws {
+        var fields: [String] = [], data = [UInt8](repeating: 0, count: pad), offset = pad
+        if pad > 0 { fields.append("\"pad\":{\"dtype\":\"U8\",\"shape\":[\(pad)],\"data_offsets\":[0,\(pad)]}") }
+        for (name, dtype, shape, bytes) in entries {
+            fields.append("\"\(name)\":{\"dtype\":\"\(dtype)\",\"shape\":\(shape),\"data_offsets\":[\(offset),\(offset + bytes.count)]}")
+            data += bytes
+            offset += bytes.count
+        }
+        var header = Array(("{" + fields.joined(separator: ",") + "}").utf8)
+        while header.count % 8 != 0 { header.append(0x20) }
+        var n = UInt64(header.count).littleEndian
+        var out = [UInt8]()
+        withUnsafeBytes(of: &n) { out.append(contentsOf: $0) }
+        try Data(out + header + data).write(to: URL(fileURLWithPath: path))
+    }
+
+    static func bytes(_ f: [Float], _ raw: [UInt16], _ bits: WeightMatrix.Bits) -> [UInt8] {
+        bits == .f32 ? f.flatMap { v in withUnsafeBytes(of: v.bitPattern.littleEndian) { Array($0) } }
+                     : raw.flatMap { [UInt8($0 & 0xff), UInt8($0 >> 8)] }
+    }
+
+    /// Checkpoints in f32, f16 and bf16: large matrices — linear, conv [O, C, 3, 3] and stacked
+    /// q/k/v — are read in place (their storage is the file's mapping, in the stored bits),
+    /// small vectors become f32, and every value is the stored one; with readsInPlace off, or an
+    /// entry the file does not align, the values are the same in a private f32 copy.
+    func testLoaderReadsMatricesInPlace() throws {
+        let (o, c) = (48, 400)  // 19 200 elements: above Parameter.inPlaceMinimum
+        for bits in [WeightMatrix.Bits.f32, .f16, .bf16] {
+            let dtype = ["F32", "F16", "BF16"][bits == .f32 ? 0 : bits == .f16 ? 1 : 2]
+            let conv = Self.values(o * c * 9, bits, seed: 1), lin = Self.values(o * c, bits, seed: 2)
+            let lin2 = Self.values(o * c, bits, seed: 3), bias = Self.values(o, bits, seed: 4)
+            for pad in [0, 1] {
+                let path = NSTemporaryDirectory() + "in-place-\(getpid()).safetensors"
+                defer { try? FileManager.default.removeItem(atPath: path) }
+                try Self.write(path, [("conv.weight", dtype, [o, c, 3, 3], Self.bytes(conv.f32, conv.raw, bits)),
+                                      ("lin.weight", dtype, [o, c], Self.bytes(lin.f32, lin.raw, bits)),
+                                      ("lin2.weight", dtype, [o, c], Self.bytes(lin2.f32, lin2.raw, bits)),
+                                      ("lin.bias", dtype, [o], Self.bytes(bias.f32, bias.raw, bits))], pad: pad)
+                for inPlace in [true, false] {
+                    let saved = Parameter.readsInPlace
+                    Parameter.readsInPlace = inPlace
+                    defer { Parameter.readsInPlace = saved }
+                    let label = "\(dtype) pad \(pad) in place \(inPlace)"
+                    // An odd pad misaligns every entry after it for f32 and 16 bits alike.
+                    let mapped = inPlace && pad == 0
+                    let file = try SafeTensorsFile(path: path)
+                    let l = ParameterLoader(source: WeightStore(component: "test", file: file))
+                    for (p, want) in [(try l.matrix("lin.weight", [o, c]), lin.f32),
+                                      (try l.matrix("conv.weight", [o, c, 3, 3]), conv.f32),
+                                      (try l.stacked(["lin.weight", "lin2.weight"], rows: [o, o], columns: c), lin.f32 + lin2.f32)] {
+                        XCTAssertEqual(p.bits, mapped ? bits : .f32, label)
+                        XCTAssertEqual(p.storage.owner === file, mapped, "\(label): the file's own bytes")
+                        XCTAssertEqual(p.values, want, label)
+                    }
+                    let b = try l.matrix("lin.bias", [o])
+                    XCTAssertEqual(b.bits, .f32, "vectors are converted")
+                    XCTAssertNil(b.storage.owner, "vectors are converted")
+                    XCTAssertEqual(b.values, bias.f32)
+                }
+            }
         }
     }
 }

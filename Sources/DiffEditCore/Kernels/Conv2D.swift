@@ -1,8 +1,10 @@
-/// 2-D convolution over NCHW, as torch.nn.Conv2d with groups=1. Methods:
-/// - `im2col`: patches unfolded a band of output rows at a time, one sgemm per band (strided
-///   and 1×1 convolutions, torch-layout weight);
-/// - `small` and `bands` (Conv2DShifted.swift): stride-1 convolutions with a spatial kernel over
-///   a tap-major packed weight, whole small images or bands of rows of large ones;
+/// 2-D convolution over NCHW, as torch.nn.Conv2d with groups=1. Every method reads the weight
+/// in torch's own layout [O][C·kh·kw] (so it can stay in the checkpoint's memory map) and
+/// multiplies it by patches unfolded in the same order, cols[(c·kh + ky)·kw + kx][pixel]:
+/// - `im2col`: bands of output rows unfolded and multiplied one GEMM per band (large images,
+///   strided convolutions; a 1×1 convolution multiplies its input directly);
+/// - `small`: whole small images unfolded together, one GEMM per group (the UNet's 32×32 and
+///   smaller levels, whose per-image products are skinny);
 /// - `winograd` (Conv2DWinograd.swift): F(2×2, 3×3) for large 3×3 convolutions with many channels.
 public enum Conv2D {
     public struct Padding: Equatable, Sendable {
@@ -13,87 +15,44 @@ public enum Conv2D {
         public static func same(_ p: Int) -> Padding { Padding(top: p, bottom: p, left: p, right: p) }
     }
 
-    /// Largest im2col buffer kept at once, in floats (64 MiB). Patches are unfolded a band of
-    /// output rows at a time, so a 3×3 convolution over 512×512 with 256 input channels needs
-    /// this much scratch instead of the 2.4 GB of a whole-image unfold.
-    nonisolated(unsafe) public static var columnBudget = 1 << 24
+    /// Floats of the unfolded band `im2col` keeps (16 MiB: the band and its share of the output
+    /// stay in this machine class's L3 while the product runs; at 512×512 with 128 channels a
+    /// band of 7 rows instead of a 2.4 GB whole-image unfold).
+    nonisolated(unsafe) public static var columnBudget = 1 << 22
+
+    /// Images of at most this many output pixels (oh·ow) take `forwardSmall` (measured on SD
+    /// 1.5's UNet at 32×32 latents: the step 3.1 s → 2.2 s; equal at 64×64).
+    nonisolated(unsafe) public static var smallImagePixels = 1024
+
+    /// Most floats of the unfolded copy `forwardSmall` keeps at once (128 MiB); images are
+    /// unfolded and multiplied in groups that fit.
+    nonisolated(unsafe) static var smallColumnBudget = 1 << 25
 
     /// Output size of a convolution.
     static func outputSize(h: Int, w: Int, kernel: (Int, Int), stride: Int, padding: Padding) -> (Int, Int) {
         ((h + padding.top + padding.bottom - kernel.0) / stride + 1, (w + padding.left + padding.right - kernel.1) / stride + 1)
     }
 
-    /// x: [n, c, h, w] at `x`; weight [outC, c, kh, kw] (torch layout), bias [outC];
-    /// writes [n, outC, oh, ow] to `out`.
-    static func forwardIm2col(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
-                              weight: WeightMatrix, bias: UnsafePointer<Float>?, outChannels: Int,
-                              kernel: (Int, Int), stride: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
-        let (kh, kw) = kernel
-        let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: stride, padding: padding)
-        precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the \(kh)x\(kw) kernel")
-        let ohw = oh * ow
-        let kdim = c * kh * kw
-        let direct = kh == 1 && kw == 1 && stride == 1 && padding == .same(0)
-        // Output rows unfolded per band: as many as fit the budget, at least one.
-        let band = direct ? oh : max(1, min(oh, columnBudget / max(1, kdim * ow)))
-        for b in 0..<n {
-            let dst = out + b * outChannels * ohw
-            if let bias {
-                for o in 0..<outChannels { (dst + o * ohw).update(repeating: bias[o], count: ohw) }
-            }
-        }
-        if direct {
-            // Y[b] = W · X[b]: each weight block widened once for every image.
-            weight.columnBlocks(ctx, rows: outChannels, ld: kdim, columns: 0..<kdim) { k, wk, ldw in
-                for b in 0..<n {
-                    ctx.gemm(m: outChannels, n: ohw, k: k.count, a: wk, lda: ldw, b: x + b * c * h * w + k.lowerBound * ohw,
-                             ldb: ohw, beta: bias == nil && k.lowerBound == 0 ? 0 : 1, c: out + b * outChannels * ohw, ldc: ohw)
-                }
-            }
-            return
-        }
-        ctx.workspace.withScratch(kdim * band * ow) { cols in
-            for b in 0..<n {
-                let img = x + b * c * h * w
-                let dst = out + b * outChannels * ohw
-                var oy0 = 0
-                while oy0 < oh {
-                    let rows = min(band, oh - oy0), columns = rows * ow
-                    im2col(img, c: c, h: h, w: w, kh: kh, kw: kw, stride: stride, padding: padding,
-                           rows: oy0..<(oy0 + rows), ow: ow, cols: cols)
-                    // The band's outputs are columns [oy0·ow, (oy0+rows)·ow) of every output-channel
-                    // row: a sub-matrix of dst with leading dimension ohw.
-                    weight.columnBlocks(ctx, rows: outChannels, ld: kdim, columns: 0..<kdim) { k, wk, ldw in
-                        ctx.gemm(m: outChannels, n: columns, k: k.count, a: wk, lda: ldw, b: cols + k.lowerBound * columns,
-                                 ldb: columns, beta: bias == nil && k.lowerBound == 0 ? 0 : 1, c: dst + oy0 * ow, ldc: ohw)
-                    }
-                    oy0 += rows
-                }
-            }
-        }
-    }
-
-    /// Unfolds patches for output rows `rows` (a band of r = rows.count rows):
-    /// cols[(ci·kh + ky)·kw + kx][(oy − rows.lowerBound)·ow + ox] = x[ci][oy·s + ky − pt][ox·s + kx − pl],
-    /// zero outside the image.
-    @inline(__always)
-    static func im2col(_ x: UnsafePointer<Float>, c: Int, h: Int, w: Int, kh: Int, kw: Int,
-                       stride: Int, padding: Padding, rows: Range<Int>, ow: Int,
-                       cols: UnsafeMutablePointer<Float>) {
-        let bandSize = rows.count * ow
-        var row = 0
-        for ci in 0..<c {
-            let plane = x + ci * h * w
-            for ky in 0..<kh {
-                for kx in 0..<kw {
-                    let dst = cols + row * bandSize
-                    // Output columns whose input column kx + ox·s − pl lies inside [0, w).
-                    let shift = kx - padding.left
-                    let oxFirst = shift >= 0 ? 0 : (-shift + stride - 1) / stride
-                    let oxEnd = min(ow, w - shift <= 0 ? 0 : (w - 1 - shift) / stride + 1)
+    /// Unfolds output rows `rows` of `images` consecutive images [c, h, w] on all workers:
+    /// cols[k·ld + i·rows.count·ow + (oy − rows.lower)·ow + ox] = x[i][ci][oy·s + ky − pt][ox·s + kx − pl]
+    /// for k = (ci·kh + ky)·kw + kx (the order of torch's weight), zero outside the image.
+    static func unfold(_ ctx: ComputeContext, x: UnsafePointer<Float>, images: Int, c: Int, h: Int, w: Int,
+                       kernel: (Int, Int), stride: Int, padding: Padding, rows: Range<Int>, ow: Int,
+                       into cols: UnsafeMutablePointer<Float>, ld: Int) {
+        let (kh, kw) = kernel, taps = kh * kw, band = rows.count * ow
+        ctx.parallelRanges(c * taps, minChunk: 16) { part in
+            for k in part {
+                let ci = k / taps, ky = (k % taps) / kw, kx = k % kw
+                // Output columns whose input column ox·s + kx − pl lies inside [0, w).
+                let shift = kx - padding.left
+                let oxFirst = shift >= 0 ? 0 : (-shift + stride - 1) / stride
+                let oxEnd = min(ow, w - shift <= 0 ? 0 : (w - 1 - shift) / stride + 1)
+                for i in 0..<images {
+                    let plane = x + (i * c + ci) * h * w
+                    let d0 = cols + k * ld + i * band
                     for oy in rows {
                         let iy = oy * stride + ky - padding.top
-                        let d = dst + (oy - rows.lowerBound) * ow
+                        let d = d0 + (oy - rows.lowerBound) * ow
                         if iy < 0 || iy >= h || oxFirst >= oxEnd {
                             d.update(repeating: 0, count: ow)
                             continue
@@ -107,7 +66,87 @@ public enum Conv2D {
                         }
                         if oxEnd < ow { (d + oxEnd).update(repeating: 0, count: ow - oxEnd) }
                     }
-                    row += 1
+                }
+            }
+        }
+    }
+
+    /// x: [n, c, h, w] at `x`; weight [outC, c, kh, kw] (torch layout), bias [outC];
+    /// writes [n, outC, oh, ow] to `out`, one GEMM Y[O][band] = W[O][C·kh·kw] · cols per band of
+    /// output rows, written straight into the output (a band of an output plane is contiguous).
+    static func forwardIm2col(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
+                              weight: WeightMatrix, bias: UnsafePointer<Float>?, outChannels o: Int,
+                              kernel: (Int, Int), stride: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
+        let (kh, kw) = kernel
+        let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: stride, padding: padding)
+        precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the \(kh)x\(kw) kernel")
+        let pixels = oh * ow, k = c * kh * kw
+        if let bias {
+            ctx.parallelRanges(n * o, minChunk: 16) { range in
+                for p in range { (out + p * pixels).update(repeating: bias[p % o], count: pixels) }
+            }
+        }
+        if kh == 1 && kw == 1 && stride == 1 && padding == .same(0) {
+            // Y[b] = W · X[b]: each weight block widened once for every image.
+            weight.columnBlocks(ctx, rows: o, ld: k, columns: 0..<k) { kr, wk, ldw in
+                for b in 0..<n {
+                    ctx.gemm(m: o, n: pixels, k: kr.count, a: wk, lda: ldw, b: x + b * c * h * w + kr.lowerBound * pixels,
+                             ldb: pixels, beta: bias == nil && kr.lowerBound == 0 ? 0 : 1, c: out + b * o * pixels, ldc: pixels)
+                }
+            }
+            return
+        }
+        let band = max(1, min(oh, columnBudget / max(1, k * ow)))
+        ctx.workspace.withScratch(k * band * ow) { cols in
+            for b in 0..<n {
+                var y0 = 0
+                while y0 < oh {
+                    let rows = min(band, oh - y0), columns = rows * ow
+                    unfold(ctx, x: x + b * c * h * w, images: 1, c: c, h: h, w: w, kernel: kernel, stride: stride,
+                           padding: padding, rows: y0..<(y0 + rows), ow: ow, into: cols, ld: columns)
+                    weight.columnBlocks(ctx, rows: o, ld: k, columns: 0..<k) { kr, wk, ldw in
+                        ctx.gemm(m: o, n: columns, k: kr.count, a: wk, lda: ldw, b: cols + kr.lowerBound * columns,
+                                 ldb: columns, beta: bias == nil && kr.lowerBound == 0 ? 0 : 1,
+                                 c: out + b * o * pixels + y0 * ow, ldc: pixels)
+                    }
+                    y0 += rows
+                }
+            }
+        }
+    }
+
+    /// Convolution of small images as one GEMM per group of whole images: cols holds the group's
+    /// unfolded images side by side, Y[O][g·oh·ow] = W[O][C·kh·kw] · cols, then Y's columns are
+    /// scattered to [n][O][oh·ow] with the bias.
+    internal static func forwardSmall(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
+                                      weight: WeightMatrix, bias: UnsafePointer<Float>?, outChannels o: Int,
+                                      kernel: (Int, Int), stride: Int = 1, padding: Padding,
+                                      out: UnsafeMutablePointer<Float>) {
+        let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: stride, padding: padding)
+        let pixels = oh * ow, k = c * kernel.0 * kernel.1
+        let group = max(1, min(n, smallColumnBudget / max(1, k * pixels)))
+        let ws = ctx.workspace
+        ws.withScratch(k * group * pixels) { cols in
+            ws.withScratch(o * group * pixels) { y in
+                var b0 = 0
+                while b0 < n {
+                    let g = min(group, n - b0), columns = g * pixels
+                    unfold(ctx, x: x + b0 * c * h * w, images: g, c: c, h: h, w: w, kernel: kernel, stride: stride,
+                           padding: padding, rows: 0..<oh, ow: ow, into: cols, ld: columns)
+                    weight.columnBlocks(ctx, rows: o, ld: k, columns: 0..<k) { kr, wk, ldw in
+                        ctx.gemm(m: o, n: columns, k: kr.count, a: wk, lda: ldw, b: cols + kr.lowerBound * columns, ldb: columns,
+                                 beta: kr.lowerBound == 0 ? 0 : 1, c: y, ldc: columns)
+                    }
+                    ctx.parallelRanges(o, minChunk: 16) { range in
+                        for oi in range {
+                            let bv = bias?[oi] ?? 0
+                            for i in 0..<g {
+                                let s = y + oi * columns + i * pixels, d = out + ((b0 + i) * o + oi) * pixels
+                                for p in 0..<pixels { d[p] = s[p] + bv }
+                            }
+                        }
+                    }
+                    b0 += g
                 }
             }
         }
@@ -160,6 +199,16 @@ extension Conv2D {
 }
 
 public extension Conv2D {
+    /// Tensor form of `forwardSmall`.
+    static func forwardSmall(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int,
+                             kernel: (Int, Int), padding: Padding) -> Tensor {
+        onTensors(x, weight: weight, bias: bias, outChannels: o, kernel: kernel, stride: 1,
+                  padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
+            forwardSmall(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: o, kernel: kernel,
+                         padding: padding, out: out)
+        }
+    }
+
     /// weight: [outC, inC, kh, kw] (torch layout), bias: [outC].
     static func forward(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels: Int,
                         kernel: (Int, Int), stride: Int = 1, padding: Padding) -> Tensor {

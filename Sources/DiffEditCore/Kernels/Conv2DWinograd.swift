@@ -10,7 +10,7 @@
 ///     Aᵀ = [1 1 1 0; 0 1 −1 −1]
 public extension Conv2D {
     /// Whether 3×3 stride-1 convolutions of images larger than `smallImagePixels` may use
-    /// F(2×2, 3×3) (else bands: `unet-bench --no-winograd`).
+    /// F(2×2, 3×3) (else im2col bands: `unet-bench --no-winograd`).
     nonisolated(unsafe) static var useWinograd = true
 
     /// Whether F(2×2, 3×3) pays for these channel counts: its transforms cost per tile ∝ C + O
@@ -24,9 +24,9 @@ public extension Conv2D {
     /// Floats of the transformed input and output one group of tiles keeps (16·(C + O)·tiles).
     nonisolated(unsafe) static var winogradBudget = 1 << 24
 
-    /// x: [n, c, h, w]; packedWeight [O][9][C] (`packShifted` of a 3×3 kernel); writes [n, o, oh, ow].
+    /// x: [n, c, h, w]; weight [O, C, 3, 3] (torch layout); writes [n, o, oh, ow].
     internal static func forwardWinograd(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
-                                         packedWeight: WeightMatrix, bias: UnsafePointer<Float>?,
+                                         weight: WeightMatrix, bias: UnsafePointer<Float>?,
                                          outChannels o: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
         let (oh, ow) = outputSize(h: h, w: w, kernel: (3, 3), stride: 1, padding: padding)
         let th = (oh + 1) / 2, tw = (ow + 1) / 2
@@ -34,14 +34,14 @@ public extension Conv2D {
         let group = max(1, min(tiles, winogradBudget / max(1, 16 * (c + o))))
         let ws = ctx.workspace
         ws.withScratch(16 * o * c) { u in
-            // U_ξ[o][c] = (G g Gᵀ)_ξ for every (o, c), from whole rows of the packed weight.
-            packedWeight.rowBlocks(ctx, rows: o, rowLength: 9 * c) { rows, block in
+            // U_ξ[o][c] = (G g Gᵀ)_ξ for every (o, c), from whole rows of the weight.
+            weight.rowBlocks(ctx, rows: o, rowLength: 9 * c) { rows, block in
                 ctx.parallelRanges(rows.count, minChunk: 8) { range in
                     for r in range {
                         let oi = rows.lowerBound + r
                         for ci in 0..<c {
-                            let src = block + r * 9 * c + ci
-                            let g = (src[0], src[c], src[2 * c], src[3 * c], src[4 * c], src[5 * c], src[6 * c], src[7 * c], src[8 * c])
+                            let src = block + (r * c + ci) * 9
+                            let g = (src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7], src[8])
                             // t = G g (4×3), rows of g: (g.0 g.1 g.2), (g.3 g.4 g.5), (g.6 g.7 g.8)
                             let t0 = (g.0, g.1, g.2)
                             let t1 = ((g.0 + g.3 + g.6) * 0.5, (g.1 + g.4 + g.7) * 0.5, (g.2 + g.5 + g.8) * 0.5)
@@ -159,12 +159,12 @@ public extension Conv2D {
 }
 
 public extension Conv2D {
-    /// Tensor form of `forwardWinograd`: x [N, C, H, W], packedWeight from `packShifted` (3×3).
-    static func forwardWinograd(_ x: Tensor, packedWeight: [Float], bias: [Float]?, outChannels o: Int,
+    /// Tensor form of `forwardWinograd`: x [N, C, H, W], weight [O, C, 3, 3].
+    static func forwardWinograd(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int,
                                 padding: Padding) -> Tensor {
-        onTensors(x, weight: packedWeight, bias: bias, outChannels: o, kernel: (3, 3), stride: 1,
+        onTensors(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), stride: 1,
                   padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
-            forwardWinograd(ctx, x: x, n: n, c: c, h: h, w: w, packedWeight: wp, bias: bp, outChannels: o,
+            forwardWinograd(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: o,
                             padding: padding, out: out)
         }
     }

@@ -1,25 +1,55 @@
 import CKernels
 
-/// A layer's weight as a kernel reads it: a row-major matrix (rows = output channels) held in
-/// f32, or in the 16 bits the checkpoint stored (f16 or bf16, often straight from the file's
-/// memory map). 16-bit weights are widened to f32 block by block into the workspace just before
-/// the product that uses them, so memory holds half the bytes and a product at small spatial
-/// sizes (where streaming the weights is the cost) reads half as much from DRAM. Widening is
-/// exact, so the numbers are those of f32 weights converted at load.
+/// A layer's weight as a kernel reads it: a row-major matrix (rows = output channels) in the
+/// checkpoint's own layout and bits (f32, f16 or bf16), normally straight from the file's memory
+/// map, so that every process using a model shares one copy in the page cache. 16-bit weights
+/// are widened to f32 block by block into the workspace just before the product that uses them,
+/// so memory holds half the bytes and a product at small spatial sizes (where streaming the
+/// weights is the cost) reads half as much from DRAM. Widening is exact, so the numbers are
+/// those of f32 weights converted at load. A matrix may be the rows of several stored tensors
+/// one after another (`Segments`: fused q/k/v), read in place too.
 public struct WeightMatrix: @unchecked Sendable {
     public enum Bits: Sendable { case f32, f16, bf16 }
 
+    /// Row blocks stored apart: rows firstRows[i]..<firstRows[i + 1] start at bases[i].
+    final class Segments {
+        let bases: [UnsafeRawPointer]
+        let firstRows: [Int]
+        init(bases: [UnsafeRawPointer], rows: [Int]) {
+            self.bases = bases
+            var first = [0]
+            for r in rows { first.append(first.last! + r) }
+            firstRows = first
+        }
+    }
+
     let base: UnsafeRawPointer
     public let bits: Bits
+    let segments: Segments?
 
     public init(f32 pointer: UnsafePointer<Float>) {
         base = UnsafeRawPointer(pointer)
         bits = .f32
+        segments = nil
     }
 
-    init(raw: UnsafeRawPointer, bits: Bits) {
+    init(raw: UnsafeRawPointer, bits: Bits, segments: Segments? = nil) {
         base = raw
         self.bits = bits
+        self.segments = segments
+    }
+
+    /// Whether kernels can read the matrix as it is (f32 in one piece), without widening.
+    var isPlainF32: Bool { bits == .f32 && segments == nil }
+
+    /// The first element of row `r` (row stride `ld` elements).
+    @inline(__always)
+    func row(_ r: Int, ld: Int) -> UnsafeRawPointer {
+        let size = bits == .f32 ? 4 : 2
+        guard let segments else { return base + r * ld * size }
+        var s = 0
+        while r >= segments.firstRows[s + 1] { s += 1 }
+        return segments.bases[s] + (r - segments.firstRows[s]) * ld * size
     }
 
     /// Floats of one widened block (8 MiB: a quarter of this machine class's L3, so the block
@@ -34,7 +64,7 @@ public struct WeightMatrix: @unchecked Sendable {
     func columnBlocks(_ ctx: ComputeContext, rows: Int, ld: Int, columns: Range<Int>,
                       _ body: (_ k: Range<Int>, _ block: UnsafePointer<Float>, _ ldBlock: Int) -> Void) {
         guard !columns.isEmpty, rows > 0 else { return }
-        if bits == .f32 {
+        if isPlainF32 {
             body(columns, base.assumingMemoryBound(to: Float.self) + columns.lowerBound, ld)
             return
         }
@@ -55,7 +85,7 @@ public struct WeightMatrix: @unchecked Sendable {
     func rowBlocks(_ ctx: ComputeContext, rows: Int, rowLength: Int,
                    _ body: (_ r: Range<Int>, _ block: UnsafePointer<Float>) -> Void) {
         guard rows > 0, rowLength > 0 else { return }
-        if bits == .f32 {
+        if isPlainF32 {
             body(0..<rows, base.assumingMemoryBound(to: Float.self))
             return
         }
@@ -74,14 +104,20 @@ public struct WeightMatrix: @unchecked Sendable {
     /// block[(r − rows.lower)·columns.count + j] = W[r][columns.lower + j], on all workers.
     private func widen(_ ctx: ComputeContext, rows: Range<Int>, ld: Int, columns: Range<Int>,
                        into block: UnsafeMutablePointer<Float>) {
-        let src = base.assumingMemoryBound(to: UInt16.self)
-        let width = columns.count, half = bits == .f16
+        let width = columns.count
         ctx.parallelRanges(rows.count, minChunk: max(1, 16_384 / max(width, 1))) { part in
-            for i in part {
-                let s = src + (rows.lowerBound + i) * ld + columns.lowerBound
-                let d = block + i * width
-                if half { diffedit_f16_to_f32(s, d, width) } else { diffedit_bf16_to_f32(s, d, width) }
-            }
+            for i in part { widenRow(rows.lowerBound + i, ld: ld, columns: columns, into: block + i * width) }
+        }
+    }
+
+    /// out[j] = W[r][columns.lower + j].
+    @inline(__always)
+    func widenRow(_ r: Int, ld: Int, columns: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        let start = row(r, ld: ld)
+        switch bits {
+        case .f32: out.update(from: start.assumingMemoryBound(to: Float.self) + columns.lowerBound, count: columns.count)
+        case .f16: diffedit_f16_to_f32(start.assumingMemoryBound(to: UInt16.self) + columns.lowerBound, out, columns.count)
+        case .bf16: diffedit_bf16_to_f32(start.assumingMemoryBound(to: UInt16.self) + columns.lowerBound, out, columns.count)
         }
     }
 }

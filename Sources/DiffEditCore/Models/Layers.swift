@@ -42,8 +42,9 @@ struct LinearLayer {
         var shape = x.shape
         shape[shape.count - 1] = outFeatures
         let y = ctx.activation(shape)
+        let matrix = weight.matrix  // outside the closure: Swift 6.3's optimiser crashes on it inside
         ctx.measure("linear") {
-            Linear.forward(ctx, x: x.pointer, rows: rows, inFeatures: inFeatures, weight: weight.matrix,
+            Linear.forward(ctx, x: x.pointer, rows: rows, inFeatures: inFeatures, weight: matrix,
                            bias: bias?.pointer, outFeatures: outFeatures, out: y.pointer)
         }
         ctx.countMACs(rows * inFeatures * outFeatures)
@@ -56,11 +57,12 @@ struct LinearLayer {
         let (b, c, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
         precondition(c == inFeatures)
         let y = ctx.activation([b, hw, outFeatures])
+        let matrix = weight.matrix
         ctx.measure("linear") {
             if let bias {
                 for r in 0..<(b * hw) { (y.pointer + r * outFeatures).update(from: bias.pointer, count: outFeatures) }
             }
-            weight.matrix.columnBlocks(ctx, rows: outFeatures, ld: c, columns: 0..<c) { k, w, ldw in
+            matrix.columnBlocks(ctx, rows: outFeatures, ld: c, columns: 0..<c) { k, w, ldw in
                 for bi in 0..<b {
                     ctx.gemm(transA: true, transB: true, m: hw, n: outFeatures, k: k.count,
                              a: x.pointer + (bi * c + k.lowerBound) * hw, lda: hw, b: w, ldb: ldw,
@@ -79,10 +81,11 @@ struct LinearLayer {
         let (b, c, hw) = (residual.shape[0], residual.shape[1], residual.shape[2] * residual.shape[3])
         precondition(c == outFeatures && t.shape == [b, hw, inFeatures])
         let y = ctx.activation(residual.shape)
+        let matrix = weight.matrix
         ctx.measure("linear") {
             y.pointer.update(from: residual.pointer, count: residual.count)
             if let bias { Pointwise.addPerChannel(ctx, y.pointer, n: b, channels: c, plane: hw, bias.pointer, perImage: false) }
-            weight.matrix.columnBlocks(ctx, rows: c, ld: inFeatures, columns: 0..<inFeatures) { k, w, ldw in
+            matrix.columnBlocks(ctx, rows: c, ld: inFeatures, columns: 0..<inFeatures) { k, w, ldw in
                 for bi in 0..<b {
                     ctx.gemm(transB: true, m: c, n: hw, k: k.count, a: w, lda: ldw,
                              b: t.pointer + bi * hw * inFeatures + k.lowerBound, ldb: inFeatures, beta: 1,
@@ -95,8 +98,9 @@ struct LinearLayer {
     }
 }
 
-/// torch.nn.Conv2d (groups 1, square kernel). Stride-1 convolutions with a spatial kernel keep
-/// their weight packed tap-major (small images, bands, Winograd); 1×1 and strided ones use im2col.
+/// torch.nn.Conv2d (groups 1, square kernel), its weight read in place as [O][C·k·k]. Stride-1
+/// convolutions with a spatial kernel choose by size: whole small images, Winograd for large
+/// 3×3 ones with many channels, else bands (im2col, as 1×1 and strided ones).
 struct Conv2DLayer {
     let weight: Parameter
     let bias: Parameter?
@@ -105,13 +109,11 @@ struct Conv2DLayer {
     let kernel: Int
     let stride: Int
     let padding: Conv2D.Padding
-    let shifted: Bool
 
     /// `optionalBias`: the VAE's checkpoints may omit a conv bias; the UNet's may not.
     init(_ l: ParameterLoader, _ p: String, in i: Int, out o: Int, kernel k: Int, stride: Int = 1,
          padding: Conv2D.Padding, optionalBias: Bool = false) throws {
-        shifted = stride == 1 && k > 1
-        weight = shifted ? try l.shiftedConv("\(p).weight", out: o, in: i, kernel: k) : try l.matrix("\(p).weight", [o, i, k, k])
+        weight = try l.matrix("\(p).weight", [o, i, k, k])
         bias = optionalBias ? try l.loadIfPresent("\(p).bias", [o]) : try l.load("\(p).bias", [o])
         inChannels = i
         outChannels = o
@@ -126,26 +128,21 @@ struct Conv2DLayer {
         let (oh, ow) = Conv2D.outputSize(h: h, w: w, kernel: (kernel, kernel), stride: stride, padding: padding)
         precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the \(kernel)x\(kernel) kernel")
         let y = ctx.activation([n, outChannels, oh, ow])
-        if shifted && oh * ow <= Conv2D.smallImagePixels {
+        let spatial = stride == 1 && kernel > 1, matrix = weight.matrix
+        if spatial && oh * ow <= Conv2D.smallImagePixels {
             ctx.measure("conv small \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardSmall(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.matrix,
+                Conv2D.forwardSmall(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: matrix,
                                     bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
                                     padding: padding, out: y.pointer)
             }
-        } else if shifted && kernel == 3 && Conv2D.prefersWinograd(inChannels: c, outChannels: outChannels) {
+        } else if spatial && kernel == 3 && Conv2D.prefersWinograd(inChannels: c, outChannels: outChannels) {
             ctx.measure("conv winograd \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardWinograd(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.matrix,
+                Conv2D.forwardWinograd(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: matrix,
                                        bias: bias?.pointer, outChannels: outChannels, padding: padding, out: y.pointer)
             }
-        } else if shifted {
-            ctx.measure("conv bands \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardBands(ctx, x: x.pointer, n: n, c: c, h: h, w: w, packedWeight: weight.matrix,
-                                    bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
-                                    padding: padding, out: y.pointer)
-            }
         } else {
-            ctx.measure("conv im2col") {
-                Conv2D.forwardIm2col(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: weight.matrix,
+            ctx.measure(spatial ? "conv bands \(h)x\(w) \(c)->\(outChannels)" : "conv im2col") {
+                Conv2D.forwardIm2col(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: matrix,
                                      bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
                                      stride: stride, padding: padding, out: y.pointer)
             }

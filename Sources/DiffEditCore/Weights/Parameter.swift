@@ -4,10 +4,11 @@ import Glibc
 import CKernels
 import Foundation
 
-/// A weight as a layer keeps it, in the layout its kernel wants. Large matrices stored as f16 or
-/// bf16 stay in those 16 bits (pointing straight into the checkpoint's memory map when the
-/// layout is the file's, else repacked once) and are widened per use by the kernels
-/// (`WeightMatrix`); everything else is f32, converted once at load.
+/// A weight as a layer keeps it. Large matrices (linear and convolution weights) are the
+/// checkpoint's own bytes in its memory map, in the bits it stored (f32, f16 or bf16), read by
+/// the kernels through `WeightMatrix`: no process holds a private copy, so concurrent tools on
+/// one model share its pages in the page cache. Everything else (biases, norms, embeddings) is
+/// f32, converted once at load.
 public struct Parameter: @unchecked Sendable {
     final class Storage {
         let raw: UnsafeMutableRawPointer
@@ -17,6 +18,8 @@ public struct Parameter: @unchecked Sendable {
         /// with the parameter; nil when the storage is this object's own.
         let owner: AnyObject?
         let mapped: Bool
+        /// The stored tensors a stacked matrix's rows come from, when read in place.
+        let segments: WeightMatrix.Segments?
 
         var byteCount: Int { max(count, 1) * (bits == .f32 ? 4 : 2) }
 
@@ -27,6 +30,7 @@ public struct Parameter: @unchecked Sendable {
             self.count = count
             self.bits = bits
             owner = nil
+            segments = nil
             let bytes = max(count, 1) * (bits == .f32 ? 4 : 2)
             #if os(Linux)
             if bytes >= Storage.hugeThreshold,
@@ -41,12 +45,14 @@ public struct Parameter: @unchecked Sendable {
             mapped = false
         }
 
-        /// Storage that is `owner`'s memory (read only).
-        init(borrowing pointer: UnsafeRawPointer, count: Int, bits: WeightMatrix.Bits, owner: AnyObject) {
+        /// Storage that is `owner`'s memory (read only), in one piece or as `segments`.
+        init(borrowing pointer: UnsafeRawPointer, count: Int, bits: WeightMatrix.Bits, owner: AnyObject,
+             segments: WeightMatrix.Segments? = nil) {
             raw = UnsafeMutableRawPointer(mutating: pointer)
             self.count = count
             self.bits = bits
             self.owner = owner
+            self.segments = segments
             mapped = false
         }
 
@@ -79,25 +85,21 @@ public struct Parameter: @unchecked Sendable {
 
     /// The f32 values (every parameter that is not a 16-bit matrix).
     @inline(__always) var pointer: UnsafeMutablePointer<Float> {
-        precondition(storage.bits == .f32, "a 16-bit weight is read through `matrix`")
+        precondition(storage.bits == .f32 && storage.segments == nil, "a matrix in place is read through `matrix`")
         return storage.raw.assumingMemoryBound(to: Float.self)
     }
 
     /// The weight as its kernels read it.
-    var matrix: WeightMatrix { WeightMatrix(raw: storage.raw, bits: storage.bits) }
+    var matrix: WeightMatrix { WeightMatrix(raw: storage.raw, bits: storage.bits, segments: storage.segments) }
 
-    /// The values (tests, small per-channel vectors), widened when stored in 16 bits.
+    /// The values as f32 (tests, small per-channel vectors), widened when stored in 16 bits.
     public var values: [Float] {
-        switch storage.bits {
-        case .f32: return [Float](UnsafeBufferPointer(start: pointer, count: count))
-        case .f16, .bf16:
-            var out = [Float](repeating: 0, count: count)
-            let bits = storage.raw.assumingMemoryBound(to: UInt16.self)
-            out.withUnsafeMutableBufferPointer { o in
-                if storage.bits == .f16 { diffedit_f16_to_f32(bits, o.baseAddress!, count) } else { diffedit_bf16_to_f32(bits, o.baseAddress!, count) }
-            }
-            return out
+        let rows = shape.first ?? 1, ld = rows > 0 ? count / rows : 0
+        var out = [Float](repeating: 0, count: count)
+        out.withUnsafeMutableBufferPointer { o in
+            for r in 0..<rows { matrix.widenRow(r, ld: ld, columns: 0..<ld, into: o.baseAddress! + r * ld) }
         }
+        return out
     }
 
     /// A parameter holding `values`.
@@ -107,12 +109,13 @@ public struct Parameter: @unchecked Sendable {
         values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
     }
 
-    /// Whether large f16/bf16 matrices stay 16-bit in memory (default); false converts every
-    /// weight to f32 at load (`unet-bench --f32-weights`, to compare). Same numbers either way.
-    nonisolated(unsafe) public static var keepsSixteenBit = true
+    /// Whether large matrices are read in place from the checkpoint's memory map (default);
+    /// false converts every weight to a private f32 copy at load (`unet-bench --f32-weights`, to
+    /// compare). Same numbers either way.
+    nonisolated(unsafe) public static var readsInPlace = true
 
     /// Matrices with fewer elements are converted to f32 at load (not worth a widening pass).
-    static let sixteenBitMinimum = 1 << 14
+    static let inPlaceMinimum = 1 << 14
 }
 
 /// Where weights come from: a checkpoint's WeightStore, or generated values. Writes the f32
@@ -121,46 +124,13 @@ protocol WeightSource {
     func contains(_ name: String) -> Bool
     func storedShape(_ name: String) -> [Int]?
     func read(_ name: String, shape: [Int], into: UnsafeMutablePointer<Float>) throws
-    /// A conv weight [O, C, kh, kw] written as [O][kh·kw][C] (Conv2D's tap-major layout).
-    func readTapMajor(_ name: String, out o: Int, in c: Int, kernel k: Int, into: UnsafeMutablePointer<Float>,
-                      scratch: ScratchBuffer) throws
-    /// `name` (which must have `shape`) as the 16-bit values the source keeps in memory, with the
-    /// object that owns that memory; nil when it is not stored in 16 bits.
-    func sixteenBit(_ name: String, shape: [Int]) throws -> (bits: UnsafePointer<UInt16>, format: WeightMatrix.Bits, owner: AnyObject)?
-    /// `name`'s stored bytes have been copied and will not be read again (its pages may go).
-    func copied(_ name: String)
+    /// `name` (which must have `shape`) as the f32, f16 or bf16 values the source keeps in
+    /// memory, with the object that owns that memory; nil when it cannot be read in place.
+    func inPlace(_ name: String, shape: [Int]) throws -> (raw: UnsafeRawPointer, bits: WeightMatrix.Bits, owner: AnyObject)?
 }
 
 extension WeightSource {
-    func sixteenBit(_ name: String, shape: [Int]) throws -> (bits: UnsafePointer<UInt16>, format: WeightMatrix.Bits, owner: AnyObject)? { nil }
-    func copied(_ name: String) {}
-
-    func readTapMajor(_ name: String, out o: Int, in c: Int, kernel k: Int, into out: UnsafeMutablePointer<Float>,
-                      scratch: ScratchBuffer) throws {
-        let stored = scratch.floats(o * c * k * k)
-        try read(name, shape: [o, c, k, k], into: stored)
-        Conv2D.packShifted(stored, outChannels: o, inChannels: c, taps: k * k, into: out)
-    }
-}
-
-/// A buffer reused across the weights of one model load (conversion and repacking scratch), so
-/// that only the final parameters are fresh memory.
-final class ScratchBuffer {
-    private var raw: UnsafeMutableRawPointer?
-    private var capacity = 0
-
-    deinit { raw?.deallocate() }
-
-    func bytes(_ n: Int) -> UnsafeMutableRawPointer {
-        if n > capacity || raw == nil {
-            raw?.deallocate()
-            capacity = max(n, capacity * 5 / 4)
-            raw = UnsafeMutableRawPointer.allocate(byteCount: max(capacity, 1), alignment: 64)
-        }
-        return raw!
-    }
-
-    func floats(_ n: Int) -> UnsafeMutablePointer<Float> { bytes(n * 4).bindMemory(to: Float.self, capacity: n) }
+    func inPlace(_ name: String, shape: [Int]) throws -> (raw: UnsafeRawPointer, bits: WeightMatrix.Bits, owner: AnyObject)? { nil }
 }
 
 extension WeightStore: WeightSource {
@@ -171,27 +141,19 @@ extension WeightStore: WeightSource {
         try file.convert(e, into: out)
     }
 
-    func readTapMajor(_ name: String, out o: Int, in c: Int, kernel k: Int, into out: UnsafeMutablePointer<Float>,
-                      scratch: ScratchBuffer) throws {
-        let e = try entry(name, shape: [o, c, k, k])
-        try file.convertTapMajor(e, out: o, in: c, taps: k * k, into: out, scratch: scratch)
-    }
-
-    func sixteenBit(_ name: String, shape: [Int]) throws -> (bits: UnsafePointer<UInt16>, format: WeightMatrix.Bits, owner: AnyObject)? {
+    func inPlace(_ name: String, shape: [Int]) throws -> (raw: UnsafeRawPointer, bits: WeightMatrix.Bits, owner: AnyObject)? {
         let e = try entry(name, shape: shape)
-        let format: WeightMatrix.Bits
+        let bits: WeightMatrix.Bits
         switch e.dtype {
-        case .F16: format = .f16
-        case .BF16: format = .bf16
+        case .F32: bits = .f32
+        case .F16: bits = .f16
+        case .BF16: bits = .bf16
         default: return nil
         }
-        guard let base = file.rawBytes(e).baseAddress, Int(bitPattern: base) % 2 == 0 else { return nil }
+        // safetensors does not promise alignment; a misaligned entry is converted instead.
+        guard let base = file.rawBytes(e).baseAddress, Int(bitPattern: base) % (bits == .f32 ? 4 : 2) == 0 else { return nil }
         file.keepsPages = true
-        return (base.assumingMemoryBound(to: UInt16.self), format, file)
-    }
-
-    func copied(_ name: String) {
-        if let e = lookup(name) { file.releasePages(e) }
+        return (base, bits, file)
     }
 }
 
@@ -228,7 +190,6 @@ struct RandomWeights: WeightSource {
 /// kernel wants: the one place weights enter the layers.
 struct ParameterLoader {
     let source: any WeightSource
-    let scratch = ScratchBuffer()
 
     func contains(_ name: String) -> Bool { source.contains(name) }
     func storedShape(_ name: String) -> [Int]? { source.storedShape(name) }
@@ -244,32 +205,28 @@ struct ParameterLoader {
         contains(name) ? try load(name, shape) : nil
     }
 
-    /// A weight matrix a kernel multiplies by (`Parameter.matrix`): 16-bit weights stay in the
-    /// source's memory as they are stored, others are converted to f32.
+    /// A weight matrix a kernel multiplies by (`Parameter.matrix`): read in place from the
+    /// source's memory as it is stored (a conv weight [O, C, kh, kw] is the matrix
+    /// [O][C·kh·kw] every Conv2D method reads), else converted to f32.
     func matrix(_ name: String, _ shape: [Int]) throws -> Parameter {
-        if let s = try sixteenBit(name, shape) {
-            return Parameter(shape: shape, storage: .init(borrowing: s.bits, count: shape.reduce(1, *), bits: s.format, owner: s.owner))
+        if let s = try inPlace(name, shape) {
+            return Parameter(shape: shape, storage: .init(borrowing: s.raw, count: shape.reduce(1, *), bits: s.bits, owner: s.owner))
         }
         return try load(name, shape)
     }
 
     /// Several [rows_i, cols] matrices (or [rows_i] vectors) stacked into one (fused QKV);
-    /// matrices all stored in the same 16 bits stay 16-bit.
+    /// matrices all stored in the same bits are read in place, as segments of one matrix.
     func stacked(_ names: [String], rows: [Int], columns: Int?) throws -> Parameter {
         let total = rows.reduce(0, +)
         let shape = columns.map { [total, $0] } ?? [total]
         if let columns {
-            let views = try zip(names, rows).map { try sixteenBit($0, [$1, columns]) }
-            if let first = views.first??.format, views.allSatisfy({ $0?.format == first }) {
-                let p = Parameter(shape: shape, bits: first)
-                let dst = p.storage.raw.assumingMemoryBound(to: UInt16.self)
-                var offset = 0
-                for ((name, view), r) in zip(zip(names, views), rows) {
-                    (dst + offset * columns).update(from: view!.bits, count: r * columns)
-                    source.copied(name)
-                    offset += r
-                }
-                return p
+            let views = try zip(names, rows).map { try inPlace($0, [$1, columns]) }
+            if let first = views.first??.bits, views.allSatisfy({ $0?.bits == first }) {
+                let parts = views.map { $0! }
+                return Parameter(shape: shape, storage: .init(
+                    borrowing: parts[0].raw, count: total * columns, bits: first, owner: parts[0].owner,
+                    segments: WeightMatrix.Segments(bases: parts.map(\.raw), rows: rows)))
             }
         }
         let p = Parameter(shape: shape)
@@ -281,25 +238,10 @@ struct ParameterLoader {
         return p
     }
 
-    /// A conv weight [O, C, kh, kw] rearranged to [O][kh·kw][C] for Conv2D's stride-1 methods
-    /// (16-bit weights permuted as bits, staying 16-bit).
-    func shiftedConv(_ name: String, out o: Int, in c: Int, kernel k: Int) throws -> Parameter {
-        if let s = try sixteenBit(name, [o, c, k, k]) {
-            let p = Parameter(shape: [o, k * k, c], bits: s.format)
-            Conv2D.packShifted(s.bits, outChannels: o, inChannels: c, taps: k * k,
-                               into: p.storage.raw.assumingMemoryBound(to: UInt16.self))
-            source.copied(name)
-            return p
-        }
-        let p = Parameter(shape: [o, k * k, c])
-        try source.readTapMajor(name, out: o, in: c, kernel: k, into: p.pointer, scratch: scratch)
-        return p
-    }
-
-    /// The 16-bit view of a large enough matrix, when 16-bit weights are kept.
-    private func sixteenBit(_ name: String, _ shape: [Int]) throws -> (bits: UnsafePointer<UInt16>, format: WeightMatrix.Bits, owner: AnyObject)? {
-        guard Parameter.keepsSixteenBit, shape.reduce(1, *) >= Parameter.sixteenBitMinimum else { return nil }
-        return try source.sixteenBit(name, shape: shape)
+    /// A large enough matrix in the source's memory, when weights are read in place.
+    private func inPlace(_ name: String, _ shape: [Int]) throws -> (raw: UnsafeRawPointer, bits: WeightMatrix.Bits, owner: AnyObject)? {
+        guard Parameter.readsInPlace, shape.reduce(1, *) >= Parameter.inPlaceMinimum else { return nil }
+        return try source.inPlace(name, shape: shape)
     }
 }
 
@@ -339,39 +281,5 @@ extension SafeTensorsFile {
             throw ToolError("'\(path)': weight '\(entry.name)' has dtype \(entry.dtype.rawValue), which diffedit does not load as floats — export the weights as F32, F16 or BF16")
         }
         releasePages(entry)
-    }
-
-    /// A conv weight entry [O, C, taps] written as [O][taps][C]: 16-bit values are permuted as
-    /// raw bits into `scratch` and then converted in one contiguous pass (the conversion
-    /// instructions want contiguous input); f32 is permuted straight into `out`.
-    func convertTapMajor(_ entry: Entry, out o: Int, in c: Int, taps: Int, into out: UnsafeMutablePointer<Float>,
-                         scratch: ScratchBuffer) throws {
-        let n = entry.count
-        guard n > 0 else { return }
-        let src = rawBytes(entry).baseAddress!
-        func permute<T>(_ s: UnsafePointer<T>, _ d: UnsafeMutablePointer<T>) {
-            Conv2D.packShifted(s, outChannels: o, inChannels: c, taps: taps, into: d)
-        }
-        switch entry.dtype {
-        case .F32:
-            permute(src.assumingMemoryBound(to: Float.self), out)
-            releasePages(entry)
-        case .F16, .BF16:
-            let bits = scratch.bytes(n * 2).bindMemory(to: UInt16.self, capacity: n)
-            permute(src.assumingMemoryBound(to: UInt16.self), bits)
-            releasePages(entry)
-            let parts = n >= 1 << 18 ? ComputeContext.defaultThreads : 1
-            let size = (n + parts - 1) / parts
-            let isHalf = entry.dtype == .F16
-            DispatchQueue.concurrentPerform(iterations: parts) { k in
-                let lo = k * size, hi = min(n, lo + size)
-                guard lo < hi else { return }
-                if isHalf { diffedit_f16_to_f32(bits + lo, out + lo, hi - lo) } else { diffedit_bf16_to_f32(bits + lo, out + lo, hi - lo) }
-            }
-        default:
-            let stored = scratch.floats(n)
-            try convert(entry, into: stored)
-            Conv2D.packShifted(stored, outChannels: o, inChannels: c, taps: taps, into: out)
-        }
     }
 }
