@@ -113,8 +113,10 @@ fi
 
 # Every remote must have the tools and the Makefile where this machine has them.
 ssh_opt=(--ssh "$ssh" --sshloginfile "$sshloginfile")
-check="test -r $(q "$makefile") || echo 'no $makefile'; test -x $(q "$bin/denoise") || echo 'no $bin/denoise'; command -v make >/dev/null || echo 'no make'"
-problems=$(parallel "${ssh_opt[@]}" --nonall --tag "$check" 2>&1) || fail "cannot run commands on the machines of $sshloginfile: $problems"
+# (Only lines with the marker count: a remote's shell may print greetings of its own.)
+check="test -r $(q "$makefile") || echo 'diffedit-missing: $makefile'; test -x $(q "$bin/denoise") || echo 'diffedit-missing: $bin/denoise'; command -v make >/dev/null || echo 'diffedit-missing: make'"
+checked=$(parallel "${ssh_opt[@]}" --nonall --tag "$check" 2>&1) || fail "cannot run commands on the machines of $sshloginfile: $(tr '\n' ' ' <<< "$checked")"
+problems=$(grep 'diffedit-missing:' <<< "$checked" || true)
 [ -z "$problems" ] || fail "the remotes lack what the jobs need — install diffedit at the same paths there: $(tr '\n' ';' <<< "$problems")"
 
 # One job: make the image's montage in .work/ (remote OUT), and only when make succeeded link
