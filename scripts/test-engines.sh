@@ -40,7 +40,20 @@ unset DIFFEDIT_MODEL SLURM_CONF  # the tools' own demo model; our cluster only
 tmp=$(mktemp -d /tmp/diffedit-engines.XXXXXX)
 chmod 755 "$tmp"  # munged wants its socket's folders searchable by all
 pids=()           # daemons to stop, last started first
+started() { pids+=("$1"); echo "$1" >> "$tmp/daemons"; }
+# Should this script be killed outright (SIGKILL: no trap runs), a watchdog stops its daemons
+# (and cancels its jobs first) once it is gone. It holds none of this script's output streams.
+: > "$tmp/daemons"
+(
+    while kill -0 $$ 2>/dev/null; do sleep 1; done
+    [ -r "$tmp/daemons" ] || exit 0
+    [ -r "$tmp/slurm/slurm.conf" ] && SLURM_CONF=$tmp/slurm/slurm.conf timeout 10 scancel --user="$(id -un)" && sleep 6
+    xargs -r kill -9 < "$tmp/daemons"
+    rm -rf "$tmp"
+) < /dev/null > /dev/null 2>&1 &
+watchdog=$!
 cleanup() {
+    kill "$watchdog" 2>/dev/null
     if [ -n "${SLURM_CONF:-}" ] && [ -r "${SLURM_CONF:-}" ]; then
         scancel --user="$(id -un)" 2>/dev/null
         for _ in $(seq 30); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.5; done
@@ -138,8 +151,8 @@ test_slurm() {
     local munged slurmctld slurmd
     munged=$(command -v munged || echo /usr/sbin/munged)
     "$munged" -F --key-file="$c/key/munge.key" --socket="$c/munge/socket" --pid-file="$c/munge/munged.pid" \
-        --log-file="$c/log/munged.log" --seed-file="$c/munge/seed" > "$c/log/munged.out" 2>&1 &
-    pids+=($!)
+        --log-file="$c/log/munged.log" --seed-file="$c/munge/seed" < /dev/null > "$c/log/munged.out" 2>&1 &
+    started $!
     if ! wait_for 10 test -S "$c/munge/socket"; then
         skip "slurm: munged does not start here: $(tail -1 "$c/log/munged.out" "$c/log/munged.log" 2>/dev/null | grep -v '^==' | grep . | tail -1)"; return
     fi
@@ -182,10 +195,10 @@ EOF
     export SLURM_CONF=$c/slurm.conf
     slurmctld=$(command -v slurmctld || echo /usr/sbin/slurmctld)
     slurmd=$(command -v slurmd || echo /usr/sbin/slurmd)
-    "$slurmctld" -D -f "$SLURM_CONF" > "$c/log/slurmctld.out" 2>&1 &
-    pids+=($!)
-    "$slurmd" -D -N localhost -f "$SLURM_CONF" > "$c/log/slurmd.out" 2>&1 &
-    pids+=($!)
+    "$slurmctld" -D -f "$SLURM_CONF" < /dev/null > "$c/log/slurmctld.out" 2>&1 &
+    started $!
+    "$slurmd" -D -N localhost -f "$SLURM_CONF" < /dev/null > "$c/log/slurmd.out" 2>&1 &
+    started $!
     idle() { [ "$(sinfo -h -o %t 2>/dev/null)" = idle ]; }
     if ! wait_for 30 idle; then
         skip "slurm: the cluster does not come up here (node: $(sinfo -h -o %t 2>&1 | tail -1)); $(grep -hiE 'fatal|error' "$c/log/slurmctld.log" "$c/log/slurmd.log" 2>/dev/null | grep -v -e pmix -e MPI | tail -1)"
@@ -288,8 +301,8 @@ Host diffedit-test
 EOF
     if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -m 755 /run/sshd && made_run_sshd=1; fi  # sshd's privilege separation folder
     sshd=$(command -v sshd || echo /usr/sbin/sshd)
-    "$sshd" -D -f "$s/sshd_config" -E "$s/sshd.log" &
-    pids+=($!)
+    "$sshd" -D -f "$s/sshd_config" -E "$s/sshd.log" < /dev/null > /dev/null 2>&1 &
+    started $!
     if ! wait_for 15 ssh -F "$s/ssh_config" diffedit-test true < /dev/null; then
         skip "parallel: sshd does not accept the test key here: $(tail -1 "$s/sshd.log" 2>/dev/null)"; return
     fi

@@ -10,7 +10,7 @@
 # The shared files (`make prepare`: the captions' embeddings, the setting stamps) are made here
 # first, so this machine needs the tools too.
 #
-#   printf '4/gpu1\n4/gpu2\n' > hosts        # GNU parallel's sshloginfile: jobs/host a line
+#   printf '4/node1\n4/node2\n' > hosts      # GNU parallel's sshloginfile: jobs/host a line
 #   examples/parallel/edit-over-ssh.sh -S hosts BIN=/opt/diffedit/bin MODEL=/data/sd15 STEPS=25
 #   examples/parallel/edit-over-ssh.sh -S hosts --retry-failed BIN=…  …   # only the failed jobs
 #
