@@ -90,6 +90,24 @@ wait_for() {
     for _ in $(seq "$n"); do "$@" 2>/dev/null && return 0; sleep 0.2; done
     return 1
 }
+# daemon_up SECONDS "PID…" COMMAND…: waits for COMMAND to succeed while the daemons PID… run.
+daemon_up() {
+    local n=$(($1 * 5)) pids=$2 pid; shift 2
+    for _ in $(seq "$n"); do
+        "$@" 2>/dev/null && return 0
+        for pid in $pids; do kill -0 "$pid" 2>/dev/null || return 1; done
+        sleep 0.2
+    done
+    return 1
+}
+# why_not PID LOG…: why a daemon is not up — exited or not ready, and the last line of its logs.
+why_not() {
+    local pid=$1 f line="" status
+    shift
+    for f in "$@"; do [ -s "$f" ] && line=$(grep -v -e pmix -e 'MPI:' "$f" | grep . | tail -1); done
+    if kill -0 "$pid" 2>/dev/null; then status="running"; else status="exited"; fi
+    echo "$status${line:+: $line}"
+}
 missing_commands() {
     local c m=""
     for c in "$@"; do command -v "$c" >/dev/null 2>&1 || [ -x "/usr/sbin/$c" ] || m="$m $c"; done
@@ -153,8 +171,8 @@ test_slurm() {
     "$munged" -F --key-file="$c/key/munge.key" --socket="$c/munge/socket" --pid-file="$c/munge/munged.pid" \
         --log-file="$c/log/munged.log" --seed-file="$c/munge/seed" < /dev/null > "$c/log/munged.out" 2>&1 &
     started $!
-    if ! wait_for 10 test -S "$c/munge/socket"; then
-        skip "slurm: munged does not start here: $(tail -1 "$c/log/munged.out" "$c/log/munged.log" 2>/dev/null | grep -v '^==' | grep . | tail -1)"; return
+    if ! daemon_up 10 $! test -S "$c/munge/socket"; then
+        skip "slurm: munged does not start here ($(why_not $! "$c/log/munged.log" "$c/log/munged.out"))"; return
     fi
     local ctld_port d_port
     ctld_port=$(free_port) && d_port=$(free_port) || { skip "slurm: no free port on 127.0.0.1"; return; }
@@ -197,11 +215,13 @@ EOF
     slurmd=$(command -v slurmd || echo /usr/sbin/slurmd)
     "$slurmctld" -D -f "$SLURM_CONF" < /dev/null > "$c/log/slurmctld.out" 2>&1 &
     started $!
+    local ctld=$!
     "$slurmd" -D -N localhost -f "$SLURM_CONF" < /dev/null > "$c/log/slurmd.out" 2>&1 &
     started $!
+    local d=$!
     idle() { [ "$(sinfo -h -o %t 2>/dev/null)" = idle ]; }
-    if ! wait_for 30 idle; then
-        skip "slurm: the cluster does not come up here (node: $(sinfo -h -o %t 2>&1 | tail -1)); $(grep -hiE 'fatal|error' "$c/log/slurmctld.log" "$c/log/slurmd.log" 2>/dev/null | grep -v -e pmix -e MPI | tail -1)"
+    if ! daemon_up 30 "$ctld $d" idle; then
+        skip "slurm: the cluster does not come up here (slurmctld $(why_not "$ctld" "$c/log/slurmctld.out" "$c/log/slurmctld.log"); slurmd $(why_not "$d" "$c/log/slurmd.out" "$c/log/slurmd.log"))"
         return
     fi
 
@@ -301,10 +321,10 @@ Host diffedit-test
 EOF
     if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -m 755 /run/sshd && made_run_sshd=1; fi  # sshd's privilege separation folder
     sshd=$(command -v sshd || echo /usr/sbin/sshd)
-    "$sshd" -D -f "$s/sshd_config" -E "$s/sshd.log" < /dev/null > /dev/null 2>&1 &
+    "$sshd" -D -f "$s/sshd_config" -E "$s/sshd.log" < /dev/null > "$s/sshd.out" 2>&1 &
     started $!
-    if ! wait_for 15 ssh -F "$s/ssh_config" diffedit-test true < /dev/null; then
-        skip "parallel: sshd does not accept the test key here: $(tail -1 "$s/sshd.log" 2>/dev/null)"; return
+    if ! daemon_up 15 $! ssh -F "$s/ssh_config" diffedit-test true < /dev/null; then
+        skip "parallel: sshd on 127.0.0.1:$port does not let the test key in here (sshd $(why_not $! "$s/sshd.out" "$s/sshd.log"))"; return
     fi
 
     local w=$s/work run=$root/examples/parallel/edit-over-ssh.sh why before after r
