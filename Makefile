@@ -8,7 +8,8 @@
 # PREFIX/share/man      their man pages (man1, man5)
 # PREFIX/share/diffedit model/ (the demo model, used when no --model and no $DIFFEDIT_MODEL is
 #                       given: the tools look for ../share/diffedit/model beside their bin/),
-#                       scenes/ (the demo scenes) and examples/Makefile
+#                       scenes/ (the demo scenes), examples/Makefile and the recipes that run
+#                       it on many machines (examples/slurm/, examples/parallel/)
 #
 # DESTDIR is prepended to every installed path (for packaging). BIN=DIR installs the tools already
 # built in DIR instead of building a release (the tests install their debug build this way).
@@ -46,6 +47,9 @@ install: $(if $(BIN),,build)
 	chmod -R u+rwX,go+rX,go-w '$(SHARE)/model'
 	install -m 644 demo/scenes/*.ppm demo/scenes/*.pgm '$(SHARE)/scenes/'
 	install -m 644 examples/Makefile '$(SHARE)/examples/Makefile'
+	install -d '$(SHARE)/examples/slurm' '$(SHARE)/examples/parallel'
+	install -m 755 examples/slurm/submit.sh examples/slurm/diffedit-array.sbatch '$(SHARE)/examples/slurm/'
+	install -m 755 examples/parallel/edit-over-ssh.sh '$(SHARE)/examples/parallel/'
 
 uninstall:
 	@test -n '$(PREFIX)' || { echo 'make uninstall: PREFIX is empty — give the PREFIX you installed to' >&2; exit 1; }
