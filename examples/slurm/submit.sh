@@ -22,7 +22,7 @@
 #                      MaxArraySize, or images too quick to be worth a job each)
 #   --max-running M    at most M tasks at once (sbatch --array=…%M)
 #   --prepare-here     make the shared files here, now, instead of in a job
-#   --sbatch-args STR  more sbatch options for every job, e.g. '--partition=cpu --mem=4G --time=1:00:00'
+#   --sbatch-args STR  more sbatch options for every job, e.g. '--partition=cpu --mem=6G --time=1:00:00'
 #   --logs DIR         the jobs' output files (default $(OUT)/.slurm)
 #   --wait             wait for the array to end; exit 1 unless every image has its montage
 #   -h, --help         this text
