@@ -73,7 +73,11 @@ public enum DiffEditSupport {
         let tokenizer = try CLIPTokenizer(folder: folder)
         let ids = tokenizer.inputIDs(text)
         let encoder = try CLIPTextModel(folder: folder)
-        return try encoder.encode(ids: ids, batch: 1, length: ids.count)
+        let embedding = try encoder.encode(ids: ids, batch: 1, length: ids.count)
+        // A single file's text encoder reads its 16-bit weights in place from the mapping the UNet
+        // keeps: let those pages go now that the encoder is done.
+        folder.singleFile?.releasePages(of: "text_encoder")
+        return embedding
     }
 
     /// A short stable fingerprint (FNV-1a 64, hex) of bytes, for provenance in metadata.

@@ -66,6 +66,17 @@ public final class SingleFileCheckpoint {
                        : "scheduler of \(URL(fileURLWithPath: sidecarPath).lastPathComponent)")
     }
 
+    /// Drops the resident pages of one network's weights from the shared mapping (they are read
+    /// again from the page cache if used again): for a network that is done while another, which
+    /// keeps the mapping, goes on.
+    public func releasePages(of component: String) {
+        let prefixes = ["unet": [LDMNames.unetPrefix], "vae": [LDMNames.vaePrefix],
+                        "text_encoder": [LDMNames.clipPrefix, LDMNames.openCLIPPrefix]][component] ?? []
+        for (key, entry) in file.entries where prefixes.contains(where: { key.hasPrefix($0) }) {
+            file.releasePages(entry)
+        }
+    }
+
     /// The tokenizer files: the bundled demo model's CLIP BPE (vocab.json, merges.txt).
     public func tokenizerDirectory() throws -> String {
         guard let bundled = ModelFolder.bundledModelPath else {
