@@ -13,9 +13,11 @@ Needs numpy and the release tools (`swift build -c release`); not torch. For eac
 set used seeds 0..23999) it runs, with tool seed k:
 
     vae-encode src.ppm > posterior            tokenize SRC | encode-text > src   (and tgt)
-    noise-diff-mask --source src --target tgt --guidance G --scheduler X < posterior > mask
-    invert --prompt src --guidance G --strength S --scheduler X < posterior > inverted
-    denoise --mask M --blend B --prompt tgt --guidance G [--negative src] < inverted | vae-decode > V.ppm
+    tokenize '' | encode-text > empty       (every negative prompt is given: no model default applies)
+    noise-diff-mask --source src --target tgt --source-negative empty --target-negative empty
+        --guidance G --scheduler X < posterior > mask
+    invert --prompt src --negative empty --guidance G --strength S --scheduler X < posterior > inverted
+    denoise --mask M --blend B --prompt tgt --negative src|empty --guidance G < inverted | vae-decode > V.ppm
 
 (denoise takes the scheduler X, ddim or dpm, from the stack) for the methods
     diffedit         the inferred mask, diffusers' blending (the tools' defaults)
@@ -101,8 +103,12 @@ def edit_case(k, a, env):
     run(f"cd {q(d)} && vae-encode src.ppm > posterior.tensor"
         f" && tokenize {q(pair.source_caption)} | encode-text > src.tensor"
         f" && tokenize {q(pair.target_caption)} | encode-text > tgt.tensor"
-        f" && noise-diff-mask --source src.tensor --target tgt.tensor {s} < posterior.tensor > mask.tensor"
-        f" && invert --prompt src.tensor {s} --strength {a.strength} < posterior.tensor > inverted.tensor"
+        # Every negative prompt given, so no model folder's diffedit_defaults.json changes them.
+        f" && tokenize '' | encode-text > empty.tensor"
+        f" && noise-diff-mask --source src.tensor --target tgt.tensor --source-negative empty.tensor"
+        f" --target-negative empty.tensor {s} < posterior.tensor > mask.tensor"
+        f" && invert --prompt src.tensor --negative empty.tensor {s} --strength {a.strength}"
+        f" < posterior.tensor > inverted.tensor"
         f" && vae-decode --record posterior.mean < posterior.tensor > vae.ppm"
         f" && vae-encode tgt.ppm | vae-decode --record posterior.mean > oracle.ppm", env, log)
     # The other masks carry the inferred mask's metadata, so denoise checks them the same way.
@@ -112,7 +118,7 @@ def edit_case(k, a, env):
     measure.write_tensor(f"{d}/gt.tensor", "mask", gt_cells[None, None], {**meta, "source": "ground truth"})
     measure.write_tensor(f"{d}/ones.tensor", "mask", np.ones_like(inferred), {**meta, "source": "all ones"})
     files = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor"}
-    negative = "--negative src.tensor" if a.negative == "source" else ""
+    negative = "--negative src.tensor" if a.negative == "source" else "--negative empty.tensor"
     for name, mask, blend, _ in METHODS:
         run(f"cd {q(d)} && denoise --quiet --guidance {a.guidance} --mask {files[mask]} --blend {blend}"
             f" --prompt tgt.tensor {negative} < inverted.tensor | vae-decode > {name}.ppm", env, log)

@@ -1,7 +1,7 @@
 """DiffEdit on the demo model with diffusers' StableDiffusionDiffEditPipeline, measured.
 
     python demo/diffedit_check.py [--model demo/model] [--pairs 24] [--montage /tmp/diffedit_montage.png]
-        [--strength 0.8] [--guidance 7.5] [--steps 50] [--ratio 3.0] [--maps 10]
+        [--strength 0.8] [--guidance 7.5] [--steps 50] [--ratio 3.0] [--maps 10] [--ours BIN]
 
 1. The showcase: "a red circle on a striped white background" -> "a blue circle on a striped white
    background" (one image, seed 0), plus --pairs colour-edit pairs from world.make_edit_pair
@@ -11,6 +11,11 @@
    invert (source prompt); denoise with the target prompt and the mask.
 3. Edit success: the dominant object colour inside the ground-truth mask of the edited image is the
    target colour. Background kept: mean |edit - input| outside the (dilated) mask, RGB 0..255.
+4. With --ours BIN (the folder of our release tools): the same edit through our tools
+   (noise-diff-mask, invert, denoise, vae-decode with the same settings and seed, every negative
+   prompt given explicitly), compared with diffusers': latent mask cells that differ, and the 8-bit
+   edited images' max and mean |difference|. Each diffusers call then gets a fresh generator seeded
+   with the case's seed, as each of our tools seeds its own.
 Writes a montage: rows of (input, mask upsampled, edit, ground-truth target).
 """
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -38,17 +45,53 @@ def latent_mask(mask, factor):
 @torch.no_grad()
 def edit(pipe, image_u8, src, tgt, a, seed=0):
     img = Image.fromarray(image_u8)
-    g = torch.Generator("cpu").manual_seed(seed)
-    mask = pipe.generate_mask(image=img, source_prompt=src, target_prompt=tgt, generator=g,
+    shared = torch.Generator("cpu").manual_seed(seed)
+    # With --ours every call starts from the seed, as each of our tools does.
+    gen = (lambda: torch.Generator("cpu").manual_seed(seed)) if a.ours else (lambda: shared)  # noqa: E731
+    mask = pipe.generate_mask(image=img, source_prompt=src, target_prompt=tgt, generator=gen(),
                               num_maps_per_mask=a.maps, mask_encode_strength=a.mask_strength,
                               mask_thresholding_ratio=a.ratio, num_inference_steps=a.steps,
                               guidance_scale=a.guidance)
-    inv = pipe.invert(prompt=src, image=img, generator=g, inpaint_strength=a.strength,
+    inv = pipe.invert(prompt=src, image=img, generator=gen(), inpaint_strength=a.strength,
                       num_inference_steps=a.steps, guidance_scale=a.invert_guidance).latents
-    out = pipe(prompt=tgt, mask_image=mask, image_latents=inv, generator=g,
+    out = pipe(prompt=tgt, mask_image=mask, image_latents=inv, generator=gen(),
                negative_prompt=src if a.negative_source else None, inpaint_strength=a.strength,
                num_inference_steps=a.steps, guidance_scale=a.guidance, output_type="np").images[0]
     return mask[0], (out * 255).round().astype(np.uint8)
+
+
+def ours_edit(image_u8, src, tgt, a, seed):
+    """The same edit through our tools: (latent mask [h, w] of 0/1, edited uint8 image)."""
+    def q(x):
+        return "'" + x.replace("'", "'\\''") + "'"
+    with tempfile.TemporaryDirectory() as d:
+        h, w = image_u8.shape[:2]
+        with open(os.path.join(d, "in.ppm"), "wb") as f:
+            f.write(b"P6\n%d %d\n255\n" % (w, h) + image_u8.tobytes())
+        negative = "--negative src.tensor" if a.negative_source else "--negative empty.tensor"
+        script = f"""set -euo pipefail
+            tokenize {q(src)} | encode-text > src.tensor
+            tokenize {q(tgt)} | encode-text > tgt.tensor
+            tokenize '' | encode-text > empty.tensor
+            vae-encode in.ppm > posterior.tensor
+            noise-diff-mask --source src.tensor --target tgt.tensor --source-negative empty.tensor \
+                --target-negative empty.tensor --maps {a.maps} --encode-strength {a.mask_strength} \
+                --threshold-ratio {a.ratio} --steps {a.steps} --guidance {a.guidance} --seed {seed} \
+                < posterior.tensor > mask.tensor
+            invert --prompt src.tensor --negative empty.tensor --steps {a.steps} --strength {a.strength} \
+                --guidance {a.invert_guidance} --seed {seed} < posterior.tensor > inverted.tensor
+            denoise --mask mask.tensor --prompt tgt.tensor {negative} --strength {a.strength} \
+                --guidance {a.guidance} --blend diffusers < inverted.tensor | vae-decode > edited.ppm
+            tensor to-npy mask.tensor > mask.npy
+            """
+        env = dict(os.environ, DIFFEDIT_MODEL=os.path.abspath(a.model), PATH=a.ours + os.pathsep + os.environ["PATH"])
+        r = subprocess.run(["bash", "-c", script], cwd=d, env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"diffedit_check.py: our tools failed on {src!r} -> {tgt!r}: {r.stderr.strip()}")
+        mask = np.load(os.path.join(d, "mask.npy")).reshape(-1)
+        side = int(round(len(mask) ** 0.5))
+        edited = np.asarray(Image.open(os.path.join(d, "edited.ppm")).convert("RGB"))
+        return mask.reshape(side, side), edited
 
 
 def main():
@@ -67,7 +110,11 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--montage", default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--ours", default=None, metavar="BIN",
+                   help="also run each edit through our tools in BIN (e.g. .build/release) and compare")
     a = p.parse_args()
+    if a.ours:
+        a.ours = os.path.abspath(a.ours)
     torch.set_num_threads(a.threads)
     pipe = load_diffedit(a.model)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
@@ -99,6 +146,12 @@ def main():
         log.append({"source": src_cap, "target": tgt_cap, "mask_iou": round(float(iou), 3),
                     "edited_colour": got, "success": success, "background_mae": round(float(err), 2),
                     "mask_cells": int(m.sum()), "gt_cells": int(gtl.sum())})
+        if a.ours:
+            our_mask, our_out = ours_edit(s.image, src_cap, tgt_cap, a, seed=j)
+            diff = np.abs(our_out.astype(np.int32) - out.astype(np.int32))
+            log[-1]["ours"] = {"mask_cells_differ": int(((our_mask > 0.5) != m).sum()),
+                               "image_max_abs_diff": int(diff.max()),
+                               "image_mean_abs_diff": round(float(diff.mean()), 4)}
         print(json.dumps(log[-1]), flush=True)
         mask_img = np.repeat(np.repeat(m, factor, 0), factor, 1)
         mask_rgb = np.stack([mask_img * 255] * 3, -1).astype(np.uint8)
@@ -111,7 +164,14 @@ def main():
     res = {"cases": len(cases), "mean_mask_iou": float(np.mean(ious)), "showcase_mask_iou": float(ious[0]),
            "edit_success": ok / len(cases) if a.kind == "colour" else None,
            "mean_background_mae": float(np.mean(bg_err)),
-           "settings": {k: v for k, v in vars(a).items() if k not in ("montage", "json", "model")}}
+           "settings": {k: v for k, v in vars(a).items() if k not in ("montage", "json", "model", "ours")}}
+    if a.ours:
+        o = [c["ours"] for c in log]
+        res["ours_vs_diffusers"] = {
+            "cases_with_identical_mask": sum(c["mask_cells_differ"] == 0 for c in o),
+            "mask_cells_differ_total": sum(c["mask_cells_differ"] for c in o),
+            "image_max_abs_diff": max(c["image_max_abs_diff"] for c in o),
+            "image_mean_abs_diff": round(float(np.mean([c["image_mean_abs_diff"] for c in o])), 4)}
     print(json.dumps(res, indent=2))
     if a.json:
         with open(a.json, "w") as f:
