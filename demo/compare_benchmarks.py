@@ -22,10 +22,10 @@ def sign_test(won, lost):
     return min(1.0, 2 * tail)
 
 
-def label(r):
+def label(r, with_model=False):
     s = r["settings"]
     name = {"ddim": "DDIM", "dpm": "DPM-Solver++"}[s.get("scheduler", "ddim")]
-    return f"{name} {s['steps']}"
+    return (f"{s.get('model', '?')}, " if with_model else "") + f"{name} {s['steps']}"
 
 
 def main():
@@ -35,12 +35,17 @@ def main():
     a = p.parse_args()
     runs = [json.load(open(f)) for f in a.results]
     base = {c["case"]: c for c in runs[0]["cases"]}
-    print(f"| scheduler, steps | method | mask IoU | background PSNR (dB) | background MAE (/255) | edit success: all "
-          f"| colour | shape | vs {label(runs[0])}: won / lost (sign test p) | tool time per case (s) |")
+    # Runs on different models (v1 against v2) are labelled with the model too.
+    models = len({r["settings"].get("model") for r in runs}) > 1
+    label_of = lambda r: label(r, models)  # noqa: E731
+    print(f"| {'model, ' if models else ''}scheduler, steps | method | mask IoU | background PSNR (dB) | background MAE (/255) | edit success: all "
+          f"| colour | shape | vs {label_of(runs[0])}: won / lost (sign test p) | tool time per case (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(runs):
         cases = {c["case"]: c for c in r["cases"]}
-        assert i == 0 or cases.keys() == base.keys(), "the runs must hold the same cases"
+        if i and cases.keys() != base.keys():
+            raise SystemExit(f"compare_benchmarks.py: {a.results[i]} holds other cases than {a.results[0]} "
+                             "— compare runs of the same --cases")
         for m in a.methods:
             s = r["summary"][m]
             al = s["all"]
@@ -51,7 +56,7 @@ def main():
                 won = sum(cases[k]["methods"][m]["success"] and not base[k]["methods"][m]["success"] for k in cases)
                 lost = sum(base[k]["methods"][m]["success"] and not cases[k]["methods"][m]["success"] for k in cases)
                 vs = f"{won} / {lost} (p = {sign_test(won, lost):.2f})"
-            print(f"| {label(r)} | `{m}` | {al['mask_iou']:.3f} | {al['bg_psnr']:.2f} | {al['bg_mae']:.2f} | {pct(al)} "
+            print(f"| {label_of(r)} | `{m}` | {al['mask_iou']:.3f} | {al['bg_psnr']:.2f} | {al['bg_mae']:.2f} | {pct(al)} "
                   f"| {pct(s['colour'])} | {pct(s['shape'])} | {vs} | {r['tool_seconds_per_case']:.1f} |")
 
 
