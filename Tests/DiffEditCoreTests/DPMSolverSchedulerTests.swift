@@ -117,6 +117,35 @@ final class DPMSolverSchedulerTests: XCTestCase {
 
     /// Keys of a DPM-Solver config diffedit does not implement are refused by name; diffusers'
     /// renamings are followed.
+    /// A scheduler_config.json that diffusers saved for DPMSolverMultistepScheduler holds
+    /// `"lambda_min_clipped": -Infinity` (Python's json writes the bare token; strict JSON has no
+    /// such literal). Such a file parses and gives exactly the schedule of the key left out
+    /// (diffusers' default, −∞); the tokens inside strings stay text; NaN is refused by name.
+    func testDiffusersSavedConfigWithBareInfinityParses() throws {
+        let recs = try Fixtures.records("dpm-scheduler.tensor")
+        let source = try XCTUnwrap(recs["dpm.sd1.alphas_cumprod"]?.metadata["source_json"])
+        let body = source.trimmingCharacters(in: .whitespacesAndNewlines).dropLast()  // the closing brace
+        let saved = body + #", "lambda_min_clipped": -Infinity, "_note": "a \"quoted\" -Infinity, NaN"}"#
+        let config = try JSONConfig(data: Data(saved.utf8), label: "scheduler_config.json")
+        XCTAssertEqual(config.values["_note"] as? String, #"a "quoted" -Infinity, NaN"#)
+        var fromSaved = try DPMSolverMultistepScheduler(config: config)
+        var plain = try DPMSolverMultistepScheduler(config: JSONConfig(data: Data(source.utf8), label: "sd1"))
+        XCTAssertEqual(fromSaved.config.lambdaMinClipped, -.infinity)
+        for n in Self.stepCounts {
+            try fromSaved.setTimesteps(n)
+            try plain.setTimesteps(n)
+            XCTAssertEqual(fromSaved.timesteps, plain.timesteps, "\(n) steps")
+            XCTAssertEqual(fromSaved.sigmas.map(\.bitPattern), plain.sigmas.map(\.bitPattern), "\(n) steps")
+        }
+        XCTAssertNoThrow(try DPMSolverMultistepInverseScheduler(config: config))
+        for bad in [#"{"lambda_min_clipped": NaN}"#, #"{"beta_start": -Infinity}"#, #"{"beta_end": NaN}"#] {
+            let key = bad.split(separator: "\"")[1]
+            assertToolError(try DPMSolverMultistepScheduler(config: JSONConfig(data: Data(bad.utf8), label: "s.json")),
+                            contains: ["s.json", String(key)])
+        }
+        XCTAssertEqual(JSONConfig.quotingNonFinite(Data(source.utf8)), Data(source.utf8), "a strict file is left as it is")
+    }
+
     func testUnsupportedConfigsAreRefusedByName() throws {
         func refused(_ values: [String: Any], _ key: String, file: StaticString = #filePath, line: UInt = #line) {
             let json = JSONConfig(values: values, label: "scheduler_config.json")

@@ -85,7 +85,7 @@ public struct DPMSolverConfig: Sendable {
             throw ToolError("\(label): final_sigmas_type '\(f)' is not supported — use zero or sigma_min")
         }
         finalSigmas = fs
-        lambdaMinClipped = try config.double("lambda_min_clipped", default: -.infinity)
+        lambdaMinClipped = try config.doubleOrInfinity("lambda_min_clipped", default: -.infinity)
         let s = try config.string("timestep_spacing", default: "linspace")
         guard let sp = TimestepSpacing(rawValue: s) else {
             throw ToolError("\(label): timestep_spacing '\(s)' is not supported — use leading, trailing or linspace")

@@ -119,7 +119,8 @@ public struct JSONConfig {
     }
 
     public init(data: Data, label: String) throws {
-        guard let obj = try? JSONSerialization.jsonObject(with: data), let dict = obj as? [String: Any] else {
+        guard let obj = try? JSONSerialization.jsonObject(with: JSONConfig.quotingNonFinite(data)),
+              let dict = obj as? [String: Any] else {
             throw ToolError("\(label) is not a JSON object — the model folder's config is damaged; download it again")
         }
         self.values = dict
@@ -158,6 +159,46 @@ public struct JSONConfig {
         guard has(key) else { if let def { return def }; throw missing(key) }
         guard let n = values[key] as? NSNumber, n.doubleValue.isFinite else { throw wrong(key, "a finite number") }
         return n.doubleValue
+    }
+
+    /// A number that may also be Python's -Infinity or Infinity (never NaN), e.g. the DPM-Solver
+    /// schedulers' lambda_min_clipped, which diffusers saves as -Infinity.
+    public func doubleOrInfinity(_ key: String, default def: Double? = nil) throws -> Double {
+        guard has(key) else { if let def { return def }; throw missing(key) }
+        switch values[key] {
+        case let s as String where s == JSONConfig.nonFinite(-.infinity): return -.infinity
+        case let s as String where s == JSONConfig.nonFinite(.infinity): return .infinity
+        case let n as NSNumber where !n.doubleValue.isNaN: return n.doubleValue
+        default: throw wrong(key, "a number or -Infinity")
+        }
+    }
+
+    /// The string a bare non-finite token becomes (see `quotingNonFinite`).
+    static func nonFinite(_ v: Double) -> String { v.isNaN ? "NaN" : v < 0 ? "-Infinity" : "Infinity" }
+
+    /// Python's json module writes non-finite floats as the bare tokens NaN, Infinity and -Infinity
+    /// (diffusers' DPMSolverMultistepScheduler config holds `"lambda_min_clipped": -Infinity`);
+    /// strict JSON and Foundation refuse them. Outside string literals they are quoted here, so the
+    /// file parses and `doubleOrInfinity` reads them back; `double` still refuses them by name.
+    static func quotingNonFinite(_ data: Data) -> Data {
+        let bytes = [UInt8](data)
+        var out = [UInt8](), inString = false, escaped = false, i = 0
+        out.reserveCapacity(bytes.count + 8)
+        while i < bytes.count {
+            let b = bytes[i]
+            if inString {
+                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
+            } else if b == UInt8(ascii: "\"") {
+                inString = true
+            } else if let token = ["-Infinity", "Infinity", "NaN"].first(where: { bytes[i...].starts(with: $0.utf8) }) {
+                out += Array("\"\(token)\"".utf8)
+                i += token.utf8.count
+                continue
+            }
+            out.append(b)
+            i += 1
+        }
+        return out.count == bytes.count ? data : Data(out)
     }
 
     public func bool(_ key: String, default def: Bool? = nil) throws -> Bool {
