@@ -2,7 +2,8 @@
 """DiffEdit's edit quality on held-out scenes of the demo world, measured through the Swift tools.
 
     python3 demo/benchmark.py [--cases 200] [--jobs 2] [--model demo/model] [--bin DIR]
-        [--steps 50] [--scheduler ddim|dpm] [--guidance 3] [--strength 0.8] [--negative empty|source]
+        [--steps 50] [--scheduler ddim|dpm] [--guidance 3] [--invert-guidance G] [--strength 0.8]
+        [--negative empty|source]
         [--work /tmp/diffedit-bench] [--reuse] [--results demo/benchmark/results] [--montage 8]
 
 The defaults are the demo model's settings (examples.sh's): guidance 3 for every stage and the
@@ -16,7 +17,7 @@ set used seeds 0..23999) it runs, with tool seed k:
     tokenize '' | encode-text > empty       (every negative prompt is given: no model default applies)
     noise-diff-mask --source src --target tgt --source-negative empty --target-negative empty
         --guidance G --scheduler X < posterior > mask
-    invert --prompt src --negative empty --guidance G --strength S --scheduler X < posterior > inverted
+    invert --prompt src --negative empty --guidance G|IG --strength S --scheduler X < posterior > inverted
     denoise --mask M --blend B --prompt tgt --negative src|empty --guidance G < inverted | vae-decode > V.ppm
 
 (denoise takes the scheduler X, ddim or dpm, from the stack) for the methods
@@ -85,6 +86,11 @@ def run(cmd, env, log):
         raise RuntimeError(f"exit {r.returncode}: {cmd} (see {log})")
 
 
+def invert_guidance(a):
+    """invert's guidance: --invert-guidance, else --guidance (every stage the same)."""
+    return a.guidance if a.invert_guidance is None else a.invert_guidance
+
+
 def edit_case(k, a, env):
     """Runs the tools on case k in its own folder; returns the folder. Reuses finished cases."""
     pair = world.make_edit_pair(FIRST_SEED + k, kind="colour" if k % 2 == 0 else "shape")
@@ -99,15 +105,15 @@ def edit_case(k, a, env):
     measure.write_pnm(f"{d}/tgt.ppm", pair.target.image)
     log = f"{d}/log.txt"
     q = shlex.quote
-    s = f"--steps {a.steps} --seed {k} --guidance {a.guidance} --scheduler {a.scheduler} --quiet"
+    s = f"--steps {a.steps} --seed {k} --scheduler {a.scheduler} --quiet"
     run(f"cd {q(d)} && vae-encode src.ppm > posterior.tensor"
         f" && tokenize {q(pair.source_caption)} | encode-text > src.tensor"
         f" && tokenize {q(pair.target_caption)} | encode-text > tgt.tensor"
         # Every negative prompt given, so no model folder's diffedit_defaults.json changes them.
         f" && tokenize '' | encode-text > empty.tensor"
         f" && noise-diff-mask --source src.tensor --target tgt.tensor --source-negative empty.tensor"
-        f" --target-negative empty.tensor {s} < posterior.tensor > mask.tensor"
-        f" && invert --prompt src.tensor --negative empty.tensor {s} --strength {a.strength}"
+        f" --target-negative empty.tensor {s} --guidance {a.guidance} < posterior.tensor > mask.tensor"
+        f" && invert --prompt src.tensor --negative empty.tensor {s} --guidance {invert_guidance(a)} --strength {a.strength}"
         f" < posterior.tensor > inverted.tensor"
         f" && vae-decode --record posterior.mean < posterior.tensor > vae.ppm"
         f" && vae-encode tgt.ppm | vae-decode --record posterior.mean > oracle.ppm", env, log)
@@ -180,7 +186,7 @@ def table(summary, rows, a, seconds):
     n = len(rows)
     lines = [f"{n} held-out cases ({sum(r['kind'] == 'colour' for r in rows)} colour edits, "
              f"{sum(r['kind'] == 'shape' for r in rows)} shape edits), {a.steps} {SCHEDULERS[a.scheduler]} steps, "
-             f"guidance {a.guidance}, "
+             f"guidance {a.guidance}, " + (f"invert guidance {a.invert_guidance}, " if a.invert_guidance is not None else "") +
              f"strength {a.strength}, mask: the tools' defaults (10 maps, encode strength 0.5, ratio 3.0); "
              f"negative prompt: {'the source caption' if a.negative == 'source' else 'empty'}; "
              f"model `{os.path.relpath(os.path.abspath(a.model), ROOT)}`. "
@@ -228,6 +234,8 @@ def main():
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim",
                    help="the mask's, inversion's and denoising's scheduler: ddim (default) or dpm (DPM-Solver++)")
     p.add_argument("--guidance", type=float, default=3.0, help="guidance of every stage (default 3)")
+    p.add_argument("--invert-guidance", type=float, default=None,
+                   help="invert's guidance only (default: --guidance; 1 inverts without guidance)")
     p.add_argument("--strength", type=float, default=0.8, help="invert --strength (default 0.8)")
     p.add_argument("--negative", choices=["source", "empty"], default="empty",
                    help="denoise's negative prompt: the empty prompt (default) or the source caption")
@@ -281,7 +289,7 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
         res = {"summary": summary, "shape_classifier_accuracy": acc,
                "settings": {"cases": a.cases, "steps": a.steps, "scheduler": a.scheduler, "guidance": a.guidance,
-                            "strength": a.strength,
+                            "invert_guidance": invert_guidance(a), "strength": a.strength,
                             "negative": a.negative, "first_seed": FIRST_SEED,
                             "model": os.path.relpath(os.path.abspath(a.model), ROOT), "jobs": a.jobs},
                "seconds": round(seconds, 1), "tool_seconds_per_case": round(float(np.mean(tool_seconds)), 2),
