@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -62,16 +63,14 @@ def edit(pipe, image_u8, src, tgt, a, seed=0):
 
 def ours_edit(image_u8, src, tgt, a, seed):
     """The same edit through our tools: (latent mask [h, w] of 0/1, edited uint8 image)."""
-    def q(x):
-        return "'" + x.replace("'", "'\\''") + "'"
     with tempfile.TemporaryDirectory() as d:
         h, w = image_u8.shape[:2]
         with open(os.path.join(d, "in.ppm"), "wb") as f:
             f.write(b"P6\n%d %d\n255\n" % (w, h) + image_u8.tobytes())
         negative = "--negative src.tensor" if a.negative_source else "--negative empty.tensor"
         script = f"""set -euo pipefail
-            tokenize {q(src)} | encode-text > src.tensor
-            tokenize {q(tgt)} | encode-text > tgt.tensor
+            tokenize {shlex.quote(src)} | encode-text > src.tensor
+            tokenize {shlex.quote(tgt)} | encode-text > tgt.tensor
             tokenize '' | encode-text > empty.tensor
             vae-encode in.ppm > posterior.tensor
             noise-diff-mask --source src.tensor --target tgt.tensor --source-negative empty.tensor \

@@ -115,8 +115,6 @@ final class DPMSolverSchedulerTests: XCTestCase {
                              "DPM-Solver++ takes no eta")
     }
 
-    /// Keys of a DPM-Solver config diffedit does not implement are refused by name; diffusers'
-    /// renamings are followed.
     /// A scheduler_config.json that diffusers saved for DPMSolverMultistepScheduler holds
     /// `"lambda_min_clipped": -Infinity` (Python's json writes the bare token; strict JSON has no
     /// such literal). Such a file parses and gives exactly the schedule of the key left out
@@ -146,6 +144,8 @@ final class DPMSolverSchedulerTests: XCTestCase {
         XCTAssertEqual(JSONConfig.quotingNonFinite(Data(source.utf8)), Data(source.utf8), "a strict file is left as it is")
     }
 
+    /// Keys of a DPM-Solver config diffedit does not implement are refused by name; diffusers'
+    /// renamings are followed.
     func testUnsupportedConfigsAreRefusedByName() throws {
         func refused(_ values: [String: Any], _ key: String, file: StaticString = #filePath, line: UInt = #line) {
             let json = JSONConfig(values: values, label: "scheduler_config.json")

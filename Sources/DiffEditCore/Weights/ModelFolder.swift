@@ -190,7 +190,8 @@ public struct JSONConfig {
                 if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
             } else if b == UInt8(ascii: "\"") {
                 inString = true
-            } else if let token = ["-Infinity", "Infinity", "NaN"].first(where: { bytes[i...].starts(with: $0.utf8) }) {
+            } else if b == UInt8(ascii: "-") || b == UInt8(ascii: "I") || b == UInt8(ascii: "N"),
+                      let token = ["-Infinity", "Infinity", "NaN"].first(where: { bytes[i...].starts(with: $0.utf8) }) {
                 out += Array("\"\(token)\"".utf8)
                 i += token.utf8.count
                 continue
