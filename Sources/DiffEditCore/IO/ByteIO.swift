@@ -26,22 +26,16 @@ public final class ByteReader {
     }
 
     /// Opens a path for reading; "-" is standard input. An input that is also standard output
-    /// (`tool < f > f`) is refused: see FileIdentity.
-    public convenience init(path: String) throws {
+    /// (`tool < f > f`) is refused: see FileIdentity. A named stream may be a pipe wherever
+    /// stdin may (`allowsStream`: a FIFO, `<(…)`, `/dev/stdin`); a file that must be whole (a
+    /// tokenizer file) is refused unless regular. Opening never blocks (InputFile).
+    public convenience init(path: String, what: String = "input", allowsStream: Bool = true) throws {
         if path == "-" {
             try FileIdentity.refuseStandardOutput(asInput: 0, path: path)
             self.init(fd: 0, label: "stdin")
             return
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw ToolError("cannot open '\(path)': \(String(cString: strerror(errno)))")
-        }
-        var st = stat()
-        if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
-            close(fd)
-            throw ToolError("'\(path)' is a directory — give a file")
-        }
+        let fd = try InputFile.open(path, what: what, allowsStream: allowsStream)
         do { try FileIdentity.refuseStandardOutput(asInput: fd, path: path) } catch {
             close(fd)
             throw error

@@ -28,13 +28,8 @@ extension CLIPTokenizer {
         let label = "tokenizer"
         func read(_ name: String) throws -> [UInt8]? {
             let path = dir + "/" + name
-            guard fm.fileExists(atPath: path) else { return nil }
-            let reader = try ByteReader(path: path)
-            do {
-                return try reader.readToEnd(limit: CLIPTokenizer.maxFileBytes)
-            } catch let e as ToolError {
-                throw ToolError("\(label)/\(name): \(e.message)")
-            }
+            // A FIFO or device in place of a tokenizer file is refused, never waited on.
+            return try InputFile.readIfPresent(path, what: "tokenizer file", limit: CLIPTokenizer.maxFileBytes)
         }
         func json(_ name: String) throws -> JSONValue? {
             guard let bytes = try read(name) else { return nil }
