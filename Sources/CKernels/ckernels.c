@@ -227,3 +227,6 @@ void diffedit_group_norm(const float *x, size_t c, size_t spatial, size_t groups
         }
     }
 }
+
+#include <malloc.h>
+int diffedit_limit_malloc_arenas(void) { return mallopt(M_ARENA_MAX, 1); }

@@ -116,11 +116,8 @@ struct Tokenize: DiffEditTool {
             let line = bytes[..<nul].filter { $0 == 0x0A }.count + 1
             throw ToolError("stdin: line \(line) holds a NUL byte — prompts must be text, one per line; is a binary file piped in?")
         }
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
-            String(line.hasSuffix("\r") ? line.dropLast() : line)
-        }
-        if text.hasSuffix("\n") { lines.removeLast() }
-        return lines
+        // One prompt a line, LF or CRLF (a file saved on Windows).
+        return TextLines.strings(bytes) ?? []
     }
 
     /// `49406:<|startoftext|> 320:a</w> … 49407:<|endoftext|> 49407:<|endoftext|>×73` — the

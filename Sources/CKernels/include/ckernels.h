@@ -36,3 +36,7 @@ void diffedit_silu(float *x, size_t n);
 /// affine, optionally followed by SiLU (with the vectorised exp above).
 void diffedit_group_norm(const float *x, size_t c, size_t spatial, size_t groups, const float *weight,
                          const float *bias, float eps, int silu, float *out, size_t pair_lo, size_t pair_hi);
+
+/// Limits glibc's malloc to one arena (mallopt(M_ARENA_MAX, 1), which Swift cannot import):
+/// under an address-space limit each extra arena reserves 64 MiB. Returns mallopt's result.
+int diffedit_limit_malloc_arenas(void);

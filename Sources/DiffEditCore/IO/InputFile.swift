@@ -54,7 +54,20 @@ public enum InputFile {
             let remedy = type == S_IFDIR ? "give a file in it" : allowsStream ? "give a file, a pipe or -" : "give a regular file (a copy, not a pipe or device)"
             throw ToolError("\(what) '\(path)' is \(kind(st.st_mode)), not a file to read — \(remedy)")
         }
-        // Reads block again, as on stdin (a FIFO then waits for its writer's data).
+        if type == S_IFIFO {
+            // A named pipe given as a stream waits for its writer, as stdin does: a read on a
+            // FIFO that no writer has opened yet would end at once with an empty input, so it is
+            // opened again, blocking, now that it is known to be a pipe.
+            close(fd)
+            while true {
+                let blocking = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+                if blocking >= 0 { return blocking }
+                if errno != EINTR {
+                    throw ToolError("cannot open \(what) '\(path)': \(String(cString: strerror(errno))) — check the path")
+                }
+            }
+        }
+        // Reads block again, as on stdin.
         let flags = fcntl(fd, F_GETFL)
         if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
         return fd

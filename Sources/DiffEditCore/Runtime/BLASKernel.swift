@@ -147,19 +147,30 @@ public enum BLASKernel {
     public static func prepare() {
         #if os(Linux)
         let env = ProcessInfo.processInfo.environment
-        guard env[restartMarker] == nil else { return }
+        guard env[restartMarker] == nil else {
+            AddressSpace.settle(env)
+            return
+        }
         let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-        let set = environmentOverrides(coreName: coreName, cpu: CPUFeatures(cpuinfo: cpuinfo), environment: env)
+        var set = environmentOverrides(coreName: coreName, cpu: CPUFeatures(cpuinfo: cpuinfo), environment: env)
+        // Under `ulimit -v`, start again with one BLAS thread to measure (AddressSpace).
+        set.merge(AddressSpace.measuringEnvironment(env, cores: Int(openblas_get_num_procs())), uniquingKeysWith: { $1 })
         guard !set.isEmpty else { return }
         for (key, value) in set { setenv(key, value, 1) }
         setenv(restartMarker, set["OPENBLAS_CORETYPE"] != nil ? "kernel" : "settings", 1)
         fflush(stdout)
         fflush(stderr)
-        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        execSelf()
         // exec failed (no /proc): carry on as we are, and leave the environment as it was so
         // that child processes choose for themselves.
-        for key in set.keys { unsetenv(key) }
+        for key in set.keys { if let old = env[key] { setenv(key, old, 1) } else { unsetenv(key) } }
         unsetenv(restartMarker)
         #endif
+    }
+
+    /// Replaces the process by a fresh start of the same program with the same arguments,
+    /// stdin and stdout; returns only when exec fails.
+    static func execSelf() {
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
     }
 }

@@ -142,17 +142,9 @@ extension CLIPTokenizer {
         var merges: [(String, String)] = []
         merges.reserveCapacity(bytes.count / 10)
         try bytes.withUnsafeBufferPointer { b in
-            var lineStart = 0, lineNumber = 0
-            while lineStart < b.count {
-                var end = lineStart
-                while end < b.count && b[end] != 0x0A { end += 1 }
-                lineNumber += 1
-                var stop = end
-                if stop > lineStart && b[stop - 1] == 0x0D { stop -= 1 }
-                defer { lineStart = end + 1 }
-                if stop == lineStart { continue }
-                let line = UnsafeBufferPointer(rebasing: b[lineStart..<stop])
-                if lineNumber == 1 && line.starts(with: Array("#version".utf8)) { continue }
+            try TextLines.forEach(in: b) { lineNumber, line in
+                if line.isEmpty { return }
+                if lineNumber == 1 && line.starts(with: Array("#version".utf8)) { return }
                 var space = -1, spaces = 0
                 for k in 0..<line.count where line[k] == 0x20 { spaces += 1; if space < 0 { space = k } }
                 guard spaces == 1, space > 0, space < line.count - 1,
