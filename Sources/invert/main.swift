@@ -84,7 +84,7 @@ struct Invert: DiffEditTool {
                 latents = meanRec.tensor()  // already sampled (vae-encode --sample)
             }
             let unet = try common.loadUNet(folder, tool: "invert")
-            var options = DDIMInversion.Options()
+            var options = DiffEditInversion.Options()
             options.steps = steps
             options.strength = strength
             options.guidance = guidance
@@ -92,7 +92,7 @@ struct Invert: DiffEditTool {
                                                        lambdaKL: lambdaKl, rolls: autoCorrRolls)
             let kind = schedulerOption.scheduler ?? .ddim
             let scheduler = try kind.inversion(folder: folder)
-            var inv = DDIMInversion(unet: unet, scheduler: scheduler, options: options)
+            var inv = DiffEditInversion(unet: unet, scheduler: scheduler, options: options)
             let report = ProgressReporter(tool: "invert", quiet: common.quiet, force: common.progress)
             let r = try inv.invert(latents: latents, prompt: p, negative: neg, generator: generator, progress: report)
 

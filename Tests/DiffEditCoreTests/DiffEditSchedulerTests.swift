@@ -68,9 +68,9 @@ extension DiffEditTests {
             let latents = DiagonalGaussian(mean: mean, std: std).sample(noise: gen.randn(count: mean.count))
             assertClose(latents.data, try record(refs, "dpm.invert.image_latents").floats(), atol: 1e-4, "\(key) DPM invert image latents")
             let embeds = try record(refs, "dpm.mask.embeds").tensor()  // [src, "", tgt, ""]
-            var options = DDIMInversion.Options()
+            var options = DiffEditInversion.Options()
             options.steps = steps
-            var inv = DDIMInversion(unet: p.unet, scheduler: try DPMSolverMultistepInverseScheduler(folder: p.folder), options: options)
+            var inv = DiffEditInversion(unet: p.unet, scheduler: try DPMSolverMultistepInverseScheduler(folder: p.folder), options: options)
             let r = try inv.invert(latents: latents, prompt: embeds.slice(batch: 0, count: 1),
                                    negative: embeds.slice(batch: 1, count: 1), generator: gen)
             XCTAssertEqual(r.timesteps.map(Int32.init), try record(refs, "dpm.invert.timesteps").int32s(), key)
@@ -120,8 +120,8 @@ extension DiffEditTests {
             let mask = Tensor(shape: m.mask.shape, data: NoiseDiffMask.threshold(map: m.map, ratio: 2.1).mask)
             let gen = TorchGenerator(seed: 0)
             let latents = DiagonalGaussian(mean: mean, std: std).sample(noise: gen.randn(count: mean.count))
-            var io = DDIMInversion.Options(); io.steps = steps
-            var inv = DDIMInversion(unet: p.unet, scheduler: try SchedulerKind.dpm.inversion(folder: p.folder), options: io)
+            var io = DiffEditInversion.Options(); io.steps = steps
+            var inv = DiffEditInversion(unet: p.unet, scheduler: try SchedulerKind.dpm.inversion(folder: p.folder), options: io)
             let stack = try inv.invert(latents: latents, prompt: row(0), negative: row(1), generator: gen).inverted
             var dopt = MaskedDenoising.Options(); dopt.steps = steps
             var dn = MaskedDenoising(unet: p.unet, scheduler: try SchedulerKind.dpm.denoising(folder: p.folder), options: dopt)

@@ -132,9 +132,9 @@ final class DiffEditTests: XCTestCase {
         let latents = DiagonalGaussian(mean: mean, std: std).sample(noise: gen.randn(count: mean.count))
         assertClose(latents.data, try Self.ref(p, "diffedit.invert.image_latents").floats(), atol: 1e-4, "\(key) invert image latents")
         let embeds = try Self.ref(p, "diffedit.invert.embeds").tensor()  // ["", src]
-        var options = DDIMInversion.Options()
+        var options = DiffEditInversion.Options()
         options.steps = p.steps
-        var inv = DDIMInversion(unet: p.unet, scheduler: try DDIMInverseScheduler(folder: p.folder), options: options)
+        var inv = DiffEditInversion(unet: p.unet, scheduler: try DDIMInverseScheduler(folder: p.folder), options: options)
         let r = try inv.invert(latents: latents, prompt: embeds.slice(batch: 1, count: 1),
                                negative: embeds.slice(batch: 0, count: 1), generator: gen)
         XCTAssertEqual(r.timesteps.map(Int64.init), try Self.ref(p, "diffedit.invert.timesteps").int32s().map(Int64.init), key)
@@ -156,12 +156,12 @@ final class DiffEditTests: XCTestCase {
         _ = gen.randn(count: try Self.ref(p, "diffedit.invert.posterior_noise").count)
         let latents = try Self.ref(p, "diffedit.invert.image_latents").tensor()
         let embeds = try Self.ref(p, "diffedit.invert.embeds").tensor()
-        var options = DDIMInversion.Options()
+        var options = DiffEditInversion.Options()
         options.steps = p.steps
         options.regularizer.steps = 2
         var rolls: [Int64] = []
         options.regularizer.rollObserver = { rolls.append(Int64($0)) }
-        var inv = DDIMInversion(unet: p.unet, scheduler: try DDIMInverseScheduler(folder: p.folder), options: options)
+        var inv = DiffEditInversion(unet: p.unet, scheduler: try DDIMInverseScheduler(folder: p.folder), options: options)
         let r = try inv.invert(latents: latents, prompt: embeds.slice(batch: 1, count: 1),
                                negative: embeds.slice(batch: 0, count: 1), generator: gen)
         XCTAssertEqual(rolls, try Self.ref(p, "diffedit.invert.reg.rolls").int32s().map(Int64.init), "\(key) roll draws")
@@ -270,8 +270,8 @@ final class DiffEditTests: XCTestCase {
                                 targetNegative: row(3), generator: TorchGenerator(seed: 0))
         let gen = TorchGenerator(seed: 0)
         let latents = DiagonalGaussian(mean: mean, std: std).sample(noise: gen.randn(count: mean.count))
-        var io = DDIMInversion.Options(); io.steps = p.steps
-        var inv = DDIMInversion(unet: p.unet, scheduler: try DDIMInverseScheduler(folder: p.folder), options: io)
+        var io = DiffEditInversion.Options(); io.steps = p.steps
+        var inv = DiffEditInversion(unet: p.unet, scheduler: try DDIMInverseScheduler(folder: p.folder), options: io)
         let empty = row(1), src = row(0), tgt = row(2)
         let stack = try inv.invert(latents: latents, prompt: src, negative: empty, generator: gen).inverted
         let vae = try AutoencoderKL(folder: p.folder)

@@ -337,11 +337,11 @@ final class ReliabilityOptionTests: XCTestCase {
                       progress: { heard.append($0) })
         XCTAssertEqual(heard, [1, 2, 3])
         let folder = try ModelFolder(root: Hostile.sd1)
-        var options = DDIMInversion.Options()
+        var options = DiffEditInversion.Options()
         options.steps = 2
         options.strength = 1
         options.regularizer = reg
-        var inv = DDIMInversion(unet: try UNet2DCondition(folder: folder), scheduler: try DDIMInverseScheduler(folder: folder), options: options)
+        var inv = DiffEditInversion(unet: try UNet2DCondition(folder: folder), scheduler: try DDIMInverseScheduler(folder: folder), options: options)
         let text = Tensor(shape: [1, 77, 32], data: TorchGenerator(seed: 3).randn(count: 77 * 32))
         let lines = ProgressLineCapture.lines { p in
             p.partLogInterval = 0

@@ -54,8 +54,8 @@ final class SingleFileCheckpointTests: XCTestCase {
             // The scheduler: sd1's sidecar has no scheduler section, so this is the standard config.
             let a = try DDIMScheduler(config: file.schedulerConfig()), b = try DDIMScheduler(folder: folder)
             XCTAssertEqual(a.schedule.alphasCumprod, b.schedule.alphasCumprod, key)
-            XCTAssertEqual([a.predictionType.rawValue, a.timestepSpacing.rawValue, "\(a.stepsOffset)", "\(a.clipSample)", "\(a.setAlphaToOne)"],
-                           [b.predictionType.rawValue, b.timestepSpacing.rawValue, "\(b.stepsOffset)", "\(b.clipSample)", "\(b.setAlphaToOne)"], key)
+            XCTAssertEqual([a.predictionType.rawValue, a.config.timestepSpacing.rawValue, "\(a.config.stepsOffset)", "\(a.config.clipSample)", "\(a.config.setAlphaToOne)"],
+                           [b.predictionType.rawValue, b.config.timestepSpacing.rawValue, "\(b.config.stepsOffset)", "\(b.config.clipSample)", "\(b.config.setAlphaToOne)"], key)
         }
     }
 

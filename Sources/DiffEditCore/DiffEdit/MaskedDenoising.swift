@@ -106,8 +106,7 @@ public struct MaskedDenoising {
             }
         }
 
-        let cfg = o.guidance > 1
-        let embeds = cfg ? Tensor.concat(batch: [negative, prompt]) : prompt
+        let guided = GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance)
         // Per pixel: the mask, broadcast over channels.
         let plane = h * w
         var m = [Float](repeating: 0, count: n * c * plane)
@@ -117,9 +116,7 @@ public struct MaskedDenoising {
         var preds: [Tensor] = [], stepOuts: [Tensor] = [], blended: [Tensor] = []
         progress?.begin("denoising step", total: tCount)
         for (i, t) in timesteps.enumerated() {
-            let input = cfg ? Tensor.concat(batch: [latents, latents]) : latents
-            let out = try unet(sample: input, timestep: Float(t), encoderHiddenStates: embeds)
-            let pred = cfg ? Guidance.classifierFree(batched: out, scale: o.guidance) : out
+            let pred = try guided(latents, timestep: t)
             let stepped = try scheduler.prevSample(modelOutput: pred, timestep: t, sample: latents, eta: o.eta,
                                                    generator: generator)
             let background: Tensor

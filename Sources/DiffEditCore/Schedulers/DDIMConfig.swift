@@ -13,8 +13,9 @@ public enum TimestepSpacing: String, Sendable {
 }
 
 /// The scheduler_config.json keys DDIMScheduler and DDIMInverseScheduler both read, with the
-/// defaults both classes give them in diffusers (set_alpha_to_one is read by each: the inverse
-/// scheduler also honours the deprecated set_alpha_to_zero).
+/// defaults both classes give them in diffusers; each scheduler holds one (as the DPM-Solver
+/// pair holds its DPMSolverConfig). The inverse scheduler also honours the deprecated
+/// set_alpha_to_zero, which overrides set_alpha_to_one.
 public struct DDIMConfig: Sendable {
     public let schedule: NoiseSchedule
     public let clipSample: Bool
@@ -22,8 +23,10 @@ public struct DDIMConfig: Sendable {
     public let stepsOffset: Int
     public let predictionType: PredictionType
     public let timestepSpacing: TimestepSpacing
+    /// ᾱ past the schedule's end is 1 (else ᾱ₀): the DDIM step's final ᾱ, the inverse step's initial one.
+    public let setAlphaToOne: Bool
 
-    public init(_ config: JSONConfig) throws {
+    public init(_ config: JSONConfig, honoursSetAlphaToZero: Bool = false) throws {
         schedule = try NoiseSchedule(config: config)
         clipSample = try config.bool("clip_sample", default: true)
         clipSampleRange = Float(try config.double("clip_sample_range", default: 1.0))
@@ -44,5 +47,10 @@ public struct DDIMConfig: Sendable {
             throw ToolError("\(config.label): timestep_spacing '\(s)' is not supported — use leading, trailing or linspace")
         }
         timestepSpacing = sp
+        if honoursSetAlphaToZero && config.has("set_alpha_to_zero") {
+            setAlphaToOne = try config.bool("set_alpha_to_zero")
+        } else {
+            setAlphaToOne = try config.bool("set_alpha_to_one", default: true)
+        }
     }
 }

@@ -6,33 +6,21 @@
 /// prediction_type and timestep_spacing (leading or trailing only: diffusers raises for
 /// linspace at set_timesteps, and so does this). DDIM-only keys such as thresholding are ignored.
 public struct DDIMInverseScheduler: Sendable {
-    public let schedule: NoiseSchedule
-    public let clipSample: Bool
-    public let clipSampleRange: Float
-    public let setAlphaToOne: Bool
-    public let stepsOffset: Int
-    public let predictionType: PredictionType
-    public let timestepSpacing: TimestepSpacing
+    public let config: DDIMConfig
     /// ᾱ used before the first training timestep: 1 with set_alpha_to_one, else ᾱ₀.
     public let initialAlphaCumprod: Float
     public private(set) var numInferenceSteps: Int?
     /// Inference timesteps, low to high, after `setTimesteps`.
     public private(set) var timesteps: [Int] = []
 
+    public var schedule: NoiseSchedule { config.schedule }
+    public var predictionType: PredictionType { config.predictionType }
     public var alphasCumprod: [Float] { schedule.alphasCumprod }
     public var numTrainTimesteps: Int { schedule.numTrainTimesteps }
 
-    public init(config: JSONConfig) throws {
-        let c = try DDIMConfig(config)
-        (schedule, clipSample, clipSampleRange, stepsOffset) = (c.schedule, c.clipSample, c.clipSampleRange, c.stepsOffset)
-        (predictionType, timestepSpacing) = (c.predictionType, c.timestepSpacing)
-        // diffusers still honours the deprecated set_alpha_to_zero (it overrides set_alpha_to_one).
-        if config.has("set_alpha_to_zero") {
-            setAlphaToOne = try config.bool("set_alpha_to_zero")
-        } else {
-            setAlphaToOne = try config.bool("set_alpha_to_one", default: true)
-        }
-        initialAlphaCumprod = setAlphaToOne ? 1 : schedule.alphasCumprod[0]
+    public init(config json: JSONConfig) throws {
+        config = try DDIMConfig(json, honoursSetAlphaToZero: true)
+        initialAlphaCumprod = config.setAlphaToOne ? 1 : config.schedule.alphasCumprod[0]
     }
 
     public init(folder: ModelFolder) throws {
@@ -42,17 +30,17 @@ public struct DDIMInverseScheduler: Sendable {
     /// diffusers' DDIMInverseScheduler.set_timesteps: ascending timesteps.
     public mutating func setTimesteps(_ steps: Int) throws {
         let t = numTrainTimesteps
-        try DDIMTimesteps.requireSteps(steps, train: t)
-        switch timestepSpacing {
+        try TimestepSchedule.requireSteps(steps, train: t)
+        switch config.timestepSpacing {
         case .leading:
             let ratio = t / steps
-            timesteps = (0..<steps).map { $0 * ratio + stepsOffset }
+            timesteps = (0..<steps).map { $0 * ratio + config.stepsOffset }
         case .trailing:
-            timesteps = DDIMTimesteps.trailing(train: t, count: steps).reversed().map { $0 - 1 }
+            timesteps = TimestepSchedule.trailing(train: t, count: steps).reversed().map { $0 - 1 }
         case .linspace:
             throw ToolError("timestep_spacing 'linspace' is not supported by the DDIM inverse scheduler (diffusers refuses it too) — use a scheduler config with 'leading' or 'trailing'")
         }
-        try DDIMTimesteps.requireWithinSchedule(timesteps, train: t, steps: steps, offset: stepsOffset)
+        try TimestepSchedule.requireWithinSchedule(timesteps, train: t, steps: steps, offset: config.stepsOffset)
         numInferenceSteps = steps
     }
 
@@ -81,21 +69,13 @@ public struct DDIMInverseScheduler: Sendable {
         let betaT = 1 - alphaT
         var (x0, eps) = predictOriginalAndEpsilon(predictionType, modelOutput: modelOutput, sample: sample,
                                                   alphaProd: alphaT, betaProd: betaT)
-        if clipSample {
-            let r = clipSampleRange
+        if config.clipSample {
+            let r = config.clipSampleRange
             x0 = Elementwise.map1(x0) { min(max($0, -r), r) }
         }
         let dirScale = (1 - alphaTarget).squareRoot()
         let sat = alphaTarget.squareRoot()
         let next = Elementwise.map2(x0, eps) { x0, e in sat * x0 + dirScale * e }
         return (next, x0)
-    }
-
-    /// The DiffEdit pipeline's get_inverse_timesteps(steps, strength): the first
-    /// ⌊steps·strength⌋ timesteps (low to high), or all of them when strength is 1.
-    public func strengthTimesteps(strength: Double) throws -> [Int] {
-        guard let steps = numInferenceSteps else { throw ToolError("strengthTimesteps called before setTimesteps") }
-        let start = try DDIMTimesteps.startIndex(steps: steps, strength: strength)
-        return Array(timesteps[..<(timesteps.count - start)])
     }
 }

@@ -29,31 +29,24 @@ func predictOriginalAndEpsilon(_ type: PredictionType, modelOutput: Tensor, samp
 /// defaults (clip_sample true, set_alpha_to_one true, steps_offset 0, epsilon, leading), and
 /// keys of other schedulers (PNDM's skip_prk_steps, …) are ignored.
 public struct DDIMScheduler: Sendable {
-    public let schedule: NoiseSchedule
-    public let clipSample: Bool
-    public let clipSampleRange: Float
-    public let setAlphaToOne: Bool
-    public let stepsOffset: Int
-    public let predictionType: PredictionType
-    public let timestepSpacing: TimestepSpacing
+    public let config: DDIMConfig
     /// ᾱ used for the step past the last timestep: 1 with set_alpha_to_one, else ᾱ₀.
     public let finalAlphaCumprod: Float
     public private(set) var numInferenceSteps: Int?
     /// Inference timesteps, high to low, after `setTimesteps`.
     public private(set) var timesteps: [Int] = []
 
+    public var schedule: NoiseSchedule { config.schedule }
+    public var predictionType: PredictionType { config.predictionType }
     public var alphasCumprod: [Float] { schedule.alphasCumprod }
     public var numTrainTimesteps: Int { schedule.numTrainTimesteps }
 
-    public init(config: JSONConfig) throws {
-        let c = try DDIMConfig(config)
-        (schedule, clipSample, clipSampleRange, stepsOffset) = (c.schedule, c.clipSample, c.clipSampleRange, c.stepsOffset)
-        (predictionType, timestepSpacing) = (c.predictionType, c.timestepSpacing)
-        setAlphaToOne = try config.bool("set_alpha_to_one", default: true)
-        if try config.bool("thresholding", default: false) {
-            throw ToolError("\(config.label): thresholding = true (dynamic thresholding) is not supported — set it to false")
+    public init(config json: JSONConfig) throws {
+        config = try DDIMConfig(json)
+        if try json.bool("thresholding", default: false) {
+            throw ToolError("\(json.label): thresholding = true (dynamic thresholding) is not supported — set it to false")
         }
-        finalAlphaCumprod = setAlphaToOne ? 1 : schedule.alphasCumprod[0]
+        finalAlphaCumprod = config.setAlphaToOne ? 1 : config.schedule.alphasCumprod[0]
     }
 
     /// The scheduler of a model (ModelFolder.schedulerConfig).
@@ -64,21 +57,21 @@ public struct DDIMScheduler: Sendable {
     /// diffusers' set_timesteps.
     public mutating func setTimesteps(_ steps: Int) throws {
         let t = numTrainTimesteps
-        try DDIMTimesteps.requireSteps(steps, train: t)
+        try TimestepSchedule.requireSteps(steps, train: t)
         numInferenceSteps = steps
-        switch timestepSpacing {
+        switch config.timestepSpacing {
         case .linspace:
             // np.linspace(0, T − 1, n).round()[::-1]
-            timesteps = DDIMTimesteps.linspace(to: t - 1, count: steps).reversed()
+            timesteps = TimestepSchedule.linspace(to: t - 1, count: steps).reversed()
         case .leading:
             // (arange(n) · (T // n)).round()[::-1] + steps_offset
             let ratio = t / steps
-            timesteps = (0..<steps).reversed().map { $0 * ratio + stepsOffset }
+            timesteps = (0..<steps).reversed().map { $0 * ratio + config.stepsOffset }
         case .trailing:
             // round(arange(T, 0, −T/n)) − 1
-            timesteps = DDIMTimesteps.trailing(train: t, count: steps).map { $0 - 1 }
+            timesteps = TimestepSchedule.trailing(train: t, count: steps).map { $0 - 1 }
         }
-        try DDIMTimesteps.requireWithinSchedule(timesteps, train: t, steps: steps, offset: stepsOffset)
+        try TimestepSchedule.requireWithinSchedule(timesteps, train: t, steps: steps, offset: config.stepsOffset)
     }
 
     /// The inference step size in training timesteps: T // n.
@@ -125,8 +118,8 @@ public struct DDIMScheduler: Sendable {
         var (x0, eps) = predictOriginalAndEpsilon(predictionType, modelOutput: modelOutput, sample: sample,
                                                   alphaProd: alphaT, betaProd: betaT)
         // 4. clip x̂₀
-        if clipSample {
-            let r = clipSampleRange
+        if config.clipSample {
+            let r = config.clipSampleRange
             x0 = Elementwise.map1(x0) { min(max($0, -r), r) }
         }
         // 5. σₜ = η · √variance
@@ -165,14 +158,6 @@ public struct DDIMScheduler: Sendable {
 
     /// diffusers' add_noise: √ᾱₜ·x₀ + √(1 − ᾱₜ)·ε, one timestep per batch element (or one for all).
     public func addNoise(original: Tensor, noise: Tensor, timesteps: [Int]) throws -> Tensor {
-        try DDIMTimesteps.addNoise(alphasCumprod: alphasCumprod, original: original, noise: noise, timesteps: timesteps)
-    }
-
-    /// The DiffEdit pipeline's get_timesteps(steps, strength): the last ⌊steps·strength⌋ timesteps
-    /// (high to low) of the schedule set by `setTimesteps(steps)`.
-    public func strengthTimesteps(strength: Double) throws -> [Int] {
-        guard let steps = numInferenceSteps else { throw ToolError("strengthTimesteps called before setTimesteps") }
-        let start = try DDIMTimesteps.startIndex(steps: steps, strength: strength)
-        return Array(timesteps[start...])
+        try TimestepSchedule.addNoise(alphasCumprod: alphasCumprod, original: original, noise: noise, timesteps: timesteps)
     }
 }

@@ -31,17 +31,17 @@ public struct DPMSolverMultistepInverseScheduler: DPMSolverScheduler {
     /// σ is the training σ at each, then σ at N. Resets the multistep history.
     public mutating func setTimesteps(_ steps: Int) throws {
         let t = numTrainTimesteps
-        try DDIMTimesteps.requireSteps(steps, train: t)
+        try TimestepSchedule.requireSteps(steps, train: t)
         let noisiest = t - 1 - config.clippedCount
         var ts: [Int]
         switch config.timestepSpacing {
         case .linspace:
-            ts = Array(DDIMTimesteps.linspace(to: noisiest, count: steps + 1).dropLast())
+            ts = Array(TimestepSchedule.linspace(to: noisiest, count: steps + 1).dropLast())
         case .leading:
             let ratio = (noisiest + 1) / (steps + 1)
             ts = (0..<steps).map { $0 * ratio + config.stepsOffset }
         case .trailing:
-            ts = DDIMTimesteps.trailing(train: t, count: steps, from: noisiest + 1).reversed().map { $0 - 1 }
+            ts = TimestepSchedule.trailing(train: t, count: steps, from: noisiest + 1).reversed().map { $0 - 1 }
         }
         // diffusers drops repeated timesteps here (keeping σ as computed before); a schedule with
         // repeats only comes from about as many steps as training timesteps and is refused.
@@ -56,13 +56,5 @@ public struct DPMSolverMultistepInverseScheduler: DPMSolverScheduler {
     public mutating func step(modelOutput: Tensor, timestep t: Int, sample: Tensor) throws -> Tensor {
         try solver.step(modelOutput: modelOutput, timestep: t, sample: sample, scheduler: "DPM-Solver inverse",
                         firstOrderLastStep: false)
-    }
-
-    /// The DiffEdit pipeline's get_inverse_timesteps(steps, strength): the first
-    /// ⌊steps·strength⌋ timesteps (low to high), or all of them when strength is 1.
-    public func strengthTimesteps(strength: Double) throws -> [Int] {
-        guard let steps = numInferenceSteps else { throw ToolError("strengthTimesteps called before setTimesteps") }
-        let start = try DDIMTimesteps.startIndex(steps: steps, strength: strength)
-        return Array(timesteps[..<max(timesteps.count - start, 0)])
     }
 }

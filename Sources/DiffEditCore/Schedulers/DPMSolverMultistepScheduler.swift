@@ -36,17 +36,17 @@ public struct DPMSolverMultistepScheduler: DPMSolverScheduler {
     /// σ is the training σ at each, then the final σ. Resets the multistep history.
     public mutating func setTimesteps(_ steps: Int) throws {
         let t = numTrainTimesteps
-        try DDIMTimesteps.requireSteps(steps, train: t)
+        try TimestepSchedule.requireSteps(steps, train: t)
         let last = t - config.clippedCount
         var ts: [Int]
         switch config.timestepSpacing {
         case .linspace:
-            ts = Array(DDIMTimesteps.linspace(to: last - 1, count: steps + 1).reversed().dropLast())
+            ts = Array(TimestepSchedule.linspace(to: last - 1, count: steps + 1).reversed().dropLast())
         case .leading:
             let ratio = last / (steps + 1)
             ts = (1...steps).reversed().map { $0 * ratio + config.stepsOffset }
         case .trailing:
-            ts = DDIMTimesteps.trailing(train: t, count: steps, from: last).map { $0 - 1 }
+            ts = TimestepSchedule.trailing(train: t, count: steps, from: last).map { $0 - 1 }
         }
         try DPMSolverConfig.requireDistinct(ts, steps: steps)
         let final: Float = config.finalSigmas == .zero ? 0 : config.trainSigmas[0]
@@ -66,18 +66,10 @@ public struct DPMSolverMultistepScheduler: DPMSolverScheduler {
     /// the schedule set by setTimesteps (one timestep for all, or one per batch element).
     public func addNoise(original: Tensor, noise: Tensor, timesteps ts: [Int]) throws -> Tensor {
         guard numInferenceSteps != nil else { throw ToolError("DPM-Solver add_noise called before setTimesteps") }
-        return try DDIMTimesteps.addNoise(original: original, noise: noise, timesteps: ts) { t in
+        return try TimestepSchedule.addNoise(original: original, noise: noise, timesteps: ts) { t in
             let i = try DPMSolverConfig.index(of: t, in: timesteps, scheduler: "DPM-Solver add_noise")
             let (a, s) = DPMSolverMultistep.alphaSigma(sigmas[i])
             return (a, s)
         }
-    }
-
-    /// The DiffEdit pipeline's get_timesteps(steps, strength): timesteps[t_start · order:], where
-    /// the scheduler's `order` attribute is 1.
-    public func strengthTimesteps(strength: Double) throws -> [Int] {
-        guard let steps = numInferenceSteps else { throw ToolError("strengthTimesteps called before setTimesteps") }
-        let start = try DDIMTimesteps.startIndex(steps: steps, strength: strength)
-        return start < timesteps.count ? Array(timesteps[start...]) : []
     }
 }

@@ -4,8 +4,8 @@ public protocol DenoisingScheduler {
     var predictionType: PredictionType { get }
     /// Inference timesteps, high to low, after `setTimesteps`.
     var timesteps: [Int] { get }
+    var numInferenceSteps: Int? { get }
     mutating func setTimesteps(_ steps: Int) throws
-    func strengthTimesteps(strength: Double) throws -> [Int]
     func addNoise(original: Tensor, noise: Tensor, timesteps: [Int]) throws -> Tensor
     /// x at the next lower noise level. `eta` and `generator` are what the pipeline's
     /// prepare_extra_step_kwargs hands to a step that takes them: DDIM's η (with η > 0, one randn
@@ -19,10 +19,33 @@ public protocol InversionScheduler {
     var predictionType: PredictionType { get }
     /// ᾱ per training timestep (the pipeline's get_epsilon reads the inverse scheduler's).
     var alphasCumprod: [Float] { get }
+    /// Inference timesteps, low to high, after `setTimesteps`.
+    var timesteps: [Int] { get }
+    var numInferenceSteps: Int? { get }
     mutating func setTimesteps(_ steps: Int) throws
-    func strengthTimesteps(strength: Double) throws -> [Int]
     /// x at the next higher noise level (diffusers' inverse step(...).prev_sample).
     mutating func prevSample(modelOutput: Tensor, timestep: Int, sample: Tensor) throws -> Tensor
+}
+
+extension DenoisingScheduler {
+    /// The DiffEdit pipeline's get_timesteps(steps, strength): the last ⌊steps·strength⌋
+    /// timesteps (high to low) of the schedule set by `setTimesteps(steps)` — timesteps[t_start ·
+    /// order:], where every scheduler's `order` attribute here is 1.
+    public func strengthTimesteps(strength: Double) throws -> [Int] {
+        guard let steps = numInferenceSteps else { throw ToolError("strengthTimesteps called before setTimesteps") }
+        let start = try TimestepSchedule.startIndex(steps: steps, strength: strength)
+        return start < timesteps.count ? Array(timesteps[start...]) : []
+    }
+}
+
+extension InversionScheduler {
+    /// The DiffEdit pipeline's get_inverse_timesteps(steps, strength): the first
+    /// ⌊steps·strength⌋ timesteps (low to high), or all of them when strength is 1.
+    public func strengthTimesteps(strength: Double) throws -> [Int] {
+        guard let steps = numInferenceSteps else { throw ToolError("strengthTimesteps called before setTimesteps") }
+        let start = try TimestepSchedule.startIndex(steps: steps, strength: strength)
+        return Array(timesteps[..<max(timesteps.count - start, 0)])
+    }
 }
 
 /// The scheduler pairs the DiffEdit tools run with (`--scheduler`), each built from the model's

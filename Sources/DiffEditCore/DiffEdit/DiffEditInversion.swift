@@ -1,9 +1,9 @@
 import Foundation
 
-/// DiffEdit step 2: DDIM inversion of the image latent under the source caption, keeping every
-/// intermediate latent (diffusers' StableDiffusionDiffEditPipeline.invert), with the pipeline's
-/// inverse scheduler: DDIMInverseScheduler or DPMSolverMultistepInverseScheduler.
-public struct DDIMInversion {
+/// DiffEdit step 2: the deterministic inversion of the image latent under the source caption,
+/// keeping every intermediate latent (diffusers' StableDiffusionDiffEditPipeline.invert), with
+/// the pipeline's inverse scheduler: DDIMInverseScheduler or DPMSolverMultistepInverseScheduler.
+public struct DiffEditInversion {
     public struct Options {
         public var steps = 50
         /// inpaint_strength: the fraction of the schedule inverted (the first ⌊steps·strength⌋).
@@ -50,15 +50,13 @@ public struct DDIMInversion {
         guard !timesteps.isEmpty else {
             throw ToolError("--strength \(o.strength) with \(o.steps) steps inverts no step — raise it so that steps × strength ≥ 1")
         }
-        let cfg = o.guidance > 1
-        let embeds = cfg ? Tensor.concat(batch: [negative, prompt]) : prompt
+        let guided = GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance)
         var latents = start
         var outputs: [Tensor] = [], preds: [Tensor] = [], regPreds: [Tensor] = []
         progress?.begin("inversion step", total: timesteps.count)
         for (i, t) in timesteps.enumerated() {
-            let input = cfg ? Tensor.concat(batch: [latents, latents]) : latents
-            let out = try unet(sample: input, timestep: Float(t), encoderHiddenStates: embeds)
-            var pred = cfg ? Guidance.classifierFree(batched: out, scale: o.guidance) : out
+            let input = guided.modelInput(latents)
+            var pred = try guided.predict(modelInput: input, timestep: t)
             preds.append(pred)
             if o.regularizer.steps > 0 {
                 let parts = o.regularizer.steps

@@ -1,7 +1,8 @@
 import Foundation
 
-/// Timestep arithmetic shared by both DDIM schedulers, reproducing numpy's float64 behaviour.
-public enum DDIMTimesteps {
+/// Timestep arithmetic shared by every scheduler (DDIM and DPM-Solver++, forward and inverse):
+/// spacing, the strength cut and add_noise, reproducing numpy's float64 behaviour.
+public enum TimestepSchedule {
     /// np.linspace(0, last, n).round() (round half to even), as integers, ascending.
     static func linspace(to last: Int, count n: Int) -> [Int] {
         if n == 1 { return [0] }
