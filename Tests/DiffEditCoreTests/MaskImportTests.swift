@@ -37,6 +37,65 @@ final class MaskImportTests: XCTestCase {
         }
     }
 
+    // MARK: threshold at 0.5, at its edge
+
+    /// Writes a binary-maxval PGM (maxval 255) and loads it as denoise --mask does.
+    func loadMask(_ pixels: [UInt8], width: Int, height: Int, cells: (w: Int, h: Int)) throws -> [Float] {
+        let dir = try temporaryDirectory(self)
+        let file = dir.appendingPathComponent("m.pgm")
+        try Data(Array("P5\n\(width) \(height)\n255\n".utf8) + pixels).write(to: file)
+        return try MaskImport.load(file.path, folder: ModelFolder(root: Fixtures.path("sd1")), latentHeight: cells.h,
+                                   latentWidth: cells.w, pictureSize: nil, allowNonfinite: false).data
+    }
+
+    /// Cells of 8 × 8 pixels with n of 64 white: edited exactly when n ≥ 32 (half or more), so
+    /// 0.39, 0.41, 0.45, 0.48 keep and 0.5 edits. The expectation is counted, not computed by
+    /// MaskImport: a threshold of 0.4, or > for ≥, fails here.
+    func testBinaryCellsAreEditedFromHalfWhiteOn() throws {
+        let counts = [0, 1, 25, 26, 27, 29, 30, 31, 32, 33, 40, 63, 64, 31, 32, 16]
+        var pixels = [UInt8](repeating: 0, count: 32 * 32)
+        for (cell, n) in counts.enumerated() {
+            let cx = cell % 4, cy = cell / 4
+            for k in 0..<n { pixels[(cy * 8 + k / 8) * 32 + cx * 8 + k % 8] = 255 }
+        }
+        let mask = try loadMask(pixels, width: 32, height: 32, cells: (4, 4))
+        XCTAssertEqual(mask, counts.map { $0 >= 32 ? 1 : 0 })
+    }
+
+    /// Uniform grey cells: 127/255 (0.498) keeps, 128/255 (0.502) edits; 102/255 (0.4) keeps.
+    func testGreyCellsAreThresholdedAtHalf() throws {
+        let levels: [UInt8] = [0, 102, 115, 127, 128, 140, 200, 255, 127]
+        var pixels = [UInt8](repeating: 0, count: 24 * 24)
+        for (cell, v) in levels.enumerated() {
+            let cx = cell % 3, cy = cell / 3
+            for y in 0..<8 { for x in 0..<8 { pixels[(cy * 8 + y) * 24 + cx * 8 + x] = v } }
+        }
+        XCTAssertEqual(try loadMask(pixels, width: 24, height: 24, cells: (3, 3)), levels.map { 2 * Int($0) >= 255 ? 1 : 0 })
+    }
+
+    /// A mask stretched to 1.5 pixels per cell: each cell averages 2/3 and 1/3 of its pixels
+    /// per axis. The expectation is the exact rational mean of the 3 × 3 sub-pixels of the
+    /// image doubled (each pixel 2 × 2), edited when 2·sum ≥ 9·255 (never a tie: 9·255 is odd).
+    func testStretchedMaskCellsAreExactAreaAverages() throws {
+        var state: UInt32 = 7
+        var seen = Set<Float>()
+        for _ in 0..<20 {
+            var pixels = [UInt8](repeating: 0, count: 6 * 6)
+            for i in pixels.indices { state = state &* 1_664_525 &+ 1_013_904_223; pixels[i] = UInt8(96 + (state >> 24) % 64) }
+            var want: [Float] = []
+            for cy in 0..<4 {
+                for cx in 0..<4 {
+                    var sum = 0
+                    for y in (cy * 3)..<(cy * 3 + 3) { for x in (cx * 3)..<(cx * 3 + 3) { sum += Int(pixels[(y / 2) * 6 + x / 2]) } }
+                    want.append(2 * sum >= 9 * 255 ? 1 : 0)
+                }
+            }
+            XCTAssertEqual(try loadMask(pixels, width: 6, height: 6, cells: (4, 4)), want)
+            seen.formUnion(want)
+        }
+        XCTAssertEqual(seen, [0, 1], "cells on both sides of the threshold, or this test proves nothing")
+    }
+
     // MARK: dilation
 
     func testDilationIsASquareOfSide2NPlus1ClippedAtTheBorder() {
