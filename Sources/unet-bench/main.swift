@@ -45,12 +45,12 @@ struct UNetBench: DiffEditTool {
     @Option(name: .long, parsing: .unconditional, help: Numbers.runs.help("Timed forward passes (no warm-up run)", default: 1), transform: Numbers.runs.transform)
     var runs = 1
     @Option(name: .long, parsing: .unconditional,
-            help: Numbers.scoreBudget.help("Attention score buffer per worker, in floats (Attention.scoreBudget)", defaultText: "Attention's own"),
+            help: Numbers.scoreBudget.help("Attention score buffer per worker, in floats (KernelPolicy.scoreBudget)", default: KernelPolicy().scoreBudget),
             transform: Numbers.scoreBudget.transform)
     var scoreBudget: Int?
 
     @Option(name: .long, parsing: .unconditional,
-            help: Numbers.smallConvPixels.help("3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (Conv2D.smallImagePixels)", defaultText: "Conv2D's own"),
+            help: Numbers.smallConvPixels.help("3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (KernelPolicy.smallImagePixels)", default: KernelPolicy().smallImagePixels),
             transform: Numbers.smallConvPixels.transform)
     var smallConvPixels: Int?
 
@@ -88,7 +88,11 @@ struct UNetBench: DiffEditTool {
                 return
             }
             let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
-            if f32Weights { Parameter.readsInPlace = false }
+            // Before the UNet loads: readsWeightsInPlace is read when weights are loaded.
+            if f32Weights { context.policy.readsWeightsInPlace = false }
+            if let scoreBudget { context.policy.scoreBudget = scoreBudget }
+            if let smallConvPixels { context.policy.smallImagePixels = smallConvPixels }
+            if noWinograd { context.policy.useWinograd = false }
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {
@@ -105,9 +109,6 @@ struct UNetBench: DiffEditTool {
             CLI.note("unet-bench", "\(model ?? "SD 1.5 config, random weights"), loaded in \(String(format: "%.1f", loadTime)) s; latent \(batch)x4x\(height)x\(width), \(tokens) tokens, \(context.threads) threads; \(BLASKernel.description)")
             let profiler = profile ? Profiler() : nil
             context.profiler = profiler
-            if let scoreBudget { Attention.scoreBudget = scoreBudget }
-            if let smallConvPixels { Conv2D.smallImagePixels = smallConvPixels }
-            if noWinograd { Conv2D.useWinograd = false }
             for r in 0..<runs {
                 let flops = FlopCounter()
                 context.flops = flops

@@ -69,8 +69,6 @@ final class AttentionKernelTests: XCTestCase {
     /// chunk is partial, for self- and cross-attention, causal or not, several batches and heads;
     /// the two largest cases take the parallel (batch, head) path.
     func testChunkedAttentionMatchesNaive() {
-        let saved = Attention.scoreBudget
-        defer { Attention.scoreBudget = saved }
         for (b, lq, lk, heads, d, causal) in [(1, 7, 7, 1, 3, false), (2, 13, 13, 3, 5, true),
                                               (3, 11, 5, 2, 4, false), (2, 9, 77, 4, 8, false),
                                               (1, 40, 40, 5, 8, true), (2, 300, 257, 3, 8, false),
@@ -80,9 +78,11 @@ final class AttentionKernelTests: XCTestCase {
             let scale = 1 / Float(d).squareRoot()
             let want = naiveAttention(q: q, k: k, v: v, b: b, lq: lq, lk: lk, heads: heads, d: d, scale: scale, causal: causal)
             for budget in [1, 2 * lk + 1, 3 * lk, 1 << 20] {
-                Attention.scoreBudget = budget
+                let ctx = ComputeContext()
+                ctx.policy.scoreBudget = budget
                 let got = Attention.forward(q: Tensor(shape: [b, lq, w], data: q), k: Tensor(shape: [b, lk, w], data: k),
-                                            v: Tensor(shape: [b, lk, w], data: v), heads: heads, scale: scale, causal: causal)
+                                            v: Tensor(shape: [b, lk, w], data: v), heads: heads, scale: scale, causal: causal,
+                                            context: ctx)
                 XCTAssertEqual(got.shape, [b, lq, w])
                 assertClose(got.data, want, atol: 2e-5,
                             "b \(b) lq \(lq) lk \(lk) heads \(heads) d \(d) causal \(causal) budget \(budget)")
@@ -139,36 +139,33 @@ final class AttentionKernelTests: XCTestCase {
                                         (1, 2, 5, 6, 3, 3, Conv2D.Padding(top: 0, bottom: 1, left: 2, right: 0))] {
             let x = random(n * c * h * w, seed: 30), weight = random(o * c * k * k, seed: 31), bias = random(o, seed: 32)
             let want = naiveConv(x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, o: o, k: k, stride: 1, pad: pad)
-            let saved = Conv2D.columnBudget
-            defer { Conv2D.columnBudget = saved }
             // One band per image, bands of two rows, one row per band.
             let ow = want.shape[3]
             for budget in [1 << 24, 2 * k * k * c * ow, 1] {
-                Conv2D.columnBudget = budget
+                let ctx = ComputeContext()
+                ctx.policy.columnBudget = budget
                 let got = Conv2D.forward(Tensor(shape: [n, c, h, w], data: x), weight: weight, bias: bias,
-                                         outChannels: o, kernel: (k, k), padding: pad)
+                                         outChannels: o, kernel: (k, k), padding: pad, context: ctx)
                 XCTAssertEqual(got.shape, want.shape)
                 assertClose(got.data, want.data, atol: 1e-4, "bands: n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
             }
             // The small-image method (one GEMM over the group's unfolded images): all images in
             // one group, two per group, one per group.
-            let savedSmall = Conv2D.smallColumnBudget
-            defer { Conv2D.smallColumnBudget = savedSmall }
             for budget in [1 << 24, 2 * k * k * c * (want.data.count / (n * o)), 1] {
-                Conv2D.smallColumnBudget = budget
+                let ctx = ComputeContext()
+                ctx.policy.smallColumnBudget = budget
                 let got = Conv2D.forwardSmall(Tensor(shape: [n, c, h, w], data: x), weight: weight, bias: bias,
-                                              outChannels: o, kernel: (k, k), padding: pad)
+                                              outChannels: o, kernel: (k, k), padding: pad, context: ctx)
                 XCTAssertEqual(got.shape, want.shape)
                 assertClose(got.data, want.data, atol: 1e-4, "small: n \(n) c \(c) \(h)x\(w) o \(o) k \(k) budget \(budget)")
             }
             // Winograd F(2×2, 3×3) for the 3×3 cases: tiles in one group, two groups, one per group.
             if k == 3 {
-                let savedWinograd = Conv2D.winogradBudget
-                defer { Conv2D.winogradBudget = savedWinograd }
                 for budget in [1 << 24, 16 * (c + o) * 3, 1] {
-                    Conv2D.winogradBudget = budget
+                    let ctx = ComputeContext()
+                    ctx.policy.winogradBudget = budget
                     let got = Conv2D.forwardWinograd(Tensor(shape: [n, c, h, w], data: x), weight: weight, bias: bias,
-                                                     outChannels: o, padding: pad)
+                                                     outChannels: o, padding: pad, context: ctx)
                     XCTAssertEqual(got.shape, want.shape)
                     assertClose(got.data, want.data, atol: 1e-4, "winograd: n \(n) c \(c) \(h)x\(w) o \(o) budget \(budget)")
                 }

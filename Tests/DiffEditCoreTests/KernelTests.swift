@@ -40,10 +40,10 @@ final class KernelTests: XCTestCase {
         let x = Tensor(shape: [n, c, h, w], data: rng.array(n * c * h * w))
         let weight = rng.array(outC * c * k * k)
         let b = bias ? rng.array(outC) : nil
-        let saved = Conv2D.columnBudget
-        if let budget { Conv2D.columnBudget = budget }
-        defer { Conv2D.columnBudget = saved }
-        let got = Conv2D.forward(x, weight: weight, bias: b, outChannels: outC, kernel: (k, k), stride: stride, padding: pad)
+        let ctx = ComputeContext()
+        if let budget { ctx.policy.columnBudget = budget }
+        let got = Conv2D.forward(x, weight: weight, bias: b, outChannels: outC, kernel: (k, k), stride: stride, padding: pad,
+                                 context: ctx)
         let want = Self.naiveConv(x, weight: weight, bias: b, outC: outC, k: (k, k), stride: stride, pad: pad)
         XCTAssertEqual(got.shape, want.shape, label)
         assertClose(got.data, want.data, atol: 1e-5, label)
@@ -176,11 +176,10 @@ final class KernelTests: XCTestCase {
                 want[(bi * lq + i) * d + t] = Float(acc)
             }
         } }
-        let saved = Attention.scoreBudget
-        defer { Attention.scoreBudget = saved }
-        for budget in [saved, 2 * lk] {
-            Attention.scoreBudget = budget
-            let got = Attention.forward(q: q, k: k, v: v, heads: 1, scale: scale)
+        for budget in [KernelPolicy().scoreBudget, 2 * lk] {
+            let ctx = ComputeContext()
+            ctx.policy.scoreBudget = budget
+            let got = Attention.forward(q: q, k: k, v: v, heads: 1, scale: scale, context: ctx)
             assertClose(got.data, want, atol: 1e-5, "single-head attention, score budget \(budget)")
         }
     }

@@ -2,10 +2,10 @@ import Foundation
 import XCTest
 @testable import DiffEditCore
 
-/// Weights read in place (`WeightMatrix`, `Parameter.readsInPlace`): every kernel that multiplies
-/// by a weight gives the numbers of the same values held as f32, also when a 16-bit weight is
-/// widened in many blocks or a matrix is the rows of several stored tensors, and the loader
-/// points large matrices of f32, f16 and bf16 checkpoints into the file's mapping.
+/// Weights read in place (`WeightMatrix`, `KernelPolicy.readsWeightsInPlace`): every kernel that
+/// multiplies by a weight gives the numbers of the same values held as f32, also when a 16-bit
+/// weight is widened in many blocks or a matrix is the rows of several stored tensors, and the
+/// loader points large matrices of f32, f16 and bf16 checkpoints into the file's mapping.
 final class SixteenBitWeightTests: XCTestCase {
     typealias Lcg = KernelTests.Lcg
 
@@ -32,9 +32,7 @@ final class SixteenBitWeightTests: XCTestCase {
         let (f, raw) = Self.values(count, bits, seed: seed)
         let ctx = ComputeContext()
         let want = f.withUnsafeBufferPointer { kernel(ctx, WeightMatrix(f32: $0.baseAddress!)) }
-        let saved = WeightMatrix.blockFloats
-        WeightMatrix.blockFloats = blockFloats
-        defer { WeightMatrix.blockFloats = saved }
+        ctx.policy.weightBlockFloats = blockFloats
         let got = raw.withUnsafeBufferPointer { kernel(ctx, WeightMatrix(raw: UnsafeRawPointer($0.baseAddress!), bits: bits)) }
         return (want, got)
     }
@@ -115,9 +113,6 @@ final class SixteenBitWeightTests: XCTestCase {
                 Linear.forward(Tensor(shape: [rows, i], data: x), weight: Array(wp), bias: nil, outFeatures: o).data
             }
             for block in [1 << 21, 40, 3] {
-                let saved = WeightMatrix.blockFloats
-                WeightMatrix.blockFloats = block
-                defer { WeightMatrix.blockFloats = saved }
                 // Each segment in its own buffer, as separate tensors of a file are.
                 let size = bits == .f32 ? 4 : 2
                 var buffers: [UnsafeMutableRawPointer] = []
@@ -138,7 +133,9 @@ final class SixteenBitWeightTests: XCTestCase {
                 XCTAssertFalse(wm.isPlainF32, "segments are read through blocks")
                 var got = [Float](repeating: .nan, count: rows * o)
                 x.withUnsafeBufferPointer { xp in
-                    Linear.forward(ComputeContext(), x: xp.baseAddress!, rows: rows, inFeatures: i, weight: wm,
+                    let ctx = ComputeContext()
+                    ctx.policy.weightBlockFloats = block
+                    Linear.forward(ctx, x: xp.baseAddress!, rows: rows, inFeatures: i, weight: wm,
                                    bias: nil, outFeatures: o, out: &got)
                 }
                 assertClose(got, want, atol: 1e-5, "segments \(bits) block \(block)")
@@ -171,8 +168,9 @@ final class SixteenBitWeightTests: XCTestCase {
 
     /// Checkpoints in f32, f16 and bf16: large matrices — linear, conv [O, C, 3, 3] and stacked
     /// q/k/v — are read in place (their storage is the file's mapping, in the stored bits),
-    /// small vectors become f32, and every value is the stored one; with readsInPlace off, or an
-    /// entry the file does not align, the values are the same in a private f32 copy.
+    /// small vectors become f32, and every value is the stored one; with the loader's
+    /// `readsInPlace` off, or an entry the file does not align, the values are the same in a
+    /// private f32 copy.
     func testLoaderReadsMatricesInPlace() throws {
         let (o, c) = (48, 400)  // 19 200 elements: above Parameter.inPlaceMinimum
         for bits in [WeightMatrix.Bits.f32, .f16, .bf16] {
@@ -187,14 +185,11 @@ final class SixteenBitWeightTests: XCTestCase {
                                       ("lin2.weight", dtype, [o, c], Self.bytes(lin2.f32, lin2.raw, bits)),
                                       ("lin.bias", dtype, [o], Self.bytes(bias.f32, bias.raw, bits))], pad: pad)
                 for inPlace in [true, false] {
-                    let saved = Parameter.readsInPlace
-                    Parameter.readsInPlace = inPlace
-                    defer { Parameter.readsInPlace = saved }
                     let label = "\(dtype) pad \(pad) in place \(inPlace)"
                     // An odd pad misaligns every entry after it for f32 and 16 bits alike.
                     let mapped = inPlace && pad == 0
                     let file = try SafeTensorsFile(path: path)
-                    let l = ParameterLoader(source: WeightStore(component: "test", file: file))
+                    let l = ParameterLoader(source: WeightStore(component: "test", file: file), readsInPlace: inPlace)
                     for (p, want) in [(try l.matrix("lin.weight", [o, c]), lin.f32),
                                       (try l.matrix("conv.weight", [o, c, 3, 3]), conv.f32),
                                       (try l.stacked(["lin.weight", "lin2.weight"], rows: [o, o], columns: c), lin.f32 + lin2.f32)] {

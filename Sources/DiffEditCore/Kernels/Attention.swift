@@ -1,20 +1,15 @@
 /// Scaled dot-product attention, softmax(Q·Kᵀ·scale)·V, computed head by head and in chunks of
 /// query rows so that no [heads, Lq, Lk] matrix is ever materialised whole: memory for the scores
-/// is `chunk × Lk` floats per worker (from the workspace), reused for every head and chunk.
-/// (batch, head) pairs run in parallel on the context's threads, each with single-threaded BLAS;
-/// the softmax is vectorised (VectorMath) and its normalisation is applied to the d-wide output
-/// rows.
+/// is `chunk × Lk` floats per worker (from the workspace; as many rows as the policy's
+/// `scoreBudget` holds, at least one), reused for every head and chunk. (batch, head) pairs run
+/// in parallel on the context's threads, each with single-threaded BLAS; the softmax is
+/// vectorised (VectorMath) and its normalisation is applied to the d-wide output rows.
 public enum Attention {
-    /// Rows of scores kept at once are bounded by this many floats per worker (4 MiB; measured
-    /// best for SD at 64×64 latents: 256 query rows per chunk against 4096 keys). Tests shrink it
-    /// to force many partial chunks.
-    nonisolated(unsafe) public static var scoreBudget = 1 << 20
-
     /// q: [B, Lq, heads·d], k and v: [B, Lk, heads·d] (heads interleaved as torch's
     /// `view(B, L, heads, d)`); returns [B, Lq, heads·d]. `causal` masks keys after the query
     /// position (CLIP's text encoder).
     public static func forward(q: Tensor, k: Tensor, v: Tensor, heads: Int, scale: Float,
-                               causal: Bool = false) -> Tensor {
+                               causal: Bool = false, context: ComputeContext = ComputeContext()) -> Tensor {
         let b = q.shape[0], lq = q.shape[1], width = q.shape[2]
         let lk = k.shape[1]
         precondition(k.shape[0] == b && v.shape[0] == b && k.shape[2] == width && v.shape[2] == width
@@ -24,7 +19,7 @@ public enum Attention {
             k.data.withUnsafeBufferPointer { kp in
                 v.data.withUnsafeBufferPointer { vp in
                     out.withUnsafeMutableBufferPointer { op in
-                        forward(ComputeContext(), q: qp.baseAddress!, ldq: width, k: kp.baseAddress!, ldk: width,
+                        forward(context, q: qp.baseAddress!, ldq: width, k: kp.baseAddress!, ldk: width,
                                 v: vp.baseAddress!, ldv: width, out: op.baseAddress!, ldo: width,
                                 batch: b, lq: lq, lk: lk, heads: heads, headDim: width / heads,
                                 scale: scale, causal: causal)
@@ -43,7 +38,7 @@ public enum Attention {
                                batch b: Int, lq: Int, lk: Int, heads: Int, headDim d: Int,
                                scale: Float, causal: Bool = false) {
         guard b > 0, lq > 0, heads > 0 else { return }
-        let chunk = max(1, min(lq, scoreBudget / max(lk, 1)))
+        let chunk = max(1, min(lq, ctx.policy.scoreBudget / max(lk, 1)))
         let pairs = b * heads
         // Parallel over (batch, head) with single-threaded BLAS when there is enough work.
         let parallel = pairs > 1 && ctx.threads > 1 && lq * lk * d >= 1 << 16

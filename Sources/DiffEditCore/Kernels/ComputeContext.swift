@@ -1,13 +1,17 @@
 import Dispatch
 import Foundation
 
-/// What a forward pass runs with: the thread policy, the workspace its activations and scratch
-/// come from, and (optionally) a profiler and a FLOP counter. Models hold one and hand it to
-/// their layers; layers hand it to the kernels; only kernels look inside. One forward pass at a
-/// time per context (OpenBLAS's thread count is process state, set here and nowhere else).
+/// What a forward pass runs with: the thread policy, the kernels' tuning (`KernelPolicy`), the
+/// workspace its activations and scratch come from, and (optionally) a profiler and a FLOP
+/// counter. Models hold one and hand it to their layers; layers hand it to the kernels; only
+/// kernels look inside. One forward pass at a time per context (OpenBLAS's thread count is
+/// process state, set here and nowhere else).
 public final class ComputeContext: @unchecked Sendable {
     /// Threads for the BLAS and for our own parallel loops.
     public let threads: Int
+    /// Block sizes, budgets and method choices of the kernels run with this context; set it
+    /// before a forward pass, not during one (kernels read it once per call).
+    public var policy: KernelPolicy
     public let workspace: Workspace
     /// Wall time per kernel category (`unet-bench --profile`); nil costs one branch per kernel.
     public var profiler: Profiler?
@@ -18,8 +22,10 @@ public final class ComputeContext: @unchecked Sendable {
     /// else the machine's cores.
     public static let defaultThreads: Int = max(1, BLAS.threadsAtStart)
 
-    public init(threads: Int = ComputeContext.defaultThreads, workspace: Workspace = Workspace()) {
+    public init(threads: Int = ComputeContext.defaultThreads, policy: KernelPolicy = KernelPolicy(),
+                workspace: Workspace = Workspace()) {
         self.threads = max(1, threads)
+        self.policy = policy
         self.workspace = workspace
         profiler = Profiler.fromEnvironment
     }

@@ -15,18 +15,32 @@ public enum Conv2D {
         public static func same(_ p: Int) -> Padding { Padding(top: p, bottom: p, left: p, right: p) }
     }
 
-    /// Floats of the unfolded band `im2col` keeps (16 MiB: the band and its share of the output
-    /// stay in this machine class's L3 while the product runs; at 512×512 with 128 channels a
-    /// band of 7 rows instead of a 2.4 GB whole-image unfold).
-    nonisolated(unsafe) public static var columnBudget = 1 << 22
-
-    /// Images of at most this many output pixels (oh·ow) take `forwardSmall` (measured on SD
-    /// 1.5's UNet at 32×32 latents: the step 3.1 s → 2.2 s; equal at 64×64).
-    nonisolated(unsafe) public static var smallImagePixels = 1024
-
-    /// Most floats of the unfolded copy `forwardSmall` keeps at once (128 MiB); images are
-    /// unfolded and multiplied in groups that fit.
-    nonisolated(unsafe) static var smallColumnBudget = 1 << 25
+    /// x: [n, c, h, w] → [n, o, oh, ow] by the method the context's policy picks for the size:
+    /// stride-1 convolutions with a spatial kernel take whole small images (`smallImagePixels`),
+    /// Winograd when it pays for large 3×3 ones, else bands; 1×1 and strided ones take im2col.
+    static func forward(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
+                        weight: WeightMatrix, bias: UnsafePointer<Float>?, outChannels o: Int, kernel: Int,
+                        stride: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
+        let policy = ctx.policy
+        let (oh, ow) = outputSize(h: h, w: w, kernel: (kernel, kernel), stride: stride, padding: padding)
+        let spatial = stride == 1 && kernel > 1
+        if spatial && oh * ow <= policy.smallImagePixels {
+            ctx.measure("conv small \(h)x\(w) \(c)->\(o)") {
+                forwardSmall(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
+                             kernel: (kernel, kernel), padding: padding, out: out)
+            }
+        } else if spatial && kernel == 3 && policy.useWinograd && prefersWinograd(inChannels: c, outChannels: o) {
+            ctx.measure("conv winograd \(h)x\(w) \(c)->\(o)") {
+                forwardWinograd(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
+                                padding: padding, out: out)
+            }
+        } else {
+            ctx.measure(spatial ? "conv bands \(h)x\(w) \(c)->\(o)" : "conv im2col") {
+                forwardIm2col(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
+                              kernel: (kernel, kernel), stride: stride, padding: padding, out: out)
+            }
+        }
+    }
 
     /// Output size of a convolution.
     static func outputSize(h: Int, w: Int, kernel: (Int, Int), stride: Int, padding: Padding) -> (Int, Int) {
@@ -73,7 +87,8 @@ public enum Conv2D {
 
     /// x: [n, c, h, w] at `x`; weight [outC, c, kh, kw] (torch layout), bias [outC];
     /// writes [n, outC, oh, ow] to `out`, one GEMM Y[O][band] = W[O][C·kh·kw] · cols per band of
-    /// output rows, written straight into the output (a band of an output plane is contiguous).
+    /// output rows (bands of the policy's `columnBudget` floats), written straight into the
+    /// output onto the bias (a band of an output plane is contiguous).
     static func forwardIm2col(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
                               weight: WeightMatrix, bias: UnsafePointer<Float>?, outChannels o: Int,
                               kernel: (Int, Int), stride: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
@@ -81,22 +96,18 @@ public enum Conv2D {
         let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: stride, padding: padding)
         precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the \(kh)x\(kw) kernel")
         let pixels = oh * ow, k = c * kh * kw
-        if let bias {
-            ctx.parallelRanges(n * o, minChunk: 16) { range in
-                for p in range { (out + p * pixels).update(repeating: bias[p % o], count: pixels) }
-            }
-        }
         if kh == 1 && kw == 1 && stride == 1 && padding == .same(0) {
             // Y[b] = W · X[b]: each weight block widened once for every image.
-            weight.columnBlocks(ctx, rows: o, ld: k, columns: 0..<k) { kr, wk, ldw in
+            weight.accumulate(ctx, rows: o, columns: k, into: out,
+                              onto: .biasPlanes(bias, planes: n * o, width: pixels, ld: pixels)) { kr, wk, ldw, beta in
                 for b in 0..<n {
                     ctx.gemm(m: o, n: pixels, k: kr.count, a: wk, lda: ldw, b: x + b * c * h * w + kr.lowerBound * pixels,
-                             ldb: pixels, beta: bias == nil && kr.lowerBound == 0 ? 0 : 1, c: out + b * o * pixels, ldc: pixels)
+                             ldb: pixels, beta: beta, c: out + b * o * pixels, ldc: pixels)
                 }
             }
             return
         }
-        let band = max(1, min(oh, columnBudget / max(1, k * ow)))
+        let band = max(1, min(oh, ctx.policy.columnBudget / max(1, k * ow)))
         ctx.workspace.withScratch(k * band * ow) { cols in
             for b in 0..<n {
                 var y0 = 0
@@ -104,10 +115,12 @@ public enum Conv2D {
                     let rows = min(band, oh - y0), columns = rows * ow
                     unfold(ctx, x: x + b * c * h * w, images: 1, c: c, h: h, w: w, kernel: kernel, stride: stride,
                            padding: padding, rows: y0..<(y0 + rows), ow: ow, into: cols, ld: columns)
-                    weight.columnBlocks(ctx, rows: o, ld: k, columns: 0..<k) { kr, wk, ldw in
+                    // This band's rows of every output plane of image b.
+                    let y = out + b * o * pixels + y0 * ow
+                    weight.accumulate(ctx, rows: o, columns: k, into: y,
+                                      onto: .biasPlanes(bias, planes: o, width: columns, ld: pixels)) { kr, wk, ldw, beta in
                         ctx.gemm(m: o, n: columns, k: kr.count, a: wk, lda: ldw, b: cols + kr.lowerBound * columns,
-                                 ldb: columns, beta: bias == nil && kr.lowerBound == 0 ? 0 : 1,
-                                 c: out + b * o * pixels + y0 * ow, ldc: pixels)
+                                 ldb: columns, beta: beta, c: y, ldc: pixels)
                     }
                     y0 += rows
                 }
@@ -115,16 +128,17 @@ public enum Conv2D {
         }
     }
 
-    /// Convolution of small images as one GEMM per group of whole images: cols holds the group's
-    /// unfolded images side by side, Y[O][g·oh·ow] = W[O][C·kh·kw] · cols, then Y's columns are
-    /// scattered to [n][O][oh·ow] with the bias.
+    /// Convolution of small images as one GEMM per group of whole images (groups of the
+    /// policy's `smallColumnBudget` floats unfolded): cols holds the group's unfolded images side
+    /// by side, Y[O][g·oh·ow] = W[O][C·kh·kw] · cols, then Y's columns are scattered to
+    /// [n][O][oh·ow] with the bias.
     internal static func forwardSmall(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
                                       weight: WeightMatrix, bias: UnsafePointer<Float>?, outChannels o: Int,
                                       kernel: (Int, Int), stride: Int = 1, padding: Padding,
                                       out: UnsafeMutablePointer<Float>) {
         let (oh, ow) = outputSize(h: h, w: w, kernel: kernel, stride: stride, padding: padding)
         let pixels = oh * ow, k = c * kernel.0 * kernel.1
-        let group = max(1, min(n, smallColumnBudget / max(1, k * pixels)))
+        let group = max(1, min(n, ctx.policy.smallColumnBudget / max(1, k * pixels)))
         let ws = ctx.workspace
         ws.withScratch(k * group * pixels) { cols in
             ws.withScratch(o * group * pixels) { y in
@@ -133,9 +147,10 @@ public enum Conv2D {
                     let g = min(group, n - b0), columns = g * pixels
                     unfold(ctx, x: x + b0 * c * h * w, images: g, c: c, h: h, w: w, kernel: kernel, stride: stride,
                            padding: padding, rows: 0..<oh, ow: ow, into: cols, ld: columns)
-                    weight.columnBlocks(ctx, rows: o, ld: k, columns: 0..<k) { kr, wk, ldw in
+                    // The bias comes with the scatter below.
+                    weight.accumulate(ctx, rows: o, columns: k, into: y, onto: .empty) { kr, wk, ldw, beta in
                         ctx.gemm(m: o, n: columns, k: kr.count, a: wk, lda: ldw, b: cols + kr.lowerBound * columns, ldb: columns,
-                                 beta: kr.lowerBound == 0 ? 0 : 1, c: y, ldc: columns)
+                                 beta: beta, c: y, ldc: columns)
                     }
                     ctx.parallelRanges(o, minChunk: 16) { range in
                         for oi in range {
@@ -173,10 +188,10 @@ public enum Conv2D {
 
 // Tensor forms, for callers outside the models and for tests.
 extension Conv2D {
-    /// The pointer kernel `method(context, x, n, c, h, w, weight, bias, out)` run on Tensors:
-    /// x [N, C, H, W] → [N, outChannels, oh, ow].
+    /// The pointer kernel `method(context, x, n, c, h, w, weight, bias, out)` run on Tensors
+    /// with `context`: x [N, C, H, W] → [N, outChannels, oh, ow].
     static func onTensors(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int, kernel: (Int, Int),
-                          stride: Int, padding: Padding,
+                          stride: Int, padding: Padding, context: ComputeContext,
                           _ method: (ComputeContext, UnsafePointer<Float>, Int, Int, Int, Int, WeightMatrix,
                                      UnsafePointer<Float>?, UnsafeMutablePointer<Float>) -> Void) -> Tensor {
         precondition(x.rank == 4)
@@ -189,7 +204,7 @@ extension Conv2D {
             weight.withUnsafeBufferPointer { wp in
                 out.withUnsafeMutableBufferPointer { op in
                     bias.withUnsafeOptionalPointer { bp in
-                        method(ComputeContext(), xp.baseAddress!, n, c, h, w, WeightMatrix(f32: wp.baseAddress!), bp, op.baseAddress!)
+                        method(context, xp.baseAddress!, n, c, h, w, WeightMatrix(f32: wp.baseAddress!), bp, op.baseAddress!)
                     }
                 }
             }
@@ -201,19 +216,21 @@ extension Conv2D {
 public extension Conv2D {
     /// Tensor form of `forwardSmall`.
     static func forwardSmall(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int,
-                             kernel: (Int, Int), padding: Padding) -> Tensor {
+                             kernel: (Int, Int), padding: Padding, context: ComputeContext = ComputeContext()) -> Tensor {
         onTensors(x, weight: weight, bias: bias, outChannels: o, kernel: kernel, stride: 1,
-                  padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
+                  padding: padding, context: context) { ctx, x, n, c, h, w, wp, bp, out in
             forwardSmall(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: o, kernel: kernel,
                          padding: padding, out: out)
         }
     }
 
+    /// Tensor form of `forwardIm2col` (bands at every size, whatever the policy would pick).
     /// weight: [outC, inC, kh, kw] (torch layout), bias: [outC].
     static func forward(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels: Int,
-                        kernel: (Int, Int), stride: Int = 1, padding: Padding) -> Tensor {
+                        kernel: (Int, Int), stride: Int = 1, padding: Padding,
+                        context: ComputeContext = ComputeContext()) -> Tensor {
         onTensors(x, weight: weight, bias: bias, outChannels: outChannels, kernel: kernel, stride: stride,
-                  padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
+                  padding: padding, context: context) { ctx, x, n, c, h, w, wp, bp, out in
             forwardIm2col(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: outChannels, kernel: kernel,
                           stride: stride, padding: padding, out: out)
         }

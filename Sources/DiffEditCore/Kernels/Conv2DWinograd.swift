@@ -9,29 +9,24 @@
 ///     Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]
 ///     Aᵀ = [1 1 1 0; 0 1 −1 −1]
 public extension Conv2D {
-    /// Whether 3×3 stride-1 convolutions of images larger than `smallImagePixels` may use
-    /// F(2×2, 3×3) (else im2col bands: `unet-bench --no-winograd`).
-    nonisolated(unsafe) static var useWinograd = true
-
-    /// Whether F(2×2, 3×3) pays for these channel counts: its transforms cost per tile ∝ C + O
-    /// against products ∝ C·O, so it needs a harmonic mean 2·C·O/(C + O) of at least 160
-    /// (measured on the SD VAE decoder at 512²: 128 → 128 channels 0.47 s per conv in bands
-    /// against 0.56 s by Winograd; 256 → 128 0.67 s by Winograd against 0.92 s in bands).
+    /// Whether F(2×2, 3×3) pays for these channel counts (asked only when the policy's
+    /// `useWinograd` allows it): its transforms cost per tile ∝ C + O against products ∝ C·O, so
+    /// it needs a harmonic mean 2·C·O/(C + O) of at least 160 (measured on the SD VAE decoder at
+    /// 512²: 128 → 128 channels 0.47 s per conv in bands against 0.56 s by Winograd; 256 → 128
+    /// 0.67 s by Winograd against 0.92 s in bands).
     static func prefersWinograd(inChannels c: Int, outChannels o: Int) -> Bool {
-        useWinograd && 2 * c * o >= 160 * (c + o)
+        2 * c * o >= 160 * (c + o)
     }
 
-    /// Floats of the transformed input and output one group of tiles keeps (16·(C + O)·tiles).
-    nonisolated(unsafe) static var winogradBudget = 1 << 24
-
-    /// x: [n, c, h, w]; weight [O, C, 3, 3] (torch layout); writes [n, o, oh, ow].
+    /// x: [n, c, h, w]; weight [O, C, 3, 3] (torch layout); writes [n, o, oh, ow]. Tiles are
+    /// transformed in groups of the policy's `winogradBudget` floats.
     internal static func forwardWinograd(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
                                          weight: WeightMatrix, bias: UnsafePointer<Float>?,
                                          outChannels o: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
         let (oh, ow) = outputSize(h: h, w: w, kernel: (3, 3), stride: 1, padding: padding)
         let th = (oh + 1) / 2, tw = (ow + 1) / 2
         let tilesPerImage = th * tw, tiles = n * tilesPerImage
-        let group = max(1, min(tiles, winogradBudget / max(1, 16 * (c + o))))
+        let group = max(1, min(tiles, ctx.policy.winogradBudget / max(1, 16 * (c + o))))
         let ws = ctx.workspace
         ws.withScratch(16 * o * c) { u in
             // U_ξ[o][c] = (G g Gᵀ)_ξ for every (o, c), from whole rows of the weight.
@@ -161,9 +156,9 @@ public extension Conv2D {
 public extension Conv2D {
     /// Tensor form of `forwardWinograd`: x [N, C, H, W], weight [O, C, 3, 3].
     static func forwardWinograd(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int,
-                                padding: Padding) -> Tensor {
+                                padding: Padding, context: ComputeContext = ComputeContext()) -> Tensor {
         onTensors(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), stride: 1,
-                  padding: padding) { ctx, x, n, c, h, w, wp, bp, out in
+                  padding: padding, context: context) { ctx, x, n, c, h, w, wp, bp, out in
             forwardWinograd(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: o,
                             padding: padding, out: out)
         }

@@ -6,17 +6,47 @@ public enum Linear {
                         weight: WeightMatrix, bias: UnsafePointer<Float>?, outFeatures: Int,
                         out: UnsafeMutablePointer<Float>, ldo: Int? = nil) {
         let ldo = ldo ?? outFeatures
-        if let bias {
-            for r in 0..<rows { (out + r * ldo).update(from: bias, count: outFeatures) }
-        }
-        weight.columnBlocks(ctx, rows: outFeatures, ld: inFeatures, columns: 0..<inFeatures) { k, w, ldw in
+        weight.accumulate(ctx, rows: outFeatures, columns: inFeatures, into: out,
+                          onto: .biasRows(bias, rows: rows, ld: ldo)) { k, w, ldw, beta in
             ctx.gemm(transB: true, m: rows, n: outFeatures, k: k.count, a: x + k.lowerBound, lda: inFeatures, b: w,
-                     ldb: ldw, beta: bias == nil && k.lowerBound == 0 ? 0 : 1, c: out, ldc: ldo)
+                     ldb: ldw, beta: beta, c: out, ldc: ldo)
+        }
+    }
+
+    /// The product read from NCHW channels: x [b, inFeatures, pixels] → tokens
+    /// [b, pixels, outFeatures] (the permute to tokens folded into the product:
+    /// tokens[i] = x[i]ᵀ·Wᵀ + bias).
+    static func fromChannels(_ ctx: ComputeContext, x: UnsafePointer<Float>, images b: Int, pixels hw: Int,
+                             inFeatures c: Int, weight: WeightMatrix, bias: UnsafePointer<Float>?, outFeatures: Int,
+                             out: UnsafeMutablePointer<Float>) {
+        weight.accumulate(ctx, rows: outFeatures, columns: c, into: out,
+                          onto: .biasRows(bias, rows: b * hw, ld: outFeatures)) { k, w, ldw, beta in
+            for bi in 0..<b {
+                ctx.gemm(transA: true, transB: true, m: hw, n: outFeatures, k: k.count,
+                         a: x + (bi * c + k.lowerBound) * hw, lda: hw, b: w, ldb: ldw,
+                         beta: beta, c: out + bi * hw * outFeatures, ldc: outFeatures)
+            }
+        }
+    }
+
+    /// The product written back to NCHW channels onto a residual: tokens [b, pixels, inFeatures]
+    /// → residual + bias + W·tokensᵀ as [b, outFeatures, pixels].
+    static func toChannels(_ ctx: ComputeContext, tokens t: UnsafePointer<Float>, images b: Int, pixels hw: Int,
+                           inFeatures: Int, weight: WeightMatrix, bias: UnsafePointer<Float>?, outFeatures c: Int,
+                           residual: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        weight.accumulate(ctx, rows: c, columns: inFeatures, into: out,
+                          onto: .residual(residual, bias: bias, images: b, plane: hw)) { k, w, ldw, beta in
+            for bi in 0..<b {
+                ctx.gemm(transB: true, m: c, n: hw, k: k.count, a: w, lda: ldw,
+                         b: t + bi * hw * inFeatures + k.lowerBound, ldb: inFeatures, beta: beta,
+                         c: out + bi * c * hw, ldc: hw)
+            }
         }
     }
 
     /// Tensor form. x: [..., inFeatures].
-    public static func forward(_ x: Tensor, weight: [Float], bias: [Float]?, outFeatures: Int) -> Tensor {
+    public static func forward(_ x: Tensor, weight: [Float], bias: [Float]?, outFeatures: Int,
+                               context: ComputeContext = ComputeContext()) -> Tensor {
         let inFeatures = x.shape.last!
         precondition(weight.count == outFeatures * inFeatures, "linear weight \(weight.count) != \(outFeatures)x\(inFeatures)")
         let rows = x.count / inFeatures
@@ -27,7 +57,7 @@ public enum Linear {
             weight.withUnsafeBufferPointer { wp in
                 out.withUnsafeMutableBufferPointer { o in
                     bias.withUnsafeOptionalPointer { bp in
-                        forward(ComputeContext(), x: xp.baseAddress!, rows: rows, inFeatures: inFeatures, weight: WeightMatrix(f32: wp.baseAddress!),
+                        forward(context, x: xp.baseAddress!, rows: rows, inFeatures: inFeatures, weight: WeightMatrix(f32: wp.baseAddress!),
                                 bias: bp, outFeatures: outFeatures, out: o.baseAddress!)
                     }
                 }

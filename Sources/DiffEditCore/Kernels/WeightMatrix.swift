@@ -52,14 +52,10 @@ public struct WeightMatrix: @unchecked Sendable {
         return segments.bases[s] + (r - segments.firstRows[s]) * ld * size
     }
 
-    /// Floats of one widened block (8 MiB: a quarter of this machine class's L3, so the block
-    /// is still in cache when the BLAS packs it).
-    nonisolated(unsafe) public static var blockFloats = 1 << 21
-
     /// Calls `body(k, block, ldBlock)` for column blocks `k` covering `columns` of the
     /// rows × (row stride `ld`) matrix: `block[r·ldBlock + j]` is element (r, k.lowerBound + j).
-    /// f32: one call with the matrix itself (no copy). 16 bits: blocks of at most `blockFloats`
-    /// widened into workspace scratch (whole rows when they fit, else slices of K, so a skinny
+    /// f32: one call with the matrix itself (no copy). 16 bits: blocks of at most the policy's
+    /// `weightBlockFloats` widened into workspace scratch (whole rows when they fit, else slices of K, so a skinny
     /// product still streams each weight once and accumulates over K with beta = 1).
     func columnBlocks(_ ctx: ComputeContext, rows: Int, ld: Int, columns: Range<Int>,
                       _ body: (_ k: Range<Int>, _ block: UnsafePointer<Float>, _ ldBlock: Int) -> Void) {
@@ -68,7 +64,7 @@ public struct WeightMatrix: @unchecked Sendable {
             body(columns, base.assumingMemoryBound(to: Float.self) + columns.lowerBound, ld)
             return
         }
-        let width = max(1, min(columns.count, WeightMatrix.blockFloats / rows))
+        let width = max(1, min(columns.count, ctx.policy.weightBlockFloats / rows))
         ctx.workspace.withScratch(rows * width) { block in
             var k0 = columns.lowerBound
             while k0 < columns.upperBound {
@@ -89,7 +85,7 @@ public struct WeightMatrix: @unchecked Sendable {
             body(0..<rows, base.assumingMemoryBound(to: Float.self))
             return
         }
-        let height = max(1, min(rows, WeightMatrix.blockFloats / rowLength))
+        let height = max(1, min(rows, ctx.policy.weightBlockFloats / rowLength))
         ctx.workspace.withScratch(height * rowLength) { block in
             var r0 = 0
             while r0 < rows {

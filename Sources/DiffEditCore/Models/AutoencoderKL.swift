@@ -234,7 +234,7 @@ public struct VAEEncoder {
     public init(config: AutoencoderKLConfig, weights store: WeightStore, context: ComputeContext = ComputeContext()) throws {
         self.config = config
         self.context = context
-        let l = ParameterLoader(source: store)
+        let l = ParameterLoader(source: store, readsInPlace: context.policy.readsWeightsInPlace)
         let ch = config.blockOutChannels, g = config.normNumGroups
         convIn = try Conv2DLayer(l, "encoder.conv_in", in: config.inChannels, out: ch[0], kernel: 3, padding: .same(1),
                                  optionalBias: true)
@@ -306,7 +306,7 @@ public struct VAEDecoder {
     public init(config: AutoencoderKLConfig, weights store: WeightStore, context: ComputeContext = ComputeContext()) throws {
         self.config = config
         self.context = context
-        let l = ParameterLoader(source: store)
+        let l = ParameterLoader(source: store, readsInPlace: context.policy.readsWeightsInPlace)
         let ch = config.blockOutChannels, g = config.normNumGroups
         let lc = config.latentChannels
         postQuantConv = config.usePostQuantConv

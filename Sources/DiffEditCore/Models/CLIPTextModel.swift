@@ -89,7 +89,7 @@ public final class CLIPTextModel {
         let tokenName = "embeddings.token_embedding.weight"
         let prefix = weights.contains(tokenName) && !weights.contains("text_model." + tokenName) ? "" : "text_model."
         let d = config.hiddenSize, f = config.intermediateSize, eps = config.layerNormEps
-        let l = ParameterLoader(source: weights)
+        let l = ParameterLoader(source: weights, readsInPlace: context.policy.readsWeightsInPlace)
         // The token table is only checked here; encode() gathers the rows it needs straight
         // from the mapped file (49408 × 1024 floats would be a large copy for a few ids).
         let tokenEntry = try weights.entry(prefix + tokenName, shape: [config.vocabSize, d])

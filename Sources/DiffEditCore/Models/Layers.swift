@@ -59,17 +59,8 @@ struct LinearLayer {
         let y = ctx.activation([b, hw, outFeatures])
         let matrix = weight.matrix
         ctx.measure("linear") {
-            if let bias {
-                for r in 0..<(b * hw) { (y.pointer + r * outFeatures).update(from: bias.pointer, count: outFeatures) }
-            }
-            matrix.columnBlocks(ctx, rows: outFeatures, ld: c, columns: 0..<c) { k, w, ldw in
-                for bi in 0..<b {
-                    ctx.gemm(transA: true, transB: true, m: hw, n: outFeatures, k: k.count,
-                             a: x.pointer + (bi * c + k.lowerBound) * hw, lda: hw, b: w, ldb: ldw,
-                             beta: bias == nil && k.lowerBound == 0 ? 0 : 1, c: y.pointer + bi * hw * outFeatures,
-                             ldc: outFeatures)
-                }
-            }
+            Linear.fromChannels(ctx, x: x.pointer, images: b, pixels: hw, inFeatures: c, weight: matrix,
+                                bias: bias?.pointer, outFeatures: outFeatures, out: y.pointer)
         }
         ctx.countMACs(b * hw * c * outFeatures)
         return y
@@ -83,24 +74,16 @@ struct LinearLayer {
         let y = ctx.activation(residual.shape)
         let matrix = weight.matrix
         ctx.measure("linear") {
-            y.pointer.update(from: residual.pointer, count: residual.count)
-            if let bias { Pointwise.addPerChannel(ctx, y.pointer, n: b, channels: c, plane: hw, bias.pointer, perImage: false) }
-            matrix.columnBlocks(ctx, rows: c, ld: inFeatures, columns: 0..<inFeatures) { k, w, ldw in
-                for bi in 0..<b {
-                    ctx.gemm(transB: true, m: c, n: hw, k: k.count, a: w, lda: ldw,
-                             b: t.pointer + bi * hw * inFeatures + k.lowerBound, ldb: inFeatures, beta: 1,
-                             c: y.pointer + bi * c * hw, ldc: hw)
-                }
-            }
+            Linear.toChannels(ctx, tokens: t.pointer, images: b, pixels: hw, inFeatures: inFeatures, weight: matrix,
+                              bias: bias?.pointer, outFeatures: c, residual: residual.pointer, out: y.pointer)
         }
         ctx.countMACs(b * hw * c * inFeatures)
         return y
     }
 }
 
-/// torch.nn.Conv2d (groups 1, square kernel), its weight read in place as [O][C·k·k]. Stride-1
-/// convolutions with a spatial kernel choose by size: whole small images, Winograd for large
-/// 3×3 ones with many channels, else bands (im2col, as 1×1 and strided ones).
+/// torch.nn.Conv2d (groups 1, square kernel), its weight read in place as [O][C·k·k]; the kernel
+/// picks its method by size (`Conv2D.forward`).
 struct Conv2DLayer {
     let weight: Parameter
     let bias: Parameter?
@@ -128,25 +111,8 @@ struct Conv2DLayer {
         let (oh, ow) = Conv2D.outputSize(h: h, w: w, kernel: (kernel, kernel), stride: stride, padding: padding)
         precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the \(kernel)x\(kernel) kernel")
         let y = ctx.activation([n, outChannels, oh, ow])
-        let spatial = stride == 1 && kernel > 1, matrix = weight.matrix
-        if spatial && oh * ow <= Conv2D.smallImagePixels {
-            ctx.measure("conv small \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardSmall(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: matrix,
-                                    bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
-                                    padding: padding, out: y.pointer)
-            }
-        } else if spatial && kernel == 3 && Conv2D.prefersWinograd(inChannels: c, outChannels: outChannels) {
-            ctx.measure("conv winograd \(h)x\(w) \(c)->\(outChannels)") {
-                Conv2D.forwardWinograd(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: matrix,
-                                       bias: bias?.pointer, outChannels: outChannels, padding: padding, out: y.pointer)
-            }
-        } else {
-            ctx.measure(spatial ? "conv bands \(h)x\(w) \(c)->\(outChannels)" : "conv im2col") {
-                Conv2D.forwardIm2col(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: matrix,
-                                     bias: bias?.pointer, outChannels: outChannels, kernel: (kernel, kernel),
-                                     stride: stride, padding: padding, out: y.pointer)
-            }
-        }
+        Conv2D.forward(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: weight.matrix, bias: bias?.pointer,
+                       outChannels: outChannels, kernel: kernel, stride: stride, padding: padding, out: y.pointer)
         ctx.countMACs(n * outChannels * inChannels * kernel * kernel * oh * ow)
         return y
     }
@@ -368,9 +334,6 @@ func concatChannels(_ a: Activation, _ b: Activation, _ ctx: ComputeContext) -> 
     let n = a.shape[0], hw = a.shape[2] * a.shape[3]
     let ca = a.shape[1], cb = b.shape[1]
     let y = ctx.activation([n, ca + cb, a.shape[2], a.shape[3]])
-    for i in 0..<n {
-        (y.pointer + i * (ca + cb) * hw).update(from: a.pointer + i * ca * hw, count: ca * hw)
-        (y.pointer + (i * (ca + cb) + ca) * hw).update(from: b.pointer + i * cb * hw, count: cb * hw)
-    }
+    Concat.channels(ctx, a.pointer, channels: ca, b.pointer, channels: cb, images: n, plane: hw, out: y.pointer)
     return y
 }

@@ -174,7 +174,7 @@ public final class UNet2DCondition {
         let cfg = try UNetConfig(json)
         config = cfg
         self.context = context
-        let l = ParameterLoader(source: source)
+        let l = ParameterLoader(source: source, readsInPlace: context.policy.readsWeightsInPlace)
         let boc = cfg.blockOutChannels
         let n = boc.count
         let c0 = boc[0]

@@ -109,11 +109,6 @@ public struct Parameter: @unchecked Sendable {
         values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
     }
 
-    /// Whether large matrices are read in place from the checkpoint's memory map (default);
-    /// false converts every weight to a private f32 copy at load (`unet-bench --f32-weights`, to
-    /// compare). Same numbers either way.
-    nonisolated(unsafe) public static var readsInPlace = true
-
     /// Matrices with fewer elements are converted to f32 at load (not worth a widening pass).
     static let inPlaceMinimum = 1 << 14
 }
@@ -190,6 +185,15 @@ struct RandomWeights: WeightSource {
 /// kernel wants: the one place weights enter the layers.
 struct ParameterLoader {
     let source: any WeightSource
+    /// Whether large matrices are read in place from the source's memory (default); false
+    /// converts every weight to a private f32 copy (models pass their context's
+    /// `policy.readsWeightsInPlace`). Same numbers either way.
+    let readsInPlace: Bool
+
+    init(source: any WeightSource, readsInPlace: Bool = true) {
+        self.source = source
+        self.readsInPlace = readsInPlace
+    }
 
     func contains(_ name: String) -> Bool { source.contains(name) }
     func storedShape(_ name: String) -> [Int]? { source.storedShape(name) }
@@ -240,7 +244,7 @@ struct ParameterLoader {
 
     /// A large enough matrix in the source's memory, when weights are read in place.
     private func inPlace(_ name: String, _ shape: [Int]) throws -> (raw: UnsafeRawPointer, bits: WeightMatrix.Bits, owner: AnyObject)? {
-        guard Parameter.readsInPlace, shape.reduce(1, *) >= Parameter.inPlaceMinimum else { return nil }
+        guard readsInPlace, shape.reduce(1, *) >= Parameter.inPlaceMinimum else { return nil }
         return try source.inPlace(name, shape: shape)
     }
 }

@@ -1,0 +1,54 @@
+/// How the kernels split their work: the scratch each may keep, which convolution method a size
+/// takes, and whether a model's weights are read in place. A value held by the ComputeContext
+/// (`ctx.policy`) and read by each kernel from the context it is handed, once per call, so two
+/// contexts (two tests, two models) can run with different policies at the same time. Every
+/// default is the measured best; none changes the numbers beyond float rounding order, which
+/// the parity tests bound.
+public struct KernelPolicy: Sendable, Equatable {
+    // MARK: Weights
+
+    /// Floats of one widened block of a 16-bit weight (`WeightMatrix`; 8 MiB: a quarter of this
+    /// machine class's L3, so the block is still in cache when the BLAS packs it).
+    public var weightBlockFloats = 1 << 21
+
+    /// Whether large matrices are read in place from the checkpoint's memory map (default);
+    /// false converts every weight to a private f32 copy at load (`unet-bench --f32-weights`, to
+    /// compare). Same numbers either way. Read once, by a model's initialiser when it loads its
+    /// weights with this context (`ParameterLoader`), not by any forward pass: changing it
+    /// after a model is built has no effect on that model.
+    public var readsWeightsInPlace = true
+
+    // MARK: Attention
+
+    /// Rows of scores kept at once are bounded by this many floats per worker (4 MiB; measured
+    /// best for SD at 64×64 latents: 256 query rows per chunk against 4096 keys). Tests shrink it
+    /// to force many partial chunks.
+    public var scoreBudget = 1 << 20
+
+    // MARK: Convolutions
+
+    /// Floats of the unfolded band `Conv2D.forwardIm2col` keeps (16 MiB: the band and its share
+    /// of the output stay in this machine class's L3 while the product runs; at 512×512 with 128
+    /// channels a band of 7 rows instead of a 2.4 GB whole-image unfold).
+    public var columnBudget = 1 << 22
+
+    /// Images of at most this many output pixels (oh·ow) take `Conv2D.forwardSmall` (measured on
+    /// SD 1.5's UNet at 32×32 latents: the step 3.1 s → 2.2 s; equal at 64×64).
+    public var smallImagePixels = 1024
+
+    /// Most floats of the unfolded copy `Conv2D.forwardSmall` keeps at once (128 MiB); images
+    /// are unfolded and multiplied in groups that fit.
+    public var smallColumnBudget = 1 << 25
+
+    /// Whether 3×3 stride-1 convolutions of images larger than `smallImagePixels` may use
+    /// F(2×2, 3×3) when it pays (`Conv2D.prefersWinograd`; else im2col bands:
+    /// `unet-bench --no-winograd`).
+    public var useWinograd = true
+
+    /// Floats of the transformed input and output one group of Winograd tiles keeps
+    /// (16·(C + O)·tiles).
+    public var winogradBudget = 1 << 24
+
+    /// The measured defaults above.
+    public init() {}
+}
