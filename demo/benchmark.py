@@ -92,13 +92,20 @@ def invert_guidance(a):
     return a.guidance if a.invert_guidance is None else a.invert_guidance
 
 
-def case_commands(k, a, pair):
-    """The tools' command lines for case k: every negative prompt given (so no model folder's
-    diffedit_defaults.json changes them), the captions' embeddings in src.tensor and tgt.tensor."""
+def case_lines(k, a, pair):
+    """The shell lines of case k, run in its folder: the embeddings, mask, inverted stack and the
+    two references, then one denoise | vae-decode per method. Every negative prompt is given, so
+    that no model folder's diffedit_defaults.json changes them."""
     e = edit.Edit(pair.source_caption, pair.target_caption, "src.ppm", steps=a.steps, seed=k,
                   scheduler=a.scheduler, guidance=a.guidance, invert_guidance=invert_guidance(a),
                   strength=a.strength, negative=a.negative, empty_negatives=True, quiet=True)
-    return edit.Commands(e, files={"source": "src.tensor", "target": "tgt.tensor"})
+    c = edit.Commands(e, files={"source": "src.tensor", "target": "tgt.tensor"})
+    refs = [edit.Stage("vae", [c.tool("vae-decode", "--record", "posterior.mean")], c.path("posterior"), "vae.ppm"),
+            edit.Stage("oracle", [c.tool("vae-encode", "tgt.ppm"), c.tool("vae-decode", "--record", "posterior.mean")],
+                       None, "oracle.ppm")]
+    masks = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor"}
+    return [edit.shell_line(c.prepare() + refs)] + [
+        c.denoise(mask=masks[mask], blend=blend, out=f"{name}.ppm", decode=True).shell() for name, mask, blend, _ in METHODS]
 
 
 def edit_case(k, a, env):
@@ -114,12 +121,9 @@ def edit_case(k, a, env):
     measure.write_pnm(f"{d}/src.ppm", pair.source.image)
     measure.write_pnm(f"{d}/tgt.ppm", pair.target.image)
     log = f"{d}/log.txt"
-    c = case_commands(k, a, pair)   # file names relative to the case folder
-    refs = [edit.Stage("vae", [c.tool("vae-decode", "--record", "posterior.mean")], c.path("posterior"), "vae.ppm"),
-            edit.Stage("oracle", [c.tool("vae-encode", "tgt.ppm"), c.tool("vae-decode", "--record", "posterior.mean")],
-                       None, "oracle.ppm")]
     cd = f"cd {shlex.quote(d)} && "
-    run(cd + edit.shell_line(c.prepare() + refs), env, log)
+    prepare, *methods = case_lines(k, a, pair)
+    run(cd + prepare, env, log)
     # The other masks carry the inferred mask's metadata, so denoise checks them the same way.
     inferred = stream.read_record(f"{d}/mask.tensor", "mask")
     factor = pair.mask.shape[0] // inferred.array.shape[-2]
@@ -128,9 +132,8 @@ def edit_case(k, a, env):
                                                  {**inferred.meta, "source": "ground truth"}))
     stream.write(f"{d}/ones.tensor", stream.Record("mask", "f32", np.ones_like(inferred.array),
                                                    {**inferred.meta, "source": "all ones"}))
-    files = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor"}
-    for name, mask, blend, _ in METHODS:
-        run(cd + c.denoise(mask=files[mask], blend=blend, out=f"{name}.ppm", decode=True).shell(), env, log)
+    for line in methods:
+        run(cd + line, env, log)
     open(done, "w").write(f"{time.time() - t0:.2f}\n")
     return d, pair, time.time() - t0
 

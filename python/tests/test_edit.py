@@ -106,13 +106,7 @@ class DemoBenchmark(unittest.TestCase):
 
     def lines(self, a, k):
         import benchmark
-        c = benchmark.case_commands(k, a, self.pair)
-        refs = [edit.Stage("vae", [c.tool("vae-decode", "--record", "posterior.mean")], c.path("posterior"), "vae.ppm"),
-                edit.Stage("oracle", [c.tool("vae-encode", "tgt.ppm"), c.tool("vae-decode", "--record", "posterior.mean")],
-                           None, "oracle.ppm")]
-        files = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor"}
-        return ([edit.shell_line(c.prepare() + refs)] +
-                [c.denoise(mask=files[m], blend=b, out=f"{n}.ppm", decode=True).shell() for n, m, b, _ in benchmark.METHODS])
+        return benchmark.case_lines(k, a, self.pair)
 
     def old_lines(self, k, steps, scheduler, g, ig, strength, negative):
         q = shlex.quote
