@@ -54,9 +54,11 @@ class Stage:
     stdout: str         # file the last one writes
 
     def shell(self, quote=shlex.quote) -> str:
-        """The stage as one shell command line."""
-        line = " | ".join(" ".join(quote(w) for w in argv) for argv in self.argvs)
-        return line + (f" < {quote(self.stdin)}" if self.stdin else "") + f" > {quote(self.stdout)}"
+        """The stage as one shell command line: first < stdin | ... | last > stdout."""
+        words = [" ".join(quote(w) for w in argv) for argv in self.argvs]
+        if self.stdin:
+            words[0] += f" < {quote(self.stdin)}"
+        return " | ".join(words) + f" > {quote(self.stdout)}"
 
 
 def shell_line(stages, quote=shlex.quote) -> str:

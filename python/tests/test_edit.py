@@ -20,36 +20,32 @@ FLAGS = {"--quiet"}
 
 
 def normal(line):
-    """A shell line as a set of commands, each (tool, positional words, sorted option pairs),
-    with its redirections: the same command whatever the order of its options."""
+    """A shell line as a list of pipelines, each a tuple of commands (tool, positional words,
+    sorted option pairs, redirections): the same command whatever the order of its options."""
     out = []
     for part in line.split(" && "):
         words = shlex.split(part)
         if words[:1] == ["cd"]:
             continue
-        cmds, redirect, argv = [], [], []
-        it = iter(words)
+        cmds, argv, redirect = [], [], []
+        it = iter(words + ["|"])
         for w in it:
             if w in ("<", ">"):
-                redirect.append((w, next(it)))
+                redirect.append((w, next(it)))    # belongs to the command it follows
             elif w == "|":
-                cmds.append(argv)
-                argv = []
+                pos, opts, rest = [], [], iter(argv[1:])
+                for x in rest:
+                    if x in FLAGS:
+                        opts.append((x, None))
+                    elif x.startswith("--"):
+                        opts.append((x, next(rest)))
+                    else:
+                        pos.append(x)
+                cmds.append((argv[0], tuple(pos), tuple(sorted(opts)), tuple(redirect)))
+                argv, redirect = [], []
             else:
                 argv.append(w)
-        cmds.append(argv)
-        norm = []
-        for argv in cmds:
-            pos, opts, rest = [], [], iter(argv[1:])
-            for w in rest:
-                if w in FLAGS:
-                    opts.append((w, None))
-                elif w.startswith("--"):
-                    opts.append((w, next(rest)))
-                else:
-                    pos.append(w)
-            norm.append((argv[0], tuple(pos), tuple(sorted(opts))))
-        out.append((tuple(norm), tuple(redirect)))
+        out.append(tuple(cmds))
     return out
 
 
@@ -170,13 +166,14 @@ class DemoDiffusersCheck(unittest.TestCase):
         # posterior is made first, as in the other scripts.
         rename = {"src.tensor": "source.tensor", "tgt.tensor": "target.tensor"}
         expected = []
-        for cmds, redirect in old:
+        for cmds in old:
             if cmds[0][0] == "tensor":
                 continue
-            cmds = tuple((tool, pos, tuple(sorted((o, rename.get(v, v)) for o, v in opts
-                                                  if not (tool == "denoise" and o == "--strength"))))
-                         for tool, pos, opts in cmds)
-            expected.append((cmds, tuple((r, rename.get(f, f)) for r, f in redirect)))
+            expected.append(tuple(
+                (tool, pos, tuple(sorted((o, rename.get(v, v)) for o, v in opts
+                                         if not (tool == "denoise" and o == "--strength"))),
+                 tuple((r, rename.get(f, f)) for r, f in redirect))
+                for tool, pos, opts, redirect in cmds))
         self.assertEqual(got, [expected[3]] + expected[:3] + expected[4:])
 
     def test_defaults(self):
@@ -201,6 +198,13 @@ class Builder(unittest.TestCase):
         self.assertEqual([s.label for s in c.stages()], [
             "vae-encode", "tokenize | encode-text (source)", "tokenize | encode-text (target)", "noise-diff-mask",
             "invert", "denoise", "vae-decode"])
+
+    def test_pipeline_redirections(self):
+        """stdin goes to the first process of a pipeline, stdout comes from the last."""
+        c = edit.Commands(edit.Edit("a", "b", "x.ppm", guidance=3.0))
+        self.assertEqual(c.denoise(decode=True).shell(),
+                         "denoise --mask mask.tensor --prompt target.tensor --guidance 3.0 < inverted.tensor"
+                         " | vae-decode > edited.ppm")
 
     def test_quoting(self):
         c = edit.Commands(edit.Edit("it's a \"cat\"", "", "my pic.ppm"))
