@@ -56,9 +56,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, os.path.join(ROOT, "python")]
 import measure  # noqa: E402
 import world  # noqa: E402
+from diffedit_tools import edit, stream  # noqa: E402
 
 METHODS = [  # name, mask, blend, description
     ("diffedit", "inferred", "diffusers", "DiffEdit: inferred mask, diffusers' blending (default)"),
@@ -91,6 +92,22 @@ def invert_guidance(a):
     return a.guidance if a.invert_guidance is None else a.invert_guidance
 
 
+def case_lines(k, a, pair):
+    """The shell lines of case k, run in its folder: the embeddings, mask, inverted stack and the
+    two references, then one denoise | vae-decode per method. Every negative prompt is given, so
+    that no model folder's diffedit_defaults.json changes them."""
+    e = edit.Edit(pair.source_caption, pair.target_caption, "src.ppm", steps=a.steps, seed=k,
+                  scheduler=a.scheduler, guidance=a.guidance, invert_guidance=invert_guidance(a),
+                  strength=a.strength, negative=a.negative, empty_negatives=True, quiet=True)
+    c = edit.Commands(e, files={"source": "src.tensor", "target": "tgt.tensor"})
+    refs = [edit.Stage("vae", [c.tool("vae-decode", "--record", "posterior.mean")], c.path("posterior"), "vae.ppm"),
+            edit.Stage("oracle", [c.tool("vae-encode", "tgt.ppm"), c.tool("vae-decode", "--record", "posterior.mean")],
+                       None, "oracle.ppm")]
+    masks = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor"}
+    return [edit.shell_line(c.prepare() + refs)] + [
+        c.denoise(mask=masks[mask], blend=blend, out=f"{name}.ppm", decode=True).shell() for name, mask, blend, _ in METHODS]
+
+
 def edit_case(k, a, env):
     """Runs the tools on case k in its own folder; returns the folder. Reuses finished cases."""
     pair = world.make_edit_pair(FIRST_SEED + k, kind="colour" if k % 2 == 0 else "shape")
@@ -104,30 +121,19 @@ def edit_case(k, a, env):
     measure.write_pnm(f"{d}/src.ppm", pair.source.image)
     measure.write_pnm(f"{d}/tgt.ppm", pair.target.image)
     log = f"{d}/log.txt"
-    q = shlex.quote
-    s = f"--steps {a.steps} --seed {k} --scheduler {a.scheduler} --quiet"
-    run(f"cd {q(d)} && vae-encode src.ppm > posterior.tensor"
-        f" && tokenize {q(pair.source_caption)} | encode-text > src.tensor"
-        f" && tokenize {q(pair.target_caption)} | encode-text > tgt.tensor"
-        # Every negative prompt given, so no model folder's diffedit_defaults.json changes them.
-        f" && tokenize '' | encode-text > empty.tensor"
-        f" && noise-diff-mask --source src.tensor --target tgt.tensor --source-negative empty.tensor"
-        f" --target-negative empty.tensor {s} --guidance {a.guidance} < posterior.tensor > mask.tensor"
-        f" && invert --prompt src.tensor --negative empty.tensor {s} --guidance {invert_guidance(a)} --strength {a.strength}"
-        f" < posterior.tensor > inverted.tensor"
-        f" && vae-decode --record posterior.mean < posterior.tensor > vae.ppm"
-        f" && vae-encode tgt.ppm | vae-decode --record posterior.mean > oracle.ppm", env, log)
+    cd = f"cd {shlex.quote(d)} && "
+    prepare, *methods = case_lines(k, a, pair)
+    run(cd + prepare, env, log)
     # The other masks carry the inferred mask's metadata, so denoise checks them the same way.
-    inferred, meta = measure.read_tensors(f"{d}/mask.tensor")["mask"]
-    factor = pair.mask.shape[0] // inferred.shape[-2]
+    inferred = stream.read_record(f"{d}/mask.tensor", "mask")
+    factor = pair.mask.shape[0] // inferred.array.shape[-2]
     gt_cells = measure.to_latent(pair.mask, factor, "any").astype(np.float32)
-    measure.write_tensor(f"{d}/gt.tensor", "mask", gt_cells[None, None], {**meta, "source": "ground truth"})
-    measure.write_tensor(f"{d}/ones.tensor", "mask", np.ones_like(inferred), {**meta, "source": "all ones"})
-    files = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor"}
-    negative = "--negative src.tensor" if a.negative == "source" else "--negative empty.tensor"
-    for name, mask, blend, _ in METHODS:
-        run(f"cd {q(d)} && denoise --quiet --guidance {a.guidance} --mask {files[mask]} --blend {blend}"
-            f" --prompt tgt.tensor {negative} < inverted.tensor | vae-decode > {name}.ppm", env, log)
+    stream.write(f"{d}/gt.tensor", stream.Record("mask", "f32", gt_cells[None, None],
+                                                 {**inferred.meta, "source": "ground truth"}))
+    stream.write(f"{d}/ones.tensor", stream.Record("mask", "f32", np.ones_like(inferred.array),
+                                                   {**inferred.meta, "source": "all ones"}))
+    for line in methods:
+        run(cd + line, env, log)
     open(done, "w").write(f"{time.time() - t0:.2f}\n")
     return d, pair, time.time() - t0
 
@@ -137,7 +143,7 @@ def score_case(k, d, pair, clf):
     src, tgt, i = pair.source, pair.target, pair.index
     g = pair.mask
     outside = ~g
-    inferred = measure.read_tensors(f"{d}/mask.tensor")["mask"][0][0, 0] > 0.5
+    inferred = stream.read_record(f"{d}/mask.tensor", "mask").array[0, 0] > 0.5
     factor = g.shape[0] // inferred.shape[0]
     masks = {"inferred": inferred, "gt": measure.to_latent(g, factor, "any"),
              "ones": np.ones_like(inferred)}
@@ -209,7 +215,7 @@ def montage(rows, a, path):
     for r in rows[:a.montage]:
         d = os.path.join(a.work, f"case-{r['case']:04d}")
         pair = world.make_edit_pair(r["seed"], kind=r["kind"])
-        m = measure.read_tensors(f"{d}/mask.tensor")["mask"][0][0, 0] > 0.5
+        m = stream.read_record(f"{d}/mask.tensor", "mask").array[0, 0] > 0.5
         mk = measure.upsample(m, 64 // m.shape[0])
         mrgb = np.stack([mk * 255] * 3, -1).astype(np.uint8)
         g = pair.mask
@@ -253,7 +259,7 @@ def main():
     for tool in ("vae-encode", "vae-decode", "tokenize", "encode-text", "noise-diff-mask", "invert", "denoise"):
         if not os.access(os.path.join(a.bin, tool), os.X_OK):
             sys.exit(f"benchmark: {tool} is not in {a.bin} — run `swift build -c release` first or pass --bin")
-    env = dict(os.environ, PATH=a.bin + os.pathsep + os.environ["PATH"], DIFFEDIT_MODEL=os.path.abspath(a.model))
+    env = edit.tool_env(a.model, bin=a.bin)
     os.makedirs(a.work, exist_ok=True)
 
     t0 = time.time()

@@ -23,77 +23,70 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
-import torch
-from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "python")]
 import world  # noqa: E402
-from measure import OBJ, dilate, object_pixels, to_latent  # noqa: E402
-from sample import DEFAULT_MODEL, load_diffedit  # noqa: E402
+from diffedit_tools import edit as tools, stream  # noqa: E402
+from measure import OBJ, dilate, object_pixels, read_pnm, to_latent, write_pnm  # noqa: E402
+# torch, PIL and sample (which imports torch) are imported where used, so that the command lines
+# of our side (ours_commands) can be tested without them.
 
 
 def latent_mask(mask, factor):
     return to_latent(mask, factor, "half")
 
 
-@torch.no_grad()
 def edit(pipe, image_u8, src, tgt, a, seed=0):
+    import torch
+    from PIL import Image
     img = Image.fromarray(image_u8)
     shared = torch.Generator("cpu").manual_seed(seed)
     # With --ours every call starts from the seed, as each of our tools does.
     gen = (lambda: torch.Generator("cpu").manual_seed(seed)) if a.ours else (lambda: shared)  # noqa: E731
-    mask = pipe.generate_mask(image=img, source_prompt=src, target_prompt=tgt, generator=gen(),
-                              num_maps_per_mask=a.maps, mask_encode_strength=a.mask_strength,
-                              mask_thresholding_ratio=a.ratio, num_inference_steps=a.steps,
-                              guidance_scale=a.guidance)
-    inv = pipe.invert(prompt=src, image=img, generator=gen(), inpaint_strength=a.strength,
-                      num_inference_steps=a.steps, guidance_scale=a.invert_guidance).latents
-    out = pipe(prompt=tgt, mask_image=mask, image_latents=inv, generator=gen(),
-               negative_prompt=src if a.negative_source else None, inpaint_strength=a.strength,
-               num_inference_steps=a.steps, guidance_scale=a.guidance, output_type="np").images[0]
+    with torch.no_grad():
+        mask = pipe.generate_mask(image=img, source_prompt=src, target_prompt=tgt, generator=gen(),
+                                  num_maps_per_mask=a.maps, mask_encode_strength=a.mask_strength,
+                                  mask_thresholding_ratio=a.ratio, num_inference_steps=a.steps,
+                                  guidance_scale=a.guidance)
+        inv = pipe.invert(prompt=src, image=img, generator=gen(), inpaint_strength=a.strength,
+                          num_inference_steps=a.steps, guidance_scale=a.invert_guidance).latents
+        out = pipe(prompt=tgt, mask_image=mask, image_latents=inv, generator=gen(),
+                   negative_prompt=src if a.negative_source else None, inpaint_strength=a.strength,
+                   num_inference_steps=a.steps, guidance_scale=a.guidance, output_type="np").images[0]
     return mask[0], (out * 255).round().astype(np.uint8)
+
+
+def ours_commands(src, tgt, a, seed):
+    """Our tools with diffusers' settings of this edit, every negative prompt given explicitly
+    (denoise takes the steps and the strength from the inverted stack)."""
+    e = tools.Edit(src, tgt, "in.ppm", steps=a.steps, seed=seed, guidance=a.guidance,
+                   invert_guidance=a.invert_guidance, strength=a.strength, maps=a.maps,
+                   encode_strength=a.mask_strength, threshold_ratio=a.ratio, blend="diffusers",
+                   negative="source" if a.negative_source else "empty", empty_negatives=True)
+    return tools.Commands(e)
 
 
 def ours_edit(image_u8, src, tgt, a, seed):
     """The same edit through our tools: (latent mask [h, w] of 0/1, edited uint8 image)."""
     with tempfile.TemporaryDirectory() as d:
-        h, w = image_u8.shape[:2]
-        with open(os.path.join(d, "in.ppm"), "wb") as f:
-            f.write(b"P6\n%d %d\n255\n" % (w, h) + image_u8.tobytes())
-        negative = "--negative src.tensor" if a.negative_source else "--negative empty.tensor"
-        script = f"""set -euo pipefail
-            tokenize {shlex.quote(src)} | encode-text > src.tensor
-            tokenize {shlex.quote(tgt)} | encode-text > tgt.tensor
-            tokenize '' | encode-text > empty.tensor
-            vae-encode in.ppm > posterior.tensor
-            noise-diff-mask --source src.tensor --target tgt.tensor --source-negative empty.tensor \
-                --target-negative empty.tensor --maps {a.maps} --encode-strength {a.mask_strength} \
-                --threshold-ratio {a.ratio} --steps {a.steps} --guidance {a.guidance} --seed {seed} \
-                < posterior.tensor > mask.tensor
-            invert --prompt src.tensor --negative empty.tensor --steps {a.steps} --strength {a.strength} \
-                --guidance {a.invert_guidance} --seed {seed} < posterior.tensor > inverted.tensor
-            denoise --mask mask.tensor --prompt tgt.tensor {negative} --strength {a.strength} \
-                --guidance {a.guidance} --blend diffusers < inverted.tensor | vae-decode > edited.ppm
-            tensor to-npy mask.tensor > mask.npy
-            """
-        env = dict(os.environ, DIFFEDIT_MODEL=os.path.abspath(a.model), PATH=a.ours + os.pathsep + os.environ["PATH"])
-        r = subprocess.run(["bash", "-c", script], cwd=d, env=env, capture_output=True, text=True)
+        write_pnm(os.path.join(d, "in.ppm"), image_u8)
+        line = tools.shell_line(ours_commands(src, tgt, a, seed).stages(pipe_decode=True))
+        env = tools.tool_env(a.model, bin=a.ours)
+        r = subprocess.run(["bash", "-o", "pipefail", "-c", line], cwd=d, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"diffedit_check.py: our tools failed on {src!r} -> {tgt!r}: {r.stderr.strip()}")
-        mask = np.load(os.path.join(d, "mask.npy")).reshape(-1)
-        side = int(round(len(mask) ** 0.5))
-        edited = np.asarray(Image.open(os.path.join(d, "edited.ppm")).convert("RGB"))
-        return mask.reshape(side, side), edited
+        mask = stream.read_record(os.path.join(d, "mask.tensor"), "mask").array
+        return mask.reshape(mask.shape[-2:]), read_pnm(os.path.join(d, "edited.ppm"))
 
 
 def main():
+    from sample import DEFAULT_MODEL, load_diffedit
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--pairs", type=int, default=24)
@@ -114,6 +107,8 @@ def main():
     a = p.parse_args()
     if a.ours:
         a.ours = os.path.abspath(a.ours)
+    import torch
+    from PIL import Image
     torch.set_num_threads(a.threads)
     pipe = load_diffedit(a.model)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)

@@ -216,36 +216,3 @@ def read_pnm(path):
     px = np.frombuffer(data, np.uint8, count=w * h * ch, offset=pos + 1)
     return px.reshape(h, w, 3) if ch == 3 else px.reshape(h, w)
 
-
-# ------------------------------------------------------------------ tensor streams
-
-def write_tensor(path, name, array, meta=None):
-    """One f32 record in the diffedit-tensor(5) format."""
-    a = np.ascontiguousarray(array, "<f4")
-    lines = ["DIFFEDIT-TENSOR 1", f"name={name}", "dtype=f32", "shape=" + " ".join(map(str, a.shape))]
-    lines += [f"{k}={v}" for k, v in sorted((meta or {}).items())]
-    hdr = ("\n".join(lines) + "\n\n").encode()
-    d = a.tobytes()
-    with open(path, "wb") as f:
-        f.write(hdr + b"\n" * (-len(hdr) % 64) + d + b"\0" * (-len(d) % 64))
-
-
-def read_tensors(path):
-    """All records of a diffedit-tensor(5) stream: {name: (array, metadata)} (f32/f16/i32/i64/u8)."""
-    data = open(path, "rb").read()
-    out, pos = {}, 0
-    kinds = {"f32": "<f4", "f16": "<f2", "i32": "<i4", "i64": "<i8", "u8": "u1"}
-    while pos < len(data):
-        end = data.index(b"\n\n", pos)
-        lines = data[pos:end].decode().split("\n")
-        if lines[0] != "DIFFEDIT-TENSOR 1":
-            raise ValueError(f"{path}: not a diffedit tensor stream")
-        kv = dict(line.split("=", 1) for line in lines[1:] if not line.startswith("#"))
-        start = pos + (end + 2 - pos + 63) // 64 * 64
-        shape = [int(s) for s in kv["shape"].split()]
-        dt = np.dtype(kinds[kv["dtype"]])
-        n = int(np.prod(shape)) if shape else 1
-        arr = np.frombuffer(data, dt, count=n, offset=start).reshape(shape)
-        out[kv["name"]] = (arr, {k: v for k, v in kv.items() if k not in ("name", "dtype", "shape")})
-        pos = start + (n * dt.itemsize + 63) // 64 * 64
-    return out

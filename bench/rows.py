@@ -1,0 +1,206 @@
+"""The rows of bench/compare.py, each kind declared once.
+
+A kind says what its row times on our side (ours), which function measures it on each peer's
+side (peers: {"torch": ...}, run in the peer's own worker process; another engine registers its
+function beside torch's), what that worker needs (spec), and how the table line sums both up
+(summary), with the report's extra section (section) and command line (command) where it has one.
+"""
+import os
+from dataclasses import dataclass, field
+
+import torch_side
+from report import fmt_mb, fmt_s, median
+
+SOURCE = "a bowl of fruits"
+TARGET = "a bowl of pears"
+
+# Peer name -> the module whose worker(spec, task, params) runs in that peer's process.
+PEERS = {"torch": torch_side}
+
+
+class Kind:
+    peers = {}
+
+    def ours(self, ctx, row):
+        """Our measurement (a dict stored as raw[row]["ours"])."""
+        raise NotImplementedError
+
+    def spec(self, ctx, row):
+        """What a peer's worker needs beyond row, cache, runs and threads."""
+        return {}
+
+    def after(self, ctx, row, o, spec):
+        """Fields of raw[row] once both sides ran (the whole edit compares their results)."""
+        return {}
+
+    def summary(self, o, p, line):
+        """Our seconds and the row's GFLOP (None: not counted); adds the kind's notes and fields to line."""
+        raise NotImplementedError
+
+    def section(self, row, raw_row):
+        """Markdown lines after the notes (the whole edit's stage table)."""
+        return []
+
+    def command(self, o):
+        """Our command for the report's list (None: the kind shows its commands in its section)."""
+        return o["cmd"]
+
+
+class UNetStep(Kind):
+    peers = {"torch": torch_side.unet_step}
+
+    def ours(self, ctx, row):
+        return ctx.ours.unet(row.params["size"], ctx.runs)
+
+    def summary(self, o, p, line):
+        gflop = o["gflop"]
+        if p and p.get("gflop") and abs(p["gflop"] - gflop) > 0.01 * gflop:
+            line["notes"].append(f"FLOP count differs: unet-bench {gflop:.1f}, hook count {p['gflop']:.1f} GFLOP")
+        line["notes"].append(f"unet-bench, first of {len(o['times']) + 1} runs dropped; weights load {fmt_s(o['load_s'])} s")
+        return median(o["times"]), gflop
+
+
+class ToolRun(Kind):
+    """One tool on a real and a tiny input: process time minus start and load time."""
+
+    def summary(self, o, p, line):
+        proc, load = median(o["process_times"]), median(o["load_times"])
+        line["ours_process_s"], line["ours_load_s"] = proc, load
+        line["notes"].append(f"ours = process {fmt_s(proc)} s − load {fmt_s(load)} s (same tool on a tiny input)")
+        return max(proc - load, 1e-9), (p.get("gflop") if p else None)
+
+
+class VAEEncode(ToolRun):
+    peers = {"torch": torch_side.vae_encode}
+
+    def ours(self, ctx, row):
+        s = row.params["size"]
+        return ctx.ours.tool_and_load("vae-encode", ctx.ours.image(s), ctx.ours.image(8), ctx.runs,
+                                      ("enc.tensor", "enc-tiny.tensor"))
+
+    def spec(self, ctx, row):
+        return {"image": ctx.ours.image(row.params["size"])}
+
+
+class VAEDecode(ToolRun):
+    peers = {"torch": torch_side.vae_decode}
+
+    def ours(self, ctx, row):
+        s = row.params["size"]
+        return ctx.ours.tool_and_load("vae-decode", ctx.ours.posterior(s), ctx.ours.posterior(8), ctx.runs,
+                                      ("dec.ppm", "dec-tiny.ppm"))
+
+
+class TextEncoder(ToolRun):
+    peers = {"torch": torch_side.text_encoder}
+
+    def ours(self, ctx, row):
+        tokens, tiny = ctx.ours.tokens([SOURCE, TARGET])
+        return ctx.ours.tool_and_load("encode-text", tokens, tiny, ctx.runs, ("text.tensor", "text-tiny.tensor"))
+
+    def spec(self, ctx, row):
+        return {"prompts": [SOURCE, TARGET]}
+
+
+class WholeEdit(Kind):
+    peers = {"torch": torch_side.whole_edit}
+
+    def ours(self, ctx, row):
+        p = row.params
+        o = ctx.ours.edit(SOURCE, TARGET, ctx.ours.image(p["size"]), p["steps"], ctx.edit_runs, name=row.id)
+        o["edit_cmds"] = o["cmd"]
+        return o
+
+    def spec(self, ctx, row):
+        return {"runs": ctx.edit_runs, "image": ctx.ours.image(row.params["size"]), "source": SOURCE,
+                "target": TARGET, "mask_out": os.path.join(ctx.work, f"torch-mask-{row.id}.npy"),
+                "image_out": os.path.join(ctx.work, f"torch-edited-{row.id}.png")}
+
+    def after(self, ctx, row, o, spec):
+        return {"agreement": edit_agreement(o["dir"], spec)}
+
+    def summary(self, o, p, line):
+        line["notes"].append(f"ours: {len(o['edit_cmds'])} tool stages, sum of wall times; peak RSS is "
+                             f"the largest single process ({o['maxrss_tool']})")
+        return median(o["times"]), None
+
+    def command(self, o):
+        return None
+
+    def section(self, row, raw_row):
+        title, steps = row.title, row.params["steps"]
+        o, p = raw_row["ours"], raw_row["torch"]
+        md = [f"## The {title[len('whole '):]}, stage by stage (median seconds)\n",
+              "| ours: tool stage | s | peak RSS |", "|---|--:|--:|"]
+        for label in o["stages"][0]:
+            tool = label.split(" ")[0] if "|" not in label else "encode-text"
+            md.append(f"| `{label}` | {fmt_s(median([s[label] for s in o['stages']]))} | "
+                      f"{fmt_mb(o['maxrss_by_tool'].get(tool))} |")
+        md.append(f"| **total** | **{fmt_s(median(o['times']))}** | largest process: {o['maxrss_tool']} |")
+        md.append("")
+        md.append("| PyTorch: pipeline call | s |")
+        md.append("|---|--:|")
+        for label in p["stages"][0]:
+            md.append(f"| `{label}` | {fmt_s(median([s[label] for s in p['stages']]))} |")
+        md.append(f"| **total** (after from_pretrained, {fmt_s(p['load_s'])} s, and a warm-up of "
+                  f"{fmt_s(p['warmup_s'])} s) | **{fmt_s(median(p['times']))}** |")
+        md.append("")
+        lt = median(p["times"]) + p["load_s"]
+        md.append(f"Counting diffusers' `from_pretrained` too (every one of our tools loads its weights in its own "
+                  f"process): PyTorch {fmt_s(lt)} s, ours/PyTorch **{median(o['times']) / lt:.2f}**.\n")
+        if raw_row.get("agreement"):
+            md.append(f"Same result? {raw_row['agreement']}\n")
+        md.append(f"Our commands (examples.sh's edit with MODEL=the cache folder, STEPS={steps}, SEED=0, GUIDANCE=7.5, "
+                  "NEGATIVE=source; `DIFFEDIT_MODEL` exported):\n")
+        md.append("```")
+        md.extend(o["cmd"])
+        md.append("```\n")
+        md.append("PyTorch: `StableDiffusionDiffEditPipeline.from_pretrained(cache, dtype=float32)`, scheduler "
+                  "`DDIMScheduler.from_config`, inverse scheduler `DDIMInverseScheduler.from_config`, then "
+                  f"`generate_mask(image, source, target, num_inference_steps={steps}, generator=seed 0)`, "
+                  f"`invert(source, image, num_inference_steps={steps}, generator=seed 0)`, "
+                  f"`__call__(target, mask, latents, negative_prompt=source, num_inference_steps={steps}, generator=seed 0)` "
+                  "→ PIL image; defaults otherwise (guidance 7.5, 10 maps, mask strength 0.5, inpaint strength 0.8). "
+                  "Its warm-up is one VAE encode, UNet step, VAE decode and prompt encoding at the edit's shapes, "
+                  "not a whole edit.\n")
+        return md
+
+
+def edit_agreement(d, spec):
+    """Compare our mask and edited image with diffusers' (same settings and seed)."""
+    import numpy as np
+    from diffedit_tools import stream
+    from PIL import Image
+    try:
+        ours_mask = stream.read_record(os.path.join(d, "mask.tensor"), "mask").array.reshape(-1)
+        torch_mask = np.load(spec["mask_out"]).reshape(-1)
+        a = np.asarray(Image.open(os.path.join(d, "edited.ppm")).convert("RGB"), dtype=np.int32)
+        b = np.asarray(Image.open(spec["image_out"]).convert("RGB"), dtype=np.int32)
+        diff = np.abs(a - b)
+        return (f"mask: {int((ours_mask != torch_mask).sum())} of {ours_mask.size} latent pixels differ "
+                f"({ours_mask.mean() * 100:.1f} % ones in ours); edited 8-bit image: max |Δ| {diff.max()}, "
+                f"mean |Δ| {diff.mean():.3f}")
+    except Exception as e:  # noqa: BLE001
+        return f"could not compare ({e})"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str          # the --only name
+    title: str
+    kind: Kind
+    params: dict = field(default_factory=dict)
+
+
+ROWS = [
+    Row("unet32", "UNet CFG step (batch 2), 32×32 latents (256² image)", UNetStep(), {"size": 32}),
+    Row("unet64", "UNet CFG step (batch 2), 64×64 latents (512² image)", UNetStep(), {"size": 64}),
+    Row("vae-enc256", "VAE encode, 256² image", VAEEncode(), {"size": 256}),
+    Row("vae-enc512", "VAE encode, 512² image", VAEEncode(), {"size": 512}),
+    Row("vae-dec256", "VAE decode, 256² image", VAEDecode(), {"size": 256}),
+    Row("vae-dec512", "VAE decode, 512² image", VAEDecode(), {"size": 512}),
+    Row("text", "CLIP ViT-L/14 text encoder, batch 2 × 77 tokens", TextEncoder()),
+    Row("edit", "whole DiffEdit edit, 256², 20 steps, guidance 7.5", WholeEdit(), {"size": 256, "steps": 20}),
+    Row("edit512", "whole DiffEdit edit, 512², 10 steps, guidance 7.5", WholeEdit(), {"size": 512, "steps": 10}),
+]
+BY_ID = {r.id: r for r in ROWS}

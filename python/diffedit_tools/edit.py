@@ -1,0 +1,164 @@
+"""The DiffEdit edit as the tools' command lines, written once for the Python scripts.
+
+examples.sh spells the same pipeline out in shell for a reader; bench/compare.py,
+demo/benchmark.py and demo/diffedit_check.py build theirs here:
+
+    e = Edit("a red circle", "a blue circle", "in.ppm", steps=50, seed=0, guidance=3.0)
+    c = Commands(e, bin=".build/release", dir="out")    # where the tools and the files are
+    for stage in c.stages():                            # vae-encode, captions, mask, invert, denoise, decode
+        stage.argvs, stage.stdin, stage.stdout          # a pipeline of argv lists and its files
+    subprocess.run(["bash", "-o", "pipefail", "-c", shell_line(Commands(e).stages())], cwd=d, env=tool_env(model))
+
+A setting left at None leaves its option off, so the tool's default (or the model's
+diffedit_defaults.json) applies. Options come in one order: inputs, then settings, then --quiet.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+
+# The files of one edit, named as examples.sh names them.
+FILES = {"posterior": "posterior.tensor", "source": "source.tensor", "target": "target.tensor",
+         "empty": "empty.tensor", "mask": "mask.tensor", "inverted": "inverted.tensor",
+         "edited": "edited.tensor", "decoded": "edited.ppm"}
+
+
+@dataclass(frozen=True)
+class Edit:
+    source: str                     # caption of what the image shows
+    target: str                     # caption of what it should show
+    image: str                      # the input picture (netpbm)
+    model: str | None = None        # --model on every tool (None: $DIFFEDIT_MODEL, else the demo model)
+    steps: int | None = None        # noise-diff-mask's and invert's; denoise takes the stack's
+    seed: int | None = None         # noise-diff-mask's and invert's
+    scheduler: str | None = None    # ddim | dpm, noise-diff-mask's and invert's; denoise takes the stack's
+    guidance: object = None         # every stage's guidance scale
+    invert_guidance: object = None  # invert's, where it differs from the others' (None: guidance)
+    strength: object = None         # invert's; denoise takes the stack's
+    maps: int | None = None         # noise-diff-mask's --maps, --encode-strength, --threshold-ratio
+    encode_strength: object = None
+    threshold_ratio: object = None
+    blend: str | None = None        # denoise's: diffusers | paper
+    negative: str | None = None     # denoise's negative prompt: "source", "empty" or None (the model's)
+    empty_negatives: bool = False   # the empty prompt as noise-diff-mask's and invert's negatives too,
+                                    # so that no diffedit_defaults.json changes them
+    quiet: bool = False             # --quiet on noise-diff-mask, invert and denoise
+
+
+@dataclass(frozen=True)
+class Stage:
+    label: str          # "noise-diff-mask", "tokenize | encode-text (source)", ...
+    argvs: list         # [argv, ...]: one process, or a pipeline argv | argv
+    stdin: str | None   # file fed to the first process
+    stdout: str         # file the last one writes
+
+    def shell(self, quote=shlex.quote) -> str:
+        """The stage as one shell command line: first < stdin | ... | last > stdout."""
+        words = [" ".join(quote(w) for w in argv) for argv in self.argvs]
+        if self.stdin:
+            words[0] += f" < {quote(self.stdin)}"
+        return " | ".join(words) + f" > {quote(self.stdout)}"
+
+
+def shell_line(stages, quote=shlex.quote) -> str:
+    """Stages as one line that stops at the first failure (run it with bash -o pipefail)."""
+    return " && ".join(s.shell(quote) for s in stages)
+
+
+def quote_shown(word: str) -> str:
+    """shlex.quote for lines shown to a reader: a leading ~/ stays outside the quotes, so that a
+    shell still expands it (the lines write the home folder as ~)."""
+    if word.startswith("~/") and len(word) > 2:
+        return "~/" + shlex.quote(word[2:])
+    return shlex.quote(word)
+
+
+def tool_env(model=None, bin=None, base=None) -> dict:
+    """The tools' environment: $DIFFEDIT_MODEL exported (as examples.sh does), bin first on $PATH."""
+    env = dict(os.environ if base is None else base)
+    if bin:
+        env["PATH"] = bin + os.pathsep + env.get("PATH", "")
+    if model:
+        env["DIFFEDIT_MODEL"] = os.path.abspath(model)
+    return env
+
+
+def _opts(*pairs):
+    """--option value for every value that is not None."""
+    return [w for opt, v in pairs if v is not None for w in (opt, str(v))]
+
+
+class Commands:
+    """The stages of one edit, with the tools in `bin` (None: on $PATH) and the files in `dir`
+    (None: the working directory), named by `files` (default FILES)."""
+
+    def __init__(self, edit: Edit, bin=None, dir=None, files=None):
+        self.e, self.bin, self.dir = edit, bin, dir
+        self.files = dict(FILES, **(files or {}))
+
+    def tool(self, name, *args):
+        exe = os.path.join(self.bin, name) if self.bin else name
+        return [exe] + _opts(("--model", self.e.model)) + [str(a) for a in args]
+
+    def path(self, name):
+        """A file of the edit, by key of FILES or by its own name."""
+        name = self.files.get(name, name)
+        return os.path.join(self.dir, name) if self.dir else name
+
+    def _quiet(self):
+        return ["--quiet"] if self.e.quiet else []
+
+    def encode(self):
+        return Stage("vae-encode", [self.tool("vae-encode", self.e.image)], None, self.path("posterior"))
+
+    def caption(self, which):
+        """tokenize | encode-text of "source", "target" or "empty" (the empty prompt)."""
+        text = {"source": self.e.source, "target": self.e.target, "empty": ""}[which]
+        return Stage(f"tokenize | encode-text ({which})", [self.tool("tokenize", text), self.tool("encode-text")],
+                     None, self.path(which))
+
+    def captions(self):
+        empty = self.e.empty_negatives or self.e.negative == "empty"
+        return [self.caption(w) for w in ("source", "target") + (("empty",) if empty else ())]
+
+    def mask(self):
+        e, p = self.e, self.path
+        negatives = (("--source-negative", p("empty")), ("--target-negative", p("empty"))) if e.empty_negatives else ()
+        argv = self.tool("noise-diff-mask", "--source", p("source"), "--target", p("target")) + _opts(
+            *negatives, ("--steps", e.steps), ("--seed", e.seed), ("--scheduler", e.scheduler),
+            ("--guidance", e.guidance), ("--maps", e.maps), ("--encode-strength", e.encode_strength),
+            ("--threshold-ratio", e.threshold_ratio)) + self._quiet()
+        return Stage("noise-diff-mask", [argv], p("posterior"), p("mask"))
+
+    def invert(self):
+        e, p = self.e, self.path
+        guidance = e.guidance if e.invert_guidance is None else e.invert_guidance
+        argv = self.tool("invert", "--prompt", p("source")) + _opts(
+            ("--negative", p("empty") if e.empty_negatives else None), ("--steps", e.steps), ("--seed", e.seed),
+            ("--scheduler", e.scheduler), ("--guidance", guidance), ("--strength", e.strength)) + self._quiet()
+        return Stage("invert", [argv], p("posterior"), p("inverted"))
+
+    def denoise(self, mask="mask", blend=None, out=None, decode=False):
+        """denoise with a mask file (default the inferred one) and a blend (default the edit's);
+        decode: piped into vae-decode, writing a picture."""
+        e, p = self.e, self.path
+        negative = {"source": p("source"), "empty": p("empty"), None: None}[e.negative]
+        argv = self.tool("denoise", "--mask", p(mask), "--prompt", p("target")) + _opts(
+            ("--negative", negative), ("--guidance", e.guidance), ("--blend", blend or e.blend)) + self._quiet()
+        if decode:
+            return Stage("denoise | vae-decode", [argv, self.tool("vae-decode")], p("inverted"), p(out or "decoded"))
+        return Stage("denoise", [argv], p("inverted"), p(out or "edited"))
+
+    def decode(self):
+        return Stage("vae-decode", [self.tool("vae-decode")], self.path("edited"), self.path("decoded"))
+
+    def prepare(self):
+        """Everything a denoising needs: the posterior, the captions, the mask, the inverted stack."""
+        return [self.encode(), *self.captions(), self.mask(), self.invert()]
+
+    def stages(self, pipe_decode=False):
+        """The whole edit; pipe_decode: denoise | vae-decode in one stage, no edited latents file."""
+        if pipe_decode:
+            return self.prepare() + [self.denoise(decode=True)]
+        return self.prepare() + [self.denoise(), self.decode()]

@@ -1,0 +1,223 @@
+"""diffedit_tools.edit builds the command lines each script ran before it existed.
+
+The expected lines below are copied from the scripts as they were (bench/compare.py's
+edit_commands, demo/benchmark.py's edit_case, demo/diffedit_check.py's ours_edit). The builder
+writes every tool's options in one order (inputs, settings, --quiet), so the two scripts that
+wrote them in another are compared option by option; compare.py's lines, which its report shows,
+are compared word for word.
+"""
+import os
+import shlex
+import sys
+import unittest
+from types import SimpleNamespace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [os.path.join(ROOT, "python"), os.path.join(ROOT, "demo"), os.path.join(ROOT, "bench")]
+from diffedit_tools import edit  # noqa: E402
+
+FLAGS = {"--quiet"}
+
+
+def normal(line):
+    """A shell line as a list of pipelines, each a tuple of commands (tool, positional words,
+    sorted option pairs, redirections): the same command whatever the order of its options."""
+    out = []
+    for part in line.split(" && "):
+        words = shlex.split(part)
+        if words[:1] == ["cd"]:
+            continue
+        cmds, argv, redirect = [], [], []
+        it = iter(words + ["|"])
+        for w in it:
+            if w in ("<", ">"):
+                redirect.append((w, next(it)))    # belongs to the command it follows
+            elif w == "|":
+                pos, opts, rest = [], [], iter(argv[1:])
+                for x in rest:
+                    if x in FLAGS:
+                        opts.append((x, None))
+                    elif x.startswith("--"):
+                        opts.append((x, next(rest)))
+                    else:
+                        pos.append(x)
+                cmds.append((argv[0], tuple(pos), tuple(sorted(opts)), tuple(redirect)))
+                argv, redirect = [], []
+            else:
+                argv.append(w)
+        out.append(tuple(cmds))
+    return out
+
+
+def as_tuples(stages):
+    return [(s.label, s.argvs, s.stdin, s.stdout) for s in stages]
+
+
+class CompareEdit(unittest.TestCase):
+    """bench/compare.py: examples.sh's edit, word for word (the report shows these lines)."""
+
+    def test_argv(self):
+        from ours import Ours
+        got = Ours("/b", "/cache", "/w", {}).edit_commands("a bowl of fruits", "a bowl of pears",
+                                                            "/w/image256.ppm", 20, "/w/edit", "/b")
+        j = lambda n: "/w/edit/" + n  # noqa: E731
+        self.assertEqual(as_tuples(got), [
+            ("vae-encode", [["/b/vae-encode", "/w/image256.ppm"]], None, j("posterior.tensor")),
+            ("tokenize | encode-text (source)", [["/b/tokenize", "a bowl of fruits"], ["/b/encode-text"]], None,
+             j("source.tensor")),
+            ("tokenize | encode-text (target)", [["/b/tokenize", "a bowl of pears"], ["/b/encode-text"]], None,
+             j("target.tensor")),
+            ("noise-diff-mask", [["/b/noise-diff-mask", "--source", j("source.tensor"), "--target", j("target.tensor"),
+                                  "--steps", "20", "--seed", "0", "--guidance", "7.5"]],
+             j("posterior.tensor"), j("mask.tensor")),
+            ("invert", [["/b/invert", "--prompt", j("source.tensor"), "--steps", "20", "--seed", "0",
+                         "--guidance", "7.5"]], j("posterior.tensor"), j("inverted.tensor")),
+            ("denoise", [["/b/denoise", "--mask", j("mask.tensor"), "--prompt", j("target.tensor"),
+                          "--negative", j("source.tensor"), "--guidance", "7.5"]],
+             j("inverted.tensor"), j("edited.tensor")),
+            ("vae-decode", [["/b/vae-decode"]], j("edited.tensor"), j("edited.ppm")),
+        ])
+
+    def test_shown_lines(self):
+        """As bench/results/2026-11-30-amd-epyc.json records them."""
+        from ours import Ours
+        got = [s.shell(edit.quote_shown) for s in Ours("/b", "/c", "/w", {}).edit_commands(
+            "a bowl of fruits", "a bowl of pears", "out/image256.ppm", 20, "out", None)]
+        self.assertEqual(got, [
+            "vae-encode out/image256.ppm > out/posterior.tensor",
+            "tokenize 'a bowl of fruits' | encode-text > out/source.tensor",
+            "tokenize 'a bowl of pears' | encode-text > out/target.tensor",
+            "noise-diff-mask --source out/source.tensor --target out/target.tensor --steps 20 --seed 0 --guidance 7.5 < out/posterior.tensor > out/mask.tensor",
+            "invert --prompt out/source.tensor --steps 20 --seed 0 --guidance 7.5 < out/posterior.tensor > out/inverted.tensor",
+            "denoise --mask out/mask.tensor --prompt out/target.tensor --negative out/source.tensor --guidance 7.5 < out/inverted.tensor > out/edited.tensor",
+            "vae-decode < out/edited.tensor > out/edited.ppm",
+        ])
+
+
+class DemoBenchmark(unittest.TestCase):
+    """demo/benchmark.py: every negative given, --quiet, the captions in src.tensor and tgt.tensor."""
+
+    pair = SimpleNamespace(source_caption="a red circle on a plain white background",
+                           target_caption="a blue circle on a plain white background")
+
+    def lines(self, a, k):
+        import benchmark
+        return benchmark.case_lines(k, a, self.pair)
+
+    def old_lines(self, k, steps, scheduler, g, ig, strength, negative):
+        q = shlex.quote
+        s = f"--steps {steps} --seed {k} --scheduler {scheduler} --quiet"
+        first = (f"cd /w/case && vae-encode src.ppm > posterior.tensor"
+                 f" && tokenize {q(self.pair.source_caption)} | encode-text > src.tensor"
+                 f" && tokenize {q(self.pair.target_caption)} | encode-text > tgt.tensor"
+                 f" && tokenize '' | encode-text > empty.tensor"
+                 f" && noise-diff-mask --source src.tensor --target tgt.tensor --source-negative empty.tensor"
+                 f" --target-negative empty.tensor {s} --guidance {g} < posterior.tensor > mask.tensor"
+                 f" && invert --prompt src.tensor --negative empty.tensor {s} --guidance {ig} --strength {strength}"
+                 f" < posterior.tensor > inverted.tensor"
+                 f" && vae-decode --record posterior.mean < posterior.tensor > vae.ppm"
+                 f" && vae-encode tgt.ppm | vae-decode --record posterior.mean > oracle.ppm")
+        neg = "--negative src.tensor" if negative == "source" else "--negative empty.tensor"
+        methods = [("diffedit", "mask.tensor", "diffusers"), ("diffedit-paper", "mask.tensor", "paper"),
+                   ("sdedit", "ones.tensor", "diffusers"), ("gt-mask", "gt.tensor", "diffusers"),
+                   ("gt-mask-paper", "gt.tensor", "paper")]
+        return [first] + [f"cd /w/case && denoise --quiet --guidance {g} --mask {f} --blend {b}"
+                          f" --prompt tgt.tensor {neg} < inverted.tensor | vae-decode > {n}.ppm" for n, f, b in methods]
+
+    def test_defaults(self):
+        a = SimpleNamespace(steps=50, scheduler="ddim", guidance=3.0, invert_guidance=None, strength=0.8, negative="empty")
+        self.assertEqual([normal(x) for x in self.lines(a, 7)],
+                         [normal(x) for x in self.old_lines(7, 50, "ddim", 3.0, 3.0, 0.8, "empty")])
+
+    def test_dpm_invert_guidance_source_negative(self):
+        a = SimpleNamespace(steps=20, scheduler="dpm", guidance=7.5, invert_guidance=1.0, strength=0.6, negative="source")
+        self.assertEqual([normal(x) for x in self.lines(a, 0)],
+                         [normal(x) for x in self.old_lines(0, 20, "dpm", 7.5, 1.0, 0.6, "source")])
+
+
+class DemoDiffusersCheck(unittest.TestCase):
+    """demo/diffedit_check.py --ours: diffusers' settings, every negative given."""
+
+    def old_stages(self, a, seed, src, tgt):
+        q = shlex.quote
+        negative = "--negative src.tensor" if a.negative_source else "--negative empty.tensor"
+        return f"""tokenize {q(src)} | encode-text > src.tensor
+            tokenize {q(tgt)} | encode-text > tgt.tensor
+            tokenize '' | encode-text > empty.tensor
+            vae-encode in.ppm > posterior.tensor
+            noise-diff-mask --source src.tensor --target tgt.tensor --source-negative empty.tensor \
+                --target-negative empty.tensor --maps {a.maps} --encode-strength {a.mask_strength} \
+                --threshold-ratio {a.ratio} --steps {a.steps} --guidance {a.guidance} --seed {seed} \
+                < posterior.tensor > mask.tensor
+            invert --prompt src.tensor --negative empty.tensor --steps {a.steps} --strength {a.strength} \
+                --guidance {a.invert_guidance} --seed {seed} < posterior.tensor > inverted.tensor
+            denoise --mask mask.tensor --prompt tgt.tensor {negative} --strength {a.strength} \
+                --guidance {a.guidance} --blend diffusers < inverted.tensor | vae-decode > edited.ppm
+            tensor to-npy mask.tensor > mask.npy""".replace("\\\n", " ").split("\n")
+
+    def check(self, a, seed):
+        import diffedit_check
+        src, tgt = "a red circle on a striped white background", "a blue circle on a striped white background"
+        got = normal(edit.shell_line(diffedit_check.ours_commands(src, tgt, a, seed).stages(pipe_decode=True)))
+        old = [normal(" ".join(x.split()))[0] for x in self.old_stages(a, seed, src, tgt)]
+        # What changed on purpose: the embeddings are named as examples.sh names them (a temporary
+        # folder), denoise takes the strength from the inverted stack (as it takes the steps), the
+        # mask is read with diffedit_tools.stream instead of through `tensor to-npy`, and the
+        # posterior is made first, as in the other scripts.
+        rename = {"src.tensor": "source.tensor", "tgt.tensor": "target.tensor"}
+        expected = []
+        for cmds in old:
+            if cmds[0][0] == "tensor":
+                continue
+            expected.append(tuple(
+                (tool, pos, tuple(sorted((o, rename.get(v, v)) for o, v in opts
+                                         if not (tool == "denoise" and o == "--strength"))),
+                 tuple((r, rename.get(f, f)) for r, f in redirect))
+                for tool, pos, opts, redirect in cmds))
+        self.assertEqual(got, [expected[3]] + expected[:3] + expected[4:])
+
+    def test_defaults(self):
+        self.check(SimpleNamespace(steps=50, guidance=7.5, strength=0.8, invert_guidance=7.5, mask_strength=0.5,
+                                   ratio=3.0, maps=10, negative_source=False), seed=0)
+
+    def test_demo_settings(self):
+        self.check(SimpleNamespace(steps=25, guidance=3.0, strength=0.7, invert_guidance=1.0, mask_strength=0.4,
+                                   ratio=2.5, maps=5, negative_source=True), seed=11)
+
+
+class Builder(unittest.TestCase):
+    def test_model_and_bin(self):
+        c = edit.Commands(edit.Edit("a", "b", "x.ppm", model="/m/sd 15"), bin="/t", dir="w")
+        self.assertEqual(c.encode().argvs, [["/t/vae-encode", "--model", "/m/sd 15", "x.ppm"]])
+        self.assertEqual(c.encode().shell(), "/t/vae-encode --model '/m/sd 15' x.ppm > w/posterior.tensor")
+
+    def test_left_off_settings_leave_options_off(self):
+        c = edit.Commands(edit.Edit("a", "b", "x.ppm"))
+        self.assertEqual(c.invert().argvs, [["invert", "--prompt", "source.tensor"]])
+        self.assertEqual(c.denoise().argvs, [["denoise", "--mask", "mask.tensor", "--prompt", "target.tensor"]])
+        self.assertEqual([s.label for s in c.stages()], [
+            "vae-encode", "tokenize | encode-text (source)", "tokenize | encode-text (target)", "noise-diff-mask",
+            "invert", "denoise", "vae-decode"])
+
+    def test_pipeline_redirections(self):
+        """stdin goes to the first process of a pipeline, stdout comes from the last."""
+        c = edit.Commands(edit.Edit("a", "b", "x.ppm", guidance=3.0))
+        self.assertEqual(c.denoise(decode=True).shell(),
+                         "denoise --mask mask.tensor --prompt target.tensor --guidance 3.0 < inverted.tensor"
+                         " | vae-decode > edited.ppm")
+
+    def test_quoting(self):
+        c = edit.Commands(edit.Edit("it's a \"cat\"", "", "my pic.ppm"))
+        self.assertEqual(shlex.split(c.caption("source").shell())[1], "it's a \"cat\"")
+        self.assertEqual(shlex.split(c.caption("target").shell())[1], "")
+        self.assertEqual(shlex.split(c.encode().shell())[1], "my pic.ppm")
+        self.assertEqual(edit.quote_shown("~/.cache/x y"), "~/'.cache/x y'")
+        self.assertEqual(edit.quote_shown("/tmp/~x"), "'/tmp/~x'")
+
+    def test_tool_env(self):
+        env = edit.tool_env("demo/model", bin="/t", base={"PATH": "/usr/bin", "DIFFEDIT_MODEL": "old"})
+        self.assertEqual(env, {"PATH": "/t" + os.pathsep + "/usr/bin", "DIFFEDIT_MODEL": os.path.abspath("demo/model")})
+
+
+if __name__ == "__main__":
+    unittest.main()
