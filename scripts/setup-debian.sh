@@ -13,7 +13,7 @@ for arg in "$@"; do
         *) echo "setup: unknown option '$arg' — the one option is --engines" >&2; exit 1 ;;
     esac
 done
-packages="libopenblas-dev libnetpbm-dev netpbm mandoc pkg-config make"
+packages="libopenblas-dev libnetpbm-dev netpbm mandoc pkg-config make python3 python3-numpy"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
