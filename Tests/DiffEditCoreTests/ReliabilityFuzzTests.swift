@@ -116,13 +116,26 @@ final class ReliabilityFuzzTests: XCTestCase {
         let path = dir.appendingPathComponent("f.safetensors").path
         let seedHeaders = [
             #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[2,2],"data_offsets":[8,16]}}"#,
-            #"{"__metadata__":{"format":"pt"},"w":{"dtype":"BF16","shape":[],"data_offsets":[0,2]}}"#,
-            #"{"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},"y":{"dtype":"BOOL","shape":[3],"data_offsets":[8,11]}}"#,
+            #"{"__metadata__":{"format":"pt"},"w":{"dtype":"BF16","shape":[],"data_offsets":[0,2]},"v":{"dtype":"U8","shape":[14],"data_offsets":[2,16]}}"#,
+            #"{"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},"y":{"dtype":"BOOL","shape":[8],"data_offsets":[8,16]}}"#,
         ]
+        // Each seed is a file the reference reads: its ranges tile the 16 data bytes.
         let seeds = seedHeaders.map { Hostile.safetensors(header: Array($0.utf8), data: (0..<16).map { UInt8($0) }) }
         var rng = RNG(state: 11)
         for i in 0..<2500 {
-            var input = Self.mutate(seeds[rng.int(seeds.count)], seeds, &rng)
+            let seed = rng.int(seeds.count)
+            var input = Self.mutate(seeds[seed], seeds, &rng)
+            // The data must tile exactly, as the reference reads it, so most whole-file mutations
+            // are refused by a length or an offset: a quarter mutate the header text alone (its
+            // length kept right, so that the JSON is exercised), a quarter the data bytes alone
+            // (every bit pattern through the f16/bf16/int readers).
+            if i % 4 == 1 {
+                let header = Self.mutate(Array(seedHeaders[seed].utf8), seedHeaders.map { Array($0.utf8) }, &rng)
+                input = Hostile.safetensors(header: header, data: (0..<16).map { UInt8($0) })
+            } else if i % 4 == 2 {
+                input = seeds[seed]
+                for _ in 0...rng.int(8) { input[input.count - 1 - rng.int(16)] ^= UInt8(1 << rng.int(8)) }
+            }
             if i % 4 == 3, input.count >= 8 {  // a random declared header length
                 let len = [UInt64(input.count - 8), UInt64(rng.int(input.count)), UInt64.max, 1 << 63, UInt64(rng.next())][rng.int(5)]
                 withUnsafeBytes(of: len.littleEndian) { raw in for k in 0..<8 { input[k] = raw[k] } }

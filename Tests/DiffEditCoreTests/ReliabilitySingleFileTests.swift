@@ -155,7 +155,7 @@ final class ReliabilitySingleFileTests: XCTestCase {
             try Data(text.utf8).write(to: URL(fileURLWithPath: path.replacingOccurrences(of: ".safetensors", with: ".diffedit.json")))
             return path
         }
-        assertRefused(try run("tokenize", withSidecar("{not json")), tool: "tokenize", contains: ["model.diffedit.json is not a JSON object"])
+        assertRefused(try run("tokenize", withSidecar("{not json")), tool: "tokenize", contains: ["model.diffedit.json is not valid JSON"])
         assertRefused(try run("tokenize", withSidecar("[1]")), tool: "tokenize", contains: ["not a JSON object"])
         assertRefused(try run("tokenize", withSidecar("{\"unet\": {\"block_out_channels\": [8, 8, 8]}}")), tool: "tokenize",
                       contains: ["unet.block_out_channels is read from the weights"])

@@ -160,7 +160,7 @@ final class SafeTensorsTests: XCTestCase {
     }
 
     func testNotARegularFile() throws {
-        assertRejects(dir.path, ["not a regular file"])
+        assertRejects(dir.path, ["is a directory, not a file to read"])
         assertRejects(dir.appendingPathComponent("absent.safetensors").path, ["cannot open"])
     }
 }

@@ -18,17 +18,19 @@ public enum DiffEditIO {
     /// Identity of a model for compatibility checks: FNV-1a of the UNet, VAE and scheduler
     /// configs and the sizes of the UNet and VAE weight files (cheap even for gigabyte
     /// checkpoints, and stable when the folder moves); a single file's from its effective configs.
+    /// Files are read without blocking (a FIFO counts as absent; the tool that uses it refuses it)
+    /// and symbolic links are followed, so a Hugging Face cache snapshot, whose files link to
+    /// blobs, is the same model as a plain copy.
     public static func modelFingerprint(_ folder: ModelFolder) -> String {
         if let singleFile = folder.singleFile { return singleFile.fingerprint }
         var bytes: [UInt8] = []
         for (c, f) in [("unet", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json"),
                        ("text_encoder", "config.json")] {
-            bytes += [UInt8](FileManager.default.contents(atPath: folder.path(c, f)) ?? Data())
+            bytes += DiffEditSupport.fileContents(folder.path(c, f)) ?? []
         }
         for c in ["unet", "vae", "text_encoder"] {
             for name in ModelFolder.weightFileNames {
-                let p = folder.path(c, name)
-                if let size = (try? FileManager.default.attributesOfItem(atPath: p))?[.size] as? NSNumber {
+                if let size = DiffEditSupport.fileSize(folder.path(c, name)) {
                     bytes += Array("\(c)/\(name):\(size)".utf8)
                 }
             }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 
 /// Pieces shared by the three DiffEdit stages: micro-batched UNet calls, embedding batches,
@@ -87,10 +90,25 @@ public enum DiffEditSupport {
         return String(h, radix: 16)
     }
 
-    /// Fingerprint of a file's contents ("missing" if it cannot be read).
+    /// Fingerprint of a file's contents ("missing" if it cannot be read). Read as every model file
+    /// is (InputFile): a FIFO or device in its place counts as missing instead of blocking.
     public static func fileFingerprint(_ path: String) -> String {
-        guard let d = FileManager.default.contents(atPath: path) else { return "missing" }
-        return fingerprint([UInt8](d))
+        guard let d = fileContents(path) else { return "missing" }
+        return fingerprint(d)
+    }
+
+    /// The bytes of a small model file for a fingerprint, or nil when it is absent, not a regular
+    /// file (never waited on) or unreadable: the tools that use the file refuse it by name.
+    static func fileContents(_ path: String) -> [UInt8]? {
+        try? InputFile.read(path, what: "model file", limit: JSONConfig.maxBytes)
+    }
+
+    /// The size of the file `path` names — its target's, for a symbolic link (stat, not lstat:
+    /// the Hugging Face cache links every file to a blob, and a link and a copy are one model).
+    static func fileSize(_ path: String) -> Int? {
+        var st = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return Int(st.st_size)
     }
 
     public static func schedulerFingerprint(_ folder: ModelFolder) -> String {

@@ -18,16 +18,46 @@ public indirect enum JSONValue: Equatable {
     /// Nesting deeper than this is refused instead of recursing without bound.
     public static let maxDepth = 256
 
-    /// Parses a whole document; `label` names the file in errors.
-    public static func parse(_ bytes: [UInt8], label: String) throws -> JSONValue {
+    /// Why a document was refused, and where: `duplicateKey` is set when an object names one
+    /// member twice (valid JSON, RFC 8259 §4, but readers then disagree on which value counts).
+    public struct SyntaxError: Error {
+        public let what: String
+        public let offset: Int
+        public let duplicateKey: String?
+    }
+
+    /// Parses a whole document; `label` names the file in errors, `remedy` says what to do.
+    /// `refusingDuplicateKeys`: an object that names a member twice is refused (Python's json and
+    /// Foundation silently keep the last one, so two readers of one file could see two values).
+    public static func parse(_ bytes: [UInt8], label: String, refusingDuplicateKeys: Bool = false,
+                             remedy: String = "the file is corrupt or truncated") throws -> JSONValue {
+        do {
+            return try parseDocument(bytes, refusingDuplicateKeys: refusingDuplicateKeys)
+        } catch let e as SyntaxError {
+            if let key = e.duplicateKey {
+                throw ToolError("\(label): key '\(shown(key))' appears twice in one object (byte \(e.offset)) — \(remedy)")
+            }
+            throw ToolError("\(label) is not valid JSON: \(e.what) at byte \(e.offset) — \(remedy)")
+        }
+    }
+
+    /// `parse` throwing a `SyntaxError`, for callers that word the message themselves.
+    public static func parseDocument(_ bytes: [UInt8], refusingDuplicateKeys: Bool = false) throws -> JSONValue {
         try bytes.withUnsafeBufferPointer { buf in
-            var p = JSONParser(bytes: buf, label: label)
+            var p = JSONParser(bytes: buf, refusingDuplicateKeys: refusingDuplicateKeys)
             p.skipSpace()
             let v = try p.value(depth: 0)
             p.skipSpace()
             guard p.i == buf.count else { throw p.error("unexpected data after the JSON value") }
             return v
         }
+    }
+
+    /// A key or string as a message shows it: one line (control characters as '?'), at most 80
+    /// characters.
+    public static func shown(_ s: String) -> String {
+        let scalars = s.unicodeScalars.prefix(80).map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }
+        return String(String.UnicodeScalarView(scalars)) + (s.unicodeScalars.count > 80 ? "…" : "")
     }
 
     /// The member named `key` (the last one, if the name repeats).
@@ -63,16 +93,16 @@ public indirect enum JSONValue: Equatable {
 
 private struct JSONParser {
     let bytes: UnsafeBufferPointer<UInt8>
-    let label: String
+    let refusingDuplicateKeys: Bool
     var i = 0
 
-    init(bytes: UnsafeBufferPointer<UInt8>, label: String) {
+    init(bytes: UnsafeBufferPointer<UInt8>, refusingDuplicateKeys: Bool) {
         self.bytes = bytes
-        self.label = label
+        self.refusingDuplicateKeys = refusingDuplicateKeys
     }
 
-    func error(_ what: String) -> ToolError {
-        ToolError("\(label) is not valid JSON: \(what) at byte \(i) — the file is corrupt or truncated")
+    func error(_ what: String) -> JSONValue.SyntaxError {
+        JSONValue.SyntaxError(what: what, offset: i, duplicateKey: nil)
     }
 
     mutating func skipSpace() {
@@ -99,12 +129,17 @@ private struct JSONParser {
         case UInt8(ascii: "{"):
             i += 1
             var obj: [(String, JSONValue)] = []
+            var seen = Set<String>()
             skipSpace()
             if i < bytes.count && bytes[i] == UInt8(ascii: "}") { i += 1; return .object(obj) }
             while true {
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw error("expected a string key") }
+                let keyStart = i
                 let key = try string()
+                if refusingDuplicateKeys && !seen.insert(key).inserted {
+                    throw JSONValue.SyntaxError(what: "duplicate key", offset: keyStart, duplicateKey: key)
+                }
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw error("expected ':'") }
                 i += 1
@@ -142,38 +177,42 @@ private struct JSONParser {
 
     mutating func number() throws -> Double {
         let start = i
-        // Integer fast path (token ids).
+        func digits() -> Int {
+            var n = 0
+            while i < bytes.count, bytes[i] >= 0x30, bytes[i] <= 0x39 { i += 1; n += 1 }
+            return n
+        }
+        // JSON's number grammar (RFC 8259 §6), as Python's json and serde_json read it: an
+        // optional '-', no leading zeros, digits after '.', digits after the exponent's sign.
         var neg = false
         if i < bytes.count && bytes[i] == UInt8(ascii: "-") { neg = true; i += 1 }
-        var v: Int64 = 0
-        var digits = 0
-        while i < bytes.count, bytes[i] >= 0x30, bytes[i] <= 0x39, digits < 15 {
-            v = v * 10 + Int64(bytes[i] - 0x30)
+        let intStart = i
+        let intDigits = digits()
+        guard intDigits > 0 else { i = start; throw error("expected a value") }
+        guard intDigits == 1 || bytes[intStart] != UInt8(ascii: "0") else { i = start; throw error("bad number (leading zero)") }
+        var integral = true
+        if i < bytes.count && bytes[i] == UInt8(ascii: ".") {
             i += 1
-            digits += 1
+            integral = false
+            guard digits() > 0 else { i = start; throw error("bad number") }
         }
-        let done = i >= bytes.count || !(bytes[i] == UInt8(ascii: ".") || bytes[i] == UInt8(ascii: "e")
-                                         || bytes[i] == UInt8(ascii: "E") || (bytes[i] >= 0x30 && bytes[i] <= 0x39))
-        if digits > 0 && done { return Double(neg ? -v : v) }
-        // General path: take the number's characters and hand them to strtod.
-        i = start
-        while i < bytes.count {
-            let c = bytes[i]
-            if (c >= 0x30 && c <= 0x39) || c == UInt8(ascii: "-") || c == UInt8(ascii: "+")
-                || c == UInt8(ascii: ".") || c == UInt8(ascii: "e") || c == UInt8(ascii: "E") {
-                i += 1
-            } else { break }
+        if i < bytes.count && (bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E")) {
+            i += 1
+            integral = false
+            if i < bytes.count && (bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-")) { i += 1 }
+            guard digits() > 0 else { i = start; throw error("bad number") }
         }
-        guard i > start, i - start < 64 else { i = start; throw error("expected a value") }
+        // Integer fast path (token ids).
+        if integral && intDigits <= 15 {
+            var v: Int64 = 0
+            for k in intStart..<i { v = v * 10 + Int64(bytes[k] - 0x30) }
+            return Double(neg ? -v : v)
+        }
+        guard i - start < 64 else { i = start; throw error("bad number (too long)") }
         var text = [CChar](repeating: 0, count: i - start + 1)
         for k in start..<i { text[k - start] = CChar(bitPattern: bytes[k]) }
-        var end: UnsafeMutablePointer<CChar>? = nil
-        let d = text.withUnsafeMutableBufferPointer { t -> Double in
-            let r = strtod(t.baseAddress!, &end)
-            if end != t.baseAddress! + (i - start) { end = nil }
-            return r
-        }
-        guard end != nil, d.isFinite else { i = start; throw error("bad number") }
+        let d = strtod(text, nil)
+        guard d.isFinite else { i = start; throw error("bad number (out of range)") }
         return d
     }
 

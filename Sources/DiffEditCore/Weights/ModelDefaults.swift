@@ -32,27 +32,26 @@ public struct ModelDefaults: Equatable {
     /// The defaults of a model folder: its `diffedit_defaults.json`, or none when it has no such file.
     public init(folder: ModelFolder) throws {
         let path = folder.root + "/" + Self.fileName
-        guard FileManager.default.fileExists(atPath: path) else { self.init(); return }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ToolError("cannot read \(path) — make it readable, or remove it to use the tools' own defaults")
+        // Opened without blocking and refused unless a regular file: a FIFO would hang the tool.
+        guard let bytes = try InputFile.readIfPresent(path, what: "the model's defaults", limit: Self.maxBytes) else {
+            self.init()
+            return
         }
-        try self.init(bytes: [UInt8](data), path: path)
+        try self.init(bytes: bytes, path: path)
     }
+
+    public static let maxBytes = 1 << 20
 
     /// Parses and checks the file's bytes; every error names `path`.
     public init(bytes: [UInt8], path: String) throws {
         self.init()
         self.path = path
         let fix = "fix it (man 5 diffedit-defaults) or remove it"
-        guard bytes.count <= 1 << 20 else { throw ToolError("\(path) is \(bytes.count) bytes, not a small settings file — \(fix)") }
-        let root: JSONValue
-        do { root = try JSONValue.parse(bytes, label: path) } catch let e as ToolError {
-            throw ToolError(e.message.replacingOccurrences(of: "the file is corrupt or truncated", with: fix))
-        }
+        guard bytes.count <= Self.maxBytes else { throw ToolError("\(path) is \(bytes.count) bytes, not a small settings file — \(fix)") }
+        // A key given twice, at any depth, is refused by name (a last-wins reading would be silent).
+        let root = try JSONValue.parse(bytes, label: path, refusingDuplicateKeys: true, remedy: fix)
         guard let members = root.objectValue else { throw ToolError("\(path) is not a JSON object — \(fix)") }
-        var seen = Set<String>()
         for (key, value) in members {
-            guard seen.insert(key).inserted else { throw ToolError("\(path): key '\(key)' appears twice — \(fix)") }
             func bad(_ want: String) -> ToolError {
                 ToolError("\(path): '\(key)' must be \(want), found \(Self.describe(value)) — \(fix)")
             }
@@ -80,7 +79,7 @@ public struct ModelDefaults: Equatable {
                 }
                 if key == "comment" { comment = s } else { negativePrompt = s }
             default:
-                throw ToolError("\(path): unknown key '\(key)' (known: \(Self.keys.joined(separator: ", "))) — \(fix)")
+                throw ToolError("\(path): unknown key '\(JSONValue.shown(key))' (known: \(Self.keys.joined(separator: ", "))) — \(fix)")
             }
         }
     }

@@ -21,19 +21,76 @@ public struct ModelFolder {
             throw ToolError("model '\(root)' does not exist — point --model or $\(ModelFolder.environmentVariable) at \(ModelFolder.expected)")
         }
         if !isDir.boolValue {
+            try ModelFolder.refuseFileOfAFolder(root)
             singleFile = try SingleFileCheckpoint(path: root)
             self.root = root
             return
         }
-        guard FileManager.default.fileExists(atPath: root + "/model_index.json") else {
-            let checkpoints = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
+        let index = root + "/model_index.json"
+        guard InputFile.exists(index) else {
+            if let above = ModelFolder.diffusersFolder(holding: root) {
+                throw ToolError("'\(root)' is the \(ModelFolder.lastComponent(root)) folder of the diffusers model '\(above)', not a whole model — point --model at the folder above it (the one with model_index.json): --model \(above)")
+            }
+            let checkpoints = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter { $0.lowercased().hasSuffix(".safetensors") }.sorted()
             if checkpoints.count == 1 {
                 throw ToolError("'\(root)' has no model_index.json — for the single-file checkpoint in it use --model \(root)/\(checkpoints[0]); a diffusers folder needs model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/")
             }
             throw ToolError("'\(root)' has no model_index.json — point --model at \(ModelFolder.expected)")
         }
+        // Nothing in model_index.json is read, but it must be a file: opened without blocking and
+        // checked (a FIFO in its place is refused, not waited on).
+        var indexIsDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: index, isDirectory: &indexIsDir), indexIsDir.boolValue {
+            throw ToolError("'\(index)' is a directory, not the model's index file — put the model's model_index.json there (download the model again)")
+        }
+        close(try InputFile.open(index, what: "the model index"))
         self.root = root
         singleFile = nil
+    }
+
+    /// Folders of a diffusers model's components, one of which --model may name by mistake.
+    static let componentFolders: Set<String> = ["unet", "vae", "text_encoder", "tokenizer", "scheduler", "safety_checker",
+                                                "feature_extractor", "text_encoder_2", "tokenizer_2", "image_encoder"]
+
+    /// The last path component of `path` ("unet" for "m/unet/").
+    static func lastComponent(_ path: String) -> String { (path as NSString).lastPathComponent }
+
+    /// The folder holding `path`, as the user wrote it ("." for a bare name; links not resolved, so
+    /// that a message names the folder the user knows).
+    static func parent(_ path: String) -> String {
+        var trimmed = path
+        while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed.removeLast() }
+        let p = (trimmed as NSString).deletingLastPathComponent
+        return p.isEmpty ? "." : p
+    }
+
+    /// The diffusers model folder that `path` is a component folder of (its parent, when that
+    /// has model_index.json), else nil.
+    static func diffusersFolder(holding path: String) -> String? {
+        let above = parent(path)
+        return InputFile.exists(above + "/model_index.json") ? above : nil
+    }
+
+    /// --model naming a file of a diffusers folder rather than the folder (model_index.json, a
+    /// component's config or weights) or another JSON file: refused with the --model to give,
+    /// before it is read as a checkpoint (which would report a corrupt safetensors header).
+    static func refuseFileOfAFolder(_ path: String) throws {
+        let name = lastComponent(path)
+        let lower = name.lowercased()
+        let dir = parent(path)
+        if InputFile.exists(dir + "/model_index.json"), lower.hasSuffix(".json") {
+            let what = lower == "model_index.json" ? "the index of the diffusers model folder '\(dir)'" : "a file of the diffusers model folder '\(dir)'"
+            throw ToolError("'\(path)' is \(what), not a checkpoint — give the folder: --model \(dir)")
+        }
+        if componentFolders.contains(lastComponent(dir)), let model = diffusersFolder(holding: dir) {
+            throw ToolError("'\(path)' is one component of a diffusers folder (the \(lastComponent(dir)) of '\(model)'), not a whole model — point --model at the folder above it (the one with model_index.json): --model \(model)")
+        }
+        if lower.hasSuffix(".diffedit.json") {
+            throw ToolError("'\(path)' is a sidecar (settings of the checkpoint beside it), not a checkpoint — give the checkpoint: --model \(path.dropLast(".diffedit.json".count)).safetensors")
+        }
+        if lower.hasSuffix(".json") {
+            throw ToolError("'\(path)' is a JSON file, not a checkpoint — point --model at \(ModelFolder.expected)")
+        }
     }
 
     /// `--model DIR|FILE`, else `$DIFFEDIT_MODEL`, else the bundled demo model, else an error saying
@@ -49,21 +106,37 @@ public struct ModelFolder {
             return try ModelFolder(root: env)
         }
         if let bundled = bundledModelPath { return try ModelFolder(root: bundled) }
+        if !runsFromBuildTree {
+            throw ToolError("no model given, and the demo model installed with diffedit (\(installedModelPath)) is missing — reinstall diffedit (make install), or give a model with --model or $\(environmentVariable)")
+        }
         throw ToolError("no model given — use --model or set $\(environmentVariable) to \(ModelFolder.expected)")
     }
 
-    /// The small demo model trained for this project (demo/model in the source tree, or
-    /// share/diffedit/model beside an installed bin/), used when no model is named.
+    /// The running executable itself (argv[0] is a bare name when the tool is found on PATH).
+    static var executable: URL {
+        URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments.first ?? "").resolvingSymlinksInPath()
+    }
+
+    /// A tool built by SwiftPM runs from a `.build` folder inside its source tree; an installed one
+    /// (bin/ beside share/) does not, and must never take another tree's model for its own.
+    static var runsFromBuildTree: Bool { executable.pathComponents.contains(".build") }
+
+    /// share/diffedit/model beside the executable's bin/ (where `make install` puts the demo model).
+    static var installedModelPath: String {
+        executable.deletingLastPathComponent().appendingPathComponent("../share/diffedit/model").standardized.path
+    }
+
+    /// The small demo model trained for this project, used when no model is named: share/diffedit/model
+    /// beside an installed bin/, or for a tool run from the build tree, demo/model of that tree.
     public static var bundledModelPath: String? {
-        var candidates: [String] = []
-        // The running executable itself: argv[0] is a bare name when the tool is found on PATH.
-        let exe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-                      ?? CommandLine.arguments.first ?? "").resolvingSymlinksInPath()
-        candidates.append(exe.deletingLastPathComponent().appendingPathComponent("../share/diffedit/model").standardized.path)
-        // Sources/DiffEditCore/Weights/ModelFolder.swift → repository root.
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent()
-        candidates.append(root.appendingPathComponent("demo/model").path)
+        var candidates = [installedModelPath]
+        if runsFromBuildTree {
+            // Sources/DiffEditCore/Weights/ModelFolder.swift → repository root.
+            let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().deletingLastPathComponent()
+            candidates.append(root.appendingPathComponent("demo/model").path)
+        }
         return candidates.first { FileManager.default.fileExists(atPath: $0 + "/model_index.json") }
     }
 
@@ -111,20 +184,51 @@ public struct JSONConfig {
     public let values: [String: Any]
     public let label: String
 
+    /// Configs are small (a scheduler's with 1000 trained betas is ~25 KB); past this it is not one.
+    public static let maxBytes = 16 << 20
+
     public init(path: String, label: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard InputFile.exists(path) else {
             throw ToolError("cannot read \(label) (\(path)) — is this a diffusers model folder?")
         }
-        try self.init(data: data, label: label)
+        // Opened without blocking and refused unless a regular file (a FIFO would hang the tool).
+        let bytes = try InputFile.read(path, what: "the config", limit: JSONConfig.maxBytes)
+        try self.init(bytes: bytes, label: label)
     }
 
     public init(data: Data, label: String) throws {
-        guard let obj = try? JSONSerialization.jsonObject(with: JSONConfig.quotingNonFinite(data)),
-              let dict = obj as? [String: Any] else {
-            throw ToolError("\(label) is not a JSON object — the model folder's config is damaged; download it again")
-        }
-        self.values = dict
+        try self.init(bytes: [UInt8](data), label: label)
+    }
+
+    init(bytes: [UInt8], label: String) throws {
+        self.values = try JSONConfig.object(bytes, label: label, remedy: "the model folder's config is damaged; download it again")
         self.label = label
+    }
+
+    /// The one reader of a model's JSON — folder configs and a single file's sidecar alike: Python's
+    /// bare NaN, Infinity and -Infinity are read (`quotingNonFinite`), and a key given twice in any
+    /// object is refused by name (Foundation and Python keep the last silently; man 5
+    /// diffedit-defaults: configs are checked strictly). Values come out as JSONSerialization's
+    /// would: NSNumber, String, NSNull, [Any], [String: Any].
+    static func object(_ bytes: [UInt8], label: String, remedy: String) throws -> [String: Any] {
+        let value = try JSONValue.parse(quotingNonFinite(bytes), label: label, refusingDuplicateKeys: true, remedy: remedy)
+        guard case .object(let members) = value else { throw ToolError("\(label) is not a JSON object — \(remedy)") }
+        return foundation(members)
+    }
+
+    private static func foundation(_ members: [(String, JSONValue)]) -> [String: Any] {
+        Dictionary(members.map { ($0.0, foundation($0.1)) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    private static func foundation(_ v: JSONValue) -> Any {
+        switch v {
+        case .null: return NSNull()
+        case .bool(let b): return NSNumber(value: b)
+        case .number(let d): return d == d.rounded() && abs(d) < 9.0e15 ? NSNumber(value: Int(d)) : NSNumber(value: d)
+        case .string(let s): return s
+        case .array(let a): return a.map(foundation)
+        case .object(let o): return foundation(o)
+        }
     }
 
     public init(values: [String: Any], label: String) {
@@ -182,6 +286,11 @@ public struct JSONConfig {
     /// file parses and `doubleOrInfinity` reads them back; `double` still refuses them by name.
     static func quotingNonFinite(_ data: Data) -> Data {
         let bytes = [UInt8](data)
+        let out = quotingNonFinite(bytes)
+        return out.count == bytes.count ? data : Data(out)
+    }
+
+    static func quotingNonFinite(_ bytes: [UInt8]) -> [UInt8] {
         var out = [UInt8](), inString = false, escaped = false, i = 0
         out.reserveCapacity(bytes.count + 8)
         while i < bytes.count {
@@ -199,7 +308,7 @@ public struct JSONConfig {
             out.append(b)
             i += 1
         }
-        return out.count == bytes.count ? data : Data(out)
+        return out
     }
 
     public func bool(_ key: String, default def: Bool? = nil) throws -> Bool {

@@ -6,6 +6,13 @@ import Foundation
 /// A memory-mapped `.safetensors` file: an 8-byte little-endian header length, a JSON header
 /// naming each tensor's dtype, shape and [begin, end) byte range, then the data. Every field is
 /// checked before it is trusted: a hostile header can only produce an error.
+///
+/// The header is read exactly as the reference reads it — huggingface/safetensors'
+/// `SafeTensors::deserialize` (safetensors/src/tensor.rs), which `safetensors.safe_open` and
+/// diffusers use — so that no file means one set of weights to a scanner or to Python and another
+/// here: a key given twice, data ranges that do not tile the data section from its first byte to
+/// its last, bytes before the opening '{' (a byte-order mark), metadata that is not string →
+/// string, a byte count that is not shape × dtype size: each is refused.
 public final class SafeTensorsFile {
     public enum DataType: String, Sendable {
         case F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL
@@ -30,7 +37,8 @@ public final class SafeTensorsFile {
         public var count: Int { shape.reduce(1, *) }
     }
 
-    public static let maxHeaderBytes = 100 << 20
+    /// The reference's MAX_HEADER_SIZE (HeaderTooLarge past it).
+    public static let maxHeaderBytes = 100_000_000
 
     public let path: String
     public let entries: [String: Entry]
@@ -42,21 +50,20 @@ public final class SafeTensorsFile {
 
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw ToolError("cannot open '\(path)': \(String(cString: strerror(errno)))")
-        }
+        // Opened without blocking and refused unless a regular file: open(2) on a FIFO in place of
+        // the weights would wait for ever for a writer.
+        let fd = try InputFile.open(path, what: "weights")
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
-            throw ToolError("'\(path)' is not a regular file — point --model at a folder holding the weight files")
+        guard fstat(fd, &st) == 0 else {
+            throw ToolError("cannot read weights '\(path)': \(String(cString: strerror(errno))) — check the path")
         }
         let size = Int(st.st_size)
-        guard size >= 8 else {
+        guard size >= 8 else {  // HeaderTooSmall
             throw ToolError("'\(path)': \(size) bytes is too short for a safetensors file — the file is truncated or not safetensors")
         }
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
-            throw ToolError("cannot map '\(path)': \(String(cString: strerror(errno)))")
+            throw ToolError("cannot map '\(path)': \(String(cString: strerror(errno))) — check the file and the memory limit (ulimit -v)")
         }
         let raw = UnsafeRawPointer(p)
         let headerLength = raw.loadUnaligned(as: UInt64.self).littleEndian
@@ -64,65 +71,107 @@ public final class SafeTensorsFile {
             munmap(p, size)
             return ToolError("'\(path)': corrupt safetensors header: \(why) — re-export or re-download the weights")
         }
-        guard headerLength <= UInt64(size - 8) else {
+        guard headerLength <= UInt64(size - 8) else {  // InvalidHeaderLength
             throw fail("header length \(headerLength) runs past the end of the \(size)-byte file")
         }
-        guard headerLength <= UInt64(SafeTensorsFile.maxHeaderBytes) else {
+        guard headerLength <= UInt64(SafeTensorsFile.maxHeaderBytes) else {  // HeaderTooLarge
             throw fail("header length \(headerLength) is past the limit of \(SafeTensorsFile.maxHeaderBytes) bytes")
         }
-        let headerData = Data(bytes: raw + 8, count: Int(headerLength))
-        guard String(data: headerData, encoding: .utf8) != nil else { throw fail("header is not UTF-8") }
-        let json: Any
-        do {
-            json = try JSONSerialization.jsonObject(with: headerData, options: [])
-        } catch {
-            throw fail("header is not valid JSON")
+        let header = [UInt8](UnsafeRawBufferPointer(start: raw + 8, count: Int(headerLength)))
+        guard String(validating: header, as: UTF8.self) != nil else { throw fail("header is not UTF-8") }  // InvalidHeader
+        // InvalidHeaderStart: the header is a JSON object from its first byte (no byte-order mark,
+        // no leading space); only spaces may pad its end, as the reference writes them.
+        guard header.first == UInt8(ascii: "{") else {
+            let start = header.starts(with: [0xEF, 0xBB, 0xBF]) ? "a UTF-8 byte-order mark"
+                : header.first.map { (0x21...0x7E).contains($0) ? "'\(Character(Unicode.Scalar($0)))'" : "byte 0x" + String($0, radix: 16, uppercase: true) } ?? "nothing"
+            throw fail("header is not a JSON object: it starts with \(start), not '{'")
         }
-        guard let object = json as? [String: Any] else { throw fail("header is not a JSON object") }
+        let json: JSONValue
+        do {
+            // serde refuses a repeated field inside an entry; a repeated tensor name would be kept
+            // once by the reference's map and once by a scanner's: refused at any depth.
+            json = try JSONValue.parseDocument(header, refusingDuplicateKeys: true)
+        } catch let e as JSONValue.SyntaxError {
+            if let key = e.duplicateKey {
+                throw fail("key '\(JSONValue.shown(key))' appears twice (byte \(e.offset)), so readers disagree on which tensor it is")
+            }
+            throw fail("header is not valid JSON: \(e.what) at byte \(e.offset)")  // InvalidHeaderDeserialization
+        }
+        guard case .object(let members) = json else { throw fail("header is not a JSON object") }
         let dataStart = 8 + Int(headerLength)
         let dataSize = size - dataStart
+        /// A non-negative integer as serde reads a usize (doubles are exact below 2^53).
+        func count(_ v: JSONValue?) -> Int? {
+            guard case .number(let d)? = v, d == d.rounded(), d >= 0, d < 9.0e15 else { return nil }
+            return Int(d)
+        }
         var entries: [String: Entry] = [:]
         var metadata: [String: String] = [:]
-        for (name, value) in object {
+        for (name, value) in members {
+            let shownName = JSONValue.shown(name)
             if name == "__metadata__" {
-                if let m = value as? [String: Any] {
-                    for (k, v) in m { metadata[k] = (v as? String) ?? "\(v)" }
+                // Option<HashMap<String, String>>: null (none) or an object of strings.
+                switch value {
+                case .null: continue
+                case .object(let m):
+                    for (k, v) in m {
+                        guard case .string(let s) = v else {
+                            throw fail("__metadata__ value '\(JSONValue.shown(k))' is not a string (metadata maps strings to strings)")
+                        }
+                        metadata[k] = s
+                    }
+                default:
+                    throw fail("__metadata__ is not an object of strings")
                 }
                 continue
             }
-            guard let info = value as? [String: Any] else { throw fail("entry '\(name)' is not an object") }
-            guard let dt = info["dtype"] as? String else { throw fail("entry '\(name)' has no dtype") }
-            guard let dtype = DataType(rawValue: dt) else { throw fail("entry '\(name)' has unknown dtype '\(dt)'") }
-            guard let shapeAny = info["shape"] as? [Any] else { throw fail("entry '\(name)' has no shape") }
+            guard case .object = value else { throw fail("entry '\(shownName)' is not an object") }
+            // Unknown fields are ignored, as serde does.
+            guard let dt = value["dtype"] else { throw fail("entry '\(shownName)' has no dtype") }
+            guard let dts = dt.stringValue, let dtype = DataType(rawValue: dts) else {
+                throw fail("entry '\(shownName)' has unknown dtype '\(JSONValue.shown(dt.stringValue ?? "\(dt)"))'")
+            }
+            guard let shapeValues = value["shape"]?.arrayValue else { throw fail("entry '\(shownName)' has no shape") }
             var shape: [Int] = []
-            var count = 1
-            for d in shapeAny {
-                guard let n = d as? NSNumber, n.doubleValue == Double(n.int64Value), n.int64Value >= 0,
-                      n.int64Value < (1 << 40) else {
-                    throw fail("entry '\(name)' has a bad dimension \(d)")
-                }
-                shape.append(n.intValue)
-                let (c, o) = count.multipliedReportingOverflow(by: n.intValue)
-                guard !o, c < (1 << 50) else { throw fail("entry '\(name)' has an absurd shape \(shape)") }
-                count = c
+            var elements = 1
+            for d in shapeValues {
+                guard let n = count(d) else { throw fail("entry '\(shownName)' has a bad dimension \(d)") }
+                shape.append(n)
+                let (c, o) = elements.multipliedReportingOverflow(by: n)
+                guard !o else { throw fail("entry '\(shownName)' has an absurd shape \(shape): its size overflows") }  // ValidationOverflow
+                elements = c
             }
-            guard let offs = info["data_offsets"] as? [Any], offs.count == 2,
-                  let b = (offs[0] as? NSNumber)?.int64Value, let e = (offs[1] as? NSNumber)?.int64Value,
-                  b >= 0, e >= b else {
-                throw fail("entry '\(name)' has bad data_offsets")
+            let (bytes, o) = elements.multipliedReportingOverflow(by: dtype.size)
+            guard !o else { throw fail("entry '\(shownName)' has an absurd shape \(shape): its size overflows") }
+            guard let offs = value["data_offsets"]?.arrayValue, offs.count == 2, let b = count(offs[0]), let e = count(offs[1]), e >= b else {
+                throw fail("entry '\(shownName)' has bad data_offsets")
             }
-            guard e <= Int64(dataSize) else {
-                throw fail("entry '\(name)' data [\(b), \(e)) runs past the \(dataSize) data bytes")
+            guard e <= dataSize else {
+                throw fail("entry '\(shownName)' data [\(b), \(e)) runs past the \(dataSize) data bytes")
             }
-            guard Int(e - b) == count * dtype.size else {
-                throw fail("entry '\(name)' holds \(e - b) bytes but shape \(shape) of \(dt) needs \(count * dtype.size)")
+            guard e - b == bytes else {  // TensorInvalidInfo
+                throw fail("entry '\(shownName)' holds \(e - b) bytes but shape \(shape) of \(dts) needs \(bytes)")
             }
-            entries[name] = Entry(name: name, dtype: dtype, shape: shape, begin: Int(b), end: Int(e))
+            entries[name] = Entry(name: name, dtype: dtype, shape: shape, begin: b, end: e)
         }
-        // Ranges must not overlap.
-        let sorted = entries.values.sorted { ($0.begin, $0.end) < ($1.begin, $1.end) }
-        for i in sorted.indices.dropFirst() where sorted[i].begin < sorted[i - 1].end {
-            throw fail("entries '\(sorted[i - 1].name)' and '\(sorted[i].name)' overlap")
+        // Metadata::validate: sorted by offsets, each range begins where the one before it ends,
+        // from byte 0; and the last ends at the end of the file (MetadataIncompleteBuffer). No
+        // overlap, no gap, no trailing bytes: every data byte belongs to exactly one tensor.
+        let sorted = entries.values.sorted { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }
+        var end = 0, previous: String? = nil
+        for e in sorted {
+            let shown = JSONValue.shown(e.name)
+            if e.begin < end {
+                throw fail("entries '\(JSONValue.shown(previous ?? ""))' and '\(shown)' overlap")
+            }
+            if e.begin > end {  // InvalidOffset
+                throw fail("entry '\(shown)' begins at data byte \(e.begin), but \(previous.map { "'\(JSONValue.shown($0))' ends at \(end)" } ?? "the data begins at 0"): \(e.begin - end) bytes belong to no tensor")
+            }
+            end = e.end
+            previous = e.name
+        }
+        guard end == dataSize else {
+            throw fail("the tensors' data ends at byte \(end) of the \(dataSize)-byte data section: \(dataSize - end) trailing bytes belong to no tensor")
         }
         self.entries = entries
         self.metadata = metadata

@@ -37,8 +37,7 @@ public final class SingleFileCheckpoint {
     public init(path: String) throws {
         self.path = path
         try SingleFileCheckpoint.refusePickle(path)
-        let name = URL(fileURLWithPath: path).lastPathComponent
-        sidecarPath = (name.hasSuffix(".safetensors") ? String(path.dropLast(".safetensors".count)) : path) + ".diffedit.json"
+        sidecarPath = try SingleFileCheckpoint.sidecar(of: path)
         file = try SafeTensorsFile(path: path)
         let sidecarName = URL(fileURLWithPath: sidecarPath).lastPathComponent
         sidecar = try SingleFileCheckpoint.readSidecar(sidecarPath, label: sidecarName)
@@ -95,9 +94,12 @@ public final class SingleFileCheckpoint {
         return "\(URL(fileURLWithPath: path).lastPathComponent) is an SD 2.x checkpoint and nothing says what it predicts; assuming epsilon (SD 2.x-base) — for a 768-v model write {\"scheduler\": {\"prediction_type\": \"v_prediction\"}} to \(sidecarPath)"
     }
 
-    /// Identity for provenance checks: the effective configs and the file's size.
+    /// Identity for provenance checks: the effective configs and the file's size — its target's,
+    /// when the path is a symbolic link (stat follows it; the Hugging Face cache links each file to
+    /// a blob), so a link and a copy of one checkpoint are one model.
     public var fingerprint: String {
-        let size = ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0
+        var st = stat()
+        let size = stat(path, &st) == 0 ? Int(st.st_size) : 0
         var bytes = Array("single-file:\(size)".utf8)
         for component in ["unet", "vae", "text_encoder"] {
             if let c = try? network(component).config { bytes += SingleFileCheckpoint.canonicalJSON(c) }
@@ -129,16 +131,13 @@ public final class SingleFileCheckpoint {
     static func refusePickle(_ path: String) throws {
         let ext = URL(fileURLWithPath: path).pathExtension.lowercased()
         var head: [UInt8] = []
-        var st = stat()
-        // Only a regular file is sniffed (opening a FIFO would wait for a writer).
-        if stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            if fd >= 0 {
-                var buffer = [UInt8](repeating: 0, count: 4)
-                let n = read(fd, &buffer, 4)
-                close(fd)
-                head = Array(buffer.prefix(max(n, 0)))
-            }
+        // Only a regular file is sniffed, opened without blocking (InputFile); anything else is
+        // left for SafeTensorsFile to refuse by name.
+        if let fd = try? InputFile.open(path, what: "weights") {
+            var buffer = [UInt8](repeating: 0, count: 4)
+            let n = read(fd, &buffer, 4)
+            close(fd)
+            head = Array(buffer.prefix(max(n, 0)))
         }
         let zip = head.starts(with: [0x50, 0x4B, 0x03, 0x04])  // torch.save's zip container
         let pickle = head.count >= 2 && head[0] == 0x80 && (2...5).contains(head[1])  // legacy torch.save
@@ -147,13 +146,26 @@ public final class SingleFileCheckpoint {
         throw ToolError("\(path) is a PyTorch pickle checkpoint, which diffedit does not load: unpickling can run arbitrary code — convert it once to safetensors, e.g. python3 -c \"import torch, safetensors.torch as st; sd = torch.load('\(path)', map_location='cpu', weights_only=True); sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous().clone() for k, v in sd.items() if torch.is_tensor(v)}, '\(converted)')\" (weights_only=True reads tensors without running code), then use --model \(converted)")
     }
 
+    /// Top-level key prefixes of diffusers' and transformers' component files (UNet, VAE, CLIP
+    /// text model), never found at the top of an LDM checkpoint.
+    static let diffusersPrefixes = ["down_blocks.", "up_blocks.", "mid_block.", "time_embedding.", "conv_in.", "conv_out.",
+                                    "conv_norm_out.", "encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "text_model."]
+
     /// Files that are safetensors but not a whole SD 1.x/2.x checkpoint in the LDM layout.
     static func refuseOtherLayouts(_ file: SafeTensorsFile, name: String) throws {
         let keys = file.entries.keys
         if keys.contains(where: { $0.hasPrefix("conditioner.embedders.") }) {
             throw ToolError("\(name) is an SDXL checkpoint (conditioner.embedders.*) — diffedit supports Stable Diffusion 1.x and 2.x")
         }
-        if keys.contains(where: { $0.hasPrefix(LDMNames.unetPrefix) }) { return }
+        let diffusersKeys = keys.filter { k in diffusersPrefixes.contains { k.hasPrefix($0) } }
+        if keys.contains(where: { $0.hasPrefix(LDMNames.unetPrefix) }) {
+            // Weights under both namings: which of them a reader takes depends on the reader
+            // (README: refused), so neither is guessed.
+            if let other = diffusersKeys.min() {
+                throw ToolError("\(name) mixes layouts: it holds LDM weights (model.diffusion_model.*) and diffusers-named ones ('\(JSONValue.shown(other))', \(diffusersKeys.count) in all) — use a checkpoint in one layout (convert it again from its source)")
+            }
+            return
+        }
         let what: String
         if keys.contains(where: { $0.hasPrefix("down_blocks.") || $0.hasPrefix("encoder.down_blocks.") || $0.hasPrefix("text_model.") || $0.hasPrefix("encoder.layers.") }) {
             what = "one component of a diffusers folder (diffusers names, no model.diffusion_model.*) — point --model at the folder that holds it (model_index.json, unet/, vae/, …)"
@@ -165,26 +177,40 @@ public final class SingleFileCheckpoint {
         throw ToolError("\(name) is \(what)")
     }
 
+    /// The sidecar of the checkpoint at `path`: STEM.diffedit.json beside it, its name matched
+    /// whatever the case of either (X.SAFETENSORS takes X.diffedit.json). Two that differ only in
+    /// case are refused, since either could be the one meant. Without one, where it would go.
+    static func sidecar(of path: String) throws -> String {
+        let name = (path as NSString).lastPathComponent
+        let stem = name.lowercased().hasSuffix(".safetensors") ? String(name.dropLast(".safetensors".count)) : name
+        let folder = (path as NSString).deletingLastPathComponent
+        func at(_ n: String) -> String { folder.isEmpty ? n : (folder as NSString).appendingPathComponent(n) }
+        let wanted = (stem + ".diffedit.json").lowercased()
+        let found = ((try? FileManager.default.contentsOfDirectory(atPath: folder.isEmpty ? "." : folder)) ?? [])
+            .filter { $0.lowercased() == wanted }.sorted()
+        if found.count > 1 {
+            throw ToolError("\(path) has \(found.count) sidecars whose names differ only in case (\(found.map(at).joined(separator: ", "))) — keep one, remove the others")
+        }
+        return at(found.first ?? stem + ".diffedit.json")
+    }
+
     /// The sidecar's sections, each checked to set only what the file cannot say.
     static func readSidecar(_ path: String, label: String) throws -> [String: [String: Any]] {
-        guard FileManager.default.fileExists(atPath: path) else { return [:] }
-        guard let data = FileManager.default.contents(atPath: path), data.count <= 1 << 20 else {
-            throw ToolError("cannot read \(path) (or it is over 1 MiB) — the sidecar is a small JSON object; fix or remove it")
-        }
-        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
-            throw ToolError("\(label) is not a JSON object — write it as {\"scheduler\": {…}, \"unet\": {…}, \"vae\": {…}, \"text_encoder\": {…}}")
-        }
+        // Opened without blocking and refused unless a regular file; read by the folder configs'
+        // reader (Python's bare -Infinity and NaN read, a key given twice refused).
+        guard let bytes = try InputFile.readIfPresent(path, what: "the sidecar", limit: 1 << 20) else { return [:] }
+        let object = try JSONConfig.object(bytes, label: label, remedy: "write it as {\"scheduler\": {…}, \"unet\": {…}, \"vae\": {…}, \"text_encoder\": {…}} (man 5 diffedit-model)")
         var out: [String: [String: Any]] = [:]
         for (section, value) in object {
             guard section == "scheduler" || SingleFileArchitecture.overridable[section] != nil else {
-                throw ToolError("\(label): unknown section '\(section)' — the sidecar has scheduler, unet, vae and text_encoder sections")
+                throw ToolError("\(label): unknown section '\(JSONValue.shown(section))' — the sidecar has scheduler, unet, vae and text_encoder sections")
             }
             guard let keys = value as? [String: Any] else {
                 throw ToolError("\(label): '\(section)' is not a JSON object — write it as \"\(section)\": {\"key\": value}")
             }
             if let allowed = SingleFileArchitecture.overridable[section],
                let bad = keys.keys.sorted().first(where: { !allowed.contains($0) }) {
-                throw ToolError("\(label): \(section).\(bad) is read from the weights, not the sidecar — remove it (\(section) may set \(allowed.sorted().joined(separator: ", ")))")
+                throw ToolError("\(label): \(section).\(JSONValue.shown(bad)) is read from the weights, not the sidecar — remove it (\(section) may set \(allowed.sorted().joined(separator: ", ")))")
             }
             out[section] = keys
         }
