@@ -33,6 +33,8 @@ NEGATIVE=${NEGATIVE:-$DEFAULT_NEGATIVE}
 case "$NEGATIVE" in source|empty|model) ;; *) echo "examples.sh: NEGATIVE=$NEGATIVE: give source, empty or model" >&2; exit 1;; esac
 guidance=(); [ -n "$GUIDANCE" ] && guidance=(--guidance "$GUIDANCE")
 OUT=${OUT:-out}
+case $OUT in -*) OUT=./$OUT ;; esac                      # a path, never an option
+case $IMAGE in -*) IMAGE=./$IMAGE ;; esac
 BIN=${BIN:-$(swift build -c release --show-bin-path)}
 [ -x "$BIN/denoise" ] || swift build -c release
 export PATH="$BIN:$PATH"
@@ -41,66 +43,90 @@ mkdir -p "$OUT"
 start=$SECONDS
 stage() { echo; echo "== $* ($((SECONDS - start)) s)"; }
 
+# A file appears under its name only when complete: `to FILE COMMAND…` writes COMMAND's output to
+# a hidden temporary beside FILE (.FILE.part.PID), flushes it to disk and renames it; a failure
+# removes the temporary, and so does the EXIT trap when the script is stopped (only SIGKILL or a
+# crash can leave one, hidden, which nothing reads).
+part() { printf '%s/.%s.part.%s' "$(dirname "$1")" "$(basename "$1")" "$$"; }
+keep() { sync "$1" && mv -f "$1" "$2"; }                # keep TEMPORARY FILE
+to() {
+    local file=$1 tmp
+    tmp=$(part "$1"); shift
+    if "$@" > "$tmp" && keep "$tmp" "$file"; then return 0; fi
+    rm -f "$tmp"; return 1
+}
+trap 'rm -f "$OUT"/.*.part.$$' EXIT
+# Pipelines that `to` runs (each one pipeline: its status is the function's).
+as_ppm() {   # any netpbm image as PPM; PNG and JPEG through netpbm's converters (any case: .PNG, .Jpg)
+    case "${IMAGE,,}" in
+        *.png) pngtopnm < "$IMAGE" | ppmtoppm ;;
+        *.jpg|*.jpeg) jpegtopnm < "$IMAGE" | ppmtoppm ;;
+        *) ppmtoppm < "$IMAGE" ;;
+    esac
+}
+embed() { tokenize -- "$1" | encode-text; }            # a caption as text embeddings
+cat_lr() { if command -v pamcat > /dev/null; then pamcat -lr "$@"; else pnmcat -lr "$@"; fi; }
+
 stage "1. The input image, and its latent posterior"
-case "$IMAGE" in   # any netpbm image as PPM; PNG and JPEG through netpbm's converters
-    *.png|*.PNG) pngtopnm "$IMAGE" | ppmtoppm > "$OUT/input.ppm" ;;
-    *.jpg|*.JPG|*.jpeg|*.JPEG) jpegtopnm "$IMAGE" | ppmtoppm > "$OUT/input.ppm" ;;
-    *) ppmtoppm < "$IMAGE" > "$OUT/input.ppm" ;;
-esac
-pnmtopng "$OUT/input.ppm" > "$OUT/input.png"
-vae-encode "$OUT/input.ppm" > "$OUT/posterior.tensor"   # records posterior.mean, posterior.std
+to "$OUT/input.ppm" as_ppm
+to "$OUT/input.png" pnmtopng "$OUT/input.ppm"
+to "$OUT/posterior.tensor" vae-encode "$OUT/input.ppm"   # records posterior.mean, posterior.std
 tensor head "$OUT/posterior.tensor"
 tensor stats "$OUT/posterior.tensor"
 # What the autoencoder alone makes of it (the best an edit can keep outside the mask):
-vae-decode --record posterior.mean < "$OUT/posterior.tensor" > "$OUT/reconstructed.ppm"
+to "$OUT/reconstructed.ppm" vae-decode --record posterior.mean < "$OUT/posterior.tensor"
 # The four latent channels side by side, 8x:
-tensor to-image --name posterior.mean --tile --scale 8 "$OUT/posterior.tensor" | pnmtopng > "$OUT/latent.png"
+latent() { tensor to-image --name posterior.mean --tile --scale 8 "$OUT/posterior.tensor" | pnmtopng; }
+to "$OUT/latent.png" latent
 
 stage "2. The captions as text embeddings"
-tokenize --show "$SOURCE" "$TARGET"
-tokenize "$SOURCE" | encode-text > "$OUT/source.tensor"
-tokenize "$TARGET" | encode-text > "$OUT/target.tensor"
+tokenize --show -- "$SOURCE" "$TARGET"
+to "$OUT/source.tensor" embed "$SOURCE"
+to "$OUT/target.tensor" embed "$TARGET"
 tensor stats "$OUT/source.tensor"
 
 stage "3. The mask: where the noise estimate changes with the caption (noise-diff-mask)"
-noise-diff-mask --source "$OUT/source.tensor" --target "$OUT/target.tensor" \
-    --steps "$STEPS" --seed "$SEED" "${guidance[@]}" --soft-output "$OUT/mask-soft.tensor" \
-    < "$OUT/posterior.tensor" > "$OUT/mask.tensor"     # the mask, and its soft map from the same run
+soft=$(part "$OUT/mask-soft.tensor")                     # the soft map, from the same run
+to "$OUT/mask.tensor" noise-diff-mask --source "$OUT/source.tensor" --target "$OUT/target.tensor" \
+    --steps "$STEPS" --seed "$SEED" "${guidance[@]}" --soft-output "$soft" < "$OUT/posterior.tensor"
+keep "$soft" "$OUT/mask-soft.tensor"
 tensor head "$OUT/mask.tensor"                           # fraction_ones, clamp, near_threshold
 tensor stats "$OUT/mask-soft.tensor"
 # A mask is an image: latent resolution, enlarged to the picture's size by the VAE factor.
 factor=$(( $(pamfile "$OUT/input.ppm" | sed -E 's/.* ([0-9]+) by ([0-9]+).*/\1/') \
          / $(tensor head "$OUT/mask.tensor" | sed -nE 's/ *latent.width=//p') ))
-tensor to-image --range 0:1 --scale "$factor" "$OUT/mask.tensor" > "$OUT/mask.pgm"
-tensor to-image --range 0:1 --scale "$factor" "$OUT/mask-soft.tensor" > "$OUT/mask-soft.pgm"
-pnmtopng "$OUT/mask.pgm" > "$OUT/mask.png"
-pnmtopng "$OUT/mask-soft.pgm" > "$OUT/mask-soft.png"
+to "$OUT/mask.pgm" tensor to-image --range 0:1 --scale "$factor" "$OUT/mask.tensor"
+to "$OUT/mask-soft.pgm" tensor to-image --range 0:1 --scale "$factor" "$OUT/mask-soft.tensor"
+to "$OUT/mask.png" pnmtopng "$OUT/mask.pgm"
+to "$OUT/mask-soft.png" pnmtopng "$OUT/mask-soft.pgm"
 
 stage "4. DDIM inversion under the source caption (invert)"
-invert --prompt "$OUT/source.tensor" --steps "$STEPS" --seed "$SEED" "${guidance[@]}" \
-    < "$OUT/posterior.tensor" > "$OUT/inverted.tensor"
+to "$OUT/inverted.tensor" invert --prompt "$OUT/source.tensor" --steps "$STEPS" --seed "$SEED" "${guidance[@]}" \
+    < "$OUT/posterior.tensor"
 tensor head "$OUT/inverted.tensor"                       # [1, T, 4, h, w], noisiest first
 tensor pick --name inverted "$OUT/inverted.tensor" | tensor stats
 
 stage "5. Masked denoising under the target caption (denoise), then decode"
 negative=()
 [ "$NEGATIVE" = source ] && negative=(--negative "$OUT/source.tensor")
-if [ "$NEGATIVE" = empty ]; then tokenize "" | encode-text > "$OUT/empty.tensor"; negative=(--negative "$OUT/empty.tensor"); fi
-denoise --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" "${guidance[@]}" \
-    < "$OUT/inverted.tensor" > "$OUT/edited.tensor"
-vae-decode < "$OUT/edited.tensor" > "$OUT/edited.ppm"
-pnmtopng "$OUT/edited.ppm" > "$OUT/edited.png"
+if [ "$NEGATIVE" = empty ]; then to "$OUT/empty.tensor" embed ""; negative=(--negative "$OUT/empty.tensor"); fi
+to "$OUT/edited.tensor" denoise --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" "${guidance[@]}" \
+    < "$OUT/inverted.tensor"
+to "$OUT/edited.ppm" vae-decode < "$OUT/edited.tensor"
+to "$OUT/edited.png" pnmtopng "$OUT/edited.ppm"
 # The paper's blending (clean background at the end) for comparison:
-denoise --blend paper --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" "${guidance[@]}" \
-    < "$OUT/inverted.tensor" | vae-decode > "$OUT/edited-paper.ppm"
-pnmtopng "$OUT/edited-paper.ppm" > "$OUT/edited-paper.png"
+paper() {
+    denoise --blend paper --mask "$OUT/mask.tensor" --prompt "$OUT/target.tensor" "${negative[@]}" "${guidance[@]}" \
+        < "$OUT/inverted.tensor" | vae-decode
+}
+to "$OUT/edited-paper.ppm" paper
+to "$OUT/edited-paper.png" pnmtopng "$OUT/edited-paper.ppm"
 
 stage "6. Montage: input | VAE reconstruction | mask | edit | edit (paper blending)"
-cat_lr() { if command -v pamcat > /dev/null; then pamcat -lr "$@"; else pnmcat -lr "$@"; fi; }
-pgmtoppm white "$OUT/mask.pgm" > "$OUT/mask.ppm"
-cat_lr "$OUT/input.ppm" "$OUT/reconstructed.ppm" "$OUT/mask.ppm" "$OUT/edited.ppm" "$OUT/edited-paper.ppm" > "$OUT/montage.ppm"
+to "$OUT/mask.ppm" pgmtoppm white "$OUT/mask.pgm"
+to "$OUT/montage.ppm" cat_lr "$OUT/input.ppm" "$OUT/reconstructed.ppm" "$OUT/mask.ppm" "$OUT/edited.ppm" "$OUT/edited-paper.ppm"
 pamfile "$OUT/montage.ppm"
-pnmtopng "$OUT/montage.ppm" > "$OUT/montage.png"
+to "$OUT/montage.png" pnmtopng "$OUT/montage.ppm"
 
 echo
 echo "done in $((SECONDS - start)) s: files in $OUT/ (input.png, mask.png, edited.png, montage.png)"

@@ -90,6 +90,7 @@ wait_for() {
     for _ in $(seq "$n"); do "$@" 2>/dev/null && return 0; sleep 0.2; done
     return 1
 }
+matches() { compgen -G "$1" > /dev/null; }   # a file matches the pattern
 # daemon_up SECONDS "PID…" COMMAND…: waits for COMMAND to succeed while the daemons PID… run.
 daemon_up() {
     local n=$(($1 * 5)) pids=$2 pid; shift 2
@@ -139,10 +140,11 @@ same_as_make() {
         done
     done
 }
-# no_outputs OUTDIR NAME [ALLOWED-SUFFIX…]: the image left no file but the allowed ones.
+# no_outputs OUTDIR NAME [ALLOWED-SUFFIX…]: the image left no file but the allowed ones, and no
+# hidden temporary (.NAME.*.tmp.PID: a failed or cancelled recipe removes its own).
 no_outputs() {
     local out=$1 n=$2 f
-    for f in "$out/$n".*; do
+    for f in "$out/$n".* "$out/.$n".*; do
         [ -e "$f" ] || continue
         case " ${*:3} " in *" ${f#"$out/$n".} "*) continue ;; esac
         echo "$f was left behind"; return 1
@@ -236,13 +238,14 @@ EOF
     why=$(same_as_make "$w/out" a b c) || { failed "slurm: $why"; return; }
 
     # 2. A task killed mid-run, a task that fails. d's image is a FIFO: its task blocks reading
-    # it, with out/d.input.ppm open for writing, until scancel ends it.
+    # it, with out/d.input.ppm's temporary (out/.d.input.ppm.tmp.PID) open for writing, until
+    # scancel ends it.
     before=$(mtimes "$w/out" a.montage.png b.montage.png c.montage.png)
     mkfifo "$w/images/d.ppm"
     { printf 'P6\n7 7\n255\n'; head -c 147 /dev/zero; } > "$w/images/bad.ppm"   # 7×7: vae-encode refuses it
     (cd "$w" && timeout 300 "$submit" --missing --wait "${SETTINGS[@]}" > "$c/round2.log" 2>&1; echo "status $?" >> "$c/round2.log") &
     local waiter=$!
-    if ! wait_for 60 test -e "$w/out/d.input.ppm"; then
+    if ! wait_for 60 matches "$w/out/.d.input.ppm.tmp.*"; then
         kill "$waiter" 2>/dev/null; failed "slurm: d's task never started: $(cat "$c/round2.log")"; return
     fi
     job=$(sed -nE 's/.*array job ([0-9]+):.*/\1/p' "$c/round2.log")

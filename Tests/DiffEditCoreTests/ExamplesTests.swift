@@ -131,7 +131,9 @@ final class ExamplesTests: XCTestCase {
 
         let negative = try run("-n GUIDANCE=5 NEGATIVE=empty")
         XCTAssertEqual(tools(negative.out), ["tokenize", "denoise", "vae-decode"], negative.out)
-        XCTAssertTrue(negative.out.contains("tokenize '' | encode-text > out/empty.tensor"), negative.out)
+        // The empty prompt's embedding, written to a temporary and renamed to out/empty.tensor.
+        XCTAssertTrue(negative.out.contains("tokenize '' | encode-text > \"$tmp\""), negative.out)
+        XCTAssertTrue(negative.out.contains("mv -f \"$tmp\" 'out/empty.tensor'"), negative.out)
         let model = try run("-n GUIDANCE=5 MODEL='\(otherModel)'")
         XCTAssertEqual(tools(model.out), ["vae-encode", "tokenize", "noise-diff-mask", "invert", "denoise", "vae-decode"], model.out)
         let badNegative = try run("-n NEGATIVE=target")

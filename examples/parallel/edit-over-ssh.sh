@@ -84,13 +84,15 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 # copied with their times (cp -p; rsync -t keeps them) so that make there finds them up to date
 # and remakes nothing that every image shares.
 mk prepare || fail "make prepare failed here (its message is above) — the shared files must be made before the images"
+shared=$(mk -s shared) || fail "make could not list the shared files (its message is above)"
 stage=$state/stage
 rm -rf "$stage.tmp" && mkdir -p "$stage.tmp/.work"
 cp -p src.txt dst.txt "$stage.tmp/"
 while IFS= read -r f; do
+    [ -n "$f" ] || continue
     mkdir -p "$stage.tmp/.work/$(dirname "${f#"$out"/}")"
     cp -p "$f" "$stage.tmp/.work/${f#"$out"/}"
-done < <(mk -s shared)
+done <<< "$shared"
 rm -rf "$stage" && mv "$stage.tmp" "$stage"
 
 # The images: those whose montage make would (re)make; the list is kept beside the job log,
@@ -99,11 +101,13 @@ inputs=$state/inputs
 if [ "$retry" = 1 ]; then
     [ -r "$joblog" ] && [ -r "$inputs" ] || fail "no job log ($joblog) or list of images ($inputs) of an earlier run to retry — run without --retry-failed"
 else
+    listing=$(mk -s inputs) || fail "make could not list the images (its message is above)"
     : > "$inputs.tmp"
     while IFS= read -r f; do
+        [ -n "$f" ] || continue
         n=${f##*/}; n=${n%.*}
         mk -q "$out/$n.montage.png" 2>/dev/null || printf '%s\n' "$f" >> "$inputs.tmp"
-    done < <(mk -s inputs)
+    done <<< "$listing"
     mv "$inputs.tmp" "$inputs"
     if [ ! -s "$inputs" ]; then
         echo "$me: every montage in $out is up to date — nothing to do"
@@ -114,7 +118,7 @@ fi
 # Every remote must have the tools and the Makefile where this machine has them.
 ssh_opt=(--ssh "$ssh" --sshloginfile "$sshloginfile")
 # (Only lines with the marker count: a remote's shell may print greetings of its own.)
-check="test -r $(q "$makefile") || echo 'diffedit-missing: $makefile'; test -x $(q "$bin/denoise") || echo 'diffedit-missing: $bin/denoise'; command -v make >/dev/null || echo 'diffedit-missing: make'"
+check="test -r $(q "$makefile") || echo diffedit-missing: $(q "$makefile"); test -x $(q "$bin/denoise") || echo diffedit-missing: $(q "$bin/denoise"); command -v make >/dev/null || echo 'diffedit-missing: make'"
 checked=$(parallel "${ssh_opt[@]}" --nonall --tag "$check" 2>&1) || fail "cannot run commands on the machines of $sshloginfile: $(tr '\n' ' ' <<< "$checked")"
 problems=$(grep 'diffedit-missing:' <<< "$checked" || true)
 [ -z "$problems" ] || fail "the remotes lack what the jobs need — install diffedit at the same paths there: $(tr '\n' ';' <<< "$problems")"

@@ -76,7 +76,9 @@ logs=$(cd "$logs" && pwd)
 # The names, sorted as make sorts them; task i takes lines i*chunk+1…i*chunk+chunk. The list is
 # written to a new file (temp name, then mv) so that a later submission never changes what
 # a pending task of this one reads.
-mapfile -t names < <(mk -s names)
+listing=$(mk -s names) || fail "make could not list the images (its message is above)"
+names=()
+[ -z "$listing" ] || mapfile -t names <<< "$listing"
 [ "${#names[@]}" -gt 0 ] || fail "no images in $(mk -s --eval '_diffedit_in: ; @:$(info $(IN))' _diffedit_in)/ — netpbm, PNG or JPEG files (see examples/Makefile)"
 todo=()
 for n in "${names[@]}"; do
