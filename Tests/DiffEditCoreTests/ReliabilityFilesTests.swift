@@ -166,6 +166,8 @@ final class ReliabilityFilesTests: XCTestCase {
             ("a cat\r\n\r\na dog\r\n", "a cat\n\na dog\n"),
             ("one\r\n", "one\n"),
             ("caf\u{e9}\r\n\u{732b}\r\n", "caf\u{e9}\n\u{732b}\n"),
+            ("\u{feff}a cat\r\na dog\r\n", "a cat\na dog\n"),  // Notepad's byte-order mark
+            ("\u{feff}one\n", "one\n"),
         ]
         for (crlf, lf) in rows {
             let a = try runTool("tokenize", ["--model", Hostile.sd1, "--show"], stdin: Array(crlf.utf8))
@@ -182,6 +184,8 @@ final class ReliabilityFilesTests: XCTestCase {
             ("a\n\nb\n", ["a", "", "b"]), ("a\r\n\r\nb\r\n", ["a", "", "b"]), ("\n", [""]), ("a\rb\n", ["a\rb"]),
         ]
         for (text, lines) in rows { XCTAssertEqual(TextLines.strings(Array(text.utf8)), lines, text.debugDescription) }
+        XCTAssertEqual(TextLines.strings([0xEF, 0xBB, 0xBF, 0x61, 0x0A]), ["a"], "a leading byte-order mark is dropped")
+        XCTAssertEqual(TextLines.strings([0xEF, 0xBB, 0xBF]), [])
         XCTAssertNil(TextLines.strings([0x61, 0xFF, 0x0A]))
     }
 

@@ -18,12 +18,14 @@ public enum TextLines {
         }
     }
 
-    /// The lines of UTF-8 `bytes` as strings (nil when they are not UTF-8).
+    /// The lines of UTF-8 `bytes` as strings (nil when they are not UTF-8). A byte-order mark
+    /// at the start (Notepad writes one) is not text: it is dropped.
     public static func strings(_ bytes: [UInt8]) -> [String]? {
         var out: [String] = []
         var valid = true
-        bytes.withUnsafeBufferPointer { b in
-            forEach(in: b) { _, line in
+        let bom = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? 3 : 0
+        bytes.withUnsafeBufferPointer { all in
+            forEach(in: UnsafeBufferPointer(rebasing: all[bom...])) { _, line in
                 guard valid, let s = String(validating: line, as: UTF8.self) else { valid = false; return }
                 out.append(s)
             }
