@@ -40,17 +40,12 @@ public struct DiffEditInversion {
                                 progress: ProgressReporter? = nil) throws -> Result {
         let o = options
         let n = start.shape[0]
-        try DiffEditSupport.checkEmbeddings(prompt, unet: unet, option: "--prompt")
-        try DiffEditSupport.checkEmbeddings(negative, unet: unet, option: "--negative")
-        guard prompt.shape[0] == n, negative.shape[0] == n else {
-            throw ToolError("the prompt embeddings hold \(prompt.shape[0]) prompts for \(n) images")
-        }
+        let guided = try GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance, images: n)
         try scheduler.setTimesteps(o.steps)
         let timesteps = try scheduler.strengthTimesteps(strength: o.strength)
         guard !timesteps.isEmpty else {
             throw ToolError("--strength \(o.strength) with \(o.steps) steps inverts no step — raise it so that steps × strength ≥ 1")
         }
-        let guided = GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance)
         var latents = start
         var outputs: [Tensor] = [], preds: [Tensor] = [], regPreds: [Tensor] = []
         progress?.begin("inversion step", total: timesteps.count)

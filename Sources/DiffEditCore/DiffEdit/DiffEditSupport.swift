@@ -56,11 +56,15 @@ public enum DiffEditSupport {
         throw ToolError("\(option) holds \(e.shape[0]) prompts for \(n) images — give one prompt, or one per image")
     }
 
-    /// Checks embeddings against the UNet's cross-attention width.
-    public static func checkEmbeddings(_ e: Tensor, unet: UNet2DCondition, option: String) throws {
+    /// Checks embeddings against the UNet's cross-attention width, and (given `images`) that
+    /// they hold one prompt per image.
+    public static func checkEmbeddings(_ e: Tensor, unet: UNet2DCondition, option: String, images n: Int? = nil) throws {
         let d = unet.config.crossAttentionDim[0]
         guard e.rank == 3, e.shape[2] == d, e.shape[1] >= 1 else {
             throw ToolError("\(option) has shape \(e.shape) but this model's UNet expects text embeddings [N, tokens, \(d)] — encode the prompt with the same model (tokenize --model M | encode-text --model M)")
+        }
+        if let n, e.shape[0] != n {
+            throw ToolError("\(option) holds \(e.shape[0]) prompts for \(n) images — give one prompt, or one per image")
         }
     }
 

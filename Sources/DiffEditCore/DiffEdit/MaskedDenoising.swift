@@ -67,11 +67,7 @@ public struct MaskedDenoising {
         }
         let n = inverted.shape[0], tCount = inverted.shape[1]
         let c = inverted.shape[2], h = inverted.shape[3], w = inverted.shape[4]
-        try DiffEditSupport.checkEmbeddings(prompt, unet: unet, option: "--prompt")
-        try DiffEditSupport.checkEmbeddings(negative, unet: unet, option: "--negative")
-        guard prompt.shape[0] == n, negative.shape[0] == n else {
-            throw ToolError("the prompt embeddings hold \(prompt.shape[0]) prompts for \(n) images")
-        }
+        let guided = try GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance, images: n)
         guard c == unet.config.inChannels else {
             throw ToolError("the inverted latents have \(c) channels but this UNet takes \(unet.config.inChannels) — invert with the same --model")
         }
@@ -106,7 +102,6 @@ public struct MaskedDenoising {
             }
         }
 
-        let guided = GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance)
         // Per pixel: the mask, broadcast over channels.
         let plane = h * w
         var m = [Float](repeating: 0, count: n * c * plane)

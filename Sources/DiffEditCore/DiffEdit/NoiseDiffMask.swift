@@ -72,8 +72,7 @@ public struct NoiseDiffMask {
         let n = mean.shape[0], c = mean.shape[1], h = mean.shape[2], w = mean.shape[3]
         for (e, name) in [(source, "--source"), (sourceNegative, "--source-negative"),
                           (target, "--target"), (targetNegative, "--target-negative")] {
-            try DiffEditSupport.checkEmbeddings(e, unet: unet, option: name)
-            guard e.shape[0] == n else { throw ToolError("\(name) has \(e.shape[0]) prompts for \(n) images") }
+            try DiffEditSupport.checkEmbeddings(e, unet: unet, option: name, images: n)
         }
         guard c == unet.config.inChannels else {
             throw ToolError("the posterior has \(c) channels but the UNet takes \(unet.config.inChannels) — encode the image with the same model")

@@ -13,8 +13,11 @@ public struct GuidedUNet {
     /// [negative; prompt] when guided, else the prompt: [N or 2N, L, D].
     let embeddings: Tensor
 
-    /// `prompt` and `negative` are [N, L, D], one row per image.
-    public init(unet: UNet2DCondition, prompt: Tensor, negative: Tensor, scale: Float) {
+    /// `prompt` and `negative` are [N, L, D], one row per image (checked against the UNet and
+    /// `images`; `--prompt` and `--negative` name them in messages).
+    public init(unet: UNet2DCondition, prompt: Tensor, negative: Tensor, scale: Float, images n: Int) throws {
+        try DiffEditSupport.checkEmbeddings(prompt, unet: unet, option: "--prompt", images: n)
+        try DiffEditSupport.checkEmbeddings(negative, unet: unet, option: "--negative", images: n)
         self.unet = unet
         self.scale = scale
         embeddings = scale > 1 ? Tensor.concat(batch: [negative, prompt]) : prompt
