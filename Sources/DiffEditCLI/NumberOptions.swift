@@ -5,15 +5,8 @@ import ArgumentParser
 import DiffEditCore
 import Foundation
 
-// Numeric options on the command line: every one is declared with its NumberOption, e.g.
-//
-//     @Option(name: .long, parsing: .unconditional,
-//             help: StageNumbers.steps.help("Inference steps of the schedule.", default: 50),
-//             transform: StageNumbers.steps.transform)
-//     var steps = 50
-//
-// `.unconditional` lets a negative value through as a value (ArgumentParser would take "-1" for
-// an option name and say "Missing value"), so that it meets the domain and gets its range error.
+// Numeric options on the command line: each is declared from its NumberOption, once
+// (NumberOptionDeclaration.swift: `@Option(StageNumbers.steps, "Inference steps", default: 50)`).
 
 extension NumberOption {
     /// The option's --help text: `abstract`, the domain and the default.

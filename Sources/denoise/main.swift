@@ -20,25 +20,19 @@ struct Denoise: DiffEditTool {
     var prompt: String
     @Option(name: .long, help: "Negative embeddings: the source caption (default: the model's negative_prompt in diffedit_defaults.json, else the empty prompt).")
     var negative: String?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.steps.help("Inference steps", defaultText: "the stack's, from invert"),
-            transform: StageNumbers.steps.transform)
+    @Option(StageNumbers.steps, "Inference steps", defaultText: "the stack's, from invert")
     var steps: Int?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.strength.help("Strength", defaultText: "the stack's, from invert"),
-            transform: StageNumbers.strength.transform)
+    @Option(StageNumbers.strength, "Strength", defaultText: "the stack's, from invert")
     var strength: Double?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.guidance.help(StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5"),
-            transform: StageNumbers.guidance.transform)
+    @Option(StageNumbers.guidance, StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5")
     var guidance: Float?
     @Option(name: .long, help: "Background blending: diffusers or paper (default: the model's diffedit_defaults.json, else diffusers).")
     var blend: MaskedDenoising.Blend?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.dilate.help("Dilate the mask by this many latent cells (diagonals included)", default: 0),
-            transform: StageNumbers.dilate.transform)
+    @Option(StageNumbers.dilate, "Dilate the mask by this many latent cells (diagonals included)")
     var dilate = 0
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.eta.help("DDIM's eta: 0 deterministic, 1 DDPM-like; noise drawn from --seed (--scheduler ddim only)", default: 0),
-            transform: StageNumbers.eta.transform)
+    @Option(StageNumbers.eta, "DDIM's eta: 0 deterministic, 1 DDPM-like; noise drawn from --seed (--scheduler ddim only)")
     var eta: Float = 0
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator (the noise of --eta > 0).", default: 0),
-            transform: StageNumbers.seed.transform)
+    @Option(StageNumbers.seed, "Seed of the torch CPU generator (the noise of --eta > 0).")
     var seed: UInt64 = 0
     @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions

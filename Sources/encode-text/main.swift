@@ -17,9 +17,7 @@ struct EncodeText: DiffEditTool {
     @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
-    @Option(name: .long, parsing: .unconditional,
-            help: EncodeText.clipSkipOption.help("Skip the last N layers, as diffusers' clip_skip (at most the text encoder's layers)", default: 0),
-            transform: EncodeText.clipSkipOption.transform)
+    @Option(EncodeText.clipSkipOption, "Skip the last N layers, as diffusers' clip_skip (at most the text encoder's layers)")
     var clipSkip: Int = 0
     /// At most the text encoder's layer count, which the model checks.
     static let clipSkipOption = NumberOption<Int>("--clip-skip", .atLeast(0))

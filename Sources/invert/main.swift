@@ -26,29 +26,21 @@ struct Invert: DiffEditTool {
     var prompt: String
     @Option(name: .long, help: "Negative embeddings (default: the model's negative_prompt in diffedit_defaults.json, else the empty prompt).")
     var negative: String?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.steps.help("Inference steps of the schedule", defaultText: "the model's diffedit_defaults.json, else 50"),
-            transform: StageNumbers.steps.transform)
+    @Option(StageNumbers.steps, "Inference steps of the schedule", defaultText: "the model's diffedit_defaults.json, else 50")
     var steps: Int?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.strength.help("Fraction of the schedule to invert (inpaint_strength)", defaultText: "the model's diffedit_defaults.json, else 0.8"),
-            transform: StageNumbers.strength.transform)
+    @Option(StageNumbers.strength, "Fraction of the schedule to invert (inpaint_strength)", defaultText: "the model's diffedit_defaults.json, else 0.8")
     var strength: Double?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.guidance.help(StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5"),
-            transform: StageNumbers.guidance.transform)
+    @Option(StageNumbers.guidance, StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5")
     var guidance: Float?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator (posterior sample, then the regulariser's rolls).", default: 0),
-            transform: StageNumbers.seed.transform)
+    @Option(StageNumbers.seed, "Seed of the torch CPU generator (posterior sample, then the regulariser's rolls).")
     var seed: UInt64 = 0
-    @Option(name: .long, parsing: .unconditional, help: Numbers.regSteps.help("Regularisation steps per inversion step (num_reg_steps; 0 = off).", default: 0),
-            transform: Numbers.regSteps.transform)
+    @Option(Numbers.regSteps, "Regularisation steps per inversion step (num_reg_steps; 0 = off).")
     var regSteps = 0
-    @Option(name: .long, parsing: .unconditional, help: Numbers.lambdaAutoCorr.help("Weight of the auto-correlation loss.", default: 20),
-            transform: Numbers.lambdaAutoCorr.transform)
+    @Option(Numbers.lambdaAutoCorr, "Weight of the auto-correlation loss.")
     var lambdaAutoCorr: Float = 20
-    @Option(name: .long, parsing: .unconditional, help: Numbers.lambdaKl.help("Weight of the KL divergence loss.", default: 20),
-            transform: Numbers.lambdaKl.transform)
+    @Option(Numbers.lambdaKl, "Weight of the KL divergence loss.")
     var lambdaKl: Float = 20
-    @Option(name: .long, parsing: .unconditional, help: Numbers.autoCorrRolls.help("Auto-correlation gradient steps per regularisation step.", default: 5),
-            transform: Numbers.autoCorrRolls.transform)
+    @Option(Numbers.autoCorrRolls, "Auto-correlation gradient steps per regularisation step.")
     var autoCorrRolls = 5
     @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions

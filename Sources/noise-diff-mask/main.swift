@@ -28,33 +28,25 @@ struct NoiseDiffMaskTool: DiffEditTool {
     var sourceNegative: String?
     @Option(name: .long, help: "Negative embeddings for the target (default: as --source-negative).")
     var targetNegative: String?
-    @Option(name: .long, parsing: .unconditional, help: Numbers.maps.help("Noise draws averaged per image (num_maps_per_mask).", default: 10),
-            transform: Numbers.maps.transform)
+    @Option(Numbers.maps, "Noise draws averaged per image (num_maps_per_mask).")
     var maps = 10
-    @Option(name: .long, parsing: .unconditional, help: Numbers.encodeStrength.help("Fraction of the schedule the image is noised to (mask_encode_strength).", default: 0.5),
-            transform: Numbers.encodeStrength.transform)
+    @Option(Numbers.encodeStrength, "Fraction of the schedule the image is noised to (mask_encode_strength).")
     var encodeStrength = 0.5
-    @Option(name: .long, parsing: .unconditional, help: Numbers.thresholdRatio.help("Clamp the map at this multiple of its mean; the mask is where it exceeds half that.", default: 3),
-            transform: Numbers.thresholdRatio.transform)
+    @Option(Numbers.thresholdRatio, "Clamp the map at this multiple of its mean; the mask is where it exceeds half that.")
     var thresholdRatio: Float = 3.0
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.steps.help("Inference steps of the schedule the encode timestep is taken from", defaultText: "the model's diffedit_defaults.json, else 50"),
-            transform: StageNumbers.steps.transform)
+    @Option(StageNumbers.steps, "Inference steps of the schedule the encode timestep is taken from", defaultText: "the model's diffedit_defaults.json, else 50")
     var steps: Int?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.guidance.help(StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5"),
-            transform: StageNumbers.guidance.transform)
+    @Option(StageNumbers.guidance, StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5")
     var guidance: Float?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator (posterior sample, then noise).", default: 0),
-            transform: StageNumbers.seed.transform)
+    @Option(StageNumbers.seed, "Seed of the torch CPU generator (posterior sample, then noise).")
     var seed: UInt64 = 0
-    @Option(name: .long, parsing: .unconditional, help: Numbers.batch.help("Most latents per UNet call (bounds memory; results do not depend on it).", default: 10),
-            transform: Numbers.batch.transform)
+    @Option(Numbers.batch, "Most latents per UNet call (bounds memory; results do not depend on it).")
     var batch = 10
     @Flag(name: .long, help: "Write the normalised difference map before thresholding (record mask.soft).")
     var soft = false
     @Option(name: .long, help: "Also write the soft map (record mask.soft) to this file, the mask going to stdout: both from one run.")
     var softOutput: String?
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.dilate.help("Dilate the mask by this many latent cells (diagonals included; the soft map is not dilated)", default: 0),
-            transform: StageNumbers.dilate.transform)
+    @Option(StageNumbers.dilate, "Dilate the mask by this many latent cells (diagonals included; the soft map is not dilated)")
     var dilate = 0
     @Flag(name: .long, help: "Enlarge the output to image size (nearest neighbour by the VAE factor).")
     var imageSize = false

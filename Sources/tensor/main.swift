@@ -9,8 +9,7 @@ struct Selection: ParsableArguments {
     @Option(name: .long, help: "Pick the record with this name.")
     var name: String?
 
-    @Option(name: .long, parsing: .unconditional, help: Numbers.index.help("Pick the record at this index (0 is the first)", defaultText: nil),
-            transform: Numbers.index.transform)
+    @Option(Numbers.index, "Pick the record at this index (0 is the first)", defaultText: nil)
     var index: Int?
 
     /// The selected record; with neither option, the only record (or the first, with a note).
@@ -182,9 +181,9 @@ struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compare two streams record by record.",
         discussion: "Prints max abs and max relative error per record. Exits 1 when any element differs by more than atol + rtol*|b| (numpy.allclose), or the streams differ in record count, names, or shapes.")
-    @Option(parsing: .unconditional, help: Numbers.atol.help("Absolute tolerance", default: 1e-4), transform: Numbers.atol.transform)
+    @Option(Numbers.atol, "Absolute tolerance")
     var atol: Double = 1e-4
-    @Option(parsing: .unconditional, help: Numbers.rtol.help("Relative tolerance", default: 0), transform: Numbers.rtol.transform)
+    @Option(Numbers.rtol, "Relative tolerance")
     var rtol: Double = 0
     @Argument(help: "First stream (- is stdin).") var a: String
     @Argument(help: "Second stream, the reference.") var b: String
@@ -229,17 +228,17 @@ struct ToImage: ParsableCommand {
             """)
     @OptionGroup var selection: Selection
     @OptionGroup var force: Force
-    @Option(parsing: .unconditional, help: Numbers.batch.help("Batch entry to show", default: 0), transform: Numbers.batch.transform)
+    @Option(Numbers.batch, "Batch entry to show")
     var batch = 0
-    @Option(parsing: .unconditional, help: Numbers.channel.help("Channel to show", default: 0), transform: Numbers.channel.transform)
+    @Option(Numbers.channel, "Channel to show")
     var channel = 0
     @Flag(help: "Show all channels side by side.") var tile = false
     @Flag(help: "Treat 3 channels in [-1, 1] as an RGB image.") var rgb = false
     @Option(parsing: .unconditional, help: "Value range lo:hi mapped to black..white, two finite numbers with lo < hi, e.g. -1:1 (default: the data's min:max).")
     var range: String?
-    @Option(parsing: .unconditional, help: Numbers.scale.help("Nearest-neighbour magnification factor", default: 1), transform: Numbers.scale.transform)
+    @Option(Numbers.scale, "Nearest-neighbour magnification factor")
     var scale = 1
-    @Option(parsing: .unconditional, help: Numbers.bits.help("Bits per sample", default: 8), transform: Numbers.bits.transform)
+    @Option(Numbers.bits, "Bits per sample")
     var bits = 8
     @Argument(help: "Stream file; - is stdin.") var file = "-"
 

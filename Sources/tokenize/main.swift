@@ -21,9 +21,7 @@ struct Tokenize: DiffEditTool {
     @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
-    @Option(name: .long, parsing: .unconditional,
-            help: Tokenize.maxLengthOption.help("Tokens per prompt including bos and eos", defaultText: "the tokenizer's model_max_length, 77"),
-            transform: Tokenize.maxLengthOption.transform)
+    @Option(Tokenize.maxLengthOption, "Tokens per prompt including bos and eos", defaultText: "the tokenizer's model_max_length, 77")
     var maxLength: Int?
     /// Room for the start and end tokens, and a bound on the [N, length] ids a run writes.
     static let maxLengthOption = NumberOption<Int>("--max-length", .from(2, to: 4096))

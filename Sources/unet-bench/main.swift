@@ -33,25 +33,20 @@ struct UNetBench: DiffEditTool {
     @Option(name: .long, help: "Model (a diffusers folder or a single-file .safetensors checkpoint) whose UNet to time; default: built-in SD 1.5 config with random weights.")
     var model: String?
 
-    @Option(name: .long, parsing: .unconditional, help: Numbers.height.help("Latent height", default: 64), transform: Numbers.height.transform)
+    @Option(Numbers.height, "Latent height")
     var height = 64
-    @Option(name: .long, parsing: .unconditional, help: Numbers.width.help("Latent width", default: 64), transform: Numbers.width.transform)
+    @Option(Numbers.width, "Latent width")
     var width = 64
-    @Option(name: .long, parsing: .unconditional, help: Numbers.batch.help("Batch size (2 = one classifier-free-guidance step)", default: 2),
-            transform: Numbers.batch.transform)
+    @Option(Numbers.batch, "Batch size (2 = one classifier-free-guidance step)")
     var batch = 2
-    @Option(name: .long, parsing: .unconditional, help: Numbers.tokens.help("Text tokens per prompt", default: 77), transform: Numbers.tokens.transform)
+    @Option(Numbers.tokens, "Text tokens per prompt")
     var tokens = 77
-    @Option(name: .long, parsing: .unconditional, help: Numbers.runs.help("Timed forward passes (no warm-up run)", default: 1), transform: Numbers.runs.transform)
+    @Option(Numbers.runs, "Timed forward passes (no warm-up run)")
     var runs = 1
-    @Option(name: .long, parsing: .unconditional,
-            help: Numbers.scoreBudget.help("Attention score buffer per worker, in floats (KernelPolicy.scoreBudget)", default: KernelPolicy().scoreBudget),
-            transform: Numbers.scoreBudget.transform)
+    @Option(Numbers.scoreBudget, "Attention score buffer per worker, in floats (KernelPolicy.scoreBudget)", default: KernelPolicy().scoreBudget)
     var scoreBudget: Int?
 
-    @Option(name: .long, parsing: .unconditional,
-            help: Numbers.smallConvPixels.help("3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (KernelPolicy.smallImagePixels)", default: KernelPolicy().smallImagePixels),
-            transform: Numbers.smallConvPixels.transform)
+    @Option(Numbers.smallConvPixels, "3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (KernelPolicy.smallImagePixels)", default: KernelPolicy().smallImagePixels)
     var smallConvPixels: Int?
 
     @Flag(name: .long, help: "3x3 convolutions of larger images in bands of rows instead of Winograd F(2x2, 3x3).")
@@ -62,8 +57,7 @@ struct UNetBench: DiffEditTool {
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
 
-    @Option(name: .long, parsing: .unconditional, help: Numbers.threads.help("Threads for the BLAS and our own loops", defaultText: "the machine's cores"),
-            transform: Numbers.threads.transform)
+    @Option(Numbers.threads, "Threads for the BLAS and our own loops", defaultText: "the machine's cores")
     var threads: Int?
 
     @Option(name: .long, parsing: .upToNextOption, help: Numbers.gemmSize.help("Instead, time one GEMM of M N K (BLAS.gemm, row-major), each", defaultText: nil),

@@ -20,8 +20,7 @@ struct VAEDecode: DiffEditTool {
     @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
-    @Option(name: .long, parsing: .unconditional, help: VAEDecode.depthOption.help("Bits per sample of the output", default: 8),
-            transform: VAEDecode.depthOption.transform)
+    @Option(VAEDecode.depthOption, "Bits per sample of the output")
     var depth = 8
     static let depthOption = NumberOption<Int>("--depth", .oneOf([8, 16]))
 

@@ -35,8 +35,7 @@ struct VAEEncode: DiffEditTool {
     @Flag(name: .long, help: "Write one sample of the posterior (record latents) instead of mean and std; needs --seed.")
     var sample = false
 
-    @Option(name: .long, parsing: .unconditional, help: StageNumbers.seed.help("Seed of the torch CPU generator used by --sample", defaultText: nil),
-            transform: StageNumbers.seed.transform)
+    @Option(StageNumbers.seed, "Seed of the torch CPU generator used by --sample", defaultText: nil)
     var seed: UInt64?
 
     @Flag(name: .shortAndLong, help: "Do not print notes on stderr.")
