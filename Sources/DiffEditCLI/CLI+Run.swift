@@ -37,6 +37,9 @@ extension CLI {
 public protocol DiffEditTool: ParsableCommand {}
 
 extension DiffEditTool {
+    /// The tool's name in messages: its configuration's commandName, typed once.
+    public static var toolName: String { configuration.commandName ?? _commandName }
+
     public static func main() {
         BLASKernel.prepare()
         parseAndRun()

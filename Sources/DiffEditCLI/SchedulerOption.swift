@@ -13,14 +13,10 @@ public struct SchedulerOption: ParsableArguments {
 
     public init() {}
 
-    /// The metadata key under which invert records the scheduler of a stack (and the other
-    /// stages the one they ran).
-    public static let metadataKey = "scheduler"
-
     /// denoise's scheduler: the stack's (a stack without the key was inverted with DDIM, before the
     /// option existed); an explicit --scheduler must be the same one.
     public func resolved(forStack metadata: [String: String]) throws -> SchedulerKind {
-        let recorded = metadata[Self.metadataKey] ?? SchedulerKind.ddim.rawValue
+        let recorded = metadata[MetadataKey.scheduler] ?? SchedulerKind.ddim.rawValue
         guard let stackKind = SchedulerKind(rawValue: recorded) else {
             throw ToolError("the inverted stack names scheduler '\(recorded)', which this denoise does not know — invert again with --scheduler ddim or dpm")
         }

@@ -45,7 +45,7 @@ struct Denoise: DiffEditTool {
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "the inverted stack from invert")
             for r in records { try r.requireFinite(from: reader.label, allow: common.allowNonfinite) }
-            let stackRec = try DiffEditIO.pick(records, DiffEditIO.invertedRecord, option: reader.label,
+            let stackRec = try DiffEditIO.pick(records, RecordName.inverted, option: reader.label,
                                                what: "invert's output")
             guard stackRec.rank == 5 else {
                 throw ToolError("\(reader.label): record '\(stackRec.name)' is \(stackRec.shapeDescription); expected invert's stack [N, T, 4, h, w] — pipe in the output of invert")
@@ -81,7 +81,7 @@ struct Denoise: DiffEditTool {
             let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: common.allowNonfinite), to: n, option: "--prompt")
             let neg = try DiffEditSupport.broadcastPrompts(
                 settings.negative(negative, option: "--negative", allowNonfinite: common.allowNonfinite), to: n, option: "--negative")
-            let clean = records.first { $0.name == DiffEditIO.cleanRecord }?.tensor()
+            let clean = records.first { $0.name == RecordName.invertedClean }?.tensor()
 
             let unet = try common.loadUNet(folder, tool: "denoise")
             var options = MaskedDenoising.Options()
@@ -103,10 +103,10 @@ struct Denoise: DiffEditTool {
             meta["blend"] = options.blend.rawValue
             if dilate > 0 { meta["mask.dilate"] = "\(dilate)" }
             settings.record(into: &meta)
-            meta[SchedulerOption.metadataKey] = kind.rawValue
+            meta[MetadataKey.scheduler] = kind.rawValue
             if eta > 0 { (meta["eta"], meta["seed"]) = ("\(eta)", "\(seed)") }
             for k in ["image.width", "image.height"] { if let v = stackRec.metadata[k] { meta[k] = v } }
-            try out.write(TensorRecord(name: DiffEditIO.latentsRecord, tensor: r.latents, metadata: meta))
+            try out.write(TensorRecord(name: RecordName.latents, tensor: r.latents, metadata: meta))
             try out.flush()
         }
     }

@@ -69,7 +69,7 @@ struct EncodeText: DiffEditTool {
                     }
                     total += b.n
                 } else {
-                    try writer.write(TensorRecord(name: "embeddings", tensor: e, metadata: metadata))
+                    try writer.write(TensorRecord(name: RecordName.embeddings, tensor: e, metadata: metadata))
                 }
             }
             if mean {
@@ -79,7 +79,7 @@ struct EncodeText: DiffEditTool {
                 metadata["clip_skip"] = String(clipSkip)
                 metadata["mean_of"] = String(total)
                 let m = sum.map { Float($0 / Double(total)) }
-                try writer.write(TensorRecord(name: "embeddings", shape: [1, batches[0].length, d], floats: m, metadata: metadata))
+                try writer.write(TensorRecord(name: RecordName.embeddings, shape: [1, batches[0].length, d], floats: m, metadata: metadata))
             }
             try writer.flush()
         }

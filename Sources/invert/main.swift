@@ -48,23 +48,19 @@ struct Invert: DiffEditTool {
     var input: String?
 
     func run() throws {
-        try CLI.run("invert") {
-            let out = try CLI.tensorOutput(force: common.force)
-            let reader = try CLI.tensorInput(input)
-            let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")
-            for r in records { try r.requireFinite(from: reader.label, allow: common.allowNonfinite) }
-            let (meanRec, stdRec) = try DiffEditIO.posterior(records, label: reader.label)
-            let folder = try ModelFolder.resolve(common.model)
-            try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
+        try CLI.run(Self.toolName) {
+            let run = try StageRun(Self.toolName, common, input: input, expecting: "the image posterior from vae-encode")
+            let (meanRec, stdRec) = try DiffEditIO.posterior(run.records, label: run.inputLabel)
+            try run.checkModel(meanRec, "the posterior")
             let n = meanRec.shape[0]
-            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: common.allowNonfinite), to: n, option: "--prompt")
-            let settings = try ModelSettings(folder: folder)
-            let neg = try DiffEditSupport.broadcastPrompts(
-                settings.negative(negative, option: "--negative", allowNonfinite: common.allowNonfinite), to: n, option: "--negative")
-            let steps = settings.pick(self.steps, \.steps, "steps", builtIn: 50)
-            let strength = settings.pick(self.strength, \.strength, "strength", builtIn: 0.8)
-            let guidance = settings.pick(self.guidance, \.guidance, "guidance", builtIn: 7.5)
-            settings.note("invert", common)
+            let p = try run.embeddings(prompt, option: "--prompt", images: n)
+            let neg = try run.negative(negative, option: "--negative", images: n)
+            var options = DiffEditInversion.Options()
+            options.steps = run.pick(steps, \.steps, "steps", builtIn: 50)
+            options.strength = run.pick(strength, \.strength, "strength", builtIn: 0.8)
+            options.guidance = run.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
+            options.regularizer = InversionRegularizer(steps: regSteps, lambdaAutoCorr: lambdaAutoCorr,
+                                                       lambdaKL: lambdaKl, rolls: autoCorrRolls)
 
             // diffusers: latent_dist.sample(generator) × scaling_factor, the generator's first draw.
             let generator = TorchGenerator(seed: seed)
@@ -75,44 +71,28 @@ struct Invert: DiffEditTool {
             } else {
                 latents = meanRec.tensor()  // already sampled (vae-encode --sample)
             }
-            let unet = try common.loadUNet(folder, tool: "invert")
-            var options = DiffEditInversion.Options()
-            options.steps = steps
-            options.strength = strength
-            options.guidance = guidance
-            options.regularizer = InversionRegularizer(steps: regSteps, lambdaAutoCorr: lambdaAutoCorr,
-                                                       lambdaKL: lambdaKl, rolls: autoCorrRolls)
             let kind = schedulerOption.scheduler ?? .ddim
-            let scheduler = try kind.inversion(folder: folder)
-            var inv = DiffEditInversion(unet: unet, scheduler: scheduler, options: options)
-            let report = ProgressReporter(tool: "invert", quiet: common.quiet, force: common.progress)
-            let r = try inv.invert(latents: latents, prompt: p, negative: neg, generator: generator, progress: report)
+            let scheduler = try kind.inversion(folder: run.folder)
+            var inversion = DiffEditInversion(unet: try run.loadUNet(), scheduler: scheduler, options: options)
+            let r = try inversion.invert(latents: latents, prompt: p, negative: neg, generator: generator, progress: run.progress)
 
-            var meta = DiffEditIO.provenance(folder)
-            meta["steps"] = "\(steps)"
-            meta["strength"] = "\(strength)"
-            meta["guidance"] = "\(guidance)"
-            meta["seed"] = "\(seed)"
-            meta["timesteps"] = r.timesteps.reversed().map(String.init).joined(separator: ",")
-            meta["order"] = "noisiest first"
-            meta["scheduler.fingerprint"] = DiffEditSupport.schedulerFingerprint(folder)
-            meta[SchedulerOption.metadataKey] = kind.rawValue  // denoise retraces it with the same scheduler
-            meta["prediction_type"] = scheduler.predictionType.rawValue
+            let stack = StackInfo(scheduler: kind, steps: options.steps, strength: options.strength,
+                                  timestepsNoisiestFirst: r.timesteps.reversed(), folder: run.folder,
+                                  predictionType: scheduler.predictionType)
+            var meta = stack.metadata
+            meta[MetadataKey.guidance] = "\(options.guidance)"
+            meta[MetadataKey.seed] = "\(seed)"
             meta["reg_steps"] = "\(regSteps)"
-            settings.record(into: &meta)
             if regSteps > 0 {
                 meta["lambda_auto_corr"] = "\(lambdaAutoCorr)"
                 meta["lambda_kl"] = "\(lambdaKl)"
                 meta["auto_corr_rolls"] = "\(autoCorrRolls)"
             }
             meta["sampled"] = stdRec == nil ? "input" : "posterior"
-            for k in ["image.width", "image.height"] { if let v = meanRec.metadata[k] { meta[k] = v } }
-            try out.write(TensorRecord(name: DiffEditIO.invertedRecord, tensor: r.inverted, metadata: meta))
-            var cleanMeta = DiffEditIO.provenance(folder)
-            cleanMeta["seed"] = "\(seed)"
-            cleanMeta["note"] = "the posterior sample the inversion started from (x0), for denoise --blend paper"
-            try out.write(TensorRecord(name: DiffEditIO.cleanRecord, tensor: latents, metadata: cleanMeta))
-            try out.flush()
+            let clean = [MetadataKey.seed: "\(seed)",
+                         "note": "the posterior sample the inversion started from (x0), for denoise --blend paper"]
+            try run.write(TensorRecord(name: RecordName.inverted, tensor: r.inverted, metadata: run.metadata(meta, carryingImageSizeOf: meanRec)),
+                          TensorRecord(name: RecordName.invertedClean, tensor: latents, metadata: DiffEditIO.provenance(run.folder).merging(clean) { $1 }))
         }
     }
 }

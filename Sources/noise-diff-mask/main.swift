@@ -56,85 +56,58 @@ struct NoiseDiffMaskTool: DiffEditTool {
     var input: String?
 
     func run() throws {
-        try CLI.run("noise-diff-mask") {
+        try CLI.run(Self.toolName) {
+            // Checked before any work: FILE's folder, name, and that it is no input nor stdout.
             let softFile = try softOutput.map { try SideOutput(path: $0, option: "--soft-output", inputs: [input ?? "-", source, target, sourceNegative, targetNegative].compactMap { $0 }) }
             if soft && softFile != nil { throw ToolError("--soft and --soft-output both ask for the soft map — give --soft-output FILE alone to get the mask on stdout and the map in FILE") }
-            let out = try CLI.tensorOutput(force: common.force)
-            let reader = try CLI.tensorInput(input)
-            let records = try reader.readAllNonEmpty(expecting: "the image posterior from vae-encode")
-            for r in records { try r.requireFinite(from: reader.label, allow: common.allowNonfinite) }
-            let (meanRec, stdRec) = try DiffEditIO.posterior(records, label: reader.label)
+            let run = try StageRun(Self.toolName, common, input: input, expecting: "the image posterior from vae-encode")
+            let (meanRec, stdRec) = try DiffEditIO.posterior(run.records, label: run.inputLabel)
             guard let stdRec else {
-                throw ToolError("\(reader.label) holds sampled latents, but noise-diff-mask draws its own samples from the posterior — pipe in vae-encode without --sample")
+                throw ToolError("\(run.inputLabel) holds sampled latents, but noise-diff-mask draws its own samples from the posterior — pipe in vae-encode without --sample")
             }
-            let folder = try ModelFolder.resolve(common.model)
-            try DiffEditIO.checkModel(meanRec, folder, option: "the posterior on stdin")
+            try run.checkModel(meanRec, "the posterior")
             let n = meanRec.shape[0]
-            func load(_ path: String?, _ option: String, _ empty: () throws -> Tensor) throws -> Tensor {
-                let e = try path.map { try DiffEditIO.embeddings($0, folder: folder, option: option, allowNonfinite: common.allowNonfinite) } ?? empty()
-                return try DiffEditSupport.broadcastPrompts(e, to: n, option: option)
-            }
-            let src = try load(source, "--source", { throw ToolError("--source is required") })
-            let tgt = try load(target, "--target", { throw ToolError("--target is required") })
-            let settings = try ModelSettings(folder: folder)
-            let srcNeg = try DiffEditSupport.broadcastPrompts(settings.negative(sourceNegative, option: "--source-negative", allowNonfinite: common.allowNonfinite), to: n, option: "--source-negative")
-            let tgtNeg = try DiffEditSupport.broadcastPrompts(settings.negative(targetNegative, option: "--target-negative", allowNonfinite: common.allowNonfinite), to: n, option: "--target-negative")
-            let steps = settings.pick(self.steps, \.steps, "steps", builtIn: 50)
-            let guidance = settings.pick(self.guidance, \.guidance, "guidance", builtIn: 7.5)
-            settings.note("noise-diff-mask", common)
-
-            let unet = try common.loadUNet(folder, tool: "noise-diff-mask")
+            let src = try run.embeddings(source, option: "--source", images: n)
+            let tgt = try run.embeddings(target, option: "--target", images: n)
+            let srcNeg = try run.negative(sourceNegative, option: "--source-negative", images: n)
+            let tgtNeg = try run.negative(targetNegative, option: "--target-negative", images: n)
             var options = NoiseDiffMask.Options()
             options.maps = maps
             options.encodeStrength = encodeStrength
             options.thresholdRatio = thresholdRatio
-            options.steps = steps
-            options.guidance = guidance
+            options.steps = run.pick(steps, \.steps, "steps", builtIn: 50)
+            options.guidance = run.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
             options.maxBatch = batch
             let kind = schedulerOption.scheduler ?? .ddim
-            var nd = NoiseDiffMask(unet: unet, scheduler: try kind.denoising(folder: folder), options: options)
-            let report = ProgressReporter(tool: "noise-diff-mask", quiet: common.quiet, force: common.progress)
-            let r = try nd.generate(mean: meanRec.tensor(), std: stdRec.tensor(), source: src, sourceNegative: srcNeg,
-                                    target: tgt, targetNegative: tgtNeg, generator: TorchGenerator(seed: seed),
-                                    progress: report)
+            var stage = NoiseDiffMask(unet: try run.loadUNet(), scheduler: try kind.denoising(folder: run.folder), options: options)
+            let r = try stage.generate(mean: meanRec.tensor(), std: stdRec.tensor(), source: src, sourceNegative: srcNeg,
+                                       target: tgt, targetNegative: tgtNeg, generator: TorchGenerator(seed: seed),
+                                       progress: run.progress)
             // Identical captions: no difference anywhere, a whole-image mask (diffusers' result too).
             let sameCaptions = src.data == tgt.data && srcNeg.data == tgtNeg.data
-            if !common.quiet && (sameCaptions || r.clamp == 0) {
-                CLI.note("noise-diff-mask", "warning: \(sameCaptions ? "the source and target captions are the same" : "the source and target noise estimates do not differ"), so the mask covers the whole image (as diffusers' does) — give a target caption that names the edit")
+            if sameCaptions || r.clamp == 0 {
+                run.note("warning: \(sameCaptions ? "the source and target captions are the same" : "the source and target noise estimates do not differ"), so the mask covers the whole image (as diffusers' does) — give a target caption that names the edit")
             }
-            var meta = DiffEditIO.provenance(folder)
-            meta["maps"] = "\(maps)"
-            meta["encode_strength"] = "\(encodeStrength)"
-            meta["threshold_ratio"] = "\(thresholdRatio)"
-            meta["steps"] = "\(steps)"
-            meta["guidance"] = "\(guidance)"
-            meta["seed"] = "\(seed)"
-            meta["timestep"] = "\(r.timestep)"
-            settings.record(into: &meta)
-            meta[SchedulerOption.metadataKey] = kind.rawValue
-            meta["clamp"] = "\(r.clamp)"
-            meta["latent.height"] = "\(meanRec.shape[2])"
-            meta["latent.width"] = "\(meanRec.shape[3])"
-            for k in ["image.width", "image.height"] { if let v = meanRec.metadata[k] { meta[k] = v } }
             let mask = MaskDilation.dilate(r.mask, cells: dilate)
-            if dilate > 0 { meta["dilate"] = "\(dilate)" }
             let ones = mask.data.reduce(0, +)
-            meta["fraction_ones"] = "\(Double(ones) / Double(r.mask.count))"
-            let near = r.soft.data.filter { abs($0 - 0.5) < 1e-4 }.count
-            meta["near_threshold"] = "\(near)"
+            var meta = ["maps": "\(maps)", "encode_strength": "\(encodeStrength)", "threshold_ratio": "\(thresholdRatio)",
+                        MetadataKey.steps: "\(options.steps)", MetadataKey.guidance: "\(options.guidance)",
+                        MetadataKey.seed: "\(seed)", "timestep": "\(r.timestep)", MetadataKey.scheduler: kind.rawValue,
+                        "clamp": "\(r.clamp)", MetadataKey.latentHeight: "\(meanRec.shape[2])", MetadataKey.latentWidth: "\(meanRec.shape[3])",
+                        "fraction_ones": "\(Double(ones) / Double(r.mask.count))",
+                        "near_threshold": "\(r.soft.data.filter { abs($0 - 0.5) < 1e-4 }.count)"]
+            if dilate > 0 { meta["dilate"] = "\(dilate)" }
             var t = soft ? r.soft : mask, softMap = r.soft
             if imageSize {
-                let factor = try AutoencoderKLConfig(folder.config("vae")).downsamplingFactor
+                let factor = try AutoencoderKLConfig(run.folder.config("vae")).downsamplingFactor
                 t = NoiseDiffMask.upscaleNearest(t, factor: factor)
                 softMap = NoiseDiffMask.upscaleNearest(softMap, factor: factor)
-                meta["scale"] = "\(factor)"
+                meta[MetadataKey.scale] = "\(factor)"
             }
-            if !common.quiet && report.enabled {
-                CLI.note("noise-diff-mask", "mask covers \(Int(ones)) of \(r.mask.count) latent pixels; clamp \(r.clamp)")
-            }
-            try out.write(TensorRecord(name: soft ? DiffEditIO.softRecord : DiffEditIO.maskRecord, tensor: t, metadata: meta))
-            try out.flush()
-            try softFile?.write(TensorRecord(name: DiffEditIO.softRecord, tensor: softMap, metadata: meta.filter { $0.key != "dilate" }))
+            if run.progress.enabled { run.note("mask covers \(Int(ones)) of \(r.mask.count) latent pixels; clamp \(r.clamp)") }
+            let metadata = run.metadata(meta, carryingImageSizeOf: meanRec)
+            try run.write(TensorRecord(name: soft ? RecordName.softMask : RecordName.mask, tensor: t, metadata: metadata))
+            try softFile?.write(TensorRecord(name: RecordName.softMask, tensor: softMap, metadata: metadata.filter { $0.key != "dilate" }))
         }
     }
 }

@@ -86,12 +86,12 @@ struct Tokenize: DiffEditTool {
                 metadata["padding"] = "none"
                 for (ids, text) in zip(rows, texts) {
                     metadata["prompts"] = Self.promptsMetadata([text])
-                    try writer.write(TensorRecord(name: "ids", shape: [1, ids.count], int32s: ids, metadata: metadata))
+                    try writer.write(TensorRecord(name: RecordName.ids, shape: [1, ids.count], int32s: ids, metadata: metadata))
                 }
             } else {
                 metadata["padding"] = "max_length"
                 metadata["prompts"] = Self.promptsMetadata(texts)
-                try writer.write(TensorRecord(name: "ids", shape: [rows.count, length], int32s: rows.flatMap { $0 },
+                try writer.write(TensorRecord(name: RecordName.ids, shape: [rows.count, length], int32s: rows.flatMap { $0 },
                                               metadata: metadata))
             }
             try writer.flush()

@@ -48,9 +48,9 @@ struct VAEDecode: DiffEditTool {
             }
             return r
         }
-        if let r = records.first(where: { $0.name == "latents" }) { return r }
+        if let r = records.first(where: { $0.name == RecordName.latents }) { return r }
         if records.count == 1 { return records[0] }
-        if let r = records.first(where: { $0.name == "posterior.mean" }) { return r }
+        if let r = records.first(where: { $0.name == RecordName.posteriorMean }) { return r }
         throw ToolError("\(label) holds \(records.count) records (\(names)) and none is named latents — choose one with --record NAME")
     }
 

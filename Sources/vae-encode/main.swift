@@ -79,10 +79,10 @@ struct VAEEncode: DiffEditTool {
                 // mean + std * torch.randn(mean.shape, generator=torch.Generator("cpu").manual_seed(seed)).
                 meta["seed"] = "\(seed)"
                 let noise = TorchGenerator(seed: seed).randn(count: posterior.mean.count)
-                try out.write(TensorRecord(name: "latents", tensor: posterior.sample(noise: noise) * sf, metadata: meta))
+                try out.write(TensorRecord(name: RecordName.latents, tensor: posterior.sample(noise: noise) * sf, metadata: meta))
             } else {
-                try out.write(TensorRecord(name: "posterior.mean", tensor: posterior.mean * sf, metadata: meta))
-                try out.write(TensorRecord(name: "posterior.std", tensor: posterior.std * sf, metadata: meta))
+                try out.write(TensorRecord(name: RecordName.posteriorMean, tensor: posterior.mean * sf, metadata: meta))
+                try out.write(TensorRecord(name: RecordName.posteriorStd, tensor: posterior.std * sf, metadata: meta))
             }
             try out.flush()
         }

@@ -3,16 +3,10 @@ import Foundation
 /// Reading and checking the files the DiffEdit tools pass between them, with messages that name
 /// the option to fix.
 public enum DiffEditIO {
-    /// Record names.
-    public static let maskRecord = "mask"
-    public static let softRecord = "mask.soft"
-    public static let invertedRecord = "inverted"
-    public static let cleanRecord = "inverted.clean"
-    public static let latentsRecord = "latents"
 
     /// Metadata keys every DiffEdit output carries.
     public static func provenance(_ folder: ModelFolder) -> [String: String] {
-        ["model": folder.root, "model.fingerprint": modelFingerprint(folder)]
+        [MetadataKey.model: folder.root, MetadataKey.modelFingerprint: modelFingerprint(folder)]
     }
 
     /// Identity of a model for compatibility checks: FNV-1a of the UNet, VAE and scheduler
@@ -62,7 +56,7 @@ public enum DiffEditIO {
 
     /// Text embeddings [N, L, D] from a file (encode-text's `embeddings` record).
     public static func embeddings(_ path: String, folder: ModelFolder, option: String, allowNonfinite: Bool = false) throws -> Tensor {
-        let r = try pick(try records(path, option: option, allowNonfinite: allowNonfinite), "embeddings", option: option,
+        let r = try pick(try records(path, option: option, allowNonfinite: allowNonfinite), RecordName.embeddings, option: option,
                          what: "text embeddings from tokenize | encode-text")
         try checkModel(r, folder, option: option)
         guard r.rank == 3, [.f32, .f16, .bf16].contains(r.dtype) else {
@@ -73,17 +67,17 @@ public enum DiffEditIO {
 
     /// Refuses an input made with another model (metadata model.fingerprint).
     public static func checkModel(_ r: TensorRecord, _ folder: ModelFolder, option: String) throws {
-        guard let fp = r.metadata["model.fingerprint"] else { return }
+        guard let fp = r.metadata[MetadataKey.modelFingerprint] else { return }
         let mine = modelFingerprint(folder)
         guard fp == mine else {
-            throw ToolError("\(option) was made with model \(r.metadata["model"] ?? "?") (fingerprint \(fp)), not \(folder.root) (\(mine)) — remake it with --model \(folder.root), or pass --model \(r.metadata["model"] ?? "of that file")")
+            throw ToolError("\(option) was made with model \(r.metadata[MetadataKey.model] ?? "?") (fingerprint \(fp)), not \(folder.root) (\(mine)) — remake it with --model \(folder.root), or pass --model \(r.metadata[MetadataKey.model] ?? "of that file")")
         }
     }
 
     /// The image posterior from vae-encode: (mean, std), or a sampled latent (std nil).
     public static func posterior(_ records: [TensorRecord], label: String) throws -> (mean: TensorRecord, std: TensorRecord?) {
-        if let m = records.first(where: { $0.name == "posterior.mean" }) {
-            guard let s = records.first(where: { $0.name == "posterior.std" }) else {
+        if let m = records.first(where: { $0.name == RecordName.posteriorMean }) {
+            guard let s = records.first(where: { $0.name == RecordName.posteriorStd }) else {
                 throw ToolError("\(label) has posterior.mean but no posterior.std — pipe in vae-encode's complete output")
             }
             guard m.rank == 4, m.shape == s.shape else {
@@ -91,7 +85,7 @@ public enum DiffEditIO {
             }
             return (m, s)
         }
-        if let l = records.first(where: { $0.name == latentsRecord }), l.rank == 4 {
+        if let l = records.first(where: { $0.name == RecordName.latents }), l.rank == 4 {
             return (l, nil)
         }
         throw ToolError("\(label) holds \(records.map(\.name).joined(separator: ", ")); expected the image posterior (posterior.mean, posterior.std) — pipe in the output of vae-encode")

@@ -16,7 +16,7 @@ public enum MaskImport {
         guard !terminal, isNetpbm(try reader.peekBytes(upTo: 2)) else {
             let records = try DiffEditIO.records(path, option: option, allowNonfinite: allowNonfinite,
                                                  reader: terminal ? nil : reader)
-            let r = try DiffEditIO.pick(records, DiffEditIO.maskRecord, option: option, what: "noise-diff-mask's output")
+            let r = try DiffEditIO.pick(records, RecordName.mask, option: option, what: "noise-diff-mask's output")
             try DiffEditIO.checkModel(r, folder, option: option)
             if r.metadata["scale"] != nil {
                 throw ToolError("\(option) was written at image size (noise-diff-mask --image-size) — make it without --image-size, or give it as an image: tensor to-image --range 0:1 \(path) > mask.pgm")
