@@ -15,12 +15,14 @@ public struct SchedulerOption: ParsableArguments {
 
     /// The metadata key under which invert records the scheduler of a stack (and the other
     /// stages the one they ran).
-    public static let metadataKey = "scheduler"
+    public static let metadataKey = StackSchedule.schedulerKey
 
-    /// denoise's scheduler: the stack's (a stack without the key was inverted with DDIM, before the
-    /// option existed); an explicit --scheduler must be the same one.
+    /// denoise's scheduler: the stack's; an explicit --scheduler must be the same one. A stack
+    /// without the key (inverted before the option existed, or whose metadata was lost) takes
+    /// --scheduler, else DDIM; either way denoise then checks the stack's recorded timesteps
+    /// against that schedule (StackSchedule.check), which tells a DPM stack from a DDIM one.
     public func resolved(forStack metadata: [String: String]) throws -> SchedulerKind {
-        let recorded = metadata[Self.metadataKey] ?? SchedulerKind.ddim.rawValue
+        guard let recorded = metadata[Self.metadataKey] else { return scheduler ?? .ddim }
         guard let stackKind = SchedulerKind(rawValue: recorded) else {
             throw ToolError("the inverted stack names scheduler '\(recorded)', which this denoise does not know — invert again with --scheduler ddim or dpm")
         }

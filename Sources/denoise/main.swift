@@ -78,6 +78,9 @@ struct Denoise: DiffEditTool {
             guard let useSteps = steps ?? stackSteps, let useStrength = strength ?? stackStrength else {
                 throw ToolError("the stack has no steps/strength metadata (not written by invert) — give --steps and --strength as used for the inversion")
             }
+            try StackSchedule.check(metadata: stackRec.metadata, count: stackRec.shape[1], kind: kind,
+                                    schedulerGiven: schedulerOption.scheduler != nil,
+                                    steps: useSteps, strength: useStrength, folder: folder)
             let n = stackRec.shape[0]
             let picture = [stackRec.metadata["image.width"], stackRec.metadata["image.height"]].compactMap { $0.flatMap(Int.init) }
             let maskTensor = try MaskImport.load(mask, folder: folder, latentHeight: stackRec.shape[3], latentWidth: stackRec.shape[4],
@@ -89,11 +92,13 @@ struct Denoise: DiffEditTool {
                 settings.negative(negative, option: "--negative", allowNonfinite: common.allowNonfinite), to: n, option: "--negative")
             let clean = records.first { $0.name == DiffEditIO.cleanRecord }?.tensor()
 
+            let useGuidance = settings.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
+            try StageMemory.requireDenoise(folder: folder, stack: stackRec.shape, embeddings: p.shape, guidance: useGuidance)
             let unet = try common.loadUNet(folder, tool: "denoise")
             var options = MaskedDenoising.Options()
             options.steps = useSteps
             options.strength = useStrength
-            options.guidance = settings.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
+            options.guidance = useGuidance
             options.blend = settings.pick(blend, \.blend, "blend", builtIn: .diffusers)
             options.dilate = dilate
             options.eta = eta

@@ -83,6 +83,7 @@ struct Invert: DiffEditTool {
             } else {
                 latents = meanRec.tensor()  // already sampled (vae-encode --sample)
             }
+            try StageMemory.requireInvert(folder: folder, latents: meanRec.shape, embeddings: p.shape, steps: steps, guidance: guidance)
             let unet = try common.loadUNet(folder, tool: "invert")
             var options = DDIMInversion.Options()
             options.steps = steps
@@ -101,7 +102,7 @@ struct Invert: DiffEditTool {
             meta["strength"] = "\(strength)"
             meta["guidance"] = "\(guidance)"
             meta["seed"] = "\(seed)"
-            meta["timesteps"] = r.timesteps.reversed().map(String.init).joined(separator: ",")
+            meta[StackSchedule.timestepsKey] = StackSchedule.format(r.timesteps.reversed())  // denoise checks it
             meta["order"] = "noisiest first"
             meta["scheduler.fingerprint"] = DiffEditSupport.schedulerFingerprint(folder)
             meta[SchedulerOption.metadataKey] = kind.rawValue  // denoise retraces it with the same scheduler

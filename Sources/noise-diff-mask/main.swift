@@ -91,6 +91,7 @@ struct NoiseDiffMaskTool: DiffEditTool {
             let guidance = settings.pick(self.guidance, \.guidance, "guidance", builtIn: 7.5)
             settings.note("noise-diff-mask", common)
 
+            try StageMemory.requireNoiseDiffMask(folder: folder, latents: meanRec.shape, embeddings: src.shape, maps: maps, maxBatch: batch)
             let unet = try common.loadUNet(folder, tool: "noise-diff-mask")
             var options = NoiseDiffMask.Options()
             options.maps = maps
