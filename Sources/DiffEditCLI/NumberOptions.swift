@@ -32,19 +32,6 @@ extension NumberOption {
     }
 }
 
-/// The numeric options the three DiffEdit stages share: one domain each, in every tool.
-public enum StageNumbers {
-    public static let steps = NumberOption<Int>("--steps", .steps)
-    public static let strength = NumberOption<Double>("--strength", .fraction)
-    public static let guidance = NumberOption<Float>("--guidance", .guidance)
-    public static let seed = NumberOption<UInt64>("--seed", .seed)
-    public static let dilate = NumberOption<Int>("--dilate", .from(0, to: MaskDilation.maxCells))
-    /// DDIM's η: 0 deterministic DDIM, 1 the DDPM-like variance (diffusers' DDIMScheduler eta).
-    public static let eta = NumberOption<Float>("--eta", .from(0, to: 1))
-    /// --guidance's abstract, the same in every stage.
-    public static let guidanceAbstract = "Classifier-free guidance scale (1 or less turns guidance off, as in diffusers)"
-}
-
 /// The first option value a NumberOption refused while ArgumentParser parsed the command line.
 public enum CommandLineRefusal {
     nonisolated(unsafe) public private(set) static var first: ToolError?
@@ -53,21 +40,28 @@ public enum CommandLineRefusal {
 
 extension DiffEditTool {
     /// Parses the command line and runs the tool. A command line that does not parse ends with one
-    /// line on stderr, as every other error does: a refused option value as `tool: message` with
-    /// status 1, ArgumentParser's own complaints (an unknown option, a missing value) as
-    /// `tool: complaint — see tool --help` with status 64. --help and --version print as usual.
+    /// line on stderr, as every other error does: an unknown option first, whatever else is wrong
+    /// (`tool: unknown option '--promt' — did you mean '--prompt'? …`, status 64: ArgumentParser
+    /// would report a missing required option first and name the typo only once every required
+    /// option is there); then a refused option value as `tool: message` with status 1;
+    /// ArgumentParser's own complaints (a missing value or argument) as `tool: complaint — see
+    /// tool --help` with status 64. --help and --version print as usual.
     static func parseAndRun() {
         var command: ParsableCommand
         do {
             command = try parseAsRoot(nil)
         } catch {
             let tool = configuration.commandName ?? _commandName
+            let code = exitCode(for: error)
+            if code == .success && CommandLineRefusal.first == nil { exit(withError: error) }  // --help, --version
+            if let unknown = UnknownOption.first(in: Array(CommandLine.arguments.dropFirst()), dump: _dumpHelp()) {
+                CLI.printError(tool, unknown.message(tool: tool))
+                Glibc.exit(ExitCode.validationFailure.rawValue)
+            }
             if let refusal = CommandLineRefusal.first {
                 CLI.printError(tool, refusal.message)
                 Glibc.exit(1)
             }
-            let code = exitCode(for: error)
-            if code == .success { exit(withError: error) }
             var text = message(for: error).split(whereSeparator: \.isNewline)
                 .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: " ")
             if let first = text.first { text = first.lowercased() + text.dropFirst() }

@@ -40,74 +40,42 @@ struct Denoise: DiffEditTool {
     var input: String?
 
     func run() throws {
-        try CLI.run("denoise") {
-            let out = try CLI.tensorOutput(force: common.force)
-            let reader = try CLI.tensorInput(input)
-            let records = try reader.readAllNonEmpty(expecting: "the inverted stack from invert")
-            for r in records { try r.requireFinite(from: reader.label, allow: common.allowNonfinite) }
-            let stackRec = try DiffEditIO.pick(records, RecordName.inverted, option: reader.label,
-                                               what: "invert's output")
+        try CLI.run(Self.toolName) {
+            let run = try StageRun(Self.toolName, common, input: input, expecting: "the inverted stack from invert")
+            let stackRec = try DiffEditIO.pick(run.records, RecordName.inverted, option: run.inputLabel, what: "invert's output")
             guard stackRec.rank == 5 else {
-                throw ToolError("\(reader.label): record '\(stackRec.name)' is \(stackRec.shapeDescription); expected invert's stack [N, T, 4, h, w] — pipe in the output of invert")
+                throw ToolError("\(run.inputLabel): record '\(stackRec.name)' is \(stackRec.shapeDescription); expected invert's stack [N, T, 4, h, w] — pipe in the output of invert")
             }
-            let folder = try ModelFolder.resolve(common.model)
-            try DiffEditIO.checkModel(stackRec, folder, option: "the inverted stack on stdin")
-            if let fp = stackRec.metadata["scheduler.fingerprint"], fp != DiffEditSupport.schedulerFingerprint(folder) {
-                throw ToolError("the inverted stack was made with another scheduler config (\(stackRec.metadata["model"] ?? "?")) — invert again with --model \(folder.root)")
-            }
-            let kind = try schedulerOption.resolved(forStack: stackRec.metadata)
-            if eta > 0 && kind != .ddim {
+            try run.checkModel(stackRec, "the inverted stack")
+            let stack = try StackInfo.read(stackRec, folder: run.folder, scheduler: schedulerOption.scheduler, steps: steps, strength: strength)
+            if eta > 0 && stack.scheduler != .ddim {
                 throw ToolError("--eta \(eta) applies to the DDIM scheduler only; DPM-Solver++ is deterministic (diffusers ignores eta there) — drop --eta, or invert and denoise with --scheduler ddim")
             }
-            // Steps and strength come from invert; explicit options must agree (diffusers #5465).
-            let damaged = "the stack is damaged or was not written by invert; invert again"
-            let stackSteps = try stackRec.metadata["steps"].map { try StageNumbers.steps.parse($0, subject: "the stack's metadata steps=", remedy: damaged) }
-            let stackStrength = try stackRec.metadata["strength"].map { try StageNumbers.strength.parse($0, subject: "the stack's metadata strength=", remedy: damaged) }
-            if let steps, let stackSteps, steps != stackSteps {
-                throw ToolError("--steps \(steps) differs from the \(stackSteps) steps the stack was inverted with — the denoising schedule must retrace the inversion; drop --steps or invert again with --steps \(steps)")
-            }
-            if let strength, let stackStrength, strength != stackStrength {
-                throw ToolError("--strength \(strength) differs from the strength \(stackStrength) the stack was inverted with — drop --strength or invert again with --strength \(strength)")
-            }
-            guard let useSteps = steps ?? stackSteps, let useStrength = strength ?? stackStrength else {
-                throw ToolError("the stack has no steps/strength metadata (not written by invert) — give --steps and --strength as used for the inversion")
-            }
             let n = stackRec.shape[0]
-            let picture = [stackRec.metadata["image.width"], stackRec.metadata["image.height"]].compactMap { $0.flatMap(Int.init) }
-            let maskTensor = try MaskImport.load(mask, folder: folder, latentHeight: stackRec.shape[3], latentWidth: stackRec.shape[4],
+            let picture = [stackRec.metadata[MetadataKey.imageWidth], stackRec.metadata[MetadataKey.imageHeight]].compactMap { $0.flatMap(Int.init) }
+            let maskTensor = try MaskImport.load(mask, folder: run.folder, latentHeight: stackRec.shape[3], latentWidth: stackRec.shape[4],
                                                  pictureSize: picture.count == 2 ? (picture[0], picture[1]) : nil,
                                                  allowNonfinite: common.allowNonfinite)
-            let settings = try ModelSettings(folder: folder)
-            let p = try DiffEditSupport.broadcastPrompts(DiffEditIO.embeddings(prompt, folder: folder, option: "--prompt", allowNonfinite: common.allowNonfinite), to: n, option: "--prompt")
-            let neg = try DiffEditSupport.broadcastPrompts(
-                settings.negative(negative, option: "--negative", allowNonfinite: common.allowNonfinite), to: n, option: "--negative")
-            let clean = records.first { $0.name == RecordName.invertedClean }?.tensor()
-
-            let unet = try common.loadUNet(folder, tool: "denoise")
+            let p = try run.embeddings(prompt, option: "--prompt", images: n)
+            let neg = try run.negative(negative, option: "--negative", images: n)
+            let clean = run.records.first { $0.name == RecordName.invertedClean }?.tensor()
             var options = MaskedDenoising.Options()
-            options.steps = useSteps
-            options.strength = useStrength
-            options.guidance = settings.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
-            options.blend = settings.pick(blend, \.blend, "blend", builtIn: .diffusers)
+            options.steps = stack.steps
+            options.strength = stack.strength
+            options.guidance = run.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
+            options.blend = run.pick(blend, \.blend, "blend", builtIn: .diffusers)
             options.dilate = dilate
             options.eta = eta
-            settings.note("denoise", common)
-            var dn = MaskedDenoising(unet: unet, scheduler: try kind.denoising(folder: folder), options: options)
-            let report = ProgressReporter(tool: "denoise", quiet: common.quiet, force: common.progress)
-            let r = try dn.denoise(inverted: stackRec.tensor(), mask: maskTensor, prompt: p, negative: neg,
-                                   clean: clean, generator: TorchGenerator(seed: seed), progress: report)
-            var meta = DiffEditIO.provenance(folder)
-            meta["steps"] = "\(useSteps)"
-            meta["strength"] = "\(useStrength)"
-            meta["guidance"] = "\(options.guidance)"
-            meta["blend"] = options.blend.rawValue
+            try StageMemory.requireDenoise(folder: run.folder, stack: stackRec.shape, embeddings: p.shape, guidance: options.guidance)
+            var stage = MaskedDenoising(unet: try run.loadUNet(), scheduler: try stack.scheduler.denoising(folder: run.folder), options: options)
+            let r = try stage.denoise(inverted: stackRec.tensor(), mask: maskTensor, prompt: p, negative: neg,
+                                      clean: clean, generator: TorchGenerator(seed: seed), progress: run.progress)
+            var meta = [MetadataKey.steps: "\(stack.steps)", MetadataKey.strength: "\(stack.strength)",
+                        MetadataKey.guidance: "\(options.guidance)", "blend": options.blend.rawValue,
+                        MetadataKey.scheduler: stack.scheduler.rawValue]
             if dilate > 0 { meta["mask.dilate"] = "\(dilate)" }
-            settings.record(into: &meta)
-            meta[MetadataKey.scheduler] = kind.rawValue
-            if eta > 0 { (meta["eta"], meta["seed"]) = ("\(eta)", "\(seed)") }
-            for k in ["image.width", "image.height"] { if let v = stackRec.metadata[k] { meta[k] = v } }
-            try out.write(TensorRecord(name: RecordName.latents, tensor: r.latents, metadata: meta))
-            try out.flush()
+            if eta > 0 { (meta["eta"], meta[MetadataKey.seed]) = ("\(eta)", "\(seed)") }
+            try run.write(TensorRecord(name: RecordName.latents, tensor: r.latents, metadata: run.metadata(meta, carryingImageSizeOf: stackRec)))
         }
     }
 }

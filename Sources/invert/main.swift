@@ -71,6 +71,8 @@ struct Invert: DiffEditTool {
             } else {
                 latents = meanRec.tensor()  // already sampled (vae-encode --sample)
             }
+            try StageMemory.requireInvert(folder: run.folder, latents: meanRec.shape, embeddings: p.shape,
+                                          steps: options.steps, guidance: options.guidance)
             let kind = schedulerOption.scheduler ?? .ddim
             let scheduler = try kind.inversion(folder: run.folder)
             var inversion = DiffEditInversion(unet: try run.loadUNet(), scheduler: scheduler, options: options)

@@ -78,6 +78,8 @@ struct NoiseDiffMaskTool: DiffEditTool {
             options.steps = run.pick(steps, \.steps, "steps", builtIn: 50)
             options.guidance = run.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
             options.maxBatch = batch
+            try StageMemory.requireNoiseDiffMask(folder: run.folder, latents: meanRec.shape, embeddings: src.shape,
+                                                 maps: maps, maxBatch: batch)
             let kind = schedulerOption.scheduler ?? .ddim
             var stage = NoiseDiffMask(unet: try run.loadUNet(), scheduler: try kind.denoising(folder: run.folder), options: options)
             let r = try stage.generate(mean: meanRec.tensor(), std: stdRec.tensor(), source: src, sourceNegative: srcNeg,

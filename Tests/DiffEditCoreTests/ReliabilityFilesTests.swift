@@ -150,7 +150,9 @@ final class ReliabilityFilesTests: XCTestCase {
         let base = 120 * mib, stack = 8 * mib
         XCTAssertEqual(AddressSpace.threadsThatFit(limit: 100 * mib, baseline: base, wanted: 2, stack: stack), 0)
         XCTAssertEqual(AddressSpace.threadsThatFit(limit: 300 * mib, baseline: base, wanted: 2, stack: stack), 1)
-        XCTAssertEqual(AddressSpace.threadsThatFit(limit: 700 * mib, baseline: base, wanted: 2, stack: stack), 2)
+        XCTAssertEqual(AddressSpace.threadsThatFit(limit: 700 * mib, baseline: base, wanted: 2, stack: stack), 1,
+                       "two threads fit, but would leave less than 256 MiB for the work")
+        XCTAssertEqual(AddressSpace.threadsThatFit(limit: 900 * mib, baseline: base, wanted: 2, stack: stack), 2)
         XCTAssertEqual(AddressSpace.threadsThatFit(limit: 100_000 * mib, baseline: base, wanted: 8, stack: stack), 8)
         // Each thread costs two buffers and two stacks (a BLAS worker, a loop worker calling the BLAS).
         let one = AddressSpace.needed(threads: 1, baseline: base, stack: stack)

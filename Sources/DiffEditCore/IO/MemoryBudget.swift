@@ -45,9 +45,75 @@ public enum MemoryBudget {
         return 4 * (13 * c0 * pixels + 8 * pixels * Double(batch))
     }
 
-    /// Throws when `bytes` is more than the machine has.
+    /// Peak of the workspace of one UNet forward pass (activations and kernel scratch, the memory
+    /// `unet-bench` reports as "workspace … held") for `batch` latents of `latentHeight` ×
+    /// `latentWidth`, in bytes. Coarse and on the high side, from measurements (debug build,
+    /// 2 threads; "load" is Σ over levels l of block_out_channels[l] × the latent pixels at l,
+    /// times the batch):
+    ///
+    ///     model (channels)           batch × latent   workspace   per unit of load
+    ///     SD 1.5 (320/640/1280/1280)  2 × 32²           343 MiB    76 floats
+    ///                                 8 × 32²          1095 MiB    60
+    ///                                 2 × 64²          1000 MiB    55
+    ///     demo (64/128/128)           2 × 64²           163 MiB    50
+    ///                                 2 × 128²          405 MiB    31
+    ///     fixture sd1 (16/32/32)      2 × 64²            50 MiB    62
+    ///                                 2 × 128²          147 MiB    45
+    ///
+    /// The estimate is 64 floats per unit of load (the skip connections of every level, the
+    /// transformer's feed-forward at 8 × channels, Q/K/V, the norms' outputs, the buffers the
+    /// pool keeps per size) plus the kernels' scratch, each distinct size of which the pool keeps:
+    /// the small-image unfold and Winograd's tiles (each the lesser of its budget,
+    /// Conv2D.smallColumnBudget / winogradBudget, and what the batch needs), the transformed
+    /// weights of the widest 3×3 convolution (16 × 2C × C), the im2col band, and per thread the
+    /// attention scores and a widened weight block. SD 1.5, 2 × 64²: 1.67 GB estimated, 1.05 GB
+    /// measured; 2 × 32²: 0.76 GB for 0.36 GB.
+    public static func unetBytes(config: UNetConfig, batch: Int, latentHeight h: Int, latentWidth w: Int,
+                                 threads: Int) -> Double {
+        var load = 0.0
+        for (level, channels) in config.blockOutChannels.enumerated() {
+            let shift = min(level, 62)
+            let ph = (Double(h) / Double(1 << shift)).rounded(.up), pw = (Double(w) / Double(1 << shift)).rounded(.up)
+            load += Double(channels) * ph * pw
+        }
+        // A convolution's input has at most 3 × the widest channels (an up block's resnet takes
+        // its input and a skip connection).
+        let widest = Double(config.blockOutChannels.max() ?? 0), b = Double(batch)
+        let pixels = Double(h) * Double(w)
+        let policy = KernelPolicy()  // the kernels' budgets, as the tools run them
+        let unfold = min(Double(policy.smallColumnBudget), 9 * 3 * widest * b * min(pixels, Double(policy.smallImagePixels)))
+        let tiles = min(Double(policy.winogradBudget), 16 * 4 * widest * b * (pixels / 4 + Double(h + w)))
+        let perThread = Double(policy.scoreBudget + policy.weightBlockFloats)
+        let scratch: Double = unfold + tiles + 32 * widest * widest + Double(policy.columnBudget) + Double(max(threads, 1)) * perThread
+        return 4 * (64 * b * load + scratch)
+    }
+
+    /// Bytes of the weight file a component is read from (mapped; its pages are resident while
+    /// the network runs, shared through the page cache by every process on the same model). For a
+    /// single-file checkpoint, the whole file: an upper bound. 0 when the file cannot be found.
+    public static func weightFileBytes(_ folder: ModelFolder, _ component: String) -> Double {
+        func size(_ path: String) -> Double? {
+            var st = stat()
+            guard stat(path, &st) == 0 else { return nil }
+            return Double(st.st_size)
+        }
+        if let single = folder.singleFile { return size(single.path) ?? 0 }
+        for name in ModelFolder.weightFileNames {
+            if let s = size(folder.path(component, name)) { return s }
+        }
+        return 0
+    }
+
+    /// Throws when `bytes` is more than the machine has (or than $DIFFEDIT_MEMORY_LIMIT).
+    /// Under an address-space limit (`ulimit -v`) the headroom left below it is a limit too:
+    /// past it an allocation would fail mid-run, not here with the estimate.
     public static func require(_ bytes: Double, for what: String, remedy: String) throws {
+        if let headroom = AddressSpace.headroomBytes, let limit = AddressSpace.limitBytes, bytes > Double(headroom) {
+            throw ToolError("\(what) needs about \(describe(bytes)) of memory, more than the \(describe(Double(max(headroom, 0)))) left under the address-space limit (ulimit -v \(limit / 1024)) — raise the limit, or \(remedy)")
+        }
         guard let limit = try limitBytes, bytes > Double(limit) else { return }
-        throw ToolError("\(what) needs about \(describe(bytes)) of memory, more than the \(describe(Double(limit))) this machine has — \(remedy)")
+        let set = getenv("DIFFEDIT_MEMORY_LIMIT").map { String(cString: $0) }.map { !$0.isEmpty } ?? false
+        let whose = set ? "$DIFFEDIT_MEMORY_LIMIT allows" : "this machine has"
+        throw ToolError("\(what) needs about \(describe(bytes)) of memory, more than the \(describe(Double(limit))) \(whose) — \(remedy)")
     }
 }

@@ -134,24 +134,51 @@ public struct NumberOption<Value: OptionNumber>: Sendable {
     /// The option's text as a value of the domain; any other text is refused with the domain.
     /// `subject` names where a text not typed as the option came from ("the stack's metadata
     /// steps=") and `remedy` what to do then.
+    ///
+    /// An integer option takes decimal digits only, with an optional sign: `50`, `+50`, `050`
+    /// (decimal, not octal) and `-1` (a number, refused as out of range) are integers; `0x10`,
+    /// `1e1`, `10.0`, `1_0`, ` 10` are not, and are refused rather than read as 16 or 10 (Swift's
+    /// Double(_:) takes hexadecimal and exponents, which once let them through). A real option
+    /// takes what Double(_:) reads, finite.
     public func parse(_ text: String, subject: String? = nil, remedy: String? = nil) throws -> Value {
         let cut = text.count > 40 ? text.prefix(40) + "…" : text
         let shown = cut.isEmpty || cut.contains(" ") ? "'\(cut)'" : cut
-        func refuse(_ problem: String) -> ToolError { refusal(shown, problem, subject: subject, remedy: remedy) }
-        if let v = Value.exactInteger(text) {
-            guard domain.contains(v) else { throw refuse("is out of range") }
-            return v
+        func refuse(_ problem: String, remedy other: String? = nil) -> ToolError {
+            refusal(shown, problem, subject: subject, remedy: remedy ?? other)
+        }
+        if Value.isInteger {
+            if let magnitude = Self.decimalDigits(text) {
+                // A value past the type (99999999999999999999, or any negative for an unsigned
+                // type) is out of range like any other; −0 is 0.
+                let v = magnitude.allSatisfy({ $0 == UInt8(ascii: "0") }) ? Value.exactInteger("0") : Value.exactInteger(text)
+                guard let v, domain.contains(v) else { throw refuse("is out of range") }
+                return v
+            }
         }
         guard let d = Double(text) else {
             // `--steps --quiet`: the parser took the next option for the missing value.
             throw refuse(text.hasPrefix("-") && text.count > 1 ? "is not a number (is the value missing?)" : "is not a number")
         }
         guard !d.isNaN else { throw refuse("is not a number") }
-        guard let v = Value(optionValue: d) else {
-            throw refuse(Value.isInteger && d.isFinite && d.rounded() != d ? "is not an integer" : "is out of range")
+        if Value.isInteger {
+            guard d.isFinite else { throw refuse("is out of range") }
+            guard d.rounded() == d else { throw refuse("is not an integer") }
+            // 1e1, 10.0, 0x10: a number with an integer value, but not written as an integer.
+            throw refuse("is not written in decimal digits",
+                         remedy: "write the integer in the digits 0-9 (e.g. \(domain.lower.optionText)), without exponent, fraction or 0x")
         }
+        guard let v = Value(optionValue: d) else { throw refuse("is out of range") }
         guard domain.contains(v) else { throw refuse("is out of range") }
         return v
+    }
+
+    /// The digits of `text` when it is an optional sign followed by one or more ASCII decimal
+    /// digits (the only way an integer option may be written), else nil.
+    static func decimalDigits(_ text: String) -> Substring.UTF8View? {
+        var digits = Substring(text).utf8
+        if let first = digits.first, first == UInt8(ascii: "+") || first == UInt8(ascii: "-") { digits = digits.dropFirst() }
+        guard !digits.isEmpty, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+        return digits
     }
 
     /// Refuses `value` unless it lies in the domain (`subject` and `remedy` as for `parse`).

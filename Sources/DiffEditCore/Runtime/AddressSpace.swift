@@ -46,10 +46,26 @@ public enum AddressSpace {
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
-    /// What is left under the limit now, less the BLAS buffers not yet taken (nil: no limit).
+    /// What is left under the limit now for a tool's work (nil: no limit): less the BLAS buffers
+    /// and stacks not yet taken — the calling thread's buffer and each loop worker's stack and
+    /// buffer (the BLAS workers took theirs when the library loaded, and are in use already).
     public static var headroomBytes: Int? {
         guard let limit = limitBytes else { return nil }
-        return limit - inUseBytes - blasBuffer * (2 * BLAS.threadsAtStart - 1) - margin
+        return limit - inUseBytes - (BLAS.threadsAtStart - 1) * (blasBuffer + stackBytes) - margin
+    }
+
+    /// One product on the calling thread, so that OpenBLAS takes that thread's buffer now, while
+    /// it is known to fit (`settle`), rather than in the tool's first product, where a refused
+    /// buffer would be retried for ever; from then on the buffer counts in `inUseBytes`.
+    static func takeBLASBuffer() {
+        let n = 128  // above OpenBLAS's small-matrix path, which takes no buffer
+        var a = [Float](repeating: 0, count: n * n), c = [Float](repeating: 0, count: n * n)
+        a.withUnsafeMutableBufferPointer { p in
+            c.withUnsafeMutableBufferPointer { q in
+                BLAS.gemm(threads: 1, m: n, n: n, k: n, a: p.baseAddress!, lda: n, b: p.baseAddress!, ldb: n,
+                          c: q.baseAddress!, ldc: n)
+            }
+        }
     }
 
     /// Thread stacks are reserved at the soft RLIMIT_STACK (8 MiB by default).
@@ -67,11 +83,15 @@ public enum AddressSpace {
         baseline + blasBuffer * (2 * t - 1) + stack * (2 * t - 1) + margin
     }
 
-    /// The most threads (up to `wanted`) that fit under `limit`; 0 when not even one does.
+    /// The most threads (up to `wanted`) that fit under `limit` and leave room for the work
+    /// (a quarter of what the limit leaves above the baseline, at least 256 MiB: each thread
+    /// costs ~140 MiB of address space, which a small limit rather spends on the tool's
+    /// activations); one thread when it fits at all; 0 when not even one does.
     public static func threadsThatFit(limit: Int, baseline: Int, wanted: Int, stack: Int) -> Int {
+        let reserve = max(256 << 20, (limit - baseline) / 4)
         var t = max(1, wanted)
-        while t > 0 && needed(threads: t, baseline: baseline, stack: stack) > limit { t -= 1 }
-        return t
+        while t > 1 && needed(threads: t, baseline: baseline, stack: stack) + reserve > limit { t -= 1 }
+        return needed(threads: 1, baseline: baseline, stack: stack) <= limit ? t : 0
     }
 
     /// The environment of the restart that measures (empty when no limit is set): one BLAS
@@ -89,7 +109,10 @@ public enum AddressSpace {
         guard let limit = limitBytes else { return }
         // One malloc arena: each extra one reserves 64 MiB of address space.
         _ = diffedit_limit_malloc_arenas()
-        guard let wantedText = environment[wantedMarker] else { return }
+        guard let wantedText = environment[wantedMarker] else {
+            takeBLASBuffer()  // started again with the threads that fit: room for it is known
+            return
+        }
         unsetenv(wantedMarker)
         let wanted = Int(wantedText) ?? 1
         let baseline = inUseBytes
@@ -102,7 +125,10 @@ public enum AddressSpace {
             // _exit: an OpenBLAS worker may be spinning on its buffer, and exit() would join it.
             _exit(1)
         }
-        guard t > 1 else { return }
+        guard t > 1 else {
+            takeBLASBuffer()
+            return
+        }
         setenv("OPENBLAS_NUM_THREADS", String(t), 1)
         fflush(stdout)
         fflush(stderr)

@@ -140,6 +140,20 @@ public enum BLASKernel {
         return "\(version), kernel \(coreName) (\(how)), \(openblas_get_num_threads()) threads"
     }
 
+    /// The resolved path of /proc/self/exe when that path still names the running program's
+    /// file (same device and inode), else nil.
+    static func selfExecutablePath() -> String? {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0, n < buffer.count - 1 else { return nil }
+        buffer[n] = 0
+        let path = String(cString: buffer)
+        var running = stat(), named = stat()
+        guard path.hasPrefix("/"), stat("/proc/self/exe", &running) == 0, stat(path, &named) == 0,
+              running.st_dev == named.st_dev, running.st_ino == named.st_ino else { return nil }
+        return path
+    }
+
     /// Call first thing in a tool's main, before any input is read: when
     /// `environmentOverrides` asks for anything, sets it and replaces the process by a fresh
     /// start of the same program with the same arguments, stdin and stdout (once: the restarted
@@ -171,6 +185,11 @@ public enum BLASKernel {
     /// Replaces the process by a fresh start of the same program with the same arguments,
     /// stdin and stdout; returns only when exec fails.
     static func execSelf() {
+        // The kernel names a process (comm: ps, top, pgrep -x, killall, ps -C) after the file it
+        // executes, so exec'ing "/proc/self/exe" itself would rename every tool "exe". Exec the
+        // program's own path, argv[0] kept, when it is still the file this process runs;
+        // /proc/self/exe only when it is not (renamed over or deleted since the start).
+        if let path = selfExecutablePath() { execv(path, CommandLine.unsafeArgv) }
         execv("/proc/self/exe", CommandLine.unsafeArgv)
     }
 }

@@ -1,0 +1,12 @@
+/// The numeric options the three DiffEdit stages share: one domain each, in every tool.
+public enum StageNumbers {
+    public static let steps = NumberOption<Int>("--steps", .steps)
+    public static let strength = NumberOption<Double>("--strength", .fraction)
+    public static let guidance = NumberOption<Float>("--guidance", .guidance)
+    public static let seed = NumberOption<UInt64>("--seed", .seed)
+    public static let dilate = NumberOption<Int>("--dilate", .from(0, to: MaskDilation.maxCells))
+    /// DDIM's η: 0 deterministic DDIM, 1 the DDPM-like variance (diffusers' DDIMScheduler eta).
+    public static let eta = NumberOption<Float>("--eta", .from(0, to: 1))
+    /// --guidance's abstract, the same in every stage.
+    public static let guidanceAbstract = "Classifier-free guidance scale (1 or less turns guidance off, as in diffusers)"
+}
