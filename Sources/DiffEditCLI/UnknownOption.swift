@@ -52,11 +52,11 @@ struct UnknownOption: Equatable {
                 let kind = a["kind"] as? String
                 guard kind == "option" || kind == "flag" else { continue }
                 let takes: Known.Takes
-                switch (kind, a["parsingStrategy"] as? String ?? "default", a["isRepeating"] as? Bool ?? false) {
-                case ("flag", _, _): takes = .nothing
-                case (_, "unconditional", _): takes = .unconditionalValue
-                case (_, "remaining", _), (_, "allRemainingInput", _): takes = .rest
-                case (_, "upToNextOption", _): takes = .values
+                switch (kind, a["parsingStrategy"] as? String ?? "default") {
+                case ("flag", _): takes = .nothing
+                case (_, "unconditional"): takes = .unconditionalValue
+                case (_, "remaining"), (_, "allRemainingInput"): takes = .rest
+                case (_, "upToNextOption"): takes = .values
                 default: takes = .value
                 }
                 for n in a["names"] as? [[String: Any]] ?? [] {
