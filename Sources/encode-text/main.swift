@@ -29,7 +29,7 @@ struct EncodeText: DiffEditTool {
     var force = false
 
     func run() throws {
-        try CLI.run("encode-text") {
+        try CLI.run(Self.toolName) {
             let reader = try CLI.tensorInput(input)
             let records = try reader.readAllNonEmpty(expecting: "token ids from tokenize")
             // Check every record's shape and ids before loading the model.

@@ -71,7 +71,7 @@ struct Head: ParsableCommand {
     @Argument(help: "Stream files; - is stdin.") var files: [String] = ["-"]
 
     func run() throws {
-        try CLI.run("tensor") {
+        try CLI.run(TensorTool.toolName) {
             for file in files {
                 let reader = try CLI.tensorInput(file)
                 var i = 0
@@ -94,7 +94,7 @@ struct Stats: ParsableCommand {
     @Argument(help: "Stream file; - is stdin.") var file = "-"
 
     func run() throws {
-        try CLI.run("tensor") {
+        try CLI.run(TensorTool.toolName) {
             let reader = try CLI.tensorInput(file)
             var i = 0
             while let r = try reader.next() {
@@ -124,7 +124,7 @@ struct Pick: ParsableCommand {
     @Argument(help: "Stream file; - is stdin.") var file = "-"
 
     func run() throws {
-        try CLI.run("tensor") {
+        try CLI.run(TensorTool.toolName) {
             let out = try CLI.tensorOutput(force: force.force, copiesInput: true)
             let (records, label) = try readStream(file)
             try out.write(try selection.pick(records, label: label))
@@ -141,7 +141,7 @@ struct ToNPY: ParsableCommand {
     @Argument(help: "Stream file; - is stdin.") var file = "-"
 
     func run() throws {
-        try CLI.run("tensor") {
+        try CLI.run(TensorTool.toolName) {
             let out = try CLI.binaryOutput(force: force.force, what: ".npy data")
             let (records, label) = try readStream(file)
             try out.write(try NPY.encode(try selection.pick(records, label: label)))
@@ -159,7 +159,7 @@ struct FromNPY: ParsableCommand {
     @Argument(help: ".npy file; - is stdin.") var file = "-"
 
     func run() throws {
-        try CLI.run("tensor") {
+        try CLI.run(TensorTool.toolName) {
             var metadata: [String: String] = [:]
             for m in meta {
                 guard let eq = m.firstIndex(of: "="), TensorStream.isValidKey(m[..<eq]),
@@ -190,7 +190,7 @@ struct Compare: ParsableCommand {
 
     func run() throws {
         var failed = false
-        try CLI.run("tensor") {
+        try CLI.run(TensorTool.toolName) {
             guard a != "-" || b != "-" else { throw ToolError("only one of the two streams can be stdin") }
             let (ra, la) = try readStream(a)
             let (rb, lb) = try readStream(b)
@@ -243,7 +243,7 @@ struct ToImage: ParsableCommand {
     @Argument(help: "Stream file; - is stdin.") var file = "-"
 
     func run() throws {
-        try CLI.run("tensor") {
+        try CLI.run(TensorTool.toolName) {
             let out = try CLI.binaryOutput(force: force.force)
             let (records, label) = try readStream(file)
             let r = try selection.pick(records, label: label)
@@ -323,14 +323,14 @@ struct FromImage: ParsableCommand {
     @Argument(help: "Netpbm file (PBM/PGM/PPM/PAM); - is stdin.") var file = "-"
 
     func run() throws {
-        try CLI.run("tensor") {
+        try CLI.run(TensorTool.toolName) {
             let out = try CLI.tensorOutput(force: force.force)
             let images = try NetpbmImage.readAll(try ByteReader(path: file))
             let first = images[0]
             for (i, im) in images.enumerated() where im.width != first.width || im.height != first.height {
                 throw ToolError("image \(i) is \(im.width)x\(im.height) but image 0 is \(first.width)x\(first.height) — one stream must hold images of one size")
             }
-            if images.contains(where: \.hasAlpha) { CLI.note("tensor", "note: alpha channel dropped") }
+            if images.contains(where: \.hasAlpha) { CLI.note(TensorTool.toolName, "note: alpha channel dropped") }
             let t = Tensor.concat(batch: images.map { $0.rgbTensor() })
             try out.write(TensorRecord(name: name, tensor: t, metadata: [
                 "source.maxval": String(first.maxval), "source.depth": String(first.depth),

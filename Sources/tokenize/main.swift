@@ -39,7 +39,7 @@ struct Tokenize: DiffEditTool {
     var quiet = false
 
     func run() throws {
-        try CLI.run("tokenize") {
+        try CLI.run(Self.toolName) {
             // Refuse a terminal on stdout before waiting for prompts typed on one.
             let writer = show ? nil : try CLI.tensorOutput(force: force)
             let folder = try ModelFolder.resolve(model)
@@ -56,7 +56,7 @@ struct Tokenize: DiffEditTool {
                 let content = tokenizer.encode(text)
                 if content.count > length - 2 && !quiet {
                     let dropped = content[(length - 2)...].compactMap { tokenizer.token($0) }.joined(separator: " ")
-                    CLI.note("tokenize", "prompt \(k + 1) has \(content.count + 2) tokens, truncated to \(length); dropped: \(dropped.prefix(200))")
+                    CLI.note(Self.toolName, "prompt \(k + 1) has \(content.count + 2) tokens, truncated to \(length); dropped: \(dropped.prefix(200))")
                 }
                 var ids = [tokenizer.bosID]
                 ids.append(contentsOf: content.prefix(length - 2))
@@ -102,7 +102,7 @@ struct Tokenize: DiffEditTool {
         if !(prompts.isEmpty || prompts == ["-"]) { return prompts }
         let reader = try ByteReader(path: "-")
         if reader.isTerminal && !quiet {
-            CLI.note("tokenize", "reading prompts from the terminal, one per line; end with Ctrl-D")
+            CLI.note(Self.toolName, "reading prompts from the terminal, one per line; end with Ctrl-D")
         }
         let bytes = try reader.readToEnd(limit: 64 << 20)
         guard let text = String(validating: bytes, as: UTF8.self) else {

@@ -65,7 +65,7 @@ struct UNetBench: DiffEditTool {
     var gemm: [Int] = []
 
     func run() throws {
-        try CLI.run("unet-bench") {
+        try CLI.run(Self.toolName) {
             if !gemm.isEmpty {
                 guard gemm.count == 3 else { throw ToolError("--gemm takes three sizes, M N K — e.g. --gemm 64 64 64") }
                 let (m, n, k) = (gemm[0], gemm[1], gemm[2])
@@ -100,7 +100,7 @@ struct UNetBench: DiffEditTool {
             let g = TorchGenerator(seed: 0)
             let sample = g.randn(shape: [batch, 4, height, width])
             let enc = g.randn(shape: [batch, tokens, cross])
-            CLI.note("unet-bench", "\(model ?? "SD 1.5 config, random weights"), loaded in \(String(format: "%.1f", loadTime)) s; latent \(batch)x4x\(height)x\(width), \(tokens) tokens, \(context.threads) threads; \(BLASKernel.description)")
+            CLI.note(Self.toolName, "\(model ?? "SD 1.5 config, random weights"), loaded in \(String(format: "%.1f", loadTime)) s; latent \(batch)x4x\(height)x\(width), \(tokens) tokens, \(context.threads) threads; \(BLASKernel.description)")
             let profiler = profile ? Profiler() : nil
             context.profiler = profiler
             for r in 0..<runs {

@@ -55,7 +55,7 @@ struct VAEDecode: DiffEditTool {
     }
 
     func run() throws {
-        try CLI.run("vae-decode") {
+        try CLI.run(Self.toolName) {
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
             let out = try CLI.binaryOutput(force: force)
@@ -70,12 +70,12 @@ struct VAEDecode: DiffEditTool {
             }
             let sf = vae.config.scalingFactor
             if !quiet, let s = r.metadata["scaling_factor"], let v = Float(s), v != sf {
-                CLI.note("vae-decode", "note: the latents were scaled by \(s) but this VAE's scaling_factor is \(sf) — are they from another model?")
+                CLI.note(Self.toolName, "note: the latents were scaled by \(s) but this VAE's scaling_factor is \(sf) — are they from another model?")
             }
             // Latents from another model decode to garbage, but two models may share one VAE
             // (SD 1.4 and 1.5): warn rather than refuse.
             if !quiet, let fp = r.metadata["model.fingerprint"], fp != DiffEditIO.modelFingerprint(folder) {
-                CLI.note("vae-decode", "warning: the latents were made with model \(r.metadata["model"] ?? "?") (fingerprint \(fp)), not \(folder.root) — decode with --model \(r.metadata["model"] ?? "of that model") unless both share this VAE")
+                CLI.note(Self.toolName, "warning: the latents were made with model \(r.metadata["model"] ?? "?") (fingerprint \(fp)), not \(folder.root) — decode with --model \(r.metadata["model"] ?? "of that model") unless both share this VAE")
             }
             let f = vae.config.downsamplingFactor
             let (lh, lw) = (r.shape[r.rank - 2], r.shape[r.rank - 1])

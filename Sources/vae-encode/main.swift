@@ -48,7 +48,7 @@ struct VAEEncode: DiffEditTool {
     var file = "-"
 
     func run() throws {
-        try CLI.run("vae-encode") {
+        try CLI.run(Self.toolName) {
             if crop && resize != nil { throw ToolError("--crop and --resize exclude each other — give only one of them") }
             if sample && seed == nil { throw ToolError("--sample needs a seed — add --seed N (the seed of torch.Generator('cpu').manual_seed(N))") }
             if seed != nil && !sample { throw ToolError("--seed only applies to --sample — add --sample, or drop --seed to write the posterior") }
@@ -63,7 +63,7 @@ struct VAEEncode: DiffEditTool {
             let fit: VAEImageFit = crop ? .crop
                 : resize == .nearest ? .resizeNearest : resize == .bilinear ? .resizeBilinear : .exact
             let (x, notes) = try vae.inputTensor(images, fit: fit)
-            if !quiet { for n in notes { CLI.note("vae-encode", n) } }
+            if !quiet { for n in notes { CLI.note(Self.toolName, n) } }
             let encoder = try vae.makeEncoder()
             let posterior = DiagonalGaussian(moments: encoder.moments(x))
             let sf = vae.config.scalingFactor
