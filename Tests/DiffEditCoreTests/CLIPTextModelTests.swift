@@ -6,7 +6,9 @@ import XCTest
 /// (sd1/ref/text.tensor: f32 weights, quick_gelu; sd2/ref/text.tensor: f16 weights, gelu).
 final class CLIPTextModelTests: XCTestCase {
     /// f32 throughout; the reference differs from us only in summation order (sgemm, softmax).
-    static let atol: Double = 1e-4
+    /// About 10× the worst error measured on an AVX2-only AMD EPYC: 1.9e-6 (sd2 clip_skip 1; the
+    /// last hidden state 1.7e-6 on both). It was README's general 1e-4, 52× the worst.
+    static let atol: Double = 2e-5
 
     func model(_ pipeline: String) throws -> CLIPTextModel {
         try CLIPTextModel(folder: Fixtures.model(pipeline))

@@ -4,14 +4,27 @@ import XCTest
 
 /// The DiffEdit pipeline (generate_mask, invert, __call__) against diffusers' intermediates in
 /// Tests/Fixtures/{sd1,sd2}/ref/diffedit.tensor: sd1 is epsilon prediction with 50 steps, sd2
-/// v-prediction with 20 steps. Tolerances: latents and predictions 1e-3 absolute; the mask
-/// identical except where the reference map is within 1e-4 (relative to the clamp) of the
+/// v-prediction with 20 steps. Tolerances (absolute), per stage, each about 10× the worst error
+/// measured on an AVX2-only AMD EPYC over these tests and DiffEditSchedulerTests (DDIM,
+/// DPM-Solver++, eta) — they were 1e-3 on every latent and prediction, 25–300× the errors:
+/// - `latentTolerance` 2.5e-4: predictions, step outputs, blended and inverted latents of a stage
+///   run on the fixture's own inputs (worst 2.4e-5: sd1 eta 1.0 latents; predictions ≤ 2.2e-5);
+/// - `regularizedTolerance` 4e-4: the regulariser's corrected predictions (worst 3.7e-5, sd2);
+/// - `fromImageTolerance` 6e-4: the edit (and the inversion) from the image, where our own
+///   posterior, mask and inversion feed it, here and through the tools (DiffEditToolTests,
+///   DiffEditToolSchedulerTests): worst 5.1e-5 (sd1 DPM through the tools; 4.2e-5 in-process);
+/// - the mask stage: noised latents 4e-5 (worst 3.8e-6), map 2e-5 (1.6e-6), soft masks 1e-4
+///   (1.6e-5: kept), posterior samples 1e-4 (8.1e-6);
+/// the mask identical except where the reference map is within 1e-4 (relative to the clamp) of the
 /// threshold; the decoded 8-bit image within ±1 on every sample (it was ≥ 99.9 % of them with the
-/// worst merely printed; measured worst: 1 level on sd1, 0 on sd2). Measured latent/prediction
-/// errors: ≤ 3.2e-5 (sd1 dense edit from the image), inversion ≤ 7.9e-6.
+/// worst merely printed; measured worst: 1 level on sd1, 0 on sd2).
 final class DiffEditTests: XCTestCase {
     static let pipelines = ["sd1", "sd2"]
-    static let latentTolerance: Double = 1e-3
+    static let latentTolerance: Double = 2.5e-4
+    static let regularizedTolerance: Double = 4e-4
+    static let fromImageTolerance: Double = 6e-4
+    static let noisedTolerance: Double = 4e-5
+    static let mapTolerance: Double = 2e-5
 
     struct Pipeline {
         let key: String
@@ -97,11 +110,11 @@ final class DiffEditTests: XCTestCase {
             XCTAssertEqual(r.timestep, Int(try Self.ref(p, "diffedit.mask.timestep").floats()[0]), label)
             assertClose(r.imageLatents.data, try Self.ref(p, "diffedit.mask.image_latents").floats(), atol: 1e-4, "\(label) image latents")
             assertClose(r.noise.data, try Self.ref(p, "diffedit.mask.noise").floats(), atol: 0, "\(label) noise")
-            assertClose(r.noisedLatents.data, try Self.ref(p, "diffedit.mask.noised_latents").floats(), atol: 1e-4, "\(label) noised")
-            let epsSrc = assertClose(r.epsSource.data, try Self.ref(p, "diffedit.mask.eps.source").floats(), atol: 1e-3, "\(label) eps.source")
-            let epsTgt = assertClose(r.epsTarget.data, try Self.ref(p, "diffedit.mask.eps.target").floats(), atol: 1e-3, "\(label) eps.target")
+            assertClose(r.noisedLatents.data, try Self.ref(p, "diffedit.mask.noised_latents").floats(), atol: Self.noisedTolerance, "\(label) noised")
+            let epsSrc = assertClose(r.epsSource.data, try Self.ref(p, "diffedit.mask.eps.source").floats(), atol: Self.latentTolerance, "\(label) eps.source")
+            let epsTgt = assertClose(r.epsTarget.data, try Self.ref(p, "diffedit.mask.eps.target").floats(), atol: Self.latentTolerance, "\(label) eps.target")
             let refMap = try Self.ref(p, "diffedit.mask.map").floats()
-            let mapErr = assertClose(r.map.data, refMap, atol: 1e-4, "\(label) map").maxAbsError
+            let mapErr = assertClose(r.map.data, refMap, atol: Self.mapTolerance, "\(label) map").maxAbsError
             let refClamp = try Self.ref(p, "diffedit.mask.clamp").floats()[0]
             XCTAssertEqual(r.clamp, refClamp, accuracy: 1e-4 * max(1, refClamp), "\(label) clamp")
             let refSoft = try Self.ref(p, "diffedit.mask.soft").floats()
@@ -168,7 +181,7 @@ final class DiffEditTests: XCTestCase {
         assertClose(r.predictions.flatMap(\.data), try Self.ref(p, "diffedit.invert.reg.eps_raw").floats(),
                     atol: Self.latentTolerance, "\(key) reg eps_raw")
         let refEps = try Self.ref(p, "diffedit.invert.reg.eps").floats()
-        let ce = assertClose(r.regularizedPredictions.flatMap(\.data), refEps, atol: Self.latentTolerance, "\(key) reg eps")
+        let ce = assertClose(r.regularizedPredictions.flatMap(\.data), refEps, atol: Self.regularizedTolerance, "\(key) reg eps")
         let want = try Self.ref(p, "diffedit.inverted.reg").floats()
         let c = assertClose(r.inverted.data, want, atol: Self.latentTolerance, "\(key) inverted.reg")
         print("\(key) inverted.reg: max abs error \(c.maxAbsError), eps \(ce.maxAbsError)")
@@ -281,7 +294,7 @@ final class DiffEditTests: XCTestCase {
             var dn = MaskedDenoising(unet: p.unet, scheduler: try DDIMScheduler(folder: p.folder), options: dopt)
             let edited = try dn.denoise(inverted: stack, mask: mask, prompt: tgt, negative: src).latents
             let want = try Self.ref(p, "diffedit.edited\(suffix).latents").floats()
-            let cl = assertClose(edited.data, want, atol: Self.latentTolerance, "\(key)\(suffix) edited latents from the image")
+            let cl = assertClose(edited.data, want, atol: Self.fromImageTolerance, "\(key)\(suffix) edited latents from the image")
             let sf = vae.config.scalingFactor
             let image = decoder.decode(Tensor(shape: edited.shape, data: edited.data.map { $0 / sf }))
             let u8 = try Self.ref(p, "diffedit.edited\(suffix).u8").floats()

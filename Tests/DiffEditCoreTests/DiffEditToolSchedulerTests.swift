@@ -38,11 +38,11 @@ extension DiffEditToolTests {
                            try XCTUnwrap(refs["dpm.mask.dense"]).floats(), "\(key) DPM dense mask")
             let inv = try read(dir.appendingPathComponent("inv.tensor"), "inverted")
             XCTAssertEqual(inv.metadata["scheduler"], "dpm", "invert records its scheduler in the stack")
-            let ci = assertClose(inv.floats(), try XCTUnwrap(refs["dpm.inverted"]).floats(), atol: 1e-3, "\(key) DPM inverted (tools)")
+            let ci = assertClose(inv.floats(), try XCTUnwrap(refs["dpm.inverted"]).floats(), atol: DiffEditTests.fromImageTolerance, "\(key) DPM inverted (tools)")
             let edited = try read(dir.appendingPathComponent("edit.tensor"), "latents")
             XCTAssertEqual(edited.metadata["scheduler"], "dpm", "denoise takes the stack's scheduler")
             XCTAssertEqual(try read(dir.appendingPathComponent("edit2.tensor"), "latents").floats(), edited.floats(), "explicit --scheduler dpm")
-            let ce = assertClose(edited.floats(), want.floats(), atol: 1e-3, "\(key) DPM edited latents (tools)")
+            let ce = assertClose(edited.floats(), want.floats(), atol: DiffEditTests.fromImageTolerance, "\(key) DPM edited latents (tools)")
             let image = try XCTUnwrap(try NetpbmImage.readAll(try ByteReader(path: dir.appendingPathComponent("edit.ppm").path)).first)
             let cu = assertClose(image.samples.map { ($0 * 255).rounded() }, try XCTUnwrap(refs["dpm.edited.u8"]).floats(), atol: 1,
                                  "\(key) DPM 8-bit image within ±1")
@@ -72,7 +72,7 @@ extension DiffEditToolTests {
                 let got = try read(dir.appendingPathComponent("\(file).tensor"), "latents")
                 XCTAssertEqual(got.metadata["eta"], eta)
                 XCTAssertEqual(got.metadata["seed"], "0")
-                let ce = assertClose(got.floats(), try XCTUnwrap(refs["eta-\(eta).edited.latents"]).floats(), atol: 1e-3,
+                let ce = assertClose(got.floats(), try XCTUnwrap(refs["eta-\(eta).edited.latents"]).floats(), atol: DiffEditTests.fromImageTolerance,
                                      "\(key) denoise --eta \(eta) (tools)")
                 print("\(key) denoise --eta \(eta) tools: edited max err \(ce.maxAbsError)")
             }

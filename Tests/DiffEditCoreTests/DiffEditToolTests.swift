@@ -77,8 +77,8 @@ final class DiffEditToolTests: XCTestCase {
         // The embeddings tokenize | encode-text make are the ones the pipeline used.
         let embeds = try XCTUnwrap(c.refs["diffedit.mask.embeds"]).tensor()  // [src, "", tgt, ""]
         let inner = embeds.count / 4
-        assertClose(try read(dir.appendingPathComponent("src.tensor"), "embeddings").floats(), Array(embeds.data[0..<inner]), atol: 1e-4, "\(label) source embeddings")
-        assertClose(try read(dir.appendingPathComponent("tgt.tensor"), "embeddings").floats(), Array(embeds.data[(2 * inner)..<(3 * inner)]), atol: 1e-4, "\(label) target embeddings")
+        assertClose(try read(dir.appendingPathComponent("src.tensor"), "embeddings").floats(), Array(embeds.data[0..<inner]), atol: CLIPTextModelTests.atol, "\(label) source embeddings")
+        assertClose(try read(dir.appendingPathComponent("tgt.tensor"), "embeddings").floats(), Array(embeds.data[(2 * inner)..<(3 * inner)]), atol: CLIPTextModelTests.atol, "\(label) target embeddings")
 
         let mask = try read(dir.appendingPathComponent("mask.tensor"), "mask")
         XCTAssertEqual(mask.shape, [1, 1] + Array(try XCTUnwrap(c.refs["diffedit.mask"]).shape.dropFirst()), label)
@@ -88,16 +88,16 @@ final class DiffEditToolTests: XCTestCase {
 
         let inv = try read(dir.appendingPathComponent("inv.tensor"), "inverted")
         XCTAssertEqual(inv.shape, try XCTUnwrap(c.refs["diffedit.inverted"]).shape)
-        let invErr = assertClose(inv.floats(), try XCTUnwrap(c.refs["diffedit.inverted"]).floats(), atol: 1e-3, "\(label) inverted (tools)").maxAbsError
+        let invErr = assertClose(inv.floats(), try XCTUnwrap(c.refs["diffedit.inverted"]).floats(), atol: DiffEditTests.fromImageTolerance, "\(label) inverted (tools)").maxAbsError
         assertClose(try read(dir.appendingPathComponent("inv.tensor"), "inverted.clean").floats(),
                     try XCTUnwrap(c.refs["diffedit.invert.image_latents"]).floats(), atol: 1e-4, "\(label) inverted.clean")
         let invReg = try read(dir.appendingPathComponent("invreg.tensor"), "inverted")
-        assertClose(invReg.floats(), try XCTUnwrap(c.refs["diffedit.inverted.reg"]).floats(), atol: 1e-3, "\(label) inverted.reg (tools)")
+        assertClose(invReg.floats(), try XCTUnwrap(c.refs["diffedit.inverted.reg"]).floats(), atol: DiffEditTests.fromImageTolerance, "\(label) inverted.reg (tools)")
 
         for (file, suffix) in [("edit", ""), ("dense-edit", ".dense")] {
             let edited = try read(dir.appendingPathComponent("\(file).tensor"), "latents").floats()
             let want = try XCTUnwrap(c.refs["diffedit.edited\(suffix).latents"]).floats()
-            let ce = assertClose(edited, want, atol: 1e-3, "\(label)\(suffix) edited latents (tools)")
+            let ce = assertClose(edited, want, atol: DiffEditTests.fromImageTolerance, "\(label)\(suffix) edited latents (tools)")
             let image = try XCTUnwrap(try NetpbmImage.readAll(try ByteReader(path: dir.appendingPathComponent("\(file).ppm").path)).first,
                                       "\(file).ppm holds no image")
             let u8 = try XCTUnwrap(c.refs["diffedit.edited\(suffix).u8"]).floats()

@@ -165,7 +165,9 @@ final class ModelDefaultsTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.err)
         for (a, b) in [("mask-file", "mask-options"), ("inv-file", "inv-options"), ("ed-file", "ed-options")] {
             let x = try TensorStream.readAll(path: "\(d)/\(a).tensor"), y = try TensorStream.readAll(path: "\(d)/\(b).tensor")
+            XCTAssertEqual(x.map(\.name), y.map(\.name), a)
             XCTAssertEqual(x.map(\.shape), y.map(\.shape), a)
+            XCTAssertFalse(x.isEmpty, "\(a): no records, the comparison below would prove nothing")
             for (p, q) in zip(x, y) { XCTAssertEqual(p.floats(), q.floats(), "\(a) vs \(b): record \(p.name)") }
         }
         let inv = try DemoScene.record("\(d)/inv-file.tensor", "inverted")

@@ -143,6 +143,105 @@ final class SixteenBitWeightTests: XCTestCase {
         }
     }
 
+    /// The rows of a matrix stored as segments apart (fused q/k/v read in place), element by
+    /// element against the values they were copied from, at every segment boundary: `row(r)` for
+    /// every row; `rowBlocks` for every block height 1…rows (blocks split mid-segment, blocks
+    /// spanning two and three segments, a ragged last block); `columnBlocks` for every width; and
+    /// a Winograd convolution (the kernel that reads row blocks) and a linear layer with such a
+    /// weight against direct sums in Double — never against another path of the same kernels.
+    func testSegmentBoundariesAgainstDirectValues() {
+        let outs = [7, 5, 9], rows = outs.reduce(0, +), firstRows = [0, 7, 12, 21]
+        for bits in [WeightMatrix.Bits.f32, .f16, .bf16] {
+            for rowLength in [29, 27] {  // 27 = 3 channels × 3×3 taps: the Winograd weight below
+                let (f, raw) = Self.values(rows * rowLength, bits, seed: 31)
+                let size = bits == .f32 ? 4 : 2
+                var buffers: [UnsafeMutableRawPointer] = []
+                defer { buffers.forEach { $0.deallocate() } }
+                for (s, r) in outs.enumerated() {
+                    let b = UnsafeMutableRawPointer.allocate(byteCount: r * rowLength * size, alignment: 64)
+                    let offset = firstRows[s] * rowLength * size
+                    if bits == .f32 {
+                        f.withUnsafeBytes { b.copyMemory(from: $0.baseAddress! + offset, byteCount: r * rowLength * size) }
+                    } else {
+                        raw.withUnsafeBytes { b.copyMemory(from: $0.baseAddress! + offset, byteCount: r * rowLength * size) }
+                    }
+                    buffers.append(b)
+                }
+                let wm = WeightMatrix(raw: buffers[0], bits: bits, segments: .init(bases: buffers.map { UnsafeRawPointer($0) }, rows: outs))
+                let label = "\(bits) rows \(outs) × \(rowLength)"
+                // row(r): the segment holding r, at r's offset in it.
+                for r in 0..<rows {
+                    let s = firstRows.lastIndex { $0 <= r }!
+                    XCTAssertEqual(wm.row(r, ld: rowLength), UnsafeRawPointer(buffers[s]) + (r - firstRows[s]) * rowLength * size, "\(label): row \(r)")
+                }
+                let ctx = ComputeContext()
+                for height in 1...rows {
+                    ctx.policy.weightBlockFloats = height * rowLength
+                    var covered = 0
+                    wm.rowBlocks(ctx, rows: rows, rowLength: rowLength) { range, block in
+                        XCTAssertEqual(range.lowerBound, covered, "\(label) height \(height): blocks in order, no gap")
+                        XCTAssertEqual(range.count, min(height, rows - covered), "\(label) height \(height)")
+                        let got = Array(UnsafeBufferPointer(start: block, count: range.count * rowLength))
+                        XCTAssertEqual(got, Array(f[(range.lowerBound * rowLength)..<(range.upperBound * rowLength)]),
+                                       "\(label): row block \(range) of height \(height)")
+                        covered = range.upperBound
+                    }
+                    XCTAssertEqual(covered, rows, "\(label) height \(height): every row")
+                }
+                for width in 1...rowLength {
+                    ctx.policy.weightBlockFloats = rows * width
+                    var covered = 0
+                    wm.columnBlocks(ctx, rows: rows, ld: rowLength, columns: 0..<rowLength) { k, block, ldBlock in
+                        XCTAssertEqual(k.lowerBound, covered, "\(label) width \(width)")
+                        for r in 0..<rows {
+                            let got = Array(UnsafeBufferPointer(start: block + r * ldBlock, count: k.count))
+                            XCTAssertEqual(got, Array(f[(r * rowLength + k.lowerBound)..<(r * rowLength + k.upperBound)]),
+                                           "\(label): row \(r), columns \(k)")
+                        }
+                        covered = k.upperBound
+                    }
+                    XCTAssertEqual(covered, rowLength, "\(label) width \(width): every column")
+                }
+                var rng = Lcg(state: 77)
+                if rowLength == 27 {
+                    // Winograd reads the weight in row blocks: blocks of 1, 4 (split inside the first
+                    // segment, across the first boundary), 6 and all rows.
+                    let (n, c, h, w) = (2, 3, 5, 6)
+                    let x = rng.array(n * c * h * w), bias = rng.array(rows)
+                    let want = KernelTests.naiveConv(Tensor(shape: [n, c, h, w], data: x), weight: f, bias: bias, outC: rows,
+                                                     k: (3, 3), stride: 1, pad: .same(1))
+                    for height in [1, 4, 6, rows] {
+                        ctx.policy.weightBlockFloats = height * rowLength
+                        var out = [Float](repeating: .nan, count: n * rows * h * w)
+                        x.withUnsafeBufferPointer { xp in
+                            bias.withUnsafeBufferPointer { bp in
+                                Conv2D.forwardWinograd(ctx, x: xp.baseAddress!, n: n, c: c, h: h, w: w, weight: wm, bias: bp.baseAddress!,
+                                                       outChannels: rows, padding: .same(1), out: &out)
+                            }
+                        }
+                        assertClose(out, want.data, atol: 1e-5, "\(label): Winograd with segmented weight, row blocks of \(height)")
+                    }
+                } else {
+                    let batch = 3
+                    let x = rng.array(batch * rowLength)
+                    var want = [Double](repeating: 0, count: batch * rows)
+                    for b in 0..<batch { for o in 0..<rows { for i in 0..<rowLength {
+                        want[b * rows + o] += Double(x[b * rowLength + i]) * Double(f[o * rowLength + i])
+                    } } }
+                    for width in [1, 5, rowLength] {
+                        ctx.policy.weightBlockFloats = rows * width
+                        var out = [Float](repeating: .nan, count: batch * rows)
+                        x.withUnsafeBufferPointer { xp in
+                            Linear.forward(ctx, x: xp.baseAddress!, rows: batch, inFeatures: rowLength, weight: wm, bias: nil,
+                                           outFeatures: rows, out: &out)
+                        }
+                        assertClose(out, want, atol: 1e-5, "\(label): linear with segmented weight, K slices of \(width)")
+                    }
+                }
+            }
+        }
+    }
+
     /// A safetensors file of `entries` (name, dtype, shape, little-endian bytes), `pad` bytes of
     /// an unused entry first (to misalign what follows).
     static func write(_ path: String, _ entries: [(String, String, [Int], [UInt8])], pad: Int = 0) throws {

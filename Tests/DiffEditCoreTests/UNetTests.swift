@@ -7,14 +7,14 @@ import XCTest
 /// f32 weights; sd2 = v-prediction, linear projections, per-block heads [2, 4], fp16 weight
 /// variant, 8×6 (non-square) latent.
 ///
-/// Tolerance: max |ours − diffusers| ≤ 1e-4 absolute (README's claim for f32 activations) for
-/// every block output and the final output. It used to be 1e-4 × max |diffusers|, i.e. up to
-/// ~4e-4 absolute on these fixtures. Measured (worst over blocks, cases and the 40-latent batch):
-/// sd1 2.8e-6 (conv_norm_out), sd2 2.9e-6 (conv_norm_out); relative to max |diffusers| ≤ 1.3e-6.
-/// The differences come from GEMM summation order and torch's MKL exp/sin/cos in the time
-/// embedding.
+/// Tolerance: max |ours − diffusers| ≤ 4e-5 absolute for every block output and the final
+/// output, about 10× the worst error measured on an AVX2-only AMD EPYC (worst over blocks, cases
+/// and the 40-latent batch): sd1 2.5e-6, sd2 3.6e-6 (conv_norm_out both); relative to
+/// max |diffusers| ≤ 1.3e-6. (It was README's general 1e-4, 28× the worst; before that
+/// 1e-4 × max |diffusers|.) The differences come from GEMM summation order and torch's MKL
+/// exp/sin/cos in the time embedding.
 final class UNetTests: XCTestCase {
-    static let tolerance: Double = 1e-4
+    static let tolerance: Double = 4e-5
 
     static let models: [String: Result<UNet2DCondition, Error>] = {
         var m: [String: Result<UNet2DCondition, Error>] = [:]

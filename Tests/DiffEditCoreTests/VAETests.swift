@@ -7,11 +7,13 @@ import XCTest
 /// 2 groups), and the vae-encode / vae-decode tools end to end.
 final class VAETests: XCTestCase {
     static let pipelines = ["sd1", "sd2"]
-    /// Decoder stages and decoded pixels (in [-1, 1]): README's 1e-4 for f32 activations, as for
-    /// the encoder (was 1e-3 with no stated reason). Measured: stages ≤ 3.6e-6 (sd2 up.2), decoded
-    /// pixels 2.6e-6 (sd1) / 2.9e-6 (sd2). Encoder stages measured ≤ 4.2e-5 (sd1 quant_conv,
-    /// whose logvar half is the largest in magnitude).
-    static let decoderTolerance: Double = 1e-4
+    /// Decoder stages and decoded pixels (in [-1, 1]): about 10× the worst error measured on an
+    /// AVX2-only AMD EPYC: stages ≤ 3.8e-6 (sd2 up.1, up.2), decoded pixels 3.9e-6 (sd1) /
+    /// 2.7e-6 (sd2). (It was README's general 1e-4; before that 1e-3 with no stated reason.)
+    /// Encoder stages, the posterior and samples keep 1e-4: measured ≤ 4.4e-5 (quant_conv and the
+    /// posterior mean, whose logvar/mean halves are the largest in magnitude, ×30 in the fixture's
+    /// calibration), too close to allow less with a margin for other CPUs.
+    static let decoderTolerance: Double = 4e-5
 
     func fixture(_ key: String) throws -> (vae: AutoencoderKL, refs: [String: TensorRecord]) {
         let ref = "\(key)/ref/vae.tensor"

@@ -204,6 +204,7 @@ def ref_dpm_pipeline(mf, pipe, st, key, spec, cat):
         inv = pipe.invert(prompt=src, image=pil, num_inference_steps=steps,
                           generator=torch.Generator("cpu").manual_seed(0)).latents
     us, ss = cap.get("unet"), cap.get("istep")
+    assert ss and len(us) == len(ss)
     for uu, s in zip(us, ss):
         assert torch.equal(mf.cfg(uu["out"], gs), s["model_output"])
     assert torch.equal(inv[0], torch.stack([s["prev"] for s in ss])[:, 0].flip(0))

@@ -58,6 +58,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fixtures_single_file  # noqa: E402  (beside this script: the single-file (LDM layout) fixtures)
 import fixtures_schedulers  # noqa: E402  (beside this script: the DPM-Solver++ and DDIM-eta fixtures)
+import fixtures_coverage  # noqa: E402  (beside this script: lower_order_final, DDIM eta steps, conv paths)
 
 diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
@@ -157,7 +158,7 @@ class Stream:
             for name, arr, meta in self.records:
                 f.write(record_bytes(name, arr, meta))
         back = read_stream(self.path)  # round-trip self-check
-        assert [r[0] for r in back] == [r[0] for r in self.records]
+        assert back and [r[0] for r in back] == [r[0] for r in self.records]
         for (n, _, _, m, a), (_, arr, meta) in zip(back, self.records):
             assert m == meta and a.shape == arr.shape and a.tobytes() == np.ascontiguousarray(arr).tobytes(), n
         print("  wrote %s (%d records, %d bytes)" % (self.path, len(self.records), os.path.getsize(self.path)))
@@ -943,6 +944,7 @@ def ref_diffedit(pipe, st, spec, cat):
     us, ss = cap.get("unet"), cap.get("istep")
     ts = torch.stack([torch.as_tensor(s["t"]) for s in ss]).to(torch.int64)
     T = len(ss)
+    assert T > 0 and len(us) == T
     for uu, s in zip(us, ss):
         assert torch.equal(cfg(uu["out"], gs), s["model_output"])
     st.add("diffedit.invert.posterior_noise", post[0], call="the only draw of the generator: randn([1,4,h,w])")
@@ -1167,6 +1169,7 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
         ids = np.array(ids, dtype=np.int32)
         lengths = np.array([len(x) for x in nopad], dtype=np.int32)
         flat = np.array([i for x in nopad for i in x], dtype=np.int32)
+        assert len(prompts) > 0 and len(ids) == len(nopad) == len(prompts)
         for r, x in zip(ids, nopad):
             assert list(r[:len(x)]) == x and all(v == tok.pad_token_id for v in r[len(x):])
         st.add("ids", ids, pad_token=tok.pad_token, pad_token_id=tok.pad_token_id,
@@ -1203,6 +1206,7 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
     no_html = lambda s: oc_mod.whitespace_clean(s.strip()).lower()  # noqa: E731
     nfc_no_html = lambda s: no_html(unicodedata.normalize("NFC", s))  # noqa: E731
     mism = {}
+    assert len(prompts) > 0 and len(nopad_ref) == len(prompts)
     for p_, hf in zip(prompts, nopad_ref):
         oc = ([49406] + st_oc.encode(p_))[:76] + [49407]
         if oc == hf:
@@ -1228,7 +1232,8 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
 # 7. Main
 # ----------------------------------------------------------------------------------------------
 GENERATED = ["sd1", "sd2", "scheduler.tensor", "rng.tensor", "prompts.json", "tokens-sd1.tensor",
-             "tokens-sd2.tensor", "single-file", "MANIFEST.txt"] + fixtures_schedulers.GENERATED
+             "tokens-sd2.tensor", "single-file", "MANIFEST.txt"] + fixtures_schedulers.GENERATED + \
+    fixtures_coverage.GENERATED
 
 
 def manifest(out):
@@ -1318,6 +1323,8 @@ def main():
     fixtures_single_file.write(out, SPECS)
     # DPM-Solver++ and DDIM eta (Tests/Reference/fixtures_schedulers.py); last, so nothing above changes
     report.update(fixtures_schedulers.write_all(out, sys.modules[__name__]))
+    # Issue 24's additions (Tests/Reference/fixtures_coverage.py): new files only, after everything else
+    report.update(fixtures_coverage.write_all(out, sys.modules[__name__]))
 
     man = manifest(out)
     with open(os.path.join(out, "MANIFEST.txt"), "w", newline="\n") as f:
