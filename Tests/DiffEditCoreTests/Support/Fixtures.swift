@@ -4,10 +4,13 @@ import XCTest
 
 /// Access to the committed reference fixtures (Tests/Fixtures, made by
 /// Tests/Reference/make_fixtures.py from diffusers/transformers).
+/// The repository's root folder (this file is Tests/DiffEditCoreTests/Support/Fixtures.swift), so
+/// that test files at any depth of Tests/DiffEditCoreTests find man/, Sources/ and Tests/Fixtures.
+let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
 enum Fixtures {
-    static let root: URL = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures")
+    static let root: URL = repositoryRoot.appendingPathComponent("Tests/Fixtures")
 
     static func path(_ relative: String) -> String { root.appendingPathComponent(relative).path }
 

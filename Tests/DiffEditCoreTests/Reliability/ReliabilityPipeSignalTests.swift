@@ -53,8 +53,7 @@ final class ReliabilityPipeSignalTests: XCTestCase {
     /// they were.
     func testSignalsLeaveNoTemporaryFiles() throws {
         // Static half: the sources open files read-only and write only stdout.
-        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("Sources")
+        let sources = repositoryRoot.appendingPathComponent("Sources")
         let e = try XCTUnwrap(FileManager.default.enumerator(atPath: sources.path), "no Sources folder at \(sources.path)")
         var scanned = 0
         // SideOutput (noise-diff-mask --soft-output FILE) creates the file it is asked for, through

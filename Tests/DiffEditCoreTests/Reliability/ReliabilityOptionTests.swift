@@ -223,8 +223,7 @@ final class ReliabilityOptionTests: XCTestCase {
     /// brings the transform and `.unconditional` parsing), or spells both out: read from the sources, so an option added without a domain fails here even before
     /// it shows in --help.
     func testNumericOptionsAreDeclaredWithADomain() throws {
-        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("Sources")
+        let sources = repositoryRoot.appendingPathComponent("Sources")
         var files = Self.tools.map { sources.appendingPathComponent("\($0)/main.swift").path }
         files += try FileManager.default.contentsOfDirectory(atPath: sources.appendingPathComponent("DiffEditCLI").path)
             .map { sources.appendingPathComponent("DiffEditCLI/\($0)").path }
@@ -254,8 +253,7 @@ final class ReliabilityOptionTests: XCTestCase {
 
     /// Every numeric option's domain, as --help states it, is in its man page too.
     func testManPagesStateEveryOptionDomain() throws {
-        let man = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("man/man1")
+        let man = repositoryRoot.appendingPathComponent("man/man1")
         var checked = 0
         for o in try Self.allOptions() where o.domain != nil {
             let raw = try String(contentsOf: man.appendingPathComponent("\(o.command[0]).1"), encoding: .utf8)

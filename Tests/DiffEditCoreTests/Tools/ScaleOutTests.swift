@@ -10,8 +10,7 @@ import XCTest
 /// are not installed (`./scripts/setup-debian.sh --engines` installs them) or a daemon cannot
 /// start on this machine.
 final class ScaleOutTests: XCTestCase {
-    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent()
+    static let repo = repositoryRoot
 
     func testSlurmJobArrayMatchesMakeAndResubmitsOnlyWhatIsMissing() throws {
         try requireInstalled(["sbatch", "squeue", "scancel", "sinfo", "slurmctld", "slurmd", "munged"], for: "Slurm")

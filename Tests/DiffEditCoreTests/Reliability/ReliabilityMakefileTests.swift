@@ -7,8 +7,7 @@ import XCTest
 /// leaves no file that looks finished; a Windows caption file gives the same embeddings; identical
 /// captions are warned about in make runs. Each class is a table of members.
 final class ReliabilityMakefileTests: XCTestCase {
-    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent()
+    static let repo = repositoryRoot
     static var makefile: String { repo.appendingPathComponent("examples/Makefile").path }
     static var bin: String { URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path }
 

@@ -8,7 +8,7 @@ import XCTest
 /// diffedit_defaults.json at the ends man 5 diffedit-defaults gives. And an option given on the
 /// command line wins over the model's defaults file, for every stage tool and every key.
 final class OptionDomainTests: XCTestCase {
-    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let repo = repositoryRoot
 
     /// (option, lower, lower included, upper, upper included, integer) for each numeric option in
     /// a man page's OPTIONS: "an integer from A to B", "a number from A to B", "a number above A,

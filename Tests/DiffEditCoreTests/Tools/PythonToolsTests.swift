@@ -7,7 +7,7 @@ import XCTest
 final class PythonToolsTests: XCTestCase {
     func testPythonModuleUnitTests() throws {
         try requireCommands(["python3"])
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let repo = repositoryRoot
         let bin = URL(fileURLWithPath: toolPath("tensor")).deletingLastPathComponent().path
         let r = try sh("cd '\(repo.path)' && DIFFEDIT_BIN='\(bin)' python3 -m unittest discover -s python/tests 2>&1")
         let out = String(decoding: r.out, as: UTF8.self)

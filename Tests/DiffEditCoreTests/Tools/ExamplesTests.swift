@@ -5,8 +5,7 @@ import XCTest
 /// examples/Makefile on a folder of two small images with the fixture model: everything is
 /// built with -j2, intermediates are kept, and touching a prompt re-runs only what depends on it.
 final class ExamplesTests: XCTestCase {
-    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent()
+    static let repo = repositoryRoot
 
     func testMakefileBuildsAndRebuildsOnlyDependents() throws {
         try Fixtures.require("sd1")  // the fixture model the examples run with

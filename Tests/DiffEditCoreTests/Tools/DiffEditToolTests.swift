@@ -166,8 +166,7 @@ final class DiffEditToolTests: XCTestCase {
     /// hand-drawn-mask one with the scene's true mask as drawn.png.
     func testManPageExamplesRun() throws {
         let c = try fixtureCase("sd1")
-        let manDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("man/man1")
+        let manDir = repositoryRoot.appendingPathComponent("man/man1")
         try requireCommands(["pnmtopng", "pngtopnm", "ppmtopgm"])
         for page in ["noise-diff-mask", "invert", "denoise"] {
             let text = try String(contentsOf: manDir.appendingPathComponent("\(page).1"), encoding: .utf8)
