@@ -294,17 +294,14 @@ final class ReliabilityCLITests: XCTestCase {
         for tool in ReliabilityOptionTests.tools {
             XCTAssertTrue(integers.contains { $0.command[0] == tool }, "\(tool) shows no integer option")
         }
-        var runs = 0
-        for o in integers {
-            for value in ["0x10", "1e1", "1_0", " 10", "10.0", "0x1p3"] {
-                let args = Array(o.command.dropFirst()) + [o.name, value] + o.required
-                let r = try runTool(o.command[0], args)
-                assertRefused(r, tool: o.command[0], contains: ["\(o.name) ", "\(o.name) takes \(o.domain!)"])
-                XCTAssertEqual(r.out, [], "\(o.command.joined(separator: " ")) \(o.name) \(value) wrote output")
-                runs += 1
-            }
+        let cases = integers.flatMap { o in ["0x10", "1e1", "1_0", " 10", "10.0", "0x1p3"].map { (o, $0) } }
+        let results = concurrently(cases) { o, value in try runTool(o.command[0], Array(o.command.dropFirst()) + [o.name, value] + o.required) }
+        for ((o, value), result) in zip(cases, results) {
+            let r = try result.get()
+            assertRefused(r, tool: o.command[0], contains: ["\(o.name) ", "\(o.name) takes \(o.domain!)"])
+            XCTAssertEqual(r.out, [], "\(o.command.joined(separator: " ")) \(o.name) \(value) wrote output")
         }
-        XCTAssertGreaterThan(runs, 150)
+        XCTAssertGreaterThan(cases.count, 150)
         // What is taken: decimal digits, an optional sign, leading zeros (decimal, not octal).
         let steps = NumberOption<Int>("--steps", .steps)
         for (text, value) in [("10", 10), ("+10", 10), ("010", 10), ("0010", 10)] { XCTAssertEqual(try steps.parse(text), value, text) }

@@ -129,18 +129,18 @@ final class ReliabilityFilesTests: XCTestCase {
         ]
         // Below what the dynamic loader needs (≈ 120 MB) nothing of ours runs; from there on,
         // one thread, two threads, no limit.
-        for limit in [200_000, 260_000, 320_000, 450_000, 700_000, 2_000_000] {
-            for c in commands {
-                let r = try bounded("ulimit -v \(limit); \(c.line) > /dev/null", seconds: 60)
-                XCTAssertNotEqual(r.status, 124, "\(c.line) hung under ulimit -v \(limit)")
-                if r.status != 0 {
-                    assertRefused(r, tool: c.tool, contains: ["address-space limit (ulimit -v \(limit))"])
-                }
+        let cases = [200_000, 260_000, 320_000, 450_000, 700_000, 2_000_000].flatMap { limit in commands.map { (limit, $0) } }
+        let results = concurrently(cases) { limit, c in try self.bounded("ulimit -v \(limit); \(c.line) > /dev/null", seconds: 60) }
+        for ((limit, c), result) in zip(cases, results) {
+            let r = try result.get()
+            XCTAssertNotEqual(r.status, 124, "\(c.line) hung under ulimit -v \(limit)")
+            if r.status != 0 {
+                assertRefused(r, tool: c.tool, contains: ["address-space limit (ulimit -v \(limit))"])
             }
         }
         // Enough room: every tool runs.
-        for c in commands {
-            let r = try bounded("ulimit -v 2000000; \(c.line) > /dev/null")
+        for (c, result) in zip(commands, concurrently(commands) { c in try self.bounded("ulimit -v 2000000; \(c.line) > /dev/null") }) {
+            let r = try result.get()
             XCTAssertEqual(r.status, 0, "\(c.line): \(r.err)")
         }
     }

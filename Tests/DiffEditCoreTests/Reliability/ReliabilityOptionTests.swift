@@ -87,7 +87,7 @@ final class ReliabilityOptionTests: XCTestCase {
         for tool in Self.tools {
             XCTAssertTrue(numeric.contains { $0.command[0] == tool }, "\(tool) shows no numeric option with a domain")
         }
-        var runs = 0
+        var refusals: [(OptionInfo, String)] = []
         for o in numeric {
             let bounded = o.domain!.contains(" to ") || o.domain!.contains("at most") || o.domain!.contains(" or ")
             var hostile = ["nan", "inf", "abc"]
@@ -105,12 +105,15 @@ final class ReliabilityOptionTests: XCTestCase {
                 XCTAssertEqual(o.parsing, "unconditional", "\(o.command.joined(separator: " ")) \(o.name): a numeric option must take '-1' as its value (parsing: .unconditional)")
                 hostile += ["-1", "-5", "-inf", ""]
             }
-            for v in hostile {
-                try assertDomainRefusal(o, v)
-                runs += 1
-            }
+            refusals += hostile.map { (o, $0) }
         }
-        XCTAssertGreaterThan(runs, 300)
+        let results = concurrently(refusals) { o, v in try runTool(o.command[0], Array(o.command.dropFirst()) + [o.name, v] + o.required) }
+        for ((o, v), result) in zip(refusals, results) {
+            let r = try result.get()
+            assertRefused(r, tool: o.command[0], contains: ["\(o.name) ", "\(o.name) takes \(o.domain ?? "?")"])
+            XCTAssertEqual(r.out, [], "\(o.command.joined(separator: " ")) \(o.name) \(v) wrote output")
+        }
+        XCTAssertGreaterThan(refusals.count, 300)
     }
 
     /// The issue's own cases, with the messages they now get.

@@ -123,3 +123,20 @@ func runWithTerminalOutput(_ path: String, _ args: [String], stdin: [UInt8], tty
     let r = try runProcess(path, args, stdin: stdin, environment: nil, stdout: FileHandle(fileDescriptor: tty, closeOnDealloc: false))
     return (r.status, r.err)
 }
+
+/// Runs `body` for every item on a few threads at once and returns the results in the items'
+/// order: the tables of tool runs (each a process that mostly starts and refuses) take a
+/// fraction of the time they take one after another. Assertions stay with the caller.
+func concurrently<T, R>(_ items: [T], width: Int = 4, _ body: (T) throws -> R) -> [Result<R, Error>] {
+    var results = [Result<R, Error>?](repeating: nil, count: items.count)
+    let lock = NSLock()
+    DispatchQueue.concurrentPerform(iterations: width) { worker in
+        var i = worker
+        while i < items.count {
+            let r = Result { try body(items[i]) }
+            lock.lock(); results[i] = r; lock.unlock()
+            i += width
+        }
+    }
+    return results.map { $0! }
+}

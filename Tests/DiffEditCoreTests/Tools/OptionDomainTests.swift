@@ -70,8 +70,9 @@ final class OptionDomainTests: XCTestCase {
                     (d.lo, d.loIn), (Self.step(d.lo, up: false, integer: d.integer), false),
                     (d.hi, d.hiIn), (Self.step(d.hi, up: true, integer: d.integer), false),
                 ]
-                for (value, accepted) in cases {
-                    let r = try runTool(tool, Self.required[tool]! + ["\(d.option)=\(value)"])
+                let results = concurrently(cases) { value, _ in try runTool(tool, Self.required[tool]! + ["\(d.option)=\(value)"]) }
+                for ((value, accepted), result) in zip(cases, results) {
+                    let r = try result.get()
                     if accepted {
                         XCTAssertFalse(r.err.contains(d.option), "\(tool) \(d.option) \(value) is in the documented domain: \(r.err)")
                         XCTAssertTrue(r.err.contains("stdin") || r.err.contains("empty"), "\(tool) \(d.option) \(value) should reach the input: \(r.err)")
