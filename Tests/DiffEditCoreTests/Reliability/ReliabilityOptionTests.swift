@@ -72,13 +72,6 @@ final class ReliabilityOptionTests: XCTestCase {
 
     /// The refusal every out-of-domain value gets: one line naming the option and its domain, exit
     /// status 1, nothing written.
-    func assertDomainRefusal(_ o: OptionInfo, _ value: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let args = Array(o.command.dropFirst()) + [o.name, value] + o.required
-        let r = try runTool(o.command[0], args)
-        assertRefused(r, tool: o.command[0], contains: ["\(o.name) ", "\(o.name) takes \(o.domain ?? "?")"], file: file, line: line)
-        XCTAssertEqual(r.out, [], "\(o.command.joined(separator: " ")) \(o.name) \(value) wrote output", file: file, line: line)
-    }
-
     func testEveryNumericOptionRefusesValuesOutsideItsDomain() throws {
         let options = try Self.allOptions()
         let numeric = options.filter { $0.domain != nil }
