@@ -57,9 +57,11 @@ let package = Package(
         .executableTarget(name: "noise-diff-mask", dependencies: ["DiffEditCore", "DiffEditCLI"], swiftSettings: fastMath),
         .executableTarget(name: "invert", dependencies: ["DiffEditCore", "DiffEditCLI"], swiftSettings: fastMath),
         .executableTarget(name: "denoise", dependencies: ["DiffEditCore", "DiffEditCLI"], swiftSettings: fastMath),
-        .testTarget(
-            name: "DiffEditCoreTests", dependencies: ["DiffEditCore"],
-            resources: []),
+        // Tests: helpers shared by both suites (fixtures, running tools, closeness); the core's
+        // unit and parity tests by room; the built tools end to end and under hostile input.
+        .testTarget(name: "DiffEditTestSupport", dependencies: ["DiffEditCore"]),
+        .testTarget(name: "DiffEditCoreTests", dependencies: ["DiffEditCore", "DiffEditTestSupport"]),
+        .testTarget(name: "DiffEditToolTests", dependencies: ["DiffEditCore", "DiffEditTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

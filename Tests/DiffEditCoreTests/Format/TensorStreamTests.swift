@@ -1,25 +1,12 @@
 import XCTest
 import Foundation
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 final class TensorStreamTests: XCTestCase {
     func roundTrip(_ records: [TensorRecord]) throws -> [TensorRecord] {
         let bytes = records.flatMap { TensorStream.encode($0) }
-        return try decode(bytes)
-    }
-
-    func decode(_ bytes: [UInt8]) throws -> [TensorRecord] {
-        signal(SIGPIPE, SIG_IGN)  // the reader may stop early on a hostile stream
-        var fds: [Int32] = [0, 0]
-        XCTAssertEqual(pipe(&fds), 0)
-        let writeEnd = fds[1]
-        let writer = Thread {
-            writeAll(writeEnd, bytes)
-            close(writeEnd)
-        }
-        writer.start()
-        defer { close(fds[0]) }
-        return try TensorStreamReader(ByteReader(fd: fds[0], label: "pipe")).readAll()
+        return try decodeStream(bytes)
     }
 
     func testRoundTripSeveralRecordsThroughAPipe() throws {
@@ -44,7 +31,7 @@ final class TensorStreamTests: XCTestCase {
     }
 
     func expectError(_ bytes: [UInt8], _ fragment: String, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertThrowsError(try decode(bytes), file: file, line: line) { e in
+        XCTAssertThrowsError(try decodeStream(bytes), file: file, line: line) { e in
             let m = (e as? ToolError)?.message ?? "\(e)"
             XCTAssertTrue(m.contains(fragment), "message '\(m)' lacks '\(fragment)'", file: file, line: line)
         }
@@ -69,7 +56,7 @@ final class TensorStreamTests: XCTestCase {
     }
 
     func testEmptyInputIsAnEmptyStream() throws {
-        XCTAssertEqual(try decode([]), [])
+        XCTAssertEqual(try decodeStream([]), [])
     }
 
     func testCommentsAndUnknownKeysAreAccepted() throws {
@@ -77,7 +64,7 @@ final class TensorStreamTests: XCTestCase {
         text += String(repeating: "\n", count: (64 - text.utf8.count % 64) % 64)
         var bytes = Array(text.utf8)
         bytes += [1, 0, 0, 0, 2, 0, 0, 0] + Array(repeating: 0, count: 56)
-        let r = try decode(bytes)
+        let r = try decodeStream(bytes)
         XCTAssertEqual(r.count, 1)
         XCTAssertEqual(try r[0].int32s(), [1, 2])
         XCTAssertEqual(r[0].metadata["future.key"], "whatever")

@@ -1,5 +1,6 @@
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// The GEMM wrapper, chunked attention, the shifted-GEMM convolution and the vectorised math,
 /// each against a naive double-precision reference.

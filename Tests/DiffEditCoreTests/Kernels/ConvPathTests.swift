@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// Each of Conv2D's methods — whole small images (`forwardSmall`), bands of rows
 /// (`forwardIm2col`), Winograd F(2×2, 3×3) (`forwardWinograd`) — against torch's conv2d for the

@@ -1,6 +1,7 @@
 import XCTest
 import COpenBLAS
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// Conv2D, GroupNorm, nearest upsampling and single-head attention against direct, loop-by-loop
 /// evaluations of their definitions (torch.nn.Conv2d, nn.GroupNorm, F.interpolate nearest,

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// Weights read in place (`WeightMatrix`, `KernelPolicy.readsWeightsInPlace`): every kernel that
 /// multiplies by a weight gives the numbers of the same values held as f32, also when a 16-bit

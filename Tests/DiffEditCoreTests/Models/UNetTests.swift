@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// UNet2DCondition against diffusers' UNet2DConditionModel on the two fixture pipelines
 /// (Tests/Fixtures/{sd1,sd2}/ref/unet.tensor): sd1 = epsilon, 1×1-conv proj_in/out, 4 heads,

@@ -1,5 +1,6 @@
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// TorchGenerator against torch.Generator("cpu").manual_seed(s) + torch.randn / randint
 /// (Tests/Fixtures/rng.tensor), bit for bit: tolerance 0, every float's bit pattern must match.

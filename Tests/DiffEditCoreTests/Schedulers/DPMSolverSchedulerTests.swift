@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// DPMSolverMultistepScheduler / DPMSolverMultistepInverseScheduler against diffusers
 /// (Tests/Fixtures/dpm-scheduler.tensor) for every config variant in the fixture: SD 1.x and 2.x,

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// The DiffEdit stages with DPM-Solver++ (generate_mask, invert and __call__ with
 /// DPMSolverMultistepScheduler / DPMSolverMultistepInverseScheduler set on the pipeline; sd1 at 25

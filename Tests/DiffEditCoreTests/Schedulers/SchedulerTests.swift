@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// DDIMScheduler / DDIMInverseScheduler against diffusers for every beta schedule, timestep
 /// spacing, prediction type, set_alpha_to_one and clip_sample variant in the fixture.

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import DiffEditTestSupport
 
 /// The comparison verdict every parity test relies on (Support/Closeness.swift): it must be able
 /// to fail, NaN and infinities included.

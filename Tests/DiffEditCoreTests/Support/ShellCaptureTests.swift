@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import DiffEditTestSupport
 
 /// The child-process capture of Support/Shell.swift: complete stdout and stderr, hang guard.
 final class ShellCaptureTests: XCTestCase {

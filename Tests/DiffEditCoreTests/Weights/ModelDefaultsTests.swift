@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// A model folder's diffedit_defaults.json (man 5 diffedit-defaults): parsed strictly, used by
 /// noise-diff-mask, invert and denoise for options not given, shown by --help and --verbose.

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// The safetensors reader on good files (f32/f16/bf16 values) and on hostile ones: each
 /// malformed file must give a ToolError naming what is wrong, never a crash.

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import DiffEditCore
+import DiffEditTestSupport
 
 /// Single-file checkpoints in the original LDM layout (SingleFileCheckpoint): the fixture pipelines
 /// written as one file each (SingleFileFixtures; diffusers' from_single_file loads the same file to
@@ -84,7 +85,7 @@ final class SingleFileCheckpointTests: XCTestCase {
     func testTextEncoderNamingVariantsAndDepth() throws {
         let dir = try temporaryDirectory(self)
         let ids = try Fixtures.record("sd1/ref/text.tensor", "text.ids")
-        let (tokenIDs, n, _) = try CLIPTextModelTests.referenceIDs("sd1")
+        let (tokenIDs, n, _) = try Fixtures.referenceIDs("sd1")
         let old = try SingleFileFixtures.write("sd1", in: dir, name: "old") { t in
             for i in t.indices { t[i].key = t[i].key.replacingOccurrences(of: "cond_stage_model.transformer.text_model.", with: "cond_stage_model.transformer.") }
         }
@@ -126,51 +127,6 @@ final class SingleFileCheckpointTests: XCTestCase {
             try DiffEditTests.checkInversion(p)
             try DiffEditTests.checkMaskedDenoising(p)
         }
-    }
-
-    /// tokenize, encode-text, vae-encode, noise-diff-mask, invert (with and without regularisation),
-    /// denoise and vae-decode with --model FILE.safetensors, as for the folder.
-    func testPipelineOfToolsFromTheFileMatchesDiffusers() throws {
-        for key in Self.pipelines {
-            let c = try DiffEditToolTests.fixtureCase(key)
-            try DiffEditToolTests.checkToolPipeline(c, model: SingleFileFixtures.path(key), label: "\(key) single file",
-                                                    dir: try temporaryDirectory(self))
-        }
-    }
-
-    /// $DIFFEDIT_MODEL may name the file; unet-bench times its UNet.
-    func testEnvironmentVariableAndUNetBenchTakeAFile() throws {
-        let file = try SingleFileFixtures.path("sd2")
-        var env = ProcessInfo.processInfo.environment
-        env["DIFFEDIT_MODEL"] = file
-        let viaEnv = try runTool("tokenize", ["a photo of a dog!"], environment: env)
-        let viaOption = try runTool("tokenize", ["--model", file, "a photo of a dog!"])
-        XCTAssertEqual(viaEnv.status, 0, viaEnv.err)
-        XCTAssertEqual(viaEnv.out, viaOption.out)
-        let ids = try TensorStreamReader(ByteReader(fd: -1, label: "tokenize")).readAllFromBytes(viaOption.out)[0]
-        XCTAssertEqual(ids.metadata["pad_id"], "0")
-        XCTAssertEqual(ids.metadata["model"], file)
-        let bench = try runTool("unet-bench", ["--model", file, "--height", "8", "--width", "6", "--tokens", "77", "--runs", "1"])
-        XCTAssertEqual(bench.status, 0, bench.err)
-    }
-
-    /// Streams made with the file carry its identity: the folder's tools refuse them, the file's
-    /// take them; the identity survives a second opening.
-    func testProvenanceNamesTheFile() throws {
-        let file = try model("sd1"), folder = try Fixtures.model("sd1")
-        XCTAssertEqual(DiffEditIO.modelFingerprint(file), DiffEditIO.modelFingerprint(try model("sd1")))
-        XCTAssertEqual(DiffEditIO.modelFingerprint(file), DiffEditIO.modelFingerprint(try ModelFolder(root: file.root)))
-        XCTAssertNotEqual(DiffEditIO.modelFingerprint(file), DiffEditIO.modelFingerprint(folder))
-        XCTAssertNotEqual(DiffEditIO.modelFingerprint(file), DiffEditIO.modelFingerprint(try model("sd2")))
-        XCTAssertNotEqual(DiffEditSupport.schedulerFingerprint(try model("sd1")), DiffEditSupport.schedulerFingerprint(try model("sd2")))
-        let post = try runTool("vae-encode", ["--model", file.root, Fixtures.path("sd1/cat.ppm")])
-        XCTAssertEqual(post.status, 0, post.err)
-        let dir = try temporaryDirectory(self)
-        let emb = try Hostile.embeddingsFile(dir, model: file.root)
-        let ok = try runTool("invert", ["--model", file.root, "--prompt", emb, "--steps", "2"], stdin: post.out)
-        XCTAssertEqual(ok.status, 0, ok.err)
-        let refused = try runTool("invert", ["--model", folder.root, "--prompt", emb, "--steps", "2"], stdin: post.out)
-        assertRefused(refused, tool: "invert", contains: ["was made with model \(file.root)"])
     }
 
     // MARK: Full-size SD 1.5 and SD 2.1
