@@ -169,10 +169,12 @@ final class DiffEditToolTests: XCTestCase {
         let c = try fixtureCase("sd1")
         let manDir = repositoryRoot.appendingPathComponent("man/man1")
         try requireCommands(["pnmtopng", "pngtopnm", "ppmtopgm"])
-        for page in ["noise-diff-mask", "invert", "denoise"] {
+        // The three pages' examples are independent: run at once (each mostly starts tools on tiny inputs).
+        let pages = ["noise-diff-mask", "invert", "denoise"]
+        let scripts: [String] = try pages.map { page in
             let text = try String(contentsOf: manDir.appendingPathComponent("\(page).1"), encoding: .utf8)
             guard let examples = text.components(separatedBy: ".SH EXAMPLES").last?.components(separatedBy: ".SH SEE ALSO").first else {
-                XCTFail("\(page).1 has no EXAMPLES"); continue
+                XCTFail("\(page).1 has no EXAMPLES"); return ""
             }
             var blocks: [String] = []
             var current: [String]?
@@ -181,13 +183,18 @@ final class DiffEditToolTests: XCTestCase {
                 else if current != nil { current!.append(String(line)) }
             }
             XCTAssertFalse(blocks.isEmpty, page)
-            let script = blocks.joined(separator: "\n")
+            return blocks.joined(separator: "\n")
                 .replacingOccurrences(of: "\\-", with: "-").replacingOccurrences(of: "\\e", with: "\\")
-            let dir = try temporaryDirectory(self)
+        }
+        let dirs = try pages.map { _ in try temporaryDirectory(self) }
+        let results = concurrently(Array(zip(scripts, dirs)), width: pages.count) { script, dir in
             let setup = "set -e; cd '\(dir.path)'; cp '\(c.model)/cat.ppm' '\(DemoScene.scene)' .; unset DIFFEDIT_MODEL; "
                 + "pnmtopng '\(DemoScene.repo.path)/demo/scenes/red-circle.mask.pgm' > drawn.png\n"
-            let r = try sh(setup + script.replacingOccurrences(of: "~/models/sd15", with: c.model))
-            XCTAssertEqual(r.status, 0, "\(page).1 EXAMPLES failed:\n\(script)\n\(r.err)")
+            return try sh(setup + script.replacingOccurrences(of: "~/models/sd15", with: c.model))
+        }
+        for (k, result) in results.enumerated() {
+            let r = try result.get()
+            XCTAssertEqual(r.status, 0, "\(pages[k]).1 EXAMPLES failed:\n\(scripts[k])\n\(r.err)")
         }
     }
 }

@@ -11,18 +11,27 @@ import DiffEditTestSupport
 /// are not installed (`./scripts/setup-debian.sh --engines` installs them) or a daemon cannot
 /// start on this machine.
 final class ScaleOutTests: XCTestCase {
-    static let repo = repositoryRoot
+    /// Both engines run at once, from the class's setUp: each spends most of its minute waiting
+    /// on its daemons (slurmctld's scheduling, sshd, the cancellation's grace period), not on the
+    /// CPU, and they share nothing (own temporary folders, ports, keys and logs), so the two tests
+    /// take about as long as one. Each test then waits for its own engine's result.
+    nonisolated(unsafe) private static var runs: [String: EngineRun] = [:]
+
+    override class func setUp() {
+        super.setUp()
+        for engine in ["slurm", "parallel"] { runs[engine] = EngineRun(engine) }
+    }
 
     func testSlurmJobArrayMatchesMakeAndResubmitsOnlyWhatIsMissing() throws {
         try requireInstalled(["sbatch", "squeue", "scancel", "sinfo", "slurmctld", "slurmd", "munged"], for: "Slurm")
-        let line = try runEngineTest("slurm")
+        let line = try result("slurm")
         XCTAssertTrue(line.contains("3-task array byte-identical to make"), line)
         XCTAssertTrue(line.contains("--missing redid only those"), line)
     }
 
     func testParallelOverSSHMatchesMakeAndRetriesOnlyTheFailedJob() throws {
         try requireInstalled(["parallel", "sshd", "ssh", "ssh-keygen", "rsync"], for: "GNU parallel over ssh")
-        let line = try runEngineTest("parallel")
+        let line = try result("parallel")
         XCTAssertTrue(line.contains("3 jobs over ssh byte-identical to make"), line)
         XCTAssertTrue(line.contains("--retry-failed re-ran it alone"), line)
     }
@@ -37,12 +46,10 @@ final class ScaleOutTests: XCTestCase {
         }
     }
 
-    /// Runs scripts/test-engines.sh ENGINE with the tools under test; returns its PASS line,
-    /// throws XCTSkip with its SKIP line, fails the test on anything else.
-    private func runEngineTest(_ engine: String) throws -> String {
-        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
-        let script = Self.repo.appendingPathComponent("scripts/test-engines.sh").path
-        let r = try sh("BIN='\(bin)' '\(script)' \(engine) < /dev/null")
+    /// scripts/test-engines.sh ENGINE's result: its PASS line; throws XCTSkip with its SKIP line,
+    /// fails the test on anything else.
+    private func result(_ engine: String) throws -> String {
+        let r = try XCTUnwrap(Self.runs[engine], "the \(engine) run was not started").wait()
         let out = String(decoding: r.out, as: UTF8.self)
         let lines = out.split(separator: "\n").map(String.init)
         if let skip = lines.first(where: { $0.hasPrefix("SKIP \(engine):") }) {
@@ -53,5 +60,26 @@ final class ScaleOutTests: XCTestCase {
         let pass = lines.first(where: { $0.hasPrefix("PASS \(engine):") })
         XCTAssertNotNil(pass, "no PASS line from test-engines.sh \(engine):\n\(out)\n\(r.err)")
         return pass ?? ""
+    }
+}
+
+/// scripts/test-engines.sh ENGINE with the tools under test, started on a thread at once.
+private final class EngineRun: @unchecked Sendable {
+    private var outcome: Result<(status: Int32, out: [UInt8], err: String), Error>?
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ engine: String) {
+        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
+        let script = repositoryRoot.appendingPathComponent("scripts/test-engines.sh").path
+        Thread { [self] in
+            outcome = Result { try sh("BIN='\(bin)' '\(script)' \(engine) < /dev/null") }
+            done.signal()
+        }.start()
+    }
+
+    func wait() throws -> (status: Int32, out: [UInt8], err: String) {
+        done.wait()
+        done.signal()  // a second wait returns too
+        return try outcome!.get()
     }
 }
