@@ -50,13 +50,13 @@ struct CompositeTool: DiffEditTool {
             options.threshold = threshold
             options.region = try region.map { try PixelBox.parse($0, option: "--region") }
             let out = try CLI.binaryOutput(force: force)
-            let job = try PhotoComposite.Inputs.read(original: original, mask: mask, edited: editPath, region: options.region)
-            let r = try PhotoComposite(options: options).run(original: job.original, edit: job.edit, mask: job.mask, maskLabel: "--mask \(mask)")
+            var job = try PhotoComposite.Inputs.read(original: original, mask: mask, edited: editPath, region: options.region)
+            let r = try PhotoComposite(options: options).run(blendingInto: &job.original, edit: job.edit, mask: job.mask, maskLabel: "--mask \(mask)")
             if verbose {
                 let covered = r.pixelMask.inside.reduce(0) { $0 + Int($1) }
                 CLI.note(Self.toolName, "region \(r.region) of \(job.original.width)x\(job.original.height); mask \(job.mask.map.width)x\(job.mask.map.height) cells covers \(covered) pixels after dilation \(dilate); feather \(r.feather) px")
             }
-            try r.image.write(to: out)
+            try job.original.write(to: out)
             try out.flush()
             try maskFile?.write { w in
                 try PhotoComposite.maskImage(r.pixelMask, region: r.region, width: job.original.width, height: job.original.height).write(to: w)

@@ -38,13 +38,13 @@ public struct PhotoComposite {
         return (region, feather, pixels)
     }
 
-    /// The original with the edit blended in (its format, size, maxval and tuple type).
-    public func run(original: NetpbmLevels, edit: NetpbmLevels, mask: MaskSource, maskLabel: String) throws
-        -> (image: NetpbmLevels, pixelMask: PixelMask, region: PixelBox, feather: Int) {
+    /// Blends the edit into `original` in place (no copy of a 12-megapixel raster): it keeps its
+    /// format, size, maxval and tuple type.
+    public func run(blendingInto original: inout NetpbmLevels, edit: NetpbmLevels, mask: MaskSource, maskLabel: String) throws
+        -> (pixelMask: PixelMask, region: PixelBox, feather: Int) {
         let (region, feather, pixels) = try prepare(original: original, edit: edit, mask: mask, maskLabel: maskLabel)
-        var out = original
-        PhotoBlend.blend(edit, into: &out, at: (region.x, region.y), mask: pixels)
-        return (out, pixels, region, feather)
+        PhotoBlend.blend(edit, into: &original, at: (region.x, region.y), mask: pixels)
+        return (pixels, region, feather)
     }
 
     /// The binary pixel mask (after threshold and dilation, before feathering) as a PGM of the
