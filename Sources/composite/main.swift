@@ -19,7 +19,7 @@ struct CompositeTool: DiffEditTool {
         discussion: "Reads the decoded edit (PPM/PAM) on stdin, writes the original with the edit blended in, in the original's format. See composite(1).",
         version: CLI.version)
 
-    @Option(name: .long, help: "The original photo, any size: PPM, PGM or PAM (grey or RGB, with or without alpha), 8 or 16 bits.")
+    @Option(name: .long, help: "The original photo, any size: PPM, PGM, PBM or PAM (grey or RGB, with or without alpha), 8 or 16 bits.")
     var original: String
     @Option(name: .long, help: "The edit's mask: noise-diff-mask's mask or soft map (records mask, mask.soft), or a grey image (white = edit).")
     var mask: String

@@ -354,7 +354,7 @@ struct BBox: ParsableCommand {
             """)
     @Option(Numbers.margin, "Pixels of context around the mask's box", defaultText: "a quarter of the box's larger side, at least two mask cells")
     var margin: Int?
-    @Option(name: .long, help: "W:H, the aspect of the box: the model's working aspect (default: 1:1).")
+    @Option(name: .long, help: "W:H, the aspect of the box: the model's working aspect, two integers from 1.")
     var aspect = "1:1"
     @Option(name: .long, help: "WxH, the photo's size in pixels, which the mask covers (default: the mask's own size).")
     var size: String?
