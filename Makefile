@@ -21,7 +21,7 @@ DESTDIR ?=
 BIN ?=
 SWIFT_BUILD_FLAGS ?=
 
-TOOLS := tensor tokenize encode-text vae-encode vae-decode noise-diff-mask invert denoise unet-bench
+TOOLS := tensor tokenize encode-text vae-encode vae-decode noise-diff-mask invert denoise composite unet-bench
 MAN1 := $(wildcard man/man1/*.1)
 MAN5 := $(wildcard man/man5/*.5)
 ROOT := $(DESTDIR)$(PREFIX)

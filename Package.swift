@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "noise-diff-mask", targets: ["noise-diff-mask"]),
         .executable(name: "invert", targets: ["invert"]),
         .executable(name: "denoise", targets: ["denoise"]),
+        .executable(name: "composite", targets: ["composite"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -57,6 +58,7 @@ let package = Package(
         .executableTarget(name: "noise-diff-mask", dependencies: ["DiffEditCore", "DiffEditCLI"], swiftSettings: fastMath),
         .executableTarget(name: "invert", dependencies: ["DiffEditCore", "DiffEditCLI"], swiftSettings: fastMath),
         .executableTarget(name: "denoise", dependencies: ["DiffEditCore", "DiffEditCLI"], swiftSettings: fastMath),
+        .executableTarget(name: "composite", dependencies: ["DiffEditCore", "DiffEditCLI"], swiftSettings: fastMath),
         // Tests: helpers shared by both suites (fixtures, running tools, closeness); the core's
         // unit and parity tests by room; the built tools end to end and under hostile input.
         .testTarget(name: "DiffEditTestSupport", dependencies: ["DiffEditCore"]),

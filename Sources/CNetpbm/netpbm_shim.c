@@ -111,8 +111,9 @@ int diffedit_image_read_header(FILE *file, int is_first, diffedit_image_info *in
     return 0;
 }
 
-int diffedit_image_read_raster(FILE *file, const diffedit_image_info *info, float *out,
-                               char *err, size_t errlen) {
+// Reads the raster into floats (each sample / maxval) or into integer levels, whichever is given.
+static int read_raster(FILE *file, const diffedit_image_info *info, float *out, unsigned short *levels,
+                       char *err, size_t errlen) {
     init_once();
     struct pam pam;
     memset(&pam, 0, sizeof pam);
@@ -145,31 +146,58 @@ int diffedit_image_read_raster(FILE *file, const diffedit_image_info *info, floa
     const size_t depth = pam.depth;
     for (int y = 0; y < pam.height; y++) {
         pnm_readpamrow(&pam, row);
-        float *dst = out + (size_t)y * (size_t)pam.width * depth;
-        for (int x = 0; x < pam.width; x++)
-            for (size_t c = 0; c < depth; c++)
-                dst[(size_t)x * depth + c] = (float)row[x][c] / maxval;
+        size_t base = (size_t)y * (size_t)pam.width * depth;
+        if (out) {
+            for (int x = 0; x < pam.width; x++)
+                for (size_t c = 0; c < depth; c++)
+                    out[base + (size_t)x * depth + c] = (float)row[x][c] / maxval;
+        } else {
+            for (int x = 0; x < pam.width; x++)
+                for (size_t c = 0; c < depth; c++)
+                    levels[base + (size_t)x * depth + c] = (unsigned short)row[x][c];
+        }
     }
     pnm_freepamrow(row);
     pm_setjmpbuf(saved);
     return 0;
 }
 
+int diffedit_image_read_raster(FILE *file, const diffedit_image_info *info, float *out,
+                               char *err, size_t errlen) {
+    return read_raster(file, info, out, NULL, err, errlen);
+}
+
+int diffedit_image_read_levels(FILE *file, const diffedit_image_info *info, unsigned short *out,
+                               char *err, size_t errlen) {
+    if (info->maxval > 65535) {
+        snprintf(err, errlen, "maxval %lu is past 65535, the largest netpbm allows", info->maxval);
+        return -1;
+    }
+    return read_raster(file, info, NULL, out, err, errlen);
+}
+
 int diffedit_image_write(FILE *file, int width, int height, int depth, unsigned long maxval,
                          const unsigned short *samples, char *err, size_t errlen) {
+    return diffedit_image_write_format(file, width, height, depth, maxval, depth == 1 ? RPGM_FORMAT : RPPM_FORMAT,
+                                       depth == 1 ? "GRAYSCALE" : "RGB", samples, err, errlen);
+}
+
+int diffedit_image_write_format(FILE *file, int width, int height, int depth, unsigned long maxval,
+                                int format, const char *tuple_type, const unsigned short *samples,
+                                char *err, size_t errlen) {
     init_once();
     struct pam pam;
     memset(&pam, 0, sizeof pam);
     pam.size = PAM_STRUCT_SIZE(tuple_type);
     pam.len = PAM_STRUCT_SIZE(tuple_type);
     pam.file = file;
-    pam.format = depth == 1 ? RPGM_FORMAT : RPPM_FORMAT;
-    pam.plainformat = 0;
+    pam.format = format;
+    pam.plainformat = 0;  // the raw variant of the format: plain input is written raw
     pam.width = width;
     pam.height = height;
     pam.depth = (unsigned int)depth;
     pam.maxval = maxval;
-    snprintf(pam.tuple_type, sizeof pam.tuple_type, "%s", depth == 1 ? "GRAYSCALE" : "RGB");
+    snprintf(pam.tuple_type, sizeof pam.tuple_type, "%s", tuple_type);
 
     jmp_buf jb;
     jmp_buf *saved;

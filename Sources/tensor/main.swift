@@ -40,6 +40,8 @@ enum Numbers {
     static let channel = NumberOption<Int>("--channel", .atLeast(0))
     static let scale = NumberOption<Int>("--scale", .from(1, to: 64))
     static let bits = NumberOption<Int>("--bits", .oneOf([8, 16]))
+    static let margin = NumberOption<Int>("--margin", .from(0, to: 100_000))
+    static let threshold = NumberOption<Float>("--threshold", .from(0, below: 1))
 }
 
 struct Force: ParsableArguments {
@@ -62,7 +64,7 @@ struct TensorTool: DiffEditTool {
         discussion: "Reads the stream format of man 5 diffedit-tensor. FILE defaults to - (stdin).",
         version: CLI.version,
         subcommands: [Head.self, Stats.self, Pick.self, ToNPY.self, FromNPY.self, Compare.self,
-                      ToImage.self, FromImage.self])
+                      ToImage.self, FromImage.self, BBox.self, Cut.self])
 }
 
 struct Head: ParsableCommand {
@@ -335,6 +337,83 @@ struct FromImage: ParsableCommand {
             try out.write(TensorRecord(name: name, tensor: t, metadata: [
                 "source.maxval": String(first.maxval), "source.depth": String(first.depth),
             ]))
+            try out.flush()
+        }
+    }
+}
+
+struct BBox: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bbox",
+        abstract: "Print the rectangle of a photo to edit at the model's size: X Y W H.",
+        discussion: """
+            The bounding box of the mask (cells above --threshold) in the pixels of the photo it \
+            covers, grown by --margin on every side, then to the aspect --aspect around its centre, \
+            kept inside the photo (shifted; shrunk only when the photo is too small). An empty mask \
+            prints one line on stderr and exits with status 3. See tensor(1).
+            """)
+    @Option(Numbers.margin, "Pixels of context around the mask's box", defaultText: "a quarter of the box's larger side, at least two mask cells")
+    var margin: Int?
+    @Option(name: .long, help: "W:H, the aspect of the box: the model's working aspect, two integers from 1.")
+    var aspect = "1:1"
+    @Option(name: .long, help: "WxH, the photo's size in pixels, which the mask covers (default: the mask's own size).")
+    var size: String?
+    @Option(Numbers.threshold, "A cell is in the mask where its value is above this")
+    var threshold: Float = 0.5
+    @Argument(help: "The mask: noise-diff-mask's mask or soft map, or a grey image; - is stdin.") var file = "-"
+
+    func run() throws {
+        var empty = false
+        try CLI.run(TensorTool.toolName) {
+            let ratio = try PixelBox.parsePair(aspect, separator: ":", option: "--aspect", example: "3:2")
+            let picture = try size.map { try PixelBox.parsePair($0, separator: "x", option: "--size", example: "4000x3000") }
+            let mask = try MaskSource.load(file, option: "mask")
+            let (w, h) = picture ?? (mask.map.width, mask.map.height)
+            guard mask.fits(width: w, height: h) else {
+                throw ToolError("the mask is \(mask.map.width)x\(mask.map.height) cells, not the shape of a \(w)x\(h) photo — give --size the size of the photo the mask was made for")
+            }
+            guard let box = MaskBoundingBox.box(mask.map, threshold: threshold, width: w, height: h, margin: margin, aspect: ratio) else {
+                empty = true
+                return
+            }
+            print("\(box.x) \(box.y) \(box.width) \(box.height)")
+        }
+        if empty {
+            CLI.printError(TensorTool.toolName, "the mask is empty (no cell above \(threshold.optionText)): there is nothing to edit — skip this photo (exit status 3)")
+            throw ExitCode(3)
+        }
+    }
+}
+
+struct Cut: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cut",
+        abstract: "Cut a region out of a whole-photo mask, resampled to a size.",
+        discussion: """
+            From a mask covering a photo of --size pixels, the rectangle --box resampled bilinear to \
+            --to: a soft map (mask.soft) stays soft, a mask (mask) is thresholded again at 0.5. The \
+            region's denoise mask (at its latent size) and its soft map for composite. See tensor(1).
+            """)
+    @Option(name: .long, help: "X,Y,W,H: the rectangle of the photo, in pixels (tensor bbox prints one).")
+    var box: String
+    @Option(name: .long, help: "WxH: the size of the photo the mask covers, in pixels.")
+    var size: String
+    @Option(name: .long, help: "wxh: the size of the cut mask (the region's latent size, e.g. 64x64).")
+    var to: String
+    @OptionGroup var force: Force
+    @Argument(help: "The whole photo's mask: a stream with mask or mask.soft, or a grey image; - is stdin.") var file = "-"
+
+    func run() throws {
+        try CLI.run(TensorTool.toolName) {
+            let rect = try PixelBox.parse(box, option: "--box")
+            let (w, h) = try PixelBox.parsePair(size, separator: "x", option: "--size", example: "4000x3000")
+            let (tw, th) = try PixelBox.parsePair(to, separator: "x", option: "--to", example: "64x64")
+            guard tw <= 16384 && th <= 16384 else {
+                throw ToolError("--to \(to) is larger than 16384 on a side — give the latent size of the region, e.g. 64x64")
+            }
+            let out = try CLI.tensorOutput(force: force.force)
+            let mask = try MaskSource.load(file, option: "mask")
+            try out.write(try MaskCut.cut(mask, box: rect, pictureWidth: w, pictureHeight: h, toWidth: tw, height: th))
             try out.flush()
         }
     }

@@ -30,10 +30,20 @@ int diffedit_image_read_header(FILE *file, int is_first, diffedit_image_info *in
 int diffedit_image_read_raster(FILE *file, const diffedit_image_info *info, float *out,
                                char *err, size_t errlen);
 
+// The same raster as integer levels 0..maxval (maxval at most 65535), interleaved HWC.
+int diffedit_image_read_levels(FILE *file, const diffedit_image_info *info, unsigned short *out,
+                               char *err, size_t errlen);
+
 // Writes one image to `file` as raw PPM (depth 3) or PGM (depth 1) with the given maxval
 // (255 or 65535); samples are interleaved HWC, already scaled to 0..maxval.
 // Returns 0 on success, -1 on error.
 int diffedit_image_write(FILE *file, int width, int height, int depth, unsigned long maxval,
                          const unsigned short *samples, char *err, size_t errlen);
+
+// Writes one image in a given libnetpbm format (PBM/PGM/PPM/PAM; the raw variant of a plain one)
+// and, for PAM, tuple type: what an image read with diffedit_image_read_header was, written back.
+int diffedit_image_write_format(FILE *file, int width, int height, int depth, unsigned long maxval,
+                                int format, const char *tuple_type, const unsigned short *samples,
+                                char *err, size_t errlen);
 
 #endif

@@ -44,4 +44,8 @@ public enum MetadataKey {
     public static let predictionType = "prediction_type"
     /// noise-diff-mask --image-size: the mask's enlargement factor.
     public static let scale = "scale"
+    /// tensor cut: the rectangle of the photo a cut mask depicts, "X,Y,W,H" in its pixels, and
+    /// the photo's size "WxH"; composite checks its --region against them.
+    public static let region = "region"
+    public static let regionOf = "region.of"
 }

@@ -70,6 +70,10 @@ public struct NumberDomain<Value: OptionNumber>: Sendable {
     public static func above(_ lower: Value, atMost upper: Value) -> Self {
         Self(lower: lower, lowerIncluded: false, upper: upper)
     }
+    /// lower ≤ v < upper.
+    public static func from(_ lower: Value, below upper: Value) -> Self {
+        Self(lower: lower, upper: upper, upperIncluded: false)
+    }
     /// lower ≤ v (and finite).
     public static func atLeast(_ lower: Value) -> Self { Self(lower: lower, upper: nil) }
     /// One of a few values.

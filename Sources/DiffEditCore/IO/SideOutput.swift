@@ -111,16 +111,24 @@ public struct SideOutput {
     /// file's creation to its rename or removal (and acted on right after), so that no signal
     /// leaves the temporary behind.
     public func write(_ records: TensorRecord...) throws {
+        try write { out in
+            let writer = TensorStreamWriter(out)
+            writer.refusesProducedNonfinite = true  // as every output (NonfiniteOutput)
+            for r in records { try writer.write(r) }
+            try writer.flush()
+        }
+    }
+
+    /// Writes what `produce` writes (composite --mask-output's image), the same way; `produce`
+    /// flushes what it wrote.
+    public func write(_ produce: (ByteWriter) throws -> Void) throws {
         if inPlace {
             let fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY)
             guard fd >= 0 else {
                 throw ToolError("\(option) '\(path)': cannot open it: \(String(cString: strerror(errno))) — name a file you can write")
             }
             defer { close(fd) }
-            let writer = TensorStreamWriter(ByteWriter(fd: fd, label: path))
-            writer.refusesProducedNonfinite = true
-            for r in records { try writer.write(r) }
-            try writer.flush()
+            try produce(ByteWriter(fd: fd, label: path))
             return
         }
         let temporary = Self.temporaryName(for: destination)
@@ -140,10 +148,7 @@ public struct SideOutput {
             close(fd)
             if !done { unlink(temporary) }
         }
-        let writer = TensorStreamWriter(ByteWriter(fd: fd, label: path))
-        writer.refusesProducedNonfinite = true  // as every output (NonfiniteOutput)
-        for r in records { try writer.write(r) }
-        try writer.flush()
+        try produce(ByteWriter(fd: fd, label: path))
         // On disk before the name points at it: a crash after the rename never leaves FILE empty.
         guard fsync(fd) == 0 || errno == EINVAL || errno == EROFS else {
             throw ToolError("\(option) '\(path)': cannot sync '\(temporary)': \(String(cString: strerror(errno))) — check free space")

@@ -43,6 +43,21 @@ public struct NetpbmImage {
     /// image too large for what follows is refused before anything big is allocated.
     public static func readAll(_ input: ByteReader, limitBytes: Int = 1 << 32,
                                check: ((Int, Int, Int) throws -> Void)? = nil) throws -> [NetpbmImage] {
+        try readEach(input, limitBytes: limitBytes, check: check) { file, info, err in
+            var samples = [Float](repeating: 0, count: Int(info.width) * Int(info.height) * Int(info.depth))
+            let ok = samples.withUnsafeMutableBufferPointer { s in
+                diffedit_image_read_raster(file, &info, s.baseAddress!, &err, err.count)
+            }
+            let tupleType = withUnsafeBytes(of: info.tuple_type) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            return ok != 0 ? nil : NetpbmImage(width: Int(info.width), height: Int(info.height), depth: Int(info.depth),
+                                               maxval: Int(info.maxval), tupleType: tupleType, samples: samples)
+        }
+    }
+
+    /// The reading loop of every netpbm reader: headers checked, each raster read by `raster`
+    /// (nil when libnetpbm failed, its message in `err`).
+    static func readEach<Image>(_ input: ByteReader, limitBytes: Int, check: ((Int, Int, Int) throws -> Void)?,
+                                raster: (UnsafeMutablePointer<FILE>, inout diffedit_image_info, inout [CChar]) -> Image?) throws -> [Image] {
         if input.fd == 0 && input.isTerminal {
             throw ToolError("expected a netpbm image on stdin, which is a terminal — pipe one in (e.g. pngtopnm photo.png | ...)")
         }
@@ -66,12 +81,12 @@ public struct NetpbmImage {
         guard bytes.count >= 2, bytes[0] == UInt8(ascii: "P"), (UInt8(ascii: "1")...UInt8(ascii: "7")).contains(bytes[1]) else {
             throw ToolError("\(input.label): not a netpbm image (no P1..P7 magic) — convert it first, e.g. pngtopnm photo.png or jpegtopnm photo.jpg")
         }
-        return try bytes.withUnsafeMutableBytes { raw -> [NetpbmImage] in
+        return try bytes.withUnsafeMutableBytes { raw -> [Image] in
             guard let file = fmemopen(raw.baseAddress, raw.count, "rb") else {
                 throw ToolError("cannot open the image buffer: \(String(cString: strerror(errno)))")
             }
             defer { fclose(file) }
-            var images: [NetpbmImage] = []
+            var images: [Image] = []
             var err = [CChar](repeating: 0, count: 512)
             while true {
                 var info = diffedit_image_info()
@@ -80,19 +95,11 @@ public struct NetpbmImage {
                 if status != 0 {
                     throw ToolError("\(input.label): bad netpbm image \(images.count): \(String(cString: err))")
                 }
-                let (w, h, d) = (Int(info.width), Int(info.height), Int(info.depth))
-                try checkHeader(w, h, d, index: images.count, label: input.label, check)
-                let n = w * h * d
-                var samples = [Float](repeating: 0, count: n)
-                let ok = samples.withUnsafeMutableBufferPointer { s in
-                    diffedit_image_read_raster(file, &info, s.baseAddress!, &err, err.count)
-                }
-                if ok != 0 {
+                try checkHeader(Int(info.width), Int(info.height), Int(info.depth), index: images.count, label: input.label, check)
+                guard let image = raster(file, &info, &err) else {
                     throw ToolError("\(input.label): bad netpbm image \(images.count): \(String(cString: err)) — the file may be truncated")
                 }
-                let tupleType = withUnsafeBytes(of: info.tuple_type) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                images.append(NetpbmImage(width: w, height: h, depth: d, maxval: Int(info.maxval),
-                                          tupleType: tupleType, samples: samples))
+                images.append(image)
                 // Only whitespace may follow the last image.
                 if try onlyWhitespaceLeft(file) { break }
             }

@@ -97,5 +97,4 @@ final class BLASKernelTests: XCTestCase {
             XCTAssertFalse(here.vendor.isEmpty || here.flags.isEmpty, "parsed this machine's /proc/cpuinfo")
         }
     }
-
 }

@@ -10,7 +10,7 @@ import DiffEditTestSupport
 /// stdout. Found by reading each tool's own option list, so a new option is covered as it comes.
 final class ReliabilityOptionTests: XCTestCase {
     static let tools = ["tensor", "tokenize", "encode-text", "vae-encode", "vae-decode", "noise-diff-mask", "invert",
-                        "denoise", "unet-bench"]
+                        "denoise", "composite", "unet-bench"]
 
     /// One option of a tool as ArgumentParser describes it (--experimental-dump-help).
     struct OptionInfo {

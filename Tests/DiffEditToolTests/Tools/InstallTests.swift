@@ -29,10 +29,10 @@ final class InstallTests: XCTestCase {
         let install = try sh("make -C '\(Self.repo.path)' install PREFIX='\(prefix)' BIN='\(bin)'")
         XCTAssertEqual(install.status, 0, install.err)
         let fm = FileManager.default
-        for tool in ["tensor", "tokenize", "encode-text", "vae-encode", "vae-decode", "noise-diff-mask", "invert", "denoise", "unet-bench"] {
+        for tool in ["tensor", "tokenize", "encode-text", "vae-encode", "vae-decode", "noise-diff-mask", "invert", "denoise", "composite", "unet-bench"] {
             XCTAssertTrue(fm.isExecutableFile(atPath: "\(prefix)/bin/\(tool)"), "bin/\(tool)")
         }
-        for f in ["share/man/man1/denoise.1", "share/man/man1/tensor.1", "share/man/man5/diffedit-tensor.5",
+        for f in ["share/man/man1/denoise.1", "share/man/man1/tensor.1", "share/man/man1/composite.1", "share/man/man5/diffedit-tensor.5",
                   "share/man/man5/diffedit-defaults.5", "share/diffedit/model/model_index.json",
                   "share/diffedit/model/diffedit_defaults.json", "share/diffedit/model/unet/diffusion_pytorch_model.safetensors",
                   "share/diffedit/scenes/red-circle.ppm", "share/diffedit/examples/Makefile"] {

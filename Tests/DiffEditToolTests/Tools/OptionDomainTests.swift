@@ -30,6 +30,8 @@ final class OptionDomainTests: XCTestCase {
                 out.append((option, String(m.output[1].substring!), true, String(m.output[2].substring!), true, false))
             } else if let m = body.firstMatch(of: try Regex("a number above \(number), at most \(number)")) {
                 out.append((option, String(m.output[1].substring!), false, String(m.output[2].substring!), true, false))
+            } else if let m = body.firstMatch(of: try Regex("a number from \(number), below \(number)")) {
+                out.append((option, String(m.output[1].substring!), true, String(m.output[2].substring!), false, false))
             }
         }
         return out
@@ -59,13 +61,15 @@ final class OptionDomainTests: XCTestCase {
         "noise-diff-mask": ["--source", "x.tensor", "--target", "x.tensor"],
         "invert": ["--prompt", "x.tensor"],
         "denoise": ["--prompt", "x.tensor", "--mask", "x.tensor"],
+        // composite's inputs: /dev/null reads as an empty input.
+        "composite": ["--original", "/dev/null", "--mask", "/dev/null"],
     ]
 
     func testEveryNumericOptionAtTheEndsOfItsDocumentedDomain() throws {
         var checked = 0
-        for tool in ["noise-diff-mask", "invert", "denoise"] {
+        for tool in ["noise-diff-mask", "invert", "denoise", "composite"] {
             let domains = try Self.documentedDomains(tool)
-            XCTAssertGreaterThanOrEqual(domains.count, tool == "denoise" ? 4 : 6, "\(tool)(1): too few domains read")
+            XCTAssertGreaterThanOrEqual(domains.count, ["denoise": 4, "composite": 3][tool] ?? 6, "\(tool)(1): too few domains read")
             for d in domains {
                 let cases: [(String, Bool)] = [
                     (d.lo, d.loIn), (Self.step(d.lo, up: false, integer: d.integer), false),

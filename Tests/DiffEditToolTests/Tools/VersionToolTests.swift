@@ -7,7 +7,7 @@ final class VersionToolTests: XCTestCase {
     /// Every tool's --version names the kernel; a kernel the user sets is the one that runs.
     func testVersionNamesTheKernel() throws {
         for tool in ["tensor", "tokenize", "encode-text", "vae-encode", "vae-decode", "noise-diff-mask", "invert",
-                     "denoise", "unet-bench"] {
+                     "denoise", "composite", "unet-bench"] {
             let r = try runTool(tool, ["--version"])
             let out = String(decoding: r.out, as: UTF8.self)
             XCTAssertEqual(r.status, 0, tool)

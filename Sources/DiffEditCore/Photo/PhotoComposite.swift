@@ -1,0 +1,107 @@
+/// composite's work: the edit, made at the model's size, put back into the full-size photo
+/// through the mask (PixelMask, PhotoBlend), the rest of the photo left bit for bit as it was.
+public struct PhotoComposite {
+    public struct Options {
+        /// Feather width in the original's pixels; nil: one mask cell (FeatherDefault).
+        public var feather: Int?
+        public var dilate = 0
+        /// A pixel is in the mask where the resampled mask is above this.
+        public var threshold: Float = 0.5
+        /// The rectangle of the original the edit and the mask depict; nil: all of it.
+        public var region: PixelBox?
+        public init() {}
+    }
+
+    /// One mask cell in the original's pixels: the region's width over the mask's, rounded, at
+    /// least 1 — the feather then spans the blur a cell of the latent grid stands for.
+    public static func defaultFeather(regionWidth: Int, maskWidth: Int) -> Int {
+        max(1, Int((Double(regionWidth) / Double(maskWidth)).rounded()))
+    }
+
+    public let options: Options
+    public init(options: Options) { self.options = options }
+
+    /// Checks the inputs against each other; the region, the feather in use and the pixel mask.
+    public func prepare(original: NetpbmLevels, edit: NetpbmLevels, mask: MaskSource,
+                        maskLabel: String) throws -> (region: PixelBox, feather: Int, mask: PixelMask) {
+        let whole = PixelBox(x: 0, y: 0, width: original.width, height: original.height)
+        let region = options.region ?? whole
+        guard whole.contains(region) else {
+            throw ToolError("--region \(region) is not inside the \(original.width)x\(original.height) original — give X,Y,W,H with X+W ≤ \(original.width) and Y+H ≤ \(original.height) (tensor bbox makes one)")
+        }
+        guard mask.fits(width: edit.width, height: edit.height) else {
+            throw ToolError("\(maskLabel) is \(mask.map.width)x\(mask.map.height) cells, not the shape of the \(edit.width)x\(edit.height) edit — give the mask made for that edit (for a region, cut it with tensor cut)")
+        }
+        let feather = options.feather ?? Self.defaultFeather(regionWidth: region.width, maskWidth: mask.map.width)
+        let pixels = PixelMask(map: mask.map, width: region.width, height: region.height, threshold: options.threshold,
+                               dilate: options.dilate, feather: feather)
+        return (region, feather, pixels)
+    }
+
+    /// Blends the edit into `original` in place (no copy of a 12-megapixel raster): it keeps its
+    /// format, size, maxval and tuple type.
+    public func run(blendingInto original: inout NetpbmLevels, edit: NetpbmLevels, mask: MaskSource, maskLabel: String) throws
+        -> (pixelMask: PixelMask, region: PixelBox, feather: Int) {
+        let (region, feather, pixels) = try prepare(original: original, edit: edit, mask: mask, maskLabel: maskLabel)
+        PhotoBlend.blend(edit, into: &original, at: (region.x, region.y), mask: pixels)
+        return (pixels, region, feather)
+    }
+
+    /// The binary pixel mask (after threshold and dilation, before feathering) as a PGM of the
+    /// original's size, white inside, black elsewhere (and outside the region).
+    public static func maskImage(_ mask: PixelMask, region: PixelBox, width: Int, height: Int) -> NetpbmLevels {
+        var levels = [UInt16](repeating: 0, count: width * height)
+        mask.inside.withUnsafeBufferPointer { m in
+            levels.withUnsafeMutableBufferPointer { l in
+                for y in 0..<region.height {
+                    let src = y * region.width, dst = (region.y + y) * width + region.x
+                    for x in 0..<region.width where m[src + x] != 0 { l[dst + x] = 255 }
+                }
+            }
+        }
+        return NetpbmLevels(width: width, height: height, depth: 1, maxval: 255, format: NetpbmLevels.rawPGM,
+                            tupleType: "GRAYSCALE", levels: levels)
+    }
+}
+
+extension PhotoComposite {
+    /// composite's three inputs, read and checked against each other where they can be alone.
+    public struct Inputs {
+        public var original: NetpbmLevels
+        public var edit: NetpbmLevels
+        public var mask: MaskSource
+
+        /// Paths ("-": stdin, for one of them at most). `region`: the one --region gives, checked
+        /// against the rectangle a mask cut by tensor cut records.
+        public static func read(original: String, mask: String, edited: String, region: PixelBox?) throws -> Inputs {
+            let stdinUsers = [("--original", original), ("--mask", mask), ("EDITED", edited)].filter { $0.1 == "-" }.map(\.0)
+            guard stdinUsers.count <= 1 else {
+                throw ToolError("\(stdinUsers.joined(separator: " and ")) each read stdin — give all but one of them as files")
+            }
+            let maskSource = try MaskSource.load(mask, option: "--mask")
+            if let cut = maskSource.record?.metadata[MetadataKey.region], cut != region?.description {
+                throw ToolError("--mask \(mask) was cut from the region \(cut) of the photo (tensor cut), but \(region.map { "--region is \($0)" } ?? "no --region is given") — give --region \(cut)")
+            }
+            let photo = try image(original, option: "--original", what: "the original photo")
+            let edit = try image(edited, option: edited == "-" ? nil : "EDITED", what: "the edit")
+            if let of = maskSource.record?.metadata[MetadataKey.regionOf], of != "\(photo.width)x\(photo.height)" {
+                throw ToolError("--mask \(mask) was cut from a \(of) photo, the original is \(photo.width)x\(photo.height) — cut the mask made for this photo")
+            }
+            return Inputs(original: photo, edit: edit, mask: maskSource)
+        }
+
+        static func image(_ path: String, option: String?, what: String) throws -> NetpbmLevels {
+            let prefix = option.map { "\($0) " } ?? ""
+            do {
+                let reader = try ByteReader(path: path)
+                return try NetpbmLevels.readOne(reader, what: what) { w, h, d in
+                    // Levels (2 bytes a sample), the file read whole (up to 2) and the mask's bytes and distances.
+                    try MemoryBudget.require(Double(w) * Double(h) * (Double(d) * 4 + 6), for: "\(what), \(w)x\(h)x\(d)",
+                                             remedy: "cut the region to edit out of it first, e.g. pamcut")
+                }
+            } catch let e as ToolError {
+                throw ToolError(e.message.hasPrefix(path + ":") || e.message.hasPrefix("stdin:") ? prefix + e.message : "\(prefix)\(path): \(e.message)")
+            }
+        }
+    }
+}
