@@ -47,6 +47,7 @@ install: $(if $(BIN),,build)
 	chmod -R u+rwX,go+rX,go-w '$(SHARE)/model'
 	install -m 644 demo/scenes/*.ppm demo/scenes/*.pgm '$(SHARE)/scenes/'
 	install -m 644 examples/Makefile '$(SHARE)/examples/Makefile'
+	install -m 755 examples/photo.sh '$(SHARE)/examples/photo.sh'
 	install -d '$(SHARE)/examples/slurm' '$(SHARE)/examples/parallel'
 	install -m 755 examples/slurm/submit.sh examples/slurm/diffedit-array.sbatch '$(SHARE)/examples/slurm/'
 	install -m 755 examples/parallel/edit-over-ssh.sh '$(SHARE)/examples/parallel/'

@@ -122,11 +122,23 @@ paper() {
 to "$OUT/edited-paper.ppm" paper
 to "$OUT/edited-paper.png" pnmtopng "$OUT/edited-paper.ppm"
 
-stage "6. Montage: input | VAE reconstruction | mask | edit | edit (paper blending)"
+stage "6. Paste-back: the edit blended into the input through the mask at pixel resolution (composite)"
+# The soft map upsampled bilinear to pixels and thresholded (the mask follows the object, not the
+# latent grid), feathered by one latent cell: every pixel the feathered mask does not reach is the
+# input's, byte for byte, where the decoder alone changes every pixel a little. For a photo
+# larger than the model's size, composite scales the edit up to it (examples/photo.sh edits the
+# region around the mask at full resolution).
+to "$OUT/composited.ppm" composite --original "$OUT/input.ppm" --mask "$OUT/mask-soft.tensor" \
+    --mask-output "$OUT/mask-pixels.pgm" "$OUT/edited.ppm"
+to "$OUT/composited.png" pnmtopng "$OUT/composited.ppm"
+
+stage "7. Montage: input | VAE reconstruction | mask | edit | edit (paper blending) | pixel mask | edit pasted back"
 to "$OUT/mask.ppm" pgmtoppm white "$OUT/mask.pgm"
-to "$OUT/montage.ppm" cat_lr "$OUT/input.ppm" "$OUT/reconstructed.ppm" "$OUT/mask.ppm" "$OUT/edited.ppm" "$OUT/edited-paper.ppm"
+to "$OUT/mask-pixels.ppm" pgmtoppm white "$OUT/mask-pixels.pgm"
+to "$OUT/montage.ppm" cat_lr "$OUT/input.ppm" "$OUT/reconstructed.ppm" "$OUT/mask.ppm" "$OUT/edited.ppm" "$OUT/edited-paper.ppm" \
+    "$OUT/mask-pixels.ppm" "$OUT/composited.ppm"
 pamfile "$OUT/montage.ppm"
 to "$OUT/montage.png" pnmtopng "$OUT/montage.ppm"
 
 echo
-echo "done in $((SECONDS - start)) s: files in $OUT/ (input.png, mask.png, edited.png, montage.png)"
+echo "done in $((SECONDS - start)) s: files in $OUT/ (input.png, mask.png, edited.png, composited.png, montage.png)"

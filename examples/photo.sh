@@ -63,7 +63,8 @@ for v in SIZE SEED MARGIN FEATHER DILATE; do
 done
 
 # The model's working size: the UNet's sample_size latents times the VAE's downsampling factor.
-model_dir=${MODEL:-$ROOT/demo/model}
+model_dir=$MODEL
+[ -n "$model_dir" ] || for d in "$ROOT/demo/model" "$ROOT/model"; do [ -d "$d" ] && model_dir=$d && break; done
 if [ -z "${SIZE:-}" ]; then
     SIZE=512
     if [ -f "$model_dir/unet/config.json" ] && [ -f "$model_dir/vae/config.json" ]; then

@@ -177,8 +177,57 @@ final class ExamplesTests: XCTestCase {
         let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
         let r = try sh("BIN='\(bin)' OUT='\(dir.path)/out' MODEL='\(Fixtures.path("sd1"))' STEPS=10 '\(Self.repo.path)/examples.sh'")
         XCTAssertEqual(r.status, 0, r.err)
-        for f in ["input.png", "mask.png", "edited.png", "montage.png", "inverted.tensor", "mask.tensor", "edited.tensor"] {
+        for f in ["input.png", "mask.png", "edited.png", "composited.png", "montage.png", "inverted.tensor", "mask.tensor", "edited.tensor"] {
             XCTAssert(FileManager.default.fileExists(atPath: "\(dir.path)/out/\(f)"), "examples.sh wrote out/\(f)")
         }
+        // input | reconstruction | mask | edit | paper edit | pixel mask | pasted back: 7 × 64.
+        let montage = try sh("pamfile '\(dir.path)/out/montage.ppm'")
+        XCTAssert(String(decoding: montage.out, as: UTF8.self).contains("448 by 64"), String(decoding: montage.out, as: UTF8.self))
+    }
+
+    /// examples/photo.sh on the demo scene at 4× and 5× (a 320×256 photo: not square, not the
+    /// model's size): the edit comes back at the photo's size and depth, and every changed pixel
+    /// lies within the feather (one mask cell of the region, bounded here by the region's width over
+    /// 16) of the pixel mask it wrote (photo.mask.pgm) — the rest is the photo, byte for byte.
+    func testPhotoScriptEditsAtThePhotosResolutionAndKeepsTheRest() throws {
+        try requireCommands(["pamscale", "pamcut", "pamfile", "pnmtopng"])
+        let dir = try temporaryDirectory(self)
+        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
+        let photo = dir.appendingPathComponent("photo.ppm").path
+        XCTAssertEqual(try sh("pamscale -xsize 320 -ysize 256 '\(DemoScene.scene)' > '\(photo)'").status, 0)
+        let work = dir.appendingPathComponent("work").path
+        let r = try sh("BIN='\(bin)' WORK='\(work)' '\(Self.repo.path)/examples/photo.sh' '\(photo)' '\(DemoScene.source)' '\(DemoScene.target)'")
+        XCTAssertEqual(r.status, 0, r.err)
+        let original = try RawNetpbm.parse(try [UInt8](Data(contentsOf: URL(fileURLWithPath: photo))))
+        let edited = try RawNetpbm.parse(r.out)
+        XCTAssertEqual([edited.width, edited.height, edited.depth, edited.maxval], [320, 256, 3, 255])
+        let mask = try RawNetpbm.parse(try [UInt8](Data(contentsOf: URL(fileURLWithPath: work + "/photo.mask.pgm"))))
+        XCTAssertEqual([mask.width, mask.height], [320, 256])
+        var (x0, y0, x1, y1) = (Int.max, Int.max, -1, -1)
+        for y in 0..<256 { for x in 0..<320 where mask.samples[y * 320 + x] > 0 {
+            x0 = min(x0, x); y0 = min(y0, y); x1 = max(x1, x); y1 = max(y1, y)
+        } }
+        XCTAssertGreaterThan(x1, x0, "the pixel mask is empty")
+        // The region is at most the photo's height (square, inside the photo): a cell ≤ 256/16 px.
+        let feather = 256 / 16 + 1
+        var changed = 0, outside = 0
+        for y in 0..<256 { for x in 0..<320 {
+            let k = (y * 320 + x) * 3
+            guard original.samples[k..<(k + 3)] != edited.samples[k..<(k + 3)] else { continue }
+            changed += 1
+            if x < x0 - feather || x > x1 + feather || y < y0 - feather || y > y1 + feather { outside += 1 }
+        } }
+        XCTAssertGreaterThan(changed, 100, "the edit changed the photo")
+        XCTAssertEqual(outside, 0, "\(outside) pixels changed beyond the feathered mask's box")
+        // `make photos` runs the same recipe per image of a folder: the same picture.
+        let folder = dir.appendingPathComponent("folder")
+        try FileManager.default.createDirectory(at: folder.appendingPathComponent("images"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: photo, toPath: folder.appendingPathComponent("images/big.ppm").path)
+        try (DemoScene.source + "\n").write(to: folder.appendingPathComponent("src.txt"), atomically: true, encoding: .utf8)
+        try (DemoScene.target + "\r\n").write(to: folder.appendingPathComponent("dst.txt"), atomically: true, encoding: .utf8)
+        let m = try sh("cd '\(folder.path)' && make -s -f '\(Self.repo.path)/examples/Makefile' BIN='\(bin)' photos")
+        XCTAssertEqual(m.status, 0, m.err)
+        XCTAssertEqual(try [UInt8](Data(contentsOf: folder.appendingPathComponent("out/big.photo.ppm"))), r.out)
+        XCTAssert(FileManager.default.fileExists(atPath: folder.appendingPathComponent("out/big.photo.png").path))
     }
 }
