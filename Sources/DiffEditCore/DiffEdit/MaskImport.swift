@@ -24,20 +24,7 @@ public enum MaskImport {
             return r.tensor()
         }
         let label = "\(option) \(path)"
-        let images: [NetpbmImage]
-        do {
-            images = try NetpbmImage.readAll(reader) { iw, ih, depth in
-                guard depth == 1 else {
-                    throw ToolError("a mask image must be grey (PGM) or black and white (PBM), this one has \(depth) samples per pixel — convert it, e.g. ppmtopgm mask.ppm > mask.pgm")
-                }
-                try MemoryBudget.require(Double(iw) * Double(ih) * 8, for: "reading a \(iw)x\(ih) mask",
-                                         remedy: "scale it down first, e.g. pamscale -xyfit 1024 1024 mask.pgm")
-            }
-        } catch let e as ToolError {
-            // The reader's messages start with the path; say which option it was given to.
-            let message = e.message.hasPrefix(path + ": ") ? String(e.message.dropFirst(path.count + 2)) : e.message
-            throw ToolError("\(label): \(message)")
-        }
+        let images = try readGreyImages(reader, label: label)
         var data: [Float] = []
         data.reserveCapacity(images.count * h * w)
         for (i, image) in images.enumerated() {
@@ -53,6 +40,24 @@ public enum MaskImport {
                 .map { $0 >= 0.5 ? 1 : 0 }
         }
         return Tensor(shape: [images.count, 1, h, w], data: data)
+    }
+
+    /// Grey mask images (PGM, PBM, PAM of depth 1; several in a stream), each within the memory
+    /// budget; the reader's messages are said of `label` (the option and file they came from).
+    public static func readGreyImages(_ reader: ByteReader, label: String) throws -> [NetpbmImage] {
+        do {
+            return try NetpbmImage.readAll(reader) { iw, ih, depth in
+                guard depth == 1 else {
+                    throw ToolError("a mask image must be grey (PGM) or black and white (PBM), this one has \(depth) samples per pixel — convert it, e.g. ppmtopgm mask.ppm > mask.pgm")
+                }
+                try MemoryBudget.require(Double(iw) * Double(ih) * 8, for: "reading a \(iw)x\(ih) mask",
+                                         remedy: "scale it down first, e.g. pamscale -xyfit 1024 1024 mask.pgm")
+            }
+        } catch let e as ToolError {
+            // The reader's messages start with the file's name; say which option it was given to.
+            let message = e.message.hasPrefix(reader.label + ": ") ? String(e.message.dropFirst(reader.label.count + 2)) : e.message
+            throw ToolError("\(label): \(message)")
+        }
     }
 
     /// True for the magic of a netpbm image (P1…P7).

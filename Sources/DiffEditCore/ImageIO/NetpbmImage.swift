@@ -166,15 +166,24 @@ public struct NetpbmImage {
     public static func writeLevels(width: Int, height: Int, depth: Int, maxval: Int, levels: [UInt16],
                                    to out: ByteWriter) throws {
         precondition(levels.count == width * height * depth)
+        try writeThroughLibnetpbm(to: out) { file, err, errCount in
+            levels.withUnsafeBufferPointer { l in
+                diffedit_image_write(file, Int32(width), Int32(height), Int32(depth), UInt(maxval), l.baseAddress!, err, errCount)
+            }
+        }
+    }
+
+    /// Runs a libnetpbm writer into a memory stream, then writes the bytes to `out` (libnetpbm
+    /// writes to a FILE; our output goes through ByteWriter). `encode` returns the shim's status.
+    static func writeThroughLibnetpbm(to out: ByteWriter,
+                                      _ encode: (UnsafeMutablePointer<FILE>, UnsafeMutablePointer<CChar>, Int) -> Int32) throws {
         var buffer: UnsafeMutablePointer<CChar>? = nil
         var size = 0
         guard let file = open_memstream(&buffer, &size) else {
             throw ToolError("cannot allocate an image buffer: \(String(cString: strerror(errno)))")
         }
         var err = [CChar](repeating: 0, count: 512)
-        let status = levels.withUnsafeBufferPointer { l in
-            diffedit_image_write(file, Int32(width), Int32(height), Int32(depth), UInt(maxval), l.baseAddress!, &err, err.count)
-        }
+        let status = err.withUnsafeMutableBufferPointer { e in encode(file, e.baseAddress!, e.count) }
         fclose(file)
         defer { free(buffer) }
         if status != 0 { throw ToolError("cannot encode the image: \(String(cString: err))") }

@@ -68,19 +68,11 @@ public struct NetpbmLevels {
 
     /// Writes the image in its own format (the raw variant of a plain one), maxval and tuple type.
     public func write(to out: ByteWriter) throws {
-        var buffer: UnsafeMutablePointer<CChar>? = nil
-        var size = 0
-        guard let file = open_memstream(&buffer, &size) else {
-            throw ToolError("cannot allocate an image buffer: \(String(cString: strerror(errno)))")
+        try NetpbmImage.writeThroughLibnetpbm(to: out) { file, err, errCount in
+            levels.withUnsafeBufferPointer { l in
+                diffedit_image_write_format(file, Int32(width), Int32(height), Int32(depth), UInt(maxval), format,
+                                            tupleType, l.baseAddress!, err, errCount)
+            }
         }
-        var err = [CChar](repeating: 0, count: 512)
-        let status = levels.withUnsafeBufferPointer { l in
-            diffedit_image_write_format(file, Int32(width), Int32(height), Int32(depth), UInt(maxval), format,
-                                        tupleType, l.baseAddress!, &err, err.count)
-        }
-        fclose(file)
-        defer { free(buffer) }
-        if status != 0 { throw ToolError("cannot encode the image: \(String(cString: err))") }
-        try out.write(UnsafeRawBufferPointer(start: buffer, count: size))
     }
 }

@@ -50,19 +50,7 @@ public struct MaskSource {
 
     /// A grey image: its samples / maxval (white, 1, is "edit").
     static func image(_ reader: ByteReader, label: String) throws -> MaskSource {
-        let images: [NetpbmImage]
-        do {
-            images = try NetpbmImage.readAll(reader) { iw, ih, depth in
-                guard depth == 1 else {
-                    throw ToolError("a mask image must be grey (PGM) or black and white (PBM), this one has \(depth) samples per pixel — convert it, e.g. ppmtopgm mask.ppm > mask.pgm")
-                }
-                try MemoryBudget.require(Double(iw) * Double(ih) * 8, for: "reading a \(iw)x\(ih) mask",
-                                         remedy: "scale it down first, e.g. pamscale -xyfit 1024 1024 mask.pgm")
-            }
-        } catch let e as ToolError {
-            let message = e.message.hasPrefix(reader.label + ": ") ? String(e.message.dropFirst(reader.label.count + 2)) : e.message
-            throw ToolError("\(label): \(message)")
-        }
+        let images = try MaskImport.readGreyImages(reader, label: label)
         guard images.count == 1 else {
             throw ToolError("\(label) holds \(images.count) images, a mask is one — split the stream first, e.g. pamsplit")
         }
