@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Side-by-side CPU speed benchmark: diffedit's Swift tools against PyTorch/diffusers.
+"""Side-by-side CPU speed benchmark: diffedit's Swift tools against PyTorch/diffusers (and OpenVINO).
 
 One run measures, on the same machine and in the same hour, each row below with our release
 binaries and with PyTorch (float32, torch.set_num_threads(2), inference_mode), on random weights of
-the real Stable Diffusion 1.5 shapes, and writes a Markdown and a JSON table:
+the real Stable Diffusion 1.5 shapes, and writes a Markdown and a JSON table. When openvino is
+installed, the UNet and VAE decoder rows are also measured with OpenVINO (the same diffusers modules
+converted with openvino.convert_model, CPU, 2 threads, latency hint, at f32 and at the CPU's default
+precision), in the same run:
 
   unet32, unet64   one classifier-free-guidance UNet step (batch 2) at 32x32 / 64x64 latents
   vae-enc256/512   VAE encoder on a 256x256 / 512x512 image
@@ -34,7 +37,8 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [HERE, os.path.join(REPO, "python")]
 # The parts, one concern each: rows.py (the row registry: each kind's our side, peers and summary),
 # procs.py (process timing, peak RSS, worker processes), ours.py (our tools), torch_side.py (PyTorch,
-# in worker processes only), sd15_random.py (the model), machine.py, report.py.
+# in worker processes only), openvino_side.py (OpenVINO, likewise), sd15_random.py (the model),
+# machine.py, report.py.
 import rows  # noqa: E402
 from machine import cpu_short, machine_info  # noqa: E402
 from ours import Ours  # noqa: E402
@@ -54,6 +58,36 @@ a `+cpu` wheel, if you have one, is enough.) Then run, under the CPU lock:
 """
 
 
+def choose_peers(arg, find_spec=None):
+    """The peers to run ({name: module}, in rows.PEERS's order) and what to say about the others.
+
+    arg: --peers (None: every installed one). A missing module of a required peer (torch) raises
+    LookupError, of an optional one (openvino) leaves that peer out with one line to print, or, when
+    --peers names it, raises LookupError too; an unknown or torch-less --peers raises ValueError."""
+    if find_spec is None:
+        import importlib.util
+        find_spec = importlib.util.find_spec
+    wanted = [x for x in (arg or ",".join(rows.PEERS)).split(",") if x]
+    for x in wanted:
+        if x not in rows.PEERS:
+            raise ValueError(f"--peers {x}: not a peer (peers: {', '.join(rows.PEERS)})")
+    if "torch" not in wanted:
+        raise ValueError("--peers: torch is needed (it makes the model and is the reference)")
+    peers, notes = {}, []
+    for name, peer in rows.PEERS.items():
+        if name not in wanted:
+            continue
+        absent = [m for m in peer.REQUIRES if find_spec(m) is None]
+        if absent and (not peer.OPTIONAL or arg):
+            raise LookupError(", ".join(absent))
+        if absent:
+            notes.append(f"compare.py: {', '.join(absent)} not installed for {sys.executable}: no {peer.NAME} "
+                         f"measurements, the other rows run (pip install -r bench/requirements.txt)")
+        else:
+            peers[name] = peer
+    return peers, notes
+
+
 def rerender(path, args):
     """Write the Markdown again from a results .json, next to it."""
     with open(path) as f:
@@ -61,8 +95,7 @@ def rerender(path, args):
     args.threads = d["meta"].get("threads", args.threads)
     args.unset_openblas_env = d["meta"].get("unset_openblas_env", False)
     base = path[:-len(".json")] if path.endswith(".json") else path
-    lines = [summarize(rows.BY_ID[ln["id"]], d["raw"][ln["id"]]["ours"], d["raw"][ln["id"]]["torch"])
-             for ln in d["rows"]]
+    lines = [summarize(rows.BY_ID[ln["id"]], d["raw"][ln["id"]], rows.PEERS) for ln in d["rows"]]
     for ln in lines:
         if "edit_cmds" in d["raw"][ln["id"]]["ours"]:
             d["raw"][ln["id"]]["ours"]["cmd"] = d["raw"][ln["id"]]["ours"]["edit_cmds"]
@@ -83,7 +116,10 @@ def main():
                          "(default ~/.cache/diffedit-bench/sd15-random or $DIFFEDIT_BENCH_CACHE)")
     ap.add_argument("--bin", default=os.path.join(REPO, ".build", "release"),
                     help="our release binaries (default .build/release; build with swift build -c release)")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch.set_num_threads and OpenVINO's INFERENCE_NUM_THREADS (default 2)")
+    ap.add_argument("--peers", help="engines to measure besides ours, comma-separated: " + ", ".join(rows.PEERS)
+                                    + " (default: every one installed; torch is needed)")
     ap.add_argument("--out", help="results path without extension (default bench/results/DATE-CPU, "
                                   "with -only-ROWS for partial runs)")
     ap.add_argument("--work", help="folder for inputs and outputs (default: a temporary one, removed)")
@@ -96,12 +132,16 @@ def main():
         rerender(args.rerender, args)
         return
 
-    # The parent stays small (no torch import): torch runs in worker processes only.
-    import importlib.util
-    absent = [m for peer in rows.PEERS.values() for m in peer.REQUIRES if importlib.util.find_spec(m) is None]
-    if absent:
-        print(f"compare.py: {', '.join(absent)} not installed for {sys.executable}.\n\n{VENV_HELP}", file=sys.stderr)
+    # The parent stays small (no torch import): the peers run in worker processes only.
+    try:
+        peers, notes = choose_peers(args.peers)
+    except ValueError as e:
+        ap.error(str(e))
+    except LookupError as e:
+        print(f"compare.py: {e} not installed for {sys.executable}.\n\n{VENV_HELP}", file=sys.stderr)
         sys.exit(2)
+    for n in notes:
+        log(n)
     if not os.access(TIME, os.X_OK):
         sys.exit(f"compare.py: {TIME} (GNU time, Debian package 'time') is needed for peak RSS: apt-get install time")
 
@@ -136,9 +176,14 @@ def main():
     machine = machine_info(args.bin, env)
     log(f"{machine['cpu']}, {machine['host_cores']} cores; OpenBLAS core {machine.get('openblas_core')}; "
         f"environment: {machine['env'] or 'no OpenBLAS/OMP/MKL variables'}")
-    tinfo = run_worker({"row": "info", "cache": cache, "runs": 0, "threads": args.threads}, env=penv)
+    infos = {name: run_worker({"row": "info", "cache": cache, "runs": 0, "threads": args.threads}, env=penv, peer=name)
+             for name in peers}
+    tinfo = infos["torch"]
     log(f"torch {tinfo['torch']} ({tinfo['cpu_capability']}), diffusers {tinfo['diffusers']}, "
         f"transformers {tinfo['transformers']}")
+    for name in peers:
+        if name != "torch":
+            log(infos[name]["software"])
 
     ctx = SimpleNamespace(ours=Ours(args.bin, cache, work, env), runs=args.runs, edit_runs=args.edit_runs, work=work)
     ctx.ours.write_images((8, 256, 512))
@@ -149,13 +194,23 @@ def main():
         o = row.kind.ours(ctx, row)
         log(f"   ours: {[round(x, 3) for x in (o.get('times') or o.get('process_times'))]} s "
             f"({time.perf_counter() - t0:.0f} s)")
-        spec = {"row": row.id, "cache": cache, "runs": args.runs, "threads": args.threads, **row.kind.spec(ctx, row)}
-        t0 = time.perf_counter()
-        p = run_worker(spec, env=penv)
-        log(f"   PyTorch: {[round(x, 3) for x in p['times']]} s ({time.perf_counter() - t0:.0f} s)")
-        raw[row.id] = {"ours": o, "torch": p, **row.kind.after(ctx, row, o, spec)}
-        lines.append(summarize(row, o, p))
-        log(f"   ours/PyTorch {lines[-1]['ratio']:.2f}")
+        spec = {"row": row.id, "cache": cache, "runs": args.runs, "threads": args.threads, "work": work,
+                **row.kind.spec(ctx, row)}
+        raw[row.id] = {"ours": o}
+        for name in row.kind.peers:   # PyTorch first, then the other engines that measure this kind
+            if name in peers:
+                t0 = time.perf_counter()
+                try:
+                    raw[row.id][name] = peers[name].measure(spec, lambda s, name=name: run_worker(s, env=penv, peer=name))
+                except RuntimeError as e:   # an optional engine's failure leaves the sitting's other rows alone
+                    if not peers[name].OPTIONAL:
+                        raise
+                    raw[row.id][name] = {"error": str(e)}
+                log(f"   {peers[name].NAME}: {peers[name].brief(raw[row.id][name])} ({time.perf_counter() - t0:.0f} s)")
+        raw[row.id].update(row.kind.after(ctx, row, o, spec))
+        lines.append(summarize(row, raw[row.id], rows.PEERS))
+        log(f"   ours/PyTorch {lines[-1]['ratio']:.2f}"
+            + "".join(f"; {x['engine']}/PyTorch {x['ratio']:.2f}" for x in lines[-1].get("others", []) if x["ratio"]))
 
     elapsed = time.perf_counter() - start
     date = datetime.date.today().isoformat()
@@ -164,6 +219,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
     home = os.path.expanduser("~")
     meta = {"machine": machine, "torch": tinfo, "cache": cache,
+            "others": {name: infos[name] for name in peers if name != "torch"},
             "cache_shown": cache.replace(home, "~", 1) if cache.startswith(home) else cache,
             "model_made_this_run": made, "runs": args.runs, "edit_runs": args.edit_runs,
             "threads": args.threads, "unset_openblas_env": args.unset_openblas_env,

@@ -1,8 +1,10 @@
-"""One measurement of a peer (PyTorch) in its own process, started by procs.run_worker:
+"""One measurement of a peer (PyTorch, OpenVINO) in its own process, started by procs.run_worker:
 
-    python bench/peer_worker.py torch SPEC_JSON RESULT_PATH
+    python bench/peer_worker.py PEER SPEC_JSON RESULT_PATH
 
-SPEC's row is a row id of rows.py, or "info" (versions) or "make-model" (the cached model).
+PEER is a name in rows.PEERS; SPEC's row is a row id of rows.py, or "info" (versions) or
+"make-model" (the cached model, torch only). The row's kind names the peer's function (the one
+dispatch); the peer's worker runs it.
 """
 import json
 import os

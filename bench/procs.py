@@ -70,13 +70,13 @@ def check(out, what):
 
 
 def run_worker(spec, env=None, peer="torch"):
-    """Run one measurement of a peer (PyTorch) in its own Python process (peer_worker.py); returns
-    its result dict with the process's peak RSS (kB) and wall time added."""
+    """Run one measurement of a peer (PyTorch, OpenVINO) in its own Python process (peer_worker.py);
+    returns its result dict with the process's peak RSS (kB) and wall time added."""
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
         res_path = f.name
     argv = [sys.executable, PEER_WORKER, peer, json.dumps(spec), res_path]
     wall, out = run_procs([argv], env=env)
-    check(out, f"PyTorch worker {spec['row']}")
+    check(out, f"{peer} worker {spec['row']}" + (f" ({spec['stage']})" if spec.get("stage") else ""))
     if spec["row"] == "make-model" and out[0][3].strip():
         log(out[0][3].strip())
     with open(res_path) as f:

@@ -33,8 +33,12 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def summarize(row, o, p):
-    """One table line: ours and PyTorch's median seconds, ratio, GFLOP/s, RSS, notes."""
+def summarize(row, raw_row, peers=None):
+    """One table line: ours and PyTorch's median seconds, ratio, GFLOP/s, RSS, notes; with "others",
+    the lines of the other engines measured on the row (peers: rows.PEERS), their ratios against PyTorch.
+
+    raw_row: {"ours": ..., "torch": ..., other peers' results by name, ...} as compare.py stores it."""
+    o, p = raw_row["ours"], raw_row.get("torch")
     line = {"id": row.id, "row": row.title, "notes": []}
     pt = median(p["times"]) if p else None
     ot, gflop = row.kind.summary(o, p, line)
@@ -45,7 +49,43 @@ def summarize(row, o, p):
         "ours_runs": len(o.get("times") or o.get("process_times")), "torch_runs": len(p["times"]) if p else 0,
         "torch_load_s": p.get("load_s") if p else None,
     })
+    others = []
+    for name, peer in (peers or {}).items():
+        if name == "torch" or not raw_row.get(name):
+            continue
+        for x in peer.summary(raw_row[name]):
+            s = median(x["times"])   # None: the engine failed on this row (its notes say how)
+            others.append({"peer": name, **x, "s": s, "ratio": (s / pt) if s and pt else None,
+                           "ours_ratio": (ot / s) if s else None, "gflops": (gflop / s) if s and gflop else None,
+                           "runs": len(x["times"])})
+    if others:
+        line["others"] = others
     return line
+
+
+def others_section(meta, lines):
+    """The other engines' table (OpenVINO): their times on the rows they measure, against PyTorch's."""
+    rows_ = [(ln, x) for ln in lines for x in ln.get("others", [])]
+    if not rows_:
+        return []
+    names = ", ".join(o["software"].split(" (")[0] for o in meta.get("others", {}).values()) or "other engines"
+    md = [f"## Other engines on the same rows: {names}\n"]
+    for o in meta.get("others", {}).values():
+        md.append(o["method"] + ".\n")
+    md.append("| row | engine | s | engine/PyTorch | ours/engine | GFLOP/s | peak RSS | runs |")
+    md.append("|---|---|--:|--:|--:|--:|--:|--:|")
+    for ln, x in rows_:
+        md.append(f"| {ln['row']} | {x['engine']} | {fmt_s(x['s'])} | "
+                  + ("—" if x["ratio"] is None else f"**{x['ratio']:.2f}**")
+                  + " | " + ("—" if x["ours_ratio"] is None else f"{x['ours_ratio']:.2f}")
+                  + " | " + ("—" if x["gflops"] is None else f"{x['gflops']:.1f}")
+                  + f" | {fmt_mb(x['rss_kb'])} | {x['runs']} |")
+    md.append("")
+    md.append("Notes per row and engine:\n")
+    for ln, x in rows_:
+        md.append(f"- **{ln['row']}, {x['engine']}**: " + "; ".join(x["notes"]) + ".")
+    md.append("")
+    return md
 
 
 def write_report(path_base, meta, lines, raw, elapsed, args, rows):
@@ -80,6 +120,7 @@ def write_report(path_base, meta, lines, raw, elapsed, args, rows):
             extra.append(f"PyTorch from_pretrained {fmt_s(ln['torch_load_s'])} s (not in its time)")
         md.append(f"- **{ln['row']}**: " + "; ".join(extra) + ".")
     md.append("")
+    md.extend(others_section(meta, lines))
     for row in rows:   # sections of the kinds that have one, in the registry's order
         if row.id in raw:
             md.extend(row.kind.section(row, raw[row.id]))
@@ -102,6 +143,8 @@ def write_report(path_base, meta, lines, raw, elapsed, args, rows):
               f"one warm-up call not counted")
     for c in t["config"]:
         md.append(f"  - `{c}`")
+    for o in meta.get("others", {}).values():
+        md.append(f"- {o['software']}")
     md.append("- Peak RSS: each process's maximum resident set size as GNU `/usr/bin/time -f %M` reports it "
               "(the tool process alone; for PyTorch the whole Python process, imports and model loading included); "
               "the largest over the row's runs.")

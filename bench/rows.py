@@ -1,21 +1,26 @@
 """The rows of bench/compare.py, each kind declared once.
 
 A kind says what its row times on our side (ours), which function measures it on each peer's
-side (peers: {"torch": ...}, run in the peer's own worker process; another engine registers its
-function beside torch's), what that worker needs (spec), and how the table line sums both up
-(summary), with the report's extra section (section) and command line (command) where it has one.
+side (peers: {"torch": ..., "openvino": ...}, run in the peer's own worker processes; PyTorch, the
+reference, measures every kind, another engine the kinds it registers a function for), what those
+workers need (spec), and how the table line sums up ours and PyTorch's (summary), with the report's
+extra section (section) and command line (command) where it has one.
 """
 import os
 from dataclasses import dataclass, field
 
+import openvino_side
 import torch_side
 from report import fmt_mb, fmt_s, median
 
 SOURCE = "a bowl of fruits"
 TARGET = "a bowl of pears"
 
-# Peer name -> the module whose worker(spec, task, params) runs in that peer's process.
-PEERS = {"torch": torch_side}
+# Peer name -> its module: REQUIRES (modules; OPTIONAL: the peer is left out without them), NAME,
+# measure(spec, run) in the parent (the worker processes a row takes), worker(spec, task, params) in
+# each of them, brief(result) for the log and, beside the reference "torch", summary(result) for the
+# report. PyTorch comes first: the other engines' ratios are against it.
+PEERS = {"torch": torch_side, "openvino": openvino_side}
 
 
 class Kind:
@@ -47,7 +52,7 @@ class Kind:
 
 
 class UNetStep(Kind):
-    peers = {"torch": torch_side.unet_step}
+    peers = {"torch": torch_side.unet_step, "openvino": openvino_side.unet_step}
 
     def ours(self, ctx, row):
         return ctx.ours.unet(row.params["size"], ctx.runs)
@@ -83,7 +88,7 @@ class VAEEncode(ToolRun):
 
 
 class VAEDecode(ToolRun):
-    peers = {"torch": torch_side.vae_decode}
+    peers = {"torch": torch_side.vae_decode, "openvino": openvino_side.vae_decode}
 
     def ours(self, ctx, row):
         s = row.params["size"]

@@ -13,6 +13,18 @@ import sd15_random
 
 # What the parent checks before it starts (it prints the venv's recipe when one is missing).
 REQUIRES = ("numpy", "torch", "diffusers", "transformers", "safetensors", "PIL")
+OPTIONAL = False
+NAME = "PyTorch"
+
+
+def measure(spec, run):
+    """A row's measurement: one worker process (run(spec) starts it and returns its result)."""
+    return run(spec)
+
+
+def brief(res):
+    """One log line."""
+    return f"{[round(x, 3) for x in res['times']]} s"
 
 
 def worker(spec, task, params):
@@ -128,15 +140,50 @@ def _load(cls, path):
     return model, {"load_s": time.perf_counter() - t0}
 
 
-def unet_step(spec, params):
+# The rows' inputs and computations, shared with the other engines' sides (openvino_side converts
+# these modules and feeds them these inputs, so that every engine computes the same thing).
+UNET_TIMESTEP = 981
+
+
+def unet_inputs(size):
+    """The UNet row's latents (batch 2, 4 channels) and text embeddings (2 × 77 × 768), seed 0."""
     import torch
-    from diffusers import UNet2DConditionModel
-    unet, res = _load(UNet2DConditionModel, os.path.join(spec["cache"], "unet"))
-    s = params["size"]
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, s, s, generator=g)
-    enc = torch.randn(2, 77, 768, generator=g)
-    return _warm_count_time(unet, lambda: unet(x, 981, encoder_hidden_states=enc).sample, spec["runs"], res)
+    return torch.randn(2, 4, size, size, generator=g), torch.randn(2, 77, 768, generator=g)
+
+
+def decode_input(size):
+    """The VAE decoder row's latent (1 × 4 × size/8 × size/8), seed 0."""
+    import torch
+    return torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
+
+
+def load_unet(spec):
+    from diffusers import UNet2DConditionModel
+    return _load(UNet2DConditionModel, os.path.join(spec["cache"], "unet"))
+
+
+def load_decoder(spec):
+    """The VAE decoder row's computation as one module: latent → uint8 image (N, H, W, 3)."""
+    import torch
+    from diffusers import AutoencoderKL
+    vae, res = _load(AutoencoderKL, os.path.join(spec["cache"], "vae"))
+
+    class DecodeToImage(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vae, self.sf = vae, vae.config.scaling_factor
+
+        def forward(self, z):
+            im = self.vae.decode(z / self.sf).sample
+            return ((im / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return DecodeToImage().eval(), res
+
+
+def unet_step(spec, params):
+    unet, res = load_unet(spec)
+    x, enc = unet_inputs(params["size"])
+    return _warm_count_time(unet, lambda: unet(x, UNET_TIMESTEP, encoder_hidden_states=enc).sample, spec["runs"], res)
 
 
 def vae_encode(spec, params):
@@ -156,16 +203,9 @@ def vae_encode(spec, params):
 
 
 def vae_decode(spec, params):
-    import torch
-    from diffusers import AutoencoderKL
-    vae, res = _load(AutoencoderKL, os.path.join(spec["cache"], "vae"))
-    s, sf = params["size"], vae.config.scaling_factor
-    z = torch.randn(1, 4, s // 8, s // 8, generator=torch.Generator().manual_seed(0))
-
-    def f():
-        im = vae.decode(z / sf).sample
-        return ((im / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return _warm_count_time(vae, f, spec["runs"], res)
+    dec, res = load_decoder(spec)
+    z = decode_input(params["size"])
+    return _warm_count_time(dec, lambda: dec(z).numpy(), spec["runs"], res)
 
 
 def text_encoder(spec, params):
