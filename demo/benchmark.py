@@ -397,7 +397,7 @@ def main():
     p.add_argument("--bin", default=None, help="folder of the release tools (default: swift build's)")
     p.add_argument("--work", default="/tmp/diffedit-bench", help="every case's files stay here")
     p.add_argument("--results", default=None, help="write RESULTS.json, .md and .png (e.g. demo/benchmark)")
-    p.add_argument("--montage", type=int, default=8, help="cases in the montage")
+    p.add_argument("--montage", type=int, default=8, help="cases in the montage (0: none)")
     p.add_argument("--reuse", action="store_true", help="keep cases already finished in --work")
     a = p.parse_args()
     check_methods(METHODS)
@@ -464,7 +464,8 @@ def main():
             json.dump(res, f, indent=1)
         with open(a.results + ".md", "w") as f:
             f.write(md)
-        montage(rows, a, a.results + ".png")
+        if a.montage > 0:
+            montage(rows, a, a.results + ".png")
 
 
 if __name__ == "__main__":
