@@ -404,6 +404,7 @@ def main():
     if a.bin is None:
         a.bin = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
+    a.bin = os.path.abspath(a.bin)  # the cases run in their own folders
     for tool in ("vae-encode", "vae-decode", "tokenize", "encode-text", "noise-diff-mask", "invert", "denoise"):
         if not os.access(os.path.join(a.bin, tool), os.X_OK):
             sys.exit(f"benchmark: {tool} is not in {a.bin} — run `swift build -c release` first or pass --bin")
