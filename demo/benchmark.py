@@ -6,7 +6,7 @@
         [--guidance G] [--mask-guidance G] [--invert-guidance G] [--denoise-guidance G]
         [--maps N] [--encode-strength S] [--threshold-ratio R] [--dilate CELLS]
         [--negative model|empty|source]
-        [--work /tmp/diffedit-bench] [--reuse] [--results demo/benchmark/results] [--montage 8]
+        [--methods diffedit ...] [--work /tmp/diffedit-bench] [--reuse] [--results demo/benchmark/results] [--montage 8]
 
 A setting not given is left off the tools' command lines, so the model folder's
 diffedit_defaults.json (man 5 diffedit-defaults), else the tools' own defaults, decide it: the
@@ -127,7 +127,7 @@ STAGE_SETTINGS = {
     "noise-diff-mask": (("steps", "guidance", "maps", "encode_strength", "threshold_ratio", "dilate", "scheduler"),
                         "mask.tensor", "mask"),
     "invert": (("steps", "strength", "guidance", "scheduler"), "inverted.tensor", "inverted"),
-    "denoise": (("guidance", "blend"), "diffedit.latents.tensor", "latents"),
+    "denoise": (("guidance",), "{denoised}.latents.tensor", "latents"),  # the first denoised method's
 }
 
 
@@ -205,7 +205,7 @@ def edit_case(k, a, env):
     measure.write_pnm(f"{d}/tgt.ppm", pair.target.image)
     log = f"{d}/log.txt"
     cd = f"cd {shlex.quote(d)} && "
-    prepare, *methods = case_lines(k, a, pair)
+    prepare, *methods = case_lines(k, a, pair, a.method_rows)
     run(cd + prepare, env, log)
     # The other masks carry the inferred mask's metadata, so denoise checks them the same way.
     inferred = stream.read_record(f"{d}/mask.tensor", "mask")
@@ -229,12 +229,14 @@ def _number(text):
     return int(v) if v.is_integer() and "." not in text else v
 
 
-def stage_settings(d):
+def stage_settings(d, methods=None):
     """The settings each stage of the case in folder d used, from its output's metadata; and the
     values it took from the model's diffedit_defaults.json (metadata `defaults`)."""
+    methods = METHODS if methods is None else methods
+    denoised = next(m.name for m in methods if m.after is None)
     out = {}
     for stage, (keys, file, record) in STAGE_SETTINGS.items():
-        meta = stream.read_record(os.path.join(d, file), record).meta
+        meta = stream.read_record(os.path.join(d, file.format(denoised=denoised)), record).meta
         s = {k: _number(meta[k]) for k in keys if k in meta}
         if stage == "noise-diff-mask" and "dilate" not in s:
             s["dilate"] = 0  # recorded only when the mask is dilated
@@ -399,8 +401,22 @@ def main():
     p.add_argument("--results", default=None, help="write RESULTS.json, .md and .png (e.g. demo/benchmark)")
     p.add_argument("--montage", type=int, default=8, help="cases in the montage (0: none)")
     p.add_argument("--reuse", action="store_true", help="keep cases already finished in --work")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="run these methods only (default all; tuning runs need only diffedit, and the denoisings "
+                        "are most of a case's time); no montage then")
     a = p.parse_args()
-    check_methods(METHODS)
+    names = [m.name for m in METHODS]
+    if a.methods:
+        unknown = [n for n in a.methods if n not in names]
+        if unknown:
+            sys.exit(f"benchmark: no method {', '.join(unknown)} (methods: {', '.join(names)})")
+    # The methods run, in the table's order, with every method a chosen one post-processes.
+    wanted = set(a.methods or names)
+    for m in reversed(METHODS):
+        if m.name in wanted and m.after:
+            wanted.add(m.after)
+    a.method_rows = [m for m in METHODS if m.name in wanted]
+    check_methods(a.method_rows)
     if a.bin is None:
         a.bin = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
@@ -430,9 +446,9 @@ def main():
             k = futs[f]
             d, pair, secs = f.result()
             tool_seconds.append(secs)
-            rows.append(score_case(k, d, pair, clf, a))
+            rows.append(score_case(k, d, pair, clf, a, a.method_rows))
             # Every case runs with the same settings; a case that reports others is a bug here.
-            used = stage_settings(d)
+            used = stage_settings(d, a.method_rows)
             if stages is None:
                 stages = used
             elif used != stages:
@@ -443,8 +459,8 @@ def main():
                       file=sys.stderr)
     rows.sort(key=lambda r: r["case"])
     seconds = time.time() - t0
-    summary = summarise(rows)
-    md = table(summary, rows, a, seconds, stages)
+    summary = summarise(rows, a.method_rows)
+    md = table(summary, rows, a, seconds, stages, a.method_rows)
     print(md)
     if a.results:
         os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
@@ -453,6 +469,7 @@ def main():
                                              "encode_strength", "threshold_ratio", "dilate") if getattr(a, k) is not None}
         res = {"summary": summary, "shape_classifier_accuracy": acc,
                "settings": {"cases": a.cases, "first_seed": a.first_seed, "negative": a.negative,
+                            "methods": [m.name for m in a.method_rows],
                             "given": given, "stages": stages,
                             # The fields earlier results hold (compare_benchmarks.py), from what ran:
                             "steps": stages["invert"]["steps"], "scheduler": stages["invert"]["scheduler"],
@@ -465,7 +482,7 @@ def main():
             json.dump(res, f, indent=1)
         with open(a.results + ".md", "w") as f:
             f.write(md)
-        if a.montage > 0:
+        if a.montage > 0 and not a.methods:
             montage(rows, a, a.results + ".png")
 
 
