@@ -1,26 +1,36 @@
 #!/usr/bin/env python3
 """DiffEdit's edit quality on held-out scenes of the demo world, measured through the Swift tools.
 
-    python3 demo/benchmark.py [--cases 200] [--jobs 2] [--model demo/model] [--bin DIR]
-        [--steps 50] [--scheduler ddim|dpm] [--guidance 3] [--invert-guidance G] [--strength 0.8]
-        [--negative empty|source]
-        [--work /tmp/diffedit-bench] [--reuse] [--results demo/benchmark/results] [--montage 8]
+    python3 demo/benchmark.py [--cases 200] [--first-seed 2000000] [--jobs 2] [--model demo/model] [--bin DIR]
+        [--steps N] [--mask-steps N] [--scheduler ddim|dpm] [--strength S]
+        [--guidance G] [--mask-guidance G] [--invert-guidance G] [--denoise-guidance G]
+        [--maps N] [--encode-strength S] [--threshold-ratio R] [--dilate CELLS]
+        [--negative model|empty|source]
+        [--methods diffedit ...] [--work /tmp/diffedit-bench] [--reuse] [--results demo/benchmark/results] [--montage 8]
 
-The defaults are the demo model's settings (examples.sh's): guidance 3 for every stage and the
-empty negative prompt; `--guidance 7.5` gives the tools' own (diffusers') defaults.
+A setting not given is left off the tools' command lines, so the model folder's
+diffedit_defaults.json (man 5 diffedit-defaults), else the tools' own defaults, decide it: the
+benchmark measures what a user of the model gets. The settings every stage actually used are read
+back from the tools' outputs (their metadata) and recorded in RESULTS.json (`settings.stages`).
+`--guidance` sets every stage's guidance; `--mask-guidance`, `--invert-guidance` and
+`--denoise-guidance` one stage's; `--steps` sets noise-diff-mask's and invert's steps (denoise
+takes the stack's), `--mask-steps` noise-diff-mask's only.
 
-Needs numpy and the release tools (`swift build -c release`); not torch. For each case k
-(world.make_edit_pair(2_000_000 + k): colour edits for even k, shape edits for odd k; the training
-set used seeds 0..23999) it runs, with tool seed k:
+Cases: world.make_edit_pair(FIRST + k) for k < --cases, FIRST = --first-seed. The default,
+2_000_000, gives the 200 held-out scenes every reported result uses; choose settings on other
+scenes (`--first-seed 3000000`), or the reported numbers are fitted to their own test set. The
+training set used seeds 0..23999. Colour edits for even k, shape edits for odd k; tool seed k.
+
+Needs numpy and the release tools (`swift build -c release`); not torch. For each case it runs
 
     vae-encode src.ppm > posterior            tokenize SRC | encode-text > src   (and tgt)
-    tokenize '' | encode-text > empty       (every negative prompt is given: no model default applies)
-    noise-diff-mask --source src --target tgt --source-negative empty --target-negative empty
-        --guidance G --scheduler X < posterior > mask
-    invert --prompt src --negative empty --guidance G|IG --strength S --scheduler X < posterior > inverted
-    denoise --mask M --blend B --prompt tgt --negative src|empty --guidance G < inverted | vae-decode > V.ppm
+    noise-diff-mask --source src --target tgt [mask settings] < posterior > mask
+    invert --prompt src [invert settings] < posterior > inverted
+    denoise --mask M --blend B --prompt tgt [denoise settings] < inverted | tee V.latents | vae-decode > V.ppm
 
-(denoise takes the scheduler X, ddim or dpm, from the stack) for the methods
+(denoise takes the scheduler, steps and strength from the stack; with `--negative empty` or
+`source` every negative prompt is given explicitly: the empty prompt, and for denoise the empty
+prompt or the source caption) for the methods of METHODS:
     diffedit         the inferred mask, diffusers' blending (the tools' defaults)
     diffedit-paper   the inferred mask, --blend paper (the paper's: end on the clean input)
     sdedit           an all-ones mask: SDEdit-style editing of the same inverted latents
@@ -28,17 +38,24 @@ set used seeds 0..23999) it runs, with tool seed k:
     gt-mask-paper    the same with --blend paper
 and two references that edit nothing: `vae` (the input through the autoencoder: the best
 background any method can keep) and `oracle` (the true target image through the autoencoder: what
-a perfect edit scores, so the success measure's ceiling).
+a perfect edit scores, so the success measure's ceiling). A method may also post-process another
+method's picture (`Method.after` and `Method.post`, run by `method_line`).
 
-Metrics, per case, then averaged (the ground truth G = union of the edited object's source and
+Metrics, per case, then summarised (the ground truth G = union of the edited object's source and
 target masks, 64×64 pixels):
     mask IoU        the method's mask upsampled to pixels (nearest) vs G
-    bg PSNR, MAE    input vs output over the pixels outside G (RGB 0..255)
+    bg PSNR, MAE    input vs output over the pixels outside G (RGB 0..255). `bg_psnr` is the mean
+                    of the per-case PSNRs, each capped at PSNR_CAP (100 dB: an exact background,
+                    MSE 0, counts as 100 dB instead of making the mean infinite); `bg_psnr_pooled`
+                    the PSNR of the pooled error (squared errors summed over every case's
+                    background pixels, divided by their number), which no single case dominates;
+                    `bg_exact` the share of cases whose background is exact (MSE 0)
     edit success    colour edits: the most frequent object colour inside the object is the target
                     colour; shape edits: the largest blob of the object's colour near G is
                     classified as the target shape by measure.ShapeClassifier (softmax regression
                     trained on the generator's scenes, 100 % on held-out renders, sharp or blurred)
-Writes RESULTS.json (summary and every case), RESULTS.md (the table) and RESULTS.png (a montage).
+Writes RESULTS.json (summary, settings and every case), RESULTS.md (the table) and RESULTS.png (a
+montage).
 """
 from __future__ import annotations
 
@@ -51,6 +68,8 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -61,19 +80,70 @@ import measure  # noqa: E402
 import world  # noqa: E402
 from diffedit_tools import edit, stream  # noqa: E402
 
-METHODS = [  # name, mask, blend, description
-    ("diffedit", "inferred", "diffusers", "DiffEdit: inferred mask, diffusers' blending (default)"),
-    ("diffedit-paper", "inferred", "paper", "DiffEdit: inferred mask, the paper's blending"),
-    ("sdedit", "ones", "diffusers", "SDEdit-style: all-ones mask, same inverted latents"),
-    ("gt-mask", "gt", "diffusers", "DiffEdit with the ground-truth mask (upper bound)"),
-    ("gt-mask-paper", "gt", "paper", "ground-truth mask, the paper's blending"),
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the table. A denoised method runs denoise | vae-decode on the case's inverted stack
+    with `mask` (inferred | gt | ones) and `blend`. A post-processing method (`after` set) makes
+    its picture from the picture of the method named `after` (listed before it) with `post`:
+    post(source_ppm, out_ppm, case) -> one shell line run in the case's folder, where `case` is the
+    CaseFiles of the case; its mask IoU is that of `mask`."""
+    name: str
+    mask: str
+    description: str
+    blend: str | None = None
+    after: str | None = None
+    post: Callable | None = None
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """What a post-processing method may use, in the case's folder: the source picture, the
+    masks as tensors (mask.tensor inferred, gt.tensor, ones.tensor), the tools' Commands."""
+    k: int
+    source: str
+    masks: dict
+    commands: edit.Commands
+
+
+METHODS = [
+    Method("diffedit", "inferred", "DiffEdit: inferred mask, diffusers' blending (default)", blend="diffusers"),
+    Method("diffedit-paper", "inferred", "DiffEdit: inferred mask, the paper's blending", blend="paper"),
+    Method("sdedit", "ones", "SDEdit-style: all-ones mask, same inverted latents", blend="diffusers"),
+    Method("gt-mask", "gt", "DiffEdit with the ground-truth mask (upper bound)", blend="diffusers"),
+    Method("gt-mask-paper", "gt", "ground-truth mask, the paper's blending", blend="paper"),
 ]
 REFERENCES = [
     ("vae", "no edit: the input through the VAE"),
     ("oracle", "the true target image through the VAE"),
 ]
-FIRST_SEED = 2_000_000
+FIRST_SEED = 2_000_000  # the held-out scenes every reported result uses
 SCHEDULERS = {"ddim": "DDIM", "dpm": "DPM-Solver++"}  # the tools' --scheduler
+MASK_FILES = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor"}
+PSNR_CAP = 100.0  # dB: a per-case PSNR of an exact background (MSE 0) counts as this
+
+# The settings each stage reports in its output's metadata: (stage, metadata key, file, record).
+STAGE_SETTINGS = {
+    "noise-diff-mask": (("steps", "guidance", "maps", "encode_strength", "threshold_ratio", "dilate", "scheduler"),
+                        "mask.tensor", "mask"),
+    "invert": (("steps", "strength", "guidance", "scheduler"), "inverted.tensor", "inverted"),
+    "denoise": (("guidance",), "{denoised}.latents.tensor", "latents"),  # the first denoised method's
+}
+
+
+def check_methods(methods):
+    """Every name once; a post-processing method follows the method it takes its picture from."""
+    seen = set()
+    for m in methods:
+        if m.name in seen or m.name in dict(REFERENCES):
+            raise ValueError(f"method {m.name} named twice")
+        if (m.after is None) == (m.post is not None) or (m.after is None) == (m.blend is None):
+            raise ValueError(f"method {m.name}: a denoised method has a blend, a post-processing one after and post")
+        if m.after is not None and m.after not in seen:
+            raise ValueError(f"method {m.name} post-processes {m.after}, which does not come before it")
+        if m.mask not in MASK_FILES:
+            raise ValueError(f"method {m.name}: mask {m.mask}")
+        seen.add(m.name)
 
 
 def run(cmd, env, log):
@@ -87,30 +157,43 @@ def run(cmd, env, log):
         raise RuntimeError(f"exit {r.returncode}: {cmd} (see {log})")
 
 
-def invert_guidance(a):
-    """invert's guidance: --invert-guidance, else --guidance (every stage the same)."""
-    return a.guidance if a.invert_guidance is None else a.invert_guidance
+def edit_of(k, a, pair):
+    """The edit of case k: every setting given on the benchmark's command line, None for the rest
+    (left off the tools' command lines: the model's diffedit_defaults.json or the tools' own)."""
+    negative = None if a.negative == "model" else a.negative
+    return edit.Edit(pair.source_caption, pair.target_caption, "src.ppm", steps=a.steps, mask_steps=a.mask_steps,
+                     seed=k, scheduler=a.scheduler, guidance=a.guidance, mask_guidance=a.mask_guidance,
+                     invert_guidance=a.invert_guidance, denoise_guidance=a.denoise_guidance, strength=a.strength,
+                     maps=a.maps, encode_strength=a.encode_strength, threshold_ratio=a.threshold_ratio,
+                     dilate=a.dilate, negative=negative, empty_negatives=negative is not None, quiet=True)
 
 
-def case_lines(k, a, pair):
+def method_line(m, c, case):
+    """The shell line that makes {m.name}.ppm in the case's folder: m's post-processing of the
+    picture of the method it follows, or denoise with m's mask and blend, piped into vae-decode
+    (the edited latents kept as {m.name}.latents.tensor: their metadata records denoise's
+    settings)."""
+    if m.after is not None:
+        return m.post(f"{m.after}.ppm", f"{m.name}.ppm", case)
+    return c.denoise(mask=MASK_FILES[m.mask], blend=m.blend, out=f"{m.name}.ppm", decode=True,
+                     keep=f"{m.name}.latents.tensor").shell()
+
+
+def case_lines(k, a, pair, methods=None):
     """The shell lines of case k, run in its folder: the embeddings, mask, inverted stack and the
-    two references, then one denoise | vae-decode per method. Every negative prompt is given, so
-    that no model folder's diffedit_defaults.json changes them."""
-    e = edit.Edit(pair.source_caption, pair.target_caption, "src.ppm", steps=a.steps, seed=k,
-                  scheduler=a.scheduler, guidance=a.guidance, invert_guidance=invert_guidance(a),
-                  strength=a.strength, negative=a.negative, empty_negatives=True, quiet=True)
-    c = edit.Commands(e, files={"source": "src.tensor", "target": "tgt.tensor"})
+    two references, then one line per method."""
+    methods = METHODS if methods is None else methods
+    c = edit.Commands(edit_of(k, a, pair), files={"source": "src.tensor", "target": "tgt.tensor"})
     refs = [edit.Stage("vae", [c.tool("vae-decode", "--record", "posterior.mean")], c.path("posterior"), "vae.ppm"),
             edit.Stage("oracle", [c.tool("vae-encode", "tgt.ppm"), c.tool("vae-decode", "--record", "posterior.mean")],
                        None, "oracle.ppm")]
-    masks = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor"}
-    return [edit.shell_line(c.prepare() + refs)] + [
-        c.denoise(mask=masks[mask], blend=blend, out=f"{name}.ppm", decode=True).shell() for name, mask, blend, _ in METHODS]
+    case = CaseFiles(k, "src.ppm", dict(MASK_FILES), c)
+    return [edit.shell_line(c.prepare() + refs)] + [method_line(m, c, case) for m in methods]
 
 
 def edit_case(k, a, env):
     """Runs the tools on case k in its own folder; returns the folder. Reuses finished cases."""
-    pair = world.make_edit_pair(FIRST_SEED + k, kind="colour" if k % 2 == 0 else "shape")
+    pair = world.make_edit_pair(a.first_seed + k, kind="colour" if k % 2 == 0 else "shape")
     d = os.path.join(a.work, f"case-{k:04d}")
     done = os.path.join(d, "done")
     if a.reuse and os.path.exists(done):
@@ -122,7 +205,7 @@ def edit_case(k, a, env):
     measure.write_pnm(f"{d}/tgt.ppm", pair.target.image)
     log = f"{d}/log.txt"
     cd = f"cd {shlex.quote(d)} && "
-    prepare, *methods = case_lines(k, a, pair)
+    prepare, *methods = case_lines(k, a, pair, a.method_rows)
     run(cd + prepare, env, log)
     # The other masks carry the inferred mask's metadata, so denoise checks them the same way.
     inferred = stream.read_record(f"{d}/mask.tensor", "mask")
@@ -138,8 +221,46 @@ def edit_case(k, a, env):
     return d, pair, time.time() - t0
 
 
-def score_case(k, d, pair, clf):
+def _number(text):
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(v) if v.is_integer() and "." not in text else v
+
+
+def stage_settings(d, methods=None):
+    """The settings each stage of the case in folder d used, from its output's metadata; and the
+    values it took from the model's diffedit_defaults.json (metadata `defaults`)."""
+    methods = METHODS if methods is None else methods
+    denoised = next(m.name for m in methods if m.after is None)
+    out = {}
+    for stage, (keys, file, record) in STAGE_SETTINGS.items():
+        meta = stream.read_record(os.path.join(d, file.format(denoised=denoised)), record).meta
+        s = {k: _number(meta[k]) for k in keys if k in meta}
+        if stage == "noise-diff-mask" and "dilate" not in s:
+            s["dilate"] = 0  # recorded only when the mask is dilated
+        if "defaults" in meta:
+            s["from_defaults_file"] = meta["defaults"].split(": ", 1)[-1]
+        out[stage] = s
+    return out
+
+
+def background_error(out, src, outside):
+    """Squared and absolute error of the picture `out` against `src` over the background pixels."""
+    diff = out.astype(np.float64) - src.astype(np.float64)
+    return float((diff[outside] ** 2).sum()), float(np.abs(diff[outside]).sum()), int(outside.sum()) * src.shape[-1]
+
+
+def psnr(mse):
+    """PSNR (dB) of a mean squared error on 0..255, capped at PSNR_CAP (MSE 0 gives the cap)."""
+    return PSNR_CAP if mse <= 0 else min(PSNR_CAP, 10 * np.log10(255.0 ** 2 / mse))
+
+
+def score_case(k, d, pair, clf, a=None, methods=None):
     """Metrics of every method and reference on one case."""
+    methods = METHODS if methods is None else methods
+    first = FIRST_SEED if a is None else a.first_seed
     src, tgt, i = pair.source, pair.target, pair.index
     g = pair.mask
     outside = ~g
@@ -148,37 +269,42 @@ def score_case(k, d, pair, clf):
     masks = {"inferred": inferred, "gt": measure.to_latent(g, factor, "any"),
              "ones": np.ones_like(inferred)}
     obj = tgt.objects[i]
-    row = {"case": k, "seed": FIRST_SEED + k, "kind": pair.kind, "source": pair.source_caption,
+    row = {"case": k, "seed": first + k, "kind": pair.kind, "source": pair.source_caption,
            "target": pair.target_caption, "want": obj.colour if pair.kind == "colour" else obj.shape,
            "gt_pixels": int(g.sum()), "mask_cells": int(inferred.sum()), "methods": {}}
-    names = [(m[0], m[1]) for m in METHODS] + [(r[0], None) for r in REFERENCES]
+    names = [(m.name, m.mask) for m in methods] + [(r[0], None) for r in REFERENCES]
     for name, mask in names:
         out = measure.read_pnm(f"{d}/{name}.ppm")
-        diff = out.astype(np.float64) - src.image.astype(np.float64)
-        mse = float((diff[outside] ** 2).mean())
+        sse, sae, n = background_error(out, src.image, outside)
         if pair.kind == "colour":
             got = measure.dominant_colour(out, src.masks[i] & tgt.masks[i])[0]
         else:
             got = clf.predict(clf.segment(out, obj.colour, measure.dilate(g, 3)))
-        r = {"bg_psnr": 10 * np.log10(255.0 ** 2 / max(mse, 1e-10)),
-             "bg_mae": float(np.abs(diff[outside]).mean()), "got": got, "success": got == row["want"]}
+        r = {"bg_psnr": psnr(sse / n), "bg_mae": sae / n, "bg_sse": sse, "bg_values": n, "bg_exact": sse == 0,
+             "got": got, "success": got == row["want"]}
         if mask is not None:
             r["mask_iou"] = measure.iou(measure.upsample(masks[mask], factor), g)
-        row["methods"][name] = {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in r.items()}
+        row["methods"][name] = {k2: (round(v, 4) if isinstance(v, float) and k2 != "bg_sse" else v)
+                                for k2, v in r.items()}
     return row
 
 
-def summarise(rows):
-    """Means per method, overall and per edit kind."""
+def summarise(rows, methods=None):
+    """Per method, overall and per edit kind: success rate, mean per-case background PSNR (capped
+    at PSNR_CAP), the pooled error's PSNR, the share of exact backgrounds, mean MAE and IoU."""
+    methods = METHODS if methods is None else methods
     out = {}
-    for name in [m[0] for m in METHODS] + [r[0] for r in REFERENCES]:
+    for name in [m.name for m in methods] + [r[0] for r in REFERENCES]:
         s = {}
         for kind in ("all", "colour", "shape"):
             rs = [r["methods"][name] for r in rows if kind == "all" or r["kind"] == kind]
             if not rs:
                 continue
+            pooled_mse = sum(r["bg_sse"] for r in rs) / sum(r["bg_values"] for r in rs)
             e = {"n": len(rs), "success": float(np.mean([r["success"] for r in rs])),
                  "bg_psnr": float(np.mean([r["bg_psnr"] for r in rs])),
+                 "bg_psnr_pooled": float(psnr(pooled_mse)),
+                 "bg_exact": float(np.mean([r["bg_exact"] for r in rs])),
                  "bg_mae": float(np.mean([r["bg_mae"] for r in rs]))}
             if "mask_iou" in rs[0]:
                 e["mask_iou"] = float(np.mean([r["mask_iou"] for r in rs]))
@@ -187,24 +313,35 @@ def summarise(rows):
     return out
 
 
-def table(summary, rows, a, seconds):
-    desc = {m[0]: m[3] for m in METHODS} | {r[0]: r[1] for r in REFERENCES}
+def describe_settings(stages):
+    """One line of the settings each stage used."""
+    m, i, dn = stages["noise-diff-mask"], stages["invert"], stages["denoise"]
+    return (f"{SCHEDULERS[i.get('scheduler', 'ddim')]}; mask: {m['steps']} steps, guidance {m['guidance']}, "
+            f"{m['maps']} maps, encode strength {m['encode_strength']}, ratio {m['threshold_ratio']}, "
+            f"dilate {m['dilate']}; invert: {i['steps']} steps, strength {i['strength']}, guidance {i['guidance']}; "
+            f"denoise: guidance {dn['guidance']}")
+
+
+def table(summary, rows, a, seconds, stages, methods=None):
+    methods = METHODS if methods is None else methods
+    desc = {m.name: m.description for m in methods} | {r[0]: r[1] for r in REFERENCES}
     n = len(rows)
-    lines = [f"{n} held-out cases ({sum(r['kind'] == 'colour' for r in rows)} colour edits, "
-             f"{sum(r['kind'] == 'shape' for r in rows)} shape edits), {a.steps} {SCHEDULERS[a.scheduler]} steps, "
-             f"guidance {a.guidance}, " + (f"invert guidance {a.invert_guidance}, " if a.invert_guidance is not None else "") +
-             f"strength {a.strength}, mask: the tools' defaults (10 maps, encode strength 0.5, ratio 3.0); "
-             f"negative prompt: {'the source caption' if a.negative == 'source' else 'empty'}; "
-             f"model `{os.path.relpath(os.path.abspath(a.model), ROOT)}`. "
-             f"{seconds / 60:.1f} min with {a.jobs} jobs.", "",
-             "| method | mask IoU | background PSNR (dB) | background MAE (/255) | edit success: all | colour | shape |",
-             "|---|---|---|---|---|---|---|"]
+    which = "held-out" if a.first_seed == FIRST_SEED else f"tuning (seeds from {a.first_seed})"
+    negative = {"model": "the model's", "empty": "empty", "source": "the source caption (denoise)"}[a.negative]
+    lines = [f"{n} {which} cases ({sum(r['kind'] == 'colour' for r in rows)} colour edits, "
+             f"{sum(r['kind'] == 'shape' for r in rows)} shape edits); {describe_settings(stages)}; "
+             f"negative prompt: {negative}; model `{os.path.relpath(os.path.abspath(a.model), ROOT)}`. "
+             f"{seconds / 60:.1f} min with {a.jobs} jobs. Background PSNR: mean of per-case PSNRs (each "
+             f"capped at {PSNR_CAP:.0f} dB) and of the pooled error; exact: cases with MSE 0.", "",
+             "| method | mask IoU | background PSNR (dB): mean | pooled | exact | background MAE (/255) "
+             "| edit success: all | colour | shape |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         al, co, sh = s["all"], s.get("colour"), s.get("shape")
         iou = f"{al['mask_iou']:.3f}" if "mask_iou" in al else "—"
         pct = lambda e: f"{100 * e['success']:.1f} %" if e else "—"  # noqa: E731
-        lines.append(f"| `{name}`: {desc[name]} | {iou} | {al['bg_psnr']:.2f} | {al['bg_mae']:.2f} | "
-                     f"{pct(al)} | {pct(co)} | {pct(sh)} |")
+        lines.append(f"| `{name}`: {desc[name]} | {iou} | {al['bg_psnr']:.2f} | {al['bg_psnr_pooled']:.2f} | "
+                     f"{100 * al['bg_exact']:.1f} % | {al['bg_mae']:.2f} | {pct(al)} | {pct(co)} | {pct(sh)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -236,26 +373,54 @@ def montage(rows, a, path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=200)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim",
-                   help="the mask's, inversion's and denoising's scheduler: ddim (default) or dpm (DPM-Solver++)")
-    p.add_argument("--guidance", type=float, default=3.0, help="guidance of every stage (default 3)")
+    p.add_argument("--first-seed", type=int, default=FIRST_SEED,
+                   help=f"case k is the scene of seed FIRST + k (default {FIRST_SEED}: the held-out scenes; "
+                        "tune on others, e.g. 3000000)")
+    unset = " (default: the model's diffedit_defaults.json, else the tools')"
+    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
+                   help="the mask's, inversion's and denoising's scheduler: ddim or dpm (DPM-Solver++)" + unset)
+    p.add_argument("--steps", type=int, default=None, help="noise-diff-mask's and invert's --steps" + unset)
+    p.add_argument("--mask-steps", type=int, default=None, help="noise-diff-mask's --steps only" + unset)
+    p.add_argument("--guidance", type=float, default=None, help="every stage's --guidance" + unset)
+    p.add_argument("--mask-guidance", type=float, default=None, help="noise-diff-mask's --guidance" + unset)
     p.add_argument("--invert-guidance", type=float, default=None,
-                   help="invert's guidance only (default: --guidance; 1 inverts without guidance)")
-    p.add_argument("--strength", type=float, default=0.8, help="invert --strength (default 0.8)")
-    p.add_argument("--negative", choices=["source", "empty"], default="empty",
-                   help="denoise's negative prompt: the empty prompt (default) or the source caption")
+                   help="invert's --guidance (1 inverts without guidance)" + unset)
+    p.add_argument("--denoise-guidance", type=float, default=None, help="denoise's --guidance" + unset)
+    p.add_argument("--strength", type=float, default=None, help="invert's --strength" + unset)
+    p.add_argument("--maps", type=int, default=None, help="noise-diff-mask's --maps" + unset)
+    p.add_argument("--encode-strength", type=float, default=None, help="noise-diff-mask's --encode-strength" + unset)
+    p.add_argument("--threshold-ratio", type=float, default=None, help="noise-diff-mask's --threshold-ratio" + unset)
+    p.add_argument("--dilate", type=int, default=None, help="noise-diff-mask's --dilate (latent cells)" + unset)
+    p.add_argument("--negative", choices=["model", "empty", "source"], default="model",
+                   help="the negative prompts: the model's (default: none given), or every one the empty "
+                        "prompt, denoise's the empty prompt or the source caption")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--model", default=os.path.join(HERE, "model"))
     p.add_argument("--bin", default=None, help="folder of the release tools (default: swift build's)")
     p.add_argument("--work", default="/tmp/diffedit-bench", help="every case's files stay here")
     p.add_argument("--results", default=None, help="write RESULTS.json, .md and .png (e.g. demo/benchmark)")
-    p.add_argument("--montage", type=int, default=8, help="cases in the montage")
+    p.add_argument("--montage", type=int, default=8, help="cases in the montage (0: none)")
     p.add_argument("--reuse", action="store_true", help="keep cases already finished in --work")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="run these methods only (default all; tuning runs need only diffedit, and the denoisings "
+                        "are most of a case's time); no montage then")
     a = p.parse_args()
+    names = [m.name for m in METHODS]
+    if a.methods:
+        unknown = [n for n in a.methods if n not in names]
+        if unknown:
+            sys.exit(f"benchmark: no method {', '.join(unknown)} (methods: {', '.join(names)})")
+    # The methods run, in the table's order, with every method a chosen one post-processes.
+    wanted = set(a.methods or names)
+    for m in reversed(METHODS):
+        if m.name in wanted and m.after:
+            wanted.add(m.after)
+    a.method_rows = [m for m in METHODS if m.name in wanted]
+    check_methods(a.method_rows)
     if a.bin is None:
         a.bin = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
+    a.bin = os.path.abspath(a.bin)  # the cases run in their own folders
     for tool in ("vae-encode", "vae-decode", "tokenize", "encode-text", "noise-diff-mask", "invert", "denoise"):
         if not os.access(os.path.join(a.bin, tool), os.X_OK):
             sys.exit(f"benchmark: {tool} is not in {a.bin} — run `swift build -c release` first or pass --bin")
@@ -274,29 +439,42 @@ def main():
     acc = {"held_out_renders": clf.accuracy(), "held_out_blurred": clf.accuracy(blur=True)}
     print(f"benchmark: shape classifier accuracy {acc}", file=sys.stderr)
 
-    rows, tool_seconds = [], []
+    rows, tool_seconds, stages = [], [], None
     with cf.ThreadPoolExecutor(a.jobs) as ex:
         futs = {ex.submit(edit_case, k, a, env): k for k in range(a.cases)}
         for n, f in enumerate(cf.as_completed(futs), 1):
             k = futs[f]
             d, pair, secs = f.result()
             tool_seconds.append(secs)
-            rows.append(score_case(k, d, pair, clf))
+            rows.append(score_case(k, d, pair, clf, a, a.method_rows))
+            # Every case runs with the same settings; a case that reports others is a bug here.
+            used = stage_settings(d, a.method_rows)
+            if stages is None:
+                stages = used
+            elif used != stages:
+                sys.exit(f"benchmark: case {k} ran with {used}, case before it with {stages}")
             if n % 10 == 0 or n == a.cases:
                 el = time.time() - t0
                 print(f"benchmark: {n}/{a.cases} cases, {el:.0f} s, ETA {el / n * (a.cases - n):.0f} s",
                       file=sys.stderr)
     rows.sort(key=lambda r: r["case"])
     seconds = time.time() - t0
-    summary = summarise(rows)
-    md = table(summary, rows, a, seconds)
+    summary = summarise(rows, a.method_rows)
+    md = table(summary, rows, a, seconds, stages, a.method_rows)
     print(md)
     if a.results:
         os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
+        given = {k: getattr(a, k) for k in ("scheduler", "steps", "mask_steps", "guidance", "mask_guidance",
+                                             "invert_guidance", "denoise_guidance", "strength", "maps",
+                                             "encode_strength", "threshold_ratio", "dilate") if getattr(a, k) is not None}
         res = {"summary": summary, "shape_classifier_accuracy": acc,
-               "settings": {"cases": a.cases, "steps": a.steps, "scheduler": a.scheduler, "guidance": a.guidance,
-                            "invert_guidance": invert_guidance(a), "strength": a.strength,
-                            "negative": a.negative, "first_seed": FIRST_SEED,
+               "settings": {"cases": a.cases, "first_seed": a.first_seed, "negative": a.negative,
+                            "methods": [m.name for m in a.method_rows],
+                            "given": given, "stages": stages,
+                            # The fields earlier results hold (compare_benchmarks.py), from what ran:
+                            "steps": stages["invert"]["steps"], "scheduler": stages["invert"]["scheduler"],
+                            "guidance": stages["denoise"]["guidance"], "invert_guidance": stages["invert"]["guidance"],
+                            "strength": stages["invert"]["strength"], "psnr_cap_db": PSNR_CAP,
                             "model": os.path.relpath(os.path.abspath(a.model), ROOT), "jobs": a.jobs},
                "seconds": round(seconds, 1), "tool_seconds_per_case": round(float(np.mean(tool_seconds)), 2),
                "cases": rows}
@@ -304,7 +482,8 @@ def main():
             json.dump(res, f, indent=1)
         with open(a.results + ".md", "w") as f:
             f.write(md)
-        montage(rows, a, a.results + ".png")
+        if a.montage > 0 and not a.methods:
+            montage(rows, a, a.results + ".png")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ public final class StageRun {
         inputLabel = reader.label
         for r in records { try r.requireFinite(from: reader.label, allow: common.allowNonfinite) }
         folder = try ModelFolder.resolve(common.model)
-        settings = try ModelSettings(folder: folder)
+        settings = try ModelSettings(folder: folder, stage: ModelDefaults.Stage(rawValue: tool))
     }
 
     /// Refuses a record of the input (`what`: "the posterior") made with another model.
@@ -50,7 +50,8 @@ public final class StageRun {
         return try DiffEditSupport.broadcastPrompts(e, to: n, option: option)
     }
 
-    /// The option's value if given, else the model's defaults file's, else `builtIn`.
+    /// The option's value if given, else the model's defaults file's (the section named for this
+    /// tool, then the top level), else `builtIn`.
     public func pick<T>(_ given: T?, _ key: KeyPath<ModelDefaults, T?>, _ name: String, builtIn: T) -> T {
         settings.pick(given, key, name, builtIn: builtIn)
     }

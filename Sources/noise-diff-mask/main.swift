@@ -4,9 +4,6 @@ import DiffEditCLI
 
 /// noise-diff-mask's own numeric options.
 private enum Numbers {
-    static let maps = NumberOption<Int>("--maps", .from(1, to: 10_000))
-    static let encodeStrength = NumberOption<Double>("--encode-strength", .fraction)
-    static let thresholdRatio = NumberOption<Float>("--threshold-ratio", .above(0, atMost: 1000))
     static let batch = NumberOption<Int>("--batch", .from(1, to: 1000))
 }
 
@@ -28,12 +25,12 @@ struct NoiseDiffMaskTool: DiffEditTool {
     var sourceNegative: String?
     @Option(name: .long, help: "Negative embeddings for the target (default: as --source-negative).")
     var targetNegative: String?
-    @Option(Numbers.maps, "Noise draws averaged per image (num_maps_per_mask).")
-    var maps = 10
-    @Option(Numbers.encodeStrength, "Fraction of the schedule the image is noised to (mask_encode_strength).")
-    var encodeStrength = 0.5
-    @Option(Numbers.thresholdRatio, "Clamp the map at this multiple of its mean; the mask is where it exceeds half that.")
-    var thresholdRatio: Float = 3.0
+    @Option(MaskNumbers.maps, "Noise draws averaged per image (num_maps_per_mask)", defaultText: "the model's diffedit_defaults.json, else 10")
+    var maps: Int?
+    @Option(MaskNumbers.encodeStrength, "Fraction of the schedule the image is noised to (mask_encode_strength)", defaultText: "the model's diffedit_defaults.json, else 0.5")
+    var encodeStrength: Double?
+    @Option(MaskNumbers.thresholdRatio, "Clamp the map at this multiple of its mean; the mask is where it exceeds half that", defaultText: "the model's diffedit_defaults.json, else 3")
+    var thresholdRatio: Float?
     @Option(StageNumbers.steps, "Inference steps of the schedule the encode timestep is taken from", defaultText: "the model's diffedit_defaults.json, else 50")
     var steps: Int?
     @Option(StageNumbers.guidance, StageNumbers.guidanceAbstract, defaultText: "the model's diffedit_defaults.json, else 7.5")
@@ -46,8 +43,8 @@ struct NoiseDiffMaskTool: DiffEditTool {
     var soft = false
     @Option(name: .long, help: "Also write the soft map (record mask.soft) to this file, the mask going to stdout: both from one run.")
     var softOutput: String?
-    @Option(StageNumbers.dilate, "Dilate the mask by this many latent cells (diagonals included; the soft map is not dilated)")
-    var dilate = 0
+    @Option(StageNumbers.dilate, "Dilate the mask by this many latent cells (diagonals included; the soft map is not dilated)", defaultText: "the model's diffedit_defaults.json, else 0")
+    var dilate: Int?
     @Flag(name: .long, help: "Enlarge the output to image size (nearest neighbour by the VAE factor).")
     var imageSize = false
     @OptionGroup var schedulerOption: SchedulerOption
@@ -72,6 +69,10 @@ struct NoiseDiffMaskTool: DiffEditTool {
             let srcNeg = try run.negative(sourceNegative, option: "--source-negative", images: n)
             let tgtNeg = try run.negative(targetNegative, option: "--target-negative", images: n)
             var options = NoiseDiffMask.Options()
+            let maps = run.pick(self.maps, \.maps, "maps", builtIn: 10)
+            let encodeStrength = run.pick(self.encodeStrength, \.encodeStrength, "encode strength", builtIn: 0.5)
+            let thresholdRatio = run.pick(self.thresholdRatio, \.thresholdRatio, "threshold ratio", builtIn: 3.0)
+            let dilate = run.pick(self.dilate, \.dilate, "dilate", builtIn: 0)
             options.maps = maps
             options.encodeStrength = encodeStrength
             options.thresholdRatio = thresholdRatio

@@ -35,10 +35,14 @@ class Edit:
     scheduler: str | None = None    # ddim | dpm, noise-diff-mask's and invert's; denoise takes the stack's
     guidance: object = None         # every stage's guidance scale
     invert_guidance: object = None  # invert's, where it differs from the others' (None: guidance)
+    mask_guidance: object = None    # noise-diff-mask's, where it differs (None: guidance)
+    denoise_guidance: object = None # denoise's, where it differs (None: guidance)
+    mask_steps: int | None = None   # noise-diff-mask's steps, where they differ (None: steps)
     strength: object = None         # invert's; denoise takes the stack's
     maps: int | None = None         # noise-diff-mask's --maps, --encode-strength, --threshold-ratio
     encode_strength: object = None
     threshold_ratio: object = None
+    dilate: int | None = None       # noise-diff-mask's --dilate (latent cells)
     blend: str | None = None        # denoise's: diffusers | paper
     negative: str | None = None     # denoise's negative prompt: "source", "empty" or None (the model's)
     empty_negatives: bool = False   # the empty prompt as noise-diff-mask's and invert's negatives too,
@@ -84,6 +88,11 @@ def tool_env(model=None, bin=None, base=None) -> dict:
     return env
 
 
+def _first(*values):
+    """The first value that is not None (a stage's own setting, else the shared one)."""
+    return next((v for v in values if v is not None), None)
+
+
 def _opts(*pairs):
     """--option value for every value that is not None."""
     return [w for opt, v in pairs if v is not None for w in (opt, str(v))]
@@ -126,28 +135,32 @@ class Commands:
         e, p = self.e, self.path
         negatives = (("--source-negative", p("empty")), ("--target-negative", p("empty"))) if e.empty_negatives else ()
         argv = self.tool("noise-diff-mask", "--source", p("source"), "--target", p("target")) + _opts(
-            *negatives, ("--steps", e.steps), ("--seed", e.seed), ("--scheduler", e.scheduler),
-            ("--guidance", e.guidance), ("--maps", e.maps), ("--encode-strength", e.encode_strength),
-            ("--threshold-ratio", e.threshold_ratio)) + self._quiet()
+            *negatives, ("--steps", _first(e.mask_steps, e.steps)), ("--seed", e.seed), ("--scheduler", e.scheduler),
+            ("--guidance", _first(e.mask_guidance, e.guidance)), ("--maps", e.maps),
+            ("--encode-strength", e.encode_strength), ("--threshold-ratio", e.threshold_ratio),
+            ("--dilate", e.dilate)) + self._quiet()
         return Stage("noise-diff-mask", [argv], p("posterior"), p("mask"))
 
     def invert(self):
         e, p = self.e, self.path
-        guidance = e.guidance if e.invert_guidance is None else e.invert_guidance
+        guidance = _first(e.invert_guidance, e.guidance)
         argv = self.tool("invert", "--prompt", p("source")) + _opts(
             ("--negative", p("empty") if e.empty_negatives else None), ("--steps", e.steps), ("--seed", e.seed),
             ("--scheduler", e.scheduler), ("--guidance", guidance), ("--strength", e.strength)) + self._quiet()
         return Stage("invert", [argv], p("posterior"), p("inverted"))
 
-    def denoise(self, mask="mask", blend=None, out=None, decode=False):
+    def denoise(self, mask="mask", blend=None, out=None, decode=False, keep=None):
         """denoise with a mask file (default the inferred one) and a blend (default the edit's);
-        decode: piped into vae-decode, writing a picture."""
+        decode: piped into vae-decode, writing a picture (keep: the latents to this file too)."""
         e, p = self.e, self.path
         negative = {"source": p("source"), "empty": p("empty"), None: None}[e.negative]
         argv = self.tool("denoise", "--mask", p(mask), "--prompt", p("target")) + _opts(
-            ("--negative", negative), ("--guidance", e.guidance), ("--blend", blend or e.blend)) + self._quiet()
+            ("--negative", negative), ("--guidance", _first(e.denoise_guidance, e.guidance)),
+            ("--blend", blend or e.blend)) + self._quiet()
         if decode:
-            return Stage("denoise | vae-decode", [argv, self.tool("vae-decode")], p("inverted"), p(out or "decoded"))
+            # keep: also write the edited latents to this file (their metadata records the settings).
+            middle = [["tee", p(keep)]] if keep else []
+            return Stage("denoise | vae-decode", [argv, *middle, self.tool("vae-decode")], p("inverted"), p(out or "decoded"))
         return Stage("denoise", [argv], p("inverted"), p(out or "edited"))
 
     def decode(self):

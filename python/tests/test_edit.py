@@ -95,14 +95,20 @@ class CompareEdit(unittest.TestCase):
 
 
 class DemoBenchmark(unittest.TestCase):
-    """demo/benchmark.py: every negative given, --quiet, the captions in src.tensor and tgt.tensor."""
-
+    """demo/benchmark.py: with --negative empty or source every negative given, --quiet, the
+    captions in src.tensor and tgt.tensor; the edited latents kept beside each picture (tee)."""
     pair = SimpleNamespace(source_caption="a red circle on a plain white background",
                            target_caption="a blue circle on a plain white background")
+    UNSET = dict(steps=None, mask_steps=None, scheduler=None, guidance=None, mask_guidance=None, invert_guidance=None,
+                 denoise_guidance=None, strength=None, maps=None, encode_strength=None, threshold_ratio=None,
+                 dilate=None, negative="model", first_seed=2_000_000)
 
-    def lines(self, a, k):
+    def args(self, **given):
+        return SimpleNamespace(**{**self.UNSET, **given})
+
+    def lines(self, a, k, methods=None):
         import benchmark
-        return benchmark.case_lines(k, a, self.pair)
+        return benchmark.case_lines(k, a, self.pair, methods)
 
     def old_lines(self, k, steps, scheduler, g, ig, strength, negative):
         q = shlex.quote
@@ -122,17 +128,70 @@ class DemoBenchmark(unittest.TestCase):
                    ("sdedit", "ones.tensor", "diffusers"), ("gt-mask", "gt.tensor", "diffusers"),
                    ("gt-mask-paper", "gt.tensor", "paper")]
         return [first] + [f"cd /w/case && denoise --quiet --guidance {g} --mask {f} --blend {b}"
-                          f" --prompt tgt.tensor {neg} < inverted.tensor | vae-decode > {n}.ppm" for n, f, b in methods]
+                          f" --prompt tgt.tensor {neg} < inverted.tensor | tee {n}.latents.tensor | vae-decode > {n}.ppm"
+                          for n, f, b in methods]
 
-    def test_defaults(self):
-        a = SimpleNamespace(steps=50, scheduler="ddim", guidance=3.0, invert_guidance=None, strength=0.8, negative="empty")
+    def test_demo_settings_given(self):
+        a = self.args(steps=50, scheduler="ddim", guidance=3.0, strength=0.8, negative="empty")
         self.assertEqual([normal(x) for x in self.lines(a, 7)],
                          [normal(x) for x in self.old_lines(7, 50, "ddim", 3.0, 3.0, 0.8, "empty")])
 
     def test_dpm_invert_guidance_source_negative(self):
-        a = SimpleNamespace(steps=20, scheduler="dpm", guidance=7.5, invert_guidance=1.0, strength=0.6, negative="source")
+        a = self.args(steps=20, scheduler="dpm", guidance=7.5, invert_guidance=1.0, strength=0.6, negative="source")
         self.assertEqual([normal(x) for x in self.lines(a, 0)],
                          [normal(x) for x in self.old_lines(0, 20, "dpm", 7.5, 1.0, 0.6, "source")])
+
+    def test_settings_not_given_are_left_to_the_model(self):
+        first, *methods = self.lines(self.args(), 3)
+        self.assertEqual(first.count("--seed 3"), 2)
+        for word in ("--guidance", "--steps", "--strength", "--negative", "--maps", "--threshold-ratio", "--dilate",
+                     "empty.tensor"):
+            self.assertNotIn(word, first + " ".join(methods))
+
+    def test_every_stage_set_separately(self):
+        first, *methods = self.lines(self.args(steps=25, mask_steps=10, guidance=3.0, mask_guidance=2.0,
+                                               invert_guidance=1.0, denoise_guidance=4.0, maps=5,
+                                               encode_strength=0.4, threshold_ratio=2.5, dilate=1), 0)
+        cmds = {c[0]: dict(c[2]) for part in normal(first) for c in part}
+        self.assertEqual({k: cmds["noise-diff-mask"][k] for k in ("--steps", "--guidance", "--maps", "--encode-strength",
+                                                                   "--threshold-ratio", "--dilate")},
+                         {"--steps": "10", "--guidance": "2.0", "--maps": "5", "--encode-strength": "0.4",
+                          "--threshold-ratio": "2.5", "--dilate": "1"})
+        self.assertEqual((cmds["invert"]["--steps"], cmds["invert"]["--guidance"]), ("25", "1.0"))
+        for line in methods:
+            self.assertEqual(dict(normal(line)[0][0][2])["--guidance"], "4.0")
+
+    def test_post_processing_method(self):
+        """A method that post-processes another's picture runs after it, with the case's files."""
+        import benchmark
+        seen = []
+
+        def post(src, out, case):
+            seen.append((src, out, case.source, case.masks["inferred"]))
+            return f"cp {src} {out}"
+        methods = benchmark.METHODS + [benchmark.Method("diffedit-copy", "inferred", "a copy", after="diffedit", post=post)]
+        benchmark.check_methods(methods)
+        lines = self.lines(self.args(), 0, methods)
+        self.assertEqual(lines[-1], "cp diffedit.ppm diffedit-copy.ppm")
+        self.assertEqual(seen, [("diffedit.ppm", "diffedit-copy.ppm", "src.ppm", "mask.tensor")])
+        with self.assertRaises(ValueError):
+            benchmark.check_methods([methods[-1]] + benchmark.METHODS)
+
+    def test_background_metrics(self):
+        """An exact background counts as the cap, not infinity; the pooled PSNR is that of the
+        summed squared errors (not the mean of the PSNRs)."""
+        import benchmark
+        import numpy as np
+        self.assertEqual(benchmark.psnr(0.0), benchmark.PSNR_CAP)
+        self.assertAlmostEqual(benchmark.psnr(255.0 ** 2 / 100), 20.0)
+        rows = [{"kind": "colour", "methods": {n: {"bg_sse": sse, "bg_values": 10, "bg_exact": sse == 0, "success": True,
+                                                   "bg_psnr": benchmark.psnr(sse / 10), "bg_mae": 0.0}
+                                               for n in [m.name for m in benchmark.METHODS] + ["vae", "oracle"]}}
+                for sse in (0.0, 10 * 255.0 ** 2 / 100)]
+        s = benchmark.summarise(rows)["diffedit"]["all"]
+        self.assertEqual(s["bg_exact"], 0.5)
+        self.assertAlmostEqual(s["bg_psnr"], (100 + 20) / 2)
+        self.assertAlmostEqual(s["bg_psnr_pooled"], 10 * np.log10(255.0 ** 2 / (255.0 ** 2 / 200)))
 
 
 class DemoDiffusersCheck(unittest.TestCase):

@@ -10,3 +10,11 @@ public enum StageNumbers {
     /// --guidance's abstract, the same in every stage.
     public static let guidanceAbstract = "Classifier-free guidance scale (1 or less turns guidance off, as in diffusers)"
 }
+
+/// noise-diff-mask's own numeric options (its command line and its section of
+/// diffedit_defaults.json: one domain for both).
+public enum MaskNumbers {
+    public static let maps = NumberOption<Int>("--maps", .from(1, to: 10_000))
+    public static let encodeStrength = NumberOption<Double>("--encode-strength", .fraction)
+    public static let thresholdRatio = NumberOption<Float>("--threshold-ratio", .above(0, atMost: 1000))
+}

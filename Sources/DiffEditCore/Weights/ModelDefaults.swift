@@ -5,8 +5,19 @@ import Foundation
 /// the command line; an option given always wins, and a folder without the file gets the tools'
 /// own defaults (diffusers'). The file is checked strictly: an unknown key, a wrong type or a
 /// value out of its option's domain is an error naming the file, never silently ignored.
+///
+/// Its top level holds the settings every stage shares; a section named for a stage tool
+/// ("noise-diff-mask", "invert", "denoise") holds that stage's own, which win over the top level:
+/// the command line, else the stage's section, else the top level, else the tool's own default.
 public struct ModelDefaults: Equatable {
     public static let fileName = "diffedit_defaults.json"
+
+    /// The stage tools a section of the file may be named for.
+    public enum Stage: String, CaseIterable, Sendable {
+        case noiseDiffMask = "noise-diff-mask"
+        case invert
+        case denoise
+    }
 
     /// Classifier-free guidance scale of noise-diff-mask, invert and denoise.
     public var guidance: Float?
@@ -18,13 +29,20 @@ public struct ModelDefaults: Equatable {
     public var strength: Double?
     /// denoise's background blending: "diffusers" or "paper".
     public var blend: MaskedDenoising.Blend?
+    /// noise-diff-mask's own (its section only): --threshold-ratio, --maps, --encode-strength, --dilate.
+    public var thresholdRatio: Float?
+    public var maps: Int?
+    public var encodeStrength: Double?
+    public var dilate: Int?
     /// Free text for the reader of the file; the tools ignore it.
     public var comment: String?
     /// The file the values came from (nil: no file, every value nil).
     public var path: String?
+    /// Each stage's section: its values win over the top level's for that stage.
+    public var sections: [Stage: ModelDefaults] = [:]
 
     /// The file's values lie in the command-line options' domains (NumberDomain .guidance,
-    /// .steps, .fraction: one definition for both).
+    /// .steps, .fraction, MaskNumbers: one definition for both).
     public static let maxTextLength = 10_000
 
     public init() {}
@@ -42,68 +60,132 @@ public struct ModelDefaults: Equatable {
 
     public static let maxBytes = 1 << 20
 
-    /// Parses and checks the file's bytes; every error names `path`.
+    /// The keys of the top level (besides the sections).
+    public static let keys = ["guidance", "negative_prompt", "steps", "strength", "blend", "comment"]
+    /// The keys of each stage's section: those of the options the stage takes.
+    public static let stageKeys: [Stage: [String]] = [
+        .noiseDiffMask: ["guidance", "negative_prompt", "steps", "threshold_ratio", "maps", "encode_strength", "dilate", "comment"],
+        .invert: ["guidance", "negative_prompt", "steps", "strength", "comment"],
+        .denoise: ["guidance", "negative_prompt", "blend", "comment"],
+    ]
+
+    /// Parses and checks the file's bytes; every error names `path` (and the section).
     public init(bytes: [UInt8], path: String) throws {
         self.init()
         self.path = path
-        let fix = "fix it (man 5 diffedit-defaults) or remove it"
-        guard bytes.count <= Self.maxBytes else { throw ToolError("\(path) is \(bytes.count) bytes, not a small settings file — \(fix)") }
+        guard bytes.count <= Self.maxBytes else { throw ToolError("\(path) is \(bytes.count) bytes, not a small settings file — \(Self.fix)") }
         // A key given twice, at any depth, is refused by name (a last-wins reading would be silent).
-        let root = try JSONValue.parse(bytes, label: path, refusingDuplicateKeys: true, remedy: fix)
-        guard let members = root.objectValue else { throw ToolError("\(path) is not a JSON object — \(fix)") }
+        let root = try JSONValue.parse(bytes, label: path, refusingDuplicateKeys: true, remedy: Self.fix)
+        guard let members = root.objectValue else { throw ToolError("\(path) is not a JSON object — \(Self.fix)") }
+        try read(members, path: path, section: nil)
+    }
+
+    private static let fix = "fix it (man 5 diffedit-defaults) or remove it"
+
+    /// Reads the members of the top level (`section` nil) or of a stage's section into self.
+    private mutating func read(_ members: [(String, JSONValue)], path: String, section: Stage?) throws {
+        let fix = Self.fix
+        let place = section.map { "\(path): section '\($0.rawValue)'" } ?? path
+        let known = section.map { Self.stageKeys[$0]! } ?? Self.keys + Stage.allCases.map(\.rawValue)
         for (key, value) in members {
             func bad(_ want: String) -> ToolError {
-                ToolError("\(path): '\(key)' must be \(want), found \(Self.describe(value)) — \(fix)")
+                ToolError("\(place): '\(key)' must be \(want), found \(Self.describe(value)) — \(fix)")
+            }
+            if section == nil, let stage = Stage(rawValue: key) {
+                guard let sectionMembers = value.objectValue else {
+                    throw bad("an object of \(stage.rawValue)'s settings (keys: \(Self.stageKeys[stage]!.joined(separator: ", ")))")
+                }
+                var s = ModelDefaults()
+                try s.read(sectionMembers, path: path, section: stage)
+                sections[stage] = s
+                continue
+            }
+            guard known.contains(key) else {
+                let stages = Stage.allCases.filter { Self.stageKeys[$0]!.contains(key) }.map(\.rawValue)
+                if let section, !stages.isEmpty || Stage(rawValue: key) != nil {
+                    // A key of another stage, or a section inside a section.
+                    let applies = stages.isEmpty ? "is a section of the top level" : "applies to \(stages.joined(separator: " and ")) only"
+                    throw ToolError("\(place): '\(JSONValue.shown(key))' does not apply to \(section.rawValue) (it \(applies)) — \(fix)")
+                }
+                if section == nil, !stages.isEmpty {
+                    throw ToolError("\(place): '\(JSONValue.shown(key))' applies to \(stages.joined(separator: " and ")) only: put it in the section \"\(stages[0])\" — \(fix)")
+                }
+                throw ToolError("\(place): unknown key '\(JSONValue.shown(key))' (known: \(known.joined(separator: ", "))) — \(fix)")
+            }
+            func number<T: OptionNumber>(_ domain: NumberDomain<T>) throws -> T {
+                guard let d = value.doubleValue, let v = T(optionValue: d), domain.contains(v) else { throw bad(domain.description) }
+                return v
             }
             switch key {
-            case "guidance":
-                guard let d = value.doubleValue, NumberDomain<Float>.guidance.contains(Float(d)) else {
-                    throw bad(NumberDomain<Float>.guidance.description)
-                }
-                guidance = Float(d)
+            case "guidance": guidance = try number(NumberDomain<Float>.guidance)
             case "steps":
-                guard let n = value.intValue, NumberDomain<Int>.steps.contains(n) else {
-                    throw bad(NumberDomain<Int>.steps.description)
-                }
+                guard let n = value.intValue, NumberDomain<Int>.steps.contains(n) else { throw bad(NumberDomain<Int>.steps.description) }
                 steps = n
-            case "strength":
-                guard let d = value.doubleValue, NumberDomain<Double>.fraction.contains(d) else { throw bad(NumberDomain<Double>.fraction.description) }
-                strength = d
+            case "strength": strength = try number(NumberDomain<Double>.fraction)
+            case "threshold_ratio": thresholdRatio = try number(MaskNumbers.thresholdRatio.domain)
+            case "encode_strength": encodeStrength = try number(MaskNumbers.encodeStrength.domain)
+            case "maps":
+                guard let n = value.intValue, MaskNumbers.maps.domain.contains(n) else { throw bad(MaskNumbers.maps.domain.description) }
+                maps = n
+            case "dilate":
+                guard let n = value.intValue, StageNumbers.dilate.domain.contains(n) else { throw bad(StageNumbers.dilate.domain.description) }
+                dilate = n
             case "blend":
                 guard let b = value.stringValue.flatMap(MaskedDenoising.Blend.init(rawValue:)) else { throw bad("\"diffusers\" or \"paper\"") }
                 blend = b
-            case "negative_prompt", "comment":
+            default:  // "negative_prompt", "comment"
                 guard let s = value.stringValue, s.count <= Self.maxTextLength,
                       !s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
                     throw bad("one line of text (no control characters, at most \(Self.maxTextLength) characters)")
                 }
                 if key == "comment" { comment = s } else { negativePrompt = s }
-            default:
-                throw ToolError("\(path): unknown key '\(JSONValue.shown(key))' (known: \(Self.keys.joined(separator: ", "))) — \(fix)")
             }
         }
     }
 
-    public static let keys = ["guidance", "negative_prompt", "steps", "strength", "blend", "comment"]
+    /// Where a setting's value came from.
+    public enum Source: Equatable {
+        case commandLine
+        case section(Stage)
+        case topLevel
+        case builtIn
+    }
 
-    /// The value an option takes: the command line's, else this file's, else the tool's own.
-    /// The name of a value taken from the file is added to `used` (for --verbose and metadata).
+    /// The value an option of `stage` takes, and where it came from: the command line's, else the
+    /// stage's section's, else the top level's, else the tool's own.
+    public func resolve<T>(_ given: T?, _ key: KeyPath<ModelDefaults, T?>, stage: Stage?, builtIn: T) -> (T, Source) {
+        if let given { return (given, .commandLine) }
+        if let stage, let v = sections[stage]?[keyPath: key] { return (v, .section(stage)) }
+        if let v = self[keyPath: key] { return (v, .topLevel) }
+        return (builtIn, .builtIn)
+    }
+
+    /// The value an option takes: the command line's, else this file's (the stage's section, then
+    /// the top level), else the tool's own. The name of a value taken from the file is added to
+    /// `used` (for --verbose and metadata), with the section it came from.
     public func pick<T>(_ given: T?, _ key: KeyPath<ModelDefaults, T?>, _ name: String, builtIn: T,
-                        used: inout [String]) -> T {
-        if let given { return given }
-        if let fromFile = self[keyPath: key] {
-            used.append("\(name) \(Self.show(fromFile))")
-            return fromFile
+                        stage: Stage? = nil, used: inout [String]) -> T {
+        let (v, source) = resolve(given, key, stage: stage, builtIn: builtIn)
+        if let shown = Self.shown(name, v, source) { used.append(shown) }
+        return v
+    }
+
+    /// "guidance 3.0" (top level), "guidance 1.0 (section invert)"; nil for a value not from the file.
+    public static func shown<T>(_ name: String, _ v: T, _ source: Source) -> String? {
+        switch source {
+        case .topLevel: return "\(name) \(show(v))"
+        case .section(let s): return "\(name) \(show(v)) (section \(s.rawValue))"
+        case .commandLine, .builtIn: return nil
         }
-        return builtIn
     }
 
-    /// The negative prompt's text when no negative embeddings file is given: the file's, else "".
-    public func negativeText(used: inout [String]) -> String {
-        pick(nil, \.negativePrompt, "negative prompt", builtIn: "", used: &used)
+    /// The negative prompt's text when no negative embeddings file is given: the file's (the
+    /// stage's section, then the top level), else "".
+    public func negativeText(stage: Stage? = nil, used: inout [String]) -> String {
+        pick(nil, \.negativePrompt, "negative prompt", builtIn: "", stage: stage, used: &used)
     }
 
-    private static func show<T>(_ v: T) -> String {
+    public static func show<T>(_ v: T) -> String {
         if let s = v as? String { return "\"\(s)\"" }
         return "\(v)"
     }

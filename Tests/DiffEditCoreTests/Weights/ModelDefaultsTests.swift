@@ -23,10 +23,14 @@ final class ModelDefaultsTests: XCTestCase {
         XCTAssertEqual(d.pick(nil, \.guidance, "guidance", builtIn: 7.5, used: &used), 2.5)
         XCTAssertEqual(d.pick(9, \.guidance, "guidance", builtIn: 7.5, used: &used), 9, "an option given wins")
         XCTAssertEqual(used, ["guidance 2.5"])
-        // The demo model ships one: guidance 3 and the empty negative prompt (demo/BENCHMARK.md).
+        // The demo model ships one: guidance 3, the empty negative prompt, 25 steps, and invert at
+        // guidance 1 (demo/BENCHMARK.md, issue 25's tuning).
         let demo = try ModelDefaults(folder: ModelFolder(root: DemoScene.model))
         XCTAssertEqual(demo.guidance, 3)
         XCTAssertEqual(demo.negativePrompt, "")
+        XCTAssertEqual(demo.steps, 25)
+        XCTAssertEqual(demo.sections[.invert]?.guidance, 1)
+        XCTAssertEqual(Set(demo.sections.keys), [.invert])
         XCTAssertNotNil(demo.path)
         XCTAssertNil(try ModelDefaults(folder: ModelFolder(root: Fixtures.path("sd1"))).path, "no file: no defaults")
     }
@@ -114,25 +118,31 @@ final class ModelDefaultsTests: XCTestCase {
         let mask = "noise-diff-mask --source \(d)/src.tensor --target \(d)/dst.tensor --maps 2 < \(d)/posterior.tensor"
         let r = try sh("""
             \(mask) --model '\(DemoScene.model)' --verbose > \(d)/m-defaults.tensor
-            \(mask) --model '\(plain)' --guidance 3 > \(d)/m-explicit.tensor
-            \(mask) --model '\(DemoScene.model)' --guidance 7.5 > \(d)/m-override.tensor
+            \(mask) --model '\(plain)' --guidance 3 --steps 25 > \(d)/m-explicit.tensor
+            \(mask) --model '\(DemoScene.model)' --guidance 7.5 --steps 50 > \(d)/m-override.tensor
             \(mask) --model '\(plain)' > \(d)/m-builtin.tensor
+            invert --model '\(DemoScene.model)' --prompt \(d)/src.tensor < \(d)/posterior.tensor > \(d)/i-defaults.tensor
+            invert --model '\(plain)' --prompt \(d)/src.tensor --guidance 1 --steps 25 < \(d)/posterior.tensor > \(d)/i-explicit.tensor
             """)
         XCTAssertEqual(r.status, 0, r.err)
         let file = DemoScene.model + "/diffedit_defaults.json"
-        XCTAssertTrue(r.err.contains("noise-diff-mask: from \(file): negative prompt \"\", guidance 3.0"), r.err)
+        XCTAssertTrue(r.err.contains("noise-diff-mask: from \(file): negative prompt \"\", steps 25, guidance 3.0"), r.err)
         let fromDefaults = try DemoScene.record("\(d)/m-defaults.tensor"), explicit = try DemoScene.record("\(d)/m-explicit.tensor")
         let overridden = try DemoScene.record("\(d)/m-override.tensor"), builtIn = try DemoScene.record("\(d)/m-builtin.tensor")
         XCTAssertEqual(fromDefaults.metadata["guidance"], "3.0")
         XCTAssertEqual(fromDefaults.metadata["clamp"], explicit.metadata["clamp"])
-        XCTAssertEqual(fromDefaults.floats(), explicit.floats(), "the file's guidance 3 is --guidance 3")
-        XCTAssertEqual(fromDefaults.metadata["defaults"], "\(file): negative prompt \"\", guidance 3.0")
+        XCTAssertEqual(fromDefaults.floats(), explicit.floats(), "the file's guidance 3 and steps 25 are --guidance 3 --steps 25")
+        XCTAssertEqual(fromDefaults.metadata["defaults"], "\(file): negative prompt \"\", steps 25, guidance 3.0")
         XCTAssertNil(explicit.metadata["defaults"], "a folder without the file records none")
         XCTAssertEqual(overridden.metadata["guidance"], "7.5", "an option given wins over the file")
         XCTAssertEqual(overridden.metadata["clamp"], builtIn.metadata["clamp"])
         XCTAssertFalse(overridden.metadata["defaults"]?.contains("guidance") ?? false)
         XCTAssertEqual(builtIn.metadata["guidance"], "7.5", "no file, no option: diffusers' 7.5")
         XCTAssertNotEqual(fromDefaults.metadata["clamp"], builtIn.metadata["clamp"], "guidance 3 and 7.5 must differ, or this test proves nothing")
+        // invert takes its section's guidance 1 over the top level's 3, and the top level's 25 steps.
+        let invDefaults = try DemoScene.record("\(d)/i-defaults.tensor", "inverted"), invExplicit = try DemoScene.record("\(d)/i-explicit.tensor", "inverted")
+        XCTAssertEqual(invDefaults.floats(), invExplicit.floats(), "the demo file's invert section is --guidance 1 --steps 25")
+        XCTAssertEqual(invDefaults.metadata["defaults"], "\(file): negative prompt \"\", steps 25, guidance 1.0 (section invert)")
 
         for tool in ["noise-diff-mask", "invert", "denoise"] {
             let help = try runTool(tool, ["--help"])
