@@ -7,6 +7,7 @@
         [--maps N] [--encode-strength S] [--threshold-ratio R] [--dilate CELLS]
         [--negative model|empty|source]
         [--methods diffedit ...] [--work /tmp/diffedit-bench] [--reuse] [--results demo/benchmark/results] [--montage 8]
+    python3 demo/benchmark.py --photo-scale N [--cases 200] ...   # large-photo mode (demo/photo_benchmark.py)
 
 A setting not given is left off the tools' command lines, so the model folder's
 diffedit_defaults.json (man 5 diffedit-defaults), else the tools' own defaults, decide it: the
@@ -32,9 +33,12 @@ Needs numpy and the release tools (`swift build -c release`); not torch. For eac
 `source` every negative prompt is given explicitly: the empty prompt, and for denoise the empty
 prompt or the source caption) for the methods of METHODS:
     diffedit         the inferred mask, diffusers' blending (the tools' defaults)
+    diffedit+paste   diffedit's picture pasted back into the input by composite through the soft map
+                     (noise-diff-mask --soft-output) at pixels, feathered by one latent cell
     diffedit-paper   the inferred mask, --blend paper (the paper's: end on the clean input)
     sdedit           an all-ones mask: SDEdit-style editing of the same inverted latents
     gt-mask          the ground-truth mask (cells touching the edited object): DiffEdit's upper bound
+    gt-mask+paste    gt-mask's picture pasted back through the true pixel mask G (gt-pixels.pgm)
     gt-mask-paper    the same with --blend paper
 and two references that edit nothing: `vae` (the input through the autoencoder: the best
 background any method can keep) and `oracle` (the true target image through the autoencoder: what
@@ -43,7 +47,8 @@ method's picture (`Method.after` and `Method.post`, run by `method_line`).
 
 Metrics, per case, then summarised (the ground truth G = union of the edited object's source and
 target masks, 64×64 pixels):
-    mask IoU        the method's mask upsampled to pixels (nearest) vs G
+    mask IoU        the method's mask upsampled to pixels (nearest) vs G; for a pasted-back row
+                    the pixel mask composite used (NAME.mask.pgm: bilinear, thresholded) vs G
     bg PSNR, MAE    input vs output over the pixels outside G (RGB 0..255). `bg_psnr` is the mean
                     of the per-case PSNRs, each capped at PSNR_CAP (100 dB: an exact background,
                     MSE 0, counts as 100 dB instead of making the mean infinite); `bg_psnr_pooled`
@@ -55,7 +60,12 @@ target masks, 64×64 pixels):
                     classified as the target shape by measure.ShapeClassifier (softmax regression
                     trained on the generator's scenes, 100 % on held-out renders, sharp or blurred)
 Writes RESULTS.json (summary, settings and every case), RESULTS.md (the table) and RESULTS.png (a
-montage).
+montage). With --reuse, rows added since a case was made (a post-processing one) run on it; a
+soft map the case lacks is made by running its mask stage again, which must give its mask back
+byte for byte.
+
+--photo-scale N: the large-photo mode of demo/photo_benchmark.py: the scenes rendered at N×64
+pixels, edited at their own resolution by examples/photo.sh, scored at full resolution.
 """
 from __future__ import annotations
 
@@ -78,6 +88,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, os.path.join(ROOT, "python")]
 import measure  # noqa: E402
 import world  # noqa: E402
+import photo_benchmark  # noqa: E402
 from diffedit_tools import edit, stream  # noqa: E402
 
 
@@ -104,13 +115,30 @@ class CaseFiles:
     source: str
     masks: dict
     commands: edit.Commands
+    soft: str = "mask-soft.tensor"  # noise-diff-mask's soft map (--soft-output), same run as mask.tensor
+
+
+def paste_back(mask):
+    """A post-processing row: composite pastes the picture back into the input through `mask` (a
+    file of the case's folder) at its defaults (bilinear to pixels, threshold 0.5, feather one
+    latent cell), writing the pixel mask it used beside the picture (NAME.mask.pgm: the row's mask
+    IoU is that mask's, in pixels)."""
+    def post(picture, out, case):
+        q = shlex.quote
+        return (f"{q(case.commands.tool('composite')[0])} --original {q(case.source)} --mask {q(mask)} "
+                f"--mask-output {q(out[:-len('.ppm')] + '.mask.pgm')} {q(picture)} > {q(out)}")
+    return post
 
 
 METHODS = [
     Method("diffedit", "inferred", "DiffEdit: inferred mask, diffusers' blending (default)", blend="diffusers"),
+    Method("diffedit+paste", "inferred", "DiffEdit pasted back: the soft map to pixels, feathered (composite)",
+           after="diffedit", post=paste_back("mask-soft.tensor")),
     Method("diffedit-paper", "inferred", "DiffEdit: inferred mask, the paper's blending", blend="paper"),
     Method("sdedit", "ones", "SDEdit-style: all-ones mask, same inverted latents", blend="diffusers"),
     Method("gt-mask", "gt", "DiffEdit with the ground-truth mask (upper bound)", blend="diffusers"),
+    Method("gt-mask+paste", "gt", "ground-truth mask, pasted back through the true pixel mask (composite)",
+           after="gt-mask", post=paste_back("gt-pixels.pgm")),
     Method("gt-mask-paper", "gt", "ground-truth mask, the paper's blending", blend="paper"),
 ]
 REFERENCES = [
@@ -183,7 +211,7 @@ def case_lines(k, a, pair, methods=None):
     """The shell lines of case k, run in its folder: the embeddings, mask, inverted stack and the
     two references, then one line per method."""
     methods = METHODS if methods is None else methods
-    c = edit.Commands(edit_of(k, a, pair), files={"source": "src.tensor", "target": "tgt.tensor"})
+    c = edit.Commands(edit_of(k, a, pair), files={"source": "src.tensor", "target": "tgt.tensor", "soft": CaseFiles.soft})
     refs = [edit.Stage("vae", [c.tool("vae-decode", "--record", "posterior.mean")], c.path("posterior"), "vae.ppm"),
             edit.Stage("oracle", [c.tool("vae-encode", "tgt.ppm"), c.tool("vae-decode", "--record", "posterior.mean")],
                        None, "oracle.ppm")]
@@ -197,6 +225,24 @@ def edit_case(k, a, env):
     d = os.path.join(a.work, f"case-{k:04d}")
     done = os.path.join(d, "done")
     if a.reuse and os.path.exists(done):
+        # Rows added since the case was made (a post-processing one) run now; the rest is kept.
+        _, *lines = case_lines(k, a, pair, a.method_rows)
+        missing = [line for m, line in zip(a.method_rows, lines) if not os.path.exists(os.path.join(d, f"{m.name}.ppm"))]
+        if any(m.after is None and not os.path.exists(os.path.join(d, f"{m.name}.ppm")) for m in a.method_rows):
+            raise RuntimeError(f"case {k} in {d} lacks a denoised method's picture: run without --reuse")
+        write_true_pixels(d, pair)
+        if missing and not os.path.exists(os.path.join(d, CaseFiles.soft)):
+            # A case made before the soft map was kept: the same mask run again (deterministic: the
+            # mask must come out identical), keeping its soft map.
+            c = edit.Commands(edit_of(k, a, pair), files={"source": "src.tensor", "target": "tgt.tensor",
+                                                         "soft": CaseFiles.soft, "mask": "mask-again.tensor"})
+            again = os.path.join(d, "mask-again.tensor")
+            run(f"cd {shlex.quote(d)} && " + c.mask().shell(), env, os.path.join(d, "log.txt"))
+            if open(again, "rb").read() != open(os.path.join(d, "mask.tensor"), "rb").read():
+                raise RuntimeError(f"case {k}: noise-diff-mask gave another mask than the case's — run without --reuse")
+            os.remove(again)
+        for line in missing:
+            run(f"cd {shlex.quote(d)} && " + line, env, os.path.join(d, "log.txt"))
         return d, pair, 0.0
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
@@ -215,10 +261,16 @@ def edit_case(k, a, env):
                                                  {**inferred.meta, "source": "ground truth"}))
     stream.write(f"{d}/ones.tensor", stream.Record("mask", "f32", np.ones_like(inferred.array),
                                                    {**inferred.meta, "source": "all ones"}))
+    write_true_pixels(d, pair)
     for line in methods:
         run(cd + line, env, log)
     open(done, "w").write(f"{time.time() - t0:.2f}\n")
     return d, pair, time.time() - t0
+
+
+def write_true_pixels(d, pair):
+    """The true mask G at pixels as a PGM (gt-pixels.pgm: white inside), the ground-truth rows' paste-back mask."""
+    measure.write_pnm(os.path.join(d, "gt-pixels.pgm"), np.where(pair.mask, 255, 0).astype(np.uint8))
 
 
 def _number(text):
@@ -282,19 +334,22 @@ def score_case(k, d, pair, clf, a=None, methods=None):
             got = clf.predict(clf.segment(out, obj.colour, measure.dilate(g, 3)))
         r = {"bg_psnr": psnr(sse / n), "bg_mae": sae / n, "bg_sse": sse, "bg_values": n, "bg_exact": sse == 0,
              "got": got, "success": got == row["want"]}
-        if mask is not None:
+        pixels = f"{d}/{name}.mask.pgm"  # a pasted-back row's pixel mask (composite --mask-output)
+        if os.path.exists(pixels):
+            r["mask_iou"] = measure.iou(measure.read_pnm(pixels) > 0, g)
+        elif mask is not None:
             r["mask_iou"] = measure.iou(measure.upsample(masks[mask], factor), g)
         row["methods"][name] = {k2: (round(v, 4) if isinstance(v, float) and k2 != "bg_sse" else v)
                                 for k2, v in r.items()}
     return row
 
 
-def summarise(rows, methods=None):
-    """Per method, overall and per edit kind: success rate, mean per-case background PSNR (capped
-    at PSNR_CAP), the pooled error's PSNR, the share of exact backgrounds, mean MAE and IoU."""
+def summarise(rows, methods=None, references=REFERENCES):
+    """Per method (or row name), overall and per edit kind: success rate, mean per-case background
+    PSNR (capped at PSNR_CAP), the pooled error's PSNR, the share of exact backgrounds, mean MAE and IoU."""
     methods = METHODS if methods is None else methods
     out = {}
-    for name in [m.name for m in methods] + [r[0] for r in REFERENCES]:
+    for name in [getattr(m, "name", m) for m in methods] + [r[0] for r in references]:
         s = {}
         for kind in ("all", "colour", "shape"):
             rs = [r["methods"][name] for r in rows if kind == "all" or r["kind"] == kind]
@@ -401,6 +456,9 @@ def main():
     p.add_argument("--results", default=None, help="write RESULTS.json, .md and .png (e.g. demo/benchmark)")
     p.add_argument("--montage", type=int, default=8, help="cases in the montage (0: none)")
     p.add_argument("--reuse", action="store_true", help="keep cases already finished in --work")
+    p.add_argument("--photo-scale", type=int, default=None, metavar="N",
+                   help="large-photo mode: the scenes rendered at N×64 px, edited at their own resolution by "
+                        "examples/photo.sh (the model's defaults) and scored at full resolution (demo/photo_benchmark.py)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="run these methods only (default all; tuning runs need only diffedit, and the denoisings "
                         "are most of a case's time); no montage then")
@@ -421,7 +479,8 @@ def main():
         a.bin = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
     a.bin = os.path.abspath(a.bin)  # the cases run in their own folders
-    for tool in ("vae-encode", "vae-decode", "tokenize", "encode-text", "noise-diff-mask", "invert", "denoise"):
+    for tool in ("vae-encode", "vae-decode", "tokenize", "encode-text", "noise-diff-mask", "invert", "denoise",
+                 "composite", "tensor"):
         if not os.access(os.path.join(a.bin, tool), os.X_OK):
             sys.exit(f"benchmark: {tool} is not in {a.bin} — run `swift build -c release` first or pass --bin")
     env = edit.tool_env(a.model, bin=a.bin)
@@ -438,6 +497,9 @@ def main():
         np.savez(cache, w=clf.w, b=clf.b, mu=clf.mu, sd=clf.sd)
     acc = {"held_out_renders": clf.accuracy(), "held_out_blurred": clf.accuracy(blur=True)}
     print(f"benchmark: shape classifier accuracy {acc}", file=sys.stderr)
+    if a.photo_scale:
+        photo_benchmark.run(a, clf, summarise, background_error, psnr)
+        return
 
     rows, tool_seconds, stages = [], [], None
     with cf.ThreadPoolExecutor(a.jobs) as ex:

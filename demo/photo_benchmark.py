@@ -117,7 +117,7 @@ def run(a, clf, summarise, background_error, psnr):
             if n % 10 == 0 or n == a.cases:
                 print(f"benchmark: photos at {scale}x: {n}/{a.cases} cases, {time.time() - t0:.0f} s", file=sys.stderr)
     rows.sort(key=lambda r: r["case"])
-    summary = summarise(rows, [ROW])
+    summary = summarise(rows, [ROW], references=())
     s = summary[ROW]
     size = 64 * scale
     lines = [f"Large-photo mode: {a.cases} {'held-out' if a.first_seed == 2_000_000 else 'tuning'} scenes "

@@ -139,6 +139,8 @@ class Commands:
             ("--guidance", _first(e.mask_guidance, e.guidance)), ("--maps", e.maps),
             ("--encode-strength", e.encode_strength), ("--threshold-ratio", e.threshold_ratio),
             ("--dilate", e.dilate)) + self._quiet()
+        if "soft" in self.files:  # the soft map from the same run, for composite's pixel mask
+            argv += ["--soft-output", p("soft")]
         return Stage("noise-diff-mask", [argv], p("posterior"), p("mask"))
 
     def invert(self):

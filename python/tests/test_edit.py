@@ -118,18 +118,26 @@ class DemoBenchmark(unittest.TestCase):
                  f" && tokenize {q(self.pair.target_caption)} | encode-text > tgt.tensor"
                  f" && tokenize '' | encode-text > empty.tensor"
                  f" && noise-diff-mask --source src.tensor --target tgt.tensor --source-negative empty.tensor"
-                 f" --target-negative empty.tensor {s} --guidance {g} < posterior.tensor > mask.tensor"
+                 f" --target-negative empty.tensor {s} --guidance {g} --soft-output mask-soft.tensor"
+                 f" < posterior.tensor > mask.tensor"
                  f" && invert --prompt src.tensor --negative empty.tensor {s} --guidance {ig} --strength {strength}"
                  f" < posterior.tensor > inverted.tensor"
                  f" && vae-decode --record posterior.mean < posterior.tensor > vae.ppm"
                  f" && vae-encode tgt.ppm | vae-decode --record posterior.mean > oracle.ppm")
         neg = "--negative src.tensor" if negative == "source" else "--negative empty.tensor"
-        methods = [("diffedit", "mask.tensor", "diffusers"), ("diffedit-paper", "mask.tensor", "paper"),
+        methods = [("diffedit", "mask.tensor", "diffusers"), ("diffedit+paste", "mask-soft.tensor", None),
+                   ("diffedit-paper", "mask.tensor", "paper"),
                    ("sdedit", "ones.tensor", "diffusers"), ("gt-mask", "gt.tensor", "diffusers"),
-                   ("gt-mask-paper", "gt.tensor", "paper")]
-        return [first] + [f"cd /w/case && denoise --quiet --guidance {g} --mask {f} --blend {b}"
-                          f" --prompt tgt.tensor {neg} < inverted.tensor | tee {n}.latents.tensor | vae-decode > {n}.ppm"
-                          for n, f, b in methods]
+                   ("gt-mask+paste", "gt-pixels.pgm", None), ("gt-mask-paper", "gt.tensor", "paper")]
+        lines = [first]
+        for n, f, b in methods:
+            if b is None:  # pasted back into the input: the picture of the row before it
+                lines.append(f"cd /w/case && composite --original src.ppm --mask {f} --mask-output {q(n)}.mask.pgm"
+                             f" {lines[-1].rsplit(' > ', 1)[1]} > {q(n)}.ppm")
+            else:
+                lines.append(f"cd /w/case && denoise --quiet --guidance {g} --mask {f} --blend {b}"
+                             f" --prompt tgt.tensor {neg} < inverted.tensor | tee {n}.latents.tensor | vae-decode > {n}.ppm")
+        return lines
 
     def test_demo_settings_given(self):
         a = self.args(steps=50, scheduler="ddim", guidance=3.0, strength=0.8, negative="empty")
@@ -159,7 +167,8 @@ class DemoBenchmark(unittest.TestCase):
                           "--threshold-ratio": "2.5", "--dilate": "1"})
         self.assertEqual((cmds["invert"]["--steps"], cmds["invert"]["--guidance"]), ("25", "1.0"))
         for line in methods:
-            self.assertEqual(dict(normal(line)[0][0][2])["--guidance"], "4.0")
+            if normal(line)[0][0][0] == "denoise":
+                self.assertEqual(dict(normal(line)[0][0][2])["--guidance"], "4.0")
 
     def test_post_processing_method(self):
         """A method that post-processes another's picture runs after it, with the case's files."""
