@@ -63,9 +63,12 @@ final class ReliabilityPipeSignalTests: XCTestCase {
         for case let f as String in e where (f.hasSuffix(".swift") || f.hasSuffix(".c")) && f != "DiffEditCore/IO/SideOutput.swift" {
             scanned += 1
             let text = try String(contentsOfFile: sources.appendingPathComponent(f).path, encoding: .utf8)
-            for api in ["mkstemp", "tmpfile(", "O_CREAT", "createFile(", "temporaryDirectory", ".write(to:", "fopen("] {
+            for api in ["mkstemp", "tmpfile(", "O_CREAT", "createFile(", "temporaryDirectory", "atomically:", "fopen("] {
                 XCTAssertFalse(text.contains(api), "\(f) uses \(api): a signal could leave a temporary file behind")
             }
+            // Foundation's Data.write(to: URL) creates a file; our images' write(to: ByteWriter) does not.
+            XCTAssertNil(text.range(of: #"\.write\(to: *(URL|url|file)"#, options: .regularExpression),
+                         "\(f) writes a file through Foundation: a signal could leave it half written")
         }
         XCTAssertGreaterThan(scanned, 20, "the static scan found too few source files in \(sources.path)")
         // Dynamic half: SIGINT and SIGTERM during invert (the longest stage on the fixture).
