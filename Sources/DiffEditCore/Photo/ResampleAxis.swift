@@ -31,33 +31,22 @@ public struct ResampleAxis {
     /// at 0 (torch clamps the coordinate) and, past the last sample, reading the last sample.
     /// With the whole source as the interval this is exactly torch's resize to `outputCount`.
     public static func bilinear(source: Int, origin: Double = 0, length: Double? = nil, to output: Int) -> ResampleAxis {
-        precondition(source > 0 && output > 0)
-        let length = length ?? Double(source)
-        let step = length / Double(output)
-        var rows: [(first: Int, weights: [Float])] = []
-        rows.reserveCapacity(output)
-        for i in 0..<output {
+        build(source: source, origin: origin, length: length, to: output) { i, step in
             // torch computes the coordinate in float32: scale · (i + 0.5) − 0.5 with scale = in/out.
             var x = Float(origin) + Float(step) * (Float(i) + 0.5) - 0.5
             if x < 0 { x = 0 }
             var i0 = Int(x)
             var lambda = x - Float(i0)
             if i0 >= source - 1 { i0 = source - 1; lambda = 0 }
-            rows.append((first: i0, weights: lambda == 0 ? [1] : [1 - lambda, lambda]))
+            return (first: i0, weights: lambda == 0 ? [1] : [1 - lambda, lambda])
         }
-        return ResampleAxis(sourceCount: source, outputCount: output, rows: rows)
     }
 
     /// Area averaging: output i is the mean of the source over the interval it covers, a source
     /// sample counted by the part of it inside (as pamscale and PIL's box filter do). For
     /// shrinking, where bilinear would skip samples and alias.
     public static func area(source: Int, origin: Double = 0, length: Double? = nil, to output: Int) -> ResampleAxis {
-        precondition(source > 0 && output > 0)
-        let length = length ?? Double(source)
-        let step = length / Double(output)
-        var rows: [(first: Int, weights: [Float])] = []
-        rows.reserveCapacity(output)
-        for i in 0..<output {
+        build(source: source, origin: origin, length: length, to: output) { i, step in
             let lo = max(0, origin + Double(i) * step), hi = min(Double(source), origin + Double(i + 1) * step)
             let a = min(Int(lo.rounded(.down)), source - 1)
             let b = max(a + 1, min(source, Int(hi.rounded(.up))))
@@ -69,9 +58,17 @@ public struct ResampleAxis {
                 total += part
             }
             if total > 0 { w = w.map { $0 / Float(total) } } else { w = [Float](repeating: 0, count: w.count); w[0] = 1 }
-            rows.append((first: a, weights: w))
+            return (first: a, weights: w)
         }
-        return ResampleAxis(sourceCount: source, outputCount: output, rows: rows)
+    }
+
+    /// The axis whose output i reads `row(i, step)`, step = the interval's length per output sample
+    /// (the interval: `length` source samples from `origin`, default the whole source).
+    private static func build(source: Int, origin: Double, length: Double?, to output: Int,
+                              _ row: (Int, Double) -> (first: Int, weights: [Float])) -> ResampleAxis {
+        precondition(source > 0 && output > 0)
+        let step = (length ?? Double(source)) / Double(output)
+        return ResampleAxis(sourceCount: source, outputCount: output, rows: (0..<output).map { row($0, step) })
     }
 
     /// For images: bilinear when enlarging, area averaging when shrinking (no aliasing).
