@@ -24,7 +24,8 @@ public struct StackInfo: Equatable, Sendable {
 
     /// The stack's metadata (with the model's provenance added by the writer).
     public var metadata: [String: String] {
-        [MetadataKey.scheduler: scheduler.rawValue,
+        [LEditsStack.methodKey: LEditsStack.diffEditMethod,
+         MetadataKey.scheduler: scheduler.rawValue,
          MetadataKey.steps: "\(steps)",
          MetadataKey.strength: "\(strength)",
          MetadataKey.timesteps: StackSchedule.format(timesteps),
@@ -44,6 +45,11 @@ extension StackInfo {
     public static func read(_ record: TensorRecord, folder: ModelFolder, scheduler given: SchedulerKind?,
                             steps givenSteps: Int?, strength givenStrength: Double?) throws -> StackInfo {
         let meta = record.metadata
+        if let method = meta[LEditsStack.methodKey], method != LEditsStack.diffEditMethod {
+            throw ToolError(method == LEditsStack.method
+                ? "the stack was inverted for LEDITS++ (invert --method ledits) — denoise it with --method ledits"
+                : "the stack says method=\(method.prefix(40)), not diffedit — it was not written by invert; invert again")
+        }
         let fingerprint = DiffEditSupport.schedulerFingerprint(folder)
         if let fp = meta[MetadataKey.schedulerFingerprint], fp != fingerprint {
             throw ToolError("the inverted stack was made with another scheduler config (\(meta[MetadataKey.model] ?? "?")) — invert again with --model \(folder.root)")

@@ -16,6 +16,9 @@ public enum RecordName {
     /// invert: the stack [N, T, 4, h, w] noisiest first, and the latent it started from.
     public static let inverted = "inverted"
     public static let invertedClean = "inverted.clean"
+    /// invert --method ledits: x_T [N, 4, h, w] and the noise maps [N, T, 4, h, w] (LEditsStack).
+    public static let leditsStart = "ledits.start"
+    public static let leditsNoise = "ledits.noise"
 }
 
 /// Metadata keys more than one tool writes or reads. A key one tool writes for people only

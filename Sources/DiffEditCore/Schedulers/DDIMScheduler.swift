@@ -156,6 +156,63 @@ public struct DDIMScheduler: Sendable {
         return (prevSample, x0)
     }
 
+    /// The edit-friendly DDPM inversion's noise map (Huberman-Spiegelglas et al. 2023), as the
+    /// LEDITS++ pipeline's `compute_noise_ddim` solves for it: the DDIM mean of the step from
+    /// `sample` (xₜ) at timestep t,
+    ///
+    ///     μₜ = √ᾱₜ₋₁ · x̂₀ + √(1 − ᾱₜ₋₁ − σₜ²) · ε̂,   x̂₀ = (xₜ − √(1 − ᾱₜ) · ε̂) / √ᾱₜ,
+    ///
+    /// and the z that carries it to `previous` (xₜ₋₁): z = (xₜ₋₁ − μₜ) / (√variance · η), with the
+    /// latent the step then reaches, μₜ + (η · √variance) · z (it replaces xₜ₋₁, "to avoid error
+    /// accumulation"). As in diffusers, `noisePrediction` is taken for ε̂ whatever the model's
+    /// prediction type (the pipeline's own formula, v-prediction models included), and x̂₀ is
+    /// clipped only with clip_sample (the pipeline sets it false). A zero variance gives z = 0.
+    public func computeNoise(previous: Tensor, sample: Tensor, timestep t: Int, noisePrediction eps: Tensor,
+                             eta: Float) throws -> (noise: Tensor, corrected: Tensor) {
+        guard let steps = numInferenceSteps else {
+            throw ToolError("DDIM compute_noise called before setTimesteps")
+        }
+        guard eps.shape == sample.shape, previous.shape == sample.shape else {
+            throw ToolError("DDIM compute_noise: latents \(previous.shape), \(sample.shape) and prediction \(eps.shape) differ in shape")
+        }
+        guard t >= 0, t < numTrainTimesteps else {
+            throw ToolError("DDIM compute_noise: timestep \(t) is outside 0..<\(numTrainTimesteps)")
+        }
+        let prev = t - numTrainTimesteps / steps
+        let alphaT = alphasCumprod[t], alphaPrev = alphaProd(prev)
+        let betaT = 1 - alphaT
+        let sb = betaT.squareRoot(), sa = alphaT.squareRoot()
+        let clip = config.clipSample, r = config.clipSampleRange
+        let variance = variance(timestep: t, previous: prev)
+        let stdDev = eta * variance.squareRoot()
+        let dirScale = (1 - alphaPrev - stdDev * stdDev).squareRoot()
+        let sap = alphaPrev.squareRoot()
+        let divisor = variance.squareRoot() * eta   // (variance ** 0.5 * eta)
+        let scale = eta * variance.squareRoot()     // (eta * variance ** 0.5)
+        var noise = [Float](repeating: 0, count: sample.count)
+        var corrected = [Float](repeating: 0, count: sample.count)
+        sample.data.withUnsafeBufferPointer { x in
+            eps.data.withUnsafeBufferPointer { e in
+                previous.data.withUnsafeBufferPointer { p in
+                    noise.withUnsafeMutableBufferPointer { z in
+                        corrected.withUnsafeMutableBufferPointer { c in
+                            for k in 0..<x.count {
+                                var x0 = (x[k] - sb * e[k]) / sa
+                                if clip { x0 = min(max(x0, -r), r) }
+                                let mu = sap * x0 + dirScale * e[k]
+                                // diffusers: noise = tensor([0.0]) when the variance is 0, broadcast
+                                let zk: Float = variance > 0 ? (p[k] - mu) / divisor : 0
+                                z[k] = zk
+                                c[k] = mu + scale * zk
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (Tensor(shape: sample.shape, data: noise), Tensor(shape: sample.shape, data: corrected))
+    }
+
     /// diffusers' add_noise: √ᾱₜ·x₀ + √(1 − ᾱₜ)·ε, one timestep per batch element (or one for all).
     public func addNoise(original: Tensor, noise: Tensor, timesteps: [Int]) throws -> Tensor {
         try TimestepSchedule.addNoise(alphasCumprod: alphasCumprod, original: original, noise: noise, timesteps: timesteps)

@@ -25,9 +25,17 @@ extension DPMSolverScheduler {
 /// bh1, bh2 become midpoint); algorithm_type dpmsolver++ (deis becomes dpmsolver++). Refused, with
 /// the key named: the first-generation and SDE algorithms (dpmsolver, sde-dpmsolver,
 /// sde-dpmsolver++), thresholding, learned variance, and Karras, exponential, beta, Lu-lambda or
-/// flow sigmas — none of them is what a Stable Diffusion config asks for.
+/// flow sigmas — none of them is what a Stable Diffusion config asks for. The one exception is
+/// LEDITS++ (`allowingSDE`), whose pipeline builds sde-dpmsolver++ of order 2 itself and hands
+/// every step its noise.
 public struct DPMSolverConfig: Sendable {
     public enum SolverType: String, Sendable { case midpoint, heun }
+    /// dpmsolver++ (deterministic), or its SDE form (Lu et al. 2022, §4: each step adds
+    /// σ_t·√(1 − e^{−2h})·z), which only LEDITS++ runs, with the noise its inversion solved for.
+    public enum Algorithm: String, Sendable {
+        case dpmsolverPlusPlus = "dpmsolver++"
+        case sdeDPMSolverPlusPlus = "sde-dpmsolver++"
+    }
     public enum FinalSigmas: String, Sendable {
         case zero
         case sigmaMin = "sigma_min"
@@ -36,6 +44,7 @@ public struct DPMSolverConfig: Sendable {
     public let schedule: NoiseSchedule
     public let solverOrder: Int
     public let solverType: SolverType
+    public let algorithm: Algorithm
     public let predictionType: PredictionType
     public let lowerOrderFinal: Bool
     public let eulerAtFinal: Bool
@@ -53,7 +62,8 @@ public struct DPMSolverConfig: Sendable {
     /// λ_t = log α_t − log σ_t (α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t)) falls below the clipping value.
     public let clippedCount: Int
 
-    public init(_ config: JSONConfig) throws {
+    /// `allowingSDE`: sde-dpmsolver++ of order 1 or 2 is taken (LEDITS++); otherwise refused.
+    public init(_ config: JSONConfig, allowingSDE: Bool = false) throws {
         let label = config.label
         schedule = try NoiseSchedule(config: config)
         solverOrder = try config.int("solver_order", default: 2)
@@ -61,8 +71,16 @@ public struct DPMSolverConfig: Sendable {
             throw ToolError("\(label): solver_order \(solverOrder) is not supported by DPM-Solver — use 1, 2 or 3")
         }
         let algorithm = try config.string("algorithm_type", default: "dpmsolver++")
-        guard algorithm == "dpmsolver++" || algorithm == "deis" else {
-            throw ToolError("\(label): algorithm_type '\(algorithm)' is not supported — diffedit's DPM-Solver is dpmsolver++ (set algorithm_type to dpmsolver++ or remove it)")
+        if allowingSDE && algorithm == Algorithm.sdeDPMSolverPlusPlus.rawValue {
+            guard solverOrder <= 2 else {
+                throw ToolError("\(label): solver_order \(solverOrder) with sde-dpmsolver++ is not supported — LEDITS++ runs it at order 2")
+            }
+            self.algorithm = .sdeDPMSolverPlusPlus
+        } else {
+            guard algorithm == "dpmsolver++" || algorithm == "deis" else {
+                throw ToolError("\(label): algorithm_type '\(algorithm)' is not supported — diffedit's DPM-Solver is dpmsolver++ (set algorithm_type to dpmsolver++ or remove it)")
+            }
+            self.algorithm = .dpmsolverPlusPlus
         }
         renamedFromDEIS = algorithm == "deis"
         let solver = try config.string("solver_type", default: "midpoint")

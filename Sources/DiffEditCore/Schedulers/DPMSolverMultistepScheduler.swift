@@ -15,8 +15,10 @@ public struct DPMSolverMultistepScheduler: DPMSolverScheduler {
     /// σ at each timestep, then the final σ (0, or σ at t = 0 with final_sigmas_type sigma_min).
     public var sigmas: [Float] { solver.sigmas }
 
-    public init(config json: JSONConfig) throws {
-        config = try DPMSolverConfig(json)
+    /// `allowingSDE`: a config asking for sde-dpmsolver++ is taken (LEDITS++, which gives every
+    /// step its noise); the DiffEdit stages refuse it.
+    public init(config json: JSONConfig, allowingSDE: Bool = false) throws {
+        config = try DPMSolverConfig(json, allowingSDE: allowingSDE)
         if config.renamedFromDEIS && config.finalSigmas == .zero {
             throw ToolError("\(json.label): algorithm_type 'deis' with final_sigmas_type 'zero' is refused by diffusers too — set final_sigmas_type to sigma_min, or algorithm_type to dpmsolver++")
         }
@@ -57,9 +59,22 @@ public struct DPMSolverMultistepScheduler: DPMSolverScheduler {
     /// One step of the schedule from timestep t to the next (diffusers' step(...).prev_sample);
     /// see `DPMSolverMultistep.step`. The last step is first order when final_sigmas_type is zero
     /// (it returns x̂₀).
-    public mutating func step(modelOutput: Tensor, timestep t: Int, sample: Tensor) throws -> Tensor {
+    /// sde-dpmsolver++ takes the step's noise z as `noise` (diffusers' variance_noise).
+    public mutating func step(modelOutput: Tensor, timestep t: Int, sample: Tensor, noise: Tensor? = nil) throws -> Tensor {
         try solver.step(modelOutput: modelOutput, timestep: t, sample: sample, scheduler: "DPM-Solver",
-                        firstOrderLastStep: config.finalSigmas == .zero)
+                        firstOrderLastStep: config.finalSigmas == .zero, noise: noise)
+    }
+
+    /// The LEDITS++ pipeline's compute_noise_sde_dpm_pp_2nd (see `DPMSolverMultistep.computeNoise`):
+    /// the noise z of the step from `sample` at timestep t to `previous`, and the latent the step
+    /// reaches with it. Steps through the schedule, keeping the multistep state, as `step` does.
+    public mutating func computeNoise(previous: Tensor, sample: Tensor, timestep t: Int,
+                                      modelOutput: Tensor) throws -> (noise: Tensor, corrected: Tensor) {
+        guard config.algorithm == .sdeDPMSolverPlusPlus, config.solverOrder == 2 else {
+            throw ToolError("DPM-Solver compute_noise needs sde-dpmsolver++ of order 2 (the LEDITS++ pipeline's)")
+        }
+        return try solver.computeNoise(previous: previous, sample: sample, timestep: t, modelOutput: modelOutput,
+                                       scheduler: "DPM-Solver")
     }
 
     /// diffusers' add_noise: α·x₀ + σ_t·ε with (α, σ_t) from the σ of each timestep's place in
