@@ -11,8 +11,10 @@ import Foundation
 ///   (LEditsScheduler.schedule); skip leaves the noisiest part of the schedule out.
 /// - x₀: the posterior's MEAN × scaling_factor (latent_dist.mode()), never a sample.
 /// - xₜ: for t from the lowest up, z ~ randn(x₀'s shape) from the generator, xₜ = add_noise(x₀, z, t).
-/// - zₜ: for t from the highest down, ε̂ = UNet(xₜ, t, uncond) — with a source caption
-///   ε̂ + g·(UNet(xₜ, t, source) − ε̂), two separate passes — then compute_noise(xₜ₋₁, xₜ, t, ε̂)
+/// - zₜ: for t from the highest down, ε̂ = UNet(xₜ, t, uncond); with a source caption
+///   ε̂ = e_s + g·(e_u − e_s), e_s = UNet(xₜ, t, source), e_u = UNet(xₜ, t, uncond), two separate
+///   passes — guidance away from the caption, as diffusers 0.42.1 computes it: its `invert`
+///   unpacks encode_prompt's (edit, uncond) as (uncond, text) — then compute_noise(xₜ₋₁, xₜ, t, ε̂)
 ///   gives zₜ and the latent the step reaches, which replaces xₜ₋₁ (so the next, lower step
 ///   starts from where this one lands).
 public struct EditFriendlyInversion {
@@ -77,10 +79,12 @@ public struct EditFriendlyInversion {
         for (i, t) in timesteps.enumerated() {
             let k = tCount - i - 1
             let xt = xts[k + 1]
-            var eps = try unet(sample: xt, timestep: Float(t), encoderHiddenStates: negative)
-            if let source {
-                let cond = try unet(sample: xt, timestep: Float(t), encoderHiddenStates: source)
-                eps = Guidance.classifierFree(uncond: eps, cond: cond, scale: o.guidance)
+            // diffusers unpacks encode_prompt's (edit, uncond) as (uncond, text): the first pass
+            // runs under the source caption, the second under the unconditional embedding.
+            var eps = try unet(sample: xt, timestep: Float(t), encoderHiddenStates: source ?? negative)
+            if source != nil {
+                let second = try unet(sample: xt, timestep: Float(t), encoderHiddenStates: negative)
+                eps = Guidance.classifierFree(uncond: eps, cond: second, scale: o.guidance)
             }
             let (z, corrected) = try scheduler.computeNoise(previous: xts[k], sample: xt, timestep: t, noisePrediction: eps)
             zs[k] = z
