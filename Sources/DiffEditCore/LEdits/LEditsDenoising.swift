@@ -45,11 +45,35 @@ public struct LEditsDenoising {
         self.options = options
     }
 
-    /// A UNet without an attention store: the noise masks only.
-    public init(unet: UNet2DCondition, scheduler: LEditsScheduler, options: Options) {
-        self.init(predict: { try unet(sample: $0, timestep: Float($1), encoderHiddenStates: $2) },
+    /// The UNet, handing its cross-attention of `attentionGrid` to a store when the mode reads it
+    /// (nil grid: the noise masks only).
+    public init(unet: UNet2DCondition, attentionGrid grid: (height: Int, width: Int)?, scheduler: LEditsScheduler,
+                options: Options) {
+        let store = grid.map { CrossAttentionStore(grid: $0) }
+        self.init(predict: { try unet(sample: $0, timestep: Float($1), encoderHiddenStates: $2, attention: store) },
                   inChannels: unet.config.inChannels, crossAttentionDim: unet.config.crossAttentionDim[0],
-                  attention: nil, scheduler: scheduler, options: options)
+                  attention: store, scheduler: scheduler, options: options)
+    }
+
+    /// The attention store's grid for latents of h × w: `given`, else diffusers' (int(h/4),
+    /// int(w/4)); either must be a grid of the UNet's up/down cross-attention layers (the store
+    /// would stay empty otherwise), and at least 2 × 2 (the smoothing's reflect padding).
+    public static func attentionGrid(_ given: (height: Int, width: Int)?, unet: UNet2DCondition,
+                                     latentHeight h: Int, latentWidth w: Int) throws -> (height: Int, width: Int) {
+        let grid = given ?? (h / 4, w / 4)
+        let grids = unet.crossAttentionGrids(latentHeight: h, latentWidth: w)
+        guard grids.contains(where: { $0 == grid }) else {
+            let have = grids.map { "\($0.height)x\($0.width)" }
+            let which = given == nil ? "diffusers' attention grid \(grid.height)x\(grid.width) (a quarter of the \(h)x\(w) latent)"
+                                     : "--attention-grid \(grid.height)x\(grid.width)"
+            let choose = have.isEmpty ? "use --ledits-mask noise (this UNet has no up/down cross-attention)"
+                                      : "give --attention-grid \(have.joined(separator: " or ")), or --ledits-mask noise"
+            throw ToolError("\(which) has no up/down cross-attention in this UNet (its grids at this size: \(have.isEmpty ? "none" : have.joined(separator: ", "))) — \(choose)")
+        }
+        guard grid.height >= 2, grid.width >= 2 else {
+            throw ToolError("the attention grid \(grid.height)x\(grid.width) has a side of 1, which the 3×3 smoothing's reflect padding cannot pad (diffusers refuses it too) — choose a finer --attention-grid, or --ledits-mask noise")
+        }
+        return grid
     }
 
     /// Edits from `start` (x_T, [N, 4, h, w]) with the inversion's `noise` [N, T, 4, h, w] (first
@@ -134,7 +158,7 @@ public struct LEditsDenoising {
                     }
                     let maskBase = ((i * cCount + c) * n + b) * inner
                     if let attention {
-                        let map = attention.conceptMap(item: (1 + c) * n + b, tokens: tokens)
+                        let map = try attention.conceptMap(item: (1 + c) * n + b, tokens: tokens)
                         attentionMask = try SemanticGuidance.attentionMask(map, grid: attention.grid, threshold: concept.threshold,
                                                                           height: h, width: w)
                         for k in 0..<inner { masks[maskBase + k] = attentionMask[k % plane] }

@@ -46,8 +46,11 @@ public protocol ConceptAttentionMaps: AnyObject {
     /// Forgets the maps of the last forward pass (called before each step's pass).
     func reset()
     /// `item`: the index in the UNet batch (0 … N − 1 are the unconditional rows).
-    func conceptMap(item: Int, tokens: Int) -> [Float]
+    func conceptMap(item: Int, tokens: Int) throws -> [Float]
 }
+
+/// The UNet's attention store (CrossAttentionStore) is what the edit reads.
+extension CrossAttentionStore: ConceptAttentionMaps {}
 
 /// LEDITS++'s semantic guidance (Brack et al. 2024, eq. 12, after SEGA) as diffusers'
 /// LEditsPPPipelineStableDiffusion.__call__ computes it, for each concept c at step i:
@@ -78,44 +81,6 @@ public enum SemanticGuidance {
         return abs(w) < 0.5 ? a.addingProduct(w, b - a) : b.addingProduct(w - 1, b - a)
     }
 
-    /// diffusers' LeditsGaussianSmoothing kernel: 3×3, σ = 0.5, each factor
-    /// 1/(σ√2π)·exp(−((x − 1)/(2σ))²) in float32, their product normalised to sum 1.
-    public static let smoothingKernel: [Float] = {
-        let c = Float(1 / (0.5 * (2 * Double.pi).squareRoot()))
-        let g = (0..<3).map { i -> Float in
-            let d = Float(i) - 1  // (mgrid − mean)/(2σ), 2σ = 1
-            return c * Float(exp(-Double(d * d)))
-        }
-        var k = [Float](repeating: 0, count: 9)
-        for i in 0..<3 { for j in 0..<3 { k[i * 3 + j] = g[i] * g[j] } }
-        var sum: Float = 0
-        for v in k { sum += v }
-        return k.map { $0 / sum }
-    }()
-
-    /// The map smoothed: reflect-padded by one cell (F.pad mode "reflect"), then the 3×3
-    /// Gaussian (F.conv2d). Torch's reflect padding needs two cells a side.
-    public static func smooth(_ map: [Float], height h: Int, width w: Int) throws -> [Float] {
-        guard h >= 2, w >= 2 else {
-            throw ToolError("the attention grid \(h)x\(w) is too small for the 3×3 smoothing (reflect padding needs at least 2 cells a side, as in diffusers) — choose a finer --attention-grid")
-        }
-        precondition(map.count == h * w)
-        let k = smoothingKernel
-        func reflect(_ i: Int, _ n: Int) -> Int { i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i) }
-        var out = [Float](repeating: 0, count: h * w)
-        for y in 0..<h {
-            for x in 0..<w {
-                var acc: Float = 0
-                for dy in 0..<3 {
-                    let sy = reflect(y + dy - 1, h)
-                    for dx in 0..<3 { acc += k[dy * 3 + dx] * map[sy * w + reflect(x + dx - 1, w)] }
-                }
-                out[y * w + x] = acc
-            }
-        }
-        return out
-    }
-
     /// Source index of output index `o` in F.interpolate's default 'nearest' mode from `n` to `m`
     /// cells: floor(o · (n/m)) in float32, clamped (the same size maps to itself, and twice the
     /// size to o/2, as torch's fast paths do; both agree with the formula).
@@ -126,11 +91,12 @@ public enum SemanticGuidance {
         return min(Int((Float(o) * scale).rounded(.down)), n - 1)
     }
 
-    /// M¹ of one concept and image: the smoothed map thresholded at its `threshold`-quantile,
+    /// M¹ of one concept and image: the map smoothed (AttentionMapSmoothing: reflect padding and
+    /// the 3×3 Gaussian), thresholded at its `threshold`-quantile,
     /// nearest-upsampled from the grid to h × w (0/1 per latent cell).
     public static func attentionMask(_ map: [Float], grid: (height: Int, width: Int), threshold: Float,
                                      height h: Int, width w: Int) throws -> [Float] {
-        let smoothed = try smooth(map, height: grid.height, width: grid.width)
+        let smoothed = try AttentionMapSmoothing.gaussian(map, height: grid.height, width: grid.width)
         var sorted = smoothed
         let q = quantile(sorting: &sorted, threshold)
         var out = [Float](repeating: 0, count: h * w)
