@@ -30,7 +30,18 @@ public final class ModelSettings {
         switch source {
         case .commandLine: self.given.append("\(name) \(ModelDefaults.show(v))")
         case .builtIn: self.builtIn.append("\(name) \(ModelDefaults.show(v))")
-        case .section, .topLevel: used.append(ModelDefaults.shown(name, v, source)!)
+        case .section, .topLevel, .ledits: used.append(ModelDefaults.shown(name, v, source)!)
+        }
+        return v
+    }
+
+    /// A LEDITS++ option: `given`, else the file's "ledits" section, else `builtIn`.
+    public func pickLEdits<T>(_ given: T?, _ key: KeyPath<ModelDefaults.LEdits, T?>, _ name: String, builtIn: T) -> T {
+        let (v, source) = defaults.resolveLEdits(given, key, builtIn: builtIn)
+        switch source {
+        case .commandLine: self.given.append("\(name) \(ModelDefaults.show(v))")
+        case .builtIn: self.builtIn.append("\(name) \(ModelDefaults.show(v))")
+        case .section, .topLevel, .ledits: used.append(ModelDefaults.shown(name, v, source)!)
         }
         return v
     }

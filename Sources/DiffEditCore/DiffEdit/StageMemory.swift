@@ -113,6 +113,27 @@ public enum StageMemory {
                     remedy: "denoise fewer images per run or a smaller image, \(override)")
     }
 
+    /// denoise --method ledits: the UNet on (1 + C)·N latents; the noise maps as read and as a
+    /// tensor (2 per step), the masks kept (C per step) and the guided predictions (1 per step);
+    /// the UNet's input and output and the guidance ((1 + C)·2 + 8 latents per image); the
+    /// concepts' and the unconditional embeddings with the batch of them ((1 + C)·2 per image).
+    /// The attention store's sums are a grid's worth per token and are left in the allowance.
+    public static func leditsDenoise(folder: ModelFolder, shape s: Shape, steps: Int, concepts c: Int) throws -> Double {
+        let unet = try UNetConfig(folder.config("unet"))
+        let k = Double(c)
+        let floats = (3 + k) * Double(steps) * s.n * s.latent + ((1 + k) * 2 + 8) * s.n * s.latent + (1 + k) * 2 * s.n * s.embedding
+        return total(folder, unet, batch: (1 + c) * s.images, shape: s, floats: floats)
+    }
+
+    /// Refuses (one line) a LEDITS++ edit whose estimate is more than the memory limit; `stack` is
+    /// the noise maps' shape [N, T, 4, h, w], `embeddings` the concepts' [C, L, D].
+    public static func requireLEditsDenoise(folder: ModelFolder, stack: [Int], embeddings: [Int], concepts: Int) throws {
+        let s = shape(latents: stack, embeddings: embeddings)
+        try require(leditsDenoise(folder: folder, shape: s, steps: stack.count == 5 ? stack[1] : 1, concepts: concepts),
+                    " with \(concepts) concept\(concepts == 1 ? "" : "s")", s,
+                    remedy: "edit fewer images or concepts per run or a smaller image, \(override)")
+    }
+
     /// Refuses (one line) a mask whose estimate is more than the memory limit.
     public static func requireNoiseDiffMask(folder: ModelFolder, latents: [Int], embeddings: [Int], maps: Int, maxBatch: Int) throws {
         let s = shape(latents: latents, embeddings: embeddings)

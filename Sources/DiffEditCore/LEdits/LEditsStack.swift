@@ -101,3 +101,33 @@ public struct LEditsStack: Equatable, Sendable {
         return stack
     }
 }
+
+/// The LEDITS++ options' domains, for the command line and the `ledits` section of
+/// diffedit_defaults.json alike (one definition for both).
+public enum LEditsNumbers {
+    /// invert --method ledits --skip: the fraction of int(N·(1 + skip)) steps left out, [0, 1).
+    public static let skip = LEditsStack.skipOption
+    /// denoise --method ledits: per concept.
+    public static let editGuidance = NumberOption<Float>("--edit-guidance", .guidance)
+    public static let editThreshold = NumberOption<Float>("--edit-threshold", .from(0, to: 1))
+    public static let editWarmup = NumberOption<Int>("--edit-warmup", .from(0, to: 1000))
+    public static let editCooldown = NumberOption<Int>("--edit-cooldown", .from(0, to: 1000))
+    /// A side of --attention-grid (cells of the UNet's query grid).
+    public static let gridSide = NumberOption<Int>("--attention-grid", .from(1, to: 4096))
+
+    /// diffusers' defaults: invert(num_inversion_steps=30, skip=0.15, source_guidance_scale=3.5),
+    /// __call__(edit_guidance_scale=5, edit_threshold=0.9, edit_warmup_steps=0).
+    public static let defaultSteps = 30
+    public static let defaultSkip = 0.15
+    public static let defaultSourceGuidance: Float = 3.5
+    public static let defaultEditGuidance: Float = 5
+    public static let defaultEditThreshold: Float = 0.9
+    public static let defaultEditWarmup = 0
+
+    /// "8x8" (height x width) → (8, 8); nil unless two integers of `gridSide`'s domain.
+    public static func grid(_ text: String) -> (height: Int, width: Int)? {
+        let parts = text.lowercased().split(separator: "x", omittingEmptySubsequences: false)
+        guard parts.count == 2, let h = try? gridSide.parse(String(parts[0])), let w = try? gridSide.parse(String(parts[1])) else { return nil }
+        return (h, w)
+    }
+}

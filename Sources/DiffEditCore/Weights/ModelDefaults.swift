@@ -40,6 +40,33 @@ public struct ModelDefaults: Equatable {
     public var path: String?
     /// Each stage's section: its values win over the top level's for that stage.
     public var sections: [Stage: ModelDefaults] = [:]
+    /// The section "ledits": LEDITS++'s own settings (invert and denoise with --method ledits),
+    /// which never fall back on the top level (its guidance and steps are DiffEdit's).
+    public var ledits: LEdits?
+
+    /// The keys of the "ledits" section, each with its option's domain (LEditsNumbers).
+    public struct LEdits: Equatable {
+        /// invert --method ledits: --steps, --skip, --guidance (the source caption's guidance).
+        public var steps: Int?
+        public var skip: Double?
+        public var sourceGuidance: Float?
+        /// denoise --method ledits: --edit-guidance, --edit-threshold, --edit-warmup (one value
+        /// for every concept), --attention-grid ("HxW").
+        public var editGuidance: Float?
+        public var editThreshold: Float?
+        public var editWarmup: Int?
+        public var attentionGridText: String?
+        public var comment: String?
+        public init() {}
+
+        public static let keys = ["steps", "skip", "source_guidance", "edit_guidance", "edit_threshold", "edit_warmup",
+                                  "attention_grid", "comment"]
+
+        public var attentionGrid: (height: Int, width: Int)? { attentionGridText.flatMap(LEditsNumbers.grid) }
+    }
+
+    /// The name of the LEDITS++ section.
+    public static let leditsSection = "ledits"
 
     /// The file's values lie in the command-line options' domains (NumberDomain .guidance,
     /// .steps, .fraction, MaskNumbers: one definition for both).
@@ -86,10 +113,20 @@ public struct ModelDefaults: Equatable {
     private mutating func read(_ members: [(String, JSONValue)], path: String, section: Stage?) throws {
         let fix = Self.fix
         let place = section.map { "\(path): section '\($0.rawValue)'" } ?? path
-        let known = section.map { Self.stageKeys[$0]! } ?? Self.keys + Stage.allCases.map(\.rawValue)
+        let known = section.map { Self.stageKeys[$0]! } ?? Self.keys + Stage.allCases.map(\.rawValue) + [Self.leditsSection]
         for (key, value) in members {
             func bad(_ want: String) -> ToolError {
                 ToolError("\(place): '\(key)' must be \(want), found \(Self.describe(value)) — \(fix)")
+            }
+            if key == Self.leditsSection {
+                guard section == nil else {
+                    throw ToolError("\(place): '\(key)' does not apply to \(section!.rawValue) (it is a section of the top level) — \(fix)")
+                }
+                guard let leditsMembers = value.objectValue else {
+                    throw bad("an object of LEDITS++'s settings (keys: \(LEdits.keys.joined(separator: ", ")))")
+                }
+                ledits = try Self.readLEdits(leditsMembers, path: path)
+                continue
             }
             if section == nil, let stage = Stage(rawValue: key) {
                 guard let sectionMembers = value.objectValue else {
@@ -143,10 +180,53 @@ public struct ModelDefaults: Equatable {
         }
     }
 
+    /// The members of the "ledits" section, each checked against its option's domain.
+    private static func readLEdits(_ members: [(String, JSONValue)], path: String) throws -> LEdits {
+        let place = "\(path): section '\(leditsSection)'"
+        var l = LEdits()
+        for (key, value) in members {
+            func bad(_ want: String) -> ToolError {
+                ToolError("\(place): '\(key)' must be \(want), found \(describe(value)) — \(fix)")
+            }
+            func number<T: OptionNumber>(_ domain: NumberDomain<T>) throws -> T {
+                guard let d = value.doubleValue, let v = T(optionValue: d), domain.contains(v) else { throw bad(domain.description) }
+                return v
+            }
+            func integer(_ domain: NumberDomain<Int>) throws -> Int {
+                guard let n = value.intValue, domain.contains(n) else { throw bad(domain.description) }
+                return n
+            }
+            switch key {
+            case "steps": l.steps = try integer(.steps)
+            case "skip": l.skip = try number(LEditsNumbers.skip.domain)
+            case "source_guidance": l.sourceGuidance = try number(NumberDomain<Float>.guidance)
+            case "edit_guidance": l.editGuidance = try number(LEditsNumbers.editGuidance.domain)
+            case "edit_threshold": l.editThreshold = try number(LEditsNumbers.editThreshold.domain)
+            case "edit_warmup": l.editWarmup = try integer(LEditsNumbers.editWarmup.domain)
+            case "attention_grid":
+                guard let s = value.stringValue, LEditsNumbers.grid(s) != nil else {
+                    throw bad("a grid \"HxW\" of two integers from 1 to 4096, e.g. \"8x8\"")
+                }
+                l.attentionGridText = s
+            case "comment":
+                guard let s = value.stringValue, s.count <= maxTextLength,
+                      !s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+                    throw bad("one line of text (no control characters, at most \(maxTextLength) characters)")
+                }
+                l.comment = s
+            default:
+                throw ToolError("\(place): unknown key '\(JSONValue.shown(key))' (known: \(LEdits.keys.joined(separator: ", "))) — \(fix)")
+            }
+        }
+        return l
+    }
+
     /// Where a setting's value came from.
     public enum Source: Equatable {
         case commandLine
         case section(Stage)
+        /// The "ledits" section.
+        case ledits
         case topLevel
         case builtIn
     }
@@ -157,6 +237,14 @@ public struct ModelDefaults: Equatable {
         if let given { return (given, .commandLine) }
         if let stage, let v = sections[stage]?[keyPath: key] { return (v, .section(stage)) }
         if let v = self[keyPath: key] { return (v, .topLevel) }
+        return (builtIn, .builtIn)
+    }
+
+    /// A LEDITS++ option's value and where it came from: the command line's, else the "ledits"
+    /// section's, else the tool's own (never the top level's, which is DiffEdit's).
+    public func resolveLEdits<T>(_ given: T?, _ key: KeyPath<LEdits, T?>, builtIn: T) -> (T, Source) {
+        if let given { return (given, .commandLine) }
+        if let v = ledits?[keyPath: key] { return (v, .ledits) }
         return (builtIn, .builtIn)
     }
 
@@ -175,6 +263,7 @@ public struct ModelDefaults: Equatable {
         switch source {
         case .topLevel: return "\(name) \(show(v))"
         case .section(let s): return "\(name) \(show(v)) (section \(s.rawValue))"
+        case .ledits: return "\(name) \(show(v)) (section \(leditsSection))"
         case .commandLine, .builtIn: return nil
         }
     }
