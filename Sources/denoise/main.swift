@@ -51,7 +51,7 @@ struct Denoise: DiffEditTool {
     var leditsMask: LEditsMaskMode = .intersect
     @Option(attentionGridHelp: "ledits: the query grid of the cross-attention maps, rows x columns (default: the model's diffedit_defaults.json section ledits, else diffusers' quarter of the latent, int(h/4) x int(w/4)).")
     var attentionGrid: AttentionGridOption?
-    @Option(name: .customLong("masks-output"), help: "ledits: also write the masks applied per step and concept [T, C, 4, h, w] (record masks; [T, C, N, 4, h, w] for N images) to this file.")
+    @Option(name: .customLong("masks-output"), help: "ledits: also write the masks applied per step and concept [T, C, 4, h, w] (record masks; [T, C, N, 4, h, w] for N images) and their union [N, 1, h, w] (record mask) to this file.")
     var masksOutput: String?
     @OptionGroup var methodOption: MethodOption
     @OptionGroup var schedulerOption: SchedulerOption
@@ -179,13 +179,16 @@ struct Denoise: DiffEditTool {
         if let userMask, !(userMask.shape[0] == 1 || userMask.shape[0] == n) || userMask.rank != 4 || userMask.shape[1] != 1 {
             throw ToolError("--mask holds \(userMask.shape) masks for \(n) images — give one mask, or one per image, of one channel")
         }
-        let gridGiven = attentionGrid.map { ($0.height, $0.width) } ?? s.defaults.ledits?.attentionGrid
-        if gridGiven != nil && attentionGrid == nil, let text = s.defaults.ledits?.attentionGridText {
-            _ = s.pickLEdits(nil, \.attentionGridText, "attention grid", builtIn: text)
+        // The grid: the command line's, else the model's file's (section ledits), else diffusers'.
+        var gridGiven = attentionGrid.map { ($0.height, $0.width) }
+        var gridSource = "--attention-grid"
+        if gridGiven == nil, leditsMask.usesAttention, let text = s.defaults.ledits?.attentionGridText {
+            gridGiven = LEditsNumbers.grid(s.pickLEdits(nil, \.attentionGridText, "attention grid", builtIn: text))
+            gridSource = "the attention grid of \(s.defaults.path ?? ModelDefaults.fileName) (section ledits)"
         }
         let unet = try run.loadUNet()
         let grid = leditsMask.usesAttention
-            ? try LEditsDenoising.attentionGrid(gridGiven, unet: unet, latentHeight: h, latentWidth: w) : nil
+            ? try LEditsDenoising.attentionGrid(gridGiven, givenAs: gridSource, unet: unet, latentHeight: h, latentWidth: w) : nil
         try StageMemory.requireLEditsDenoise(folder: run.folder, stack: noiseRec.shape, embeddings: concepts.shape, concepts: c)
         var stage = LEditsDenoising(unet: unet, attentionGrid: grid,
                                     scheduler: try LEditsScheduler(stack.scheduler, folder: run.folder), options: options)
@@ -203,10 +206,22 @@ struct Denoise: DiffEditTool {
         if let grid { meta["attention.grid"] = "\(grid.height)x\(grid.width)" }
         if mask != nil { meta["user_mask"] = "--mask" }
         if let masksFile {
+            // masks: activation_mask as diffusers keeps it; mask: their union over the steps,
+            // concepts and channels, one 0/1 mask per image [N, 1, h, w] (what denoise --mask,
+            // composite and tensor take as noise-diff-mask's).
             let masks = n == 1 ? r.masks.reshaped([r.masks.shape[0], c] + Array(r.masks.shape[3...])) : r.masks
+            var union = [Float](repeating: 0, count: n * h * w)
+            let plane = h * w, inner = r.masks.shape[3] * plane
+            for (k, v) in r.masks.data.enumerated() where v != 0 {
+                let image = (k / inner) % n
+                union[image * plane + k % plane] = 1
+            }
             var maskMeta = run.metadata(meta, carryingImageSizeOf: startRec)
             maskMeta["timesteps"] = StackSchedule.format(stack.timesteps)
-            try masksFile.write(TensorRecord(name: "masks", tensor: masks, metadata: maskMeta))
+            var unionMeta = maskMeta
+            unionMeta["note"] = "the union of the masks applied over every step and concept (record masks: each)"
+            try masksFile.write(TensorRecord(name: RecordName.mask, tensor: Tensor(shape: [n, 1, h, w], data: union), metadata: unionMeta),
+                                TensorRecord(name: "masks", tensor: masks, metadata: maskMeta))
         }
         try run.write(TensorRecord(name: RecordName.latents, tensor: r.latents, metadata: run.metadata(meta, carryingImageSizeOf: startRec)))
     }

@@ -58,14 +58,15 @@ public struct LEditsDenoising {
     /// The attention store's grid for latents of h × w: `given`, else diffusers' (int(h/4),
     /// int(w/4)); either must be a grid of the UNet's up/down cross-attention layers (the store
     /// would stay empty otherwise), and at least 2 × 2 (the smoothing's reflect padding).
-    public static func attentionGrid(_ given: (height: Int, width: Int)?, unet: UNet2DCondition,
+    /// `givenAs` names where a given grid came from, for the message.
+    public static func attentionGrid(_ given: (height: Int, width: Int)?, givenAs: String = "--attention-grid", unet: UNet2DCondition,
                                      latentHeight h: Int, latentWidth w: Int) throws -> (height: Int, width: Int) {
         let grid = given ?? (h / 4, w / 4)
         let grids = unet.crossAttentionGrids(latentHeight: h, latentWidth: w)
         guard grids.contains(where: { $0 == grid }) else {
             let have = grids.map { "\($0.height)x\($0.width)" }
             let which = given == nil ? "diffusers' attention grid \(grid.height)x\(grid.width) (a quarter of the \(h)x\(w) latent)"
-                                     : "--attention-grid \(grid.height)x\(grid.width)"
+                                     : "\(givenAs) \(grid.height)x\(grid.width)"
             let choose = have.isEmpty ? "use --ledits-mask noise (this UNet has no up/down cross-attention)"
                                       : "give --attention-grid \(have.joined(separator: " or ")), or --ledits-mask noise"
             throw ToolError("\(which) has no up/down cross-attention in this UNet (its grids at this size: \(have.isEmpty ? "none" : have.joined(separator: ", "))) — \(choose)")
