@@ -106,7 +106,7 @@ public struct AttentionGridOption: Sendable {
     static let transform: @Sendable (String) throws -> AttentionGridOption = { text in
         guard let g = LEditsNumbers.grid(text) else {
             let shown = text.isEmpty ? "''" : String(text.prefix(40))
-            let e = ToolError("--attention-grid \(shown) is not a grid: --attention-grid takes HxW, two integers from 1 to 4096 (rows x columns of the UNet's query grid, e.g. 8x8)")
+            let e = ToolError("--attention-grid \(shown) is not a grid: --attention-grid takes HxW, two integers from 1 to 4096 — give the rows x columns of one of the UNet's cross-attention grids, e.g. 8x8")
             CommandLineRefusal.keep(e)
             throw e
         }
