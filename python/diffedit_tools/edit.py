@@ -215,3 +215,8 @@ class Commands:
         if pipe_decode:
             return self.prepare() + [self.denoise(decode=True)]
         return self.prepare() + [self.denoise(), self.decode()]
+
+    def ledits_stages(self):
+        """The whole LEDITS++ edit (examples.sh METHOD=ledits): no mask stage, no DDIM inversion."""
+        return [self.encode(), self.caption("source"), self.caption("target"), self.ledits_invert(),
+                self.ledits_denoise(masks_output=None), self.decode()]
