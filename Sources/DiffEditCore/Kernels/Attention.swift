@@ -89,4 +89,30 @@ public enum Attention {
         } }
         } }
     }
+
+    /// The probabilities themselves, softmax(Q·Kᵀ·scale) per row, written out whole — diffusers'
+    /// Attention.get_attention_scores (baddbmm with alpha = scale, then softmax over the keys), which
+    /// LEDITS++'s LEDITSCrossAttnProcessor hands to its attention store. Only for batch items
+    /// `items` (the same strided layout as `forward`); out[(item − items.lowerBound)·heads + h] is
+    /// the [lq, lk] matrix of that item and head. For the store's small grids only: nothing here is
+    /// chunked, and `forward` still computes the attention output.
+    static func probabilities(_ ctx: ComputeContext, q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>,
+                              ldk: Int, items: Range<Int>, lq: Int, lk: Int, heads: Int, headDim d: Int,
+                              scale: Float, out: UnsafeMutablePointer<Float>) {
+        let pairs = items.count * heads
+        guard pairs > 0, lq > 0, lk > 0 else { return }
+        let workers = min(ctx.threads, pairs)
+        ctx.countMACs(pairs * lq * lk * d)
+        ctx.measure("attention store") { ctx.parallel(workers) { w in
+            var pair = w
+            while pair < pairs {
+                let bi = items.lowerBound + pair / heads, h = pair % heads
+                let s = out + pair * lq * lk
+                BLAS.gemm(threads: 1, transB: true, m: lq, n: lk, k: d, alpha: scale,
+                          a: q + bi * lq * ldq + h * d, lda: ldq, b: k + bi * lk * ldk + h * d, ldb: ldk, c: s, ldc: lk)
+                VectorMath.softmaxRows(s, rows: lq, n: lk, stride: lk)
+                pair += workers
+            }
+        } }
+    }
 }

@@ -262,16 +262,36 @@ struct AttentionLayer {
     }
 
     /// x: [B, L, queryDim]; encoder: [B, Le, crossDim] for cross-attention → [B, L, queryDim].
-    func callAsFunction(_ x: Activation, encoder: Activation?, _ ctx: ComputeContext) -> Activation {
-        out(attend(x, encoder: encoder, ctx), ctx)
+    /// `store`: cross-attention hands its probabilities to it when it wants this query grid.
+    func callAsFunction(_ x: Activation, encoder: Activation?, store: CrossAttentionStore? = nil,
+                        _ ctx: ComputeContext) -> Activation {
+        out(attend(x, encoder: encoder, store: store, ctx), ctx)
     }
 
     /// The attended values before the output projection, [B, L, inner].
-    func attend(_ x: Activation, encoder: Activation?, _ ctx: ComputeContext) -> Activation {
+    func attend(_ x: Activation, encoder: Activation?, store: CrossAttentionStore? = nil,
+                _ ctx: ComputeContext) -> Activation {
         if let kv {
-            return attendProjected(q: qkv(x, ctx), kv: kv(encoder!, ctx), ctx)
+            let q = qkv(x, ctx)
+            let keysValues = kv(encoder!, ctx)
+            if let store { handProbabilities(q: q, kv: keysValues, to: store, ctx) }
+            return attendProjected(q: q, kv: keysValues, ctx)
         }
         return attendProjected(qkv: qkv(x, ctx), ctx)
+    }
+
+    /// LEDITS++'s attention store: the probabilities of batch items 1 ..< B (item 0, the
+    /// unconditional branch, is skipped as in diffusers' LeditsAttentionStore), computed apart
+    /// from the attention output, which never materialises them.
+    func handProbabilities(q: Activation, kv: Activation, to store: CrossAttentionStore, _ ctx: ComputeContext) {
+        let (b, l, le) = (q.shape[0], q.shape[1], kv.shape[1])
+        guard b > 1, store.wants(queries: l) else { return }
+        ctx.workspace.withScratch((b - 1) * heads * l * le) { p in
+            Attention.probabilities(ctx, q: q.pointer, ldq: inner, k: kv.pointer, ldk: 2 * inner, items: 1..<b,
+                                    lq: l, lk: le, heads: heads, headDim: inner / heads,
+                                    scale: 1 / Float(inner / heads).squareRoot(), out: p)
+            store.add(probabilities: p, batch: b, heads: heads, queries: l, keys: le)
+        }
     }
 
     /// Self-attention over fused projections qkv [B, L, 3·inner].

@@ -256,6 +256,29 @@ public final class UNet2DCondition {
     /// Number of 2× upsamplers (diffusers' num_upsamplers).
     public var upsamplerCount: Int { config.blockOutChannels.count - 1 }
 
+    /// The query grids (height, width) of the up- and down-block cross-attention layers for a
+    /// latent of this size — the grids a `CrossAttentionStore` can be given — each once, in the
+    /// order the forward pass meets them (down blocks first). Up block i runs at the size of down
+    /// block n−1−i (its skip connections; forward_upsample_size resizes to them).
+    public func crossAttentionGrids(latentHeight: Int, latentWidth: Int) -> [(height: Int, width: Int)] {
+        var levels: [(height: Int, width: Int)] = [(latentHeight, latentWidth)]
+        for block in downBlocks.dropLast() {
+            let last = levels[levels.count - 1]
+            let conv = block.downsample!.conv
+            let (h, w) = Conv2D.outputSize(h: last.height, w: last.width, kernel: (conv.kernel, conv.kernel),
+                                           stride: conv.stride, padding: conv.padding)
+            levels.append((h, w))
+        }
+        let n = downBlocks.count
+        var grids: [(height: Int, width: Int)] = []
+        func note(_ g: (height: Int, width: Int)) {
+            if !grids.contains(where: { $0 == g }) { grids.append(g) }
+        }
+        for i in 0..<n where !downBlocks[i].attentions.isEmpty { note(levels[i]) }
+        for i in 0..<n where !upBlocks[i].attentions.isEmpty { note(levels[n - 1 - i]) }
+        return grids
+    }
+
     /// diffusers' get_timestep_embedding(t, C, flip_sin_to_cos, freq_shift) for one timestep:
     /// freq_i = exp(−ln(10000)·i / (C/2 − shift)) in float32, then sin/cos of t·freq_i.
     func sinusoidalEmbedding(_ t: Float, into emb: UnsafeMutablePointer<Float>) {
@@ -274,14 +297,17 @@ public final class UNet2DCondition {
 
     /// One forward pass. sample [B, 4, h, w], one timestep for the whole batch,
     /// encoder_hidden_states [B, L, cross_attention_dim]; returns [B, 4, h, w].
-    public func callAsFunction(sample: Tensor, timestep: Float, encoderHiddenStates: Tensor) throws -> Tensor {
-        try forward(sample: sample, timesteps: [timestep], encoderHiddenStates: encoderHiddenStates)
+    public func callAsFunction(sample: Tensor, timestep: Float, encoderHiddenStates: Tensor,
+                               attention: CrossAttentionStore? = nil) throws -> Tensor {
+        try forward(sample: sample, timesteps: [timestep], encoderHiddenStates: encoderHiddenStates, attention: attention)
     }
 
     /// One forward pass with one timestep per batch element (or one for all). `observer` sees the
-    /// intermediate block outputs.
+    /// intermediate block outputs. `attention`: LEDITS++'s attention store, handed the cross-attention
+    /// probabilities of the up- and down-block layers on its grid (diffusers' prepare_unet: not the
+    /// mid block); it is added to, not reset.
     public func forward(sample: Tensor, timesteps: [Float], encoderHiddenStates: Tensor,
-                        observer: Observer? = nil) throws -> Tensor {
+                        attention: CrossAttentionStore? = nil, observer: Observer? = nil) throws -> Tensor {
         guard sample.rank == 4, sample.shape[1] == config.inChannels, sample.shape[0] >= 1,
               sample.shape[2] >= 1, sample.shape[3] >= 1 else {
             throw ToolError("UNet input has shape \(sample.shape), expected [batch, \(config.inChannels), height, width]")
@@ -327,7 +353,7 @@ public final class UNet2DCondition {
             var res = 0
             for j in 0..<block.resnets.count {
                 x = block.resnets[j](x, sTemb: sTemb, ctx)
-                if !block.attentions.isEmpty { x = block.attentions[j](x, encoder: enc, ctx) }
+                if !block.attentions.isEmpty { x = block.attentions[j](x, encoder: enc, store: attention, ctx) }
                 skips.append(x)
                 observe("down.\(i).res.\(res)", x)
                 res += 1
@@ -349,7 +375,7 @@ public final class UNet2DCondition {
             for j in 0..<block.resnets.count {
                 let skip = skips.removeLast()
                 x = block.resnets[j](concatChannels(x, skip, ctx), sTemb: sTemb, ctx)
-                if !block.attentions.isEmpty { x = block.attentions[j](x, encoder: enc, ctx) }
+                if !block.attentions.isEmpty { x = block.attentions[j](x, encoder: enc, store: attention, ctx) }
             }
             if let upsample = block.upsample {
                 // diffusers: upsample_size = the spatial size of the next skip connection.

@@ -21,11 +21,12 @@ struct BasicTransformerBlock {
         ffOut = try LinearLayer(l, "\(p).ff.net.2", in: 4 * dim, out: dim)
     }
 
-    /// Updates x (tokens [B, L, dim], made by the enclosing Transformer2D) in place.
-    func callAsFunction(_ x: Activation, encoder: Activation, _ ctx: ComputeContext) {
+    /// Updates x (tokens [B, L, dim], made by the enclosing Transformer2D) in place. `store`:
+    /// LEDITS++'s attention store, fed by the cross-attention (attn2) only.
+    func callAsFunction(_ x: Activation, encoder: Activation, store: CrossAttentionStore? = nil, _ ctx: ComputeContext) {
         let a1 = attn1(norm1(x, ctx), encoder: nil, ctx)
         Pointwise.add(ctx, x.pointer, a1.pointer, count: x.count)
-        let a2 = attn2(norm2(x, ctx), encoder: encoder, ctx)
+        let a2 = attn2(norm2(x, ctx), encoder: encoder, store: store, ctx)
         Pointwise.add(ctx, x.pointer, a2.pointer, count: x.count)
         let h = ffIn(norm3(x, ctx), ctx)
         let d = ffOut.inFeatures
@@ -63,9 +64,10 @@ struct Transformer2D {
         }
     }
 
-    func callAsFunction(_ x: Activation, encoder: Activation, _ ctx: ComputeContext) -> Activation {
+    func callAsFunction(_ x: Activation, encoder: Activation, store: CrossAttentionStore? = nil,
+                        _ ctx: ComputeContext) -> Activation {
         let tokens = projIn.fromChannels(norm(x, ctx), ctx)
-        for block in blocks { block(tokens, encoder: encoder, ctx) }
+        for block in blocks { block(tokens, encoder: encoder, store: store, ctx) }
         return projOut.toChannels(tokens, residual: x, ctx)
     }
 }
