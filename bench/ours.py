@@ -100,14 +100,20 @@ class Ours:
         e = tools.Edit(source, target, image, steps=steps, seed=0, guidance="7.5", negative="source")
         return tools.Commands(e, bin=bin_dir, dir=d).stages()
 
-    def edit(self, source, target, image, steps, runs, name="edit"):
+    def ledits_commands(self, source, target, image, steps, d, bin_dir):
+        """examples.sh METHOD=ledits's edit (MODEL=cache, SEED=0, diffusers' LEDITS++ defaults but the steps)."""
+        e = tools.Edit(source, target, image, seed=0, ledits_steps=steps)
+        return tools.Commands(e, bin=bin_dir, dir=d).ledits_stages()
+
+    def edit(self, source, target, image, steps, runs, name="edit", method="diffedit"):
         env = tools.tool_env(self.cache, base=self.env)   # as examples.sh: export DIFFEDIT_MODEL
         d = os.path.join(self.work, name)
         os.makedirs(d, exist_ok=True)
         times, stages, rss = [], [], []
         for _ in range(runs):
             total, st = 0.0, {}
-            for stage in self.edit_commands(source, target, image, steps, d, self.bin):
+            commands = self.ledits_commands if method == "ledits" else self.edit_commands
+            for stage in commands(source, target, image, steps, d, self.bin):
                 wall, out = run_procs(stage.argvs, stdin_path=stage.stdin, stdout_path=stage.stdout, env=env)
                 check(out, stage.label)
                 total += wall
@@ -118,7 +124,7 @@ class Ours:
             stages.append(st)
         # As a reader would type them in the work folder's parent: files in out/, tools on $PATH.
         shown = [s.shell(tools.quote_shown)
-                 for s in self.edit_commands(source, target, "out/" + os.path.basename(image), steps, "out", None)]
+                 for s in commands(source, target, "out/" + os.path.basename(image), steps, "out", None)]
         top = max(rss)
         return {"cmd": shown, "times": times, "stages": stages, "maxrss_kb": top[0], "maxrss_tool": top[1], "steps": steps,
                 "maxrss_by_tool": {n: max(r for r, m in rss if m == n) for _, n in rss}, "dir": d}

@@ -171,6 +171,47 @@ class WholeEdit(Kind):
         return md
 
 
+class LEditsEdit(WholeEdit):
+    peers = {"torch": torch_side.ledits_edit}
+
+    def ours(self, ctx, row):
+        p = row.params
+        o = ctx.ours.edit(SOURCE, TARGET, ctx.ours.image(p["size"]), p["steps"], ctx.edit_runs, name=row.id,
+                          method="ledits")
+        o["edit_cmds"] = o["cmd"]
+        return o
+
+    def after(self, ctx, row, o, spec):
+        return {"agreement": image_agreement(o["dir"], spec)}
+
+    def section(self, row, raw_row):
+        md = super().section(row, raw_row)
+        # The stage table is the whole edit's; the commands' and PyTorch's calls are LEDITS++'s.
+        cut = next(i for i, line in enumerate(md) if line.startswith("Our commands"))
+        o = raw_row["ours"]
+        md = md[:cut] + [f"Our commands (examples.sh's edit with METHOD=ledits, MODEL=the cache folder, "
+                         f"STEPS={row.params['steps']}, SEED=0; `DIFFEDIT_MODEL` exported):\n", "```", *o["cmd"], "```\n",
+                         "PyTorch: `LEditsPPPipelineStableDiffusion.from_pretrained(cache, dtype=float32)`, scheduler "
+                         "`DDIMScheduler.from_config` (its `add_noise` given a long timestep, diffusers 0.42.1's invert "
+                         f"passes a float one), `invert(image, num_inversion_steps={row.params['steps']}, generator=seed 0)`, "
+                         "`__call__(editing_prompt=[target, source], reverse_editing_direction=[False, True])` → PIL image; "
+                         "defaults otherwise (skip 0.15, edit guidance 5, threshold 0.9, intersect masks).\n"]
+        return md
+
+
+def image_agreement(d, spec):
+    """Compare our edited image with diffusers' (same settings and seed)."""
+    import numpy as np
+    from PIL import Image
+    try:
+        a = np.asarray(Image.open(os.path.join(d, "edited.ppm")).convert("RGB"), dtype=np.int32)
+        b = np.asarray(Image.open(spec["image_out"]).convert("RGB"), dtype=np.int32)
+        diff = np.abs(a - b)
+        return f"edited 8-bit image: max |Δ| {diff.max()}, mean |Δ| {diff.mean():.3f}"
+    except Exception as e:  # noqa: BLE001
+        return f"could not compare ({e})"
+
+
 def edit_agreement(d, spec):
     """Compare our mask and edited image with diffusers' (same settings and seed)."""
     import numpy as np
@@ -207,5 +248,6 @@ ROWS = [
     Row("text", "CLIP ViT-L/14 text encoder, batch 2 × 77 tokens", TextEncoder()),
     Row("edit", "whole DiffEdit edit, 256², 20 steps, guidance 7.5", WholeEdit(), {"size": 256, "steps": 20}),
     Row("edit512", "whole DiffEdit edit, 512², 10 steps, guidance 7.5", WholeEdit(), {"size": 512, "steps": 10}),
+    Row("ledits", "whole LEDITS++ edit, 256², 30 inversion steps (DDIM)", LEditsEdit(), {"size": 256, "steps": 30}),
 ]
 BY_ID = {r.id: r for r in ROWS}

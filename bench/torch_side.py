@@ -264,3 +264,49 @@ def whole_edit(spec, params):
     np.save(spec["mask_out"], np.asarray(mask, dtype=np.float32))
     out.save(spec["image_out"])
     return res
+
+
+def ledits_edit(spec, params):
+    """LEditsPPPipelineStableDiffusion with DDIM: invert (edit-friendly, source prompt ""), then
+    __call__ adding the target and removing the source caption (intersect masks), as our edit."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from diffusers import DDIMScheduler, LEditsPPPipelineStableDiffusion
+    res = {}
+    t0 = time.perf_counter()
+    pipe = LEditsPPPipelineStableDiffusion.from_pretrained(spec["cache"], dtype=torch.float32,
+                                                           safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    # diffusers 0.42.1's invert calls add_noise with a float timestep tensor, which DDIM cannot
+    # index with (Tests/Reference/ledits-notes.md): the smallest fix, a cast to long.
+    add_noise = pipe.scheduler.add_noise
+    pipe.scheduler.add_noise = lambda x, n, t: add_noise(x, n, t.long() if t.is_floating_point() else t)
+    pipe.set_progress_bar_config(disable=True)
+    res["load_s"] = time.perf_counter() - t0
+    steps, runs = params["steps"], spec["runs"]
+    img = Image.open(spec["image"]).convert("RGB")
+    gen = lambda: torch.Generator("cpu").manual_seed(0)  # noqa: E731
+
+    t0 = time.perf_counter()
+    s = params["size"] // 8
+    x = pipe.image_processor.preprocess(img)
+    pipe.vae.encode(x)
+    pipe.unet(torch.randn(3, 4, s, s), 981, encoder_hidden_states=torch.randn(3, 77, 768))
+    pipe.vae.decode(torch.randn(1, 4, s, s))
+    res["warmup_s"] = time.perf_counter() - t0
+
+    times, stages = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        pipe.invert(image=img, num_inversion_steps=steps, generator=gen())
+        t1 = time.perf_counter()
+        out = pipe(editing_prompt=[spec["target"], spec["source"]], reverse_editing_direction=[False, True],
+                   generator=gen()).images[0]
+        t2 = time.perf_counter()
+        times.append(t2 - t0)
+        stages.append({"invert": t1 - t0, "__call__ (incl. decode)": t2 - t1})
+    res["times"] = times
+    res["stages"] = stages
+    out.save(spec["image_out"])
+    return res

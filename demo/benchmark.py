@@ -105,6 +105,7 @@ class Method:
     blend: str | None = None
     after: str | None = None
     post: Callable | None = None
+    kind: str = "diffedit"  # diffedit: denoise on invert's stack; ledits: denoise --method ledits on its noise maps
 
 
 @dataclass(frozen=True)
@@ -141,13 +142,27 @@ METHODS = [
            after="gt-mask", post=paste_back("gt-pixels.pgm")),
     Method("gt-mask-paper", "gt", "ground-truth mask, the paper's blending", blend="paper"),
 ]
+# LEDITS++ (Brack et al. 2024; --method ledits): the edit-friendly inversion's noise maps, the target
+# caption added and the source caption removed as two edit concepts. Its implicit masks (the union
+# over the guided steps, denoise --masks-output) are the `ledits` mask.
+LEDITS_METHODS = [
+    Method("ledits", "ledits", "LEDITS++: edit-friendly inversion, target added and source removed, implicit masks",
+           kind="ledits"),
+    Method("ledits+paste", "ledits", "LEDITS++ pasted back through its implicit mask (composite)",
+           after="ledits", post=paste_back("ledits-masks.tensor")),
+    Method("ledits+dmask", "inferred", "LEDITS++ with DiffEdit's inferred mask as the user mask, no implicit mask",
+           kind="ledits"),
+    Method("diffedit+lmask", "ledits", "DiffEdit's denoising through LEDITS++'s implicit mask", blend="diffusers"),
+]
+# The DiffEdit rows a --method ledits run shows beside LEDITS++'s.
+LEDITS_BESIDE = ("diffedit", "diffedit+paste")
 REFERENCES = [
     ("vae", "no edit: the input through the VAE"),
     ("oracle", "the true target image through the VAE"),
 ]
 FIRST_SEED = 2_000_000  # the held-out scenes every reported result uses
 SCHEDULERS = {"ddim": "DDIM", "dpm": "DPM-Solver++"}  # the tools' --scheduler
-MASK_FILES = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor"}
+MASK_FILES = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor", "ledits": "ledits-masks.tensor"}
 PSNR_CAP = 100.0  # dB: a per-case PSNR of an exact background (MSE 0) counts as this
 
 # The settings each stage reports in its output's metadata: (stage, metadata key, file, record).
@@ -157,6 +172,11 @@ STAGE_SETTINGS = {
     "invert": (("steps", "strength", "guidance", "scheduler"), "inverted.tensor", "inverted"),
     "denoise": (("guidance",), "{denoised}.latents.tensor", "latents"),  # the first denoised method's
 }
+# The same for LEDITS++'s stages, when a --method ledits run has them (every key they record).
+LEDITS_STAGE_SETTINGS = {
+    "invert --method ledits": ("ledits.tensor", "ledits.start"),
+    "denoise --method ledits": ("ledits.latents.tensor", "latents"),
+}
 
 
 def check_methods(methods):
@@ -165,8 +185,12 @@ def check_methods(methods):
     for m in methods:
         if m.name in seen or m.name in dict(REFERENCES):
             raise ValueError(f"method {m.name} named twice")
-        if (m.after is None) == (m.post is not None) or (m.after is None) == (m.blend is None):
+        if (m.after is None) == (m.post is not None) or (m.after is None and m.kind == "diffedit") == (m.blend is None):
             raise ValueError(f"method {m.name}: a denoised method has a blend, a post-processing one after and post")
+        if m.kind not in ("diffedit", "ledits") or (m.kind == "ledits" and (m.blend or m.after)):
+            raise ValueError(f"method {m.name}: kind {m.kind}")
+        if m.mask == "ledits" and m.name != "ledits" and "ledits" not in seen:
+            raise ValueError(f"method {m.name} uses the ledits row's implicit mask, which does not come before it")
         if m.after is not None and m.after not in seen:
             raise ValueError(f"method {m.name} post-processes {m.after}, which does not come before it")
         if m.mask not in MASK_FILES:
@@ -193,7 +217,12 @@ def edit_of(k, a, pair):
                      seed=k, scheduler=a.scheduler, guidance=a.guidance, mask_guidance=a.mask_guidance,
                      invert_guidance=a.invert_guidance, denoise_guidance=a.denoise_guidance, strength=a.strength,
                      maps=a.maps, encode_strength=a.encode_strength, threshold_ratio=a.threshold_ratio,
-                     dilate=a.dilate, negative=negative, empty_negatives=negative is not None, quiet=True)
+                     dilate=a.dilate, negative=negative, empty_negatives=negative is not None, quiet=True,
+                     ledits_steps=getattr(a, "ledits_steps", None), skip=getattr(a, "skip", None),
+                     source_guidance=getattr(a, "source_guidance", None),
+                     ledits_source_prompt=getattr(a, "ledits_source_prompt", False),
+                     edit_guidance=getattr(a, "edit_guidance", None), edit_threshold=getattr(a, "edit_threshold", None),
+                     edit_warmup=getattr(a, "edit_warmup", None), ledits_mask=getattr(a, "ledits_mask", None))
 
 
 def method_line(m, c, case):
@@ -203,6 +232,11 @@ def method_line(m, c, case):
     settings)."""
     if m.after is not None:
         return m.post(f"{m.after}.ppm", f"{m.name}.ppm", case)
+    if m.kind == "ledits":
+        own = m.mask == "ledits"  # the row whose implicit masks the others use
+        return c.ledits_denoise(mask=None if own else MASK_FILES[m.mask], out=f"{m.name}.ppm", decode=True,
+                                keep=f"{m.name}.latents.tensor", masks_output="ledits_masks" if own else None,
+                                ledits_mask=None if own else "noise", threshold=None if own else 0).shell()
     return c.denoise(mask=MASK_FILES[m.mask], blend=m.blend, out=f"{m.name}.ppm", decode=True,
                      keep=f"{m.name}.latents.tensor").shell()
 
@@ -216,7 +250,8 @@ def case_lines(k, a, pair, methods=None):
             edit.Stage("oracle", [c.tool("vae-encode", "tgt.ppm"), c.tool("vae-decode", "--record", "posterior.mean")],
                        None, "oracle.ppm")]
     case = CaseFiles(k, "src.ppm", dict(MASK_FILES), c)
-    return [edit.shell_line(c.prepare() + refs)] + [method_line(m, c, case) for m in methods]
+    ledits = [c.ledits_invert()] if any(m.kind == "ledits" for m in methods) else []
+    return [edit.shell_line(c.prepare() + ledits + refs)] + [method_line(m, c, case) for m in methods]
 
 
 def edit_case(k, a, env):
@@ -295,6 +330,12 @@ def stage_settings(d, methods=None):
         if "defaults" in meta:
             s["from_defaults_file"] = meta["defaults"].split(": ", 1)[-1]
         out[stage] = s
+    if any(getattr(m, "kind", "") == "ledits" for m in methods):
+        for stage, (file, record) in LEDITS_STAGE_SETTINGS.items():
+            meta = stream.read_record(os.path.join(d, file), record).meta
+            skip = ("model", "model.fingerprint", "scheduler.fingerprint", "timesteps", "version", "order")
+            out[stage] = {k: _number(v) for k, v in sorted(meta.items())
+                          if not k.startswith(("image.", "latent.", "diffedit.")) and k not in skip}
     return out
 
 
@@ -320,6 +361,8 @@ def score_case(k, d, pair, clf, a=None, methods=None):
     factor = g.shape[0] // inferred.shape[0]
     masks = {"inferred": inferred, "gt": measure.to_latent(g, factor, "any"),
              "ones": np.ones_like(inferred)}
+    if os.path.exists(f"{d}/{MASK_FILES['ledits']}"):
+        masks["ledits"] = stream.read_record(f"{d}/{MASK_FILES['ledits']}", "mask").array[0, 0] > 0.5
     obj = tgt.objects[i]
     row = {"case": k, "seed": first + k, "kind": pair.kind, "source": pair.source_caption,
            "target": pair.target_caption, "want": obj.colour if pair.kind == "colour" else obj.shape,
@@ -374,7 +417,9 @@ def describe_settings(stages):
     return (f"{SCHEDULERS[i.get('scheduler', 'ddim')]}; mask: {m['steps']} steps, guidance {m['guidance']}, "
             f"{m['maps']} maps, encode strength {m['encode_strength']}, ratio {m['threshold_ratio']}, "
             f"dilate {m['dilate']}; invert: {i['steps']} steps, strength {i['strength']}, guidance {i['guidance']}; "
-            f"denoise: guidance {dn['guidance']}")
+            f"denoise: guidance {dn['guidance']}" + "".join(
+                f"; {stage}: " + ", ".join(f"{k} {v}" for k, v in stages[stage].items())
+                for stage in LEDITS_STAGE_SETTINGS if stage in stages))
 
 
 def table(summary, rows, a, seconds, stages, methods=None):
@@ -400,6 +445,10 @@ def table(summary, rows, a, seconds, stages, methods=None):
     return "\n".join(lines) + "\n"
 
 
+MONTAGE = {"diffedit": ("diffedit", "diffedit-paper", "sdedit", "gt-mask"),  # the rows a montage shows
+           "ledits": ("diffedit", "diffedit+paste", "ledits", "ledits+paste")}
+
+
 def montage(rows, a, path):
     """Rows of: input | target (truth) | inferred mask with the truth's outline | methods."""
     sep = np.full((64, 2, 3), 255, np.uint8)
@@ -413,7 +462,7 @@ def montage(rows, a, path):
         g = pair.mask
         mrgb[g & measure.dilate(~g, 1)] = (255, 0, 0)  # the truth's outline
         tiles = [pair.source.image, pair.target.image, mrgb] + [measure.read_pnm(f"{d}/{n}.ppm")
-                                                                for n in ("diffedit", "diffedit-paper", "sdedit", "gt-mask")]
+                                                                for n in MONTAGE[getattr(a, "method", "diffedit")]]
         row = np.concatenate([x for t in tiles for x in (t, sep)][:-1], 1)
         sheet += [row, np.full((2, row.shape[1], 3), 255, np.uint8)]
     img = np.concatenate(sheet[:-1], 0)
@@ -459,21 +508,39 @@ def main():
     p.add_argument("--photo-scale", type=int, default=None, metavar="N",
                    help="large-photo mode: the scenes rendered at N×64 px, edited at their own resolution by "
                         "examples/photo.sh (the model's defaults) and scored at full resolution (demo/photo_benchmark.py)")
+    p.add_argument("--method", choices=["diffedit", "ledits"], default="diffedit",
+                   help="diffedit: DiffEdit's rows (default); ledits: LEDITS++'s rows and their combinations with "
+                        f"DiffEdit's masks, beside {', '.join(LEDITS_BESIDE)}")
+    p.add_argument("--ledits-steps", type=int, default=None, help="invert --method ledits --steps" + unset)
+    p.add_argument("--skip", type=float, default=None, help="invert --method ledits --skip" + unset)
+    p.add_argument("--source-guidance", type=float, default=None,
+                   help="invert --method ledits --guidance (with --ledits-source-prompt)" + unset)
+    p.add_argument("--ledits-source-prompt", action="store_true",
+                   help="invert --method ledits under the source caption (default: the empty prompt, as diffusers)")
+    p.add_argument("--edit-guidance", default=None, help="denoise --method ledits --edit-guidance (one, or add,remove)" + unset)
+    p.add_argument("--edit-threshold", default=None, help="denoise --method ledits --edit-threshold" + unset)
+    p.add_argument("--edit-warmup", default=None, help="denoise --method ledits --edit-warmup" + unset)
+    p.add_argument("--ledits-mask", choices=["intersect", "attention", "noise"], default=None,
+                   help="denoise --method ledits --ledits-mask" + unset)
     p.add_argument("--methods", nargs="+", default=None,
                    help="run these methods only (default all; tuning runs need only diffedit, and the denoisings "
                         "are most of a case's time); no montage then")
     a = p.parse_args()
-    names = [m.name for m in METHODS]
+    table_methods = METHODS if a.method == "diffedit" else \
+        [m for m in METHODS if m.name in LEDITS_BESIDE] + LEDITS_METHODS
+    names = [m.name for m in table_methods]
     if a.methods:
         unknown = [n for n in a.methods if n not in names]
         if unknown:
             sys.exit(f"benchmark: no method {', '.join(unknown)} (methods: {', '.join(names)})")
     # The methods run, in the table's order, with every method a chosen one post-processes.
     wanted = set(a.methods or names)
-    for m in reversed(METHODS):
+    for m in reversed(table_methods):
         if m.name in wanted and m.after:
             wanted.add(m.after)
-    a.method_rows = [m for m in METHODS if m.name in wanted]
+        if m.name in wanted and m.mask == "ledits":
+            wanted.add("ledits")
+    a.method_rows = [m for m in table_methods if m.name in wanted]
     check_methods(a.method_rows)
     if a.bin is None:
         a.bin = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT,
@@ -528,9 +595,13 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
         given = {k: getattr(a, k) for k in ("scheduler", "steps", "mask_steps", "guidance", "mask_guidance",
                                              "invert_guidance", "denoise_guidance", "strength", "maps",
-                                             "encode_strength", "threshold_ratio", "dilate") if getattr(a, k) is not None}
+                                             "encode_strength", "threshold_ratio", "dilate", "ledits_steps", "skip",
+                                             "source_guidance", "edit_guidance", "edit_threshold", "edit_warmup",
+                                             "ledits_mask") if getattr(a, k) is not None}
+        if a.ledits_source_prompt:
+            given["ledits_source_prompt"] = True
         res = {"summary": summary, "shape_classifier_accuracy": acc,
-               "settings": {"cases": a.cases, "first_seed": a.first_seed, "negative": a.negative,
+               "settings": {"cases": a.cases, "first_seed": a.first_seed, "negative": a.negative, "method": a.method,
                             "methods": [m.name for m in a.method_rows],
                             "given": given, "stages": stages,
                             # The fields earlier results hold (compare_benchmarks.py), from what ran:

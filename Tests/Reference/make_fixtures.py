@@ -60,6 +60,7 @@ import fixtures_single_file  # noqa: E402  (beside this script: the single-file 
 import fixtures_schedulers  # noqa: E402  (beside this script: the DPM-Solver++ and DDIM-eta fixtures)
 import fixtures_coverage  # noqa: E402  (beside this script: lower_order_final, DDIM eta steps, conv paths)
 import fixtures_attention_store  # noqa: E402  (beside this script: LEDITS++'s attention store, issue 26)
+import fixtures_ledits  # noqa: E402  (beside this script: LEDITS++ model folders sd1-ledits/, sd2-ledits/, issue 26)
 
 diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
@@ -1234,7 +1235,7 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
 # ----------------------------------------------------------------------------------------------
 GENERATED = ["sd1", "sd2", "scheduler.tensor", "rng.tensor", "prompts.json", "tokens-sd1.tensor",
              "tokens-sd2.tensor", "single-file", "MANIFEST.txt"] + fixtures_schedulers.GENERATED + \
-    fixtures_coverage.GENERATED + fixtures_attention_store.GENERATED
+    fixtures_coverage.GENERATED + fixtures_attention_store.GENERATED + fixtures_ledits.GENERATED
 
 
 def manifest(out):
@@ -1328,6 +1329,9 @@ def main():
     report.update(fixtures_coverage.write_all(out, sys.modules[__name__]))
     # Issue 26 (Tests/Reference/fixtures_attention_store.py): one new file, reading sd1/unet written above
     report.update(fixtures_attention_store.write_all(out, sys.modules[__name__]))
+    # Issue 26 (Tests/Reference/fixtures_ledits.py): the LEDITS++ model folders and their references, last
+    # (reads sd1/, sd2/ written above; adds only sd1-ledits/ and sd2-ledits/)
+    report.update(fixtures_ledits.write_all(out, sys.modules[__name__]))
 
     man = manifest(out)
     with open(os.path.join(out, "MANIFEST.txt"), "w", newline="\n") as f:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 # The files of one edit, named as examples.sh names them.
 FILES = {"posterior": "posterior.tensor", "source": "source.tensor", "target": "target.tensor",
          "empty": "empty.tensor", "mask": "mask.tensor", "inverted": "inverted.tensor",
-         "edited": "edited.tensor", "decoded": "edited.ppm"}
+         "edited": "edited.tensor", "decoded": "edited.ppm",
+         "ledits": "ledits.tensor", "ledits_masks": "ledits-masks.tensor"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,16 @@ class Edit:
     empty_negatives: bool = False   # the empty prompt as noise-diff-mask's and invert's negatives too,
                                     # so that no diffedit_defaults.json changes them
     quiet: bool = False             # --quiet on noise-diff-mask, invert and denoise
+    # LEDITS++ (invert --method ledits, denoise --method ledits): the edit adds the target caption
+    # and removes the source caption, two concepts (Brack et al. 2024, the replacement recipe).
+    ledits_steps: int | None = None         # invert --method ledits --steps (inversion steps)
+    skip: object = None                     # its --skip
+    source_guidance: object = None          # its --guidance (used only with a source prompt)
+    ledits_source_prompt: bool = False      # invert under the source caption (else the empty prompt)
+    edit_guidance: object = None            # denoise --method ledits --edit-guidance (one or "a,b")
+    edit_threshold: object = None           # --edit-threshold
+    edit_warmup: object = None              # --edit-warmup
+    ledits_mask: str | None = None          # --ledits-mask intersect | attention | noise
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,33 @@ class Commands:
     def decode(self):
         return Stage("vae-decode", [self.tool("vae-decode")], self.path("edited"), self.path("decoded"))
 
+    def ledits_invert(self):
+        """LEDITS++'s edit-friendly DDPM inversion: the noise maps that give the input back."""
+        e, p = self.e, self.path
+        argv = self.tool("invert", "--method", "ledits") + _opts(
+            ("--prompt", p("source") if e.ledits_source_prompt else None), ("--steps", e.ledits_steps),
+            ("--skip", e.skip), ("--guidance", e.source_guidance), ("--seed", e.seed),
+            ("--scheduler", e.scheduler)) + self._quiet()
+        return Stage("invert --method ledits", [argv], p("posterior"), p("ledits"))
+
+    def ledits_denoise(self, mask=None, out=None, decode=False, keep=None, masks_output="ledits_masks",
+                       ledits_mask=None, threshold=None):
+        """LEDITS++'s semantic guidance on the noise maps: the target caption added, the source
+        caption removed; mask: a user mask file (None: the implicit masks alone); masks_output:
+        where its implicit masks go (None: not written)."""
+        e, p = self.e, self.path
+        argv = self.tool("denoise", "--method", "ledits", "--edit", p("target"), "--edit", p("source"),
+                         "--edit-direction", "add,remove") + _opts(
+            ("--mask", p(mask) if mask else None), ("--edit-guidance", e.edit_guidance),
+            ("--edit-threshold", _first(threshold, e.edit_threshold)), ("--edit-warmup", e.edit_warmup),
+            ("--ledits-mask", _first(ledits_mask, e.ledits_mask)),
+            ("--masks-output", p(masks_output) if masks_output else None)) + self._quiet()
+        if decode:
+            middle = [["tee", p(keep)]] if keep else []
+            return Stage("denoise --method ledits | vae-decode", [argv, *middle, self.tool("vae-decode")],
+                         p("ledits"), p(out or "decoded"))
+        return Stage("denoise --method ledits", [argv], p("ledits"), p(out or "edited"))
+
     def prepare(self):
         """Everything a denoising needs: the posterior, the captions, the mask, the inverted stack."""
         return [self.encode(), *self.captions(), self.mask(), self.invert()]
@@ -177,3 +215,8 @@ class Commands:
         if pipe_decode:
             return self.prepare() + [self.denoise(decode=True)]
         return self.prepare() + [self.denoise(), self.decode()]
+
+    def ledits_stages(self):
+        """The whole LEDITS++ edit (examples.sh METHOD=ledits): no mask stage, no DDIM inversion."""
+        return [self.encode(), self.caption("source"), self.caption("target"), self.ledits_invert(),
+                self.ledits_denoise(masks_output=None), self.decode()]

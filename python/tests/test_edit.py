@@ -282,6 +282,25 @@ class Builder(unittest.TestCase):
         self.assertEqual(edit.quote_shown("~/.cache/x y"), "~/'.cache/x y'")
         self.assertEqual(edit.quote_shown("/tmp/~x"), "'/tmp/~x'")
 
+    def test_ledits_commands(self):
+        """LEDITS++'s two stages: settings left off leave their options off; the edit adds the target
+        and removes the source; a row with a user mask writes no implicit masks."""
+        c = edit.Commands(edit.Edit("a", "b", "x.ppm"))
+        self.assertEqual(c.ledits_invert().shell(), "invert --method ledits < posterior.tensor > ledits.tensor")
+        self.assertEqual(c.ledits_denoise().argvs, [[
+            "denoise", "--method", "ledits", "--edit", "target.tensor", "--edit", "source.tensor",
+            "--edit-direction", "add,remove", "--masks-output", "ledits-masks.tensor"]])
+        c = edit.Commands(edit.Edit("a", "b", "x.ppm", seed=4, ledits_steps=30, skip=0.2, source_guidance=2.0,
+                                    ledits_source_prompt=True, edit_guidance="5,7", ledits_mask="intersect"))
+        self.assertEqual(c.ledits_invert().argvs, [[
+            "invert", "--method", "ledits", "--prompt", "source.tensor", "--steps", "30", "--skip", "0.2",
+            "--guidance", "2.0", "--seed", "4"]])
+        self.assertEqual(c.ledits_denoise(mask="mask", masks_output=None, ledits_mask="noise", threshold=0,
+                                          decode=True, out="r.ppm").shell(),
+                         "denoise --method ledits --edit target.tensor --edit source.tensor --edit-direction add,remove"
+                         " --mask mask.tensor --edit-guidance 5,7 --edit-threshold 0 --ledits-mask noise"
+                         " < ledits.tensor | vae-decode > r.ppm")
+
     def test_tool_env(self):
         env = edit.tool_env("demo/model", bin="/t", base={"PATH": "/usr/bin", "DIFFEDIT_MODEL": "old"})
         self.assertEqual(env, {"PATH": "/t" + os.pathsep + "/usr/bin", "DIFFEDIT_MODEL": os.path.abspath("demo/model")})
