@@ -13,11 +13,13 @@ import DiffEditTestSupport
 ///   the final latents within `latentTolerance`;
 /// - the whole pipeline from the image (our posterior mean, our inversion, our edit): x₀ and the
 ///   latents within `fromImageTolerance`, the masks identical, the decoded image within ±1 level.
-/// Worst errors measured (AVX2 x86-64, debug build): noise maps 3.5e-5 (sd1 ddim-two: the last
-/// DDIM step divides by σ ≈ 0.02), x_T 4.8e-7; edited latents 3.5e-5 (sd1 dpm-one-add); from the
-/// image x₀ 8.8e-6, latents 3.7e-5, the image 1 level; every mask identical, though sd2 dpm-two
-/// holds a cell 4e-7 (relative) from its quantile. The stack's tolerance is the plan's 1e-4; the
-/// latents' as DiffEditTests' (about 10× the worst).
+/// Worst errors measured (AVX2 x86-64, debug build): x_T 4.8e-7; noise maps 9.0e-5 on values up to
+/// |z| ≈ 40 (sd1 ddim-two: the last DDIM steps divide by σ ≈ 0.02, so they are compared relative
+/// to their magnitude too, Tests/Reference/ledits-notes.md); edited latents 4.4e-5 (sd1
+/// ddim-one-add); from the image x₀ 8.8e-6, latents 8.0e-5 (sd1 dpm-two), the image 1 level; every
+/// mask identical (the fixtures keep every threshold ≥ 1.1e-3 of the largest value from its
+/// quantile). The stack's tolerance is the plan's 1e-4 (+ 1e-4 relative for the noise maps); the
+/// latents' as DiffEditTests' (5–10× the worst).
 final class LEditsParityTests: XCTestCase {
     static let models = ["sd1-ledits", "sd2-ledits"]
     static let stackTolerance = 1e-4
@@ -162,7 +164,7 @@ final class LEditsParityTests: XCTestCase {
                 XCTAssertEqual(r.timesteps.map(Float.init), try c.record("timesteps").floats(), "\(c.label) timesteps")
                 let s = assertClose(r.start.data, try c.record("start").floats(), atol: Self.stackTolerance, "\(c.label) x_T")
                 XCTAssertEqual(r.noise.shape, try c.record("noise").shape, "\(c.label) noise shape")
-                let z = assertClose(r.noise.data, try c.record("noise").floats(), atol: Self.stackTolerance, "\(c.label) noise maps")
+                let z = assertClose(r.noise.data, try c.record("noise").floats(), atol: Self.stackTolerance, rtol: Self.stackTolerance, "\(c.label) noise maps")
                 print("\(c.label) inversion: x_T max err \(s.maxAbsError), noise max err \(z.maxAbsError)")
             }
         }

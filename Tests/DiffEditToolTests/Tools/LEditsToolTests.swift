@@ -85,7 +85,9 @@ final class LEditsToolTests: XCTestCase {
                 XCTAssertEqual(noise.metadata["timesteps"], refs["ledits.\(name).noise"]?.metadata["timesteps"], "\(label): timesteps")
                 XCTAssertEqual(noise.metadata["total_steps"], refs["ledits.\(name).noise"]?.metadata["total_steps"], "\(label): total steps")
                 let cs = assertClose(start.floats(), try Fixtures.ref(refs, "ledits.\(name).start").floats(), atol: 1e-4, "\(label): x_T")
-                let cz = assertClose(noise.floats(), try Fixtures.ref(refs, "ledits.\(name).noise").floats(), atol: 1e-4, "\(label): noise maps")
+                // Our posterior mean (within 1e-5) is divided by the last DDIM step's σ ≈ 0.02 in the
+                // noise maps, which reach |z| ≈ 40: relative to their magnitude (Reference/ledits-notes.md).
+                let cz = assertClose(noise.floats(), try Fixtures.ref(refs, "ledits.\(name).noise").floats(), atol: 1e-4, rtol: 1e-4, "\(label): noise maps")
                 // The masks: every cell as diffusers'; their union a 0/1 mask.
                 let masks = try Self.read(dir.appendingPathComponent("masks.tensor"), "masks")
                 let want = try Fixtures.ref(refs, "ledits.\(name).masks")
