@@ -125,6 +125,9 @@ struct Denoise: DiffEditTool {
     /// --method ledits: the LEDITS++ edit of invert --method ledits's stack.
     func runLEdits(_ run: StageRun) throws {
         let label = run.inputLabel
+        if attentionGrid != nil && !leditsMask.usesAttention {
+            throw ToolError("--attention-grid chooses the cross-attention maps, which --ledits-mask noise does not read — drop --attention-grid, or use --ledits-mask intersect or attention")
+        }
         let masksFile = try masksOutput.map {
             try SideOutput(path: $0, option: "--masks-output", inputs: [input ?? "-", negative, mask].compactMap { $0 } + edit)
         }

@@ -172,6 +172,7 @@ final class LEditsToolTests: XCTestCase {
             // the attention grid: a grid the UNet has no cross-attention at, and one not written HxW
             ("denoise", edit + ["--attention-grid", "3x3"], ["--attention-grid 3x3 has no up/down cross-attention", "8x8, 4x4, 2x2", "--ledits-mask noise"]),
             ("denoise", edit + ["--attention-grid", "2by2"], ["--attention-grid 2by2 is not a grid"]),
+            ("denoise", edit + ["--attention-grid", "2x2", "--ledits-mask", "noise"], ["--ledits-mask noise does not read"]),
             // one concept per --edit
             ("denoise", ["--model", model, "--method", "ledits", "--edit", "\(d)/two.tensor", "\(d)/stack.tensor"], ["--edit", "holds 2 prompts"]),
             // the other method's options
@@ -200,6 +201,21 @@ final class LEditsToolTests: XCTestCase {
             XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
             XCTAssertTrue(r.err.contains(fragment), r.err)
         }
+    }
+
+    /// Progress on stderr as the other stages report it (--progress, or a terminal), and nothing with --quiet.
+    func testProgressOnStderr() throws {
+        let dir = try temporaryDirectory(self)
+        let m = "--model '\(Fixtures.path("sd1-ledits"))'"
+        _ = try Self.run("tokenize \(m) 'a dog' | encode-text \(m) > a.tensor\nvae-encode \(m) < '\(Fixtures.path("sd1-ledits/cat.ppm"))' > post.tensor", in: dir)
+        let inv = try sh("cd '\(dir.path)' && invert \(m) --method ledits --steps 3 --progress < post.tensor > stack.tensor")
+        XCTAssertEqual(inv.status, 0, inv.err)
+        XCTAssertTrue(inv.err.contains("inversion step") && inv.err.contains("3/3"), inv.err)
+        let den = try sh("cd '\(dir.path)' && denoise \(m) --method ledits --edit a.tensor --progress < stack.tensor > edit.tensor")
+        XCTAssertEqual(den.status, 0, den.err)
+        XCTAssertTrue(den.err.contains("denoising step") && den.err.contains("3/3"), den.err)
+        let quiet = try sh("cd '\(dir.path)' && denoise \(m) --method ledits --edit a.tensor --progress --quiet < stack.tensor > edit.tensor")
+        XCTAssertEqual(quiet.err, "")
     }
 
     /// The `ledits` section of diffedit_defaults.json: its values used when no option is given
