@@ -1,12 +1,13 @@
 #!/bin/bash
-# diffedit examples: DiffEdit (Couairon et al. 2022) on an image, as a readable script of
-# tool calls. Every intermediate file stays in $OUT (default ./out) so you can inspect it with
+# diffedit examples: DiffEdit (Couairon et al. 2022) or LEDITS++ (Brack et al. 2024) on an image,
+# as a readable script of tool calls. Every intermediate file stays in $OUT (default ./out) so you can inspect it with
 # `tensor head`, `tensor stats` and `tensor to-image`.
 #
 #   ./examples.sh                              # the demo model: a red circle becomes a blue one
 #   MODEL=~/models/sd15 IMAGE=me.ppm SOURCE="a photo of a man" TARGET="a photo of a robot" ./examples.sh
 #   GUIDANCE=7.5 NEGATIVE=source ./examples.sh  # diffusers' settings on the demo model (it tints)
 #   IMAGE=photo.jpg ./examples.sh               # PNG and JPEG images are converted with netpbm
+#   METHOD=ledits ./examples.sh                 # LEDITS++: edit-friendly inversion, implicit masks
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,8 +19,15 @@ MODEL=${MODEL:-${DIFFEDIT_MODEL:-demo/model}}           # Stable Diffusion folde
 IMAGE=${IMAGE:-demo/scenes/red-circle.ppm}              # a 64x64 scene from demo/world.py
 SOURCE=${SOURCE:-"a red circle on a striped white background"}    # what the image shows
 TARGET=${TARGET:-"a blue circle on a striped white background"}   # what it should show
-STEPS=${STEPS:-50}
+STEPS=${STEPS:-}                                         # empty: 50 for DiffEdit, the model's for LEDITS++
 SEED=${SEED:-0}
+# METHOD: diffedit (the mask from noise estimates, DDIM inversion under the source caption,
+# masked denoising under the target caption) or ledits (LEDITS++: the edit-friendly DDPM
+# inversion's noise maps, which give the input back exactly, and semantic guidance that adds the
+# target caption and removes the source caption, each inside its own implicit mask; STEPS is
+# then the inversion's steps, default the model's, else diffusers' 30).
+METHOD=${METHOD:-diffedit}
+case "$METHOD" in diffedit|ledits) ;; *) echo "examples.sh: METHOD=$METHOD: give diffedit or ledits" >&2; exit 1;; esac
 # Guidance and denoise's negative prompt: diffusers' 7.5 and the source caption suit Stable
 # Diffusion. The small demo model over-saturates with them (the edited latents leave the range
 # its VAE decodes and the whole picture tints), so its folder's diffedit_defaults.json (man 5
@@ -85,10 +93,30 @@ to "$OUT/source.tensor" embed "$SOURCE"
 to "$OUT/target.tensor" embed "$TARGET"
 tensor stats "$OUT/source.tensor"
 
+if [ "$METHOD" = ledits ]; then
+stage "3. LEDITS++'s edit-friendly inversion: the noisy latent and every step's noise map (invert --method ledits)"
+# Each x_t is drawn from q(x_t | x_0) on its own, then the noise map that takes x_t to x_{t-1}
+# under the model is solved for: denoising with these maps gives the input back at any guidance.
+ledits_steps=(); [ -n "$STEPS" ] && ledits_steps=(--steps "$STEPS")
+to "$OUT/ledits.tensor" invert --method ledits "${ledits_steps[@]}" --seed "$SEED" < "$OUT/posterior.tensor"
+tensor head "$OUT/ledits.tensor"                        # ledits.start [1, 4, h, w], ledits.noise [1, T, 4, h, w]
+
+stage "4. Semantic guidance: the target added, the source removed, each in its implicit mask (denoise --method ledits)"
+to "$OUT/edited.tensor" denoise --method ledits --edit "$OUT/target.tensor" --edit "$OUT/source.tensor" \
+    --edit-direction add,remove --masks-output "$OUT/ledits-masks.tensor" < "$OUT/ledits.tensor"
+tensor head "$OUT/ledits-masks.tensor"                  # per step and concept; mask: where the edit went
+to "$OUT/edited.ppm" vae-decode < "$OUT/edited.tensor"
+to "$OUT/edited.png" pnmtopng "$OUT/edited.ppm"
+factor=$(( $(pamfile "$OUT/input.ppm" | sed -E 's/.* ([0-9]+) by ([0-9]+).*/\1/') \
+         / $(tensor pick --name mask "$OUT/ledits-masks.tensor" | tensor head | sed -nE 's/ *latent.width=//p') ))
+to "$OUT/mask.pgm" tensor to-image --name mask --range 0:1 --scale "$factor" "$OUT/ledits-masks.tensor"
+to "$OUT/mask.png" pnmtopng "$OUT/mask.pgm"
+mask_file=$OUT/ledits-masks.tensor
+else
 stage "3. The mask: where the noise estimate changes with the caption (noise-diff-mask)"
 soft=$(part "$OUT/mask-soft.tensor")                     # the soft map, from the same run
 to "$OUT/mask.tensor" noise-diff-mask --source "$OUT/source.tensor" --target "$OUT/target.tensor" \
-    --steps "$STEPS" --seed "$SEED" "${guidance[@]}" --soft-output "$soft" < "$OUT/posterior.tensor"
+    --steps "${STEPS:-50}" --seed "$SEED" "${guidance[@]}" --soft-output "$soft" < "$OUT/posterior.tensor"
 keep "$soft" "$OUT/mask-soft.tensor"
 tensor head "$OUT/mask.tensor"                           # fraction_ones, clamp, near_threshold
 tensor stats "$OUT/mask-soft.tensor"
@@ -101,7 +129,7 @@ to "$OUT/mask.png" pnmtopng "$OUT/mask.pgm"
 to "$OUT/mask-soft.png" pnmtopng "$OUT/mask-soft.pgm"
 
 stage "4. DDIM inversion under the source caption (invert)"
-to "$OUT/inverted.tensor" invert --prompt "$OUT/source.tensor" --steps "$STEPS" --seed "$SEED" "${guidance[@]}" \
+to "$OUT/inverted.tensor" invert --prompt "$OUT/source.tensor" --steps "${STEPS:-50}" --seed "$SEED" "${guidance[@]}" \
     < "$OUT/posterior.tensor"
 tensor head "$OUT/inverted.tensor"                       # [1, T, 4, h, w], noisiest first
 tensor pick --name inverted "$OUT/inverted.tensor" | tensor stats
@@ -121,6 +149,8 @@ paper() {
 }
 to "$OUT/edited-paper.ppm" paper
 to "$OUT/edited-paper.png" pnmtopng "$OUT/edited-paper.ppm"
+mask_file=$OUT/mask-soft.tensor
+fi
 
 stage "6. Paste-back: the edit blended into the input through the mask at pixel resolution (composite)"
 # The soft map upsampled bilinear to pixels and thresholded (the mask follows the object, not the
@@ -128,14 +158,15 @@ stage "6. Paste-back: the edit blended into the input through the mask at pixel 
 # input's, byte for byte, where the decoder alone changes every pixel a little. For a photo
 # larger than the model's size, composite scales the edit up to it (examples/photo.sh edits the
 # region around the mask at full resolution).
-to "$OUT/composited.ppm" composite --original "$OUT/input.ppm" --mask "$OUT/mask-soft.tensor" \
+to "$OUT/composited.ppm" composite --original "$OUT/input.ppm" --mask "$mask_file" \
     --mask-output "$OUT/mask-pixels.pgm" "$OUT/edited.ppm"
 to "$OUT/composited.png" pnmtopng "$OUT/composited.ppm"
 
-stage "7. Montage: input | VAE reconstruction | mask | edit | edit (paper blending) | pixel mask | edit pasted back"
+stage "7. Montage: input | VAE reconstruction | mask | edit | (DiffEdit: edit with the paper's blending |) pixel mask | edit pasted back"
 to "$OUT/mask.ppm" pgmtoppm white "$OUT/mask.pgm"
 to "$OUT/mask-pixels.ppm" pgmtoppm white "$OUT/mask-pixels.pgm"
-to "$OUT/montage.ppm" cat_lr "$OUT/input.ppm" "$OUT/reconstructed.ppm" "$OUT/mask.ppm" "$OUT/edited.ppm" "$OUT/edited-paper.ppm" \
+paper_ppm=(); [ "$METHOD" = diffedit ] && paper_ppm=("$OUT/edited-paper.ppm")
+to "$OUT/montage.ppm" cat_lr "$OUT/input.ppm" "$OUT/reconstructed.ppm" "$OUT/mask.ppm" "$OUT/edited.ppm" "${paper_ppm[@]}" \
     "$OUT/mask-pixels.ppm" "$OUT/composited.ppm"
 pamfile "$OUT/montage.ppm"
 to "$OUT/montage.png" pnmtopng "$OUT/montage.ppm"

@@ -143,10 +143,10 @@ METHODS = [
     Method("gt-mask-paper", "gt", "ground-truth mask, the paper's blending", blend="paper"),
 ]
 # LEDITS++ (Brack et al. 2024; --method ledits): the edit-friendly inversion's noise maps, the target
-# caption added and the source caption removed as two edit concepts. Its implicit masks (the union
-# over the guided steps, denoise --masks-output) are the `ledits` mask.
+# caption added as the edit concept (--ledits-remove-source: and the source caption removed). Its
+# implicit masks (the union over the guided steps, denoise --masks-output) are the `ledits` mask.
 LEDITS_METHODS = [
-    Method("ledits", "ledits", "LEDITS++: edit-friendly inversion, target added and source removed, implicit masks",
+    Method("ledits", "ledits", "LEDITS++: edit-friendly inversion, target added, implicit masks",
            kind="ledits"),
     Method("ledits+paste", "ledits", "LEDITS++ pasted back through its implicit mask (composite)",
            after="ledits", post=paste_back("ledits-masks.tensor")),
@@ -222,7 +222,8 @@ def edit_of(k, a, pair):
                      source_guidance=getattr(a, "source_guidance", None),
                      ledits_source_prompt=getattr(a, "ledits_source_prompt", False),
                      edit_guidance=getattr(a, "edit_guidance", None), edit_threshold=getattr(a, "edit_threshold", None),
-                     edit_warmup=getattr(a, "edit_warmup", None), ledits_mask=getattr(a, "ledits_mask", None))
+                     edit_warmup=getattr(a, "edit_warmup", None), ledits_mask=getattr(a, "ledits_mask", None),
+                     ledits_remove_source=getattr(a, "ledits_remove_source", False))
 
 
 def method_line(m, c, case):
@@ -333,7 +334,7 @@ def stage_settings(d, methods=None):
     if any(getattr(m, "kind", "") == "ledits" for m in methods):
         for stage, (file, record) in LEDITS_STAGE_SETTINGS.items():
             meta = stream.read_record(os.path.join(d, file), record).meta
-            skip = ("model", "model.fingerprint", "scheduler.fingerprint", "timesteps", "version", "order")
+            skip = ("model", "model.fingerprint", "scheduler.fingerprint", "timesteps", "version", "order", "seed")
             out[stage] = {k: _number(v) for k, v in sorted(meta.items())
                           if not k.startswith(("image.", "latent.", "diffedit.")) and k not in skip}
     return out
@@ -417,7 +418,7 @@ def describe_settings(stages):
     return (f"{SCHEDULERS[i.get('scheduler', 'ddim')]}; mask: {m['steps']} steps, guidance {m['guidance']}, "
             f"{m['maps']} maps, encode strength {m['encode_strength']}, ratio {m['threshold_ratio']}, "
             f"dilate {m['dilate']}; invert: {i['steps']} steps, strength {i['strength']}, guidance {i['guidance']}; "
-            f"denoise: guidance {dn['guidance']}" + "".join(
+            f"denoise: guidance {dn.get('guidance', '(no DiffEdit row)')}" + "".join(
                 f"; {stage}: " + ", ".join(f"{k} {v}" for k, v in stages[stage].items())
                 for stage in LEDITS_STAGE_SETTINGS if stage in stages))
 
@@ -520,6 +521,8 @@ def main():
     p.add_argument("--edit-guidance", default=None, help="denoise --method ledits --edit-guidance (one, or add,remove)" + unset)
     p.add_argument("--edit-threshold", default=None, help="denoise --method ledits --edit-threshold" + unset)
     p.add_argument("--edit-warmup", default=None, help="denoise --method ledits --edit-warmup" + unset)
+    p.add_argument("--ledits-remove-source", action="store_true",
+                   help="denoise --method ledits also removes the source caption (default: only the target added)")
     p.add_argument("--ledits-mask", choices=["intersect", "attention", "noise"], default=None,
                    help="denoise --method ledits --ledits-mask" + unset)
     p.add_argument("--methods", nargs="+", default=None,
@@ -600,13 +603,15 @@ def main():
                                              "ledits_mask") if getattr(a, k) is not None}
         if a.ledits_source_prompt:
             given["ledits_source_prompt"] = True
+        if a.ledits_remove_source:
+            given["ledits_remove_source"] = True
         res = {"summary": summary, "shape_classifier_accuracy": acc,
                "settings": {"cases": a.cases, "first_seed": a.first_seed, "negative": a.negative, "method": a.method,
                             "methods": [m.name for m in a.method_rows],
                             "given": given, "stages": stages,
                             # The fields earlier results hold (compare_benchmarks.py), from what ran:
                             "steps": stages["invert"]["steps"], "scheduler": stages["invert"]["scheduler"],
-                            "guidance": stages["denoise"]["guidance"], "invert_guidance": stages["invert"]["guidance"],
+                            "guidance": stages["denoise"].get("guidance"), "invert_guidance": stages["invert"]["guidance"],
                             "strength": stages["invert"]["strength"], "psnr_cap_db": PSNR_CAP,
                             "model": os.path.relpath(os.path.abspath(a.model), ROOT), "jobs": a.jobs},
                "seconds": round(seconds, 1), "tool_seconds_per_case": round(float(np.mean(tool_seconds)), 2),

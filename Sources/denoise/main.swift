@@ -223,6 +223,7 @@ struct Denoise: DiffEditTool {
             maskMeta["timesteps"] = StackSchedule.format(stack.timesteps)
             var unionMeta = maskMeta
             unionMeta["note"] = "the union of the masks applied over every step and concept (record masks: each)"
+            (unionMeta[MetadataKey.latentHeight], unionMeta[MetadataKey.latentWidth]) = ("\(h)", "\(w)")
             try masksFile.write(TensorRecord(name: RecordName.mask, tensor: Tensor(shape: [n, 1, h, w], data: union), metadata: unionMeta),
                                 TensorRecord(name: "masks", tensor: masks, metadata: maskMeta))
         }

@@ -49,8 +49,9 @@ class Edit:
     empty_negatives: bool = False   # the empty prompt as noise-diff-mask's and invert's negatives too,
                                     # so that no diffedit_defaults.json changes them
     quiet: bool = False             # --quiet on noise-diff-mask, invert and denoise
-    # LEDITS++ (invert --method ledits, denoise --method ledits): the edit adds the target caption
-    # and removes the source caption, two concepts (Brack et al. 2024, the replacement recipe).
+    # LEDITS++ (invert --method ledits, denoise --method ledits): the edit adds the target caption;
+    # with ledits_remove_source it also removes the source caption (two concepts, the paper's
+    # replacement recipe — which, with whole captions, also removes what they say of the background).
     ledits_steps: int | None = None         # invert --method ledits --steps (inversion steps)
     skip: object = None                     # its --skip
     source_guidance: object = None          # its --guidance (used only with a source prompt)
@@ -59,6 +60,7 @@ class Edit:
     edit_threshold: object = None           # --edit-threshold
     edit_warmup: object = None              # --edit-warmup
     ledits_mask: str | None = None          # --ledits-mask intersect | attention | noise
+    ledits_remove_source: bool = False      # a second concept: the source caption, removed
 
 
 @dataclass(frozen=True)
@@ -190,12 +192,12 @@ class Commands:
 
     def ledits_denoise(self, mask=None, out=None, decode=False, keep=None, masks_output="ledits_masks",
                        ledits_mask=None, threshold=None):
-        """LEDITS++'s semantic guidance on the noise maps: the target caption added, the source
-        caption removed; mask: a user mask file (None: the implicit masks alone); masks_output:
+        """LEDITS++'s semantic guidance on the noise maps: the target caption added (and the source
+        caption removed, with ledits_remove_source); mask: a user mask file (None: the implicit masks alone); masks_output:
         where its implicit masks go (None: not written)."""
         e, p = self.e, self.path
-        argv = self.tool("denoise", "--method", "ledits", "--edit", p("target"), "--edit", p("source"),
-                         "--edit-direction", "add,remove") + _opts(
+        remove = ("--edit", p("source"), "--edit-direction", "add,remove") if e.ledits_remove_source else ()
+        argv = self.tool("denoise", "--method", "ledits", "--edit", p("target"), *remove) + _opts(
             ("--mask", p(mask) if mask else None), ("--edit-guidance", e.edit_guidance),
             ("--edit-threshold", _first(threshold, e.edit_threshold)), ("--edit-warmup", e.edit_warmup),
             ("--ledits-mask", _first(ledits_mask, e.ledits_mask)),

@@ -284,14 +284,14 @@ class Builder(unittest.TestCase):
 
     def test_ledits_commands(self):
         """LEDITS++'s two stages: settings left off leave their options off; the edit adds the target
-        and removes the source; a row with a user mask writes no implicit masks."""
+        (and removes the source when asked); a row with a user mask writes no implicit masks."""
         c = edit.Commands(edit.Edit("a", "b", "x.ppm"))
         self.assertEqual(c.ledits_invert().shell(), "invert --method ledits < posterior.tensor > ledits.tensor")
         self.assertEqual(c.ledits_denoise().argvs, [[
-            "denoise", "--method", "ledits", "--edit", "target.tensor", "--edit", "source.tensor",
-            "--edit-direction", "add,remove", "--masks-output", "ledits-masks.tensor"]])
+            "denoise", "--method", "ledits", "--edit", "target.tensor", "--masks-output", "ledits-masks.tensor"]])
         c = edit.Commands(edit.Edit("a", "b", "x.ppm", seed=4, ledits_steps=30, skip=0.2, source_guidance=2.0,
-                                    ledits_source_prompt=True, edit_guidance="5,7", ledits_mask="intersect"))
+                                    ledits_source_prompt=True, edit_guidance="5,7", ledits_mask="intersect",
+                                    ledits_remove_source=True))
         self.assertEqual(c.ledits_invert().argvs, [[
             "invert", "--method", "ledits", "--prompt", "source.tensor", "--steps", "30", "--skip", "0.2",
             "--guidance", "2.0", "--seed", "4"]])

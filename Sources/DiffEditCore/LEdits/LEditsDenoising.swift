@@ -140,19 +140,20 @@ public struct LEditsDenoising {
         var attentionMask = [Float](repeating: 0, count: plane)
         var noiseMask = [Float](repeating: 0, count: plane)
         var sums = [Float](repeating: 0, count: plane)
+        var sorted = [Float](repeating: 0, count: plane)
+        var guided = [Float](repeating: 0, count: n * inner)  // Σ_c γ_c, then ε̂
         progress?.begin("denoising step", total: tCount)
         for (i, t) in timesteps.enumerated() {
             let input = Tensor.concat(batch: Array(repeating: latents, count: 1 + cCount))
             attention?.reset()
             let out = try predict(input, t, embeddings)
-            var guided = [Float](repeating: 0, count: n * inner)  // Σ_c γ_c, then ε̂
+            for k in 0..<guided.count { guided[k] = 0 }
             for (c, concept) in o.concepts.enumerated() where concept.isActive(step: i) {
                 for b in 0..<n {
                     let u = b * inner, e = ((1 + c) * n + b) * inner
-                    let sign: Float = -1
                     for k in 0..<inner {
                         var g = out.data[e + k] - out.data[u + k]
-                        if concept.remove { g = g * sign }
+                        if concept.remove { g = -g }
                         g = g * concept.scale
                         if let user { g = g * user[b * plane + k % plane] }
                         tmp[k] = g
@@ -172,7 +173,7 @@ public struct LEditsDenoising {
                             for cc in 0..<ch { s += abs(tmp[cc * plane + p]) }
                             sums[p] = s
                         }
-                        var sorted = sums
+                        for p in 0..<plane { sorted[p] = sums[p] }
                         let q = SemanticGuidance.quantile(sorting: &sorted, concept.threshold)
                         for p in 0..<plane {
                             noiseMask[p] = sums[p] >= q ? 1 : 0

@@ -185,6 +185,68 @@ final class ExamplesTests: XCTestCase {
         XCTAssert(String(decoding: montage.out, as: UTF8.self).contains("448 by 64"), String(decoding: montage.out, as: UTF8.self))
     }
 
+    /// examples.sh METHOD=ledits: LEDITS++ through the same tools (no mask stage: the implicit
+    /// masks come from the edit), with the fixture model whose UNet has cross-attention at a
+    /// quarter of the latent (diffusers' attention grid).
+    func testExamplesScriptRunsLEdits() throws {
+        try Fixtures.require("sd1-ledits")
+        try requireCommands(["pnmtopng", "pgmtoppm"])
+        let dir = try temporaryDirectory(self)
+        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
+        let r = try sh("BIN='\(bin)' OUT='\(dir.path)/out' MODEL='\(Fixtures.path("sd1-ledits"))' IMAGE='\(Fixtures.path("sd1-ledits/cat.ppm"))' METHOD=ledits STEPS=4 '\(Self.repo.path)/examples.sh'")
+        XCTAssertEqual(r.status, 0, r.err)
+        for f in ["ledits.tensor", "ledits-masks.tensor", "edited.tensor", "mask.png", "edited.png", "composited.png", "montage.png"] {
+            XCTAssert(FileManager.default.fileExists(atPath: "\(dir.path)/out/\(f)"), "examples.sh METHOD=ledits wrote out/\(f)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir.path)/out/inverted.tensor"), "no DDIM inversion")
+        let stack = try TensorStream.readAll(path: "\(dir.path)/out/ledits.tensor")
+        XCTAssertEqual(stack.map(\.name), ["ledits.start", "ledits.noise"])
+        XCTAssertEqual(stack[1].shape, [1, 4, 4, 8, 8], "STEPS=4 noise maps")
+        // input | reconstruction | mask | edit | pixel mask | pasted back: 6 × 64.
+        let montage = try sh("pamfile '\(dir.path)/out/montage.ppm'")
+        XCTAssert(String(decoding: montage.out, as: UTF8.self).contains("384 by 64"), String(decoding: montage.out, as: UTF8.self))
+        let bad = try sh("BIN='\(bin)' OUT='\(dir.path)/bad' METHOD=sdedit '\(Self.repo.path)/examples.sh'")
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssert(bad.err.contains("METHOD=sdedit: give diffedit or ledits"), bad.err)
+    }
+
+    /// examples/Makefile METHOD=ledits: the inversion, the edit and its implicit masks per image
+    /// (NAME.ledits, NAME.edited, NAME.mask), the montage; a new target caption re-runs the edit
+    /// and not the inversion (which takes no caption); METHOD=diffedit afterwards re-runs the edit.
+    func testMakefileLEdits() throws {
+        try Fixtures.require("sd1-ledits")
+        try requireCommands(["make", "pnmtopng", "pgmtoppm", "pamfile"])
+        let dir = try temporaryDirectory(self)
+        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
+        let makefile = Self.repo.appendingPathComponent("examples/Makefile").path
+        let make = "make -f '\(makefile)' BIN='\(bin)' MODEL='\(Fixtures.path("sd1-ledits"))' STEPS=4 METHOD=ledits"
+        let setup = try sh("""
+            cd '\(dir.path)' && mkdir images && cp '\(Fixtures.path("sd1-ledits/cat.ppm"))' images/cat.ppm &&
+            echo 'a photo of a cat' > src.txt && echo 'a photo of a tiger' > dst.txt
+            """)
+        XCTAssertEqual(setup.status, 0, setup.err)
+        let first = try sh("cd '\(dir.path)' && \(make)")
+        XCTAssertEqual(first.status, 0, first.err)
+        for suffix in ["posterior", "ledits", "edited", "mask", "mask.png", "edited.png", "montage.png"] {
+            XCTAssert(FileManager.default.fileExists(atPath: dir.appendingPathComponent("out/cat.\(suffix)").path), "out/cat.\(suffix) kept")
+        }
+        let masks = try TensorStream.readAll(path: dir.appendingPathComponent("out/cat.mask").path)
+        XCTAssertEqual(masks.map(\.name), ["mask", "masks"])
+        XCTAssertEqual(try sh("cd '\(dir.path)' && \(make) -q").status, 0, "up to date after a build")
+        try Data("a photo of a dog\n".utf8).write(to: dir.appendingPathComponent("dst.txt"))
+        let touch = try sh("cd '\(dir.path)' && touch -d '+2 seconds' dst.txt")
+        XCTAssertEqual(touch.status, 0, touch.err)
+        let plan = String(decoding: try sh("cd '\(dir.path)' && \(make) -n").out, as: UTF8.self)
+        XCTAssert(plan.contains("denoise --method ledits"), plan)
+        XCTAssertFalse(plan.contains("invert "), "the LEDITS++ inversion takes no caption:\n\(plan)")
+        XCTAssertFalse(plan.contains("noise-diff-mask"), plan)
+        let diffedit = String(decoding: try sh("cd '\(dir.path)' && make -f '\(makefile)' BIN='\(bin)' MODEL='\(Fixtures.path("sd1-ledits"))' STEPS=4 -n").out, as: UTF8.self)
+        XCTAssert(diffedit.contains("noise-diff-mask") && diffedit.contains("invert --quiet --prompt"), diffedit)
+        let bad = try sh("cd '\(dir.path)' && make -f '\(makefile)' BIN='\(bin)' METHOD=sdedit -n")
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssert(bad.err.contains("METHOD=sdedit: give diffedit or ledits"), bad.err)
+    }
+
     /// examples/photo.sh on the demo scene at 4× and 5× (a 320×256 photo: not square, not the
     /// model's size): the edit comes back at the photo's size and depth, and every changed pixel
     /// lies within the feather (one mask cell of the region, bounded here by the region's width over
