@@ -209,10 +209,22 @@ def run(cmd, env, log):
         raise RuntimeError(f"exit {r.returncode}: {cmd} (see {log})")
 
 
+def concept_phrases(source, target):
+    """LEDITS++'s concepts from two captions of the demo world: the target's object phrases that the
+    source lacks (added) and the source's that the target lacks (removed), a caption being phrases
+    joined by " and " and " on " ("a red circle and a blue square on a plain white background")."""
+    def phrases(caption):
+        return [p for part in caption.split(" on ") for p in part.split(" and ")]
+    s, t = phrases(source), phrases(target)
+    return " and ".join(p for p in t if p not in s) or None, " and ".join(p for p in s if p not in t) or None
+
+
 def edit_of(k, a, pair):
     """The edit of case k: every setting given on the benchmark's command line, None for the rest
     (left off the tools' command lines: the model's diffedit_defaults.json or the tools' own)."""
     negative = None if a.negative == "model" else a.negative
+    add, remove = concept_phrases(pair.source_caption, pair.target_caption)
+    phrases = getattr(a, "ledits_concepts", "caption") == "phrase"
     return edit.Edit(pair.source_caption, pair.target_caption, "src.ppm", steps=a.steps, mask_steps=a.mask_steps,
                      seed=k, scheduler=a.scheduler, guidance=a.guidance, mask_guidance=a.mask_guidance,
                      invert_guidance=a.invert_guidance, denoise_guidance=a.denoise_guidance, strength=a.strength,
@@ -223,7 +235,9 @@ def edit_of(k, a, pair):
                      ledits_source_prompt=getattr(a, "ledits_source_prompt", False),
                      edit_guidance=getattr(a, "edit_guidance", None), edit_threshold=getattr(a, "edit_threshold", None),
                      edit_warmup=getattr(a, "edit_warmup", None), ledits_mask=getattr(a, "ledits_mask", None),
-                     ledits_remove_source=getattr(a, "ledits_remove_source", False))
+                     ledits_remove_source=getattr(a, "ledits_remove_source", False),
+                     ledits_add=add if phrases else None,
+                     ledits_remove=remove if phrases and getattr(a, "ledits_remove_source", False) else None)
 
 
 def method_line(m, c, case):
@@ -251,7 +265,7 @@ def case_lines(k, a, pair, methods=None):
             edit.Stage("oracle", [c.tool("vae-encode", "tgt.ppm"), c.tool("vae-decode", "--record", "posterior.mean")],
                        None, "oracle.ppm")]
     case = CaseFiles(k, "src.ppm", dict(MASK_FILES), c)
-    ledits = [c.ledits_invert()] if any(m.kind == "ledits" for m in methods) else []
+    ledits = [*c.ledits_concepts(), c.ledits_invert()] if any(m.kind == "ledits" for m in methods) else []
     return [edit.shell_line(c.prepare() + ledits + refs)] + [method_line(m, c, case) for m in methods]
 
 
@@ -521,6 +535,9 @@ def main():
     p.add_argument("--edit-guidance", default=None, help="denoise --method ledits --edit-guidance (one, or add,remove)" + unset)
     p.add_argument("--edit-threshold", default=None, help="denoise --method ledits --edit-threshold" + unset)
     p.add_argument("--edit-warmup", default=None, help="denoise --method ledits --edit-warmup" + unset)
+    p.add_argument("--ledits-concepts", choices=["caption", "phrase"], default="caption",
+                   help="LEDITS++'s concepts: the whole target (and source) caption, or the object phrases in "
+                        "which they differ (\"an orange triangle\")")
     p.add_argument("--ledits-remove-source", action="store_true",
                    help="denoise --method ledits also removes the source caption (default: only the target added)")
     p.add_argument("--ledits-mask", choices=["intersect", "attention", "noise"], default=None,
@@ -605,6 +622,8 @@ def main():
             given["ledits_source_prompt"] = True
         if a.ledits_remove_source:
             given["ledits_remove_source"] = True
+        if a.ledits_concepts != "caption":
+            given["ledits_concepts"] = a.ledits_concepts
         res = {"summary": summary, "shape_classifier_accuracy": acc,
                "settings": {"cases": a.cases, "first_seed": a.first_seed, "negative": a.negative, "method": a.method,
                             "methods": [m.name for m in a.method_rows],

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 FILES = {"posterior": "posterior.tensor", "source": "source.tensor", "target": "target.tensor",
          "empty": "empty.tensor", "mask": "mask.tensor", "inverted": "inverted.tensor",
          "edited": "edited.tensor", "decoded": "edited.ppm",
-         "ledits": "ledits.tensor", "ledits_masks": "ledits-masks.tensor"}
+         "ledits": "ledits.tensor", "ledits_masks": "ledits-masks.tensor",
+         "add": "add.tensor", "remove": "remove.tensor"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Edit:
     edit_warmup: object = None              # --edit-warmup
     ledits_mask: str | None = None          # --ledits-mask intersect | attention | noise
     ledits_remove_source: bool = False      # a second concept: the source caption, removed
+    ledits_add: str | None = None           # the concept added instead of the whole target caption
+    ledits_remove: str | None = None        # a concept removed (instead of the whole source caption)
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,8 @@ class Commands:
 
     def caption(self, which):
         """tokenize | encode-text of "source", "target" or "empty" (the empty prompt)."""
-        text = {"source": self.e.source, "target": self.e.target, "empty": ""}[which]
+        text = {"source": self.e.source, "target": self.e.target, "empty": "",
+                "add": self.e.ledits_add, "remove": self.e.ledits_remove}[which]
         return Stage(f"tokenize | encode-text ({which})", [self.tool("tokenize", text), self.tool("encode-text")],
                      None, self.path(which))
 
@@ -196,8 +200,10 @@ class Commands:
         caption removed, with ledits_remove_source); mask: a user mask file (None: the implicit masks alone); masks_output:
         where its implicit masks go (None: not written)."""
         e, p = self.e, self.path
-        remove = ("--edit", p("source"), "--edit-direction", "add,remove") if e.ledits_remove_source else ()
-        argv = self.tool("denoise", "--method", "ledits", "--edit", p("target"), *remove) + _opts(
+        removed = p("remove") if e.ledits_remove else p("source") if e.ledits_remove_source else None
+        remove = ("--edit", removed, "--edit-direction", "add,remove") if removed else ()
+        added = p("add") if e.ledits_add else p("target")
+        argv = self.tool("denoise", "--method", "ledits", "--edit", added, *remove) + _opts(
             ("--mask", p(mask) if mask else None), ("--edit-guidance", e.edit_guidance),
             ("--edit-threshold", _first(threshold, e.edit_threshold)), ("--edit-warmup", e.edit_warmup),
             ("--ledits-mask", _first(ledits_mask, e.ledits_mask)),
@@ -218,7 +224,11 @@ class Commands:
             return self.prepare() + [self.denoise(decode=True)]
         return self.prepare() + [self.denoise(), self.decode()]
 
+    def ledits_concepts(self):
+        """The concept prompts' embeddings, when the edit names concepts instead of whole captions."""
+        return [self.caption(w) for w, text in (("add", self.e.ledits_add), ("remove", self.e.ledits_remove)) if text]
+
     def ledits_stages(self):
         """The whole LEDITS++ edit (examples.sh METHOD=ledits): no mask stage, no DDIM inversion."""
-        return [self.encode(), self.caption("source"), self.caption("target"), self.ledits_invert(),
+        return [self.encode(), self.caption("source"), self.caption("target"), *self.ledits_concepts(), self.ledits_invert(),
                 self.ledits_denoise(masks_output=None), self.decode()]

@@ -301,6 +301,17 @@ class Builder(unittest.TestCase):
                          " --mask mask.tensor --edit-guidance 5,7 --edit-threshold 0 --ledits-mask noise"
                          " < ledits.tensor | vae-decode > r.ppm")
 
+    def test_ledits_concepts(self):
+        """Concept prompts instead of the whole captions: encoded into add.tensor / remove.tensor."""
+        c = edit.Commands(edit.Edit("a red circle", "a blue circle", "x.ppm", ledits_add="a blue circle",
+                                    ledits_remove="a red circle"))
+        self.assertEqual([s.shell() for s in c.ledits_concepts()],
+                         ["tokenize 'a blue circle' | encode-text > add.tensor",
+                          "tokenize 'a red circle' | encode-text > remove.tensor"])
+        self.assertEqual(c.ledits_denoise(masks_output=None).argvs, [[
+            "denoise", "--method", "ledits", "--edit", "add.tensor", "--edit", "remove.tensor",
+            "--edit-direction", "add,remove"]])
+
     def test_tool_env(self):
         env = edit.tool_env("demo/model", bin="/t", base={"PATH": "/usr/bin", "DIFFEDIT_MODEL": "old"})
         self.assertEqual(env, {"PATH": "/t" + os.pathsep + "/usr/bin", "DIFFEDIT_MODEL": os.path.abspath("demo/model")})
