@@ -171,9 +171,9 @@ public final class CLIPTextModel {
         guard length >= 1, length <= config.maxPositions else {
             throw ToolError("token ids: sequences of \(length) tokens, but the text encoder takes at most \(config.maxPositions) — tokenize with --max-length \(config.maxPositions)")
         }
-        let count = tokenCount
-        for (k, id) in ids.enumerated() where id < 0 || Int(id) >= count {
-            throw ToolError("token id \(id) at prompt \(k / length + 1), position \(k % length) is outside the vocabulary of \(count) — were the ids made with this model's tokenizer?")
+        let known = tokenCount
+        for (k, id) in ids.enumerated() where id < 0 || Int(id) >= known {
+            throw ToolError("token id \(id) at prompt \(k / length + 1), position \(k % length) is outside the vocabulary of \(known) — were the ids made with this model's tokenizer?")
         }
 
         // embeddings = token_embedding(ids) + position_embedding(0..<length)
