@@ -37,6 +37,23 @@ final class TextualInversionToolTests: XCTestCase {
         }
     }
 
+    /// The same embeddings with the pipelines as single-file checkpoints (the bundled CLIP tokenizer,
+    /// the text encoder from LDM names): the same ids and embeddings.
+    func testSingleFileCheckpoints() throws {
+        for key in ["sd1", "sd2"] {
+            let ref = try TextualInversionFixtures.reference(key)
+            let model = try SingleFileFixtures.path(key)
+            let options = Self.embeddingArguments(ref.arguments)
+            let t = try runTool("tokenize", ["-q", "--model", model] + options + ["--"] + ref.prompts)
+            XCTAssertEqual(t.status, 0, t.err)
+            XCTAssertEqual(try decodeStream(t.out).first?.int32s(), ref.ids, "\(key) single file: ids")
+            let e = try runTool("encode-text", ["--model", model] + options, stdin: t.out)
+            XCTAssertEqual(e.status, 0, e.err)
+            assertClose(try decodeStream(e.out)[0].floats(), ref.lastHidden.floats(), atol: Tolerance.textEmbeddings,
+                        "\(key) single file tokenize | encode-text --embedding")
+        }
+    }
+
     /// tokenize --show names the added tokens; the capitalised multi-vector token gets its note.
     func testShowAndNote() throws {
         let ref = try TextualInversionFixtures.reference("sd2")
