@@ -17,6 +17,8 @@ struct EncodeText: DiffEditTool {
     @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
+    @OptionGroup var embeddingOption: EmbeddingOption
+
     @Option(EncodeText.clipSkipOption, "Skip the last N layers, as diffusers' clip_skip (at most the text encoder's layers)")
     var clipSkip: Int = 0
     /// At most the text encoder's layer count, which the model checks.
@@ -47,9 +49,14 @@ struct EncodeText: DiffEditTool {
             if mean, Set(batches.map(\.length)).count > 1 {
                 throw ToolError("--mean needs prompts of one length, got \(Set(batches.map(\.length)).sorted()) — tokenize with padding (without --no-pad)")
             }
+            let inversion = try embeddingOption.load()
             let folder = try ModelFolder.resolve(model)
             let encoder = try CLIPTextModel(folder: folder)
             let d = encoder.config.hiddenSize
+            // Textual-inversion vectors join the token table, once the ids are known to be theirs.
+            for note in try inversion.prepare(encoder, model: folder.root, records: batches.map { ($0.ids, $0.length, $0.metadata) }) {
+                CLI.note(Self.toolName, "note: " + note)
+            }
 
             let writer = try CLI.tensorOutput(force: force)
             var sum: [Double] = []

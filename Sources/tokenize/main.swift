@@ -21,6 +21,8 @@ struct Tokenize: DiffEditTool {
     @Option(name: .long, help: ArgumentHelp(CLI.modelHelp))
     var model: String?
 
+    @OptionGroup var embeddingOption: EmbeddingOption
+
     @Option(Tokenize.maxLengthOption, "Tokens per prompt including bos and eos", defaultText: "the tokenizer's model_max_length, 77")
     var maxLength: Int?
     /// Room for the start and end tokens, and a bound on the [N, length] ids a run writes.
@@ -44,6 +46,13 @@ struct Tokenize: DiffEditTool {
             let writer = show ? nil : try CLI.tensorOutput(force: force)
             let folder = try ModelFolder.resolve(model)
             let tokenizer = try CLIPTokenizer(folder: folder)
+            // Textual-inversion tokens join the vocabulary (checked against the text encoder's width).
+            let inversion = try embeddingOption.load()
+            if !inversion.isEmpty {
+                try inversion.checkWidth(CLIPTextConfig(folder.config("text_encoder")).hiddenSize, model: folder.root)
+            }
+            let firstAddedID = try inversion.add(to: tokenizer)
+            if !quiet { for note in inversion.notes { CLI.note(Self.toolName, "note: " + note) } }
             let length = try maxLength ?? Self.maxLengthOption.check(
                 tokenizer.modelMaxLength, subject: "the tokenizer's model_max_length ", remedy: "give --max-length")
             let texts = try readPrompts()
@@ -53,7 +62,7 @@ struct Tokenize: DiffEditTool {
             // Encode first, so that a problem shows before any output.
             var rows: [[Int32]] = []
             for (k, text) in texts.enumerated() {
-                let content = tokenizer.encode(text)
+                let content = tokenizer.encode(inversion.prompt(text, tokenizer: tokenizer))
                 if content.count > length - 2 && !quiet {
                     let dropped = content[(length - 2)...].compactMap { tokenizer.token($0) }.joined(separator: " ")
                     CLI.note(Self.toolName, "prompt \(k + 1) has \(content.count + 2) tokens, truncated to \(length); dropped: \(dropped.prefix(200))")
@@ -80,7 +89,7 @@ struct Tokenize: DiffEditTool {
                 "bos_id": String(tokenizer.bosID),
                 "eos_id": String(tokenizer.eosID),
                 "pad_id": String(tokenizer.padID),
-            ]
+            ].merging(inversion.metadata(firstID: firstAddedID)) { a, _ in a }
             guard let writer else { return }
             if noPad {
                 metadata["padding"] = "none"
@@ -150,34 +159,7 @@ struct Tokenize: DiffEditTool {
             }
             return s + "…"
         }
-        let json = jsonArray(cut)
+        let json = JSONValue.stringArray(cut)
         return json.utf8.count <= maxStoredPromptsBytes ? json : nil
-    }
-
-    /// A JSON array of strings.
-    static func jsonArray(_ strings: [String]) -> String {
-        var out = "["
-        for (k, s) in strings.enumerated() {
-            if k > 0 { out += "," }
-            out += "\""
-            for u in s.unicodeScalars {
-                switch u {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
-                default:
-                    if u.value < 0x20 || u.value == 0x7F {
-                        let h = String(u.value, radix: 16)
-                        out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-                    } else {
-                        out.unicodeScalars.append(u)
-                    }
-                }
-            }
-            out += "\""
-        }
-        return out + "]"
     }
 }

@@ -51,4 +51,13 @@ public enum MetadataKey {
     /// the photo's size "WxH"; composite checks its --region against them.
     public static let region = "region"
     public static let regionOf = "region.of"
+    /// tokenize --embedding: the textual-inversion embeddings its ids were made with
+    /// (TextualInversion): the first added id (the tokenizer's size), and per embedding, in the
+    /// order given, its file and token (JSON arrays), vector count and file fingerprint (comma
+    /// lists). encode-text refuses other embeddings than the fingerprints name.
+    public static let textualInversionFirstID = "textual_inversion.first_id"
+    public static let textualInversionFiles = "textual_inversion.files"
+    public static let textualInversionTokens = "textual_inversion.tokens"
+    public static let textualInversionVectors = "textual_inversion.vectors"
+    public static let textualInversionFingerprints = "textual_inversion.fingerprints"
 }

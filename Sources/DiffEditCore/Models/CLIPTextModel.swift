@@ -73,6 +73,9 @@ public final class CLIPTextModel {
     let prefix: String
     /// The token table, left in the mapped file (see init).
     let tokenEntry: SafeTensorsFile.Entry
+    /// Rows appended to the token table (textual-inversion embeddings), f32, ids from
+    /// `config.vocabSize` on: diffusers' `resize_token_embeddings` + `input_embeddings.data[id] = v`.
+    public private(set) var appendedTokenRows: [Float] = []
     let positionEmbedding: Parameter
     let layers: [EncoderLayer]
     let finalLayerNorm: LayerNormLayer
@@ -116,6 +119,18 @@ public final class CLIPTextModel {
         finalLayerNorm = try LayerNormLayer(l, prefix + "final_layer_norm", dim: d, eps: eps)
     }
 
+    /// Ids the encoder takes: the vocabulary and the appended rows.
+    public var tokenCount: Int { config.vocabSize + appendedTokenRows.count / config.hiddenSize }
+
+    /// Appends rows (`count × hiddenSize` floats) to the token table; returns the first new id.
+    @discardableResult
+    public func appendTokenRows(_ rows: [Float]) -> Int {
+        precondition(rows.count % config.hiddenSize == 0, "token rows must be hiddenSize wide")
+        let first = tokenCount
+        appendedTokenRows.append(contentsOf: rows)
+        return first
+    }
+
     /// Embeddings of token ids [batch, length] (row-major): the hidden state after
     /// `layers − clipSkip` blocks, through the final LayerNorm. clipSkip 0 is
     /// `last_hidden_state`; clipSkip k is diffusers' `clip_skip=k`
@@ -156,8 +171,9 @@ public final class CLIPTextModel {
         guard length >= 1, length <= config.maxPositions else {
             throw ToolError("token ids: sequences of \(length) tokens, but the text encoder takes at most \(config.maxPositions) — tokenize with --max-length \(config.maxPositions)")
         }
-        for (k, id) in ids.enumerated() where id < 0 || Int(id) >= config.vocabSize {
-            throw ToolError("token id \(id) at prompt \(k / length + 1), position \(k % length) is outside the vocabulary of \(config.vocabSize) — were the ids made with this model's tokenizer?")
+        let known = tokenCount
+        for (k, id) in ids.enumerated() where id < 0 || Int(id) >= known {
+            throw ToolError("token id \(id) at prompt \(k / length + 1), position \(k % length) is outside the vocabulary of \(known) — were the ids made with this model's tokenizer?")
         }
 
         // embeddings = token_embedding(ids) + position_embedding(0..<length)
@@ -186,13 +202,19 @@ public final class CLIPTextModel {
 
     /// Rows of the token embedding table for `ids` (already range-checked), converted to f32.
     func gatherTokenRows(_ ids: [Int32]) -> [Float] {
-        let d = config.hiddenSize
+        let d = config.hiddenSize, vocab = config.vocabSize
         let entry = tokenEntry
         let raw = weights.file.rawBytes(entry)
         var out = [Float](repeating: 0, count: ids.count * d)
         out.withUnsafeMutableBufferPointer { o in
             for (r, id) in ids.enumerated() {
                 let dst = o.baseAddress! + r * d
+                if Int(id) >= vocab {
+                    appendedTokenRows.withUnsafeBufferPointer { rows in
+                        dst.update(from: rows.baseAddress! + (Int(id) - vocab) * d, count: d)
+                    }
+                    continue
+                }
                 let src = Int(id) * d
                 switch entry.dtype {
                 case .F16:

@@ -30,22 +30,25 @@ public final class CLIPTokenizer {
         public var normalized: Bool
     }
 
-    /// Token string → id, and id → token string.
+    /// Token string → id (the BPE vocabulary), and id → token string (added tokens too).
     public let vocab: [String: Int32]
-    public let tokens: [String]
+    public private(set) var tokens: [String]
     public let bosID: Int32, eosID: Int32, padID: Int32, unkID: Int32
     public let bosToken: String, eosToken: String, padToken: String
     /// `model_max_length` from tokenizer_config.json (77 when absent or absurd).
     public let modelMaxLength: Int
-    public let addedTokens: [AddedToken]
+    public private(set) var addedTokens: [AddedToken]
 
     /// (left id, right id) → rank << 32 | merged id.
     private let merges: [UInt64: UInt64]
     /// Ids of the 256 byte characters, alone and with `</w>`; -1 when not in the vocabulary.
     private var byteIDs = [Int32](repeating: -1, count: 256)
     private var byteEndIDs = [Int32](repeating: -1, count: 256)
-    private let rawAdded: [([UInt8], Int32)]
-    private let normalizedAdded: [([Unicode.Scalar], Int32)]
+    /// The added tokens as the splitter matches them: raw UTF-8, or normalised scalars (a
+    /// normalised token's content is normalised too, as `tokenizers`' AddedVocabulary does: the
+    /// added token "<My-Cat>" matches "<my-cat>" and "<MY-CAT>").
+    private var rawAdded: [([UInt8], Int32)] = []
+    private var normalizedAdded: [([Unicode.Scalar], Int32)] = []
     private var cache: [[UInt8]: [Int32]] = [:]
 
     public static let endOfWord = "</w>"
@@ -124,14 +127,59 @@ public final class CLIPTokenizer {
         self.tokens = tokens
         self.addedTokens = added
         self.modelMaxLength = modelMaxLength
-        rawAdded = added.filter { !$0.normalized && !$0.content.isEmpty }.map { (Array($0.content.utf8), $0.id) }
-        normalizedAdded = added.filter { $0.normalized && !$0.content.isEmpty }.map { (Array($0.content.unicodeScalars), $0.id) }
+        refreshAddedMatchers()
 
         for b in 0..<256 {
             let ch = String(Character(CLIPTokenizer.byteCharacters[b]))
             byteIDs[b] = vocab[ch] ?? -1
             byteEndIDs[b] = vocab[ch + CLIPTokenizer.endOfWord] ?? -1
         }
+    }
+
+    private func refreshAddedMatchers() {
+        rawAdded = addedTokens.filter { !$0.normalized && !$0.content.isEmpty }.map { (Array($0.content.utf8), $0.id) }
+        normalizedAdded = addedTokens.filter { $0.normalized && !$0.content.isEmpty }
+            .map { (CLIPTokenizer.normalize($0.content), $0.id) }
+    }
+
+    // MARK: Added tokens
+
+    /// The tokenizer's size, transformers' `len(tokenizer)`: the id the next added token gets.
+    public var count: Int { tokens.count }
+
+    /// Whether `token` is in the vocabulary or among the added tokens (transformers' `get_vocab()`).
+    public func contains(_ token: String) -> Bool {
+        vocab[token] != nil || addedTokens.contains { $0.content == token }
+    }
+
+    /// transformers' `tokenizer.add_tokens(content)` for a token not yet known: a normalised,
+    /// non-special added token with the next id (`count`), matched anywhere in the text before BPE.
+    @discardableResult
+    public func addToken(_ content: String) -> Int32 {
+        precondition(!content.isEmpty && !contains(content), "addToken needs a new, non-empty token")
+        let id = Int32(tokens.count)
+        tokens.append(content)
+        addedTokens.append(AddedToken(content: content, id: id, normalized: true))
+        refreshAddedMatchers()
+        return id
+    }
+
+    /// The text of each added token found in `text`, in order, as `tokenizer.tokenize` names the
+    /// piece: the raw text for a raw token, the normalised text for a normalised one ("<my-cat>"
+    /// for the added token "<My-Cat>"). What diffusers' maybe_convert_prompt looks up.
+    public func addedTokenPieces(_ text: String) -> [String] {
+        var pieces: [String] = []
+        splitAdded(Array(text.utf8), matches: rawAdded) { segment, id in
+            if id != nil { pieces.append(String(decoding: segment, as: UTF8.self)); return }
+            let normalized = CLIPTokenizer.normalize(String(decoding: segment, as: UTF8.self))
+            splitAdded(normalized, matches: normalizedAdded) { part, id in
+                guard id != nil else { return }
+                var s = ""
+                s.unicodeScalars.append(contentsOf: part)
+                pieces.append(s)
+            }
+        }
+        return pieces
     }
 
     // MARK: Encoding
@@ -175,7 +223,7 @@ public final class CLIPTokenizer {
     }
 
     /// Cuts `text` at the leftmost-longest occurrences of the added tokens, calling `body` with
-    /// each plain segment (id nil) and each added token (its id), in order. Matching on UTF-8
+    /// each plain segment (id nil) and each added token (its text and id), in order. Matching on UTF-8
     /// bytes is safe: a valid pattern can only match at character boundaries.
     private func splitAdded<T: Equatable>(_ text: [T], matches: [([T], Int32)], _ body: ([T], Int32?) -> Void) {
         if matches.isEmpty { if !text.isEmpty { body(text, nil) }; return }
@@ -189,7 +237,7 @@ public final class CLIPTokenizer {
             }
             if best >= 0 {
                 if start < i { body(Array(text[start..<i]), nil) }
-                body([], matches[best].1)
+                body(Array(text[i..<(i + bestLen)]), matches[best].1)
                 i += bestLen
                 start = i
             } else {

@@ -60,6 +60,41 @@ public indirect enum JSONValue: Equatable {
         return String(String.UnicodeScalarView(scalars)) + (s.unicodeScalars.count > 80 ? "…" : "")
     }
 
+    /// A JSON array of strings, on one line (control characters escaped): how tools keep a list
+    /// of prompts or file names in a record's metadata.
+    public static func stringArray(_ strings: [String]) -> String {
+        var out = "["
+        for (k, s) in strings.enumerated() {
+            if k > 0 { out += "," }
+            out += "\""
+            for u in s.unicodeScalars {
+                switch u {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\r": out += "\\r"
+                case "\t": out += "\\t"
+                default:
+                    if u.value < 0x20 || u.value == 0x7F {
+                        let h = String(u.value, radix: 16)
+                        out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
+                    } else {
+                        out.unicodeScalars.append(u)
+                    }
+                }
+            }
+            out += "\""
+        }
+        return out + "]"
+    }
+
+    /// The strings of a JSON array of strings (`stringArray`'s output), nil for anything else.
+    public static func strings(ofArray text: String) -> [String]? {
+        guard let v = try? parseDocument(Array(text.utf8)), let items = v.arrayValue else { return nil }
+        let strings = items.compactMap(\.stringValue)
+        return strings.count == items.count ? strings : nil
+    }
+
     /// The member named `key` (the last one, if the name repeats).
     public subscript(key: String) -> JSONValue? {
         if case .object(let o) = self { return o.last(where: { $0.0 == key })?.1 }

@@ -31,9 +31,6 @@ public final class SingleFileCheckpoint {
         "skip_prk_steps": true, "trained_betas": NSNull(), "prediction_type": "epsilon", "timestep_spacing": "leading",
     ]
 
-    /// Extensions of PyTorch pickle checkpoints, which are refused.
-    static let pickleExtensions: Set<String> = ["ckpt", "pt", "pth", "bin", "pkl", "pickle"]
-
     public init(path: String) throws {
         self.path = path
         try SingleFileCheckpoint.refusePickle(path)
@@ -129,19 +126,7 @@ public final class SingleFileCheckpoint {
 
     /// PyTorch's `.ckpt`/`.pt`/`.bin` files are pickles: loading one runs whatever code it names.
     static func refusePickle(_ path: String) throws {
-        let ext = URL(fileURLWithPath: path).pathExtension.lowercased()
-        var head: [UInt8] = []
-        // Only a regular file is sniffed, opened without blocking (InputFile); anything else is
-        // left for SafeTensorsFile to refuse by name.
-        if let fd = try? InputFile.open(path, what: "weights") {
-            var buffer = [UInt8](repeating: 0, count: 4)
-            let n = read(fd, &buffer, 4)
-            close(fd)
-            head = Array(buffer.prefix(max(n, 0)))
-        }
-        let zip = head.starts(with: [0x50, 0x4B, 0x03, 0x04])  // torch.save's zip container
-        let pickle = head.count >= 2 && head[0] == 0x80 && (2...5).contains(head[1])  // legacy torch.save
-        guard pickleExtensions.contains(ext) || zip || pickle else { return }
+        guard PickleFile.isPickle(path) else { return }
         let converted = URL(fileURLWithPath: path).deletingPathExtension().path + ".safetensors"
         throw ToolError("\(path) is a PyTorch pickle checkpoint, which diffedit does not load: unpickling can run arbitrary code — convert it once to safetensors, e.g. python3 -c \"import torch, safetensors.torch as st; sd = torch.load('\(path)', map_location='cpu', weights_only=True); sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous().clone() for k, v in sd.items() if torch.is_tensor(v)}, '\(converted)')\" (weights_only=True reads tensors without running code), then use --model \(converted)")
     }
