@@ -41,6 +41,8 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from capture_base import CaptureBase
+
 LEDITS_MODULE = __import__("sys").modules[LEditsPPPipelineStableDiffusion.__module__]
 
 GENERATED = ["sd1-ledits", "sd2-ledits"]
@@ -196,12 +198,9 @@ def load_pipeline(out, key, spec):
 # ----------------------------------------------------------------------------------------------
 # capture
 # ----------------------------------------------------------------------------------------------
-class Capture:
+class Capture(CaptureBase):
     """Records encode_prompt / encode_image outputs, every UNet call, every randn_tensor draw of the pipeline
     module and every aggregated attention map (LeditsAttentionStore.aggregate_attention), in call order."""
-
-    def __init__(self, pipe):
-        self.pipe, self.log, self.undo = pipe, [], []
 
     def _wrap(self, obj, attr, tag, rec):
         orig = getattr(obj, attr)
@@ -246,12 +245,6 @@ class Capture:
         self.undo.append(lambda: setattr(store_cls, "aggregate_attention", orig_agg))
         return self
 
-    def __exit__(self, *exc):
-        for u in reversed(self.undo):
-            u()
-
-    def get(self, tag):
-        return [v for t, v in self.log if t == tag]
 
 
 def patch_ddim_add_noise(sched):

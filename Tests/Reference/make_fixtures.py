@@ -56,6 +56,7 @@ from diffusers import (  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from capture_base import CaptureBase  # noqa: E402  (beside this script: the Capture scaffold, shared with fixtures_ledits)
 import fixtures_single_file  # noqa: E402  (beside this script: the single-file (LDM layout) fixtures)
 import fixtures_schedulers  # noqa: E402  (beside this script: the DPM-Solver++ and DDIM-eta fixtures)
 import fixtures_coverage  # noqa: E402  (beside this script: lower_order_final, DDIM eta steps, conv paths)
@@ -773,12 +774,9 @@ def ref_unet(pipe, st, spec, emb):
     return stats
 
 
-class Capture:
+class Capture(CaptureBase):
     """Temporarily wraps randn_tensor (vae + pipeline modules), torch.randint, unet.forward, scheduler
     methods and prepare_image_latents of a pipeline, recording inputs/outputs in call order."""
-
-    def __init__(self, pipe):
-        self.pipe, self.log, self.undo = pipe, [], []
 
     def __enter__(self):
         pipe, log = self.pipe, self.log
@@ -826,12 +824,6 @@ class Capture:
         wrap_attr(pipe, "prepare_image_latents", "image_latents", lambda a, k, r: r.clone())
         return self
 
-    def __exit__(self, *exc):
-        for u in reversed(self.undo):
-            u()
-
-    def get(self, tag):
-        return [v for t, v in self.log if t == tag]
 
 
 def _clone_x0(r):
