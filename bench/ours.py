@@ -101,8 +101,9 @@ class Ours:
         return tools.Commands(e, bin=bin_dir, dir=d).stages()
 
     def ledits_commands(self, source, target, image, steps, d, bin_dir):
-        """examples.sh METHOD=ledits's edit (MODEL=cache, SEED=0, diffusers' LEDITS++ defaults but the steps)."""
-        e = tools.Edit(source, target, image, seed=0, ledits_steps=steps)
+        """The LEDITS++ edit (MODEL=cache, SEED=0, the target added and the source removed as diffusers is
+        called; its defaults but the steps)."""
+        e = tools.Edit(source, target, image, seed=0, ledits_steps=steps, ledits_remove_source=True)
         return tools.Commands(e, bin=bin_dir, dir=d).ledits_stages()
 
     def edit(self, source, target, image, steps, runs, name="edit", method="diffedit"):
