@@ -14,6 +14,8 @@ public struct AutoencoderKLConfig: Equatable {
     public var useQuantConv: Bool
     public var usePostQuantConv: Bool
     public var midBlockAddAttention: Bool
+    /// sample_size: diffusers' default tile side in pixels (tile_sample_min_size) for tiling.
+    public var sampleSize: Int
 
     /// ResNet and attention GroupNorm epsilon: diffusers' Encoder/Decoder hard-code 1e-6.
     public static let normEps: Float = 1e-6
@@ -24,7 +26,7 @@ public struct AutoencoderKLConfig: Equatable {
     public init(inChannels: Int = 3, outChannels: Int = 3, latentChannels: Int = 4,
                 blockOutChannels: [Int], layersPerBlock: Int, normNumGroups: Int,
                 scalingFactor: Float = 0.18215, useQuantConv: Bool = true, usePostQuantConv: Bool = true,
-                midBlockAddAttention: Bool = true) {
+                midBlockAddAttention: Bool = true, sampleSize: Int = 32) {
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.latentChannels = latentChannels
@@ -35,6 +37,7 @@ public struct AutoencoderKLConfig: Equatable {
         self.useQuantConv = useQuantConv
         self.usePostQuantConv = usePostQuantConv
         self.midBlockAddAttention = midBlockAddAttention
+        self.sampleSize = sampleSize
     }
 
     /// Reads vae/config.json. The keys that fix the architecture are required; the rest take
@@ -64,6 +67,9 @@ public struct AutoencoderKLConfig: Equatable {
         useQuantConv = try json.bool("use_quant_conv", default: true)
         usePostQuantConv = try json.bool("use_post_quant_conv", default: true)
         midBlockAddAttention = try json.bool("mid_block_add_attention", default: true)
+        // diffusers' AutoencoderKL default is 32; a list [h, w] counts by its first entry, as
+        // AutoencoderKL.__init__ takes it for tile_latent_min_size.
+        if let n = try? json.int("sample_size", default: 32) { sampleSize = n } else { sampleSize = try json.ints("sample_size").first ?? 32 }
         // force_upcast only matters for half-precision runs; everything here is f32.
 
         guard !blockOutChannels.isEmpty, blockOutChannels.allSatisfy({ $0 > 0 }) else {
