@@ -64,7 +64,7 @@ struct VAEDecode: DiffEditTool {
         try CLI.run(Self.toolName) {
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
-            let tiling = try VAETiling.option(tile: tile, size: tileSize, config: vae.config)
+            let tiling = try VAETiling.option(tile: tile, size: tileSize, vae: vae)
             let out = try CLI.binaryOutput(force: force)
             let reader = try CLI.tensorInput(file)
             let records = try reader.readAllNonEmpty(expecting: "latents [N, \(vae.config.latentChannels), h, w]")

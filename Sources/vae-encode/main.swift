@@ -60,7 +60,7 @@ struct VAEEncode: DiffEditTool {
             if seed != nil && !sample { throw ToolError("--seed only applies to --sample — add --sample, or drop --seed to write the posterior") }
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
-            let tiling = try VAETiling.option(tile: tile, size: tileSize, config: vae.config)
+            let tiling = try VAETiling.option(tile: tile, size: tileSize, vae: vae)
             let out = try CLI.tensorOutput(force: force)
             let images = try NetpbmImage.readAll(try ByteReader(path: file)) { w, h, _ in
                 // Tiled, the encoder's activations are those of one tile.

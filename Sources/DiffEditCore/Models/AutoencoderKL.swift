@@ -14,8 +14,6 @@ public struct AutoencoderKLConfig: Equatable {
     public var useQuantConv: Bool
     public var usePostQuantConv: Bool
     public var midBlockAddAttention: Bool
-    /// sample_size: diffusers' default tile side in pixels (tile_sample_min_size) for tiling.
-    public var sampleSize: Int
 
     /// ResNet and attention GroupNorm epsilon: diffusers' Encoder/Decoder hard-code 1e-6.
     public static let normEps: Float = 1e-6
@@ -26,7 +24,7 @@ public struct AutoencoderKLConfig: Equatable {
     public init(inChannels: Int = 3, outChannels: Int = 3, latentChannels: Int = 4,
                 blockOutChannels: [Int], layersPerBlock: Int, normNumGroups: Int,
                 scalingFactor: Float = 0.18215, useQuantConv: Bool = true, usePostQuantConv: Bool = true,
-                midBlockAddAttention: Bool = true, sampleSize: Int = 32) {
+                midBlockAddAttention: Bool = true) {
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.latentChannels = latentChannels
@@ -37,7 +35,6 @@ public struct AutoencoderKLConfig: Equatable {
         self.useQuantConv = useQuantConv
         self.usePostQuantConv = usePostQuantConv
         self.midBlockAddAttention = midBlockAddAttention
-        self.sampleSize = sampleSize
     }
 
     /// Reads vae/config.json. The keys that fix the architecture are required; the rest take
@@ -67,9 +64,6 @@ public struct AutoencoderKLConfig: Equatable {
         useQuantConv = try json.bool("use_quant_conv", default: true)
         usePostQuantConv = try json.bool("use_post_quant_conv", default: true)
         midBlockAddAttention = try json.bool("mid_block_add_attention", default: true)
-        // diffusers' AutoencoderKL default is 32; a list [h, w] counts by its first entry, as
-        // AutoencoderKL.__init__ takes it for tile_latent_min_size.
-        if let n = try? json.int("sample_size", default: 32) { sampleSize = n } else { sampleSize = try json.ints("sample_size").first ?? 32 }
         // force_upcast only matters for half-precision runs; everything here is f32.
 
         guard !blockOutChannels.isEmpty, blockOutChannels.allSatisfy({ $0 > 0 }) else {
@@ -367,16 +361,24 @@ public struct VAEDecoder {
 /// one of them reads only its weights.
 public struct AutoencoderKL {
     public let config: AutoencoderKLConfig
+    /// The config's sample_size: diffusers' default tile side in pixels for tiling
+    /// (tile_sample_min_size); it does not shape the network.
+    public let sampleSize: Int
     let store: WeightStore
 
-    public init(config: AutoencoderKLConfig, weights: WeightStore) {
+    public init(config: AutoencoderKLConfig, weights: WeightStore, sampleSize: Int = 32) {
         self.config = config
         self.store = weights
+        self.sampleSize = sampleSize
     }
 
     /// The `vae` component of a model folder.
     public init(folder: ModelFolder) throws {
-        config = try AutoencoderKLConfig(folder.config("vae"))
+        let json = try folder.config("vae")
+        config = try AutoencoderKLConfig(json)
+        // diffusers' AutoencoderKL default is 32; a list [h, w] counts by its first entry, as
+        // AutoencoderKL.__init__ takes it for tile_latent_min_size.
+        if let n = try? json.int("sample_size", default: 32) { sampleSize = n } else { sampleSize = try json.ints("sample_size").first ?? 32 }
         store = try folder.weights("vae")
     }
 

@@ -21,13 +21,14 @@ public struct VAETiling: Equatable {
 
     /// The tools' `--tile` / `--tile-size PX`: nil when neither is given (no tiling); `--tile`
     /// alone takes diffusers' default tile, the VAE config's sample_size.
-    public static func option(tile: Bool, size: Int?, config: AutoencoderKLConfig) throws -> VAETiling? {
+    public static func option(tile: Bool, size: Int?, vae: AutoencoderKL) throws -> VAETiling? {
+        let config = vae.config
         if let size { return try VAETiling(sampleSize: size, config: config) }
         guard tile else { return nil }
-        guard config.sampleSize % tileMultiple(config) == 0, config.sampleSize > 0 else {
-            throw ToolError("--tile: this VAE's sample_size \(config.sampleSize) is not a multiple of \(tileMultiple(config)) — give the tile with --tile-size PX")
+        guard vae.sampleSize % tileMultiple(config) == 0, vae.sampleSize > 0 else {
+            throw ToolError("--tile: this VAE's sample_size \(vae.sampleSize) is not a multiple of \(tileMultiple(config)) — give the tile with --tile-size PX")
         }
-        return try VAETiling(sampleSize: config.sampleSize, config: config, option: "--tile")
+        return try VAETiling(sampleSize: vae.sampleSize, config: config, option: "--tile")
     }
 
     /// The tile sizes diffusers' tiling handles without fractional strides here: multiples of

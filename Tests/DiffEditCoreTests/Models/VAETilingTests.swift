@@ -67,15 +67,14 @@ final class VAETilingTests: XCTestCase {
 
     func testTileSizes() throws {
         let (vae, _) = try Fixtures.vae("sd1")
-        XCTAssertEqual(try VAETiling.option(tile: true, size: nil, config: vae.config)?.sampleSize, 64)
-        XCTAssertNil(try VAETiling.option(tile: false, size: nil, config: vae.config))
-        XCTAssertEqual(try VAETiling.option(tile: false, size: 96, config: vae.config)?.latentSize, 12)
+        XCTAssertEqual(try VAETiling.option(tile: true, size: nil, vae: vae)?.sampleSize, 64)
+        XCTAssertNil(try VAETiling.option(tile: false, size: nil, vae: vae))
+        XCTAssertEqual(try VAETiling.option(tile: false, size: 96, vae: vae)?.latentSize, 12)
         XCTAssertThrowsError(try VAETiling(sampleSize: 40, config: vae.config)) {
             XCTAssertEqual(($0 as? ToolError)?.message, "--tile-size 40 is not a multiple of 32 (4 × this VAE's factor 8) — use 32 or 64")
         }
-        var c = vae.config
-        c.sampleSize = 100
-        XCTAssertThrowsError(try VAETiling.option(tile: true, size: nil, config: c)) {
+        let odd = AutoencoderKL(config: vae.config, weights: vae.store, sampleSize: 100)
+        XCTAssertThrowsError(try VAETiling.option(tile: true, size: nil, vae: odd)) {
             XCTAssertEqual(($0 as? ToolError)?.message, "--tile: this VAE's sample_size 100 is not a multiple of 32 — give the tile with --tile-size PX")
         }
     }
