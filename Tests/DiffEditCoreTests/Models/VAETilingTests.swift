@@ -78,4 +78,12 @@ final class VAETilingTests: XCTestCase {
             XCTAssertEqual(($0 as? ToolError)?.message, "--tile: this VAE's sample_size 100 is not a multiple of 32 — give the tile with --tile-size PX")
         }
     }
+
+    /// The default tile is the VAE config's sample_size; a single file (no sample_size in its
+    /// sidecar) takes diffusers' from_single_file image size: 512 for v1, 768 for v2.
+    func testDefaultTileFromTheModel() throws {
+        XCTAssertEqual(try AutoencoderKL(folder: Fixtures.model("sd1")).sampleSize, 64)
+        XCTAssertEqual(try AutoencoderKL(folder: Fixtures.model("sd1", singleFile: true)).sampleSize, 512)
+        XCTAssertEqual(try AutoencoderKL(folder: Fixtures.model("sd2", singleFile: true)).sampleSize, 768)
+    }
 }
