@@ -24,6 +24,12 @@ struct VAEDecode: DiffEditTool {
     var depth = 8
     static let depthOption = NumberOption<Int>("--depth", .oneOf([8, 16]))
 
+    @Flag(name: .long, help: "Decode in overlapping tiles blended as diffusers' enable_tiling() when the latents exceed a tile (default tile: the VAE's sample_size).")
+    var tile = false
+
+    @Option(VAETiling.sizeOption, "Tile side in pixels (implies --tile); a multiple of 4 × the VAE's factor, 32 for Stable Diffusion", defaultText: "the VAE config's sample_size")
+    var tileSize: Int?
+
     @Option(name: .long, help: "Name of the record to decode (default: latents, else the only record, else posterior.mean).")
     var record: String?
 
@@ -58,6 +64,7 @@ struct VAEDecode: DiffEditTool {
         try CLI.run(Self.toolName) {
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
+            let tiling = try VAETiling.option(tile: tile, size: tileSize, vae: vae)
             let out = try CLI.binaryOutput(force: force)
             let reader = try CLI.tensorInput(file)
             let records = try reader.readAllNonEmpty(expecting: "latents [N, \(vae.config.latentChannels), h, w]")
@@ -79,9 +86,11 @@ struct VAEDecode: DiffEditTool {
             }
             let f = vae.config.downsamplingFactor
             let (lh, lw) = (r.shape[r.rank - 2], r.shape[r.rank - 1])
-            try MemoryBudget.require(MemoryBudget.vaeBytes(width: lw * f, height: lh * f, widestChannels: vae.config.blockOutChannels.first ?? 128),
+            // Tiled, the decoder's activations are those of one tile.
+            let (bw, bh) = tiling.map { (min(lw * f, $0.sampleSize), min(lh * f, $0.sampleSize)) } ?? (lw * f, lh * f)
+            try MemoryBudget.require(MemoryBudget.vaeBytes(width: bw, height: bh, widestChannels: vae.config.blockOutChannels.first ?? 128),
                                      for: "decoding \(lw)x\(lh) latents into a \(lw * f)x\(lh * f) image",
-                                     remedy: "make smaller latents (vae-encode a scaled-down image, e.g. pamscale -xyfit 1024 1024)")
+                                     remedy: tiling != nil ? "give a smaller --tile-size" : "decode with --tile, or make smaller latents (vae-encode a scaled-down image, e.g. pamscale -xyfit 1024 1024)")
             let latents = r.rank == 4 ? r.tensor() : r.tensor().reshaped([1] + r.shape)
             let decoder = try vae.makeDecoder()
             // One batch entry at a time: memory stays that of a single image.
@@ -89,7 +98,7 @@ struct VAEDecode: DiffEditTool {
                 var z = latents.slice(batch: b, count: 1)
                 // diffusers: vae.decode(latents / scaling_factor).
                 z.data.withUnsafeMutableBufferPointer { p in for i in 0..<p.count { p[i] = p[i] / sf } }
-                let image = decoder.decode(z)
+                let image = tiling?.decode(z, decoder: decoder) ?? decoder.decode(z)
                 try NonfiniteOutput.check(image.data, what: "the decoded image \(b)")
                 try NetpbmImage.write(image, bits: depth, to: out)
                 try out.flush()

@@ -32,6 +32,12 @@ struct VAEEncode: DiffEditTool {
     @Option(name: .long, help: "Resize each side down to a multiple of the downsampling factor: nearest or bilinear.")
     var resize: ResizeMode?
 
+    @Flag(name: .long, help: "Encode in overlapping tiles blended as diffusers' enable_tiling() when the image exceeds a tile (default tile: the VAE's sample_size).")
+    var tile = false
+
+    @Option(VAETiling.sizeOption, "Tile side in pixels (implies --tile); a multiple of 4 × the VAE's factor, 32 for Stable Diffusion", defaultText: "the VAE config's sample_size")
+    var tileSize: Int?
+
     @Flag(name: .long, help: "Write one sample of the posterior (record latents) instead of mean and std; needs --seed.")
     var sample = false
 
@@ -54,18 +60,21 @@ struct VAEEncode: DiffEditTool {
             if seed != nil && !sample { throw ToolError("--seed only applies to --sample — add --sample, or drop --seed to write the posterior") }
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
+            let tiling = try VAETiling.option(tile: tile, size: tileSize, vae: vae)
             let out = try CLI.tensorOutput(force: force)
             let images = try NetpbmImage.readAll(try ByteReader(path: file)) { w, h, _ in
-                try MemoryBudget.require(MemoryBudget.vaeBytes(width: w, height: h, widestChannels: vae.config.blockOutChannels.first ?? 128),
+                // Tiled, the encoder's activations are those of one tile.
+                let (bw, bh) = tiling.map { (min(w, $0.sampleSize), min(h, $0.sampleSize)) } ?? (w, h)
+                try MemoryBudget.require(MemoryBudget.vaeBytes(width: bw, height: bh, widestChannels: vae.config.blockOutChannels.first ?? 128),
                                          for: "encoding a \(w)x\(h) image",
-                                         remedy: "scale it down first, e.g. pamscale -xyfit 1024 1024 \(file == "-" ? "image.ppm" : file) | vae-encode")
+                                         remedy: tiling != nil ? "give a smaller --tile-size" : "encode with --tile, or scale it down first, e.g. pamscale -xyfit 1024 1024 \(file == "-" ? "image.ppm" : file) | vae-encode")
             }
             let fit: VAEImageFit = crop ? .crop
                 : resize == .nearest ? .resizeNearest : resize == .bilinear ? .resizeBilinear : .exact
             let (x, notes) = try vae.inputTensor(images, fit: fit)
             if !quiet { for n in notes { CLI.note(Self.toolName, n) } }
             let encoder = try vae.makeEncoder()
-            let posterior = DiagonalGaussian(moments: encoder.moments(x))
+            let posterior = DiagonalGaussian(moments: tiling?.moments(x, encoder: encoder) ?? encoder.moments(x))
             let sf = vae.config.scalingFactor
             var meta = [
                 "model": folder.root,

@@ -63,6 +63,7 @@ import fixtures_coverage  # noqa: E402  (beside this script: lower_order_final, 
 import fixtures_attention_store  # noqa: E402  (beside this script: LEDITS++'s attention store, issue 26)
 import fixtures_ledits  # noqa: E402  (beside this script: LEDITS++ model folders sd1-ledits/, sd2-ledits/, issue 26)
 import fixtures_textual_inversion  # noqa: E402  (beside this script: textual-inversion embeddings, issue 28)
+import fixtures_vae_tiling  # noqa: E402  (beside this script: tiled VAE encode/decode, issue 28 part 3)
 
 diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
@@ -1229,7 +1230,7 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
 GENERATED = ["sd1", "sd2", "scheduler.tensor", "rng.tensor", "prompts.json", "tokens-sd1.tensor",
              "tokens-sd2.tensor", "single-file", "MANIFEST.txt"] + fixtures_schedulers.GENERATED + \
     fixtures_coverage.GENERATED + fixtures_attention_store.GENERATED + fixtures_ledits.GENERATED + \
-    fixtures_textual_inversion.GENERATED
+    fixtures_textual_inversion.GENERATED + fixtures_vae_tiling.GENERATED
 
 
 def manifest(out):
@@ -1329,6 +1330,9 @@ def main():
     # Issue 28 (Tests/Reference/fixtures_textual_inversion.py): embeddings and their references, last
     # (reads sd1/, sd2/ written above; adds only textual-inversion/)
     report.update(fixtures_textual_inversion.write_all(out, sys.modules[__name__]))
+    # Issue 28 part 3 (Tests/Reference/fixtures_vae_tiling.py): tiled VAE references, last
+    # (reads sd1/vae written above; adds only vae-tiling.tensor)
+    report.update(fixtures_vae_tiling.write_all(out, sys.modules[__name__]))
 
     man = manifest(out)
     with open(os.path.join(out, "MANIFEST.txt"), "w", newline="\n") as f:

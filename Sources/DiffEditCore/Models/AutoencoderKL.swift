@@ -361,16 +361,24 @@ public struct VAEDecoder {
 /// one of them reads only its weights.
 public struct AutoencoderKL {
     public let config: AutoencoderKLConfig
+    /// The config's sample_size: diffusers' default tile side in pixels for tiling
+    /// (tile_sample_min_size); it does not shape the network.
+    public let sampleSize: Int
     let store: WeightStore
 
-    public init(config: AutoencoderKLConfig, weights: WeightStore) {
+    public init(config: AutoencoderKLConfig, weights: WeightStore, sampleSize: Int = 32) {
         self.config = config
         self.store = weights
+        self.sampleSize = sampleSize
     }
 
     /// The `vae` component of a model folder.
     public init(folder: ModelFolder) throws {
-        config = try AutoencoderKLConfig(folder.config("vae"))
+        let json = try folder.config("vae")
+        config = try AutoencoderKLConfig(json)
+        // diffusers' AutoencoderKL default is 32; a list [h, w] counts by its first entry, as
+        // AutoencoderKL.__init__ takes it for tile_latent_min_size.
+        if let n = try? json.int("sample_size", default: 32) { sampleSize = n } else { sampleSize = try json.ints("sample_size").first ?? 32 }
         store = try folder.weights("vae")
     }
 

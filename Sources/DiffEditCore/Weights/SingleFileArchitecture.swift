@@ -39,7 +39,7 @@ public struct SingleFileArchitecture {
         self.family = family
         unet = Result { try reader.unet(family: family, overrides: overrides["unet"] ?? [:]) }
             .mapError { $0 as? ToolError ?? ToolError("\($0)") }
-        vae = Result { try reader.vae(overrides: overrides["vae"] ?? [:]) }.mapError { $0 as? ToolError ?? ToolError("\($0)") }
+        vae = Result { try reader.vae(family: family, overrides: overrides["vae"] ?? [:]) }.mapError { $0 as? ToolError ?? ToolError("\($0)") }
         textEncoder = Result { try reader.textEncoder(family: family, overrides: overrides["text_encoder"] ?? [:]) }
             .mapError { $0 as? ToolError ?? ToolError("\($0)") }
         // Parts of different models in one file: the UNet must read this text encoder's width and
@@ -184,7 +184,7 @@ private struct ShapeReader {
         return (config, .unet(layersPerBlock: lpb, upBlockHasAttention: upAttention))
     }
 
-    func vae(overrides: [String: Any]) throws -> (config: [String: Any], names: LDMNames) {
+    func vae(family: SingleFileArchitecture.Family, overrides: [String: Any]) throws -> (config: [String: Any], names: LDMNames) {
         let p = LDMNames.vaePrefix
         guard shapes.keys.contains(where: { $0.hasPrefix(p) }) else {
             throw ToolError("\(file) holds no VAE (first_stage_model.* weights) — use a checkpoint with its VAE, or a diffusers folder")
@@ -215,6 +215,9 @@ private struct ShapeReader {
             "norm_num_groups": 32, "scaling_factor": 0.18215,
             "use_quant_conv": has(p + "quant_conv.weight"), "use_post_quant_conv": has(p + "post_quant_conv.weight"),
             "mid_block_add_attention": has(p + "encoder.mid.attn_1.q.weight"),
+            // The tiling default only (vae-encode/vae-decode --tile): diffusers' from_single_file
+            // takes DIFFUSERS_TO_LDM_DEFAULT_IMAGE_SIZE_MAP, 512 for v1 and 768 for v2.
+            "sample_size": family == .sd1 ? 512 : 768,
         ]
         let c = merged(config, overrides)
         if let groups = perWidth(c, "norm_num_groups", count: channels.count) {
