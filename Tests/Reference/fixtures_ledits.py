@@ -23,7 +23,6 @@ and DDIM's add_noise indexes alphas_cumprod with that float tensor -> IndexError
 `add_noise` is wrapped (on the instance) to cast a floating timestep tensor to int64 (the values are integers,
 so nothing else changes). DPMSolverMultistepScheduler looks the timestep up by equality and needs no patch.
 """
-import functools
 import math
 import os
 import shutil
@@ -202,29 +201,17 @@ class Capture(CaptureBase):
     """Records encode_prompt / encode_image outputs, every UNet call, every randn_tensor draw of the pipeline
     module and every aggregated attention map (LeditsAttentionStore.aggregate_attention), in call order."""
 
-    def _wrap(self, obj, attr, tag, rec):
-        orig = getattr(obj, attr)
-        log = self.log
-
-        @functools.wraps(orig)
-        def wrapped(*a, **k):
-            r = orig(*a, **k)
-            log.append((tag, rec(a, k, r)))
-            return r
-        setattr(obj, attr, wrapped)
-        self.undo.append(lambda: delattr(obj, attr))
-
     def __enter__(self):
         pipe, log = self.pipe, self.log
-        self._wrap(pipe, "encode_prompt", "encode_prompt",
+        self.wrap(pipe, "encode_prompt", "encode_prompt",
                    lambda a, k, r: dict(kwargs=dict(k), edit=None if r[0] is None else r[0].clone(),
                                         uncond=r[1].clone(), num_edit_tokens=r[2]))
-        self._wrap(pipe, "encode_image", "x0", lambda a, k, r: r[0].clone())
+        self.wrap(pipe, "encode_image", "x0", lambda a, k, r: r[0].clone())
 
         def unet_rec(a, k, r):
             t = a[1] if len(a) > 1 else k["timestep"]
             return dict(sample=a[0].clone(), t=int(t), ehs=k["encoder_hidden_states"].clone(), out=r.sample.clone())
-        self._wrap(pipe.unet, "forward", "unet", unet_rec)
+        self.wrap(pipe.unet, "forward", "unet", unet_rec)
         orig_randn = LEDITS_MODULE.randn_tensor
 
         def randn(*a, **k):

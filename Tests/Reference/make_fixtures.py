@@ -21,7 +21,6 @@ os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
-import functools
 import gzip
 import hashlib
 import importlib.util
@@ -800,16 +799,7 @@ class Capture(CaptureBase):
         torch.randint = randint
         self.undo.append(lambda: setattr(torch, "randint", orig_randint))
 
-        def wrap_attr(obj, attr, tag, rec):
-            orig = getattr(obj, attr)
-
-            @functools.wraps(orig)
-            def wrapped(*a, **k):
-                r = orig(*a, **k)
-                log.append((tag, rec(a, k, r)))
-                return r
-            setattr(obj, attr, wrapped)
-            self.undo.append(lambda: delattr(obj, attr))
+        wrap_attr = self.wrap
 
         wrap_attr(pipe.unet, "forward", "unet",
                   lambda a, k, r: dict(sample=a[0].clone(), t=a[1], ehs=k["encoder_hidden_states"].clone(),
