@@ -56,8 +56,5 @@ def write_all(out, mf):
 
 
 if __name__ == "__main__":
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, here)
-    import make_fixtures  # noqa: E402  (its environment: offline hub, one thread, deterministic algorithms)
-    target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "Fixtures")
-    write_all(os.path.abspath(target), make_fixtures)
+    import standalone
+    standalone.run(write_all, __file__)
