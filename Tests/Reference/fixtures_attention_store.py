@@ -29,7 +29,6 @@ Records (C = 2 edit concepts; UNet batch 1 + C, item 0 the unconditional branch)
   Cases: `sq` latent 8x8 grid 4x4, `sq8` latent 8x8 grid 8x8, `wide` latent 8x12 grid 4x6.
 """
 import os
-import sys
 
 import numpy as np
 import torch

@@ -18,7 +18,6 @@ Cases: `tile32` (tile_sample_min_size 32, tile_latent_min_size 4: 4x4 tiles over
 config's sample_size 64, latent 8: diffusers' default tile, 2x2 tiles).
 """
 import os
-import sys
 
 import torch
 
