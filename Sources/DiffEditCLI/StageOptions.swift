@@ -17,6 +17,7 @@ public struct StageOptions: ParsableArguments {
     public var allowNonfinite = false
     @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
     public var force = false
+    @OptionGroup public var loraOption: LoRAOption
 
     public init() {}
 }

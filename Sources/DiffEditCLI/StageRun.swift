@@ -27,7 +27,9 @@ public final class StageRun {
         records = try reader.readAllNonEmpty(expecting: expecting)
         inputLabel = reader.label
         for r in records { try r.requireFinite(from: reader.label, allow: common.allowNonfinite) }
-        folder = try ModelFolder.resolve(common.model)
+        var folder = try ModelFolder.resolve(common.model)
+        folder.lora = try common.loraOption.load()
+        self.folder = folder
         settings = try ModelSettings(folder: folder, stage: ModelDefaults.Stage(rawValue: tool))
     }
 

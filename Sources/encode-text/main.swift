@@ -19,6 +19,8 @@ struct EncodeText: DiffEditTool {
 
     @OptionGroup var embeddingOption: EmbeddingOption
 
+    @OptionGroup var loraOption: LoRAOption
+
     @Option(EncodeText.clipSkipOption, "Skip the last N layers, as diffusers' clip_skip (at most the text encoder's layers)")
     var clipSkip: Int = 0
     /// At most the text encoder's layer count, which the model checks.
@@ -50,7 +52,8 @@ struct EncodeText: DiffEditTool {
                 throw ToolError("--mean needs prompts of one length, got \(Set(batches.map(\.length)).sorted()) — tokenize with padding (without --no-pad)")
             }
             let inversion = try embeddingOption.load()
-            let folder = try ModelFolder.resolve(model)
+            var folder = try ModelFolder.resolve(model)
+            folder.lora = try loraOption.load()
             let encoder = try CLIPTextModel(folder: folder)
             let d = encoder.config.hiddenSize
             // Textual-inversion vectors join the token table, once the ids are known to be theirs.
@@ -63,9 +66,7 @@ struct EncodeText: DiffEditTool {
             var total = 0
             for b in batches {
                 let e = try encoder.encode(ids: b.ids, batch: b.n, length: b.length, clipSkip: clipSkip)
-                var metadata = b.metadata
-                metadata["model"] = folder.root
-                metadata["model.fingerprint"] = DiffEditIO.modelFingerprint(folder)
+                var metadata = b.metadata.merging(DiffEditIO.provenance(folder)) { $1 }
                 metadata["clip_skip"] = String(clipSkip)
                 if mean {
                     if sum.isEmpty { sum = [Double](repeating: 0, count: b.length * d) }
@@ -80,9 +81,7 @@ struct EncodeText: DiffEditTool {
                 }
             }
             if mean {
-                var metadata = batches.count == 1 ? batches[0].metadata : [:]
-                metadata["model"] = folder.root
-                metadata["model.fingerprint"] = DiffEditIO.modelFingerprint(folder)
+                var metadata = (batches.count == 1 ? batches[0].metadata : [:]).merging(DiffEditIO.provenance(folder)) { $1 }
                 metadata["clip_skip"] = String(clipSkip)
                 metadata["mean_of"] = String(total)
                 let m = sum.map { Float($0 / Double(total)) }

@@ -6,7 +6,12 @@ public enum DiffEditIO {
 
     /// Metadata keys every DiffEdit output carries.
     public static func provenance(_ folder: ModelFolder) -> [String: String] {
-        [MetadataKey.model: folder.root, MetadataKey.modelFingerprint: modelFingerprint(folder)]
+        var meta = [MetadataKey.model: folder.root, MetadataKey.modelFingerprint: modelFingerprint(folder)]
+        if let lora = folder.lora {
+            meta[MetadataKey.lora] = lora.description
+            meta[MetadataKey.loraFingerprint] = lora.fingerprint
+        }
+        return meta
     }
 
     /// Identity of a model for compatibility checks: FNV-1a of the UNet, VAE and scheduler
@@ -71,6 +76,10 @@ public enum DiffEditIO {
         let mine = modelFingerprint(folder)
         guard fp == mine else {
             throw ToolError("\(option) was made with model \(r.metadata[MetadataKey.model] ?? "?") (fingerprint \(fp)), not \(folder.root) (\(mine)) — remake it with --model \(folder.root), or pass --model \(r.metadata[MetadataKey.model] ?? "of that file")")
+        }
+        // Outputs of the tools that take --lora record theirs; the VAE's record none.
+        if let lora = folder.lora, let recorded = r.metadata[MetadataKey.loraFingerprint], recorded != lora.fingerprint {
+            throw ToolError("\(option) was made with --lora \(r.metadata[MetadataKey.lora] ?? "?"), this run has \(lora.isEmpty ? "none" : "--lora " + lora.description) — give every stage the same --lora files and scales, in the same order")
         }
     }
 

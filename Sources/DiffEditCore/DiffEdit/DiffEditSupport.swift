@@ -89,6 +89,11 @@ public enum DiffEditSupport {
 
     /// A short stable fingerprint (FNV-1a 64, hex) of bytes, for provenance in metadata.
     public static func fingerprint(_ bytes: [UInt8]) -> String {
+        bytes.withUnsafeBytes { fingerprint($0) }
+    }
+
+    /// The same over bytes in memory (a mapped file).
+    public static func fingerprint(_ bytes: UnsafeRawBufferPointer) -> String {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
         return String(h, radix: 16)

@@ -60,4 +60,9 @@ public enum MetadataKey {
     public static let textualInversionTokens = "textual_inversion.tokens"
     public static let textualInversionVectors = "textual_inversion.vectors"
     public static let textualInversionFingerprints = "textual_inversion.fingerprints"
+    /// --lora: the adapters an output was made with ("FILE:SCALE …", or "none"), and the
+    /// fingerprint of their contents and scales in order (LoRASet); a tool given other adapters
+    /// refuses the input.
+    public static let lora = "lora"
+    public static let loraFingerprint = "lora.fingerprint"
 }

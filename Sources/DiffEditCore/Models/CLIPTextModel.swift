@@ -82,17 +82,19 @@ public final class CLIPTextModel {
 
     public convenience init(folder: ModelFolder, context: ComputeContext = ComputeContext()) throws {
         let config = try CLIPTextConfig(folder.config("text_encoder"))
-        try self.init(config: config, weights: folder.weights("text_encoder"), context: context)
+        try self.init(config: config, weights: folder.weights("text_encoder"), context: context, lora: folder.lora)
     }
 
-    public init(config: CLIPTextConfig, weights: WeightStore, context: ComputeContext = ComputeContext()) throws {
+    /// `lora`: adapters whose text-encoder part is added to the encoder's linears.
+    public init(config: CLIPTextConfig, weights: WeightStore, context: ComputeContext = ComputeContext(),
+                lora: LoRASet? = nil) throws {
         self.config = config
         self.context = context
         self.weights = weights
         let tokenName = "embeddings.token_embedding.weight"
         let prefix = weights.contains(tokenName) && !weights.contains("text_model." + tokenName) ? "" : "text_model."
         let d = config.hiddenSize, f = config.intermediateSize, eps = config.layerNormEps
-        let l = ParameterLoader(source: weights, readsInPlace: context.policy.readsWeightsInPlace)
+        let l = ParameterLoader(source: weights, readsInPlace: context.policy.readsWeightsInPlace, lora: lora, part: .textEncoder)
         // The token table is only checked here; encode() gathers the rows it needs straight
         // from the mapped file (49408 × 1024 floats would be a large copy for a few ids).
         let tokenEntry = try weights.entry(prefix + tokenName, shape: [config.vocabSize, d])
@@ -117,6 +119,7 @@ public final class CLIPTextModel {
         self.prefix = prefix
         self.tokenEntry = tokenEntry
         finalLayerNorm = try LayerNormLayer(l, prefix + "final_layer_norm", dim: d, eps: eps)
+        try l.checkLoRAUsed(model: "this text encoder")
     }
 
     /// Ids the encoder takes: the vocabulary and the appended rows.

@@ -11,12 +11,24 @@ struct LinearLayer {
     let bias: Parameter?
     let inFeatures: Int
     let outFeatures: Int
+    /// LoRA adapters' term, added to the base product (nil without adapters).
+    let lowRank: LowRankUpdate?
 
     init(_ l: ParameterLoader, _ p: String, in i: Int, out o: Int, bias: Bool = true) throws {
         weight = try l.matrix("\(p).weight", [o, i])
         self.bias = bias ? try l.load("\(p).bias", [o]) : nil
         inFeatures = i
         outFeatures = o
+        lowRank = try l.lowRank(p, out: o, inFlat: i)
+    }
+
+    /// A linear stored as a 1×1 convolution ([out, in, 1, 1]: SD 1.x's proj_in and proj_out).
+    init(_ l: ParameterLoader, _ p: String, storedShape: [Int], in i: Int, out o: Int) throws {
+        weight = try l.load("\(p).weight", storedShape)
+        bias = try l.load("\(p).bias", [o])
+        inFeatures = i
+        outFeatures = o
+        lowRank = try l.lowRank(p, out: o, inFlat: i)
     }
 
     /// Several linears over the same input fused into one product (their weights stacked:
@@ -26,6 +38,7 @@ struct LinearLayer {
         self.bias = bias ? try l.stacked(names.map { "\($0).bias" }, rows: outs, columns: nil) : nil
         inFeatures = i
         outFeatures = outs.reduce(0, +)
+        lowRank = try l.lowRank(stacking: names, outs: outs, inFlat: i)
     }
 
     init(weight: Parameter, bias: Parameter?) {
@@ -33,6 +46,7 @@ struct LinearLayer {
         self.bias = bias
         outFeatures = weight.shape[0]
         inFeatures = weight.count / weight.shape[0]
+        lowRank = nil
     }
 
     /// x: [..., in] → [..., out].
@@ -46,6 +60,12 @@ struct LinearLayer {
         ctx.measure("linear") {
             Linear.forward(ctx, x: x.pointer, rows: rows, inFeatures: inFeatures, weight: matrix,
                            bias: bias?.pointer, outFeatures: outFeatures, out: y.pointer)
+        }
+        if let u = lowRank {
+            ctx.measure("lora") {
+                LowRank.linear(ctx, x: x.pointer, rows: rows, down: u.down.pointer, up: u.up.pointer, rank: u.rank,
+                               inFeatures: inFeatures, outFeatures: outFeatures, out: y.pointer)
+            }
         }
         ctx.countMACs(rows * inFeatures * outFeatures)
         return y
@@ -62,6 +82,12 @@ struct LinearLayer {
             Linear.fromChannels(ctx, x: x.pointer, images: b, pixels: hw, inFeatures: c, weight: matrix,
                                 bias: bias?.pointer, outFeatures: outFeatures, out: y.pointer)
         }
+        if let u = lowRank {
+            ctx.measure("lora") {
+                LowRank.fromChannels(ctx, x: x.pointer, images: b, pixels: hw, down: u.down.pointer, up: u.up.pointer,
+                                     rank: u.rank, inFeatures: c, outFeatures: outFeatures, out: y.pointer)
+            }
+        }
         ctx.countMACs(b * hw * c * outFeatures)
         return y
     }
@@ -76,6 +102,12 @@ struct LinearLayer {
         ctx.measure("linear") {
             Linear.toChannels(ctx, tokens: t.pointer, images: b, pixels: hw, inFeatures: inFeatures, weight: matrix,
                               bias: bias?.pointer, outFeatures: c, residual: residual.pointer, out: y.pointer)
+        }
+        if let u = lowRank {
+            ctx.measure("lora") {
+                LowRank.toChannels(ctx, tokens: t.pointer, images: b, pixels: hw, down: u.down.pointer, up: u.up.pointer,
+                                   rank: u.rank, inFeatures: inFeatures, outFeatures: c, out: y.pointer)
+            }
         }
         ctx.countMACs(b * hw * c * inFeatures)
         return y
@@ -92,6 +124,8 @@ struct Conv2DLayer {
     let kernel: Int
     let stride: Int
     let padding: Conv2D.Padding
+    /// LoRA adapters' term (a k×k conv to rank channels, then 1×1 back), added to the output.
+    let lowRank: LowRankUpdate?
 
     /// `optionalBias`: the VAE's checkpoints may omit a conv bias; the UNet's may not.
     init(_ l: ParameterLoader, _ p: String, in i: Int, out o: Int, kernel k: Int, stride: Int = 1,
@@ -103,6 +137,7 @@ struct Conv2DLayer {
         kernel = k
         self.stride = stride
         self.padding = padding
+        lowRank = try l.lowRank(p, out: o, inFlat: i * k * k)
     }
 
     func callAsFunction(_ x: Activation, _ ctx: ComputeContext) -> Activation {
@@ -113,6 +148,12 @@ struct Conv2DLayer {
         let y = ctx.activation([n, outChannels, oh, ow])
         Conv2D.forward(ctx, x: x.pointer, n: n, c: c, h: h, w: w, weight: weight.matrix, bias: bias?.pointer,
                        outChannels: outChannels, kernel: kernel, stride: stride, padding: padding, out: y.pointer)
+        if let u = lowRank {
+            ctx.measure("lora") {
+                LowRank.conv(ctx, x: x.pointer, n: n, c: c, h: h, w: w, down: u.down.pointer, up: u.up.pointer, rank: u.rank,
+                             outChannels: outChannels, kernel: kernel, stride: stride, padding: padding, out: y.pointer)
+            }
+        }
         ctx.countMACs(n * outChannels * inChannels * kernel * kernel * oh * ow)
         return y
     }

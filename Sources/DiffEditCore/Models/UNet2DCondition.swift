@@ -156,7 +156,7 @@ public final class UNet2DCondition {
     /// The UNet of a model folder: unet/config.json and its safetensors weights.
     public convenience init(folder: ModelFolder, context: ComputeContext = ComputeContext()) throws {
         let weights = try folder.weights("unet")
-        try self.init(config: try folder.config("unet"), source: weights, context: context)
+        try self.init(config: try folder.config("unet"), source: weights, context: context, lora: folder.lora)
         weights.file.releasePages()
     }
 
@@ -170,11 +170,11 @@ public final class UNet2DCondition {
         try self.init(config: json, source: RandomWeights(seed: seed), context: context)
     }
 
-    init(config json: JSONConfig, source: any WeightSource, context: ComputeContext) throws {
+    init(config json: JSONConfig, source: any WeightSource, context: ComputeContext, lora: LoRASet? = nil) throws {
         let cfg = try UNetConfig(json)
         config = cfg
         self.context = context
-        let l = ParameterLoader(source: source, readsInPlace: context.policy.readsWeightsInPlace)
+        let l = ParameterLoader(source: source, readsInPlace: context.policy.readsWeightsInPlace, lora: lora, part: .unet)
         let boc = cfg.blockOutChannels
         let n = boc.count
         let c0 = boc[0]
@@ -251,6 +251,7 @@ public final class UNet2DCondition {
         normOut = try GroupNormLayer(l, "conv_norm_out", channels: c0, groups: groups, eps: eps)
         convOut = try Conv2DLayer(l, "conv_out", in: c0, out: cfg.outChannels, kernel: cfg.convOutKernel,
                                   padding: .same((cfg.convOutKernel - 1) / 2))
+        try l.checkLoRAUsed(model: "this UNet")
     }
 
     /// Number of 2× upsamplers (diffusers' num_upsamplers).

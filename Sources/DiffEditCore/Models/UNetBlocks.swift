@@ -56,8 +56,8 @@ struct Transformer2D {
         norm = try GroupNormLayer(l, "\(p).norm", channels: c, groups: groups, eps: 1e-6)
         let inShape = linearProjection ? [inner, c] : [inner, c, 1, 1]
         let outShape = linearProjection ? [c, inner] : [c, inner, 1, 1]
-        projIn = LinearLayer(weight: try l.load("\(p).proj_in.weight", inShape), bias: try l.load("\(p).proj_in.bias", [inner]))
-        projOut = LinearLayer(weight: try l.load("\(p).proj_out.weight", outShape), bias: try l.load("\(p).proj_out.bias", [c]))
+        projIn = try LinearLayer(l, "\(p).proj_in", storedShape: inShape, in: c, out: inner)
+        projOut = try LinearLayer(l, "\(p).proj_out", storedShape: outShape, in: inner, out: c)
         blocks = try (0..<layers).map {
             try BasicTransformerBlock(l, "\(p).transformer_blocks.\($0)", dim: inner, heads: heads, headDim: headDim,
                                       crossDim: crossDim)

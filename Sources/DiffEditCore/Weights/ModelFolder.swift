@@ -9,6 +9,9 @@ public struct ModelFolder {
     public let root: String
     /// Set when the model is a single-file checkpoint.
     public let singleFile: SingleFileCheckpoint?
+    /// LoRA adapters the tool was given (`--lora`): the UNet and text encoder load with them, and
+    /// what the tool writes records them. nil in tools that take none (the VAE's).
+    public var lora: LoRASet?
 
     public static let environmentVariable = "DIFFEDIT_MODEL"
 

@@ -181,6 +181,33 @@ struct RandomWeights: WeightSource {
     }
 }
 
+/// A checkpoint's weights with LoRA updates merged in (LoRASet.Mode.merged): a weight some
+/// adapter touches is converted to a private f32 copy plus B·A; every other weight is the base's,
+/// read in place as before.
+struct LoRAMergedWeights: WeightSource {
+    let base: any WeightSource
+    let lora: LoRASet
+    let part: LoRAFile.Part
+
+    func contains(_ name: String) -> Bool { base.contains(name) }
+    func storedShape(_ name: String) -> [Int]? { base.storedShape(name) }
+
+    private func update(_ name: String, shape: [Int]) throws -> LowRankUpdate? {
+        guard name.hasSuffix(".weight"), shape.count >= 2 else { return nil }
+        return try lora.update(part, module: String(name.dropLast(".weight".count)), out: shape[0],
+                               inFlat: shape.dropFirst().reduce(1, *))
+    }
+
+    func read(_ name: String, shape: [Int], into out: UnsafeMutablePointer<Float>) throws {
+        try base.read(name, shape: shape, into: out)
+        try update(name, shape: shape)?.merge(into: out)
+    }
+
+    func inPlace(_ name: String, shape: [Int]) throws -> (raw: UnsafeRawPointer, bits: WeightMatrix.Bits, owner: AnyObject)? {
+        try update(name, shape: shape) == nil ? try base.inPlace(name, shape: shape) : nil
+    }
+}
+
 /// Reads a model's parameters by checkpoint key, checking every shape, into the layout each
 /// kernel wants: the one place weights enter the layers.
 struct ParameterLoader {
@@ -189,11 +216,48 @@ struct ParameterLoader {
     /// converts every weight to a private f32 copy (models pass their context's
     /// `policy.readsWeightsInPlace`). Same numbers either way.
     let readsInPlace: Bool
+    /// LoRA adapters for the model being loaded (`part` of each file), applied as low-rank
+    /// terms of the layers (`lowRank`) or merged into private copies of their weights.
+    let lora: LoRASet?
+    let part: LoRAFile.Part
 
-    init(source: any WeightSource, readsInPlace: Bool = true) {
-        self.source = source
+    init(source: any WeightSource, readsInPlace: Bool = true, lora: LoRASet? = nil, part: LoRAFile.Part = .unet) {
+        let adapters = lora.flatMap { $0.isEmpty ? nil : $0 }
+        self.source = adapters.map { $0.mode == .merged ? LoRAMergedWeights(base: source, lora: $0, part: part) : source } ?? source
         self.readsInPlace = readsInPlace
+        self.lora = adapters
+        self.part = part
     }
+
+    /// The LoRA term of the layer `module` (its weight [out, inFlat]), applied next to the base
+    /// product; nil without adapters for it, or when they are merged into the weight.
+    func lowRank(_ module: String, out: Int, inFlat: Int) throws -> LowRankUpdate? {
+        guard let lora, lora.mode == .lowRank else { return nil }
+        return try lora.update(part, module: module, out: out, inFlat: inFlat)
+    }
+
+    /// The LoRA term of linears stacked into one product (fused q/k/v): each module's A stacked
+    /// by rows, its B placed in its own rows and columns of one [Σout, Σrank] matrix.
+    func lowRank(stacking modules: [String], outs: [Int], inFlat: Int) throws -> LowRankUpdate? {
+        let parts = try zip(modules, outs).map { try lowRank($0, out: $1, inFlat: inFlat) }
+        guard parts.contains(where: { $0 != nil }) else { return nil }
+        let rank = parts.reduce(0) { $0 + ($1?.rank ?? 0) }, total = outs.reduce(0, +)
+        var down: [Float] = [], up = [Float](repeating: 0, count: total * rank)
+        var row = 0, column = 0
+        for (update, out) in zip(parts, outs) {
+            if let u = update {
+                down += u.down.values
+                let b = u.up.values
+                for o in 0..<out { for j in 0..<u.rank { up[(row + o) * rank + column + j] = b[o * u.rank + j] } }
+                column += u.rank
+            }
+            row += out
+        }
+        return LowRankUpdate(rank: rank, inFlat: inFlat, out: total, down: down, up: up)
+    }
+
+    /// Refuses LoRA modules of this part that no layer took (after the model is built).
+    func checkLoRAUsed(model: String) throws { try lora?.checkAllUsed(part, model: model) }
 
     func contains(_ name: String) -> Bool { source.contains(name) }
     func storedShape(_ name: String) -> [Int]? { source.storedShape(name) }

@@ -184,6 +184,14 @@ public final class SafeTensorsFile {
 
     public var names: [String] { entries.keys.sorted() }
 
+    /// FNV-1a of the whole file (DiffEditSupport.fingerprint of its bytes), read from the mapping;
+    /// the pages it touched are let go again.
+    public var contentFingerprint: String {
+        let f = DiffEditSupport.fingerprint(UnsafeRawBufferPointer(start: base, count: mappedLength))
+        releasePages()
+        return f
+    }
+
     /// The raw bytes of an entry, straight from the mapping.
     public func rawBytes(_ entry: Entry) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: base + dataStart + entry.begin, count: entry.end - entry.begin)
