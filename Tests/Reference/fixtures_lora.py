@@ -83,13 +83,32 @@ def make_peft(mf, key, spec, out):
         unet_lora_layers=get_peft_model_state_dict(pipe.unet),
         text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
         unet_lora_adapter_metadata=portable(unet_cfg), text_encoder_lora_adapter_metadata=portable(te_cfg))
+    sorted_metadata(os.path.join(out, FOLDER, key, "style-peft.safetensors"))
+
+
+def sorted_metadata(path):
+    """safetensors writes `__metadata__` in its Rust HashMap's order, which changes from run to run:
+    the same members in sorted order (same length), so the file is the same on every run."""
+    import struct
+    from collections import OrderedDict
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        text = f.read(n).decode()
+        header = json.loads(text, object_pairs_hook=OrderedDict)
+        header["__metadata__"] = OrderedDict(sorted(header["__metadata__"].items()))
+        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+        assert len(new.encode()) == len(text.rstrip(" ").encode()), "header length changed"
+        f.seek(8)
+        f.write(new.encode() + b" " * (n - len(new.encode())))
 
 
 def portable(cfg):
     """The LoraConfig as saved, without the path of the model it was made on (machine-dependent)."""
     d = cfg.to_dict()
     d["base_model_name_or_path"] = None
-    return d
+    # Sets (target_modules) would be listed in the process's string-hash order: sorted, the file
+    # is the same on every run.
+    return {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in d.items()}
 
 
 def kohya_name(prefix, module):
@@ -214,6 +233,8 @@ def reference(mf, out, key, spec):
     cat, _ = mf.make_cat(spec)
     de = mf.Stream(os.path.join(out, FOLDER, key, "diffedit.tensor"))
     report["%s.lora.diffedit" % key] = mf.ref_diffedit(pipe, de, spec, cat)
+    both = mf.jdump(["%s/%s.safetensors:%g" % (key, s, w) for s, w in SETTINGS["both"]])
+    de.records = [(n, a, dict(m, lora_json=both)) for n, a, m in de.records]  # every record says its adapters
     de.write()
     return report
 

@@ -63,6 +63,7 @@ import fixtures_attention_store  # noqa: E402  (beside this script: LEDITS++'s a
 import fixtures_ledits  # noqa: E402  (beside this script: LEDITS++ model folders sd1-ledits/, sd2-ledits/, issue 26)
 import fixtures_textual_inversion  # noqa: E402  (beside this script: textual-inversion embeddings, issue 28)
 import fixtures_vae_tiling  # noqa: E402  (beside this script: tiled VAE encode/decode, issue 28 part 3)
+import fixtures_lora  # noqa: E402  (beside this script: LoRA adapters, issue 28 part 1)
 
 diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
@@ -1220,7 +1221,7 @@ def ref_tokens(out, prompts, tokenizers, oc_mod, report):
 GENERATED = ["sd1", "sd2", "scheduler.tensor", "rng.tensor", "prompts.json", "tokens-sd1.tensor",
              "tokens-sd2.tensor", "single-file", "MANIFEST.txt"] + fixtures_schedulers.GENERATED + \
     fixtures_coverage.GENERATED + fixtures_attention_store.GENERATED + fixtures_ledits.GENERATED + \
-    fixtures_textual_inversion.GENERATED + fixtures_vae_tiling.GENERATED
+    fixtures_textual_inversion.GENERATED + fixtures_vae_tiling.GENERATED + fixtures_lora.GENERATED
 
 
 def manifest(out):
@@ -1323,6 +1324,9 @@ def main():
     # Issue 28 part 3 (Tests/Reference/fixtures_vae_tiling.py): tiled VAE references, last
     # (reads sd1/vae written above; adds only vae-tiling.tensor)
     report.update(fixtures_vae_tiling.write_all(out, sys.modules[__name__]))
+    # Issue 28 part 1 (Tests/Reference/fixtures_lora.py): LoRA files and their references, last
+    # (it reads sd1/ and sd2/ and only adds lora/).
+    report.update(fixtures_lora.write_all(out, sys.modules[__name__]))
 
     man = manifest(out)
     with open(os.path.join(out, "MANIFEST.txt"), "w", newline="\n") as f:

@@ -68,6 +68,9 @@ public final class LoRAFile {
         if let n = names.first(where: { $0.hasPrefix("lora_te2_") || $0.hasPrefix("lora_te1_") || $0.hasPrefix("text_encoder_2.") }) {
             throw refuse(n, "belongs to a second text encoder: the LoRA is for SDXL — diffedit runs Stable Diffusion 1.x and 2.x")
         }
+        guard names.contains(where: { $0.contains("lora_") }) else {
+            throw ToolError("\(label) holds no LoRA tensors (lora_A/lora_B or lora_down/lora_up) but \(names.count) others (e.g. '\(JSONValue.shown(names[0]))') — is it a model checkpoint or an embedding? give it to --model or --embedding")
+        }
         let kohya = names.contains { $0.hasPrefix("lora_unet_") || $0.hasPrefix("lora_te_") }
         layout = kohya ? .kohya : .peft
 

@@ -17,8 +17,9 @@ final class DiffEditToolTests: XCTestCase {
 
     func fixtureCase(_ key: String) throws -> Case { try Self.fixtureCase(key) }
 
-    static func fixtureCase(_ key: String) throws -> Case {
-        let ref = "\(key)/ref/diffedit.tensor"
+    /// `ref`: the pipeline's records (default: the fixture model's own, `K/ref/diffedit.tensor`).
+    static func fixtureCase(_ key: String, ref: String? = nil) throws -> Case {
+        let ref = ref ?? "\(key)/ref/diffedit.tensor"
         try Fixtures.require(ref)  // committed: a missing one fails, never skips
         let refs = try Fixtures.records(ref)
         let json = try XCTUnwrap(refs["diffedit.mask"]?.metadata["args_json"])
@@ -53,24 +54,26 @@ final class DiffEditToolTests: XCTestCase {
     }
 
     /// Every tool in a shell pipeline with `model` (the fixture folder, or a single file made of it)
-    /// on the fixture's image, prompts and options, against diffusers' results.
-    static func checkToolPipeline(_ c: Case, model: String, label: String, dir: URL) throws {
+    /// on the fixture's image, prompts and options, against diffusers' results. `adapters`: options
+    /// given to the tools that run the text encoder or the UNet (--lora).
+    static func checkToolPipeline(_ c: Case, model: String, label: String, dir: URL, adapters: String = "") throws {
         let cat = Fixtures.path("\(c.key)/cat.ppm")
-        let m = "--model '\(model)'"
+        let v = "--model '\(model)'"  // the VAE's tools
+        let m = adapters.isEmpty ? v : "\(v) \(adapters)"
         let s = "--steps \(c.steps)"
         let started = Date()
         let err = try run("""
-            tokenize \(m) '\(c.source)' | encode-text \(m) > src.tensor
-            tokenize \(m) '\(c.target)' | encode-text \(m) > tgt.tensor
-            vae-encode \(m) < '\(cat)' | noise-diff-mask \(m) --source src.tensor --target tgt.tensor \(s) --seed 0 > mask.tensor
-            vae-encode \(m) < '\(cat)' > post.tensor
+            tokenize \(v) '\(c.source)' | encode-text \(m) > src.tensor
+            tokenize \(v) '\(c.target)' | encode-text \(m) > tgt.tensor
+            vae-encode \(v) < '\(cat)' | noise-diff-mask \(m) --source src.tensor --target tgt.tensor \(s) --seed 0 > mask.tensor
+            vae-encode \(v) < '\(cat)' > post.tensor
             noise-diff-mask \(m) --source src.tensor --target tgt.tensor \(s) --seed 0 --threshold-ratio 2.1 --batch 6 < post.tensor > dense.tensor
             invert \(m) --prompt src.tensor \(s) --seed 0 < post.tensor > inv.tensor
             invert \(m) --prompt src.tensor \(s) --seed 0 --reg-steps 2 < post.tensor > invreg.tensor
             denoise \(m) --mask mask.tensor --prompt tgt.tensor --negative src.tensor < inv.tensor > edit.tensor
             denoise \(m) --mask dense.tensor --prompt tgt.tensor --negative src.tensor < inv.tensor > dense-edit.tensor
-            vae-decode \(m) < edit.tensor > edit.ppm
-            vae-decode \(m) < dense-edit.tensor > dense-edit.ppm
+            vae-decode \(v) < edit.tensor > edit.ppm
+            vae-decode \(v) < dense-edit.tensor > dense-edit.ppm
             """, in: dir)
         print("\(label): tool pipeline (debug build, 2 masks, 2 inversions, 2 edits) took \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
         XCTAssertEqual(err, "", "\(label): tools in a pipeline write nothing on stderr without --progress")
