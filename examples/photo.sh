@@ -39,6 +39,8 @@
 #   FEATHER, DILATE   composite's --feather and --dilate, in the photo's pixels (default: one mask
 #               cell of the region, and 0)
 #   MASK_FLAGS, INVERT_FLAGS, DENOISE_FLAGS   more options for those stages, e.g. MASK_FLAGS=--dilate=1
+#   LORA       LoRA adapters, FILE[:SCALE] separated by spaces (--lora for encode-text and every stage)
+#   EMBEDDING  textual-inversion embeddings, FILE[:TOKEN] separated by spaces (tokenize, encode-text)
 #   WORK        keep every intermediate in this folder (default: a temporary folder, removed)
 #   BIN         the tools' folder (default: this source tree's release build, else PATH)
 set -euo pipefail
@@ -85,6 +87,10 @@ fi
 seed=(--seed "${SEED:-0}")
 # shellcheck disable=SC2206  # the *_FLAGS are lists of options, split on purpose
 mask_flags=(${MASK_FLAGS:-}) invert_flags=(${INVERT_FLAGS:-}) denoise_flags=(${DENOISE_FLAGS:-})
+lora=() embedding=()
+for a in ${LORA:-}; do lora+=(--lora "$a"); done
+for a in ${EMBEDDING:-}; do embedding+=(--embedding "$a"); done
+mask_flags+=("${lora[@]}") invert_flags+=("${lora[@]}") denoise_flags+=("${lora[@]}")
 
 # The photo as netpbm, kept at full resolution.
 case $photo in -*) [ "$photo" = - ] || photo=./$photo ;; esac
@@ -97,12 +103,12 @@ esac
 read -r pw ph < <(pamfile -size "$w/photo.pnm") || die "$photo: not an image netpbm reads — give a PPM, PGM, PBM, PAM, PNG or JPEG"
 
 # Captions, and denoise's negative prompt.
-tokenize -- "$source" | encode-text > "$w/src.tensor"
-tokenize -- "$target" | encode-text > "$w/dst.tensor"
+tokenize "${embedding[@]}" -- "$source" | encode-text "${embedding[@]}" "${lora[@]}" > "$w/src.tensor"
+tokenize "${embedding[@]}" -- "$target" | encode-text "${embedding[@]}" "${lora[@]}" > "$w/dst.tensor"
 if [ -f "$model_dir/diffedit_defaults.json" ]; then negative=${NEGATIVE:-model}; else negative=${NEGATIVE:-source}; fi
 case $negative in
     source) denoise_flags+=(--negative "$w/src.tensor") ;;
-    empty) tokenize '' | encode-text > "$w/empty.tensor"; denoise_flags+=(--negative "$w/empty.tensor") ;;
+    empty) tokenize '' | encode-text "${lora[@]}" > "$w/empty.tensor"; denoise_flags+=(--negative "$w/empty.tensor") ;;
     model) ;;
     *) die "NEGATIVE=$negative: give source, empty or model" ;;
 esac

@@ -247,6 +247,41 @@ final class ExamplesTests: XCTestCase {
         XCTAssert(bad.err.contains("METHOD=sdedit: give diffedit or ledits"), bad.err)
     }
 
+    /// LORA and EMBEDDING in the Makefile: every tool that runs the text encoder or the UNet gets
+    /// them (the outputs record the adapters), the captions can name an embedding's token, and a new
+    /// scale re-runs what the LoRA shapes but not the VAE's encoding.
+    func testMakefileLoRAAndEmbedding() throws {
+        try requireCommands(["make", "pnmtopng", "pgmtoppm", "pamfile"])
+        let dir = try temporaryDirectory(self)
+        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
+        let makefile = Self.repo.appendingPathComponent("examples/Makefile").path
+        let lora = Fixtures.path("lora/sd1/detail-kohya.safetensors")
+        let embedding = Fixtures.path("textual-inversion/sd1/cat-toy.safetensors")
+        let make = "make -f '\(makefile)' BIN='\(bin)' MODEL='\(Fixtures.path("sd1"))' STEPS=4 EMBEDDING='\(embedding)'"
+        let setup = try sh("""
+            cd '\(dir.path)' && mkdir images && cp '\(Fixtures.path("sd1/cat.ppm"))' images/cat.ppm &&
+            echo 'a photo of a cat' > src.txt && echo 'a photo of a <cat-toy>' > dst.txt
+            """)
+        XCTAssertEqual(setup.status, 0, setup.err)
+        let first = try sh("cd '\(dir.path)' && \(make) LORA='\(lora):0.5'")
+        XCTAssertEqual(first.status, 0, first.err)
+        for file in ["dst.tensor", "cat.mask", "cat.inverted", "cat.edited"] {
+            let r = try XCTUnwrap(try TensorStream.readAll(path: dir.appendingPathComponent("out/\(file)").path).first)
+            XCTAssertEqual(r.metadata["lora"], "\(lora):0.5", file)
+        }
+        let dst = try XCTUnwrap(try TensorStream.readAll(path: dir.appendingPathComponent("out/dst.tensor").path).first)
+        XCTAssertEqual(dst.metadata["textual_inversion.tokens"], "[\"<cat-toy>\"]")
+        XCTAssertEqual(try sh("cd '\(dir.path)' && \(make) LORA='\(lora):0.5' -q").status, 0, "up to date after a build")
+        let plan = String(decoding: try sh("cd '\(dir.path)' && \(make) LORA='\(lora):0.25' -n").out, as: UTF8.self)
+        for tool in ["encode-text", "noise-diff-mask", "invert --quiet", "denoise --quiet"] {
+            XCTAssert(plan.contains(tool) && plan.contains("--lora '\(lora):0.25'"), "\(tool) re-runs with the new scale:\n\(plan)")
+        }
+        XCTAssertFalse(plan.contains("vae-encode"), "the posterior does not depend on the LoRA:\n\(plan)")
+        let missing = try sh("cd '\(dir.path)' && \(make) LORA=nowhere.safetensors -n")
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssert(missing.err.contains("LORA/EMBEDDING names nowhere.safetensors, which does not exist"), missing.err)
+    }
+
     /// examples/photo.sh on the demo scene at 4× and 5× (a 320×256 photo: not square, not the
     /// model's size): the edit comes back at the photo's size and depth, and every changed pixel
     /// lies within the feather (one mask cell of the region, bounded here by the region's width over
