@@ -54,6 +54,8 @@ struct UNetBench: DiffEditTool {
     @Flag(name: .long, help: "Convert every weight to a private f32 copy at load instead of reading matrices in place from the checkpoint's memory map (same numbers).")
     var f32Weights = false
 
+    @OptionGroup var loraOption: LoRAOption
+
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
 
@@ -90,7 +92,9 @@ struct UNetBench: DiffEditTool {
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {
-                unet = try UNet2DCondition(folder: try ModelFolder.resolve(model), context: context)
+                var folder = try ModelFolder.resolve(model)
+                folder.lora = try loraOption.load()
+                unet = try UNet2DCondition(folder: folder, context: context)
             } else {
                 unet = try UNet2DCondition(config: JSONConfig(values: UNetConfig.stableDiffusion15JSON, label: "built-in SD 1.5 unet config"),
                                            randomWeightsSeed: 1, context: context)
