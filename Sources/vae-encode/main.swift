@@ -40,7 +40,7 @@ struct VAEEncode: DiffEditTool {
     @Option(VAETiling.sizeOption, "Tile side in pixels (implies --tile); a multiple of 4 × the VAE's factor, 32 for Stable Diffusion", defaultText: "the VAE config's sample_size")
     var tileSize: Int?
 
-    @Option(name: .long, help: ArgumentHelp("With --tile: 'tile' (the default) normalises each tile with its own GroupNorm statistics as diffusers does (seams between tiles); 'shared' normalises every tile with statistics taken once from the whole input scaled down to one tile (far fainter seams, same memory).", valueName: "tile|shared"))
+    @Option(name: .long, help: ArgumentHelp("With --tile: 'tile' (the default) normalises each tile with its own GroupNorm statistics as diffusers does (seams between tiles); 'shared' normalises every tile with statistics taken once from the whole input scaled down to one tile (fainter seams, the same memory).", valueName: "tile|shared"))
     var tileNorm: VAETiling.Norm?
 
     @Flag(name: .long, help: "Write one sample of the posterior (record latents) instead of mean and std; needs --seed.")

@@ -75,7 +75,7 @@ final class VAESharedNormTests: XCTestCase {
     }
 
     /// On a picture (the demo model, which is trained, and its scene demo/scenes/red-circle.ppm
-    /// enlarged to 256², in the model's 64 px tiles: 5×5 tiles), shared statistics bring the
+    /// enlarged to 256², in the model's 64 px tiles: 6×6 tiles), shared statistics bring the
     /// tiled encode and decode far closer to the untiled ones than diffusers' per-tile
     /// statistics, each tile of which sees a different part of the picture (measured, mean abs:
     /// posterior mean 0.137 vs 0.520, decoded pixels 0.039 vs 0.119; asserted with a factor 2).
