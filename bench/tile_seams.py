@@ -2,19 +2,23 @@
 """Seams of the tiled VAE: `--tile-norm tile` (diffusers' enable_tiling) against `--tile-norm shared`.
 
 Usage:  python3 bench/tile_seams.py --model DIR --size PX [--tile-size PX] [--what encode,decode]
-                                    [--bin .build/release] [--seed N] [--work DIR]
+                                    [--bin .build/release] [--seed N] [--work DIR] [--lock PATH]
+
+    e.g. python3 bench/tile_seams.py --model demo/model --size 1024 --lock /tmp/diffedit-cpu.lock
+         python3 bench/tile_seams.py --model ~/.cache/diffedit-bench/sd15-random --size 2048 --what decode
 
 Renders demo scene SEED (demo/world.py) at SIZE×SIZE and runs the release tools on it:
 * encode: `vae-encode` untiled, `--tile-norm tile` and `--tile-norm shared` (tile --tile-size);
   compared in latent space (posterior.mean): RMSE relative to the untiled latents' std.
-* decode: the untiled posterior mean (or, with `--what decode` alone, the `--tile-norm shared`
-  one: a cheap stand-in input) decoded untiled, `tile` and `shared`; PSNR of the 8-bit images
-  against the untiled image.
+* decode: the untiled posterior mean (with `--what decode` alone: the scene's pixels averaged to
+  the latent grid and mixed to the latent channels, a cheap stand-in) decoded untiled, `tile` and
+  `shared`; PSNR of the 8-bit images against the untiled image.
 Seam metric (both): the mean absolute step between neighbouring rows/columns where tiles meet
 (the blend bands of diffusers' tiling: tile j's output starts at j·keep and is crossfaded with
 tile j−1 over `blend` positions; the steps into, across and out of each band) divided by the
-mean step everywhere else — 1 is no visible structure at tile boundaries — and the same for the
-error image (tiled − untiled), whose steps at boundaries are the seams themselves.
+mean step everywhere else ("seam ratio": the untiled output's is the picture's own), and the
+mean absolute step of the error image (tiled − untiled) at the bands and elsewhere: the seams
+themselves, in 8-bit levels for images.
 Peak RSS and wall time of every run from GNU time (/usr/bin/time -v). Needs numpy only.
 The machine is whatever runs it: on a shared machine, read the times as rough.
 """
@@ -49,10 +53,13 @@ def read_ppm(path):
     return np.frombuffer(data, np.uint8, count=w * h * 3, offset=m.end()).reshape(h, w, 3).astype(np.float64)
 
 
+LOCK = []  # ["flock", PATH] with --lock: each run waits for the machine's CPU lock
+
+
 def run(argv, stdin, stdout):
     """Runs a tool under /usr/bin/time -v; returns (peak RSS in MB, wall seconds)."""
     with open(stdin, "rb") as i, open(stdout, "wb") as o:
-        p = subprocess.run(["/usr/bin/time", "-v"] + argv, stdin=i, stdout=o, stderr=subprocess.PIPE, text=True)
+        p = subprocess.run(LOCK + ["/usr/bin/time", "-v"] + argv, stdin=i, stdout=o, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:
         sys.exit(f"tile_seams: {' '.join(argv)} failed:\n{p.stderr}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) / 1024
@@ -71,13 +78,20 @@ def boundary_steps(n, tile, keep, blend):
     return s
 
 
-def seam_ratio(x, bands_y, bands_x):
-    """x [..., H, W]: mean |step| across bands / mean |step| elsewhere, rows and columns together."""
+def steps(x, bands_y, bands_x):
+    """x [..., H, W]: (mean |step| across the bands, mean |step| elsewhere), rows and columns together."""
     dy = np.abs(np.diff(x, axis=-2)).mean(axis=tuple(i for i in range(x.ndim) if i != x.ndim - 2))
     dx = np.abs(np.diff(x, axis=-1)).mean(axis=tuple(i for i in range(x.ndim) if i != x.ndim - 1))
     at = np.concatenate([dy[bands_y], dx[bands_x]])
     off = np.concatenate([dy[~bands_y], dx[~bands_x]])
-    return at.mean() / max(off.mean(), 1e-12) if at.size else float("nan")
+    return (at.mean() if at.size else float("nan")), off.mean()
+
+
+def seam_report(x, ref, bands_y, bands_x, unit):
+    """The seam ratio of x (band steps / other steps) and the error's mean steps at and off the bands."""
+    at, off = steps(x, bands_y, bands_x)
+    eat, eoff = steps(x - ref, bands_y, bands_x)
+    return f"seam ratio {at / max(off, 1e-12):.3f}   error step at bands {eat:.4f} {unit}, elsewhere {eoff:.4f}"
 
 
 def main():
@@ -89,7 +103,10 @@ def main():
     ap.add_argument("--bin", default=os.path.join(HERE, "..", ".build", "release"))
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--work", help="keep the files here (default: a temporary directory)")
+    ap.add_argument("--lock", help="take this flock(1) lock around each tool run (a shared machine's CPU lock)")
     a = ap.parse_args()
+    if a.lock:
+        LOCK[:] = ["flock", a.lock]
     what = a.what.split(",")
     work = a.work or tempfile.mkdtemp(prefix="tile-seams-")
     os.makedirs(work, exist_ok=True)
@@ -120,17 +137,26 @@ def main():
             rows.append(("vae-encode", name, rss, wall))
         ref = encoded["untiled"]
         by, bx = latent_bands(ref.shape[-2]), latent_bands(ref.shape[-1])
-        print(f"\nencode ({ref.shape[-1]}×{ref.shape[-2]} latents): RMSE/std of the untiled latents, seam ratio (latents, error)")
+        print(f"\nencode ({ref.shape[-1]}×{ref.shape[-2]} latents): RMSE / std of the untiled latents, seams")
         for name, x in encoded.items():
             rel = np.sqrt(((x - ref) ** 2).mean()) / ref.std()
-            err = seam_ratio(x - ref, by, bx) if name != "untiled" else float("nan")
-            print(f"  {name:8} rel. RMSE {rel:.4f}   seam ratio {seam_ratio(x, by, bx):.3f}   error seam ratio {err:.3f}")
+            print(f"  {name:8} rel. RMSE {rel:.4f}   {seam_report(x, ref, by, bx, '')}")
 
     if "decode" in what:
         latents = os.path.join(work, "enc-untiled.tensor")
         if "encode" not in what:
-            latents = os.path.join(work, "enc-input.tensor")
-            run([tool("vae-encode"), "--model", a.model, "-q"] + norms["shared"], scene, latents)
+            # Without the encode runs (a large image through a big VAE's encoder takes long): the
+            # scene's pixels box-averaged to the latent grid and mixed to the latent channels by
+            # a fixed random matrix, about unit variance in the VAE's space — an input with the
+            # picture's layout, which for a random-weight VAE is as meaningful as its encoding.
+            latents = os.path.join(work, "latents-from-pixels.tensor")
+            img = world.make_scene(a.seed, size=a.size).image.astype(np.float64) / 127.5 - 1
+            h, w = a.size // f, a.size // f
+            small = img.reshape(h, f, w, f, 3).mean(axis=(1, 3))
+            mix = np.random.default_rng(0).standard_normal((3, vae_config.get("latent_channels", 4)))
+            z = (small @ mix).transpose(2, 0, 1)[None]
+            z = (z - z.mean()) / z.std() * vae_config.get("scaling_factor", 0.18215)
+            stream.write(latents, stream.Record("latents", "f32", z.astype(np.float32)))
         images = {}
         for name, opts in norms.items():
             out = os.path.join(work, f"dec-{name}.ppm")
@@ -140,12 +166,11 @@ def main():
         ref = images["untiled"]
         by = boundary_steps(ref.shape[1], tile, tile - tile // 4, tile // 4)
         bx = boundary_steps(ref.shape[2], tile, tile - tile // 4, tile // 4)
-        print(f"\ndecode ({ref.shape[2]}×{ref.shape[1]} image): PSNR against untiled (8-bit), seam ratio (image, error)")
+        print(f"\ndecode ({ref.shape[2]}×{ref.shape[1]} image): PSNR against untiled (8-bit), seams")
         for name, x in images.items():
             mse = ((x - ref) ** 2).mean()
             psnr = 10 * np.log10(255 ** 2 / mse) if mse > 0 else float("inf")
-            err = seam_ratio(x - ref, by, bx) if name != "untiled" else float("nan")
-            print(f"  {name:8} PSNR {psnr:6.2f} dB   seam ratio {seam_ratio(x, by, bx):.3f}   error seam ratio {err:.3f}")
+            print(f"  {name:8} PSNR {psnr:6.2f} dB   {seam_report(x, ref, by, bx, 'levels')}")
 
     print("\nrun                   peak RSS    wall")
     for t, name, rss, wall in rows:
