@@ -2,6 +2,8 @@ import ArgumentParser
 import DiffEditCore
 import DiffEditCLI
 
+extension VAETiling.Norm: ExpressibleByArgument {}
+
 // `vae-decode`: Stable Diffusion latents → netpbm images (man 1 vae-decode).
 
 @main
@@ -29,6 +31,9 @@ struct VAEDecode: DiffEditTool {
 
     @Option(VAETiling.sizeOption, "Tile side in pixels (implies --tile); a multiple of 4 × the VAE's factor, 32 for Stable Diffusion", defaultText: "the VAE config's sample_size")
     var tileSize: Int?
+
+    @Option(name: .long, help: ArgumentHelp("With --tile: 'tile' (the default) normalises each tile with its own GroupNorm statistics as diffusers does (seams between tiles); 'shared' normalises every tile with statistics taken once from the whole input scaled down to one tile (fainter seams, the same memory).", valueName: "tile|shared"))
+    var tileNorm: VAETiling.Norm?
 
     @Option(name: .long, help: "Name of the record to decode (default: latents, else the only record, else posterior.mean).")
     var record: String?
@@ -64,7 +69,7 @@ struct VAEDecode: DiffEditTool {
         try CLI.run(Self.toolName) {
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
-            let tiling = try VAETiling.option(tile: tile, size: tileSize, vae: vae)
+            let tiling = try VAETiling.option(tile: tile, size: tileSize, norm: tileNorm, vae: vae)
             let out = try CLI.binaryOutput(force: force)
             let reader = try CLI.tensorInput(file)
             let records = try reader.readAllNonEmpty(expecting: "latents [N, \(vae.config.latentChannels), h, w]")

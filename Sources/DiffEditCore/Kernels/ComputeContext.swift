@@ -17,6 +17,9 @@ public final class ComputeContext: @unchecked Sendable {
     public var profiler: Profiler?
     /// Multiply–accumulates of the products run (convolutions, linears, attention).
     public var flops: FlopCounter?
+    /// GroupNorm statistics to record, or to normalise with instead of each input's own
+    /// (VAETiling's shared statistics); nil costs one branch per GroupNorm.
+    public var groupNormStatistics: GroupNormStatistics?
 
     /// The threads OpenBLAS started with: OPENBLAS_NUM_THREADS when set (OpenBLAS reads it),
     /// else the machine's cores.

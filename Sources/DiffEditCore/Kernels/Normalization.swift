@@ -37,6 +37,46 @@ public enum Normalization {
         }
     }
 
+    /// The mean and (biased) variance of every (image, group) pair of x, as groupNorm computes
+    /// them (two passes in Double): stats[2·pair] = mean, stats[2·pair + 1] = variance.
+    static func groupStatistics(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, spatial: Int, groups: Int,
+                                into stats: UnsafeMutablePointer<Double>) {
+        precondition(c % groups == 0, "GroupNorm: \(c) channels do not split into \(groups) groups")
+        let len = c / groups * spatial
+        ctx.parallelRanges(n * groups, minChunk: max(1, 16384 / max(1, len))) { range in
+            for pair in range {
+                let p = x + pair * len  // a group's channels are contiguous in NCHW
+                var sum: Double = 0
+                for i in 0..<len { sum += Double(p[i]) }
+                let mean = sum / Double(len)
+                var sq: Double = 0
+                for i in 0..<len { let t = Double(p[i]) - mean; sq += t * t }
+                stats[2 * pair] = mean
+                stats[2 * pair + 1] = sq / Double(len)
+            }
+        }
+    }
+
+    /// groupNorm normalising with given statistics (laid out as groupStatistics writes them)
+    /// instead of x's own: the same per-channel affine and SiLU.
+    static func groupNorm(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, spatial: Int, groups: Int,
+                          statistics stats: UnsafePointer<Double>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                          eps: Float, silu: Bool, out: UnsafeMutablePointer<Float>) {
+        let cpg = c / groups
+        ctx.parallelRanges(n * c, minChunk: max(1, 16384 / max(1, spatial))) { range in
+            for plane in range {
+                let (b, cc) = (plane / c, plane % c)
+                let pair = b * groups + cc / cpg
+                let mean = stats[2 * pair], variance = stats[2 * pair + 1]
+                let inv = Float(1 / (variance + Double(eps)).squareRoot())
+                let scale = weight[cc] * inv, shift = bias[cc] - Float(mean) * scale
+                let src = x + plane * spatial, dst = out + plane * spatial
+                for j in 0..<spatial { dst[j] = src[j] * scale + shift }
+                if silu { VectorMath.silu(dst, count: spatial) }
+            }
+        }
+    }
+
     /// Tensor form of layerNorm over the last dimension.
     public static func layerNorm(_ x: Tensor, weight: [Float], bias: [Float], eps: Float) -> Tensor {
         let d = x.shape.last!
@@ -72,5 +112,44 @@ public enum Normalization {
             }
         }
         return Tensor(shape: x.shape, data: out)
+    }
+}
+
+/// Every GroupNorm's per-(image, group) mean and variance over a forward pass, in call order:
+/// recorded on one input, then used by later passes in place of their inputs' own statistics
+/// (VAETiling's shared statistics: every tile normalised as the whole image would be). Carried
+/// by ComputeContext.groupNormStatistics; one forward pass at a time.
+public final class GroupNormStatistics {
+    /// Per GroupNorm call: [mean, variance] per (image, group) pair, as groupStatistics lays them out.
+    private(set) var calls: [[Double]] = []
+    /// True until `replay()`: each GroupNorm call appends its input's statistics.
+    public private(set) var isRecording = true
+    private var nextCall = 0
+
+    public init() {}
+
+    /// The number of GroupNorm calls recorded.
+    public var count: Int { calls.count }
+
+    /// Ends the recording; the next forward pass uses the recorded statistics from its first GroupNorm.
+    public func replay() {
+        isRecording = false
+        nextCall = 0
+    }
+
+    /// Starts a forward pass over again at the first recorded GroupNorm (once per tile).
+    public func rewind() { nextCall = 0 }
+
+    /// Runs `body` with the next call's statistics buffer (2 × pairs Doubles) and whether it is
+    /// to be filled (recording) or read (replay).
+    func next<R>(pairs: Int, _ body: (UnsafeMutablePointer<Double>, _ record: Bool) -> R) -> R {
+        if isRecording {
+            calls.append([Double](repeating: 0, count: 2 * pairs))
+            return calls[calls.count - 1].withUnsafeMutableBufferPointer { body($0.baseAddress!, true) }
+        }
+        precondition(nextCall < calls.count, "GroupNormStatistics: more GroupNorm calls than the \(calls.count) recorded")
+        precondition(calls[nextCall].count == 2 * pairs, "GroupNormStatistics: call \(nextCall) has another batch or group count than recorded")
+        defer { nextCall += 1 }
+        return calls[nextCall].withUnsafeMutableBufferPointer { body($0.baseAddress!, false) }
     }
 }

@@ -175,10 +175,22 @@ struct GroupNormLayer {
 
     func callAsFunction(_ x: Activation, silu: Bool = false, _ ctx: ComputeContext) -> Activation {
         let (n, c) = (x.shape[0], x.shape[1])
+        let spatial = x.count / max(1, n * c)
         let y = ctx.activation(x.shape)
         ctx.measure("groupnorm") {
-            Normalization.groupNorm(ctx, x: x.pointer, n: n, c: c, spatial: x.count / max(1, n * c), groups: groups,
-                                    weight: weight.pointer, bias: bias.pointer, eps: eps, silu: silu, out: y.pointer)
+            guard let shared = ctx.groupNormStatistics else {
+                Normalization.groupNorm(ctx, x: x.pointer, n: n, c: c, spatial: spatial, groups: groups,
+                                        weight: weight.pointer, bias: bias.pointer, eps: eps, silu: silu, out: y.pointer)
+                return
+            }
+            // Shared statistics (VAETiling): record this input's, or normalise with the recorded ones.
+            shared.next(pairs: n * groups) { stats, record in
+                if record {
+                    Normalization.groupStatistics(ctx, x: x.pointer, n: n, c: c, spatial: spatial, groups: groups, into: stats)
+                }
+                Normalization.groupNorm(ctx, x: x.pointer, n: n, c: c, spatial: spatial, groups: groups, statistics: stats,
+                                        weight: weight.pointer, bias: bias.pointer, eps: eps, silu: silu, out: y.pointer)
+            }
         }
         return y
     }

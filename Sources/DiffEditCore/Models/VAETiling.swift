@@ -6,12 +6,18 @@
 /// whatever the image size; only the input and output tensors grow with the image.
 ///
 /// The result differs from the untiled one (each tile's GroupNorm sees only that tile), exactly
-/// as diffusers' does.
+/// as diffusers' does: seams and colour shifts between tiles. Beyond diffusers, `Norm.shared`
+/// normalises every tile with the same statistics (the "fast" mode of the Tiled VAE extension,
+/// pkuliyi2015/multidiffusion-upscaler-for-automatic1111): each GroupNorm's per-(image, group)
+/// mean and variance are recorded once on a copy of the whole input scaled down to one tile, and
+/// every tile is normalised with them. Memory stays that of one tile.
 public struct VAETiling: Equatable {
     /// tile_sample_min_size: the tile's side in pixels.
     public let sampleSize: Int
     /// tile_latent_min_size: the tile's side in latents (sampleSize / f).
     public let latentSize: Int
+    /// Where each tile's GroupNorms take their statistics from.
+    public let norm: Norm
     /// diffusers' tile_overlap_factor.
     public static let overlapFactor = 0.25
 
@@ -19,16 +25,31 @@ public struct VAETiling: Equatable {
     /// Stable Diffusion's VAE), checked once the VAE is known.
     public static let sizeOption = NumberOption<Int>("--tile-size", .from(32, to: 8192))
 
-    /// The tools' `--tile` / `--tile-size PX`: nil when neither is given (no tiling); `--tile`
-    /// alone takes diffusers' default tile, the VAE config's sample_size.
-    public static func option(tile: Bool, size: Int?, vae: AutoencoderKL) throws -> VAETiling? {
+    /// `--tile-norm tile|shared`.
+    public enum Norm: String, CaseIterable, Sendable {
+        /// diffusers': each tile's GroupNorms normalise with that tile's own statistics.
+        case tile
+        /// Every tile's GroupNorms normalise with statistics recorded once on the whole input
+        /// scaled down to one tile.
+        case shared
+    }
+
+    /// The tools' `--tile` / `--tile-size PX` / `--tile-norm`: nil when neither of the first two
+    /// is given (no tiling); `--tile` alone takes diffusers' default tile, the VAE config's
+    /// sample_size. `--tile-norm` (nil when not given) qualifies tiling: refused without it.
+    public static func option(tile: Bool, size: Int?, norm: Norm? = nil, vae: AutoencoderKL) throws -> VAETiling? {
         let config = vae.config
-        if let size { return try VAETiling(sampleSize: size, config: config) }
-        guard tile else { return nil }
+        if let size { return try VAETiling(sampleSize: size, config: config, norm: norm ?? .tile) }
+        guard tile else {
+            if let norm {
+                throw ToolError("--tile-norm \(norm.rawValue) applies to tiled runs only — add --tile (or --tile-size PX), or drop --tile-norm")
+            }
+            return nil
+        }
         guard vae.sampleSize % tileMultiple(config) == 0, vae.sampleSize > 0 else {
             throw ToolError("--tile: this VAE's sample_size \(vae.sampleSize) is not a multiple of \(tileMultiple(config)) — give the tile with --tile-size PX")
         }
-        return try VAETiling(sampleSize: vae.sampleSize, config: config, option: "--tile")
+        return try VAETiling(sampleSize: vae.sampleSize, config: config, option: "--tile", norm: norm ?? .tile)
     }
 
     /// The tile sizes diffusers' tiling handles without fractional strides here: multiples of
@@ -37,7 +58,7 @@ public struct VAETiling: Equatable {
 
     /// Tiles of `sampleSize` pixels (diffusers' default: the VAE config's sample_size). Refuses a
     /// size that is not a multiple of 4·f.
-    public init(sampleSize: Int, config: AutoencoderKLConfig, option: String = "--tile-size") throws {
+    public init(sampleSize: Int, config: AutoencoderKLConfig, option: String = "--tile-size", norm: Norm = .tile) throws {
         let m = Self.tileMultiple(config)
         guard sampleSize >= m, sampleSize % m == 0 else {
             let lo = max(m, sampleSize / m * m)
@@ -45,6 +66,7 @@ public struct VAETiling: Equatable {
         }
         self.sampleSize = sampleSize
         self.latentSize = sampleSize / config.downsamplingFactor
+        self.norm = norm
     }
 
     /// diffusers' use_tiling check in _encode: width or height above the tile.
@@ -60,8 +82,12 @@ public struct VAETiling: Equatable {
         // _tiled_encode: overlap_size = int(tile_sample_min_size·0.75), blend_extent =
         // int(tile_latent_min_size·0.25), row_limit = tile_latent_min_size − blend_extent.
         let blend = Int(Double(latentSize) * Self.overlapFactor)
+        let ctx = encoder.context
+        let shared = norm == .shared
+            ? Self.recordStatistics(ctx) { _ = encoder.moments(Self.thumbnail(image, side: sampleSize, multiple: f)) } : nil
         return Self.tiled(image, inputTile: sampleSize, stride: Int(Double(sampleSize) * (1 - Self.overlapFactor)),
-                          blend: blend, keep: latentSize - blend, outputSize: { $0 / f }, run: { encoder.moments($0) })
+                          blend: blend, keep: latentSize - blend, outputSize: { $0 / f },
+                          run: { tile in Self.normalising(with: shared, ctx) { encoder.moments(tile) } })
     }
 
     /// `vae.decode(z).sample` with tiling on (untiled when the latents fit in one tile).
@@ -71,8 +97,69 @@ public struct VAETiling: Equatable {
         // tiled_decode: overlap_size = int(tile_latent_min_size·0.75), blend_extent =
         // int(tile_sample_min_size·0.25), row_limit = tile_sample_min_size − blend_extent.
         let blend = Int(Double(sampleSize) * Self.overlapFactor)
+        let ctx = decoder.context
+        let shared = norm == .shared
+            ? Self.recordStatistics(ctx) { _ = decoder.decode(Self.thumbnail(z, side: latentSize, multiple: 1)) } : nil
         return Self.tiled(z, inputTile: latentSize, stride: Int(Double(latentSize) * (1 - Self.overlapFactor)),
-                          blend: blend, keep: sampleSize - blend, outputSize: { $0 * f }, run: { decoder.decode($0) })
+                          blend: blend, keep: sampleSize - blend, outputSize: { $0 * f },
+                          run: { tile in Self.normalising(with: shared, ctx) { decoder.decode(tile) } })
+    }
+
+    // MARK: Shared GroupNorm statistics
+
+    /// Runs `pass` with every GroupNorm recording its input's statistics, and returns them ready
+    /// for replay.
+    static func recordStatistics(_ ctx: ComputeContext, _ pass: () -> Void) -> GroupNormStatistics {
+        let statistics = GroupNormStatistics()
+        ctx.groupNormStatistics = statistics
+        defer { ctx.groupNormStatistics = nil }
+        pass()
+        statistics.replay()
+        return statistics
+    }
+
+    /// Runs `pass` (one forward pass) normalising with `statistics`, or with each input's own when nil.
+    static func normalising<R>(with statistics: GroupNormStatistics?, _ ctx: ComputeContext, _ pass: () -> R) -> R {
+        guard let statistics else { return pass() }
+        statistics.rewind()
+        ctx.groupNormStatistics = statistics
+        defer { ctx.groupNormStatistics = nil }
+        return pass()
+    }
+
+    /// The input scaled down to fit one tile of `side` (aspect kept, sides multiples of
+    /// `multiple`: f for an image, 1 for latents) by nearest sampling (torch's nearest-exact,
+    /// as the Tiled VAE extension does): every value kept is one of the input's, so the
+    /// thumbnail keeps the input's distribution of values and its local contrast, which is what
+    /// the GroupNorms measure. Averaging (area, bilinear) removes fine texture and shrinks the
+    /// variances: on the fixtures' noise image an area-averaged thumbnail made the shared
+    /// encode 20× further from the untiled one than per-tile statistics; on demo scenes all
+    /// three were within 2 dB of each other (bench/tile_seams.py).
+    static func thumbnail(_ x: Tensor, side: Int, multiple: Int) -> Tensor {
+        let (h, w) = (x.shape[2], x.shape[3])
+        let scale = Double(side) / Double(max(h, w))
+        guard scale < 1 else { return x }
+        let fit = { (n: Int) in max(multiple, Int((Double(n) * scale).rounded()) / multiple * multiple) }
+        return nearestExact(x, height: fit(h), width: fit(w))
+    }
+
+    /// torch's F.interpolate(mode="nearest-exact"): output d takes source ⌊(d + ½)·in/out⌋.
+    static func nearestExact(_ x: Tensor, height oh: Int, width ow: Int) -> Tensor {
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let source = { (d: Int, outSize: Int, inSize: Int) in min(inSize - 1, Int((Double(d) + 0.5) * Double(inSize) / Double(outSize))) }
+        let xs = (0..<ow).map { source($0, ow, w) }
+        var out = [Float](repeating: 0, count: n * c * oh * ow)
+        x.data.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                for p in 0..<(n * c) {
+                    for oy in 0..<oh {
+                        let s = src.baseAddress! + (p * h + source(oy, oh, h)) * w, d = dst.baseAddress! + (p * oh + oy) * ow
+                        for (ox, sx) in xs.enumerated() { d[ox] = s[sx] }
+                    }
+                }
+            }
+        }
+        return Tensor(shape: [n, c, oh, ow], data: out)
     }
 
     /// The tiling loop shared by encode and decode. Tiles start every `stride` input positions and
