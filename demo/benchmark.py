@@ -230,6 +230,7 @@ def edit_of(k, a, pair):
                      invert_guidance=a.invert_guidance, denoise_guidance=a.denoise_guidance, strength=a.strength,
                      maps=a.maps, encode_strength=a.encode_strength, threshold_ratio=a.threshold_ratio,
                      dilate=a.dilate, negative=negative, empty_negatives=negative is not None, quiet=True,
+                     deep_cache=getattr(a, "deep_cache", None),
                      ledits_steps=getattr(a, "ledits_steps", None), skip=getattr(a, "skip", None),
                      source_guidance=getattr(a, "source_guidance", None),
                      ledits_source_prompt=getattr(a, "ledits_source_prompt", False),
@@ -510,6 +511,7 @@ def main():
     p.add_argument("--encode-strength", type=float, default=None, help="noise-diff-mask's --encode-strength" + unset)
     p.add_argument("--threshold-ratio", type=float, default=None, help="noise-diff-mask's --threshold-ratio" + unset)
     p.add_argument("--dilate", type=int, default=None, help="noise-diff-mask's --dilate (latent cells)" + unset)
+    p.add_argument("--deep-cache", type=int, default=None, help="invert's and denoise's --deep-cache N (DeepCache)" + unset)
     p.add_argument("--negative", choices=["model", "empty", "source"], default="model",
                    help="the negative prompts: the model's (default: none given), or every one the empty "
                         "prompt, denoise's the empty prompt or the source caption")
@@ -615,7 +617,7 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
         given = {k: getattr(a, k) for k in ("scheduler", "steps", "mask_steps", "guidance", "mask_guidance",
                                              "invert_guidance", "denoise_guidance", "strength", "maps",
-                                             "encode_strength", "threshold_ratio", "dilate", "ledits_steps", "skip",
+                                             "encode_strength", "threshold_ratio", "dilate", "deep_cache", "ledits_steps", "skip",
                                              "source_guidance", "edit_guidance", "edit_threshold", "edit_warmup",
                                              "ledits_mask") if getattr(a, k) is not None}
         if a.ledits_source_prompt:

@@ -56,6 +56,7 @@ struct Denoise: DiffEditTool {
     @OptionGroup var methodOption: MethodOption
     @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions
+    @OptionGroup var deepCacheOption: DeepCacheOption
     @Argument(help: "The inverted stack from invert (default or '-': stdin).")
     var input: String?
 
@@ -76,7 +77,8 @@ struct Denoise: DiffEditTool {
             let run = try StageRun(Self.toolName, common, input: input, expecting: "the inverted stack from invert")
             try methodOption.refuse([("--prompt", prompt != nil), ("--steps", steps != nil), ("--strength", strength != nil),
                                      ("--guidance", guidance != nil), ("--blend", blend != nil), ("--dilate", dilate != nil),
-                                     ("--eta", eta != nil), ("--seed", seed != nil)], only: .diffedit, tool: Self.toolName)
+                                     ("--eta", eta != nil), ("--seed", seed != nil), ("--deep-cache", deepCacheOption.deepCache != 1)],
+                                    only: .diffedit, tool: Self.toolName)
             try methodOption.refuse([("--edit", !edit.isEmpty), ("--edit-direction", editDirection != nil),
                                      ("--edit-guidance", editGuidance != nil), ("--edit-threshold", editThreshold != nil),
                                      ("--edit-warmup", editWarmup != nil), ("--edit-cooldown", editCooldown != nil),
@@ -109,6 +111,7 @@ struct Denoise: DiffEditTool {
             options.blend = run.pick(blend, \.blend, "blend", builtIn: .diffusers)
             options.dilate = dilate
             options.eta = eta
+            options.deepCache = deepCacheOption.deepCache
             try StageMemory.requireDenoise(folder: run.folder, stack: stackRec.shape, embeddings: p.shape, guidance: options.guidance)
             var stage = MaskedDenoising(unet: try run.loadUNet(), scheduler: try stack.scheduler.denoising(folder: run.folder), options: options)
             let r = try stage.denoise(inverted: stackRec.tensor(), mask: maskTensor, prompt: p, negative: neg,
@@ -118,6 +121,7 @@ struct Denoise: DiffEditTool {
                         MetadataKey.scheduler: stack.scheduler.rawValue]
             if dilate > 0 { meta["mask.dilate"] = "\(dilate)" }
             if eta > 0 { (meta["eta"], meta[MetadataKey.seed]) = ("\(eta)", "\(seed)") }
+            meta.merge(deepCacheOption.metadata) { $1 }
             try run.write(TensorRecord(name: RecordName.latents, tensor: r.latents, metadata: run.metadata(meta, carryingImageSizeOf: stackRec)))
         }
     }

@@ -48,6 +48,7 @@ struct Invert: DiffEditTool {
     @OptionGroup var methodOption: MethodOption
     @OptionGroup var schedulerOption: SchedulerOption
     @OptionGroup var common: StageOptions
+    @OptionGroup var deepCacheOption: DeepCacheOption
     @Argument(help: "Posterior from vae-encode (default or '-': stdin).")
     var input: String?
 
@@ -64,7 +65,8 @@ struct Invert: DiffEditTool {
             let run = try StageRun(Self.toolName, common, input: input, expecting: "the image posterior from vae-encode")
             try methodOption.refuse([("--strength", strength != nil), ("--reg-steps", regSteps != nil),
                                      ("--lambda-auto-corr", lambdaAutoCorr != nil), ("--lambda-kl", lambdaKl != nil),
-                                     ("--auto-corr-rolls", autoCorrRolls != nil)], only: .diffedit, tool: Self.toolName)
+                                     ("--auto-corr-rolls", autoCorrRolls != nil), ("--deep-cache", deepCacheOption.deepCache != 1)],
+                                    only: .diffedit, tool: Self.toolName)
             try methodOption.refuse([("--skip", skip != nil)], only: .ledits, tool: Self.toolName)
             if methodOption.method == .ledits { return try runLEdits(run) }
             let (regSteps, lambdaAutoCorr, lambdaKl, autoCorrRolls) = (regSteps ?? 0, lambdaAutoCorr ?? 20, lambdaKl ?? 20, autoCorrRolls ?? 5)
@@ -79,6 +81,7 @@ struct Invert: DiffEditTool {
             options.guidance = run.pick(guidance, \.guidance, "guidance", builtIn: 7.5)
             options.regularizer = InversionRegularizer(steps: regSteps, lambdaAutoCorr: lambdaAutoCorr,
                                                        lambdaKL: lambdaKl, rolls: autoCorrRolls)
+            options.deepCache = deepCacheOption.deepCache
 
             // diffusers: latent_dist.sample(generator) × scaling_factor, the generator's first draw.
             let generator = TorchGenerator(seed: seed)
@@ -109,6 +112,7 @@ struct Invert: DiffEditTool {
                 meta["auto_corr_rolls"] = "\(autoCorrRolls)"
             }
             meta["sampled"] = stdRec == nil ? "input" : "posterior"
+            meta.merge(deepCacheOption.metadata) { $1 }
             let clean = [MetadataKey.seed: "\(seed)",
                          "note": "the posterior sample the inversion started from (x0), for denoise --blend paper"]
             try run.write(TensorRecord(name: RecordName.inverted, tensor: r.inverted, metadata: run.metadata(meta, carryingImageSizeOf: meanRec)),

@@ -56,6 +56,8 @@ struct UNetBench: DiffEditTool {
 
     @OptionGroup var loraOption: LoRAOption
 
+    @OptionGroup var deepCacheOption: DeepCacheOption
+
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
 
@@ -107,11 +109,13 @@ struct UNetBench: DiffEditTool {
             CLI.note(Self.toolName, "\(model ?? "SD 1.5 config, random weights"), loaded in \(String(format: "%.1f", loadTime)) s; latent \(batch)x4x\(height)x\(width), \(tokens) tokens, \(context.threads) threads; \(BLASKernel.description)")
             let profiler = profile ? Profiler() : nil
             context.profiler = profiler
+            // --deep-cache N: runs 1, N+1, … are whole steps, the others the shallow branch.
+            let cache = deepCacheOption.deepCache > 1 ? UNetFeatureCache(interval: deepCacheOption.deepCache) : nil
             for r in 0..<runs {
                 let flops = FlopCounter()
                 context.flops = flops
                 let t0 = Date()
-                let out = try unet.forward(sample: sample, timesteps: [981], encoderHiddenStates: enc)
+                let out = try unet.forward(sample: sample, timesteps: [981], encoderHiddenStates: enc, cache: cache)
                 let dt = Date().timeIntervalSince(t0)
                 let gflop = Double(2 * flops.macs) / 1e9
                 let finite = out.data.allSatisfy { $0.isFinite }

@@ -46,6 +46,7 @@ class Edit:
     threshold_ratio: object = None
     dilate: int | None = None       # noise-diff-mask's --dilate (latent cells)
     blend: str | None = None        # denoise's: diffusers | paper
+    deep_cache: int | None = None   # invert's and denoise's --deep-cache N (DeepCache; None: off)
     negative: str | None = None     # denoise's negative prompt: "source", "empty" or None (the model's)
     empty_negatives: bool = False   # the empty prompt as noise-diff-mask's and invert's negatives too,
                                     # so that no diffedit_defaults.json changes them
@@ -165,7 +166,8 @@ class Commands:
         guidance = _first(e.invert_guidance, e.guidance)
         argv = self.tool("invert", "--prompt", p("source")) + _opts(
             ("--negative", p("empty") if e.empty_negatives else None), ("--steps", e.steps), ("--seed", e.seed),
-            ("--scheduler", e.scheduler), ("--guidance", guidance), ("--strength", e.strength)) + self._quiet()
+            ("--scheduler", e.scheduler), ("--guidance", guidance), ("--strength", e.strength),
+            ("--deep-cache", e.deep_cache)) + self._quiet()
         return Stage("invert", [argv], p("posterior"), p("inverted"))
 
     def denoise(self, mask="mask", blend=None, out=None, decode=False, keep=None):
@@ -175,7 +177,7 @@ class Commands:
         negative = {"source": p("source"), "empty": p("empty"), None: None}[e.negative]
         argv = self.tool("denoise", "--mask", p(mask), "--prompt", p("target")) + _opts(
             ("--negative", negative), ("--guidance", _first(e.denoise_guidance, e.guidance)),
-            ("--blend", blend or e.blend)) + self._quiet()
+            ("--blend", blend or e.blend), ("--deep-cache", e.deep_cache)) + self._quiet()
         if decode:
             # keep: also write the edited latents to this file (their metadata records the settings).
             middle = [["tee", p(keep)]] if keep else []

@@ -10,6 +10,8 @@ public struct DiffEditInversion {
         public var strength = 0.8
         public var guidance: Float = 7.5
         public var regularizer = InversionRegularizer()
+        /// DeepCache's interval (UNetFeatureCache): 1, the default, runs the whole UNet every step.
+        public var deepCache = 1
         public init() {}
     }
 
@@ -40,7 +42,8 @@ public struct DiffEditInversion {
                                 progress: ProgressReporter? = nil) throws -> Result {
         let o = options
         let n = start.shape[0]
-        let guided = try GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance, images: n)
+        var guided = try GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance, images: n)
+        if o.deepCache > 1 { guided.featureCache = UNetFeatureCache(interval: o.deepCache) }
         try scheduler.setTimesteps(o.steps)
         let timesteps = try scheduler.strengthTimesteps(strength: o.strength)
         guard !timesteps.isEmpty else {

@@ -24,6 +24,8 @@ public struct MaskedDenoising {
         /// DDIM's η (the pipeline's eta): 0 is deterministic DDIM; η > 0 adds σₜ·z per step with z
         /// drawn from the generator given to `denoise`.
         public var eta: Float = 0
+        /// DeepCache's interval (UNetFeatureCache): 1, the default, runs the whole UNet every step.
+        public var deepCache = 1
         public init() {}
     }
 
@@ -67,7 +69,8 @@ public struct MaskedDenoising {
         }
         let n = inverted.shape[0], tCount = inverted.shape[1]
         let c = inverted.shape[2], h = inverted.shape[3], w = inverted.shape[4]
-        let guided = try GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance, images: n)
+        var guided = try GuidedUNet(unet: unet, prompt: prompt, negative: negative, scale: o.guidance, images: n)
+        if o.deepCache > 1 { guided.featureCache = UNetFeatureCache(interval: o.deepCache) }
         guard c == unet.config.inChannels else {
             throw ToolError("the inverted latents have \(c) channels but this UNet takes \(unet.config.inChannels) — invert with the same --model")
         }

@@ -12,6 +12,8 @@ public struct GuidedUNet {
     public let scale: Float
     /// [negative; prompt] when guided, else the prompt: [N or 2N, L, D].
     let embeddings: Tensor
+    /// DeepCache for the loop this prediction serves (nil: every step runs the whole UNet).
+    public var featureCache: UNetFeatureCache?
 
     /// `prompt` and `negative` are [N, L, D], one row per image (checked against the UNet and
     /// `images`; `--prompt` and `--negative` name them in messages).
@@ -38,7 +40,7 @@ public struct GuidedUNet {
 
     /// The guided prediction from an input already made by `modelInput`.
     public func predict(modelInput input: Tensor, timestep t: Int) throws -> Tensor {
-        let out = try unet(sample: input, timestep: Float(t), encoderHiddenStates: embeddings)
+        let out = try unet.forward(sample: input, timesteps: [Float(t)], encoderHiddenStates: embeddings, cache: featureCache)
         return isGuided ? Guidance.classifierFree(batched: out, scale: scale) : out
     }
 }

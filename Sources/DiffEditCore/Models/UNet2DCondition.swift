@@ -307,8 +307,10 @@ public final class UNet2DCondition {
     /// intermediate block outputs. `attention`: LEDITS++'s attention store, handed the cross-attention
     /// probabilities of the up- and down-block layers on its grid (diffusers' prepare_unet: not the
     /// mid block); it is added to, not reset.
+    /// `cache`: DeepCache (UNetFeatureCache): the whole UNet on its full steps, the shallow branch between.
     public func forward(sample: Tensor, timesteps: [Float], encoderHiddenStates: Tensor,
-                        attention: CrossAttentionStore? = nil, observer: Observer? = nil) throws -> Tensor {
+                        attention: CrossAttentionStore? = nil, observer: Observer? = nil,
+                        cache: UNetFeatureCache? = nil) throws -> Tensor {
         guard sample.rank == 4, sample.shape[1] == config.inChannels, sample.shape[0] >= 1,
               sample.shape[2] >= 1, sample.shape[3] >= 1 else {
             throw ToolError("UNet input has shape \(sample.shape), expected [batch, \(config.inChannels), height, width]")
@@ -349,6 +351,25 @@ public final class UNet2DCondition {
         observe("conv_in", x)
         let enc = Activation(encoderHiddenStates, ctx)
 
+        // DeepCache: the last up block's resnet r takes the first down block's first output back in
+        // (r = that block's resnets − 1: its skips are, last to first, the down block's outputs
+        // and conv_in's); the shallow branch computes just those and resumes there.
+        let resume = downBlocks[0].resnets.count - 1
+        let last = upBlocks[upBlocks.count - 1]
+        if let cache, cache.takesShallowBranch(sample.shape), let kept = cache.feature {
+            var skips: [Activation] = [x]
+            var y = downBlocks[0].resnets[0](x, sTemb: sTemb, ctx)
+            if !downBlocks[0].attentions.isEmpty { y = downBlocks[0].attentions[0](y, encoder: enc, ctx) }
+            skips.append(y)
+            x = Activation(kept, ctx)
+            for j in resume..<last.resnets.count {
+                x = last.resnets[j](concatChannels(x, skips.removeLast(), ctx), sTemb: sTemb, ctx)
+                if !last.attentions.isEmpty { x = last.attentions[j](x, encoder: enc, ctx) }
+            }
+            cache.count(shallow: true)
+            return convOut(normOut(x, silu: true, ctx), ctx).tensor
+        }
+
         var skips: [Activation] = [x]
         for (i, block) in downBlocks.enumerated() {
             var res = 0
@@ -374,6 +395,7 @@ public final class UNet2DCondition {
 
         for (i, block) in upBlocks.enumerated() {
             for j in 0..<block.resnets.count {
+                if let cache, i == upBlocks.count - 1, j == resume { cache.keep(x.tensor, for: sample.shape) }
                 let skip = skips.removeLast()
                 x = block.resnets[j](concatChannels(x, skip, ctx), sTemb: sTemb, ctx)
                 if !block.attentions.isEmpty { x = block.attentions[j](x, encoder: enc, store: attention, ctx) }
@@ -386,6 +408,7 @@ public final class UNet2DCondition {
             observe("up.\(i)", x)
         }
 
+        cache?.count(shallow: false)
         if observer != nil { observe("conv_norm_out", normOut(x, ctx)) }
         x = convOut(normOut(x, silu: true, ctx), ctx)
         observe("out", x)
