@@ -260,8 +260,9 @@ final class ReliabilityMakefileTests: XCTestCase {
 
     // MARK: 6. A killed run leaves nothing that looks finished
 
-    /// make -j2 is killed with SIGKILL on its process group while each tool runs in turn; after
-    /// every kill each file under its final name is complete (byte-identical to what the finished
+    /// make -j2 is killed with SIGKILL on its process group while each tool runs in turn (each
+    /// round starting from an empty out/, so every tool is reached); after every kill each file
+    /// under its final name is complete (byte-identical to what the finished
     /// run makes) and none is a temporary under a visible name; make then finishes the job.
     func testKilledRunLeavesNoPartialFileAndAReRunSucceeds() throws {
         try requireCommands(["make", "pamscale", "pnmtopng", "pgmtoppm", "pgrep"])
@@ -273,6 +274,8 @@ final class ReliabilityMakefileTests: XCTestCase {
         let script = """
             set -m  # each background job in a process group of its own
             for tool in \(tools.joined(separator: " ")); do
+                # Each round from scratch, so that the job reaches its tool whatever the last kill spared.
+                rm -rf out
                 \(make) -j2 > "make-$tool.log" 2>&1 &
                 pid=$!; hit=0
                 for _ in $(seq 3000); do

@@ -213,18 +213,27 @@ final class ExamplesTests: XCTestCase {
     /// examples/Makefile METHOD=ledits: the inversion, the edit and its implicit masks per image
     /// (NAME.ledits, NAME.edited, NAME.mask), the montage; a new target caption re-runs the edit
     /// and not the inversion (which takes no caption); METHOD=diffedit afterwards re-runs the edit.
-    func testMakefileLEdits() throws {
-        try Fixtures.require("sd1-ledits")
+    /// A scratch folder for examples/Makefile — images/cat.ppm (the fixture model's picture),
+    /// src.txt "a photo of a cat" and dst.txt `target` — and the make command for the fixture
+    /// model `model` with `settings`.
+    func makeFolder(model: String, target: String, settings: String) throws -> (dir: URL, make: String) {
         try requireCommands(["make", "pnmtopng", "pgmtoppm", "pamfile"])
         let dir = try temporaryDirectory(self)
         let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
         let makefile = Self.repo.appendingPathComponent("examples/Makefile").path
-        let make = "make -f '\(makefile)' BIN='\(bin)' MODEL='\(Fixtures.path("sd1-ledits"))' STEPS=4 METHOD=ledits"
         let setup = try sh("""
-            cd '\(dir.path)' && mkdir images && cp '\(Fixtures.path("sd1-ledits/cat.ppm"))' images/cat.ppm &&
-            echo 'a photo of a cat' > src.txt && echo 'a photo of a tiger' > dst.txt
+            cd '\(dir.path)' && mkdir images && cp '\(Fixtures.path("\(model)/cat.ppm"))' images/cat.ppm &&
+            echo 'a photo of a cat' > src.txt && echo '\(target)' > dst.txt
             """)
         XCTAssertEqual(setup.status, 0, setup.err)
+        return (dir, "make -f '\(makefile)' BIN='\(bin)' MODEL='\(Fixtures.path(model))' \(settings)")
+    }
+
+    func testMakefileLEdits() throws {
+        try Fixtures.require("sd1-ledits")
+        let (dir, make) = try makeFolder(model: "sd1-ledits", target: "a photo of a tiger", settings: "STEPS=4 METHOD=ledits")
+        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
+        let makefile = Self.repo.appendingPathComponent("examples/Makefile").path
         let first = try sh("cd '\(dir.path)' && \(make)")
         XCTAssertEqual(first.status, 0, first.err)
         for suffix in ["posterior", "ledits", "edited", "mask", "mask.png", "edited.png", "montage.png"] {
@@ -251,18 +260,10 @@ final class ExamplesTests: XCTestCase {
     /// them (the outputs record the adapters), the captions can name an embedding's token, and a new
     /// scale re-runs what the LoRA shapes but not the VAE's encoding.
     func testMakefileLoRAAndEmbedding() throws {
-        try requireCommands(["make", "pnmtopng", "pgmtoppm", "pamfile"])
-        let dir = try temporaryDirectory(self)
-        let bin = URL(fileURLWithPath: toolPath("denoise")).deletingLastPathComponent().path
-        let makefile = Self.repo.appendingPathComponent("examples/Makefile").path
         let lora = Fixtures.path("lora/sd1/detail-kohya.safetensors")
         let embedding = Fixtures.path("textual-inversion/sd1/cat-toy.safetensors")
-        let make = "make -f '\(makefile)' BIN='\(bin)' MODEL='\(Fixtures.path("sd1"))' STEPS=4 EMBEDDING='\(embedding)'"
-        let setup = try sh("""
-            cd '\(dir.path)' && mkdir images && cp '\(Fixtures.path("sd1/cat.ppm"))' images/cat.ppm &&
-            echo 'a photo of a cat' > src.txt && echo 'a photo of a <cat-toy>' > dst.txt
-            """)
-        XCTAssertEqual(setup.status, 0, setup.err)
+        let (dir, make) = try makeFolder(model: "sd1", target: "a photo of a <cat-toy>",
+                                         settings: "STEPS=4 EMBEDDING='\(embedding)'")
         let first = try sh("cd '\(dir.path)' && \(make) LORA='\(lora):0.5'")
         XCTAssertEqual(first.status, 0, first.err)
         for file in ["dst.tensor", "cat.mask", "cat.inverted", "cat.edited"] {
