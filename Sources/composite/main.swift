@@ -7,7 +7,11 @@ private enum Numbers {
     static let feather = NumberOption<Int>("--feather", .from(0, to: 4096))
     static let dilate = NumberOption<Int>("--dilate", .from(0, to: 4096))
     static let threshold = NumberOption<Float>("--threshold", .from(0, below: 1))
+    static let refine = NumberOption<Int>("--refine", .from(0, to: 256))
+    static let refineEps = NumberOption<Float>("--refine-eps", .above(0, atMost: 1))
 }
+
+extension PhotoComposite.RefineGuide: ExpressibleByArgument {}
 
 /// composite: an edit made at the model's size put back into the full-size photo through its
 /// mask, everything the mask does not reach left bit for bit. See composite(1).
@@ -29,6 +33,12 @@ struct CompositeTool: DiffEditTool {
     var dilate = 0
     @Option(Numbers.threshold, "A pixel is in the mask where the mask, resampled to pixels, is above this")
     var threshold: Float = 0.5
+    @Option(Numbers.refine, "Refine the mask to the picture's edges by a guided filter of this radius in pixels before the threshold (0: off)")
+    var refine = 0
+    @Option(Numbers.refineEps, "The guided filter's ε (on samples scaled to 0...1): larger follows weaker edges less")
+    var refineEps: Float = 1e-3
+    @Option(name: .long, help: "What guides the refinement: original (its edges) or both (the original's and the edit's).")
+    var refineGuide: PhotoComposite.RefineGuide = .original
     @Option(name: .long, help: "X,Y,W,H: the edit and the mask depict this rectangle of the original, in pixels (tensor bbox makes one).")
     var region: String?
     @Option(name: .long, help: "Also write the pixel mask (after threshold and dilation, before feathering) to this file, a PGM of the original's size.")
@@ -48,6 +58,9 @@ struct CompositeTool: DiffEditTool {
             options.feather = feather
             options.dilate = dilate
             options.threshold = threshold
+            options.refine = refine
+            options.refineEpsilon = refineEps
+            options.refineGuide = refineGuide
             options.region = try region.map { try PixelBox.parse($0, option: "--region") }
             let out = try CLI.binaryOutput(force: force)
             var job = try PhotoComposite.Inputs.read(original: original, mask: mask, edited: editPath, region: options.region)

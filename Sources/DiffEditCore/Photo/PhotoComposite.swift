@@ -9,7 +9,18 @@ public struct PhotoComposite {
         public var threshold: Float = 0.5
         /// The rectangle of the original the edit and the mask depict; nil: all of it.
         public var region: PixelBox?
+        /// The guided filter's radius in the original's pixels (0: no refinement, the resampled
+        /// mask thresholded as it is) and its ε, on guide values in [0, 1].
+        public var refine = 0
+        public var refineEpsilon: Float = 1e-3
+        public var refineGuide: RefineGuide = .original
         public init() {}
+    }
+
+    /// What guides the mask's refinement: the original's edges, or the original's and the
+    /// edit's together (a shape the edit draws where the original has none has edges only there).
+    public enum RefineGuide: String, CaseIterable, Sendable {
+        case original, both
     }
 
     /// One mask cell in the original's pixels: the region's width over the mask's, rounded, at
@@ -33,9 +44,51 @@ public struct PhotoComposite {
             throw ToolError("\(maskLabel) is \(mask.map.width)x\(mask.map.height) cells, not the shape of the \(edit.width)x\(edit.height) edit — give the mask made for that edit (for a region, cut it with tensor cut)")
         }
         let feather = options.feather ?? Self.defaultFeather(regionWidth: region.width, maskWidth: mask.map.width)
-        let pixels = PixelMask(map: mask.map, width: region.width, height: region.height, threshold: options.threshold,
-                               dilate: options.dilate, feather: feather)
-        return (region, feather, pixels)
+        guard options.refine > 0 else {
+            return (region, feather, PixelMask(map: mask.map, width: region.width, height: region.height,
+                                               threshold: options.threshold, dilate: options.dilate, feather: feather))
+        }
+        return withGuide(original: original, edit: edit, region: region) { refine in
+            (region, feather, PixelMask(map: mask.map, width: region.width, height: region.height, threshold: options.threshold,
+                                        dilate: options.dilate, feather: feather, refine: refine))
+        }
+    }
+
+    /// The refinement's guide over the region: the original's colour samples (alpha left out),
+    /// then with `.both` the edit's resampled to the region as the blend takes them, all / maxval.
+    func withGuide<T>(original: NetpbmLevels, edit: NetpbmLevels, region: PixelBox,
+                      _ body: (PixelMask.Refinement) throws -> T) rethrows -> T {
+        let colors = original.colorChannels, depth = original.depth, stride = original.width
+        let scale = 1 / Float(original.maxval)
+        let both = options.refineGuide == .both
+        let channels = both ? 2 * colors : colors
+        let levels = original.levels
+        var editResample: SeparableResample?
+        if both {
+            let samples = PhotoBlend.editSamples(edit, channels: colors, originalMaxval: original.maxval)
+            editResample = samples.withUnsafeBufferPointer { s in
+                SeparableResample(s, channels: colors, x: .image(source: edit.width, to: region.width),
+                                  y: .image(source: edit.height, to: region.height))
+            }
+        }
+        let editRow = UnsafeMutableBufferPointer<Float>.allocate(capacity: both ? region.width * colors : 0)
+        defer { editRow.deallocate() }
+        let refine = PixelMask.Refinement(radius: options.refine, epsilon: options.refineEpsilon, channels: channels) { y, x, out in
+            let n = out.count / channels
+            levels.withUnsafeBufferPointer { l in
+                let base = (region.y + y) * stride + region.x + x
+                for i in 0..<n {
+                    for c in 0..<colors { out[i * channels + c] = Float(l[(base + i) * depth + c]) * scale }
+                }
+            }
+            if let editResample {
+                editResample.row(y, into: editRow)
+                for i in 0..<n {
+                    for c in 0..<colors { out[i * channels + colors + c] = editRow[(x + i) * colors + c] * scale }
+                }
+            }
+        }
+        return try body(refine)
     }
 
     /// Blends the edit into `original` in place (no copy of a 12-megapixel raster): it keeps its
