@@ -9,15 +9,16 @@
 /// input's values but the guide's edges. Windows are clipped at the box's border and every mean
 /// is over the pixels a clipped window holds (He's boxfilter(·)/N).
 ///
-/// Streaming, one row at a time: the box sums are running sums along y (a column sum per
+/// Streaming, one row at a time: every box mean is a running sum along y (a column sum per
 /// statistic, a row added at the bottom and one taken off the top) and along x, so the work per
-/// pixel does not depend on r; the only rows kept are the 2r + 1 rows of (a, b) the second mean
-/// needs. Memory: (c² + 5c + 4)/2 doubles per column plus (2r + 1)(c + 1) floats per column — not
-/// the box's area. Sums are in Double: a running sum loses nothing measurable over a photo's rows.
+/// pixel does not depend on r. The (a, b) row that leaves the second mean's window is solved
+/// again by a second, trailing window of the statistics rather than kept: memory is O(width) —
+/// 2·(c² + 5c + 4)/2 + (c + 1) doubles per column — whatever r and the height are. Sums are in
+/// Double: a running sum loses nothing measurable over a photo's rows.
 public enum GuidedFilter {
     /// Filters the input p over a width × height box. `guideRow(y, out)` writes row y of the guide
     /// (width × channels, interleaved), `inputRow(y, out)` row y of p (width values); each is asked
-    /// for a row up to three times. `outputRow(y, q)` receives the rows of q in order, y = 0 ..< height.
+    /// for a row up to five times. `outputRow(y, q)` receives the rows of q in order, y = 0 ..< height.
     public static func filter(width: Int, height: Int, channels c: Int, radius r: Int, epsilon: Float,
                               guideRow: (Int, UnsafeMutableBufferPointer<Float>) -> Void,
                               inputRow: (Int, UnsafeMutableBufferPointer<Float>) -> Void,
@@ -28,27 +29,30 @@ public enum GuidedFilter {
         let pairs = c * (c + 1) / 2, stats = c + 1 + pairs + c
         let iP = c, iII = c + 1, iIp = c + 1 + pairs
         let ab = c + 1  // a (c) and b per pixel
-        let ringRows = 2 * r + 1
 
-        let columnStats = UnsafeMutableBufferPointer<Double>.allocate(capacity: w * stats)
+        // The column sums of the statistics of a leading window (rows around the (a, b) row that
+        // enters the second mean) and of a trailing one (around the row that leaves it).
+        let leading = UnsafeMutableBufferPointer<Double>.allocate(capacity: w * stats)
+        let trailing = UnsafeMutableBufferPointer<Double>.allocate(capacity: w * stats)
         let windowStats = UnsafeMutableBufferPointer<Double>.allocate(capacity: stats)
         let columnAB = UnsafeMutableBufferPointer<Double>.allocate(capacity: w * ab)
         let windowAB = UnsafeMutableBufferPointer<Double>.allocate(capacity: ab)
-        let ring = UnsafeMutableBufferPointer<Float>.allocate(capacity: ringRows * w * ab)
+        let abRow = UnsafeMutableBufferPointer<Double>.allocate(capacity: w * ab)
         let guide = UnsafeMutableBufferPointer<Float>.allocate(capacity: w * c)
         let input = UnsafeMutableBufferPointer<Float>.allocate(capacity: w)
         let q = UnsafeMutableBufferPointer<Float>.allocate(capacity: w)
         // The c × c system and its right-hand side, solved in place (Cholesky).
         let system = UnsafeMutableBufferPointer<Double>.allocate(capacity: c * c + c)
         defer {
-            for p in [columnStats, windowStats, columnAB, windowAB, system] { p.deallocate() }
-            for p in [ring, guide, input, q] { p.deallocate() }
+            for p in [leading, trailing, windowStats, columnAB, windowAB, abRow, system] { p.deallocate() }
+            for p in [guide, input, q] { p.deallocate() }
         }
-        columnStats.initialize(repeating: 0)
+        leading.initialize(repeating: 0)
+        trailing.initialize(repeating: 0)
         columnAB.initialize(repeating: 0)
 
-        /// Adds (sign 1) or takes off (sign −1) row y's statistics to the column sums.
-        func accumulate(row y: Int, sign: Double) {
+        /// Adds (sign 1) or takes off (sign −1) row y's statistics to the column sums `sums`.
+        func accumulate(_ sums: UnsafeMutableBufferPointer<Double>, row y: Int, sign: Double) {
             guideRow(y, guide)
             inputRow(y, input)
             for x in 0..<w {
@@ -56,26 +60,32 @@ public enum GuidedFilter {
                 var t = 0
                 for i in 0..<c {
                     let gi = Double(guide[g + i])
-                    columnStats[s + i] += sign * gi
-                    columnStats[s + iIp + i] += sign * gi * p
+                    sums[s + i] += sign * gi
+                    sums[s + iIp + i] += sign * gi * p
                     for j in i..<c {
-                        columnStats[s + iII + t] += sign * gi * Double(guide[g + j])
+                        sums[s + iII + t] += sign * gi * Double(guide[g + j])
                         t += 1
                     }
                 }
-                columnStats[s + iP] += sign * p
+                sums[s + iP] += sign * p
             }
         }
 
-        /// Row k of (a, b) into the ring, from the column sums over rows max(0, k−r) ... min(h−1, k+r).
-        func solveRow(_ k: Int) {
+        /// Moves a window holding the statistics of rows around `from` (its rows max(0, k−r) ...
+        /// min(h−1, k+r) for k = from) to those around `from + 1`.
+        func advance(_ sums: UnsafeMutableBufferPointer<Double>, from k: Int) {
+            if k + 1 + r < h { accumulate(sums, row: k + 1 + r, sign: 1) }
+            if k - r >= 0 { accumulate(sums, row: k - r, sign: -1) }
+        }
+
+        /// (a, b) of row k into `abRow`, from column sums over rows max(0, k−r) ... min(h−1, k+r).
+        func solveRow(_ k: Int, _ sums: UnsafeMutableBufferPointer<Double>) {
             let rows = Double(min(h - 1, k + r) - max(0, k - r) + 1)
             for v in 0..<stats { windowStats[v] = 0 }
-            for x in 0..<min(r, w) { for v in 0..<stats { windowStats[v] += columnStats[x * stats + v] } }
-            let out = (k % ringRows) * w * ab
+            for x in 0..<min(r, w) { for v in 0..<stats { windowStats[v] += sums[x * stats + v] } }
             for x in 0..<w {
-                if x + r < w { let s = (x + r) * stats; for v in 0..<stats { windowStats[v] += columnStats[s + v] } }
-                if x - r - 1 >= 0 { let s = (x - r - 1) * stats; for v in 0..<stats { windowStats[v] -= columnStats[s + v] } }
+                if x + r < w { let s = (x + r) * stats; for v in 0..<stats { windowStats[v] += sums[s + v] } }
+                if x - r - 1 >= 0 { let s = (x - r - 1) * stats; for v in 0..<stats { windowStats[v] -= sums[s + v] } }
                 let n = rows * Double(min(w - 1, x + r) - max(0, x - r) + 1)
                 let pMean = windowStats[iP] / n
                 // (Σ + εU) in `system` (lower triangle used), cov(I, p) after it.
@@ -93,35 +103,42 @@ public enum GuidedFilter {
                 var b = pMean
                 for i in 0..<c {
                     let a = system[c * c + i]
-                    ring[out + x * ab + i] = Float(a)
+                    abRow[x * ab + i] = a
                     b -= a * windowStats[i] / n
                 }
-                ring[out + x * ab + c] = Float(b)
+                abRow[x * ab + c] = b
             }
         }
 
-        /// Adds (sign 1) or takes off (−1) ring row k of (a, b) to their column sums.
-        func accumulateAB(row k: Int, sign: Double) {
-            let base = (k % ringRows) * w * ab
-            for i in 0..<(w * ab) { columnAB[i] += sign * Double(ring[base + i]) }
+        /// Solves (a, b) row k from `sums` and adds (sign 1) or takes it off (−1) their column sums.
+        func accumulateAB(row k: Int, _ sums: UnsafeMutableBufferPointer<Double>, sign: Double) {
+            solveRow(k, sums)
+            for i in 0..<(w * ab) { columnAB[i] += sign * abRow[i] }
         }
 
-        // Rows 0 ..< r of the guide's statistics are in before (a, b) row 0 is solved.
-        for y in 0..<min(r, h) { accumulate(row: y, sign: 1) }
-        var solved = 0  // (a, b) rows solved so far
-        func solveNext() {
-            let k = solved
-            if k + r < h { accumulate(row: k + r, sign: 1) }
-            if k - r - 1 >= 0 { accumulate(row: k - r - 1, sign: -1) }
-            solveRow(k)
-            accumulateAB(row: k, sign: 1)
-            solved += 1
+        // Both windows start around row 0; the leading one is at (a, b) row `lead`, the trailing
+        // one at row `trail`.
+        for y in 0..<min(r + 1, h) {
+            accumulate(leading, row: y, sign: 1)
+            accumulate(trailing, row: y, sign: 1)
         }
-        for _ in 0..<min(r, h) { solveNext() }
+        var lead = 0, trail = 0
+        for k in 0..<min(r, h) {  // (a, b) rows 0 ..< r: the second mean's window of row 0 but one
+            if k > lead { advance(leading, from: lead); lead = k }
+            accumulateAB(row: k, leading, sign: 1)
+        }
         for y in 0..<h {
-            // Row y − r − 1 leaves the (a, b) window before row y + r takes its ring slot.
-            if y - r - 1 >= 0 { accumulateAB(row: y - r - 1, sign: -1) }
-            if y + r < h { solveNext() }
+            // Row y − r − 1 leaves the second mean's window, row y + r enters it.
+            if y - r - 1 >= 0 {
+                let k = y - r - 1
+                if k > trail { advance(trailing, from: trail); trail = k }
+                accumulateAB(row: k, trailing, sign: -1)
+            }
+            if y + r < h {
+                let k = y + r
+                if k > lead { advance(leading, from: lead); lead = k }
+                accumulateAB(row: k, leading, sign: 1)
+            }
             let rows = Double(min(h - 1, y + r) - max(0, y - r) + 1)
             guideRow(y, guide)
             for v in 0..<ab { windowAB[v] = 0 }
