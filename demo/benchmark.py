@@ -34,7 +34,9 @@ Needs numpy and the release tools (`swift build -c release`); not torch. For eac
 prompt or the source caption) for the methods of METHODS:
     diffedit         the inferred mask, diffusers' blending (the tools' defaults)
     diffedit+paste   diffedit's picture pasted back into the input by composite through the soft map
-                     (noise-diff-mask --soft-output) at pixels, feathered by one latent cell
+                     (noise-diff-mask --soft-output) at pixels, brought to the edges of the input and
+                     the edit by a guided filter, feathered by half a latent cell (composite's defaults;
+                     --paste-flags gives it other options)
     diffedit-paper   the inferred mask, --blend paper (the paper's: end on the clean input)
     sdedit           an all-ones mask: SDEdit-style editing of the same inverted latents
     gt-mask          the ground-truth mask (cells touching the edited object): DiffEdit's upper bound
@@ -122,8 +124,9 @@ class CaseFiles:
 
 def paste_back(mask, inferred=True):
     """A post-processing row: composite pastes the picture back into the input through `mask` (a
-    file of the case's folder) at its defaults (bilinear to pixels, refined to the input's edges,
-    threshold 0.5, feather one latent cell; for an `inferred` mask, with --paste-flags added),
+    file of the case's folder) at its defaults (a tensor mask: bilinear to pixels, refined to the
+    edges of the input and the edit, threshold 0.5, feather half a latent cell; a mask image: the
+    same, unrefined; for an `inferred` mask, with --paste-flags added),
     writing the pixel mask it used beside the picture (NAME.mask.pgm: the row's mask IoU is that
     mask's, in pixels)."""
     def post(picture, out, case):

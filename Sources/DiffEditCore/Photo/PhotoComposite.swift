@@ -2,7 +2,7 @@
 /// through the mask (PixelMask, PhotoBlend), the rest of the photo left bit for bit as it was.
 public struct PhotoComposite {
     public struct Options {
-        /// Feather width in the original's pixels; nil: one mask cell (FeatherDefault).
+        /// Feather width in the original's pixels; nil: half a mask cell (defaultFeather).
         public var feather: Int?
         public var dilate = 0
         /// A pixel is in the mask where the resampled mask is above this.
@@ -10,10 +10,11 @@ public struct PhotoComposite {
         /// The rectangle of the original the edit and the mask depict; nil: all of it.
         public var region: PixelBox?
         /// The guided filter's radius in the original's pixels (0: no refinement, the resampled
-        /// mask thresholded as it is) and its ε, on guide values in [0, 1].
-        public var refine = 0
-        public var refineEpsilon: Float = 1e-3
-        public var refineGuide: RefineGuide = .original
+        /// mask thresholded as it is); nil: four mask cells for a tensor mask, 0 for a mask image
+        /// (defaultRefine). Its ε is on guide values in [0, 1].
+        public var refine: Int?
+        public var refineEpsilon: Float = 0.01
+        public var refineGuide: RefineGuide = .both
         public init() {}
     }
 
@@ -23,10 +24,21 @@ public struct PhotoComposite {
         case original, both
     }
 
-    /// One mask cell in the original's pixels: the region's width over the mask's, rounded, at
-    /// least 1 — the feather then spans the blur a cell of the latent grid stands for.
+    /// Half a mask cell in the original's pixels: the region's width over the mask's, halved,
+    /// rounded, at least 1. (One cell, the blur a cell of the latent grid stands for, was the
+    /// default before the refinement; with the mask on the picture's edges half a cell keeps the
+    /// background 1.6 dB better at the same success: demo/BENCHMARK.md.)
     public static func defaultFeather(regionWidth: Int, maskWidth: Int) -> Int {
-        max(1, Int((Double(regionWidth) / Double(maskWidth)).rounded()))
+        max(1, Int((Double(regionWidth) / Double(maskWidth) / 2).rounded()))
+    }
+
+    /// The refinement's radius: four mask cells in the original's pixels (the region's width
+    /// over the mask's, times 4, rounded, at least 1) for a tensor mask — the window must hold
+    /// background the map is sure of beyond the latent grid's blur, about a cell each side —;
+    /// 0 for a mask image, taken as drawn. Chosen on the demo's tuning scenes (demo/BENCHMARK.md).
+    public static func defaultRefine(regionWidth: Int, mask: MaskSource) -> Int {
+        guard mask.record != nil else { return 0 }
+        return max(1, Int((4 * Double(regionWidth) / Double(mask.map.width)).rounded()))
     }
 
     public let options: Options
@@ -34,7 +46,7 @@ public struct PhotoComposite {
 
     /// Checks the inputs against each other; the region, the feather in use and the pixel mask.
     public func prepare(original: NetpbmLevels, edit: NetpbmLevels, mask: MaskSource,
-                        maskLabel: String) throws -> (region: PixelBox, feather: Int, mask: PixelMask) {
+                        maskLabel: String) throws -> (region: PixelBox, feather: Int, refine: Int, mask: PixelMask) {
         let whole = PixelBox(x: 0, y: 0, width: original.width, height: original.height)
         let region = options.region ?? whole
         guard whole.contains(region) else {
@@ -44,19 +56,21 @@ public struct PhotoComposite {
             throw ToolError("\(maskLabel) is \(mask.map.width)x\(mask.map.height) cells, not the shape of the \(edit.width)x\(edit.height) edit — give the mask made for that edit (for a region, cut it with tensor cut)")
         }
         let feather = options.feather ?? Self.defaultFeather(regionWidth: region.width, maskWidth: mask.map.width)
-        guard options.refine > 0 else {
-            return (region, feather, PixelMask(map: mask.map, width: region.width, height: region.height,
-                                               threshold: options.threshold, dilate: options.dilate, feather: feather))
+        let radius = options.refine ?? Self.defaultRefine(regionWidth: region.width, mask: mask)
+        guard radius > 0 else {
+            return (region, feather, 0, PixelMask(map: mask.map, width: region.width, height: region.height,
+                                                  threshold: options.threshold, dilate: options.dilate, feather: feather))
         }
-        return withGuide(original: original, edit: edit, region: region) { refine in
-            (region, feather, PixelMask(map: mask.map, width: region.width, height: region.height, threshold: options.threshold,
-                                        dilate: options.dilate, feather: feather, refine: refine))
+        return withGuide(original: original, edit: edit, region: region, radius: radius) { refine in
+            (region, feather, radius, PixelMask(map: mask.map, width: region.width, height: region.height,
+                                                threshold: options.threshold, dilate: options.dilate, feather: feather,
+                                                refine: refine))
         }
     }
 
     /// The refinement's guide over the region: the original's colour samples (alpha left out),
     /// then with `.both` the edit's resampled to the region as the blend takes them, all / maxval.
-    func withGuide<T>(original: NetpbmLevels, edit: NetpbmLevels, region: PixelBox,
+    func withGuide<T>(original: NetpbmLevels, edit: NetpbmLevels, region: PixelBox, radius: Int,
                       _ body: (PixelMask.Refinement) throws -> T) rethrows -> T {
         let colors = original.colorChannels, depth = original.depth, stride = original.width
         let scale = 1 / Float(original.maxval)
@@ -73,7 +87,7 @@ public struct PhotoComposite {
         }
         let editRow = UnsafeMutableBufferPointer<Float>.allocate(capacity: both ? region.width * colors : 0)
         defer { editRow.deallocate() }
-        let refine = PixelMask.Refinement(radius: options.refine, epsilon: options.refineEpsilon, channels: channels) { y, x, out in
+        let refine = PixelMask.Refinement(radius: radius, epsilon: options.refineEpsilon, channels: channels) { y, x, out in
             let n = out.count / channels
             levels.withUnsafeBufferPointer { l in
                 let base = (region.y + y) * stride + region.x + x
@@ -94,10 +108,10 @@ public struct PhotoComposite {
     /// Blends the edit into `original` in place (no copy of a 12-megapixel raster): it keeps its
     /// format, size, maxval and tuple type.
     public func run(blendingInto original: inout NetpbmLevels, edit: NetpbmLevels, mask: MaskSource, maskLabel: String) throws
-        -> (pixelMask: PixelMask, region: PixelBox, feather: Int) {
-        let (region, feather, pixels) = try prepare(original: original, edit: edit, mask: mask, maskLabel: maskLabel)
+        -> (pixelMask: PixelMask, region: PixelBox, feather: Int, refine: Int) {
+        let (region, feather, refine, pixels) = try prepare(original: original, edit: edit, mask: mask, maskLabel: maskLabel)
         PhotoBlend.blend(edit, into: &original, at: (region.x, region.y), mask: pixels)
-        return (pixels, region, feather)
+        return (pixels, region, feather, refine)
     }
 
     /// The binary pixel mask (after threshold and dilation, before feathering) as a PGM of the
