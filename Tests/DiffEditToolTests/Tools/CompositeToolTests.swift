@@ -129,6 +129,10 @@ final class CompositeToolTests: XCTestCase {
                 var args = ["--original", origPath, "--mask", maskPath, "--mask-output", maskOut]
                 if let feather { args += ["--feather", "\(feather)"] }
                 if let region { args += ["--region", region.description] }
+                // The refinement at its defaults (guided by the original and the edit), off, and
+                // guided by the original alone: the exactness holds for each.
+                if k == 1 { args += ["--refine", "0"] }
+                if k == 2 { args += ["--refine", "9", "--refine-eps", "0.001", "--refine-guide", "original"] }
                 let r = try runTool("composite", args, stdin: edit.bytes)
                 XCTAssertEqual(r.status, 0, r.err)
                 guard r.status == 0 else { continue }
@@ -145,8 +149,8 @@ final class CompositeToolTests: XCTestCase {
                     inside[(y - box.y) * box.width + x - box.x] = true
                 } }
                 XCTAssertTrue(inside.contains(true))
-                // Default feather: one mask cell, 333/16 rounded = 21.
-                let reach = Self.reached(inside, width: box.width, height: box.height, feather: feather ?? 21)
+                // Default feather: half a mask cell, 333/16/2 = 10.4, rounded = 10.
+                let reach = Self.reached(inside, width: box.width, height: box.height, feather: feather ?? 10)
                 var same = 0, changed = 0
                 for y in 0..<h {
                     for x in 0..<w {
@@ -221,6 +225,8 @@ final class CompositeToolTests: XCTestCase {
             (["--original", "-", "--mask", good], edit, ["--original and EDITED each read stdin"]),
             (["--original", orig, "--mask", good, "--threshold", "1"], edit, ["--threshold 1 is out of range: --threshold takes a number from 0, below 1"]),
             (["--original", orig, "--mask", good, "--feather", "-1"], edit, ["--feather -1 is out of range"]),
+            (["--original", orig, "--mask", good, "--refine", "-1"], edit, ["--refine -1 is out of range"]),
+            (["--original", orig, "--mask", good, "--refine-eps", "0"], edit, ["--refine-eps 0 is out of range"]),
         ]
         for (args, stdin, fragments) in cases {
             let r = try runTool("composite", args, stdin: stdin)
