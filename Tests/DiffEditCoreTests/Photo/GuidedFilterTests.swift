@@ -91,17 +91,23 @@ final class GuidedFilterTests: XCTestCase {
         }
     }
 
-    /// A constant guide: no edge to follow, so a = 0 and q is the box mean of p.
-    func testFlatGuideGivesTheBoxMean() {
+    /// A constant guide: no edge to follow, so a = 0, b is the box mean of p, and q the box mean
+    /// of that (two box means, each over the clipped window).
+    func testFlatGuideGivesTheBoxMeanOfTheBoxMean() {
         let (w, h, r) = (11, 7, 2)
         let input = Self.uniform(w * h, seed: 9)
         let q = Self.filtered(guide: [Float](repeating: 0.4, count: w * h * 3), input: input, width: w, height: h, channels: 3,
                               radius: r, epsilon: 1e-2)
-        for y in 0..<h { for x in 0..<w {
-            var s = 0.0, n = 0.0
-            for yy in max(0, y - r)...min(h - 1, y + r) { for xx in max(0, x - r)...min(w - 1, x + r) { s += Double(input[yy * w + xx]); n += 1 } }
-            XCTAssertEqual(Double(q[y * w + x]), s / n, accuracy: 1e-5)
-        } }
+        func boxMean(_ v: [Double]) -> [Double] {
+            (0..<(w * h)).map { i in
+                let (x, y) = (i % w, i / w)
+                var s = 0.0, n = 0.0
+                for yy in max(0, y - r)...min(h - 1, y + r) { for xx in max(0, x - r)...min(w - 1, x + r) { s += v[yy * w + xx]; n += 1 } }
+                return s / n
+            }
+        }
+        let want = boxMean(boxMean(input.map(Double.init)))
+        for i in 0..<(w * h) { XCTAssertEqual(Double(q[i]), want[i], accuracy: 1e-5, "pixel \(i)") }
     }
 
     /// A red rectangle on a light background; the soft map (16×16 cells of 4 px) is 1 on the

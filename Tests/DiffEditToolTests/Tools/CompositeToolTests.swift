@@ -117,8 +117,19 @@ final class CompositeToolTests: XCTestCase {
         var cases = 0
         for (k, f) in formats.enumerated() {
             for region in [nil, PixelBox(x: 101, y: 203, width: 151, height: 150)] {
-                let original = RawNetpbm(width: w, height: h, depth: f.depth, maxval: f.maxval, tupleType: f.tuple,
-                                         samples: Self.noise(w * h * f.depth, maxval: f.maxval, seed: UInt64(k)))
+                // Noise over a quarter of the levels, and three quarters more on the ellipse where
+                // the soft map's blob is above 0.5 (2.9 cells around cell (6.8, 9.6) of the region):
+                // the refinement, on by default, has an edge to follow (on noise alone it would
+                // smooth the blob away, leaving nothing to test).
+                let box = region ?? PixelBox(x: 0, y: 0, width: w, height: h)
+                let (cw, ch) = (Double(box.width) / 16, Double(box.height) / 16)
+                let noise = Self.noise(w * h * f.depth, maxval: f.maxval / 4, seed: UInt64(k))
+                let samples = noise.indices.map { i -> Int in
+                    let (x, y) = ((i / f.depth) % w, (i / f.depth) / w)
+                    let (u, v) = ((Double(x - box.x) + 0.5) / cw - 6.8, (Double(y - box.y) + 0.5) / ch - 9.6)
+                    return noise[i] + (u * u + v * v < 2.9 * 2.9 ? f.maxval * 3 / 4 : 0)
+                }
+                let original = RawNetpbm(width: w, height: h, depth: f.depth, maxval: f.maxval, tupleType: f.tuple, samples: samples)
                 let origPath = try Hostile.write(original.bytes, dir, "orig\(k).pam")
                 // A white edit, 8 or 16 bits: where the weight is 1 the output is the original's maxval.
                 let editMax = k % 2 == 0 ? 65535 : 255
@@ -141,14 +152,13 @@ final class CompositeToolTests: XCTestCase {
                 XCTAssertEqual(out.tupleType, f.tuple, "tuple type of case \(k)")
                 let pixels = try RawNetpbm.parse(Array(try Data(contentsOf: URL(fileURLWithPath: maskOut))))
                 XCTAssertEqual([pixels.width, pixels.height, pixels.depth], [w, h, 1])
-                let box = region ?? PixelBox(x: 0, y: 0, width: w, height: h)
                 // The mask within the region, and nothing outside it.
                 var inside = [Bool](repeating: false, count: box.width * box.height)
                 for y in 0..<h { for x in 0..<w where pixels.samples[y * w + x] != 0 {
                     XCTAssertTrue(box.contains(PixelBox(x: x, y: y, width: 1, height: 1)), "mask pixel (\(x), \(y)) outside the region")
                     inside[(y - box.y) * box.width + x - box.x] = true
                 } }
-                XCTAssertTrue(inside.contains(true))
+                XCTAssertTrue(inside.contains(true), "case \(k) region \(region?.description ?? "-"): empty pixel mask")
                 // Default feather: half a mask cell, 333/16/2 = 10.4, rounded = 10.
                 let reach = Self.reached(inside, width: box.width, height: box.height, feather: feather ?? 10)
                 var same = 0, changed = 0
