@@ -93,7 +93,8 @@ public struct PixelMask {
     /// `inside` from the guided filter of the resampled map: over the coarse mask's box grown by
     /// 2r (the filter's output there depends on the map within 2r, so the refined mask stays
     /// near the coarse one), the filter run over that box grown by 2r more (its windows and
-    /// their windows), so that there it equals the filter over the whole picture.
+    /// their windows), so that there it equals the filter over the whole picture. A refinement
+    /// that leaves no pixel keeps the coarse mask.
     private mutating func refineInside(_ refine: Refinement, around coarse: (x: Int, y: Int, width: Int, height: Int),
                                  map resample: SeparableResample, threshold: Float) {
         let r = refine.radius
@@ -104,6 +105,7 @@ public struct PixelMask {
         let inner = grown(coarse, 2 * r), box = grown(inner, 2 * r), w = width
         let row = UnsafeMutableBufferPointer<Float>.allocate(capacity: width)
         defer { row.deallocate() }
+        var kept = 0
         inside.withUnsafeMutableBufferPointer { m in
             GuidedFilter.filter(
                 width: box.width, height: box.height, channels: refine.channels, radius: r, epsilon: refine.epsilon,
@@ -115,8 +117,20 @@ public struct PixelMask {
                 outputRow: { y, q in
                     let py = box.y + y
                     guard py >= inner.y && py < inner.y + inner.height else { return }
-                    for x in inner.x..<(inner.x + inner.width) { m[py * w + x] = q[x - box.x] > threshold ? 1 : 0 }
+                    for x in inner.x..<(inner.x + inner.width) {
+                        let v: UInt8 = q[x - box.x] > threshold ? 1 : 0
+                        m[py * w + x] = v
+                        kept += Int(v)
+                    }
                 })
+            // Where no edge sets the object apart the filter only smooths the map, and a small
+            // mask can fall below the threshold altogether: then the coarse mask is kept rather
+            // than losing the edit.
+            guard kept == 0 else { return }
+            for y in inner.y..<(inner.y + inner.height) {
+                resample.row(y, into: row)
+                for x in inner.x..<(inner.x + inner.width) where row[x] > threshold { m[y * w + x] = 1 }
+            }
         }
     }
 

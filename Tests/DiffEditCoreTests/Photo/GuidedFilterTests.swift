@@ -174,4 +174,24 @@ final class GuidedFilterTests: XCTestCase {
         XCTAssertGreaterThan(inside, 100)
         XCTAssertLessThan(refined.reach.x + refined.reach.width, w - 20, "the blob's box is well inside the picture")
     }
+
+    /// A flat guide has no edge to follow: the filter only smooths the map, and a blob narrower
+    /// than the radius falls below the threshold everywhere. Then the coarse mask is kept.
+    func testARefinementThatLeavesNothingKeepsTheCoarseMask() {
+        var soft = [Float](repeating: 0, count: 256)
+        soft[5 * 16 + 7] = 0.9
+        let map = FloatMap(width: 16, height: 16, values: soft)
+        let coarse = PixelMask(map: map, width: 64, height: 64, threshold: 0.5, dilate: 0, feather: 2)
+        XCTAssertTrue(coarse.inside.contains(1))
+        let flat = PixelMask.Refinement(radius: 16, epsilon: 0.01, channels: 3) { _, _, out in
+            for i in 0..<out.count { out[i] = 0.5 }
+        }
+        let p = map.resampled(toWidth: 64, height: 64).values
+        let q = Self.filtered(guide: [Float](repeating: 0.5, count: 64 * 64 * 3), input: p, width: 64, height: 64, channels: 3,
+                              radius: 16, epsilon: 0.01)
+        XCTAssertLessThan(q.max()!, 0.5, "the smoothed blob is below the threshold everywhere")
+        let refined = PixelMask(map: map, width: 64, height: 64, threshold: 0.5, dilate: 0, feather: 2, refine: flat)
+        XCTAssertEqual(refined.inside, coarse.inside)
+        XCTAssertEqual(refined.allWeights(), coarse.allWeights())
+    }
 }
