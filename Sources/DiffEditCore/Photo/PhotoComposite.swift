@@ -32,13 +32,20 @@ public struct PhotoComposite {
         max(1, Int((Double(regionWidth) / Double(maskWidth) / 2).rounded()))
     }
 
-    /// The refinement's radius: four mask cells in the original's pixels (the region's width
-    /// over the mask's, times 4, rounded, at least 1) for a tensor mask — the window must hold
-    /// background the map is sure of beyond the latent grid's blur, about a cell each side —;
-    /// 0 for a mask image, taken as drawn. Chosen on the demo's tuning scenes (demo/BENCHMARK.md).
+    /// The refinement's radius: four cells of the grid the mask was made on, in the original's
+    /// pixels (the region's width over the mask's cells across it, times 4, rounded, at least 1)
+    /// for a tensor mask — the window must hold background the map is sure of beyond the latent
+    /// grid's blur, about a cell each side —; 0 for a mask image, taken as drawn. A mask cut by
+    /// tensor cut is resampled to another grid: it records the whole mask's cells its box spans
+    /// (MaskCut.regionCells), and those count. Chosen on the demo's tuning scenes (demo/BENCHMARK.md).
     public static func defaultRefine(regionWidth: Int, mask: MaskSource) -> Int {
-        guard mask.record != nil else { return 0 }
-        return max(1, Int((4 * Double(regionWidth) / Double(mask.map.width)).rounded()))
+        guard let record = mask.record else { return 0 }
+        var cellsAcross = Double(mask.map.width)
+        if let cells = record.metadata[MaskCut.regionCells], let w = cells.split(separator: "x").first.flatMap({ Double($0) }),
+           w.isFinite, w > 0 {
+            cellsAcross = w
+        }
+        return max(1, Int((4 * Double(regionWidth) / cellsAcross).rounded()))
     }
 
     public let options: Options
