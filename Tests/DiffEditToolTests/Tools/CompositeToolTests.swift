@@ -283,7 +283,20 @@ final class CompositeToolTests: XCTestCase {
         XCTAssertEqual(wr.metadata["latent.width"], "16")
         let part = try runTool("tensor", ["cut", "--box", "80,60,40,20", "--size", "320x160", "--to", "2x1", mask])
         XCTAssertEqual(part.status, 0, part.err)
-        XCTAssertEqual(try TensorStream.readAll(path: try Hostile.write(part.out, dir, "p.tensor"))[0].floats(), [1, 1])
+        let partRecord = try TensorStream.readAll(path: try Hostile.write(part.out, dir, "p.tensor"))[0]
+        XCTAssertEqual(partRecord.floats(), [1, 1])
+        // The box spans 2×1 of the whole mask's cells; composite counts its default refinement
+        // radius in those (four cells of 20 px over a 40-px region: 80 px), not in the cut's.
+        XCTAssertEqual(partRecord.metadata["region.cells"], "2.0x1.0")
+        let big = try runTool("tensor", ["cut", "--box", "80,60,40,20", "--size", "320x160", "--to", "64x32", mask])
+        XCTAssertEqual(big.status, 0, big.err)
+        let bigCut = try Hostile.write(big.out, dir, "big.tensor")
+        let photo = try Hostile.write(RawNetpbm(width: 320, height: 160, depth: 3, maxval: 255, tupleType: "",
+                                                samples: [Int](repeating: 90, count: 320 * 160 * 3)).bytes, dir, "photo.ppm")
+        let edit = RawNetpbm(width: 64, height: 32, depth: 3, maxval: 255, tupleType: "", samples: [Int](repeating: 200, count: 64 * 32 * 3))
+        let pasted = try runTool("composite", ["-v", "--original", photo, "--mask", bigCut, "--region", "80,60,40,20"], stdin: edit.bytes)
+        XCTAssertEqual(pasted.status, 0, pasted.err)
+        XCTAssertTrue(pasted.err.contains("radius 80 px"), pasted.err)
         let outside = try runTool("tensor", ["cut", "--box", "300,0,40,20", "--size", "320x160", "--to", "2x2", mask])
         assertRefused(outside, tool: "tensor", contains: ["--box 300,0,40,20 is not inside"])
     }
