@@ -34,7 +34,9 @@ Needs numpy and the release tools (`swift build -c release`); not torch. For eac
 prompt or the source caption) for the methods of METHODS:
     diffedit         the inferred mask, diffusers' blending (the tools' defaults)
     diffedit+paste   diffedit's picture pasted back into the input by composite through the soft map
-                     (noise-diff-mask --soft-output) at pixels, feathered by one latent cell
+                     (noise-diff-mask --soft-output) at pixels, brought to the edges of the input and
+                     the edit by a guided filter, feathered by half a latent cell (composite's defaults;
+                     --paste-flags gives it other options)
     diffedit-paper   the inferred mask, --blend paper (the paper's: end on the clean input)
     sdedit           an all-ones mask: SDEdit-style editing of the same inverted latents
     gt-mask          the ground-truth mask (cells touching the edited object): DiffEdit's upper bound
@@ -117,16 +119,20 @@ class CaseFiles:
     masks: dict
     commands: edit.Commands
     soft: str = "mask-soft.tensor"  # noise-diff-mask's soft map (--soft-output), same run as mask.tensor
+    paste_flags: str = ""  # --paste-flags: composite's options for the rows pasted back through an inferred mask
 
 
-def paste_back(mask):
+def paste_back(mask, inferred=True):
     """A post-processing row: composite pastes the picture back into the input through `mask` (a
-    file of the case's folder) at its defaults (bilinear to pixels, threshold 0.5, feather one
-    latent cell), writing the pixel mask it used beside the picture (NAME.mask.pgm: the row's mask
-    IoU is that mask's, in pixels)."""
+    file of the case's folder) at its defaults (a tensor mask: bilinear to pixels, refined to the
+    edges of the input and the edit, threshold 0.5, feather half a latent cell; a mask image: the
+    same, unrefined; for an `inferred` mask, with --paste-flags added),
+    writing the pixel mask it used beside the picture (NAME.mask.pgm: the row's mask IoU is that
+    mask's, in pixels)."""
     def post(picture, out, case):
         q = shlex.quote
-        return (f"{q(case.commands.tool('composite')[0])} --original {q(case.source)} --mask {q(mask)} "
+        flags = " ".join(q(f) for f in shlex.split(case.paste_flags)) + " " if inferred and case.paste_flags else ""
+        return (f"{q(case.commands.tool('composite')[0])} --original {q(case.source)} --mask {q(mask)} {flags}"
                 f"--mask-output {q(out[:-len('.ppm')] + '.mask.pgm')} {q(picture)} > {q(out)}")
     return post
 
@@ -139,7 +145,7 @@ METHODS = [
     Method("sdedit", "ones", "SDEdit-style: all-ones mask, same inverted latents", blend="diffusers"),
     Method("gt-mask", "gt", "DiffEdit with the ground-truth mask (upper bound)", blend="diffusers"),
     Method("gt-mask+paste", "gt", "ground-truth mask, pasted back through the true pixel mask (composite)",
-           after="gt-mask", post=paste_back("gt-pixels.pgm")),
+           after="gt-mask", post=paste_back("gt-pixels.pgm", inferred=False)),
     Method("gt-mask-paper", "gt", "ground-truth mask, the paper's blending", blend="paper"),
 ]
 # LEDITS++ (Brack et al. 2024; --method ledits): the edit-friendly inversion's noise maps, the target
@@ -265,7 +271,7 @@ def case_lines(k, a, pair, methods=None):
     refs = [edit.Stage("vae", [c.tool("vae-decode", "--record", "posterior.mean")], c.path("posterior"), "vae.ppm"),
             edit.Stage("oracle", [c.tool("vae-encode", "tgt.ppm"), c.tool("vae-decode", "--record", "posterior.mean")],
                        None, "oracle.ppm")]
-    case = CaseFiles(k, "src.ppm", dict(MASK_FILES), c)
+    case = CaseFiles(k, "src.ppm", dict(MASK_FILES), c, paste_flags=getattr(a, "paste_flags", None) or "")
     ledits = [*c.ledits_concepts(), c.ledits_invert()] if any(m.kind == "ledits" for m in methods) else []
     return [edit.shell_line(c.prepare() + ledits + refs)] + [method_line(m, c, case) for m in methods]
 
@@ -278,7 +284,8 @@ def edit_case(k, a, env):
     if a.reuse and os.path.exists(done):
         # Rows added since the case was made (a post-processing one) run now; the rest is kept.
         _, *lines = case_lines(k, a, pair, a.method_rows)
-        missing = [line for m, line in zip(a.method_rows, lines) if not os.path.exists(os.path.join(d, f"{m.name}.ppm"))]
+        missing = [line for m, line in zip(a.method_rows, lines)
+                   if not os.path.exists(os.path.join(d, f"{m.name}.ppm")) or (a.repaste and m.after is not None)]
         if any(m.after is None and not os.path.exists(os.path.join(d, f"{m.name}.ppm")) for m in a.method_rows):
             raise RuntimeError(f"case {k} in {d} lacks a denoised method's picture: run without --reuse")
         write_true_pixels(d, pair)
@@ -446,7 +453,9 @@ def table(summary, rows, a, seconds, stages, methods=None):
     negative = {"model": "the model's", "empty": "empty", "source": "the source caption (denoise)"}[a.negative]
     lines = [f"{n} {which} cases ({sum(r['kind'] == 'colour' for r in rows)} colour edits, "
              f"{sum(r['kind'] == 'shape' for r in rows)} shape edits); {describe_settings(stages)}; "
-             f"negative prompt: {negative}; model `{os.path.relpath(os.path.abspath(a.model), ROOT)}`. "
+             f"negative prompt: {negative}; "
+             + (f"pasted back with `composite {a.paste_flags}`; " if getattr(a, "paste_flags", None) else "")
+             + f"model `{os.path.relpath(os.path.abspath(a.model), ROOT)}`. "
              f"{seconds / 60:.1f} min with {a.jobs} jobs. Background PSNR: mean of per-case PSNRs (each "
              f"capped at {PSNR_CAP:.0f} dB) and of the pooled error; exact: cases with MSE 0.", "",
              "| method | mask IoU | background PSNR (dB): mean | pooled | exact | background MAE (/255) "
@@ -522,6 +531,12 @@ def main():
     p.add_argument("--results", default=None, help="write RESULTS.json, .md and .png (e.g. demo/benchmark)")
     p.add_argument("--montage", type=int, default=8, help="cases in the montage (0: none)")
     p.add_argument("--reuse", action="store_true", help="keep cases already finished in --work")
+    p.add_argument("--repaste", action="store_true",
+                   help="with --reuse, run the post-processing rows (the pasted-back ones) again even where their "
+                        "pictures exist (to try other --paste-flags on the same cases)")
+    p.add_argument("--paste-flags", default=None, metavar="FLAGS",
+                   help="composite's options for the rows pasted back through an inferred mask (diffedit+paste, "
+                        "ledits+paste), e.g. \"--refine 0\" or \"--feather 2\" (default: none: composite's defaults)")
     p.add_argument("--photo-scale", type=int, default=None, metavar="N",
                    help="large-photo mode: the scenes rendered at N×64 px, edited at their own resolution by "
                         "examples/photo.sh (the model's defaults) and scored at full resolution (demo/photo_benchmark.py)")
@@ -620,6 +635,8 @@ def main():
                                              "encode_strength", "threshold_ratio", "dilate", "deep_cache", "ledits_steps", "skip",
                                              "source_guidance", "edit_guidance", "edit_threshold", "edit_warmup",
                                              "ledits_mask") if getattr(a, k) is not None}
+        if a.paste_flags:
+            given["paste_flags"] = a.paste_flags
         if a.ledits_source_prompt:
             given["ledits_source_prompt"] = True
         if a.ledits_remove_source:

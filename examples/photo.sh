@@ -36,8 +36,9 @@
 #   SEED        seed of the mask's noise and the posterior samples (default 0)
 #   MARGIN      pixels of context around the mask's box (default: tensor bbox's, a quarter of the
 #               box's larger side)
-#   FEATHER, DILATE   composite's --feather and --dilate, in the photo's pixels (default: one mask
-#               cell of the region, and 0)
+#   FEATHER, DILATE   composite's --feather and --dilate, in the photo's pixels (default: half a
+#               mask cell of the region, and 0; composite also refines the mask to the edges of
+#               the photo and the edit by default, composite(1) --refine)
 #   MASK_FLAGS, INVERT_FLAGS, DENOISE_FLAGS   more options for those stages, e.g. MASK_FLAGS=--dilate=1
 #   LORA       LoRA adapters, FILE[:SCALE] separated by spaces (--lora for encode-text and every stage)
 #   EMBEDDING  textual-inversion embeddings, FILE[:TOKEN] separated by spaces (tokenize, encode-text)

@@ -2,6 +2,9 @@
 /// the region is edited at — the region's denoise mask (at its latent size) and its soft map
 /// for composite, made from the whole photo's mask.
 public enum MaskCut {
+    /// Metadata of a cut: the box's width and height in the whole mask's cells ("6.25x6.5").
+    public static let regionCells = "region.cells"
+
     /// Metadata of the whole-photo mask that does not hold for the cut (its size, its scale,
     /// its statistics).
     static let dropped: Set<String> = [MetadataKey.imageWidth, MetadataKey.imageHeight, MetadataKey.scale,
@@ -28,6 +31,9 @@ public enum MaskCut {
         meta[MetadataKey.latentHeight] = "\(h)"
         meta[MetadataKey.region] = box.description
         meta[MetadataKey.regionOf] = "\(pictureWidth)x\(pictureHeight)"
+        // How many of the whole mask's cells the box spans: the cut is resampled to another grid,
+        // and composite counts its refinement's radius in the cells the map was made on.
+        meta[regionCells] = "\(cells.width)x\(cells.height)"
         return TensorRecord(name: mask.isSoft ? RecordName.softMask : RecordName.mask, shape: [1, 1, h, w],
                             floats: map.values, metadata: meta)
     }

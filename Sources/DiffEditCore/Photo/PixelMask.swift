@@ -4,9 +4,34 @@
 /// falls with the distance d to the nearest pixel of it as a smoothstep of 1 − d/F, reaching
 /// exactly 0 at d = F and staying 0 beyond: a pixel at distance F or more keeps its original.
 ///
+/// With a `Refinement`, the resampled map is first passed through a guided filter (GuidedFilter)
+/// guided by the picture itself, so the threshold follows the picture's edges rather than the
+/// blur of the latent grid.
+///
 /// Memory: one byte per pixel for the mask, and four for the distances, over the mask's box
-/// grown by the dilation and the feather only (the rest of the picture has weight 0).
+/// grown by the dilation and the feather only (the rest of the picture has weight 0); the
+/// refinement adds a few rows of its box's width (GuidedFilter), not its area.
 public struct PixelMask {
+    /// An edge-aware refinement of the resampled map before the threshold: the guided filter of
+    /// radius `radius` and regularisation `epsilon` (on a guide in [0, 1]) over the coarse mask's
+    /// bounding box grown by 2·radius (where the refined mask can be), computed from pixels up to
+    /// 4·radius from that box, so that within it it is the filter over the whole picture.
+    public struct Refinement {
+        public var radius: Int
+        public var epsilon: Float
+        /// Guide channels per pixel.
+        public var channels: Int
+        /// Writes row y of the guide from column x on (out.count / channels pixels, channels
+        /// interleaved, in [0, 1]).
+        public var guideRow: (_ y: Int, _ x: Int, _ out: UnsafeMutableBufferPointer<Float>) -> Void
+
+        public init(radius: Int, epsilon: Float, channels: Int,
+                    guideRow: @escaping (_ y: Int, _ x: Int, _ out: UnsafeMutableBufferPointer<Float>) -> Void) {
+            precondition(radius >= 1 && epsilon > 0 && channels >= 1)
+            (self.radius, self.epsilon, self.channels, self.guideRow) = (radius, epsilon, channels, guideRow)
+        }
+    }
+
     public let width: Int
     public let height: Int
     public let dilate: Int
@@ -21,10 +46,11 @@ public struct PixelMask {
 
     /// `map` resampled to width × height (its whole area, or `box` of it in cells), a pixel in
     /// the mask where the resampled value is above `threshold` (noise-diff-mask's own rule: its
-    /// mask is where the soft map is above 0.5), then dilated by `dilate` pixels (every pixel
-    /// within that Euclidean distance of the mask) and feathered over `feather` pixels.
+    /// mask is where the soft map is above 0.5) — with `refine`, where the guided filter of the
+    /// resampled map is above it —, then dilated by `dilate` pixels (every pixel within that
+    /// Euclidean distance of the mask) and feathered over `feather` pixels.
     public init(map: FloatMap, box: (x: Double, y: Double, width: Double, height: Double)? = nil,
-                width: Int, height: Int, threshold: Float, dilate: Int, feather: Int) {
+                width: Int, height: Int, threshold: Float, dilate: Int, feather: Int, refine: Refinement? = nil) {
         precondition(width > 0 && height > 0 && dilate >= 0 && feather >= 0)
         (self.width, self.height, self.dilate, self.feather) = (width, height, dilate, feather)
         let b = box ?? (x: 0, y: 0, width: Double(map.width), height: Double(map.height))
@@ -43,6 +69,7 @@ public struct PixelMask {
             }
         }
         self.inside = inside
+        if let refine, let coarse = bounds() { self.refineInside(refine, around: coarse, map: resample, threshold: threshold) }
         guard let box = bounds() else { return }
         // The dilated mask lies within `dilate` of the mask's box, the feather within `feather` of that.
         let grow = dilate + feather
@@ -60,6 +87,50 @@ public struct PixelMask {
         }
         if feather > 0 { distance = squaredDistances() } else if dilate > 0, let b = bounds() {
             reach = (b.x, b.y, b.width, b.height)
+        }
+    }
+
+    /// `inside` from the guided filter of the resampled map: over the coarse mask's box grown by
+    /// 2r (the filter's output there depends on the map within 2r, so the refined mask stays
+    /// near the coarse one), the filter run over that box grown by 2r more (its windows and
+    /// their windows), so that there it equals the filter over the whole picture. A refinement
+    /// that leaves no pixel keeps the coarse mask.
+    private mutating func refineInside(_ refine: Refinement, around coarse: (x: Int, y: Int, width: Int, height: Int),
+                                 map resample: SeparableResample, threshold: Float) {
+        let r = refine.radius
+        func grown(_ b: (x: Int, y: Int, width: Int, height: Int), _ g: Int) -> (x: Int, y: Int, width: Int, height: Int) {
+            let x0 = max(0, b.x - g), y0 = max(0, b.y - g)
+            return (x0, y0, min(width, b.x + b.width + g) - x0, min(height, b.y + b.height + g) - y0)
+        }
+        let inner = grown(coarse, 2 * r), box = grown(inner, 2 * r), w = width
+        let row = UnsafeMutableBufferPointer<Float>.allocate(capacity: width)
+        defer { row.deallocate() }
+        var kept = 0
+        inside.withUnsafeMutableBufferPointer { m in
+            GuidedFilter.filter(
+                width: box.width, height: box.height, channels: refine.channels, radius: r, epsilon: refine.epsilon,
+                guideRow: { y, out in refine.guideRow(box.y + y, box.x, out) },
+                inputRow: { y, out in
+                    resample.row(box.y + y, into: row)
+                    for x in 0..<box.width { out[x] = row[box.x + x] }
+                },
+                outputRow: { y, q in
+                    let py = box.y + y
+                    guard py >= inner.y && py < inner.y + inner.height else { return }
+                    for x in inner.x..<(inner.x + inner.width) {
+                        let v: UInt8 = q[x - box.x] > threshold ? 1 : 0
+                        m[py * w + x] = v
+                        kept += Int(v)
+                    }
+                })
+            // Where no edge sets the object apart the filter only smooths the map, and a small
+            // mask can fall below the threshold altogether: then the coarse mask is kept rather
+            // than losing the edit.
+            guard kept == 0 else { return }
+            for y in inner.y..<(inner.y + inner.height) {
+                resample.row(y, into: row)
+                for x in inner.x..<(inner.x + inner.width) where row[x] > threshold { m[y * w + x] = 1 }
+            }
         }
     }
 

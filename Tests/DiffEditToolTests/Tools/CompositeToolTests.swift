@@ -117,8 +117,19 @@ final class CompositeToolTests: XCTestCase {
         var cases = 0
         for (k, f) in formats.enumerated() {
             for region in [nil, PixelBox(x: 101, y: 203, width: 151, height: 150)] {
-                let original = RawNetpbm(width: w, height: h, depth: f.depth, maxval: f.maxval, tupleType: f.tuple,
-                                         samples: Self.noise(w * h * f.depth, maxval: f.maxval, seed: UInt64(k)))
+                // Noise over a quarter of the levels, and three quarters more on the ellipse where
+                // the soft map's blob is above 0.5 (2.9 cells around cell (6.8, 9.6) of the region):
+                // the refinement, on by default, has an edge to follow (on noise alone it would
+                // smooth the blob away, leaving nothing to test).
+                let box = region ?? PixelBox(x: 0, y: 0, width: w, height: h)
+                let (cw, ch) = (Double(box.width) / 16, Double(box.height) / 16)
+                let noise = Self.noise(w * h * f.depth, maxval: f.maxval / 4, seed: UInt64(k))
+                let samples = noise.indices.map { i -> Int in
+                    let (x, y) = ((i / f.depth) % w, (i / f.depth) / w)
+                    let (u, v) = ((Double(x - box.x) + 0.5) / cw - 6.8, (Double(y - box.y) + 0.5) / ch - 9.6)
+                    return noise[i] + (u * u + v * v < 2.9 * 2.9 ? f.maxval * 3 / 4 : 0)
+                }
+                let original = RawNetpbm(width: w, height: h, depth: f.depth, maxval: f.maxval, tupleType: f.tuple, samples: samples)
                 let origPath = try Hostile.write(original.bytes, dir, "orig\(k).pam")
                 // A white edit, 8 or 16 bits: where the weight is 1 the output is the original's maxval.
                 let editMax = k % 2 == 0 ? 65535 : 255
@@ -129,6 +140,10 @@ final class CompositeToolTests: XCTestCase {
                 var args = ["--original", origPath, "--mask", maskPath, "--mask-output", maskOut]
                 if let feather { args += ["--feather", "\(feather)"] }
                 if let region { args += ["--region", region.description] }
+                // The refinement at its defaults (guided by the original and the edit), off, and
+                // guided by the original alone: the exactness holds for each.
+                if k == 1 { args += ["--refine", "0"] }
+                if k == 2 { args += ["--refine", "9", "--refine-eps", "0.001", "--refine-guide", "original"] }
                 let r = try runTool("composite", args, stdin: edit.bytes)
                 XCTAssertEqual(r.status, 0, r.err)
                 guard r.status == 0 else { continue }
@@ -137,16 +152,15 @@ final class CompositeToolTests: XCTestCase {
                 XCTAssertEqual(out.tupleType, f.tuple, "tuple type of case \(k)")
                 let pixels = try RawNetpbm.parse(Array(try Data(contentsOf: URL(fileURLWithPath: maskOut))))
                 XCTAssertEqual([pixels.width, pixels.height, pixels.depth], [w, h, 1])
-                let box = region ?? PixelBox(x: 0, y: 0, width: w, height: h)
                 // The mask within the region, and nothing outside it.
                 var inside = [Bool](repeating: false, count: box.width * box.height)
                 for y in 0..<h { for x in 0..<w where pixels.samples[y * w + x] != 0 {
                     XCTAssertTrue(box.contains(PixelBox(x: x, y: y, width: 1, height: 1)), "mask pixel (\(x), \(y)) outside the region")
                     inside[(y - box.y) * box.width + x - box.x] = true
                 } }
-                XCTAssertTrue(inside.contains(true))
-                // Default feather: one mask cell, 333/16 rounded = 21.
-                let reach = Self.reached(inside, width: box.width, height: box.height, feather: feather ?? 21)
+                XCTAssertTrue(inside.contains(true), "case \(k) region \(region?.description ?? "-"): empty pixel mask")
+                // Default feather: half a mask cell, 333/16/2 = 10.4, rounded = 10.
+                let reach = Self.reached(inside, width: box.width, height: box.height, feather: feather ?? 10)
                 var same = 0, changed = 0
                 for y in 0..<h {
                     for x in 0..<w {
@@ -221,6 +235,8 @@ final class CompositeToolTests: XCTestCase {
             (["--original", "-", "--mask", good], edit, ["--original and EDITED each read stdin"]),
             (["--original", orig, "--mask", good, "--threshold", "1"], edit, ["--threshold 1 is out of range: --threshold takes a number from 0, below 1"]),
             (["--original", orig, "--mask", good, "--feather", "-1"], edit, ["--feather -1 is out of range"]),
+            (["--original", orig, "--mask", good, "--refine", "-1"], edit, ["--refine -1 is out of range"]),
+            (["--original", orig, "--mask", good, "--refine-eps", "0"], edit, ["--refine-eps 0 is out of range"]),
         ]
         for (args, stdin, fragments) in cases {
             let r = try runTool("composite", args, stdin: stdin)
@@ -267,7 +283,20 @@ final class CompositeToolTests: XCTestCase {
         XCTAssertEqual(wr.metadata["latent.width"], "16")
         let part = try runTool("tensor", ["cut", "--box", "80,60,40,20", "--size", "320x160", "--to", "2x1", mask])
         XCTAssertEqual(part.status, 0, part.err)
-        XCTAssertEqual(try TensorStream.readAll(path: try Hostile.write(part.out, dir, "p.tensor"))[0].floats(), [1, 1])
+        let partRecord = try TensorStream.readAll(path: try Hostile.write(part.out, dir, "p.tensor"))[0]
+        XCTAssertEqual(partRecord.floats(), [1, 1])
+        // The box spans 2×1 of the whole mask's cells; composite counts its default refinement
+        // radius in those (four cells of 20 px over a 40-px region: 80 px), not in the cut's.
+        XCTAssertEqual(partRecord.metadata["region.cells"], "2.0x1.0")
+        let big = try runTool("tensor", ["cut", "--box", "80,60,40,20", "--size", "320x160", "--to", "64x32", mask])
+        XCTAssertEqual(big.status, 0, big.err)
+        let bigCut = try Hostile.write(big.out, dir, "big.tensor")
+        let photo = try Hostile.write(RawNetpbm(width: 320, height: 160, depth: 3, maxval: 255, tupleType: "",
+                                                samples: [Int](repeating: 90, count: 320 * 160 * 3)).bytes, dir, "photo.ppm")
+        let edit = RawNetpbm(width: 64, height: 32, depth: 3, maxval: 255, tupleType: "", samples: [Int](repeating: 200, count: 64 * 32 * 3))
+        let pasted = try runTool("composite", ["-v", "--original", photo, "--mask", bigCut, "--region", "80,60,40,20"], stdin: edit.bytes)
+        XCTAssertEqual(pasted.status, 0, pasted.err)
+        XCTAssertTrue(pasted.err.contains("radius 80 px"), pasted.err)
         let outside = try runTool("tensor", ["cut", "--box", "300,0,40,20", "--size", "320x160", "--to", "2x2", mask])
         assertRefused(outside, tool: "tensor", contains: ["--box 300,0,40,20 is not inside"])
     }

@@ -20,10 +20,10 @@ final class PhotoRecipeTests: XCTestCase {
         XCTAssertEqual(mask.status, 0, mask.err)
         let maskRecord = try DemoScene.record("\(d)/mask.tensor", "mask")
         let (h, w) = (maskRecord.shape[2], maskRecord.shape[3])
-        // An original at the latent size: the pixel mask (feather 0) is the soft map above 0.5.
+        // An original at the latent size: the pixel mask (feather 0, unrefined) is the soft map above 0.5.
         let small = try sh("""
             cd '\(d)' && pamscale -width \(w) -height \(h) '\(DemoScene.scene)' > small.ppm && \
-            composite --original small.ppm --mask soft.tensor --feather 0 --mask-output px.pgm '\(DemoScene.scene)' > /dev/null
+            composite --original small.ppm --mask soft.tensor --feather 0 --refine 0 --mask-output px.pgm '\(DemoScene.scene)' > /dev/null
             """)
         XCTAssertEqual(small.status, 0, small.err)
         let px = try RawNetpbm.parse(Array(try Data(contentsOf: dir.appendingPathComponent("px.pgm"))))
