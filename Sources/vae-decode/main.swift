@@ -2,7 +2,6 @@ import ArgumentParser
 import DiffEditCore
 import DiffEditCLI
 
-extension VAETiling.Norm: ExpressibleByArgument {}
 
 // `vae-decode`: Stable Diffusion latents → netpbm images (man 1 vae-decode).
 
@@ -26,14 +25,7 @@ struct VAEDecode: DiffEditTool {
     var depth = 8
     static let depthOption = NumberOption<Int>("--depth", .oneOf([8, 16]))
 
-    @Flag(name: .long, help: "Decode in overlapping tiles blended as diffusers' enable_tiling() when the latents exceed a tile (default tile: the VAE's sample_size).")
-    var tile = false
-
-    @Option(VAETiling.sizeOption, "Tile side in pixels (implies --tile); a multiple of 4 × the VAE's factor, 32 for Stable Diffusion", defaultText: "the VAE config's sample_size")
-    var tileSize: Int?
-
-    @Option(name: .long, help: ArgumentHelp("With --tile: 'tile' (the default) normalises each tile with its own GroupNorm statistics as diffusers does (seams between tiles); 'shared' normalises every tile with statistics taken once from the whole input scaled down to one tile (fainter seams, the same memory).", valueName: "tile|shared"))
-    var tileNorm: VAETiling.Norm?
+    @OptionGroup var tileOption: TileOption
 
     @Option(name: .long, help: "Name of the record to decode (default: latents, else the only record, else posterior.mean).")
     var record: String?
@@ -69,7 +61,7 @@ struct VAEDecode: DiffEditTool {
         try CLI.run(Self.toolName) {
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
-            let tiling = try VAETiling.option(tile: tile, size: tileSize, norm: tileNorm, vae: vae)
+            let tiling = try tileOption.tiling(vae: vae)
             let out = try CLI.binaryOutput(force: force)
             let reader = try CLI.tensorInput(file)
             let records = try reader.readAllNonEmpty(expecting: "latents [N, \(vae.config.latentChannels), h, w]")

@@ -2,7 +2,6 @@ import ArgumentParser
 import DiffEditCore
 import DiffEditCLI
 
-extension VAETiling.Norm: ExpressibleByArgument {}
 
 // `vae-encode`: netpbm image(s) → the VAE's latent posterior (man 1 vae-encode).
 
@@ -34,14 +33,7 @@ struct VAEEncode: DiffEditTool {
     @Option(name: .long, help: "Resize each side down to a multiple of the downsampling factor: nearest or bilinear.")
     var resize: ResizeMode?
 
-    @Flag(name: .long, help: "Encode in overlapping tiles blended as diffusers' enable_tiling() when the image exceeds a tile (default tile: the VAE's sample_size).")
-    var tile = false
-
-    @Option(VAETiling.sizeOption, "Tile side in pixels (implies --tile); a multiple of 4 × the VAE's factor, 32 for Stable Diffusion", defaultText: "the VAE config's sample_size")
-    var tileSize: Int?
-
-    @Option(name: .long, help: ArgumentHelp("With --tile: 'tile' (the default) normalises each tile with its own GroupNorm statistics as diffusers does (seams between tiles); 'shared' normalises every tile with statistics taken once from the whole input scaled down to one tile (fainter seams, the same memory).", valueName: "tile|shared"))
-    var tileNorm: VAETiling.Norm?
+    @OptionGroup var tileOption: TileOption
 
     @Flag(name: .long, help: "Write one sample of the posterior (record latents) instead of mean and std; needs --seed.")
     var sample = false
@@ -65,7 +57,7 @@ struct VAEEncode: DiffEditTool {
             if seed != nil && !sample { throw ToolError("--seed only applies to --sample — add --sample, or drop --seed to write the posterior") }
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
-            let tiling = try VAETiling.option(tile: tile, size: tileSize, norm: tileNorm, vae: vae)
+            let tiling = try tileOption.tiling(vae: vae)
             let out = try CLI.tensorOutput(force: force)
             let images = try NetpbmImage.readAll(try ByteReader(path: file)) { w, h, _ in
                 // Tiled, the encoder's activations are those of one tile.
