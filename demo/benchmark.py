@@ -42,10 +42,11 @@ prompt or the source caption) for the methods of METHODS:
     gt-mask          the ground-truth mask (cells touching the edited object): DiffEdit's upper bound
     gt-mask+paste    gt-mask's picture pasted back through the true pixel mask G (gt-pixels.pgm)
     gt-mask-paper    the same with --blend paper
-and two references that edit nothing: `vae` (the input through the autoencoder: the best
-background any method can keep) and `oracle` (the true target image through the autoencoder: what
-a perfect edit scores, so the success measure's ceiling). A method may also post-process another
-method's picture (`Method.after` and `Method.post`, run by `method_line`).
+and three references: `vae` (no edit, the input through the autoencoder: the best background any
+method that decodes the whole picture can keep), `oracle` (the true target image through the
+autoencoder: what a perfect edit scores, so the success measure's ceiling) and `ideal` (the true
+target image itself: the background a perfect edit of the pixels keeps). A method may also
+post-process another method's picture (`Method.after` and `Method.post`, run by `method_line`).
 
 Metrics, per case, then summarised (the ground truth G = union of the edited object's source and
 target masks, 64×64 pixels):
@@ -57,6 +58,10 @@ target masks, 64×64 pixels):
                     the PSNR of the pooled error (squared errors summed over every case's
                     background pixels, divided by their number), which no single case dominates;
                     `bg_exact` the share of cases whose background is exact (MSE 0)
+    untouched PSNR  bg PSNR over the pixels the edited object does not cover at all, before or after
+                    (world.EditPair.touched: G's pixels are those at least half covered, and the
+                    antialiased rim just outside G changes in a perfect edit too: the `ideal` row
+                    scores about 40 dB outside G at 64 px, and exact outside `touched`)
     edit success    colour edits: the most frequent object colour inside the object is the target
                     colour; shape edits: the largest blob of the object's colour near G is
                     classified as the target shape by measure.ShapeClassifier (softmax regression
@@ -165,7 +170,9 @@ LEDITS_BESIDE = ("diffedit", "diffedit+paste")
 REFERENCES = [
     ("vae", "no edit: the input through the VAE"),
     ("oracle", "the true target image through the VAE"),
+    ("ideal", "the true target image itself: a perfect edit, pixel for pixel"),
 ]
+REFERENCE_FILES = {"ideal": "tgt.ppm"}  # a reference whose picture is not NAME.ppm
 FIRST_SEED = 2_000_000  # the held-out scenes every reported result uses
 SCHEDULERS = {"ddim": "DDIM", "dpm": "DPM-Solver++"}  # the tools' --scheduler
 MASK_FILES = {"inferred": "mask.tensor", "gt": "gt.tensor", "ones": "ones.tensor", "ledits": "ledits-masks.tensor"}
@@ -368,6 +375,14 @@ def background_error(out, src, outside):
     return float((diff[outside] ** 2).sum()), float(np.abs(diff[outside]).sum()), int(outside.sum()) * src.shape[-1]
 
 
+def background_scores(out, src, outside, prefix):
+    """The background metrics of one picture over one region, named PREFIX_psnr, _mae, _sse,
+    _values, _exact."""
+    sse, sae, n = background_error(out, src, outside)
+    return {f"{prefix}_psnr": psnr(sse / n), f"{prefix}_mae": sae / n, f"{prefix}_sse": sse,
+            f"{prefix}_values": n, f"{prefix}_exact": sse == 0}
+
+
 def psnr(mse):
     """PSNR (dB) of a mean squared error on 0..255, capped at PSNR_CAP (MSE 0 gives the cap)."""
     return PSNR_CAP if mse <= 0 else min(PSNR_CAP, 10 * np.log10(255.0 ** 2 / mse))
@@ -392,20 +407,20 @@ def score_case(k, d, pair, clf, a=None, methods=None):
            "gt_pixels": int(g.sum()), "mask_cells": int(inferred.sum()), "methods": {}}
     names = [(m.name, m.mask) for m in methods] + [(r[0], None) for r in REFERENCES]
     for name, mask in names:
-        out = measure.read_pnm(f"{d}/{name}.ppm")
-        sse, sae, n = background_error(out, src.image, outside)
+        out = measure.read_pnm(f"{d}/{REFERENCE_FILES.get(name, name + '.ppm')}")
         if pair.kind == "colour":
             got = measure.dominant_colour(out, src.masks[i] & tgt.masks[i])[0]
         else:
             got = clf.predict(clf.segment(out, obj.colour, measure.dilate(g, 3)))
-        r = {"bg_psnr": psnr(sse / n), "bg_mae": sae / n, "bg_sse": sse, "bg_values": n, "bg_exact": sse == 0,
+        r = {**background_scores(out, src.image, outside, "bg"),
+             **background_scores(out, src.image, ~pair.touched, "untouched"),
              "got": got, "success": got == row["want"]}
         pixels = f"{d}/{name}.mask.pgm"  # a pasted-back row's pixel mask (composite --mask-output)
         if os.path.exists(pixels):
             r["mask_iou"] = measure.iou(measure.read_pnm(pixels) > 0, g)
         elif mask is not None:
             r["mask_iou"] = measure.iou(measure.upsample(masks[mask], factor), g)
-        row["methods"][name] = {k2: (round(v, 4) if isinstance(v, float) and k2 != "bg_sse" else v)
+        row["methods"][name] = {k2: (round(v, 4) if isinstance(v, float) and not k2.endswith("_sse") else v)
                                 for k2, v in r.items()}
     return row
 
@@ -427,6 +442,11 @@ def summarise(rows, methods=None, references=REFERENCES):
                  "bg_psnr_pooled": float(psnr(pooled_mse)),
                  "bg_exact": float(np.mean([r["bg_exact"] for r in rs])),
                  "bg_mae": float(np.mean([r["bg_mae"] for r in rs]))}
+            if "untouched_sse" in rs[0]:  # results made since the untouched background was measured
+                e |= {"untouched_psnr": float(np.mean([r["untouched_psnr"] for r in rs])),
+                      "untouched_psnr_pooled": float(psnr(sum(r["untouched_sse"] for r in rs)
+                                                          / sum(r["untouched_values"] for r in rs))),
+                      "untouched_exact": float(np.mean([r["untouched_exact"] for r in rs]))}
             if "mask_iou" in rs[0]:
                 e["mask_iou"] = float(np.mean([r["mask_iou"] for r in rs]))
             s[kind] = e
@@ -445,6 +465,13 @@ def describe_settings(stages):
                 for stage in LEDITS_STAGE_SETTINGS if stage in stages))
 
 
+def untouched_cells(e):
+    """The untouched background's three table cells (mean, pooled, exact) of a summary entry."""
+    if "untouched_psnr" not in e:
+        return "— | — | —"
+    return f"{e['untouched_psnr']:.2f} | {e['untouched_psnr_pooled']:.2f} | {100 * e['untouched_exact']:.1f} %"
+
+
 def table(summary, rows, a, seconds, stages, methods=None):
     methods = METHODS if methods is None else methods
     desc = {m.name: m.description for m in methods} | {r[0]: r[1] for r in REFERENCES}
@@ -457,16 +484,18 @@ def table(summary, rows, a, seconds, stages, methods=None):
              + (f"pasted back with `composite {a.paste_flags}`; " if getattr(a, "paste_flags", None) else "")
              + f"model `{os.path.relpath(os.path.abspath(a.model), ROOT)}`. "
              f"{seconds / 60:.1f} min with {a.jobs} jobs. Background PSNR: mean of per-case PSNRs (each "
-             f"capped at {PSNR_CAP:.0f} dB) and of the pooled error; exact: cases with MSE 0.", "",
+             f"capped at {PSNR_CAP:.0f} dB) and of the pooled error; exact: cases with MSE 0. Untouched: "
+             f"the same outside every pixel the edited object covers at all (where a perfect edit is exact).", "",
              "| method | mask IoU | background PSNR (dB): mean | pooled | exact | background MAE (/255) "
-             "| edit success: all | colour | shape |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| untouched PSNR (dB): mean | pooled | exact | edit success: all | colour | shape |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         al, co, sh = s["all"], s.get("colour"), s.get("shape")
         iou = f"{al['mask_iou']:.3f}" if "mask_iou" in al else "—"
         pct = lambda e: f"{100 * e['success']:.1f} %" if e else "—"  # noqa: E731
         lines.append(f"| `{name}`: {desc[name]} | {iou} | {al['bg_psnr']:.2f} | {al['bg_psnr_pooled']:.2f} | "
-                     f"{100 * al['bg_exact']:.1f} % | {al['bg_mae']:.2f} | {pct(al)} | {pct(co)} | {pct(sh)} |")
+                     f"{100 * al['bg_exact']:.1f} % | {al['bg_mae']:.2f} | {untouched_cells(al)} | "
+                     f"{pct(al)} | {pct(co)} | {pct(sh)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -602,7 +631,7 @@ def main():
     acc = {"held_out_renders": clf.accuracy(), "held_out_blurred": clf.accuracy(blur=True)}
     print(f"benchmark: shape classifier accuracy {acc}", file=sys.stderr)
     if a.photo_scale:
-        photo_benchmark.run(a, clf, summarise, background_error, psnr)
+        photo_benchmark.run(a, clf, summarise, background_scores)
         return
 
     rows, tool_seconds, stages = [], [], None

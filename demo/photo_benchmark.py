@@ -7,6 +7,9 @@ edited at the model's size, pasted back by composite), and scored at full resolu
                    (union of the edited object's source and target masks) at N×64 pixels
     background     input vs output over the pixels outside G: per-case PSNR (capped), the pooled
                    error's PSNR, the share of exact backgrounds, MAE
+    untouched      the same outside every pixel the edited object covers at all, before or after
+                   (world.EditPair.touched), where a perfect edit is exact
+    ideal          a reference row: the true target render at N×64 pixels, scored the same way
     edit success   the output shrunk to 64×64 by area averaging, then benchmark.py's measure on the
                    64-px scene (the classifier and the colour rule were made for that scale)
     peak RSS       the largest resident set of any one process of the recipe (GNU time), per case;
@@ -37,6 +40,7 @@ import world  # noqa: E402
 
 PHOTO_SH = os.path.join(ROOT, "examples", "photo.sh")
 ROW = "diffedit-photo"
+IDEAL = "ideal"  # the true target render: what a perfect edit scores
 
 
 def shrink(img, factor):
@@ -74,31 +78,35 @@ def edit_case(k, a, scale):
     return d, secs, rss
 
 
-def score_case(k, d, a, scale, clf, background_error, psnr):
-    """Metrics of the photo edit of case k at full resolution (success at 64 px)."""
+def score_case(k, d, a, scale, clf, background_scores):
+    """Metrics of the photo edit of case k at full resolution (success at 64 px), and of the
+    `ideal` reference (the true target render) beside it."""
     seed = a.first_seed + k
     kind = "colour" if k % 2 == 0 else "shape"
     big = world.make_edit_pair(seed, kind=kind, size=64 * scale)
     small = world.make_edit_pair(seed, kind=kind)
-    out = measure.read_pnm(f"{d}/out.ppm")
-    g = big.mask
-    sse, sae, n = background_error(out, big.source.image, ~g)
-    pixel_mask = measure.read_pnm(f"{d}/work/photo.mask.pgm") > 0
+    g, untouched = big.mask, ~big.touched
     i = small.index
     obj = small.target.objects[i]
     want = obj.colour if kind == "colour" else obj.shape
-    low = shrink(out, scale)
-    if kind == "colour":
-        got = measure.dominant_colour(low, small.source.masks[i] & small.target.masks[i])[0]
-    else:
-        got = clf.predict(clf.segment(low, obj.colour, measure.dilate(small.mask, 3)))
-    return {"case": k, "seed": seed, "kind": kind, "want": want, "methods": {ROW: {
-        "bg_psnr": round(psnr(sse / n), 4), "bg_mae": round(sae / n, 4), "bg_sse": sse, "bg_values": n,
-        "bg_exact": sse == 0, "got": got, "success": got == want,
-        "mask_iou": round(measure.iou(pixel_mask, g), 4)}}}
+
+    def scores(out):
+        low = shrink(out, scale)
+        if kind == "colour":
+            got = measure.dominant_colour(low, small.source.masks[i] & small.target.masks[i])[0]
+        else:
+            got = clf.predict(clf.segment(low, obj.colour, measure.dilate(small.mask, 3)))
+        r = {**background_scores(out, big.source.image, ~g, "bg"),
+             **background_scores(out, big.source.image, untouched, "untouched"), "got": got, "success": got == want}
+        return {key: (round(v, 4) if isinstance(v, float) and not key.endswith("_sse") else v) for key, v in r.items()}
+
+    pixel_mask = measure.read_pnm(f"{d}/work/photo.mask.pgm") > 0
+    edit = scores(measure.read_pnm(f"{d}/out.ppm")) | {"mask_iou": round(measure.iou(pixel_mask, g), 4)}
+    return {"case": k, "seed": seed, "kind": kind, "want": want,
+            "methods": {ROW: edit, IDEAL: scores(big.target.image)}}
 
 
-def run(a, clf, summarise, background_error, psnr):
+def run(a, clf, summarise, background_scores):
     """The large-photo mode: every case through photo.sh at a.photo_scale; writes RESULTS.json/.md."""
     scale = a.photo_scale
     if not os.access(PHOTO_SH, os.X_OK):
@@ -113,23 +121,28 @@ def run(a, clf, summarise, background_error, psnr):
             d, secs, r = f.result()
             seconds.append(secs)
             rss.append(r)
-            rows.append(score_case(k, d, a, scale, clf, background_error, psnr))
+            rows.append(score_case(k, d, a, scale, clf, background_scores))
             if n % 10 == 0 or n == a.cases:
                 print(f"benchmark: photos at {scale}x: {n}/{a.cases} cases, {time.time() - t0:.0f} s", file=sys.stderr)
     rows.sort(key=lambda r: r["case"])
-    summary = summarise(rows, [ROW], references=())
-    s = summary[ROW]
+    summary = summarise(rows, [ROW, IDEAL], references=())
     size = 64 * scale
     lines = [f"Large-photo mode: {a.cases} {'held-out' if a.first_seed == 2_000_000 else 'tuning'} scenes "
              f"rendered at {size}x{size} ({scale}x the model's 64 px), edited by examples/photo.sh at the "
              f"model's defaults; {np.mean(seconds):.1f} s per case ({a.jobs} at once), peak RSS of the "
              f"largest process {max(rss) / 1024:.0f} MiB (median {np.median(rss) / 1024:.0f} MiB).", "",
              "| method | mask IoU (pixels) | bg PSNR mean (dB) | bg PSNR pooled (dB) | exact bg | bg MAE | "
-             "edit success: all | colour | shape |", "|---|---|---|---|---|---|---|---|---|"]
-    e = s["all"]
-    lines.append(f"| `{ROW}` ({size} px) | {e['mask_iou']:.3f} | {e['bg_psnr']:.2f} | {e['bg_psnr_pooled']:.2f} | "
-                 f"{100 * e['bg_exact']:.1f} % | {e['bg_mae']:.2f} | {100 * e['success']:.1f} % | "
-                 f"{100 * s['colour']['success']:.1f} % | {100 * s['shape']['success']:.1f} % |")
+             "untouched PSNR mean (dB) | pooled | exact | edit success: all | colour | shape |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in (ROW, IDEAL):
+        s = summary[name]
+        e = s["all"]
+        iou = f"{e['mask_iou']:.3f}" if "mask_iou" in e else "—"
+        lines.append(f"| `{name}` ({size} px) | {iou} | {e['bg_psnr']:.2f} | {e['bg_psnr_pooled']:.2f} | "
+                     f"{100 * e['bg_exact']:.1f} % | {e['bg_mae']:.2f} | {e['untouched_psnr']:.2f} | "
+                     f"{e['untouched_psnr_pooled']:.2f} | {100 * e['untouched_exact']:.1f} % | "
+                     f"{100 * e['success']:.1f} % | {100 * s['colour']['success']:.1f} % | "
+                     f"{100 * s['shape']['success']:.1f} % |")
     md = "\n".join(lines) + "\n"
     print(md)
     if a.results:

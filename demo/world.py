@@ -270,6 +270,16 @@ class EditPair:
     target_caption: str
     mask: np.ndarray  # bool [size, size]: union of the changed object's source and target masks
 
+    @property
+    def touched(self) -> np.ndarray:
+        """bool [size, size]: every pixel the changed object covers at all (coverage > 0), before or
+        after the edit. `mask` takes only the pixels at least half covered, so the antialiased rim
+        outside it differs between the two renders: a perfect edit changes it. Outside `touched` the
+        target render equals the source exactly."""
+        size = self.mask.shape[0]
+        old, new = self.source.objects[self.index], self.target.objects[self.index]
+        return self.mask | (coverage(old, size) > 0) | (coverage(new, size) > 0)
+
 
 def make_edit_pair(seed: int, kind: str | None = None, n_objects: int | None = None,
                    full_caption: bool = True, size: int = SIZE) -> EditPair:
