@@ -14,6 +14,9 @@ precision), in the same run:
   text             CLIP ViT-L/14 text tower, batch 2 x 77 tokens
   edit             one whole DiffEdit edit at 256x256, 20 steps: our tools as examples.sh runs them
                    against StableDiffusionDiffEditPipeline (generate_mask + invert + __call__)
+  edit-deepcache   the same edit with our opt-in --deep-cache 3 on invert and denoise, against the
+                   same diffusers edit (timed once when both rows run)
+  edit512, ledits  the edit at 512x512, 10 steps; a LEDITS++ edit at 256x256, 30 inversion steps
 
 Run it under the machine's CPU lock, e.g.
 
@@ -197,8 +200,12 @@ def main():
         spec = {"row": row.id, "cache": cache, "runs": args.runs, "threads": args.threads, "work": work,
                 **row.kind.spec(ctx, row)}
         raw[row.id] = {"ours": o}
+        shared = raw.get(row.peer_row, {}) if row.peer_row else {}
         for name in row.kind.peers:   # PyTorch first, then the other engines that measure this kind
-            if name in peers:
+            if name in peers and name in shared:   # the same work, timed for another row of this sitting
+                raw[row.id][name] = shared[name]
+                log(f"   {peers[name].NAME}: {row.peer_row}'s ({peers[name].brief(shared[name])})")
+            elif name in peers:
                 t0 = time.perf_counter()
                 try:
                     raw[row.id][name] = peers[name].measure(spec, lambda s, name=name: run_worker(s, env=penv, peer=name))

@@ -4,6 +4,7 @@ Ours holds where the tools, the model and the work folder are, makes the inputs 
 posteriors, token ids) and times unet-bench, one tool at a time, or the whole edit as the
 diffedit_tools edit module writes it (examples.sh's pipeline).
 """
+import functools
 import os
 import re
 
@@ -95,9 +96,10 @@ class Ours:
             check(out, "tokenize")
         return paths
 
-    def edit_commands(self, source, target, image, steps, d, bin_dir):
-        """examples.sh's edit (MODEL=cache, SEED=0, GUIDANCE=7.5, NEGATIVE=source), stage by stage."""
-        e = tools.Edit(source, target, image, steps=steps, seed=0, guidance="7.5", negative="source")
+    def edit_commands(self, source, target, image, steps, d, bin_dir, deep_cache=None):
+        """examples.sh's edit (MODEL=cache, SEED=0, GUIDANCE=7.5, NEGATIVE=source; DEEP_CACHE), stage by stage."""
+        e = tools.Edit(source, target, image, steps=steps, seed=0, guidance="7.5", negative="source",
+                       deep_cache=deep_cache)
         return tools.Commands(e, bin=bin_dir, dir=d).stages()
 
     def ledits_commands(self, source, target, image, steps, d, bin_dir):
@@ -106,14 +108,15 @@ class Ours:
         e = tools.Edit(source, target, image, seed=0, ledits_steps=steps, ledits_remove_source=True)
         return tools.Commands(e, bin=bin_dir, dir=d).ledits_stages()
 
-    def edit(self, source, target, image, steps, runs, name="edit", method="diffedit"):
+    def edit(self, source, target, image, steps, runs, name="edit", method="diffedit", deep_cache=None):
         env = tools.tool_env(self.cache, base=self.env)   # as examples.sh: export DIFFEDIT_MODEL
         d = os.path.join(self.work, name)
         os.makedirs(d, exist_ok=True)
         times, stages, rss = [], [], []
         for _ in range(runs):
             total, st = 0.0, {}
-            commands = self.ledits_commands if method == "ledits" else self.edit_commands
+            commands = (self.ledits_commands if method == "ledits"
+                        else functools.partial(self.edit_commands, deep_cache=deep_cache))
             for stage in commands(source, target, image, steps, d, self.bin):
                 wall, out = run_procs(stage.argvs, stdin_path=stage.stdin, stdout_path=stage.stdout, env=env)
                 check(out, stage.label)

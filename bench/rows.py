@@ -112,7 +112,8 @@ class WholeEdit(Kind):
 
     def ours(self, ctx, row):
         p = row.params
-        o = ctx.ours.edit(SOURCE, TARGET, ctx.ours.image(p["size"]), p["steps"], ctx.edit_runs, name=row.id)
+        o = ctx.ours.edit(SOURCE, TARGET, ctx.ours.image(p["size"]), p["steps"], ctx.edit_runs, name=row.id,
+                          deep_cache=p.get("deep_cache"))
         o["edit_cmds"] = o["cmd"]
         return o
 
@@ -155,8 +156,11 @@ class WholeEdit(Kind):
                   f"process): PyTorch {fmt_s(lt)} s, ours/PyTorch **{median(o['times']) / lt:.2f}**.\n")
         if raw_row.get("agreement"):
             md.append(f"Same result? {raw_row['agreement']}\n")
+        dc = row.params.get("deep_cache")
         md.append(f"Our commands (examples.sh's edit with MODEL=the cache folder, STEPS={steps}, SEED=0, GUIDANCE=7.5, "
-                  "NEGATIVE=source; `DIFFEDIT_MODEL` exported):\n")
+                  "NEGATIVE=source; `DIFFEDIT_MODEL` exported" + (
+                      f"; invert and denoise also with `--deep-cache {dc}`: the whole UNet every {dc} steps and its "
+                      "shallow branch between them (DeepCache, opt-in)" if dc else "") + "):\n")
         md.append("```")
         md.extend(o["cmd"])
         md.append("```\n")
@@ -236,6 +240,8 @@ class Row:
     title: str
     kind: Kind
     params: dict = field(default_factory=dict)
+    peer_row: str | None = None  # a row whose peers time the same work: their results are shared
+                                 # when both rows run in one sitting (no second diffusers edit)
 
 
 ROWS = [
@@ -248,6 +254,9 @@ ROWS = [
     Row("text", "CLIP ViT-L/14 text encoder, batch 2 × 77 tokens", TextEncoder()),
     Row("edit", "whole DiffEdit edit, 256², 20 steps, guidance 7.5", WholeEdit(), {"size": 256, "steps": 20}),
     Row("edit512", "whole DiffEdit edit, 512², 10 steps, guidance 7.5", WholeEdit(), {"size": 512, "steps": 10}),
+    # Ours with the opt-in speed paths against the same exact diffusers edit as the `edit` row.
+    Row("edit-deepcache", "whole DiffEdit edit, 256², 20 steps, guidance 7.5; ours with --deep-cache 3",
+        WholeEdit(), {"size": 256, "steps": 20, "deep_cache": 3}, peer_row="edit"),
     Row("ledits", "whole LEDITS++ edit, 256², 30 inversion steps (DDIM)", LEditsEdit(), {"size": 256, "steps": 30}),
 ]
 BY_ID = {r.id: r for r in ROWS}
