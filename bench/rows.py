@@ -118,9 +118,10 @@ class WholeEdit(Kind):
         return o
 
     def spec(self, ctx, row):
+        peer = row.peer_row or row.id   # a shared peer measurement wrote its files under its own row
         return {"runs": ctx.edit_runs, "image": ctx.ours.image(row.params["size"]), "source": SOURCE,
-                "target": TARGET, "mask_out": os.path.join(ctx.work, f"torch-mask-{row.id}.npy"),
-                "image_out": os.path.join(ctx.work, f"torch-edited-{row.id}.png")}
+                "target": TARGET, "mask_out": os.path.join(ctx.work, f"torch-mask-{peer}.npy"),
+                "image_out": os.path.join(ctx.work, f"torch-edited-{peer}.png")}
 
     def after(self, ctx, row, o, spec):
         return {"agreement": edit_agreement(o["dir"], spec)}
