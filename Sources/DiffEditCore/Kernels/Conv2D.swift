@@ -30,9 +30,16 @@ public enum Conv2D {
                              kernel: (kernel, kernel), padding: padding, out: out)
             }
         } else if spatial && kernel == 3 && policy.useWinograd && prefersWinograd(inChannels: c, outChannels: o) {
-            ctx.measure("conv winograd \(h)x\(w) \(c)->\(o)") {
-                forwardWinograd(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
-                                padding: padding, out: out)
+            if policy.winogradTile == 4 {
+                ctx.measure("conv winograd4 \(h)x\(w) \(c)->\(o)") {
+                    forwardWinograd4(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
+                                     padding: padding, out: out)
+                }
+            } else {
+                ctx.measure("conv winograd \(h)x\(w) \(c)->\(o)") {
+                    forwardWinograd(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
+                                    padding: padding, out: out)
+                }
             }
         } else {
             ctx.measure(spatial ? "conv bands \(h)x\(w) \(c)->\(o)" : "conv im2col") {

@@ -1,0 +1,297 @@
+/// 3×3 stride-1 convolution by Winograd's minimal filtering F(4×4, 3×3) (Lavin & Gray 2015): each
+/// 4×4 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A over a 6×6 input tile d, so the channel sums
+/// become 36 GEMMs M_ξ[O][tiles] = U_ξ[O][C] · V_ξ[C][tiles]: 36 multiplies per 16 outputs
+/// (2.25 per output) against 4 for F(2×2, 3×3) and 9 for the direct or shifted forms.
+///
+/// Interpolation points 0, 1, −1, ½, −2 and ∞ rather than Lavin's 0, ±1, ±2, ∞: on random SD-shaped
+/// data (320–1280 channels, f16 weights, transforms and products in f32) the worst error against
+/// a float64 direct convolution, relative to the largest output, is 4.9e-6 / 8.0e-6 / 1.2e-5 at
+/// 320 / 640 / 1280 channels against 1.4e-5 / 2.2e-5 / 2.7e-5 with ±2 (the points Barabasz et al.
+/// 2020, "Error analysis and improving the accuracy of Winograd convolution for DNNs", found
+/// best for 6 points); F(2×2) is 0.7e-6 – 1.5e-6 there, im2col 4e-7. Every entry of Bᵀ and Aᵀ is
+/// a small multiple of a power of two (exact); only G has thirds and fifteenths, rounded once.
+///
+///     Bᵀ = [ 1 −3/2  −2  3/2  1  0 ]     G = [    1      0     0  ]     Aᵀ = [ 1  1  1   1    1  0 ]
+///          [ 0  −1  1/2  5/2  1  0 ]         [  1/3    1/3   1/3 ]          [ 0  1 −1  1/2  −2  0 ]
+///          [ 0   1 −5/2  1/2  1  0 ]         [ −1/3    1/3  −1/3 ]          [ 0  1  1  1/4   4  0 ]
+///          [ 0  −2   −1    2  1  0 ]         [−16/15 −8/15 −4/15 ]          [ 0  1 −1  1/8  −8  1 ]
+///          [ 0  1/2  −1 −1/2  1  0 ]         [ 1/15  −2/15  4/15 ]
+///          [ 0   1 −3/2   −2 3/2 1 ]         [    0      0     1  ]
+///
+/// The transforms run on 8 lanes at once: U over 8 input channels (contiguous in U), V and the
+/// output over 8 tiles (contiguous in V and M). U is not kept between calls (it is 4× the
+/// weights): it is rebuilt per call into workspace scratch, in blocks of output channels of at
+/// most the policy's `winogradWeightBudget` floats.
+public extension Conv2D {
+    typealias Lanes = SIMD8<Float>
+
+    /// Bᵀ x for a column x of 6.
+    @inline(__always)
+    static func inputTransform4(_ d0: Lanes, _ d1: Lanes, _ d2: Lanes, _ d3: Lanes, _ d4: Lanes, _ d5: Lanes)
+        -> (Lanes, Lanes, Lanes, Lanes, Lanes, Lanes) {
+        let half: Float = 0.5, threeHalves: Float = 1.5, fiveHalves: Float = 2.5
+        return (d0 - threeHalves * d1 - 2 * d2 + threeHalves * d3 + d4,
+                d4 - d1 + half * d2 + fiveHalves * d3,
+                d4 + d1 - fiveHalves * d2 + half * d3,
+                d4 - 2 * d1 - d2 + 2 * d3,
+                d4 + half * d1 - d2 - half * d3,
+                d5 + d1 - threeHalves * d2 - 2 * d3 + threeHalves * d4)
+    }
+
+    /// Aᵀ m for a column m of 6.
+    @inline(__always)
+    static func outputTransform4(_ m0: Lanes, _ m1: Lanes, _ m2: Lanes, _ m3: Lanes, _ m4: Lanes, _ m5: Lanes)
+        -> (Lanes, Lanes, Lanes, Lanes) {
+        let s = m1 + m2, t = m1 - m2
+        return (m0 + s + m3 + m4,
+                t + 0.5 * m3 - 2 * m4,
+                s + 0.25 * m3 + 4 * m4,
+                t + 0.125 * m3 - 8 * m4 + m5)
+    }
+
+    /// G g for a column g of 3.
+    @inline(__always)
+    static func weightTransform4(_ g0: Lanes, _ g1: Lanes, _ g2: Lanes) -> (Lanes, Lanes, Lanes, Lanes, Lanes, Lanes) {
+        let third: Float = 1.0 / 3, fifteenth: Float = 1.0 / 15
+        let even = g0 + g2
+        return (g0,
+                (even + g1) * third,
+                (g1 - even) * third,
+                (-16 * g0 - 8 * g1 - 4 * g2) * fifteenth,
+                (g0 - 2 * g1 + 4 * g2) * fifteenth,
+                g2)
+    }
+
+    /// Stores the first `count` lanes of `v` at `p`.
+    @inline(__always)
+    static func storeLanes(_ v: Lanes, _ p: UnsafeMutablePointer<Float>, count: Int) {
+        if count == 8 {
+            UnsafeMutableRawPointer(p).storeBytes(of: v, as: Lanes.self)
+        } else {
+            for j in 0..<count { p[j] = v[j] }
+        }
+    }
+
+    /// Lanes of `count` floats at `p` (the rest zero).
+    @inline(__always)
+    static func loadLanes(_ p: UnsafePointer<Float>, count: Int) -> Lanes {
+        if count == 8 { return UnsafeRawPointer(p).loadUnaligned(as: Lanes.self) }
+        var v = Lanes()
+        for j in 0..<count { v[j] = p[j] }
+        return v
+    }
+
+    /// U_ξ[r][c] = (G g Gᵀ)_ξ for output channels `rows` (r counted from rows.lowerBound), ξ-planes
+    /// `rows.count · c` apart.
+    internal static func transformWeights4(_ ctx: ComputeContext, weight: WeightMatrix, c: Int, rows: Range<Int>,
+                                           into u: UnsafeMutablePointer<Float>) {
+        let plane = rows.count * c
+        weight.rowBlocks(ctx, rows: rows, rowLength: 9 * c) { block, data in
+            ctx.parallelRanges(block.count, minChunk: 4) { range in
+                for r in range {
+                    let src = data + r * 9 * c
+                    let dst = u + (block.lowerBound - rows.lowerBound + r) * c
+                    var c0 = 0
+                    while c0 < c {
+                        let lanes = min(8, c - c0)
+                        var g = (Lanes(), Lanes(), Lanes(), Lanes(), Lanes(), Lanes(), Lanes(), Lanes(), Lanes())
+                        for j in 0..<lanes {
+                            let s = src + (c0 + j) * 9
+                            g.0[j] = s[0]; g.1[j] = s[1]; g.2[j] = s[2]
+                            g.3[j] = s[3]; g.4[j] = s[4]; g.5[j] = s[5]
+                            g.6[j] = s[6]; g.7[j] = s[7]; g.8[j] = s[8]
+                        }
+                        // t = G g (6×3), by columns of g; then U = t Gᵀ, by rows of t.
+                        let a = weightTransform4(g.0, g.3, g.6), b = weightTransform4(g.1, g.4, g.7)
+                        let e = weightTransform4(g.2, g.5, g.8)
+                        let d = dst + c0
+                        func store(_ i: Int, _ t0: Lanes, _ t1: Lanes, _ t2: Lanes) {
+                            let row = weightTransform4(t0, t1, t2)
+                            storeLanes(row.0, d + (i * 6 + 0) * plane, count: lanes)
+                            storeLanes(row.1, d + (i * 6 + 1) * plane, count: lanes)
+                            storeLanes(row.2, d + (i * 6 + 2) * plane, count: lanes)
+                            storeLanes(row.3, d + (i * 6 + 3) * plane, count: lanes)
+                            storeLanes(row.4, d + (i * 6 + 4) * plane, count: lanes)
+                            storeLanes(row.5, d + (i * 6 + 5) * plane, count: lanes)
+                        }
+                        store(0, a.0, b.0, e.0)
+                        store(1, a.1, b.1, e.1)
+                        store(2, a.2, b.2, e.2)
+                        store(3, a.3, b.3, e.3)
+                        store(4, a.4, b.4, e.4)
+                        store(5, a.5, b.5, e.5)
+                        c0 += lanes
+                    }
+                }
+            }
+        }
+    }
+
+    /// V_ξ[c][k] = (Bᵀ d B)_ξ over the 6×6 input tile d of tile t0 + k (zero outside the image),
+    /// ξ-planes c·nt apart.
+    internal static func transformInput4(_ ctx: ComputeContext, x: UnsafePointer<Float>, c: Int, h: Int, w: Int,
+                                         padding: Padding, tileColumns tw: Int, tilesPerImage: Int,
+                                         tiles t0: Int, count nt: Int, into v: UnsafeMutablePointer<Float>) {
+        let plane = c * nt
+        ctx.parallelRanges(c, minChunk: 4) { range in
+            withUnsafeTemporaryAllocation(of: Lanes.self, capacity: 36) { buffer in
+                let d = buffer.baseAddress!
+                let lanesOf = UnsafeMutableRawPointer(d).assumingMemoryBound(to: Float.self)
+                for ci in range {
+                    var k0 = 0
+                    while k0 < nt {
+                        let lanes = min(8, nt - k0)
+                        if lanes < 8 { d.update(repeating: Lanes(), count: 36) }
+                        // Gather the lanes' tiles: lane j of d[r·6 + q] is row r, column q of tile k0 + j.
+                        for j in 0..<lanes {
+                            let tile = t0 + k0 + j
+                            let img = tile / tilesPerImage, rest = tile % tilesPerImage
+                            let y0 = (rest / tw) * 4 - padding.top, x0 = (rest % tw) * 4 - padding.left
+                            let src = x + (img * c + ci) * h * w
+                            if y0 >= 0 && y0 + 6 <= h && x0 >= 0 && x0 + 6 <= w {
+                                for r in 0..<6 {
+                                    let row = src + (y0 + r) * w + x0
+                                    for q in 0..<6 { lanesOf[(r * 6 + q) * 8 + j] = row[q] }
+                                }
+                            } else {
+                                for r in 0..<6 {
+                                    let yy = y0 + r
+                                    let inside = yy >= 0 && yy < h
+                                    for q in 0..<6 {
+                                        let xx = x0 + q
+                                        lanesOf[(r * 6 + q) * 8 + j] = inside && xx >= 0 && xx < w ? src[yy * w + xx] : 0
+                                    }
+                                }
+                            }
+                        }
+                        // Bᵀ d by columns in place, then (Bᵀ d) B by rows into V.
+                        for q in 0..<6 {
+                            let t = inputTransform4(d[q], d[6 + q], d[12 + q], d[18 + q], d[24 + q], d[30 + q])
+                            d[q] = t.0; d[6 + q] = t.1; d[12 + q] = t.2; d[18 + q] = t.3; d[24 + q] = t.4; d[30 + q] = t.5
+                        }
+                        let dst = v + ci * nt + k0
+                        for r in 0..<6 {
+                            let t = inputTransform4(d[r * 6], d[r * 6 + 1], d[r * 6 + 2], d[r * 6 + 3], d[r * 6 + 4], d[r * 6 + 5])
+                            storeLanes(t.0, dst + (r * 6 + 0) * plane, count: lanes)
+                            storeLanes(t.1, dst + (r * 6 + 1) * plane, count: lanes)
+                            storeLanes(t.2, dst + (r * 6 + 2) * plane, count: lanes)
+                            storeLanes(t.3, dst + (r * 6 + 3) * plane, count: lanes)
+                            storeLanes(t.4, dst + (r * 6 + 4) * plane, count: lanes)
+                            storeLanes(t.5, dst + (r * 6 + 5) * plane, count: lanes)
+                        }
+                        k0 += lanes
+                    }
+                }
+            }
+        }
+    }
+
+    /// Y = Aᵀ M A per tile t0 + k and output channel rows.lower + r, plus the bias, written where
+    /// inside the output; M's ξ-planes are rows.count · nt apart.
+    internal static func transformOutput4(_ ctx: ComputeContext, m: UnsafePointer<Float>, o: Int, rows: Range<Int>,
+                                          oh: Int, ow: Int, tileColumns tw: Int, tilesPerImage: Int, tiles t0: Int,
+                                          count nt: Int, bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>) {
+        let plane = rows.count * nt
+        ctx.parallelRanges(rows.count, minChunk: 4) { range in
+            withUnsafeTemporaryAllocation(of: Lanes.self, capacity: 24) { buffer in
+                let t = buffer.baseAddress!
+                for r in range {
+                    let oi = rows.lowerBound + r
+                    let bv = Lanes(repeating: bias?[oi] ?? 0)
+                    var k0 = 0
+                    while k0 < nt {
+                        let lanes = min(8, nt - k0)
+                        let src = m + r * nt + k0
+                        // t = Aᵀ M (4×6) by columns of M, then Y = t A by rows of t.
+                        for q in 0..<6 {
+                            func at(_ i: Int) -> Lanes { loadLanes(src + (i * 6 + q) * plane, count: lanes) }
+                            let y = outputTransform4(at(0), at(1), at(2), at(3), at(4), at(5))
+                            t[q] = y.0; t[6 + q] = y.1; t[12 + q] = y.2; t[18 + q] = y.3
+                        }
+                        for i in 0..<4 {
+                            let y = outputTransform4(t[i * 6], t[i * 6 + 1], t[i * 6 + 2], t[i * 6 + 3], t[i * 6 + 4], t[i * 6 + 5])
+                            let (a, b, cc, dd) = (y.0 + bv, y.1 + bv, y.2 + bv, y.3 + bv)
+                            for j in 0..<lanes {
+                                let tile = t0 + k0 + j
+                                let img = tile / tilesPerImage, rest = tile % tilesPerImage
+                                let oy = (rest / tw) * 4 + i, ox = (rest % tw) * 4
+                                if oy >= oh { continue }
+                                let dst = out + ((img * o + oi) * oh + oy) * ow + ox
+                                if ox + 4 <= ow {
+                                    dst[0] = a[j]; dst[1] = b[j]; dst[2] = cc[j]; dst[3] = dd[j]
+                                } else {
+                                    dst[0] = a[j]
+                                    if ox + 1 < ow { dst[1] = b[j] }
+                                    if ox + 2 < ow { dst[2] = cc[j] }
+                                }
+                            }
+                        }
+                        k0 += lanes
+                    }
+                }
+            }
+        }
+    }
+
+    /// x: [n, c, h, w]; weight [O, C, 3, 3] (torch layout); writes [n, o, oh, ow] by F(4×4, 3×3).
+    /// U is built for blocks of output channels of at most `winogradWeightBudget` floats; tiles
+    /// are transformed in groups of the policy's `winogradBudget` floats (36·(C + block)·tiles).
+    /// The input's transform is done once when all tiles fit in one group, else once per block.
+    internal static func forwardWinograd4(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
+                                          weight: WeightMatrix, bias: UnsafePointer<Float>?,
+                                          outChannels o: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
+        let (oh, ow) = outputSize(h: h, w: w, kernel: (3, 3), stride: 1, padding: padding)
+        precondition(oh > 0 && ow > 0, "conv: \(h)x\(w) input is smaller than the 3x3 kernel")
+        let th = (oh + 3) / 4, tw = (ow + 3) / 4
+        let tilesPerImage = th * tw, tiles = n * tilesPerImage
+        let policy = ctx.policy
+        let blockRows = max(1, min(o, policy.winogradWeightBudget / max(1, 36 * c)))
+        let group = max(1, min(tiles, policy.winogradBudget / max(1, 36 * (c + blockRows))))
+        let inputOnce = group == tiles
+        let ws = ctx.workspace
+        ws.withScratch(36 * blockRows * c) { u in
+            ws.withScratch(36 * c * group) { v in
+                ws.withScratch(36 * blockRows * group) { m in
+                    if inputOnce {
+                        transformInput4(ctx, x: x, c: c, h: h, w: w, padding: padding, tileColumns: tw,
+                                        tilesPerImage: tilesPerImage, tiles: 0, count: tiles, into: v)
+                    }
+                    var r0 = 0
+                    while r0 < o {
+                        let rows = r0..<min(o, r0 + blockRows)
+                        transformWeights4(ctx, weight: weight, c: c, rows: rows, into: u)
+                        var t0 = 0
+                        while t0 < tiles {
+                            let nt = min(group, tiles - t0)
+                            if !inputOnce {
+                                transformInput4(ctx, x: x, c: c, h: h, w: w, padding: padding, tileColumns: tw,
+                                                tilesPerImage: tilesPerImage, tiles: t0, count: nt, into: v)
+                            }
+                            let mr = rows.count
+                            for xi in 0..<36 {
+                                ctx.gemm(m: mr, n: nt, k: c, a: u + xi * mr * c, lda: c, b: v + xi * c * nt, ldb: nt,
+                                         c: m + xi * mr * nt, ldc: nt)
+                            }
+                            transformOutput4(ctx, m: m, o: o, rows: rows, oh: oh, ow: ow, tileColumns: tw,
+                                             tilesPerImage: tilesPerImage, tiles: t0, count: nt, bias: bias, out: out)
+                            t0 += nt
+                        }
+                        r0 = rows.upperBound
+                    }
+                }
+            }
+        }
+    }
+}
+
+public extension Conv2D {
+    /// Tensor form of `forwardWinograd4`: x [N, C, H, W], weight [O, C, 3, 3].
+    static func forwardWinograd4(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int,
+                                 padding: Padding, context: ComputeContext = ComputeContext()) -> Tensor {
+        onTensors(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), stride: 1,
+                  padding: padding, context: context) { ctx, x, n, c, h, w, wp, bp, out in
+            forwardWinograd4(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: o,
+                             padding: padding, out: out)
+        }
+    }
+}
