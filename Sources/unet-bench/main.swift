@@ -164,7 +164,7 @@ struct UNetBench: DiffEditTool {
         ]
         var reference: Tensor?
         for (name, method) in methods {
-            var best = Double.infinity, out = Tensor(shape: [0], data: [])
+            var best = Double.infinity, out = method()  // warm-up: scratch first touched
             for _ in 0..<max(runs, 2) {
                 let t0 = Date()
                 out = method()

@@ -25,6 +25,27 @@
 public extension Conv2D {
     typealias Lanes = SIMD8<Float>
 
+    /// Whether F(4×4, 3×3) pays (asked when the policy's `useWinograd` and `winogradTile` = 4
+    /// allow it): at least `winograd4MinTiles` output tiles and `winograd4MinInChannels` input
+    /// channels. Measured per call on an AVX2 AMD EPYC, 2 threads (`unet-bench --conv C O H W`),
+    /// F(4×4) against the best other method:
+    /// - tiles: 1280 → 1280 at 16×16, batch 2 (32 tiles) 0.133 s against 0.184 s (F(2×2)) and 0.24 s
+    ///   (small); at batch 1 (16 tiles) 0.120 s against 0.096 s (small); at 16×24 (24 tiles) 0.203 s
+    ///   against 0.217 s; 8×8 batch 2 and 4 (8, 16 tiles) 0.126 / 0.152 s against 0.049 / 0.110 s.
+    ///   The 36 products then have too few columns, and U (36·O·C) is rebuilt for them all.
+    /// - channels: 4 → 512 at 64×64 (the VAE's conv_in) 14.1 ms against 4.9 ms (bands), 4 → 320 at
+    ///   batch 2 (the UNet's) 12.0 against 4.2 ms: the output transform costs ∝ O per tile and the
+    ///   products saved ∝ C·O; 8 → 8 at 256² 6.3 against 7.3 ms, 16 → 16 10.4 against 11.6 ms. Few
+    ///   output channels are no loss: 320 → 4 20.0 against 20.7 ms, 128 → 3 at 512² 0.20 against 0.35 s.
+    /// - elsewhere it is the fastest: SD's UNet at batch 2, 320 → 320 at 64² 0.069 s against 0.119 s
+    ///   (F(2×2)), 640 → 640 at 32² 0.082 against 0.134 s (F(2×2)) and 0.19 s (bands); the VAE
+    ///   decoder, 128 → 128 at 512² 0.86 against 1.32 s (bands), 256 → 256 at 256² 0.61 against
+    ///   0.76 s, 512 → 512 at 128² 0.38 against 0.63 s.
+    static func prefersWinograd4(_ policy: KernelPolicy, images n: Int, inChannels c: Int, height oh: Int,
+                                 width ow: Int) -> Bool {
+        c >= policy.winograd4MinInChannels && n * ((oh + 3) / 4) * ((ow + 3) / 4) >= policy.winograd4MinTiles
+    }
+
     /// Bᵀ x for a column x of 6.
     @inline(__always)
     static func inputTransform4(_ d0: Lanes, _ d1: Lanes, _ d2: Lanes, _ d3: Lanes, _ d4: Lanes, _ d5: Lanes)
@@ -49,17 +70,24 @@ public extension Conv2D {
                 t + 0.125 * m3 - 8 * m4 + m5)
     }
 
-    /// G g for a column g of 3.
-    @inline(__always)
-    static func weightTransform4(_ g0: Lanes, _ g1: Lanes, _ g2: Lanes) -> (Lanes, Lanes, Lanes, Lanes, Lanes, Lanes) {
-        let third: Float = 1.0 / 3, fifteenth: Float = 1.0 / 15
-        let even = g0 + g2
-        return (g0,
-                (even + g1) * third,
-                (g1 - even) * third,
-                (-16 * g0 - 8 * g1 - 4 * g2) * fifteenth,
-                (g0 - 2 * g1 + 4 * g2) * fifteenth,
-                g2)
+    /// A tile's image, tile row and tile column, stepped to the next tile without divisions.
+    struct TileCursor {
+        var image: Int, row: Int, column: Int
+        let rows: Int, columns: Int
+        @inline(__always)
+        init(_ tile: Int, rows: Int, columns: Int) {
+            let perImage = rows * columns, rest = tile % perImage
+            image = tile / perImage; row = rest / columns; column = rest % columns
+            self.rows = rows; self.columns = columns
+        }
+        @inline(__always)
+        mutating func next() {
+            column += 1
+            if column == columns {
+                column = 0; row += 1
+                if row == rows { row = 0; image += 1 }
+            }
+        }
     }
 
     /// Stores the first `count` lanes of `v` at `p`.
@@ -81,48 +109,44 @@ public extension Conv2D {
         return v
     }
 
+    /// G as exact fractions (numerator, denominator), rows ξ.
+    private static let g4: [[(Double, Double)]] = [
+        [(1, 1), (0, 1), (0, 1)],
+        [(1, 3), (1, 3), (1, 3)],
+        [(-1, 3), (1, 3), (-1, 3)],
+        [(-16, 15), (-8, 15), (-4, 15)],
+        [(1, 15), (-2, 15), (4, 15)],
+        [(0, 1), (0, 1), (1, 1)],
+    ]
+
+    /// G ⊗ G (36×9, row ξ = 6i + j, column 3a + b): U_ξ = Σ G[i][a] g[a][b] G[j][b], each entry
+    /// the product rounded once from float64.
+    private static let weightTransform4Matrix: [Float] = {
+        var t = [Float](repeating: 0, count: 36 * 9)
+        for i in 0..<6 {
+            for j in 0..<6 {
+                for a in 0..<3 {
+                    for b in 0..<3 {
+                        let (p, q) = (g4[i][a], g4[j][b])
+                        t[(i * 6 + j) * 9 + a * 3 + b] = Float(p.0 * q.0 / (p.1 * q.1))
+                    }
+                }
+            }
+        }
+        return t
+    }()
+
     /// U_ξ[r][c] = (G g Gᵀ)_ξ for output channels `rows` (r counted from rows.lowerBound), ξ-planes
-    /// `rows.count · c` apart.
+    /// `rows.count · c` apart: one product U[36][rows·C] = (G ⊗ G)[36][9] · Wᵀ[9][rows·C] per widened
+    /// block of the weight (the transform is a linear map of each 3×3 kernel, and as a product it
+    /// streams the weight once at memory speed).
     internal static func transformWeights4(_ ctx: ComputeContext, weight: WeightMatrix, c: Int, rows: Range<Int>,
                                            into u: UnsafeMutablePointer<Float>) {
         let plane = rows.count * c
-        weight.rowBlocks(ctx, rows: rows, rowLength: 9 * c) { block, data in
-            ctx.parallelRanges(block.count, minChunk: 4) { range in
-                for r in range {
-                    let src = data + r * 9 * c
-                    let dst = u + (block.lowerBound - rows.lowerBound + r) * c
-                    var c0 = 0
-                    while c0 < c {
-                        let lanes = min(8, c - c0)
-                        var g = (Lanes(), Lanes(), Lanes(), Lanes(), Lanes(), Lanes(), Lanes(), Lanes(), Lanes())
-                        for j in 0..<lanes {
-                            let s = src + (c0 + j) * 9
-                            g.0[j] = s[0]; g.1[j] = s[1]; g.2[j] = s[2]
-                            g.3[j] = s[3]; g.4[j] = s[4]; g.5[j] = s[5]
-                            g.6[j] = s[6]; g.7[j] = s[7]; g.8[j] = s[8]
-                        }
-                        // t = G g (6×3), by columns of g; then U = t Gᵀ, by rows of t.
-                        let a = weightTransform4(g.0, g.3, g.6), b = weightTransform4(g.1, g.4, g.7)
-                        let e = weightTransform4(g.2, g.5, g.8)
-                        let d = dst + c0
-                        func store(_ i: Int, _ t0: Lanes, _ t1: Lanes, _ t2: Lanes) {
-                            let row = weightTransform4(t0, t1, t2)
-                            storeLanes(row.0, d + (i * 6 + 0) * plane, count: lanes)
-                            storeLanes(row.1, d + (i * 6 + 1) * plane, count: lanes)
-                            storeLanes(row.2, d + (i * 6 + 2) * plane, count: lanes)
-                            storeLanes(row.3, d + (i * 6 + 3) * plane, count: lanes)
-                            storeLanes(row.4, d + (i * 6 + 4) * plane, count: lanes)
-                            storeLanes(row.5, d + (i * 6 + 5) * plane, count: lanes)
-                        }
-                        store(0, a.0, b.0, e.0)
-                        store(1, a.1, b.1, e.1)
-                        store(2, a.2, b.2, e.2)
-                        store(3, a.3, b.3, e.3)
-                        store(4, a.4, b.4, e.4)
-                        store(5, a.5, b.5, e.5)
-                        c0 += lanes
-                    }
-                }
+        weightTransform4Matrix.withUnsafeBufferPointer { t in
+            weight.rowBlocks(ctx, rows: rows, rowLength: 9 * c) { block, data in
+                ctx.gemm(transB: true, m: 36, n: block.count * c, k: 9, a: t.baseAddress!, lda: 9, b: data, ldb: 9,
+                         c: u + (block.lowerBound - rows.lowerBound) * c, ldc: plane)
             }
         }
     }
@@ -130,7 +154,7 @@ public extension Conv2D {
     /// V_ξ[c][k] = (Bᵀ d B)_ξ over the 6×6 input tile d of tile t0 + k (zero outside the image),
     /// ξ-planes c·nt apart.
     internal static func transformInput4(_ ctx: ComputeContext, x: UnsafePointer<Float>, c: Int, h: Int, w: Int,
-                                         padding: Padding, tileColumns tw: Int, tilesPerImage: Int,
+                                         padding: Padding, tileRows th: Int, tileColumns tw: Int,
                                          tiles t0: Int, count nt: Int, into v: UnsafeMutablePointer<Float>) {
         let plane = c * nt
         ctx.parallelRanges(c, minChunk: 4) { range in
@@ -143,11 +167,10 @@ public extension Conv2D {
                         let lanes = min(8, nt - k0)
                         if lanes < 8 { d.update(repeating: Lanes(), count: 36) }
                         // Gather the lanes' tiles: lane j of d[r·6 + q] is row r, column q of tile k0 + j.
+                        var tile = TileCursor(t0 + k0, rows: th, columns: tw)
                         for j in 0..<lanes {
-                            let tile = t0 + k0 + j
-                            let img = tile / tilesPerImage, rest = tile % tilesPerImage
-                            let y0 = (rest / tw) * 4 - padding.top, x0 = (rest % tw) * 4 - padding.left
-                            let src = x + (img * c + ci) * h * w
+                            let y0 = tile.row * 4 - padding.top, x0 = tile.column * 4 - padding.left
+                            let src = x + (tile.image * c + ci) * h * w
                             if y0 >= 0 && y0 + 6 <= h && x0 >= 0 && x0 + 6 <= w {
                                 for r in 0..<6 {
                                     let row = src + (y0 + r) * w + x0
@@ -163,6 +186,7 @@ public extension Conv2D {
                                     }
                                 }
                             }
+                            tile.next()
                         }
                         // Bᵀ d by columns in place, then (Bᵀ d) B by rows into V.
                         for q in 0..<6 {
@@ -189,12 +213,13 @@ public extension Conv2D {
     /// Y = Aᵀ M A per tile t0 + k and output channel rows.lower + r, plus the bias, written where
     /// inside the output; M's ξ-planes are rows.count · nt apart.
     internal static func transformOutput4(_ ctx: ComputeContext, m: UnsafePointer<Float>, o: Int, rows: Range<Int>,
-                                          oh: Int, ow: Int, tileColumns tw: Int, tilesPerImage: Int, tiles t0: Int,
+                                          oh: Int, ow: Int, tileRows th: Int, tileColumns tw: Int, tiles t0: Int,
                                           count nt: Int, bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>) {
         let plane = rows.count * nt
         ctx.parallelRanges(rows.count, minChunk: 4) { range in
-            withUnsafeTemporaryAllocation(of: Lanes.self, capacity: 24) { buffer in
-                let t = buffer.baseAddress!
+            withUnsafeTemporaryAllocation(of: Lanes.self, capacity: 24 + 16) { buffer in
+                let t = buffer.baseAddress!, y = t + 24
+                let yLanes = UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self)
                 for r in range {
                     let oi = rows.lowerBound + r
                     let bv = Lanes(repeating: bias?[oi] ?? 0)
@@ -205,26 +230,28 @@ public extension Conv2D {
                         // t = Aᵀ M (4×6) by columns of M, then Y = t A by rows of t.
                         for q in 0..<6 {
                             func at(_ i: Int) -> Lanes { loadLanes(src + (i * 6 + q) * plane, count: lanes) }
-                            let y = outputTransform4(at(0), at(1), at(2), at(3), at(4), at(5))
-                            t[q] = y.0; t[6 + q] = y.1; t[12 + q] = y.2; t[18 + q] = y.3
+                            let v = outputTransform4(at(0), at(1), at(2), at(3), at(4), at(5))
+                            t[q] = v.0; t[6 + q] = v.1; t[12 + q] = v.2; t[18 + q] = v.3
                         }
                         for i in 0..<4 {
-                            let y = outputTransform4(t[i * 6], t[i * 6 + 1], t[i * 6 + 2], t[i * 6 + 3], t[i * 6 + 4], t[i * 6 + 5])
-                            let (a, b, cc, dd) = (y.0 + bv, y.1 + bv, y.2 + bv, y.3 + bv)
-                            for j in 0..<lanes {
-                                let tile = t0 + k0 + j
-                                let img = tile / tilesPerImage, rest = tile % tilesPerImage
-                                let oy = (rest / tw) * 4 + i, ox = (rest % tw) * 4
-                                if oy >= oh { continue }
-                                let dst = out + ((img * o + oi) * oh + oy) * ow + ox
-                                if ox + 4 <= ow {
-                                    dst[0] = a[j]; dst[1] = b[j]; dst[2] = cc[j]; dst[3] = dd[j]
-                                } else {
-                                    dst[0] = a[j]
-                                    if ox + 1 < ow { dst[1] = b[j] }
-                                    if ox + 2 < ow { dst[2] = cc[j] }
+                            let v = outputTransform4(t[i * 6], t[i * 6 + 1], t[i * 6 + 2], t[i * 6 + 3], t[i * 6 + 4], t[i * 6 + 5])
+                            y[i * 4] = v.0 + bv; y[i * 4 + 1] = v.1 + bv; y[i * 4 + 2] = v.2 + bv; y[i * 4 + 3] = v.3 + bv
+                        }
+                        // Lane j of y[i·4 + q] is row i, column q of tile k0 + j.
+                        var tile = TileCursor(t0 + k0, rows: th, columns: tw)
+                        for j in 0..<lanes {
+                            let oy = tile.row * 4, ox = tile.column * 4
+                            let dst = out + ((tile.image * o + oi) * oh + oy) * ow + ox
+                            if oy + 4 <= oh && ox + 4 <= ow {
+                                for i in 0..<4 {
+                                    for q in 0..<4 { dst[i * ow + q] = yLanes[(i * 4 + q) * 8 + j] }
+                                }
+                            } else {
+                                for i in 0..<min(4, oh - oy) {
+                                    for q in 0..<min(4, ow - ox) { dst[i * ow + q] = yLanes[(i * 4 + q) * 8 + j] }
                                 }
                             }
+                            tile.next()
                         }
                         k0 += lanes
                     }
@@ -253,8 +280,8 @@ public extension Conv2D {
             ws.withScratch(36 * c * group) { v in
                 ws.withScratch(36 * blockRows * group) { m in
                     if inputOnce {
-                        transformInput4(ctx, x: x, c: c, h: h, w: w, padding: padding, tileColumns: tw,
-                                        tilesPerImage: tilesPerImage, tiles: 0, count: tiles, into: v)
+                        transformInput4(ctx, x: x, c: c, h: h, w: w, padding: padding, tileRows: th,
+                                        tileColumns: tw, tiles: 0, count: tiles, into: v)
                     }
                     var r0 = 0
                     while r0 < o {
@@ -264,16 +291,16 @@ public extension Conv2D {
                         while t0 < tiles {
                             let nt = min(group, tiles - t0)
                             if !inputOnce {
-                                transformInput4(ctx, x: x, c: c, h: h, w: w, padding: padding, tileColumns: tw,
-                                                tilesPerImage: tilesPerImage, tiles: t0, count: nt, into: v)
+                                transformInput4(ctx, x: x, c: c, h: h, w: w, padding: padding, tileRows: th,
+                                                tileColumns: tw, tiles: t0, count: nt, into: v)
                             }
                             let mr = rows.count
                             for xi in 0..<36 {
                                 ctx.gemm(m: mr, n: nt, k: c, a: u + xi * mr * c, lda: c, b: v + xi * c * nt, ldb: nt,
                                          c: m + xi * mr * nt, ldc: nt)
                             }
-                            transformOutput4(ctx, m: m, o: o, rows: rows, oh: oh, ow: ow, tileColumns: tw,
-                                             tilesPerImage: tilesPerImage, tiles: t0, count: nt, bias: bias, out: out)
+                            transformOutput4(ctx, m: m, o: o, rows: rows, oh: oh, ow: ow, tileRows: th,
+                                             tileColumns: tw, tiles: t0, count: nt, bias: bias, out: out)
                             t0 += nt
                         }
                         r0 = rows.upperBound
