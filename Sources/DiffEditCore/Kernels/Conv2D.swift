@@ -18,9 +18,10 @@ public enum Conv2D {
     }
 
     /// x: [n, c, h, w] → [n, o, oh, ow] by the method the context's policy picks for the size:
-    /// 3×3 stride-1 convolutions take F(4×4, 3×3) where it pays (`prefersWinograd4`: 32 tiles and
-    /// 8 input channels, so in SD every 3×3 convolution but the UNet's conv_in, its 8×8 level at
-    /// batch ≤ 2 and its 16×16 level at batch 1); the others with a spatial kernel take whole
+    /// 3×3 stride-1 convolutions take F(4×4, 3×3) where it pays (`prefersWinograd4`: 64 tiles and
+    /// 24 input channels, so in SD every 3×3 convolution of the UNet at 32×32 and above at batch
+    /// ≥ 1, at 16×16 from batch 4, but conv_in; and the VAE decoder's but conv_in); the others
+    /// with a spatial kernel take whole
     /// small images (`smallImagePixels`), F(2×2, 3×3) when the policy asks for it and it pays,
     /// else bands; 1×1 and strided ones take im2col.
     static func forward(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,

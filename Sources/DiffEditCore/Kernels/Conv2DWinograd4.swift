@@ -27,20 +27,25 @@ public extension Conv2D {
 
     /// Whether F(4×4, 3×3) pays (asked when the policy's `useWinograd` and `winogradTile` = 4
     /// allow it): at least `winograd4MinTiles` output tiles and `winograd4MinInChannels` input
-    /// channels. Measured per call on an AVX2 AMD EPYC, 2 threads (`unet-bench --conv C O H W`),
-    /// F(4×4) against the best other method:
-    /// - tiles: 1280 → 1280 at 16×16, batch 2 (32 tiles) 0.133 s against 0.184 s (F(2×2)) and 0.24 s
-    ///   (small); at batch 1 (16 tiles) 0.120 s against 0.096 s (small); at 16×24 (24 tiles) 0.203 s
-    ///   against 0.217 s; 8×8 batch 2 and 4 (8, 16 tiles) 0.126 / 0.152 s against 0.049 / 0.110 s.
-    ///   The 36 products then have too few columns, and U (36·O·C) is rebuilt for them all.
-    /// - channels: 4 → 512 at 64×64 (the VAE's conv_in) 14.1 ms against 4.9 ms (bands), 4 → 320 at
-    ///   batch 2 (the UNet's) 12.0 against 4.2 ms: the output transform costs ∝ O per tile and the
-    ///   products saved ∝ C·O; 8 → 8 at 256² 6.3 against 7.3 ms, 16 → 16 10.4 against 11.6 ms. Few
-    ///   output channels are no loss: 320 → 4 20.0 against 20.7 ms, 128 → 3 at 512² 0.20 against 0.35 s.
-    /// - elsewhere it is the fastest: SD's UNet at batch 2, 320 → 320 at 64² 0.069 s against 0.119 s
-    ///   (F(2×2)), 640 → 640 at 32² 0.082 against 0.134 s (F(2×2)) and 0.19 s (bands); the VAE
-    ///   decoder, 128 → 128 at 512² 0.86 against 1.32 s (bands), 256 → 256 at 256² 0.61 against
-    ///   0.76 s, 512 → 512 at 128² 0.38 against 0.63 s.
+    /// channels. Measured per call on this AVX2 AMD EPYC, 2 threads, quiet machine
+    /// (`unet-bench --conv C O H W --batch N`), F(4×4) against the best other method:
+    /// - tiles (n·⌈oh/4⌉·⌈ow/4⌉): at 32 it loses, 16×16 batch 2: 1280 → 1280 106 ms against 87 ms
+    ///   (small), 640 → 640 26.6 against 26.1 ms, 1920 → 640 82 against 72 ms (F(2×2)); 8×8 batch
+    ///   8: 1280 → 1280 99 against 88 ms. At 64 it wins, 16×16 batch 4: 1280 → 1280 128 against
+    ///   143 ms (F(2×2)) and 215 ms (small), 640 → 640 32 against 45 / 55 ms; 32×32 batch 1:
+    ///   640 → 640 33 against 44 / 55 ms, 320 → 320 11 against 16 / 21 ms. Few tiles make the 36
+    ///   products skinny while U (36·O·C floats) is still rebuilt whole.
+    /// - input channels: 4 → 320 at 64² batch 2 (the UNet's conv_in) 11.1 ms against 3.3 ms
+    ///   (bands), 4 → 512 (the VAE's) 8.9 against 2.9 ms, 16 → 16 at 256² 9.0 against 6.2 ms,
+    ///   16 → 128 at 128² 14.1 against 12.0 ms: the transforms cost ∝ C + O per tile and the
+    ///   products saved ∝ C·O. 24 → 24 at 256² 12.4 against 27.5 ms, 32 → 128 at 128² 13.9
+    ///   against 17.0 ms. Few output channels are no loss: 320 → 4 at 64² batch 2 (conv_out)
+    ///   10.4 against 12.5 ms, 128 → 3 at 512² 0.12 against 0.22 s, 128 → 16 19 against 22 ms.
+    /// - elsewhere in SD it is the fastest: the UNet at batch 2, 320 → 320 at 64² 47 ms against
+    ///   72 ms (F(2×2)) and 122 ms (bands), 640 → 640 at 32² 61 against 72 / 89 ms, 1920 → 640
+    ///   at 32² 121 against 171 / 268 ms; the VAE decoder, 128 → 128 at 512² 0.35 against 0.67 s
+    ///   (small and F(2×2)), 256 → 128 at 512² 0.58 against 0.92 s (F(2×2)), 256 → 256 at 256²
+    ///   0.27 against 0.54 s, 512 → 512 at 128² 0.22 against 0.35 s, at 64² 85 against 145 ms.
     static func prefersWinograd4(_ policy: KernelPolicy, images n: Int, inChannels c: Int, height oh: Int,
                                  width ow: Int) -> Bool {
         c >= policy.winograd4MinInChannels && n * ((oh + 3) / 4) * ((ow + 3) / 4) >= policy.winograd4MinTiles

@@ -53,8 +53,8 @@ public struct KernelPolicy: Sendable, Equatable {
 
     /// F(4×4) needs at least this many 4×4 output tiles (n·⌈oh/4⌉·⌈ow/4⌉) and input channels
     /// (`Conv2D.prefersWinograd4`; the measurements are there).
-    public var winograd4MinTiles = 32
-    public var winograd4MinInChannels = 8
+    public var winograd4MinTiles = 64
+    public var winograd4MinInChannels = 24
 
     /// Floats of the transformed input and output one group of Winograd tiles keeps
     /// (16·(C + O)·tiles for F(2×2), 36·(C + O)·tiles for F(4×4)).

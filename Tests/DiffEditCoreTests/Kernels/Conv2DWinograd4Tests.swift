@@ -8,7 +8,9 @@ import DiffEditTestSupport
 /// edges, padding 1, 0 and uneven, several images, channel counts that are multiples of nothing,
 /// f16 weights read as stored and widened in blocks; with every budget at its default and at its
 /// smallest (many tile groups, U in blocks of a few output channels, both at once); and against
-/// torch's conv2d on the fixture cases (Tests/Fixtures/conv.tensor, README section 14).
+/// torch's conv2d on the fixture cases (Tests/Fixtures/conv.tensor, README section 14). The
+/// fixture models' tests (UNetTests, VAETests, DiffEditTests, …) reach F(4×4) through the
+/// dispatcher wherever a 3×3 convolution has 64 tiles and 24 input channels.
 ///
 /// Tolerance: the error is measured relative to the largest |output| of each case. With
 /// weights ~ N(0, 1/(9C)) and inputs ~ N(0, 1) (outputs ~ N(0, 1)), the worst measured on an
@@ -202,13 +204,13 @@ final class Conv2DWinograd4Tests: XCTestCase {
             XCTAssertTrue(out.allSatisfy(\.isFinite))
             return ctx.profiler!.report().map(\.name)
         }
-        // 16×16 has 16 tiles: two images reach 32.
-        XCTAssertEqual(path(n: 2, c: 8, o: 3, h: 16, w: 16), ["conv winograd4 16x16 8->3"])
-        XCTAssertEqual(path(n: 1, c: 8, o: 3, h: 16, w: 16), ["conv small 16x16 8->3"])
-        XCTAssertEqual(path(n: 2, c: 7, o: 3, h: 16, w: 16), ["conv small 16x16 7->3"])
-        XCTAssertEqual(path(n: 1, c: 8, o: 8, h: 16, w: 29), ["conv winograd4 16x29 8->8"])  // 4·8 tiles
-        XCTAssertEqual(path(n: 1, c: 8, o: 8, h: 16, w: 28), ["conv small 16x28 8->8"])  // 4·7 tiles
-        XCTAssertEqual(path(n: 1, c: 7, o: 160, h: 40, w: 40), ["conv bands 40x40 7->160"])
+        // 16×16 has 16 tiles: four images reach 64.
+        XCTAssertEqual(path(n: 4, c: 24, o: 3, h: 16, w: 16), ["conv winograd4 16x16 24->3"])
+        XCTAssertEqual(path(n: 3, c: 24, o: 3, h: 16, w: 16), ["conv small 16x16 24->3"])
+        XCTAssertEqual(path(n: 4, c: 23, o: 3, h: 16, w: 16), ["conv small 16x16 23->3"])
+        XCTAssertEqual(path(n: 1, c: 24, o: 8, h: 32, w: 29), ["conv winograd4 32x29 24->8"])  // 8·8 tiles
+        XCTAssertEqual(path(n: 1, c: 24, o: 8, h: 32, w: 28), ["conv small 32x28 24->8"])  // 8·7 tiles
+        XCTAssertEqual(path(n: 1, c: 23, o: 160, h: 40, w: 40), ["conv bands 40x40 23->160"])
         XCTAssertEqual(path(n: 2, c: 160, o: 160, h: 16, w: 16) { $0.winogradTile = 2 }, ["conv small 16x16 160->160"])
         XCTAssertEqual(path(n: 1, c: 160, o: 160, h: 40, w: 40) { $0.winogradTile = 2 }, ["conv winograd 40x40 160->160"])
         XCTAssertEqual(path(n: 1, c: 160, o: 160, h: 40, w: 40) { $0.useWinograd = false }, ["conv bands 40x40 160->160"])
