@@ -77,7 +77,7 @@ struct UNetBench: DiffEditTool {
             transform: Numbers.gemmSize.transform)
     var gemm: [Int] = []
 
-    @Option(name: .long, parsing: .upToNextOption, help: Numbers.convSize.help("Instead, time one 3x3 stride-1 convolution (padding 1, batch --batch) of C in-channels, O out-channels and H x W images by each method: C O H W", defaultText: nil),
+    @Option(name: .long, parsing: .upToNextOption, help: Numbers.convSize.help("Instead, time one 3x3 stride-1 convolution (padding 1, batch --batch) of C in-channels, O out-channels and H x W images by each method, with its error against float64: C O H W", defaultText: nil),
             transform: Numbers.convSize.transform)
     var conv: [Int] = []
 
@@ -162,6 +162,28 @@ struct UNetBench: DiffEditTool {
             ("winograd 2", { Conv2D.forwardWinograd(x, weight: weight, bias: bias, outChannels: o, padding: .same(1), context: context) }),
             ("winograd 4", { Conv2D.forwardWinograd4(x, weight: weight, bias: bias, outChannels: o, padding: .same(1), context: context) }),
         ]
+        // The float64 direct convolution of the same numbers, for each method's error.
+        var exact = [Double](repeating: 0, count: batch * o * h * w)
+        exact.withUnsafeMutableBufferPointer { e in
+            DispatchQueue.concurrentPerform(iterations: batch * o) { bo in
+                let b = bo / o, oi = bo % o
+                let dst = e.baseAddress! + bo * h * w
+                for p in 0..<(h * w) { dst[p] = Double(bias[oi]) }
+                for ci in 0..<c {
+                    let plane = x.data.withUnsafeBufferPointer { $0.baseAddress! } + (b * c + ci) * h * w
+                    for ky in 0..<3 {
+                        for kx in 0..<3 {
+                            let wv = Double(weight[((oi * c + ci) * 3 + ky) * 3 + kx])
+                            for y in max(0, 1 - ky)..<min(h, h + 1 - ky) {
+                                let srow = plane + (y + ky - 1) * w + (kx - 1), drow = dst + y * w
+                                for xo in max(0, 1 - kx)..<min(w, w + 1 - kx) { drow[xo] += wv * Double(srow[xo]) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let exactScale = exact.reduce(0) { max($0, abs($1)) }
         var reference: Tensor?
         for (name, method) in methods {
             var best = Double.infinity, out = method()  // warm-up: scratch first touched
@@ -177,9 +199,11 @@ struct UNetBench: DiffEditTool {
                 worst = max(worst, abs(out.data[i] - ref.data[i]))
                 scale = max(scale, abs(ref.data[i]))
             }
-            print(String(format: "conv %d->%d %dx%d batch %d %-10@ %.4f s, %.1f GFLOP/s (direct count), max diff to small %.2e of %.2e",
+            var worstExact = 0.0
+            for i in 0..<out.count { worstExact = max(worstExact, abs(Double(out.data[i]) - exact[i])) }
+            print(String(format: "conv %d->%d %dx%d batch %d %-10@ %.4f s, %.1f GFLOP/s (direct count), max diff to small %.2e of %.2e, to float64 %.2e of max (%.2e)",
                          c, o, h, w, batch, name as NSString, best, 2 * Double(batch * o * c * 9 * h * w) / best / 1e9,
-                         Double(worst), Double(scale)))
+                         Double(worst), Double(scale), worstExact / exactScale, worstExact))
         }
     }
 }

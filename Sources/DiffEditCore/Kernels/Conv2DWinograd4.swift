@@ -10,6 +10,11 @@
 /// 2020, "Error analysis and improving the accuracy of Winograd convolution for DNNs", found
 /// best for 6 points); F(2×2) is 0.7e-6 – 1.5e-6 there, im2col 4e-7. Every entry of Bᵀ and Aᵀ is
 /// a small multiple of a power of two (exact); only G has thirds and fifteenths, rounded once.
+/// Measured in Swift (`unet-bench --conv`, f32 weights ~ N(0, 1/(3C)), inputs ~ N(0, 1), against
+/// a float64 direct convolution of the same numbers), the worst error relative to the largest
+/// output is 3.0e-6 – 5.3e-6 on SD's shapes (320 → 320 at 64², 640 → 640 and 1920 → 640 at 32²,
+/// 1280 → 1280 and 2560 → 1280 at 16², 512 → 512 at 128², 128 → 128 at 512²), against
+/// 4.3e-7 – 6.9e-7 for F(2×2) and 3.4e-7 – 4.9e-7 for the unfolded products.
 ///
 ///     Bᵀ = [ 1 −3/2  −2  3/2  1  0 ]     G = [    1      0     0  ]     Aᵀ = [ 1  1  1   1    1  0 ]
 ///          [ 0  −1  1/2  5/2  1  0 ]         [  1/3    1/3   1/3 ]          [ 0  1 −1  1/2  −2  0 ]
