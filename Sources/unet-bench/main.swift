@@ -15,6 +15,13 @@ private enum Numbers {
     static let smallConvPixels = NumberOption<Int>("--small-conv-pixels", .from(0, to: 1 << 30))
     static let threads = NumberOption<Int>("--threads", .from(1, to: 1024))
     static let gemmSize = NumberOption<Int>("--gemm", .from(1, to: 8192))
+    static let convSize = NumberOption<Int>("--conv", .from(1, to: 8192))
+}
+
+/// Which Winograd form 3x3 convolutions of larger images take (KernelPolicy.useWinograd,
+/// winogradTile).
+enum WinogradChoice: String, CaseIterable, ExpressibleByArgument {
+    case four = "4", two = "2", off
 }
 
 /// Times UNet forward passes: one CFG step of Stable Diffusion is a batch-2 forward.
@@ -49,7 +56,9 @@ struct UNetBench: DiffEditTool {
     @Option(Numbers.smallConvPixels, "3x3 convolutions of images with at most this many output pixels (height x width) run as one GEMM over an unfolded copy (KernelPolicy.smallImagePixels)", default: KernelPolicy().smallImagePixels)
     var smallConvPixels: Int?
 
-    @Flag(name: .long, help: "3x3 convolutions of larger images in bands of rows instead of Winograd F(2x2, 3x3).")
+    @Option(name: .long, help: "Winograd form of 3x3 stride-1 convolutions where it pays: 4 = F(4x4, 3x3), 2 = F(2x2, 3x3), off = unfolded products instead (KernelPolicy.winogradTile, useWinograd)")
+    var winograd: WinogradChoice = KernelPolicy().winogradTile == 2 ? .two : .four
+    @Flag(name: .long, help: "Same as --winograd off.")
     var noWinograd = false
     @Flag(name: .long, help: "Convert every weight to a private f32 copy at load instead of reading matrices in place from the checkpoint's memory map (same numbers).")
     var f32Weights = false
@@ -68,6 +77,10 @@ struct UNetBench: DiffEditTool {
             transform: Numbers.gemmSize.transform)
     var gemm: [Int] = []
 
+    @Option(name: .long, parsing: .upToNextOption, help: Numbers.convSize.help("Instead, time one 3x3 stride-1 convolution (padding 1, batch --batch) of C in-channels, O out-channels and H x W images by each method, with its error against float64: C O H W", defaultText: nil),
+            transform: Numbers.convSize.transform)
+    var conv: [Int] = []
+
     func run() throws {
         try CLI.run(Self.toolName) {
             if !gemm.isEmpty {
@@ -85,12 +98,18 @@ struct UNetBench: DiffEditTool {
                 }
                 return
             }
+            if !conv.isEmpty {
+                guard conv.count == 4 else { throw ToolError("--conv takes four sizes, C O H W — e.g. --conv 640 640 32 32") }
+                timeConvolution(c: conv[0], o: conv[1], h: conv[2], w: conv[3])
+                return
+            }
             let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
             // Before the UNet loads: readsWeightsInPlace is read when weights are loaded.
             if f32Weights { context.policy.readsWeightsInPlace = false }
             if let scoreBudget { context.policy.scoreBudget = scoreBudget }
             if let smallConvPixels { context.policy.smallImagePixels = smallConvPixels }
-            if noWinograd { context.policy.useWinograd = false }
+            if noWinograd || winograd == .off { context.policy.useWinograd = false }
+            if winograd == .two { context.policy.winogradTile = 2 }
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {
@@ -127,6 +146,64 @@ struct UNetBench: DiffEditTool {
                     print(String(format: "  %-20@ %8.3f s %6d calls", name as NSString, seconds, calls))
                 }
             }
+        }
+    }
+
+    /// --conv C O H W: each method's time per call (the best of --runs, at least 2) on random data.
+    func timeConvolution(c: Int, o: Int, h: Int, w: Int) {
+        let g = TorchGenerator(seed: 0)
+        let x = g.randn(shape: [batch, c, h, w])
+        let weight = g.randn(shape: [o, c, 3, 3]).data.map { $0 / Float(3 * c).squareRoot() }
+        let bias = g.randn(shape: [o]).data
+        let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
+        let methods: [(String, () -> Tensor)] = [
+            ("small", { Conv2D.forwardSmall(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), padding: .same(1), context: context) }),
+            ("bands", { Conv2D.forward(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), padding: .same(1), context: context) }),
+            ("winograd 2", { Conv2D.forwardWinograd(x, weight: weight, bias: bias, outChannels: o, padding: .same(1), context: context) }),
+            ("winograd 4", { Conv2D.forwardWinograd4(x, weight: weight, bias: bias, outChannels: o, padding: .same(1), context: context) }),
+        ]
+        // The float64 direct convolution of the same numbers, for each method's error.
+        var exact = [Double](repeating: 0, count: batch * o * h * w)
+        exact.withUnsafeMutableBufferPointer { e in
+            DispatchQueue.concurrentPerform(iterations: batch * o) { bo in
+                let b = bo / o, oi = bo % o
+                let dst = e.baseAddress! + bo * h * w
+                for p in 0..<(h * w) { dst[p] = Double(bias[oi]) }
+                for ci in 0..<c {
+                    let plane = x.data.withUnsafeBufferPointer { $0.baseAddress! } + (b * c + ci) * h * w
+                    for ky in 0..<3 {
+                        for kx in 0..<3 {
+                            let wv = Double(weight[((oi * c + ci) * 3 + ky) * 3 + kx])
+                            for y in max(0, 1 - ky)..<min(h, h + 1 - ky) {
+                                let srow = plane + (y + ky - 1) * w + (kx - 1), drow = dst + y * w
+                                for xo in max(0, 1 - kx)..<min(w, w + 1 - kx) { drow[xo] += wv * Double(srow[xo]) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let exactScale = exact.reduce(0) { max($0, abs($1)) }
+        var reference: Tensor?
+        for (name, method) in methods {
+            var best = Double.infinity, out = method()  // warm-up: scratch first touched
+            for _ in 0..<max(runs, 2) {
+                let t0 = Date()
+                out = method()
+                best = min(best, Date().timeIntervalSince(t0))
+            }
+            let ref = reference ?? out
+            reference = ref
+            var worst: Float = 0, scale: Float = 0
+            for i in 0..<out.count {
+                worst = max(worst, abs(out.data[i] - ref.data[i]))
+                scale = max(scale, abs(ref.data[i]))
+            }
+            var worstExact = 0.0
+            for i in 0..<out.count { worstExact = max(worstExact, abs(Double(out.data[i]) - exact[i])) }
+            print(String(format: "conv %d->%d %dx%d batch %d %-10@ %.4f s, %.1f GFLOP/s (direct count), max diff to small %.2e of %.2e, to float64 %.2e of max (%.2e)",
+                         c, o, h, w, batch, name as NSString, best, 2 * Double(batch * o * c * 9 * h * w) / best / 1e9,
+                         Double(worst), Double(scale), worstExact / exactScale, worstExact))
         }
     }
 }

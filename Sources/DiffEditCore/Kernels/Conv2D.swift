@@ -5,7 +5,9 @@
 ///   strided convolutions; a 1×1 convolution multiplies its input directly);
 /// - `small`: whole small images unfolded together, one GEMM per group (the UNet's 32×32 and
 ///   smaller levels, whose per-image products are skinny);
-/// - `winograd` (Conv2DWinograd.swift): F(2×2, 3×3) for large 3×3 convolutions with many channels.
+/// - `winograd4` (Conv2DWinograd4.swift): F(4×4, 3×3) for 3×3 convolutions of enough tiles;
+/// - `winograd` (Conv2DWinograd.swift): F(2×2, 3×3) for large 3×3 convolutions with many channels
+///   (with `KernelPolicy.winogradTile` = 2).
 public enum Conv2D {
     public struct Padding: Equatable, Sendable {
         public var top, bottom, left, right: Int
@@ -16,15 +18,25 @@ public enum Conv2D {
     }
 
     /// x: [n, c, h, w] → [n, o, oh, ow] by the method the context's policy picks for the size:
-    /// stride-1 convolutions with a spatial kernel take whole small images (`smallImagePixels`),
-    /// Winograd when it pays for large 3×3 ones, else bands; 1×1 and strided ones take im2col.
+    /// 3×3 stride-1 convolutions take F(4×4, 3×3) where it pays (`prefersWinograd4`: 64 tiles and
+    /// 24 input channels, so in SD every 3×3 convolution of the UNet at 32×32 and above at batch
+    /// ≥ 1, at 16×16 from batch 4, but conv_in; and the VAE decoder's but conv_in); the others
+    /// with a spatial kernel take whole
+    /// small images (`smallImagePixels`), F(2×2, 3×3) when the policy asks for it and it pays,
+    /// else bands; 1×1 and strided ones take im2col.
     static func forward(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
                         weight: WeightMatrix, bias: UnsafePointer<Float>?, outChannels o: Int, kernel: Int,
                         stride: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
         let policy = ctx.policy
         let (oh, ow) = outputSize(h: h, w: w, kernel: (kernel, kernel), stride: stride, padding: padding)
         let spatial = stride == 1 && kernel > 1
-        if spatial && oh * ow <= policy.smallImagePixels {
+        if spatial && kernel == 3 && policy.useWinograd && policy.winogradTile == 4
+            && prefersWinograd4(policy, images: n, inChannels: c, height: oh, width: ow) {
+            ctx.measure("conv winograd4 \(h)x\(w) \(c)->\(o)") {
+                forwardWinograd4(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
+                                 padding: padding, out: out)
+            }
+        } else if spatial && oh * ow <= policy.smallImagePixels {
             ctx.measure("conv small \(h)x\(w) \(c)->\(o)") {
                 forwardSmall(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
                              kernel: (kernel, kernel), padding: padding, out: out)

@@ -45,9 +45,24 @@ public struct KernelPolicy: Sendable, Equatable {
     /// `unet-bench --no-winograd`).
     public var useWinograd = true
 
+    /// Which Winograd form `useWinograd` means (`unet-bench --winograd 4|2|off`): 4 for
+    /// F(4×4, 3×3) (Conv2DWinograd4.swift) wherever `Conv2D.prefersWinograd4` says it pays, at any
+    /// image size (the small path included); 2 for F(2×2, 3×3) on images larger than
+    /// `smallImagePixels` only, where `Conv2D.prefersWinograd` says it pays.
+    public var winogradTile = 4
+
+    /// F(4×4) needs at least this many 4×4 output tiles (n·⌈oh/4⌉·⌈ow/4⌉) and input channels
+    /// (`Conv2D.prefersWinograd4`; the measurements are there).
+    public var winograd4MinTiles = 64
+    public var winograd4MinInChannels = 24
+
     /// Floats of the transformed input and output one group of Winograd tiles keeps
-    /// (16·(C + O)·tiles).
+    /// (16·(C + O)·tiles for F(2×2), 36·(C + O)·tiles for F(4×4)).
     public var winogradBudget = 1 << 24
+
+    /// Most floats of F(4×4)'s transformed weights U kept at once (36·O·C; 64 MiB): larger
+    /// layers build U for blocks of output channels (1280 → 1280: 236 MB whole, 4 blocks).
+    public var winogradWeightBudget = 1 << 24
 
     /// The measured defaults above.
     public init() {}

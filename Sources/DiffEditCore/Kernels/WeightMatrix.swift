@@ -80,16 +80,22 @@ public struct WeightMatrix: @unchecked Sendable {
     /// `block` holding rows r as f32 with stride rowLength (for kernels that need whole rows).
     func rowBlocks(_ ctx: ComputeContext, rows: Int, rowLength: Int,
                    _ body: (_ r: Range<Int>, _ block: UnsafePointer<Float>) -> Void) {
-        guard rows > 0, rowLength > 0 else { return }
+        rowBlocks(ctx, rows: 0..<rows, rowLength: rowLength, body)
+    }
+
+    /// `rowBlocks` over the rows `rows` only (r absolute row indices).
+    func rowBlocks(_ ctx: ComputeContext, rows: Range<Int>, rowLength: Int,
+                   _ body: (_ r: Range<Int>, _ block: UnsafePointer<Float>) -> Void) {
+        guard !rows.isEmpty, rowLength > 0 else { return }
         if isPlainF32 {
-            body(0..<rows, base.assumingMemoryBound(to: Float.self))
+            body(rows, base.assumingMemoryBound(to: Float.self) + rows.lowerBound * rowLength)
             return
         }
-        let height = max(1, min(rows, ctx.policy.weightBlockFloats / rowLength))
+        let height = max(1, min(rows.count, ctx.policy.weightBlockFloats / rowLength))
         ctx.workspace.withScratch(height * rowLength) { block in
-            var r0 = 0
-            while r0 < rows {
-                let rc = min(height, rows - r0)
+            var r0 = rows.lowerBound
+            while r0 < rows.upperBound {
+                let rc = min(height, rows.upperBound - r0)
                 widen(ctx, rows: r0..<(r0 + rc), ld: rowLength, columns: 0..<rowLength, into: block)
                 body(r0..<(r0 + rc), block)
                 r0 += rc
