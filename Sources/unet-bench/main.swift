@@ -160,7 +160,7 @@ struct UNetBench: DiffEditTool {
             ("small", { Conv2D.forwardSmall(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), padding: .same(1), context: context) }),
             ("bands", { Conv2D.forward(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), padding: .same(1), context: context) }),
             ("winograd 2", { Conv2D.forwardWinograd(x, weight: weight, bias: bias, outChannels: o, padding: .same(1), context: context) }),
-            ("winograd 4", { Conv2D.forwardWinograd4(x, weight: weight, bias: bias, outChannels: o, padding: .same(1), context: context) }),
+            ("winograd 4", { Conv2D.forwardWinograd(x, weight: weight, bias: bias, outChannels: o, padding: .same(1), tile: 4, context: context) }),
         ]
         // The float64 direct convolution of the same numbers, for each method's error.
         var exact = [Double](repeating: 0, count: batch * o * h * w)

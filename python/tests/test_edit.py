@@ -193,14 +193,36 @@ class DemoBenchmark(unittest.TestCase):
         import numpy as np
         self.assertEqual(benchmark.psnr(0.0), benchmark.PSNR_CAP)
         self.assertAlmostEqual(benchmark.psnr(255.0 ** 2 / 100), 20.0)
+        names = [m.name for m in benchmark.METHODS] + [r[0] for r in benchmark.REFERENCES]
         rows = [{"kind": "colour", "methods": {n: {"bg_sse": sse, "bg_values": 10, "bg_exact": sse == 0, "success": True,
-                                                   "bg_psnr": benchmark.psnr(sse / 10), "bg_mae": 0.0}
-                                               for n in [m.name for m in benchmark.METHODS] + ["vae", "oracle"]}}
+                                                   "bg_psnr": benchmark.psnr(sse / 10), "bg_mae": 0.0,
+                                                   "untouched_sse": sse / 2, "untouched_values": 5,
+                                                   "untouched_exact": sse == 0, "untouched_psnr": benchmark.psnr(sse / 10)}
+                                               for n in names}}
                 for sse in (0.0, 10 * 255.0 ** 2 / 100)]
         s = benchmark.summarise(rows)["diffedit"]["all"]
         self.assertEqual(s["bg_exact"], 0.5)
         self.assertAlmostEqual(s["bg_psnr"], (100 + 20) / 2)
         self.assertAlmostEqual(s["bg_psnr_pooled"], 10 * np.log10(255.0 ** 2 / (255.0 ** 2 / 200)))
+        self.assertAlmostEqual(s["untouched_psnr_pooled"], s["bg_psnr_pooled"])  # half the error on half the values
+        self.assertEqual(s["untouched_exact"], 0.5)
+
+    def test_untouched_is_where_a_perfect_edit_is_exact(self):
+        """world.EditPair.touched holds G and every pixel the object covers at all: outside it the
+        true target equals the source (so the `ideal` row's untouched background is exact), while
+        just outside G the antialiased rim changes."""
+        import benchmark
+        import numpy as np
+        import world
+        rim = 0
+        for k, size in ((0, 64), (1, 64), (2, 128)):
+            pair = world.make_edit_pair(benchmark.FIRST_SEED + k, kind="colour" if k % 2 == 0 else "shape", size=size)
+            t = pair.touched
+            self.assertTrue((t | pair.mask == t).all())
+            src, tgt = pair.source.image.astype(int), pair.target.image.astype(int)
+            self.assertEqual(np.abs(tgt - src)[~t].max(), 0)
+            rim += int(np.abs(tgt - src)[~pair.mask].max() > 0)
+        self.assertGreater(rim, 0)
 
 
 class DemoDiffusersCheck(unittest.TestCase):

@@ -154,13 +154,20 @@ public extension Conv2D {
 }
 
 public extension Conv2D {
-    /// Tensor form of `forwardWinograd`: x [N, C, H, W], weight [O, C, 3, 3].
+    /// Tensor form of the Winograd convolutions: x [N, C, H, W], weight [O, C, 3, 3]; `tile` 2 for
+    /// F(2×2, 3×3) (`forwardWinograd`), 4 for F(4×4, 3×3) (`forwardWinograd4`, Conv2DWinograd4.swift).
     static func forwardWinograd(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int,
-                                padding: Padding, context: ComputeContext = ComputeContext()) -> Tensor {
-        onTensors(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), stride: 1,
-                  padding: padding, context: context) { ctx, x, n, c, h, w, wp, bp, out in
-            forwardWinograd(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: o,
-                            padding: padding, out: out)
+                                padding: Padding, tile: Int = 2, context: ComputeContext = ComputeContext()) -> Tensor {
+        precondition(tile == 2 || tile == 4, "Winograd tiles are 2×2 or 4×4")
+        return onTensors(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), stride: 1,
+                         padding: padding, context: context) { ctx, x, n, c, h, w, wp, bp, out in
+            if tile == 4 {
+                forwardWinograd4(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: o,
+                                 padding: padding, out: out)
+            } else {
+                forwardWinograd(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: o,
+                                padding: padding, out: out)
+            }
         }
     }
 }

@@ -320,15 +320,3 @@ public extension Conv2D {
         }
     }
 }
-
-public extension Conv2D {
-    /// Tensor form of `forwardWinograd4`: x [N, C, H, W], weight [O, C, 3, 3].
-    static func forwardWinograd4(_ x: Tensor, weight: [Float], bias: [Float]?, outChannels o: Int,
-                                 padding: Padding, context: ComputeContext = ComputeContext()) -> Tensor {
-        onTensors(x, weight: weight, bias: bias, outChannels: o, kernel: (3, 3), stride: 1,
-                  padding: padding, context: context) { ctx, x, n, c, h, w, wp, bp, out in
-            forwardWinograd4(ctx, x: x, n: n, c: c, h: h, w: w, weight: wp, bias: bp, outChannels: o,
-                             padding: padding, out: out)
-        }
-    }
-}
