@@ -96,10 +96,11 @@ class Ours:
             check(out, "tokenize")
         return paths
 
-    def edit_commands(self, source, target, image, steps, d, bin_dir, deep_cache=None):
-        """examples.sh's edit (MODEL=cache, SEED=0, GUIDANCE=7.5, NEGATIVE=source; DEEP_CACHE), stage by stage."""
+    def edit_commands(self, source, target, image, steps, d, bin_dir, levers=None):
+        """examples.sh's edit (MODEL=cache, SEED=0, GUIDANCE=7.5, NEGATIVE=source), stage by stage; `levers`
+        are the opt-in speed settings, as tools.Edit fields (e.g. {"deep_cache": 3, "maps": 5})."""
         e = tools.Edit(source, target, image, steps=steps, seed=0, guidance="7.5", negative="source",
-                       deep_cache=deep_cache)
+                       **(levers or {}))
         return tools.Commands(e, bin=bin_dir, dir=d).stages()
 
     def ledits_commands(self, source, target, image, steps, d, bin_dir):
@@ -108,7 +109,7 @@ class Ours:
         e = tools.Edit(source, target, image, seed=0, ledits_steps=steps, ledits_remove_source=True)
         return tools.Commands(e, bin=bin_dir, dir=d).ledits_stages()
 
-    def edit(self, source, target, image, steps, runs, name="edit", method="diffedit", deep_cache=None):
+    def edit(self, source, target, image, steps, runs, name="edit", method="diffedit", levers=None):
         env = tools.tool_env(self.cache, base=self.env)   # as examples.sh: export DIFFEDIT_MODEL
         d = os.path.join(self.work, name)
         os.makedirs(d, exist_ok=True)
@@ -116,7 +117,7 @@ class Ours:
         for _ in range(runs):
             total, st = 0.0, {}
             commands = (self.ledits_commands if method == "ledits"
-                        else functools.partial(self.edit_commands, deep_cache=deep_cache))
+                        else functools.partial(self.edit_commands, levers=levers))
             for stage in commands(source, target, image, steps, d, self.bin):
                 wall, out = run_procs(stage.argvs, stdin_path=stage.stdin, stdout_path=stage.stdout, env=env)
                 check(out, stage.label)

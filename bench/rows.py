@@ -113,7 +113,7 @@ class WholeEdit(Kind):
     def ours(self, ctx, row):
         p = row.params
         o = ctx.ours.edit(SOURCE, TARGET, ctx.ours.image(p["size"]), p["steps"], ctx.edit_runs, name=row.id,
-                          deep_cache=p.get("deep_cache"))
+                          levers=p.get("levers"))
         o["edit_cmds"] = o["cmd"]
         return o
 
@@ -157,11 +157,18 @@ class WholeEdit(Kind):
                   f"process): PyTorch {fmt_s(lt)} s, ours/PyTorch **{median(o['times']) / lt:.2f}**.\n")
         if raw_row.get("agreement"):
             md.append(f"Same result? {raw_row['agreement']}\n")
-        dc = row.params.get("deep_cache")
+        levers = row.params.get("levers") or {}
+        said = []
+        if levers.get("deep_cache"):
+            dc = levers["deep_cache"]
+            said.append(f"invert and denoise with `--deep-cache {dc}`: the whole UNet every {dc} steps and its "
+                        "shallow branch between them (DeepCache)")
+        if levers.get("maps"):
+            said.append(f"noise-diff-mask with `--maps {levers['maps']}`: {levers['maps']} noise draws averaged "
+                        "for the mask instead of diffusers' 10")
         md.append(f"Our commands (examples.sh's edit with MODEL=the cache folder, STEPS={steps}, SEED=0, GUIDANCE=7.5, "
-                  "NEGATIVE=source; `DIFFEDIT_MODEL` exported" + (
-                      f"; invert and denoise also with `--deep-cache {dc}`: the whole UNet every {dc} steps and its "
-                      "shallow branch between them (DeepCache, opt-in)" if dc else "") + "):\n")
+                  "NEGATIVE=source; `DIFFEDIT_MODEL` exported" +
+                  ("; opt-in: " + "; ".join(said) if said else "") + "):\n")
         md.append("```")
         md.extend(o["cmd"])
         md.append("```\n")
@@ -257,7 +264,9 @@ ROWS = [
     Row("edit512", "whole DiffEdit edit, 512², 10 steps, guidance 7.5", WholeEdit(), {"size": 512, "steps": 10}),
     # Ours with the opt-in speed paths against the same exact diffusers edit as the `edit` row.
     Row("edit-deepcache", "whole DiffEdit edit, 256², 20 steps, guidance 7.5; ours with --deep-cache 3",
-        WholeEdit(), {"size": 256, "steps": 20, "deep_cache": 3}, peer_row="edit"),
+        WholeEdit(), {"size": 256, "steps": 20, "levers": {"deep_cache": 3}}, peer_row="edit"),
+    Row("edit-fast", "whole DiffEdit edit, 256², 20 steps, guidance 7.5; ours with --deep-cache 3 and --maps 5",
+        WholeEdit(), {"size": 256, "steps": 20, "levers": {"deep_cache": 3, "maps": 5}}, peer_row="edit"),
     Row("ledits", "whole LEDITS++ edit, 256², 30 inversion steps (DDIM)", LEditsEdit(), {"size": 256, "steps": 30}),
 ]
 BY_ID = {r.id: r for r in ROWS}

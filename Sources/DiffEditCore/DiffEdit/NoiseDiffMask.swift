@@ -16,6 +16,12 @@ public struct NoiseDiffMask {
         /// invert (the activations of 10 latents, not 30) at no cost in time (measured: batch 10
         /// as fast as 30 at 256², the products being large enough either way).
         public var maxBatch = 10
+        /// Compute diffusers' guided predictions (`Result.epsSource`, `.epsTarget`) even when the
+        /// map does not need them. With one negative prompt for both captions the map is
+        /// |1 − g|·|ε(target) − ε(source)| whatever that prompt's prediction is (see `generate`), so
+        /// by default its UNet branch is not run: 2 UNet latents per map instead of 3, the same
+        /// map up to float rounding. Tests that compare the guided predictions set this.
+        public var guidedPredictions = false
         public init() {}
     }
 
@@ -26,9 +32,10 @@ public struct NoiseDiffMask {
         public var imageLatents: Tensor
         public var noise: Tensor
         public var noisedLatents: Tensor
-        /// Guided predictions named as diffusers names them (see `generate`).
-        public var epsSource: Tensor
-        public var epsTarget: Tensor
+        /// Guided predictions named as diffusers names them (see `generate`); nil when the map
+        /// was made without them (`Options.guidedPredictions`).
+        public var epsSource: Tensor?
+        public var epsTarget: Tensor?
         /// |ε_target − ε_source| averaged over maps and channels, [N, h, w].
         public var map: Tensor
         /// mean(map) × ratio over the whole batch.
@@ -95,48 +102,58 @@ public struct NoiseDiffMask {
         let noised = try scheduler.addNoise(original: imageLatents, noise: noise, timesteps: [t])
 
         // 7. one UNet batch [source, sourceNeg, target, targetNeg] (each ×maps), micro-batched.
-        // With the default negatives (both the empty prompt) the two negative quarters are the
-        // same latents under the same embedding: computed once, the mask stage does 3/4 of the
-        // UNet work for the same numbers.
+        // diffusers' guided predictions are εS = c0 + g·(c1 − c0) and εT = c2 + g·(c3 − c2). With
+        // the default negatives (both the empty prompt) c1 = c3, so εT − εS = (1 − g)·(c2 − c0):
+        // the map is |1 − g| times that of the conditional predictions and the negative's branch
+        // cancels — it is not run (2/3 of the UNet work for the same numbers up to rounding). At
+        // g ≤ 1 diffusers runs no negative branch either: the map is |c2 − c0|.
+        let g = o.guidance
         let sharedNegative = sourceNegative.shape == targetNegative.shape && sourceNegative.data == targetNegative.data
+        let negatives = g > 1 && (o.guidedPredictions || !sharedNegative)
         // Identical captions (and negatives): the target half is the source half, so it is not
         // computed again. In diffusers the identical rows give identical noise; here they would
         // differ by the rounding of their batch position, turning a zero map into a random mask.
         let sameCaptions = sharedNegative && source.shape == target.shape && source.data == target.data
-        var parts = sameCaptions ? [source, sourceNegative] : [source, sourceNegative, target]
-        if !sharedNegative { parts.append(targetNegative) }
+        var parts = [source]
+        if negatives { parts.append(sourceNegative) }
+        if !sameCaptions { parts.append(target) }
+        if negatives && !sharedNegative { parts.append(targetNegative) }
         let embeds = Tensor.concat(batch: parts.map { DiffEditSupport.repeatInterleave($0, o.maps) })
         let input = Tensor.concat(batch: [Tensor](repeating: noised, count: parts.count))
         progress?.begin("noise maps (UNet latents)", total: parts.count * m)
         let out = try DiffEditSupport.predict(unet, latents: input, timestep: t, embeddings: embeds,
                                               maxBatch: o.maxBatch, progress: { progress?.update($0) })
-        let c0 = out.slice(batch: 0, count: m), c1 = out.slice(batch: m, count: m)
-        let c2 = sameCaptions ? c0 : out.slice(batch: 2 * m, count: m)
-        let c3 = sharedNegative ? c1 : out.slice(batch: 3 * m, count: m)
-        let g = o.guidance
-        let epsSource: Tensor, epsTarget: Tensor
-        if g > 1 {
-            epsSource = Guidance.classifierFree(uncond: c0, cond: c1, scale: g)
-            epsTarget = Guidance.classifierFree(uncond: c2, cond: c3, scale: g)
+        let part = { (i: Int) in out.slice(batch: i * m, count: m) }
+        let c0 = part(0)
+        let c1: Tensor? = negatives ? part(1) : nil
+        let c2 = sameCaptions ? c0 : part(negatives ? 2 : 1)
+        let c3: Tensor? = negatives ? (sharedNegative ? c1 : part(3)) : nil
+        var epsSource: Tensor? = nil, epsTarget: Tensor? = nil
+        // The map's two terms and its factor: the guided predictions, or the conditional ones
+        // scaled by |1 − g| (g > 1, one negative), or the conditional ones (g ≤ 1).
+        let a: Tensor, b: Tensor
+        var factor: Float = 1
+        if let c1, let c3 {
+            let s = Guidance.classifierFree(uncond: c0, cond: c1, scale: g)
+            let tg = Guidance.classifierFree(uncond: c2, cond: c3, scale: g)
+            (epsSource, epsTarget, a, b) = (s, tg, s, tg)
         } else {
-            // Without guidance diffusers builds the batch [source, target] only; the maps
-            // come from the conditional predictions, here c0 and c2 (same UNet inputs).
-            epsSource = c0
-            epsTarget = c2
+            (a, b) = (c0, c2)
+            if g > 1 { factor = g - 1 }
         }
 
         // 8. map = |target − source| averaged over maps and channels; clamp at mean × ratio.
         let plane = h * w
         var map = [Float](repeating: 0, count: n * plane)
-        epsSource.data.withUnsafeBufferPointer { s in
-            epsTarget.data.withUnsafeBufferPointer { tg in
+        a.data.withUnsafeBufferPointer { s in
+            b.data.withUnsafeBufferPointer { tg in
                 for i in 0..<n {
                     for p in 0..<plane {
                         var acc: Double = 0
                         for k in 0..<o.maps {
                             for ch in 0..<c {
                                 let idx = ((i * o.maps + k) * c + ch) * plane + p
-                                acc += Double(abs(tg[idx] - s[idx]))
+                                acc += Double(abs(factor * (tg[idx] - s[idx])))
                             }
                         }
                         map[i * plane + p] = Float(acc / Double(o.maps * c))

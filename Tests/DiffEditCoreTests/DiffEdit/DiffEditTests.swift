@@ -100,20 +100,28 @@ final class DiffEditTests: XCTestCase {
         let (mean, std) = try Self.posterior(p)
         let embeds = try Self.ref(p, "diffedit.mask.embeds").tensor()  // [src, "", tgt, ""]
         let row = { (i: Int) in embeds.slice(batch: i, count: 1) }
-        for maxBatch in [40, 7] {
+        // Guided predictions on: diffusers' whole batch, its guided predictions compared too. Off
+        // (the tools' way): the negative's branch, which cancels from the map, is not run.
+        for (maxBatch, guided) in [(40, true), (7, true), (7, false)] {
             var options = NoiseDiffMask.Options()
             options.steps = p.steps
             options.maxBatch = maxBatch
+            options.guidedPredictions = guided
             var nd = NoiseDiffMask(unet: p.unet, scheduler: try DDIMScheduler(folder: p.folder), options: options)
             let r = try nd.generate(mean: mean, std: std, source: row(0), sourceNegative: row(1), target: row(2),
                                     targetNegative: row(3), generator: TorchGenerator(seed: 0))
-            let label = "\(key) mask (UNet batch \(maxBatch))"
+            let label = "\(key) mask (UNet batch \(maxBatch)\(guided ? "" : ", no negative branch"))"
             XCTAssertEqual(r.timestep, Int(try Self.ref(p, "diffedit.mask.timestep").floats()[0]), label)
             assertClose(r.imageLatents.data, try Self.ref(p, "diffedit.mask.image_latents").floats(), atol: 1e-4, "\(label) image latents")
             assertClose(r.noise.data, try Self.ref(p, "diffedit.mask.noise").floats(), atol: 0, "\(label) noise")
             assertClose(r.noisedLatents.data, try Self.ref(p, "diffedit.mask.noised_latents").floats(), atol: Self.noisedTolerance, "\(label) noised")
-            let epsSrc = assertClose(r.epsSource.data, try Self.ref(p, "diffedit.mask.eps.source").floats(), atol: Self.latentTolerance, "\(label) eps.source")
-            let epsTgt = assertClose(r.epsTarget.data, try Self.ref(p, "diffedit.mask.eps.target").floats(), atol: Self.latentTolerance, "\(label) eps.target")
+            XCTAssertEqual(r.epsSource == nil, !guided, label)
+            var epsErr = Double.nan
+            if let es = r.epsSource, let et = r.epsTarget {
+                let epsSrc = assertClose(es.data, try Self.ref(p, "diffedit.mask.eps.source").floats(), atol: Self.latentTolerance, "\(label) eps.source")
+                let epsTgt = assertClose(et.data, try Self.ref(p, "diffedit.mask.eps.target").floats(), atol: Self.latentTolerance, "\(label) eps.target")
+                epsErr = nanAwareMax(epsSrc.maxAbsError, epsTgt.maxAbsError)
+            }
             let refMap = try Self.ref(p, "diffedit.mask.map").floats()
             let mapErr = assertClose(r.map.data, refMap, atol: Self.mapTolerance, "\(label) map").maxAbsError
             let refClamp = try Self.ref(p, "diffedit.mask.clamp").floats()[0]
@@ -122,7 +130,7 @@ final class DiffEditTests: XCTestCase {
             assertClose(r.soft.data, refSoft, atol: 1e-4, "\(label) soft")
             XCTAssertEqual(r.mask.shape, [1, 1] + Array(mean.shape[2...]), label)
             let (_, near) = Self.compareMask(r.mask.data, try Self.ref(p, "diffedit.mask").floats(), refSoft: refSoft, label)
-            print("\(label): map max err \(mapErr), eps max err \(nanAwareMax(epsSrc.maxAbsError, epsTgt.maxAbsError)), near-threshold pixels \(near)")
+            print("\(label): map max err \(mapErr), eps max err \(epsErr), near-threshold pixels \(near)")
 
             // The dense variant: the same map thresholded at ratio 2.1.
             let dense = NoiseDiffMask.threshold(map: r.map, ratio: 2.1)
