@@ -9,6 +9,8 @@ converted with openvino.convert_model, CPU, 2 threads, latency hint, at f32 and 
 precision), in the same run:
 
   unet32, unet64   one classifier-free-guidance UNet step (batch 2) at 32x32 / 64x64 latents
+  unet32-bf16, unet64-bf16   the same step with our opt-in --precision bf16 (AVX512-BF16), against
+                   the same peers (timed once when both rows run)
   vae-enc256/512   VAE encoder on a 256x256 / 512x512 image
   vae-dec256/512   VAE decoder to a 256x256 / 512x512 image
   text             CLIP ViT-L/14 text tower, batch 2 x 77 tokens

@@ -51,10 +51,10 @@ class Ours:
     def tool(self, name):
         return os.path.join(self.bin, name)
 
-    def unet(self, size, runs):
+    def unet(self, size, runs, precision=None):
         argv = [self.tool("unet-bench"), "--model", self.cache, "--height", str(size), "--width", str(size),
-                "--batch", "2", "--runs", str(runs + 1)]
-        out_path = os.path.join(self.work, f"unet-bench-{size}.txt")
+                "--batch", "2", "--runs", str(runs + 1)] + (["--precision", precision] if precision else [])
+        out_path = os.path.join(self.work, f"unet-bench-{size}{'-' + precision if precision else ''}.txt")
         wall, out = run_procs([argv], stdout_path=out_path, env=self.env)
         check(out, "unet-bench")
         text = open(out_path).read()

@@ -55,7 +55,7 @@ class UNetStep(Kind):
     peers = {"torch": torch_side.unet_step, "openvino": openvino_side.unet_step}
 
     def ours(self, ctx, row):
-        return ctx.ours.unet(row.params["size"], ctx.runs)
+        return ctx.ours.unet(row.params["size"], ctx.runs, precision=row.params.get("precision"))
 
     def summary(self, o, p, line):
         gflop = o["gflop"]
@@ -255,6 +255,11 @@ class Row:
 ROWS = [
     Row("unet32", "UNet CFG step (batch 2), 32×32 latents (256² image)", UNetStep(), {"size": 32}),
     Row("unet64", "UNet CFG step (batch 2), 64×64 latents (512² image)", UNetStep(), {"size": 64}),
+    # Ours with the opt-in bf16 products (--precision bf16) against the same peers as the f32 rows.
+    Row("unet32-bf16", "UNet CFG step (batch 2), 32×32 latents; ours with --precision bf16", UNetStep(),
+        {"size": 32, "precision": "bf16"}, peer_row="unet32"),
+    Row("unet64-bf16", "UNet CFG step (batch 2), 64×64 latents; ours with --precision bf16", UNetStep(),
+        {"size": 64, "precision": "bf16"}, peer_row="unet64"),
     Row("vae-enc256", "VAE encode, 256² image", VAEEncode(), {"size": 256}),
     Row("vae-enc512", "VAE encode, 512² image", VAEEncode(), {"size": 512}),
     Row("vae-dec256", "VAE decode, 256² image", VAEDecode(), {"size": 256}),

@@ -249,6 +249,8 @@ def edit_of(k, a, pair):
                      ledits_source_prompt=getattr(a, "ledits_source_prompt", False),
                      edit_guidance=getattr(a, "edit_guidance", None), edit_threshold=getattr(a, "edit_threshold", None),
                      edit_warmup=getattr(a, "edit_warmup", None), ledits_mask=getattr(a, "ledits_mask", None),
+                     edit_cooldown=getattr(a, "edit_cooldown", None),
+                     attention_grid=getattr(a, "attention_grid", None),
                      ledits_remove_source=getattr(a, "ledits_remove_source", False),
                      ledits_add=add if phrases else None,
                      ledits_remove=remove if phrases and getattr(a, "ledits_remove_source", False) else None)
@@ -581,6 +583,9 @@ def main():
     p.add_argument("--edit-guidance", default=None, help="denoise --method ledits --edit-guidance (one, or add,remove)" + unset)
     p.add_argument("--edit-threshold", default=None, help="denoise --method ledits --edit-threshold" + unset)
     p.add_argument("--edit-warmup", default=None, help="denoise --method ledits --edit-warmup" + unset)
+    p.add_argument("--edit-cooldown", default=None, help="denoise --method ledits --edit-cooldown" + unset)
+    p.add_argument("--attention-grid", default=None, metavar="HxW",
+                   help="denoise --method ledits --attention-grid (the cross-attention maps its masks read)" + unset)
     p.add_argument("--ledits-concepts", choices=["caption", "phrase"], default="caption",
                    help="LEDITS++'s concepts: the whole target (and source) caption, or the object phrases in "
                         "which they differ (\"an orange triangle\")")
@@ -663,7 +668,7 @@ def main():
                                              "invert_guidance", "denoise_guidance", "strength", "maps",
                                              "encode_strength", "threshold_ratio", "dilate", "deep_cache", "ledits_steps", "skip",
                                              "source_guidance", "edit_guidance", "edit_threshold", "edit_warmup",
-                                             "ledits_mask") if getattr(a, k) is not None}
+                                             "edit_cooldown", "attention_grid", "ledits_mask") if getattr(a, k) is not None}
         if a.paste_flags:
             given["paste_flags"] = a.paste_flags
         if a.ledits_source_prompt:

@@ -18,6 +18,7 @@ public struct StageOptions: ParsableArguments {
     @Flag(name: [.customShort("f"), .long], help: "Write binary data even to a terminal.")
     public var force = false
     @OptionGroup public var loraOption: LoRAOption
+    @OptionGroup public var precisionOption: PrecisionOption
 
     public init() {}
 }

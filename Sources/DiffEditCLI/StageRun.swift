@@ -22,6 +22,7 @@ public final class StageRun {
     public init(_ tool: String, _ common: StageOptions, input: String?, expecting: String) throws {
         self.tool = tool
         self.common = common
+        try common.precisionOption.apply(tool: tool, quiet: common.quiet)
         output = try CLI.tensorOutput(force: common.force)
         let reader = try CLI.tensorInput(input)
         records = try reader.readAllNonEmpty(expecting: expecting)
@@ -77,6 +78,7 @@ public final class StageRun {
     public func metadata(_ extra: [String: String], carryingImageSizeOf source: TensorRecord? = nil) -> [String: String] {
         var meta = DiffEditIO.provenance(folder)
         settings.record(into: &meta)
+        meta.merge(common.precisionOption.metadata) { $1 }
         if let source {
             for k in [MetadataKey.imageWidth, MetadataKey.imageHeight] { if let v = source.metadata[k] { meta[k] = v } }
         }

@@ -66,6 +66,7 @@ struct UNetBench: DiffEditTool {
     @OptionGroup var loraOption: LoRAOption
 
     @OptionGroup var deepCacheOption: DeepCacheOption
+    @OptionGroup var precisionOption: PrecisionOption
 
     @Flag(name: .long, help: "Print time per kernel category (summed over worker threads).")
     var profile = false
@@ -83,15 +84,20 @@ struct UNetBench: DiffEditTool {
 
     func run() throws {
         try CLI.run(Self.toolName) {
+            try precisionOption.apply(tool: Self.toolName, quiet: false)
             if !gemm.isEmpty {
                 guard gemm.count == 3 else { throw ToolError("--gemm takes three sizes, M N K — e.g. --gemm 64 64 64") }
                 let (m, n, k) = (gemm[0], gemm[1], gemm[2])
                 let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: k * n)
                 var c = [Float](repeating: 0, count: m * n)
+                let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
+                print("gemm in \(context.policy.precision.rawValue)")
                 for r in 0..<max(runs, 2) {
                     let t0 = Date()
-                    BLAS.gemm(threads: threads ?? ComputeContext.defaultThreads, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n,
-                              c: &c, ldc: n)
+                    a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
+                        context.gemm(m: m, n: n, k: k, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n,
+                                     c: cp.baseAddress!, ldc: n)
+                    } } }
                     let dt = Date().timeIntervalSince(t0)
                     print(String(format: "gemm %dx%dx%d run %d: %.4f s, %.1f GFLOP/s", m, n, k, r + 1, dt,
                                  2 * Double(m * n * k) / dt / 1e9))

@@ -26,6 +26,7 @@ struct VAEDecode: DiffEditTool {
     static let depthOption = NumberOption<Int>("--depth", .oneOf([8, 16]))
 
     @OptionGroup var tileOption: TileOption
+    @OptionGroup var precisionOption: PrecisionOption
 
     @Option(name: .long, help: "Name of the record to decode (default: latents, else the only record, else posterior.mean).")
     var record: String?
@@ -59,6 +60,7 @@ struct VAEDecode: DiffEditTool {
 
     func run() throws {
         try CLI.run(Self.toolName) {
+            try precisionOption.apply(tool: Self.toolName, quiet: quiet)
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
             let tiling = try tileOption.tiling(vae: vae)

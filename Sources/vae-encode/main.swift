@@ -34,6 +34,7 @@ struct VAEEncode: DiffEditTool {
     var resize: ResizeMode?
 
     @OptionGroup var tileOption: TileOption
+    @OptionGroup var precisionOption: PrecisionOption
 
     @Flag(name: .long, help: "Write one sample of the posterior (record latents) instead of mean and std; needs --seed.")
     var sample = false
@@ -55,6 +56,7 @@ struct VAEEncode: DiffEditTool {
             if crop && resize != nil { throw ToolError("--crop and --resize exclude each other — give only one of them") }
             if sample && seed == nil { throw ToolError("--sample needs a seed — add --seed N (the seed of torch.Generator('cpu').manual_seed(N))") }
             if seed != nil && !sample { throw ToolError("--seed only applies to --sample — add --sample, or drop --seed to write the posterior") }
+            try precisionOption.apply(tool: Self.toolName, quiet: quiet)
             let folder = try ModelFolder.resolve(model)
             let vae = try AutoencoderKL(folder: folder)
             let tiling = try tileOption.tiling(vae: vae)

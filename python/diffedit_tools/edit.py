@@ -61,6 +61,8 @@ class Edit:
     edit_guidance: object = None            # denoise --method ledits --edit-guidance (one or "a,b")
     edit_threshold: object = None           # --edit-threshold
     edit_warmup: object = None              # --edit-warmup
+    edit_cooldown: object = None            # --edit-cooldown
+    attention_grid: str | None = None       # --attention-grid HxW (the cross-attention maps read)
     ledits_mask: str | None = None          # --ledits-mask intersect | attention | noise
     ledits_remove_source: bool = False      # a second concept: the source caption, removed
     ledits_add: str | None = None           # the concept added instead of the whole target caption
@@ -208,7 +210,8 @@ class Commands:
         argv = self.tool("denoise", "--method", "ledits", "--edit", added, *remove) + _opts(
             ("--mask", p(mask) if mask else None), ("--edit-guidance", e.edit_guidance),
             ("--edit-threshold", _first(threshold, e.edit_threshold)), ("--edit-warmup", e.edit_warmup),
-            ("--ledits-mask", _first(ledits_mask, e.ledits_mask)),
+            ("--edit-cooldown", e.edit_cooldown), ("--ledits-mask", _first(ledits_mask, e.ledits_mask)),
+            ("--attention-grid", None if _first(ledits_mask, e.ledits_mask) == "noise" else e.attention_grid),
             ("--masks-output", p(masks_output) if masks_output else None)) + self._quiet()
         if decode:
             middle = [["tee", p(keep)]] if keep else []

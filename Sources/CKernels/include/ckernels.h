@@ -37,6 +37,21 @@ void diffedit_silu(float *x, size_t n);
 void diffedit_group_norm(const float *x, size_t c, size_t spatial, size_t groups, const float *weight,
                          const float *bias, float eps, int silu, float *out, size_t pair_lo, size_t pair_hi);
 
+/// Whether this CPU has AVX512-BF16 (vdpbf16ps), which diffedit_gemm_bf16 computes with.
+int diffedit_has_avx512bf16(void);
+
+/// float → bfloat16 bits, rounded to nearest even (NaN stays NaN): the rounding of the bf16 path.
+uint16_t diffedit_f32_to_bf16(float x);
+
+/// C[m×n] = alpha·A·B + beta·C (beta 0: C is only written) with every element of A and B rounded to
+/// bfloat16 and the products accumulated in f32 (gemm_bf16.c). A(i, l) = a[i·ars + l·acs] and
+/// B(l, j) = b[l·brs + j·bcs] for l < k: a transpose is a swap of strides. One thread; the caller
+/// splits rows or columns between threads. With AVX512-BF16 (and emulate 0) the product runs on
+/// vdpbf16ps; else, or with emulate 1, on a scalar emulation of the same arithmetic. Returns 0, or
+/// −1 when its packing buffers (per thread, kept between calls) could not be allocated.
+int diffedit_gemm_bf16(size_t m, size_t n, size_t k, float alpha, const float *a, size_t ars, size_t acs,
+                       const float *b, size_t brs, size_t bcs, float beta, float *c, size_t ldc, int emulate);
+
 /// Limits glibc's malloc to one arena (mallopt(M_ARENA_MAX, 1), which Swift cannot import):
 /// under an address-space limit each extra arena reserves 64 MiB. Returns mallopt's result.
 int diffedit_limit_malloc_arenas(void);

@@ -60,7 +60,7 @@ public enum Attention {
                     let rows = min(chunk, lq - i0)
                     let qh = q + (bi * lq + i0) * ldq + h * d
                     ctx.measure("attention QK") {
-                        BLAS.gemm(threads: blasThreads, transB: true, m: rows, n: lk, k: d, alpha: scale,
+                        ctx.gemm(threads: blasThreads, transB: true, m: rows, n: lk, k: d, alpha: scale,
                                   a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: lk)
                     }
                     if causal {
@@ -75,7 +75,7 @@ public enum Attention {
                     ctx.measure("attention softmax") { VectorMath.expRows(s, rows: rows, n: lk, stride: lk, sums: rowSums) }
                     let oh = out + (bi * lq + i0) * ldo + h * d
                     ctx.measure("attention PV") {
-                        BLAS.gemm(threads: blasThreads, m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo)
+                        ctx.gemm(threads: blasThreads, m: rows, n: d, k: lk, a: s, lda: lk, b: vh, ldb: ldv, c: oh, ldc: ldo)
                     }
                     for r in 0..<rows {
                         let inv = 1 / rowSums[r]

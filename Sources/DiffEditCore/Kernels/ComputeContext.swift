@@ -51,9 +51,16 @@ public final class ComputeContext: @unchecked Sendable {
     /// C = alpha·op(A)·op(B) + beta·C on all of this context's threads (one thread for small
     /// products, see BLAS.singleThreadBelow).
     @inline(__always)
-    func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
+    public func gemm(threads: Int? = nil, transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
               a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float = 0,
               c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let threads = threads ?? self.threads
+        // The opt-in bf16 products (KernelPolicy.precision); the f32 BLAS if its buffers fail.
+        if policy.precision == .bf16, GEMMBF16.applies(m: m, n: n, k: k),
+           GEMMBF16.gemm(threads: threads, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a,
+                         lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) {
+            return
+        }
         BLAS.gemm(threads: threads, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                   b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     }

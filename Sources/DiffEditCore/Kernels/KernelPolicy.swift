@@ -3,7 +3,7 @@
 /// (`ctx.policy`) and read by each kernel from the context it is handed, once per call, so two
 /// contexts (two tests, two models) can run with different policies at the same time. Every
 /// default is the measured best; none changes the numbers beyond float rounding order, which
-/// the parity tests bound.
+/// the parity tests bound — except `precision`, which is opt-in for that reason.
 public struct KernelPolicy: Sendable, Equatable {
     // MARK: Weights
 
@@ -17,6 +17,13 @@ public struct KernelPolicy: Sendable, Equatable {
     /// weights with this context (`ParameterLoader`), not by any forward pass: changing it
     /// after a model is built has no effect on that model.
     public var readsWeightsInPlace = true
+
+    // MARK: Arithmetic
+
+    /// The products' arithmetic (`Precision`): f32 (OpenBLAS), or the opt-in bf16 where the CPU
+    /// has AVX512-BF16 (`--precision bf16`, `DIFFEDIT_PRECISION=bf16`; elsewhere f32). Starts as
+    /// `Precision.requested` says, which is f32 unless a tool or the environment asked.
+    public var precision: Precision = Precision.requested.effective
 
     // MARK: Attention
 

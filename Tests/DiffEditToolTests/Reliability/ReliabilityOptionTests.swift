@@ -285,9 +285,28 @@ final class ReliabilityOptionTests: XCTestCase {
         XCTAssertEqual(try runTool("vae-encode", ["--model", Hostile.sd1, Fixtures.path("sd1/cat.ppm")], environment: env).status, 0)
         env["DIFFEDIT_MEMORY_LIMIT"] = ""  // set but empty: unset
         XCTAssertEqual(try runTool("vae-encode", ["--model", Hostile.sd1, Fixtures.path("sd1/cat.ppm")], environment: env).status, 0)
-
+        // The opt-in bf16 products: a malformed DIFFEDIT_PRECISION is refused in one line; bf16
+        // asked of a CPU without AVX512-BF16 runs in f32 with a note, and the output says which ran.
+        env["DIFFEDIT_PRECISION"] = "fp8"
+        let badPrecision = try runTool("vae-encode", ["--model", Hostile.sd1, Fixtures.path("sd1/cat.ppm")], environment: env)
+        assertRefused(badPrecision, tool: "vae-encode", contains: ["DIFFEDIT_PRECISION=fp8", "bf16"])
+        XCTAssertEqual(badPrecision.out, [])
+        env["DIFFEDIT_PRECISION"] = "bf16"
         let dir = try temporaryDirectory(self)
         let emb = try Hostile.embeddingsFile(dir)
+        let bf = try runTool("invert", ["--model", Hostile.sd1, "--prompt", emb, "--steps", "2"], stdin: try Hostile.posterior(),
+                             environment: env)
+        XCTAssertEqual(bf.status, 0, bf.err)
+        let records = try TensorStreamReader(pipeReader(bf.out)).readAll()
+        if Precision.bf16Available {
+            XCTAssertEqual(records.first?.metadata["precision"], "bf16")
+            XCTAssertFalse(bf.err.contains("lacks"), bf.err)
+        } else {
+            XCTAssertNil(records.first?.metadata["precision"], "f32 ran: the output must not claim bf16")
+            XCTAssertTrue(bf.err.contains("bf16 needs AVX512-BF16"), bf.err)
+        }
+        env["DIFFEDIT_PRECISION"] = nil
+
         for (tool, args, stdin) in [("tokenize", ["a cat"], [UInt8]()), ("vae-encode", [Fixtures.path("sd1/cat.ppm")], []),
                                     ("invert", ["--prompt", emb], try Hostile.posterior())] {
             let r = try runTool(tool, ["--model", ""] + args, stdin: stdin)
