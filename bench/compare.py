@@ -18,8 +18,8 @@ precision), in the same run:
                    against StableDiffusionDiffEditPipeline (generate_mask + invert + __call__)
   edit-deepcache   the same edit with our opt-in --deep-cache 3 on invert and denoise, against the
                    same diffusers edit (timed once when both rows run)
-  edit-fast        every opt-in lever: --deep-cache 3, and --maps 5 on noise-diff-mask (5 noise draws
-                   for the mask instead of 10), against the same diffusers edit
+  edit-fast        the opt-in levers together: --deep-cache 4, and --maps 5 on noise-diff-mask (5 noise
+                   draws for the mask instead of 10), against the same diffusers edit
   edit512, ledits  the edit at 512x512, 10 steps; a LEDITS++ edit at 256x256, 30 inversion steps
 
 Run it under the machine's CPU lock, e.g.

@@ -9,11 +9,13 @@ import DiffEditCore
 
 extension CLI {
     /// Runs a tool body; a ToolError becomes `tool: message` on stderr and exit status 1.
-    /// A malformed $DIFFEDIT_MEMORY_LIMIT is refused first, in every tool (whether or not this
-    /// run would have consulted it), rather than ignored until an input makes it matter.
+    /// A malformed $DIFFEDIT_MEMORY_LIMIT or $DIFFEDIT_PRECISION is refused first, in every tool
+    /// (whether or not this run would have consulted it), rather than ignored until an input
+    /// makes it matter.
     public static func run(_ tool: String, _ body: () throws -> Void) throws {
         do {
             _ = try MemoryBudget.limitBytes
+            if let e = Precision.environmentError { throw e }
             try body()
             // Text printed with print() sits in stdout's buffer: flush it here so that a write
             // error (a full disk) is reported rather than lost at exit.

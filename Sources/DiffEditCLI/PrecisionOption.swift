@@ -15,11 +15,10 @@ public struct PrecisionOption: ParsableArguments {
 
     public init() {}
 
-    /// Call before loading a model: the precision it computes with. A malformed
-    /// `DIFFEDIT_PRECISION` is refused; bf16 asked of a CPU without AVX512-BF16 runs in f32 and
-    /// says so (unless `quiet`).
+    /// Call before loading a model: the precision it computes with (a malformed
+    /// `DIFFEDIT_PRECISION` was refused by `CLI.run`). bf16 asked of a CPU without AVX512-BF16
+    /// runs in f32 and says so (unless `quiet`).
     public func apply(tool: String, quiet: Bool) throws {
-        if precision == nil, let e = Precision.environmentError { throw e }
         let asked = precision ?? Precision.requested
         Precision.requested = asked
         if asked == .bf16 && !Precision.bf16Available && !quiet {
