@@ -20,6 +20,7 @@ precision), in the same run:
                    same diffusers edit (timed once when both rows run)
   edit-fast        the opt-in levers together: --deep-cache 4, and --maps 5 on noise-diff-mask (5 noise
                    draws for the mask instead of 10), against the same diffusers edit
+  edit-fast-dc3    the same with --deep-cache 3 (measured once as edit-fast)
   edit512, ledits  the edit at 512x512, 10 steps; a LEDITS++ edit at 256x256, 30 inversion steps
 
 Run it under the machine's CPU lock, e.g.

@@ -270,6 +270,9 @@ ROWS = [
     # Ours with the opt-in speed paths against the same exact diffusers edit as the `edit` row.
     Row("edit-deepcache", "whole DiffEdit edit, 256², 20 steps, guidance 7.5; ours with --deep-cache 3",
         WholeEdit(), {"size": 256, "steps": 20, "levers": {"deep_cache": 3}}, peer_row="edit"),
+    # Measured once (2026-12-07, named edit-fast then): DeepCache every third step with 5 mask draws.
+    Row("edit-fast-dc3", "whole DiffEdit edit, 256², 20 steps, guidance 7.5; ours with --deep-cache 3 and --maps 5",
+        WholeEdit(), {"size": 256, "steps": 20, "levers": {"deep_cache": 3, "maps": 5}}, peer_row="edit"),
     Row("edit-fast", "whole DiffEdit edit, 256², 20 steps, guidance 7.5; ours with --deep-cache 4 and --maps 5",
         WholeEdit(), {"size": 256, "steps": 20, "levers": {"deep_cache": 4, "maps": 5}}, peer_row="edit"),
     Row("ledits", "whole LEDITS++ edit, 256², 30 inversion steps (DDIM)", LEditsEdit(), {"size": 256, "steps": 30}),

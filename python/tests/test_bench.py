@@ -48,7 +48,7 @@ class Registry(unittest.TestCase):
     def test_openvino_rows(self):
         """OpenVINO measures the UNet step and the VAE decoder, at f32 and at the CPU's default."""
         self.assertEqual([r.id for r in rows.ROWS if "openvino" in r.kind.peers],
-                         ["unet32", "unet64", "vae-dec256", "vae-dec512"])
+                         ["unet32", "unet64", "unet32-bf16", "unet64-bf16", "vae-dec256", "vae-dec512"])
         self.assertEqual(openvino_side.PRECISIONS, (("f32", "f32"), ("default", None)))
         self.assertIn("INFERENCE_NUM_THREADS=2", openvino_side.method(2))
         self.assertIn("PERFORMANCE_HINT=LATENCY", openvino_side.method(2))
