@@ -25,7 +25,10 @@ final class ModelDefaultsToolTests: XCTestCase {
     /// options). A negative prompt's options name the embeddings of its text.
     typealias Row = (key: String, section: [String], top: [String], cli: [String])
     static func rows(_ d: String) -> [String: [Row]] {
-        let maskNeg = { (t: String) in ["--source-negative", "\(d)/\(t).tensor", "--target-negative", "\(d)/\(t).tensor"] }
+        // noise-diff-mask runs with its own target negative (base below): with one negative for
+        // both captions the negative cancels from the map, and so does the guidance (the map is
+        // (g − 1)·|ε(target) − ε(source)|, normalised), so neither key would show in the output.
+        let maskNeg = { (t: String) in ["--source-negative", "\(d)/\(t).tensor"] }
         return [
             "noise-diff-mask": [
                 ("guidance", ["--guidance", "2"], ["--guidance", "5"], ["--guidance", "3"]),
@@ -74,7 +77,8 @@ final class ModelDefaultsToolTests: XCTestCase {
         let rows = Self.rows(d)
         func base(_ tool: String) -> [String] {
             switch tool {
-            case "noise-diff-mask": return ["--source", "\(d)/src.tensor", "--target", "\(d)/dst.tensor", "\(d)/post.tensor"]
+            case "noise-diff-mask": return ["--source", "\(d)/src.tensor", "--target", "\(d)/dst.tensor",
+                                            "--target-negative", "\(d)/dog.tensor", "\(d)/post.tensor"]
             case "invert": return ["--prompt", "\(d)/src.tensor", "\(d)/post.tensor"]
             default: return ["--prompt", "\(d)/dst.tensor", "--mask", "\(d)/mask.pgm", "\(d)/inv.tensor"]
             }
