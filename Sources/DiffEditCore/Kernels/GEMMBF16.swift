@@ -64,14 +64,13 @@ enum GEMMBF16 {
         let parts = max(1, min(threads, extent / (2 * unit)))
         if parts == 1 { return run(0..<m, 0..<n) == 0 }
         let size = ((extent + parts - 1) / parts + unit - 1) / unit * unit
-        var failed = false
-        let statuses = UnsafeMutablePointer<Int32>.allocate(capacity: parts)
-        defer { statuses.deallocate() }
-        DispatchQueue.concurrentPerform(iterations: parts) { p in
-            let lo = min(extent, p * size), hi = min(extent, lo + size)
-            statuses[p] = lo < hi ? (byRows ? run(lo..<hi, 0..<n) : run(0..<m, lo..<hi)) : 0
+        // One status per worker, on the stack: no heap allocation per product.
+        return withUnsafeTemporaryAllocation(of: Int32.self, capacity: parts) { statuses in
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                let lo = min(extent, p * size), hi = min(extent, lo + size)
+                statuses[p] = lo < hi ? (byRows ? run(lo..<hi, 0..<n) : run(0..<m, lo..<hi)) : 0
+            }
+            return statuses.allSatisfy { $0 == 0 }
         }
-        for p in 0..<parts where statuses[p] != 0 { failed = true }
-        return !failed
     }
 }
