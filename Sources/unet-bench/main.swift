@@ -16,12 +16,18 @@ private enum Numbers {
     static let threads = NumberOption<Int>("--threads", .from(1, to: 1024))
     static let gemmSize = NumberOption<Int>("--gemm", .from(1, to: 8192))
     static let convSize = NumberOption<Int>("--conv", .from(1, to: 8192))
+    static let attentionSize = NumberOption<Int>("--time-attention", .from(1, to: 16384))
 }
 
 /// Which Winograd form 3x3 convolutions of larger images take (KernelPolicy.useWinograd,
 /// winogradTile).
 enum WinogradChoice: String, CaseIterable, ExpressibleByArgument {
     case four = "4", two = "2", off
+}
+
+/// How attention runs (KernelPolicy.fusedAttention).
+enum AttentionChoice: String, CaseIterable, ExpressibleByArgument {
+    case fused, gemm
 }
 
 /// Times UNet forward passes: one CFG step of Stable Diffusion is a batch-2 forward.
@@ -60,6 +66,8 @@ struct UNetBench: DiffEditTool {
     var winograd: WinogradChoice = KernelPolicy().winogradTile == 2 ? .two : .four
     @Flag(name: .long, help: "Same as --winograd off.")
     var noWinograd = false
+    @Option(name: .long, help: "Attention of the UNet's heads: fused = packed keys and values, blocks of query rows with their scores in cache; gemm = two BLAS products per chunk of rows (KernelPolicy.fusedAttention)")
+    var attention: AttentionChoice = KernelPolicy().fusedAttention ? .fused : .gemm
     @Flag(name: .long, help: "Convert every weight to a private f32 copy at load instead of reading matrices in place from the checkpoint's memory map (same numbers).")
     var f32Weights = false
 
@@ -81,6 +89,10 @@ struct UNetBench: DiffEditTool {
     @Option(name: .long, parsing: .upToNextOption, help: Numbers.convSize.help("Instead, time one 3x3 stride-1 convolution (padding 1, batch --batch) of C in-channels, O out-channels and H x W images by each method, with its error against float64: C O H W", defaultText: nil),
             transform: Numbers.convSize.transform)
     var conv: [Int] = []
+
+    @Option(name: .long, parsing: .upToNextOption, help: Numbers.attentionSize.help("Instead, time one attention (batch --batch) of LQ queries and LK keys, HEADS heads of width D, fused and as BLAS products, with each one's error against float64 on sampled rows: LQ LK HEADS D", defaultText: nil),
+            transform: Numbers.attentionSize.transform)
+    var timeAttention: [Int] = []
 
     func run() throws {
         try CLI.run(Self.toolName) {
@@ -104,6 +116,11 @@ struct UNetBench: DiffEditTool {
                 }
                 return
             }
+            if !timeAttention.isEmpty {
+                guard timeAttention.count == 4 else { throw ToolError("--time-attention takes four sizes, LQ LK HEADS D — e.g. --time-attention 4096 4096 8 40") }
+                timeAttentionMethods(lq: timeAttention[0], lk: timeAttention[1], heads: timeAttention[2], d: timeAttention[3])
+                return
+            }
             if !conv.isEmpty {
                 guard conv.count == 4 else { throw ToolError("--conv takes four sizes, C O H W — e.g. --conv 640 640 32 32") }
                 timeConvolution(c: conv[0], o: conv[1], h: conv[2], w: conv[3])
@@ -116,6 +133,7 @@ struct UNetBench: DiffEditTool {
             if let smallConvPixels { context.policy.smallImagePixels = smallConvPixels }
             if noWinograd || winograd == .off { context.policy.useWinograd = false }
             if winograd == .two { context.policy.winogradTile = 2 }
+            context.policy.fusedAttention = attention == .fused
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {
@@ -152,6 +170,55 @@ struct UNetBench: DiffEditTool {
                     print(String(format: "  %-20@ %8.3f s %6d calls", name as NSString, seconds, calls))
                 }
             }
+        }
+    }
+
+    /// --time-attention LQ LK HEADS D: the fused and the BLAS attention's time (the best of --runs,
+    /// at least 2) on random data, and each one's worst error against float64 on 64 sampled rows.
+    func timeAttentionMethods(lq: Int, lk: Int, heads: Int, d: Int) {
+        let g = TorchGenerator(seed: 0)
+        let w = heads * d
+        let q = g.randn(shape: [batch, lq, w]), k = g.randn(shape: [batch, lk, w]), v = g.randn(shape: [batch, lk, w])
+        let scale = 1 / Float(d).squareRoot()
+        let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
+        // float64 rows: (batch, query) pairs spread over the whole output.
+        let samples = (0..<64).map { ($0 % batch, ($0 * 7919) % lq) }
+        var exact = [[Double]]()
+        for (bi, i) in samples {
+            var row = [Double](repeating: 0, count: w)
+            for h in 0..<heads {
+                var s = [Double](repeating: 0, count: lk)
+                for j in 0..<lk {
+                    var dot = 0.0
+                    for x in 0..<d { dot += Double(q.data[(bi * lq + i) * w + h * d + x]) * Double(k.data[(bi * lk + j) * w + h * d + x]) }
+                    s[j] = dot * Double(scale)
+                }
+                let m = s.max()!
+                let e = s.map { Foundation.exp($0 - m) }, z = e.reduce(0, +)
+                for x in 0..<d {
+                    var acc = 0.0
+                    for j in 0..<lk { acc += e[j] * Double(v.data[(bi * lk + j) * w + h * d + x]) }
+                    row[h * d + x] = acc / z
+                }
+            }
+            exact.append(row)
+        }
+        for fused in [true, false] {
+            context.policy.fusedAttention = fused
+            var best = Double.infinity
+            var out = Attention.forward(q: q, k: k, v: v, heads: heads, scale: scale, context: context)  // warm-up
+            for _ in 0..<max(runs, 2) {
+                let t0 = Date()
+                out = Attention.forward(q: q, k: k, v: v, heads: heads, scale: scale, context: context)
+                best = min(best, Date().timeIntervalSince(t0))
+            }
+            var worst = 0.0
+            for (n, (bi, i)) in samples.enumerated() {
+                for c in 0..<w { worst = max(worst, abs(Double(out.data[(bi * lq + i) * w + c]) - exact[n][c])) }
+            }
+            let ran = fused && d <= Attention.fusedMaxHeadDim && lk >= context.policy.fusedAttentionMinKeys ? "fused" : "gemm"
+            print(String(format: "attention %dx%d, %d heads of %d, batch %d, %@: %.4f s, %.1f GFLOP/s, max error to float64 %.2e",
+                         lq, lk, heads, d, batch, ran, best, 4 * Double(batch * heads * lq * lk * d) / best / 1e9, worst))
         }
     }
 

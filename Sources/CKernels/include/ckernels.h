@@ -55,3 +55,30 @@ int diffedit_gemm_bf16(size_t m, size_t n, size_t k, float alpha, const float *a
 /// Limits glibc's malloc to one arena (mallopt(M_ARENA_MAX, 1), which Swift cannot import):
 /// under an address-space limit each extra arena reserves 64 MiB. Returns mallopt's result.
 int diffedit_limit_malloc_arenas(void);
+
+/* Fused attention (attention.c): one (batch, head) pair, a block of query rows at a time. `level`
+ * selects the tiles: 2 AVX-512, 1 AVX2+FMA, 0 baseline; never above diffedit_attention_level(). */
+
+/// The highest level this CPU runs: 2 (AVX-512 F/DQ/VL/BW), 1 (AVX2 and FMA) or 0.
+int diffedit_attention_level(void);
+
+/// Query rows of one score tile at `level` (blocks of a multiple of it waste no work).
+size_t diffedit_attention_tile_rows(int level);
+
+/// Floats of the packed keys and of the packed values of lk keys of width d at `level`.
+size_t diffedit_attention_keys_floats(int level, size_t lk, size_t d);
+size_t diffedit_attention_values_floats(int level, size_t lk, size_t d);
+
+/// Packs K (row j at k + j·ldk, d wide) into kt and V (row j at v + j·ldv) into vp, sized as the
+/// two functions above say.
+void diffedit_attention_pack(int level, const float *k, size_t ldk, const float *v, size_t ldv, size_t lk,
+                             size_t d, float *kt, float *vp);
+
+/// s[r·lds + j] = scale · (Q·Kᵀ)(r, j) for `rows` query rows (row r at q + r·ldq) and the lk packed keys
+/// (heads wider than 256 run on plain loops: correct, not fast).
+void diffedit_attention_scores(int level, const float *q, size_t ldq, size_t rows, const float *kt, size_t lk,
+                               size_t d, float scale, float *s, size_t lds);
+
+/// out[r·ldo + c] = inv[r] · (P·V)(r, c) for `rows` rows of p (row stride ldp) and the lk packed values.
+void diffedit_attention_values(int level, const float *p, size_t ldp, size_t rows, const float *vp, size_t lk,
+                               size_t d, const float *inv, float *out, size_t ldo);

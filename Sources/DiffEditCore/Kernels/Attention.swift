@@ -1,3 +1,5 @@
+import CKernels
+
 /// Scaled dot-product attention, softmax(Q·Kᵀ·scale)·V, computed head by head and in chunks of
 /// query rows so that no [heads, Lq, Lk] matrix is ever materialised whole: memory for the scores
 /// is `chunk × Lk` floats per worker (from the workspace; as many rows as the policy's
@@ -38,6 +40,11 @@ public enum Attention {
                                batch b: Int, lq: Int, lk: Int, heads: Int, headDim d: Int,
                                scale: Float, causal: Bool = false) {
         guard b > 0, lq > 0, heads > 0 else { return }
+        if ctx.policy.fusedAttention && !causal && d <= fusedMaxHeadDim && lk >= ctx.policy.fusedAttentionMinKeys {
+            fused(ctx, q: q, ldq: ldq, k: k, ldk: ldk, v: v, ldv: ldv, out: out, ldo: ldo,
+                  batch: b, lq: lq, lk: lk, heads: heads, headDim: d, scale: scale)
+            return
+        }
         let chunk = max(1, min(lq, ctx.policy.scoreBudget / max(lk, 1)))
         let pairs = b * heads
         // Parallel over (batch, head) with single-threaded BLAS when there is enough work.
@@ -88,6 +95,53 @@ public enum Attention {
             }
         } }
         } }
+    }
+
+    /// Heads at most this wide take the fused path (SD's UNet: 40–160; SD 2: 64). The VAE's single
+    /// 512-wide head stays on the BLAS, which blocks K for its cache where a packed head would not fit.
+    public static let fusedMaxHeadDim = 160
+
+    /// The fused form of `forward` (attention.c). Work items are (pair, block of query rows), split
+    /// in contiguous runs between workers; a worker packs a pair's K and V when it reaches it, then
+    /// per block: scores, softmax in place (the same exp as the BLAS path), and P·V scaled by 1/Σ.
+    private static func fused(_ ctx: ComputeContext, q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>,
+                              ldk: Int, v: UnsafePointer<Float>, ldv: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
+                              batch b: Int, lq: Int, lk: Int, heads: Int, headDim d: Int, scale: Float) {
+        let level = Int32(min(ctx.policy.attentionLevel, Int(diffedit_attention_level())))
+        let tile = Int(diffedit_attention_tile_rows(level))
+        let wanted = max(tile, ctx.policy.attentionBlockFloats / lk / tile * tile)
+        let blockRows = max(1, min(lq, wanted, ctx.policy.scoreBudget / lk))
+        let blocks = (lq + blockRows - 1) / blockRows
+        let items = b * heads * blocks
+        let workers = max(1, min(ctx.threads, items, lq * lk * d * b * heads >= 1 << 16 ? items : 1))
+        let keyFloats = Int(diffedit_attention_keys_floats(level, lk, d))
+        let valueFloats = Int(diffedit_attention_values_floats(level, lk, d))
+        let perWorker = keyFloats + valueFloats + blockRows * (lk + 2)
+        ctx.countMACs(2 * b * heads * lq * lk * d)
+        ctx.workspace.withScratch(workers * perWorker) { scratch in
+        ctx.measure("attention") { ctx.parallel(workers) { w in
+            let kt = scratch + w * perWorker, vp = kt + keyFloats, s = vp + valueFloats
+            let sums = s + blockRows * lk, inv = sums + blockRows
+            var packed = -1
+            for item in (w * items / workers)..<((w + 1) * items / workers) {
+                let pair = item / blocks, i0 = (item % blocks) * blockRows
+                let bi = pair / heads, h = pair % heads
+                if pair != packed {
+                    diffedit_attention_pack(level, k + bi * lk * ldk + h * d, ldk, v + bi * lk * ldv + h * d, ldv, lk, d, kt, vp)
+                    packed = pair
+                }
+                let rows = min(blockRows, lq - i0)
+                ctx.measure("attention QK") {
+                    diffedit_attention_scores(level, q + (bi * lq + i0) * ldq + h * d, ldq, rows, kt, lk, d, scale, s, lk)
+                }
+                ctx.measure("attention softmax") { VectorMath.expRows(s, rows: rows, n: lk, stride: lk, sums: sums) }
+                for r in 0..<rows { inv[r] = 1 / sums[r] }
+                ctx.measure("attention PV") {
+                    diffedit_attention_values(level, s, lk, rows, vp, lk, d, inv, out + (bi * lq + i0) * ldo + h * d, ldo)
+                }
+            }
+        } }
+        }
     }
 
     /// The probabilities themselves, softmax(Q·Kᵀ·scale) per row, written out whole — diffusers'

@@ -1,3 +1,5 @@
+import CKernels
+
 /// How the kernels split their work: the scratch each may keep, which convolution method a size
 /// takes, and whether a model's weights are read in place. A value held by the ComputeContext
 /// (`ctx.policy`) and read by each kernel from the context it is handed, once per call, so two
@@ -31,6 +33,27 @@ public struct KernelPolicy: Sendable, Equatable {
     /// best for SD at 64×64 latents: 256 query rows per chunk against 4096 keys). Tests shrink it
     /// to force many partial chunks.
     public var scoreBudget = 1 << 20
+
+    /// Whether attention with heads of at most `Attention.fusedMaxHeadDim` and at least
+    /// `fusedAttentionMinKeys` keys (the UNet's self-attention; not the VAE's 512-wide head, the
+    /// cross-attention over 77 text tokens or CLIP's causal one) runs fused (attention.c: keys and values packed once per
+    /// head, blocks of query rows whose scores stay in cache) instead of as two BLAS products per
+    /// chunk (`unet-bench --attention fused|gemm`). Same arithmetic but for the order of sums.
+    public var fusedAttention = true
+
+    /// Fewer keys than this stay on the BLAS: the 77 text tokens of cross-attention fill three
+    /// 32-key panels to 80 % and measured slower fused (`unet-bench --time-attention 4096 77 8 40`).
+    /// Tests lower it to run the fused tiles on small cases.
+    public var fusedAttentionMinKeys = 128
+
+    /// Floats of scores one block of the fused attention keeps (512 KiB; 24 rows of 4096 keys on
+    /// AVX-512, measured against 12 and 48 on SD's 64² step); a block is at least one tile of rows,
+    /// and never more rows than `scoreBudget` allows.
+    public var attentionBlockFloats = 1 << 17
+
+    /// The instruction set of the fused attention's tiles: 2 AVX-512, 1 AVX2+FMA, 0 baseline;
+    /// the CPU's best by default (tests lower it to check every level the CPU runs).
+    public var attentionLevel = Int(diffedit_attention_level())
 
     // MARK: Convolutions
 

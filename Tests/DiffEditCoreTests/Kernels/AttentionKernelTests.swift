@@ -1,3 +1,4 @@
+import CKernels
 import XCTest
 @testable import DiffEditCore
 import DiffEditTestSupport
@@ -82,14 +83,87 @@ final class AttentionKernelTests: XCTestCase {
             let scale = 1 / Float(d).squareRoot()
             let want = naiveAttention(q: q, k: k, v: v, b: b, lq: lq, lk: lk, heads: heads, d: d, scale: scale, causal: causal)
             for budget in [1, 2 * lk + 1, 3 * lk, 1 << 20] {
-                let ctx = ComputeContext()
-                ctx.policy.scoreBudget = budget
-                let got = Attention.forward(q: Tensor(shape: [b, lq, w], data: q), k: Tensor(shape: [b, lk, w], data: k),
-                                            v: Tensor(shape: [b, lk, w], data: v), heads: heads, scale: scale, causal: causal,
-                                            context: ctx)
-                XCTAssertEqual(got.shape, [b, lq, w])
-                assertClose(got.data, want, atol: 2e-5,
-                            "b \(b) lq \(lq) lk \(lk) heads \(heads) d \(d) causal \(causal) budget \(budget)")
+                // The BLAS path, and the fused one (never for causal) at every level this CPU runs.
+                for level in [-1] + Array(0...Int(diffedit_attention_level())) {
+                    let ctx = ComputeContext()
+                    ctx.policy.scoreBudget = budget
+                    ctx.policy.fusedAttention = level >= 0
+                    ctx.policy.fusedAttentionMinKeys = 1
+                    ctx.policy.attentionLevel = max(level, 0)
+                    let got = Attention.forward(q: Tensor(shape: [b, lq, w], data: q), k: Tensor(shape: [b, lk, w], data: k),
+                                                v: Tensor(shape: [b, lk, w], data: v), heads: heads, scale: scale, causal: causal,
+                                                context: ctx)
+                    XCTAssertEqual(got.shape, [b, lq, w])
+                    assertClose(got.data, want, atol: 2e-5,
+                                "b \(b) lq \(lq) lk \(lk) heads \(heads) d \(d) causal \(causal) budget \(budget) level \(level)")
+                }
+            }
+        }
+    }
+
+    /// The fused tiles (attention.c) at every level the CPU runs, on the head widths of SD (40, 64,
+    /// 80, 160) and odd ones that leave partial vectors, with query rows that are not a multiple of
+    /// a tile, keys that are not a multiple of a panel or of the 256-key runs of the value tile,
+    /// and blocks of 1 row, a few rows and the default; the fused QKV layout (row stride 3·width).
+    func testFusedAttentionTilesMatchNaive() {
+        for (b, lq, lk, heads, d) in [(1, 25, 300, 2, 40), (2, 13, 129, 1, 80), (1, 7, 33, 3, 17),
+                                      (1, 30, 70, 1, 160), (2, 11, 520, 2, 64), (1, 5, 31, 1, 1)] {
+            let w = heads * d
+            let qkv = random(b * max(lq, lk) * 3 * w, seed: 50)
+            // Q rows from the first third of each fused row, K and V from the others.
+            func part(_ p: Int, rows: Int) -> [Float] {
+                var out = [Float]()
+                for r in 0..<(b * rows) {
+                    let start: Int = r * 3 * w + p * w
+                    out.append(contentsOf: qkv[start..<(start + w)])
+                }
+                return out
+            }
+            let q = part(0, rows: lq), k = part(1, rows: lk), v = part(2, rows: lk)
+            let scale = 1 / Float(d).squareRoot()
+            let want = naiveAttention(q: q, k: k, v: v, b: b, lq: lq, lk: lk, heads: heads, d: d, scale: scale, causal: false)
+            for level in 0...Int(diffedit_attention_level()) {
+                for blockFloats in [1, 3 * lk, 1 << 17] {
+                    let ctx = ComputeContext()
+                    ctx.policy.fusedAttentionMinKeys = 1
+                    ctx.policy.attentionLevel = level
+                    ctx.policy.attentionBlockFloats = blockFloats
+                    let got = Attention.forward(q: Tensor(shape: [b, lq, w], data: q), k: Tensor(shape: [b, lk, w], data: k),
+                                                v: Tensor(shape: [b, lk, w], data: v), heads: heads, scale: scale, context: ctx)
+                    assertClose(got.data, want, atol: 2e-6, "fused: b \(b) lq \(lq) lk \(lk) heads \(heads) d \(d) level \(level) block \(blockFloats)")
+                }
+                // The strided form on the fused buffer itself (lq == lk cases only share rows).
+                if lq <= lk {
+                    var out = [Float](repeating: .nan, count: b * lq * w)
+                    let ctx = ComputeContext()
+                    ctx.policy.fusedAttentionMinKeys = 1
+                    ctx.policy.attentionLevel = level
+                    let qs = q
+                    // Batch rows of Q live lq apart in `qs`; K and V are read in place, lk rows per batch item.
+                    qs.withUnsafeBufferPointer { qp in qkv.withUnsafeBufferPointer { p in out.withUnsafeMutableBufferPointer { o in
+                        Attention.forward(ctx, q: qp.baseAddress!, ldq: w, k: p.baseAddress! + w, ldk: 3 * w,
+                                          v: p.baseAddress! + 2 * w, ldv: 3 * w, out: o.baseAddress!, ldo: w,
+                                          batch: b, lq: lq, lk: lk, heads: heads, headDim: d, scale: scale)
+                    } } }
+                    assertClose(out, want, atol: 2e-6, "fused strided: lq \(lq) lk \(lk) d \(d) level \(level)")
+                }
+            }
+        }
+        // Heads wider than the tiles' stack (256) run on plain loops in the scores kernel.
+        let (lq, lk, d) = (3, 40, 260)
+        let q = random(lq * d, seed: 51), k = random(lk * d, seed: 52)
+        for level in 0...diffedit_attention_level() {
+            var kt = [Float](repeating: 0, count: diffedit_attention_keys_floats(level, lk, d))
+            var vp = [Float](repeating: 0, count: diffedit_attention_values_floats(level, lk, d))
+            var s = [Float](repeating: 0, count: lq * lk)
+            diffedit_attention_pack(level, k, d, k, d, lk, d, &kt, &vp)
+            diffedit_attention_scores(level, q, d, lq, kt, lk, d, 0.5, &s, lk)
+            for i in 0..<lq {
+                for j in 0..<lk {
+                    var dot = 0.0
+                    for x in 0..<d { dot += Double(q[i * d + x]) * Double(k[j * d + x]) }
+                    XCTAssertEqual(Double(s[i * lk + j]), 0.5 * dot, accuracy: 2e-4, "wide head, level \(level) [\(i),\(j)]")
+                }
             }
         }
     }

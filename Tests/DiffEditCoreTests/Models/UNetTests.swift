@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import XCTest
 @testable import DiffEditCore
@@ -80,6 +81,24 @@ final class UNetTests: XCTestCase {
             let out = try unet.forward(sample: x, timesteps: t, encoderHiddenStates: enc)
             let e = Self.assertParity(out, try XCTUnwrap(recs["unet.case\(k).out"]), "\(label) case \(k)")
             print("\(label) UNet case \(k) (batch \(x.shape[0]), t \(t)): abs error \(e.abs), relative \(e.rel)")
+        }
+    }
+
+    /// The fused attention (attention.c) takes SD's self-attention from 128 keys on; the fixtures'
+    /// latents have fewer, so here it is made to take every attention with ≥ 1 key, cross-attention
+    /// included, at every instruction-set level this CPU runs: block outputs and whole outputs
+    /// at the same tolerance.
+    func testFusedAttentionMatchesDiffusers() throws {
+        for p in ["sd1", "sd2"] {
+            try Fixtures.require("\(p)/unet")
+            for level in 0...Int(diffedit_attention_level()) {
+                let ctx = ComputeContext()
+                ctx.policy.fusedAttentionMinKeys = 1
+                ctx.policy.attentionLevel = level
+                let unet = try UNet2DCondition(folder: ModelFolder(root: Fixtures.path(p)), context: ctx)
+                try Self.checkBlockOutputs(unet, fixture: p, label: "\(p) fused level \(level)")
+                try Self.checkWholeUNet(unet, fixture: p, label: "\(p) fused level \(level)")
+            }
         }
     }
 
