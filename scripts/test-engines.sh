@@ -19,6 +19,10 @@
 # daemon that cannot start here: not a failure) or "FAIL <engine>: what"; exits 1 on any FAIL.
 # Every daemon it starts is stopped when it exits, whatever the outcome (trap).
 set -uo pipefail
+# Jobs reached over ssh start with sshd's environment, not this one: a BLAS kernel chosen here
+# (OPENBLAS_CORETYPE, as some CI machines set for every process) would make plain make's bytes
+# differ from the workers' by float rounding. Every job of the test runs with the tools' own choice.
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 me=test-engines.sh
 BIN=${BIN:-$root/.build/release}

@@ -17,6 +17,7 @@ private enum Numbers {
     static let gemmSize = NumberOption<Int>("--gemm", .from(1, to: 8192))
     static let convSize = NumberOption<Int>("--conv", .from(1, to: 8192))
     static let attentionSize = NumberOption<Int>("--time-attention", .from(1, to: 16384))
+    static let streamColumns = NumberOption<Int>("--stream-columns", .from(0, to: 1 << 20))
 }
 
 /// Which Winograd form 3x3 convolutions of larger images take (KernelPolicy.useWinograd,
@@ -68,6 +69,8 @@ struct UNetBench: DiffEditTool {
     var noWinograd = false
     @Option(name: .long, help: "Attention of the UNet's heads: fused = packed keys and values, blocks of query rows with their scores in cache; gemm = two BLAS products per chunk of rows (KernelPolicy.fusedAttention)")
     var attention: AttentionChoice = KernelPolicy().fusedAttention ? .fused : .gemm
+    @Option(Numbers.streamColumns, "Products by a weight with at most this many columns (tokens or pixels) stream the weight once in place instead of widening it for the BLAS; 0 = never (KernelPolicy.streamColumns)", default: KernelPolicy().streamColumns)
+    var streamColumns: Int?
     @Flag(name: .long, help: "Convert every weight to a private f32 copy at load instead of reading matrices in place from the checkpoint's memory map (same numbers).")
     var f32Weights = false
 
@@ -134,6 +137,7 @@ struct UNetBench: DiffEditTool {
             if noWinograd || winograd == .off { context.policy.useWinograd = false }
             if winograd == .two { context.policy.winogradTile = 2 }
             context.policy.fusedAttention = attention == .fused
+            if let streamColumns { context.policy.streamColumns = streamColumns }
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {

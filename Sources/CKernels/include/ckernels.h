@@ -82,3 +82,19 @@ void diffedit_attention_scores(int level, const float *q, size_t ldq, size_t row
 /// out[r·ldo + c] = inv[r] · (P·V)(r, c) for `rows` rows of p (row stride ldp) and the lk packed values.
 void diffedit_attention_values(int level, const float *p, size_t ldp, size_t rows, const float *vp, size_t lk,
                                size_t d, const float *inv, float *out, size_t ldo);
+
+/* Products of a weight with few columns (gemm_stream.c). */
+
+/// The highest level this CPU runs: 2 (AVX-512 F/BW/VL/DQ with F16C and FMA), 1 (AVX2, F16C, FMA), 0.
+int diffedit_stream_level(void);
+
+/// Floats of scratch one diffedit_gemm_stream call needs for n columns and depth k.
+size_t diffedit_gemm_stream_scratch(size_t n, size_t k);
+
+/// C(i, j) = beta·C(i, j) + Σ_l W(i, l)·X(j, l) for i < m, j < n, l < k: W row-major (row stride
+/// ldw elements) in `bits` (0 f32, 1 f16, 2 bf16), read once in place; X(j, l) = x[j·xj + l·xl];
+/// C(i, j) = c[i·ci + j·cj] (beta 0: only written). One thread, `scratch` of
+/// diffedit_gemm_stream_scratch(n, k) floats; `level` at most diffedit_stream_level().
+void diffedit_gemm_stream(int level, size_t m, size_t n, size_t k, const void *w, size_t ldw, int bits,
+                          const float *x, size_t xj, size_t xl, float beta, float *c, size_t ci, size_t cj,
+                          float *scratch);

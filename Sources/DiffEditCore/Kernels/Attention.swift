@@ -40,7 +40,8 @@ public enum Attention {
                                batch b: Int, lq: Int, lk: Int, heads: Int, headDim d: Int,
                                scale: Float, causal: Bool = false) {
         guard b > 0, lq > 0, heads > 0 else { return }
-        if ctx.policy.fusedAttention && !causal && d <= fusedMaxHeadDim && lk >= ctx.policy.fusedAttentionMinKeys {
+        if ctx.policy.fusedAttention && ctx.policy.precision == .f32 && !causal && d <= fusedMaxHeadDim
+            && lk >= ctx.policy.fusedAttentionMinKeys {
             fused(ctx, q: q, ldq: ldq, k: k, ldk: ldk, v: v, ldv: ldv, out: out, ldo: ldo,
                   batch: b, lq: lq, lk: lk, heads: heads, headDim: d, scale: scale)
             return
@@ -116,7 +117,8 @@ public enum Attention {
         let workers = max(1, min(ctx.threads, items, lq * lk * d * b * heads >= 1 << 16 ? items : 1))
         let keyFloats = Int(diffedit_attention_keys_floats(level, lk, d))
         let valueFloats = Int(diffedit_attention_values_floats(level, lk, d))
-        let perWorker = keyFloats + valueFloats + blockRows * (lk + 2)
+        // Each worker's part starts on a 64-byte line, as the workspace does (vector loads that split lines cost two).
+        let perWorker = (keyFloats + valueFloats + blockRows * (lk + 2) + 15) / 16 * 16
         ctx.countMACs(2 * b * heads * lq * lk * d)
         ctx.workspace.withScratch(workers * perWorker) { scratch in
         ctx.measure("attention") { ctx.parallel(workers) { w in

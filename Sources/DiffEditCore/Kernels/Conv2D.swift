@@ -160,9 +160,14 @@ public enum Conv2D {
                     unfold(ctx, x: x + b0 * c * h * w, images: g, c: c, h: h, w: w, kernel: kernel, stride: stride,
                            padding: padding, rows: 0..<oh, ow: ow, into: cols, ld: columns)
                     // The bias comes with the scatter below.
-                    weight.accumulate(ctx, rows: o, columns: k, into: y, onto: .empty) { kr, wk, ldw, beta in
-                        ctx.gemm(m: o, n: columns, k: kr.count, a: wk, lda: ldw, b: cols + kr.lowerBound * columns, ldb: columns,
-                                 beta: beta, c: y, ldc: columns)
+                    if weight.streams(ctx, rows: o, columns: columns) {
+                        weight.stream(ctx, rows: o, k: k, n: columns, x: cols, xj: 1, xl: columns, into: y, ci: columns, cj: 1,
+                                      onto: .empty)
+                    } else {
+                        weight.accumulate(ctx, rows: o, columns: k, into: y, onto: .empty) { kr, wk, ldw, beta in
+                            ctx.gemm(m: o, n: columns, k: kr.count, a: wk, lda: ldw, b: cols + kr.lowerBound * columns, ldb: columns,
+                                     beta: beta, c: y, ldc: columns)
+                        }
                     }
                     ctx.parallelRanges(o, minChunk: 16) { range in
                         for oi in range {

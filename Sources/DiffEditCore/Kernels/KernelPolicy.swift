@@ -20,6 +20,16 @@ public struct KernelPolicy: Sendable, Equatable {
     /// after a model is built has no effect on that model.
     public var readsWeightsInPlace = true
 
+    /// Products by a weight with at most this many columns of X (tokens or pixels: SD's 8×8 and
+    /// 4×4 levels at 32² latents) stream the weight once in place (`WeightMatrix.stream`,
+    /// gemm_stream.c) instead of widening and packing it for the BLAS; 0 turns it off
+    /// (`unet-bench --stream-columns`).
+    public var streamColumns = 128
+
+    /// The instruction set of the streamed products: 2 AVX-512, 1 AVX2+FMA+F16C, 0 scalar; the
+    /// CPU's best by default (tests lower it).
+    public var streamLevel = Int(diffedit_stream_level())
+
     // MARK: Arithmetic
 
     /// The products' arithmetic (`Precision`): f32 (OpenBLAS), or the opt-in bf16 where the CPU
@@ -39,6 +49,7 @@ public struct KernelPolicy: Sendable, Equatable {
     /// cross-attention over 77 text tokens or CLIP's causal one) runs fused (attention.c: keys and values packed once per
     /// head, blocks of query rows whose scores stay in cache) instead of as two BLAS products per
     /// chunk (`unet-bench --attention fused|gemm`). Same arithmetic but for the order of sums.
+    /// f32 only: at `precision` bf16 attention keeps its bf16 products.
     public var fusedAttention = true
 
     /// Fewer keys than this stay on the BLAS: the 77 text tokens of cross-attention fill three

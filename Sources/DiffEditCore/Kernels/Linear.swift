@@ -6,6 +6,11 @@ public enum Linear {
                         weight: WeightMatrix, bias: UnsafePointer<Float>?, outFeatures: Int,
                         out: UnsafeMutablePointer<Float>, ldo: Int? = nil) {
         let ldo = ldo ?? outFeatures
+        if weight.streams(ctx, rows: outFeatures, columns: rows) {
+            weight.stream(ctx, rows: outFeatures, k: inFeatures, n: rows, x: x, xj: inFeatures, xl: 1, into: out, ci: 1, cj: ldo,
+                          onto: .biasRows(bias, rows: rows, ld: ldo))
+            return
+        }
         weight.accumulate(ctx, rows: outFeatures, columns: inFeatures, into: out,
                           onto: .biasRows(bias, rows: rows, ld: ldo)) { k, w, ldw, beta in
             ctx.gemm(transB: true, m: rows, n: outFeatures, k: k.count, a: x + k.lowerBound, lda: inFeatures, b: w,
@@ -19,6 +24,15 @@ public enum Linear {
     static func fromChannels(_ ctx: ComputeContext, x: UnsafePointer<Float>, images b: Int, pixels hw: Int,
                              inFeatures c: Int, weight: WeightMatrix, bias: UnsafePointer<Float>?, outFeatures: Int,
                              out: UnsafeMutablePointer<Float>) {
+        if weight.streams(ctx, rows: outFeatures, columns: b * hw) {
+            // One call per image (their pixels are not one stride apart); the bias rows first.
+            let written = ProductStart.biasRows(bias, rows: b * hw, ld: outFeatures).write(ctx, channels: outFeatures, into: out)
+            for bi in 0..<b {
+                weight.stream(ctx, rows: outFeatures, k: c, n: hw, x: x + bi * c * hw, xj: 1, xl: hw,
+                              into: out + bi * hw * outFeatures, ci: 1, cj: outFeatures, onto: written ? .accumulate : .empty)
+            }
+            return
+        }
         weight.accumulate(ctx, rows: outFeatures, columns: c, into: out,
                           onto: .biasRows(bias, rows: b * hw, ld: outFeatures)) { k, w, ldw, beta in
             for bi in 0..<b {
@@ -34,6 +48,15 @@ public enum Linear {
     static func toChannels(_ ctx: ComputeContext, tokens t: UnsafePointer<Float>, images b: Int, pixels hw: Int,
                            inFeatures: Int, weight: WeightMatrix, bias: UnsafePointer<Float>?, outFeatures c: Int,
                            residual: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        if weight.streams(ctx, rows: c, columns: b * hw) {
+            // One call per image onto the residual and bias, written for all images first.
+            _ = ProductStart.residual(residual, bias: bias, images: b, plane: hw).write(ctx, channels: c, into: out)
+            for bi in 0..<b {
+                weight.stream(ctx, rows: c, k: inFeatures, n: hw, x: t + bi * hw * inFeatures, xj: inFeatures, xl: 1,
+                              into: out + bi * c * hw, ci: hw, cj: 1, onto: .accumulate)
+            }
+            return
+        }
         weight.accumulate(ctx, rows: c, columns: inFeatures, into: out,
                           onto: .residual(residual, bias: bias, images: b, plane: hw)) { k, w, ldw, beta in
             for bi in 0..<b {

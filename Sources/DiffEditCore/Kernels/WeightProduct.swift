@@ -1,9 +1,13 @@
+import CKernels
+
 /// What the output of a product by a weight holds before the first GEMM adds to it. A bias (or
 /// residual) is written into the output first and every GEMM accumulates onto it with beta = 1,
 /// so no pass over the output is spent adding it afterwards.
 enum ProductStart {
     /// Nothing: the first GEMM writes the output (beta = 0).
     case empty
+    /// What the output already holds (written by the caller): every GEMM adds to it (beta = 1).
+    case accumulate
     /// The bias copied into each of `rows` rows (row stride `ld`): outputs laid out
     /// [token][channel] (linear layers). nil: `empty`.
     case biasRows(UnsafePointer<Float>?, rows: Int, ld: Int)
@@ -21,6 +25,8 @@ enum ProductStart {
         switch self {
         case .empty:
             return false
+        case .accumulate:
+            return true
         case let .biasRows(bias, rows, ld):
             guard let bias else { return false }
             for r in 0..<rows { (out + r * ld).update(from: bias, count: channels) }
@@ -53,6 +59,47 @@ extension WeightMatrix {
         let written = start.write(ctx, channels: rows, into: out)
         columnBlocks(ctx, rows: rows, ld: columns, columns: 0..<columns) { k, block, ldBlock in
             gemm(k, block, ldBlock, written || k.lowerBound > 0 ? 1 : 0)
+        }
+    }
+}
+
+extension WeightMatrix {
+    /// Whether a product of this rows-row weight with `columns` columns of X streams the weight
+    /// (`stream`) instead of widening it for the BLAS: few columns (`KernelPolicy.streamColumns`),
+    /// enough rows to split between threads, f32 arithmetic (bf16 keeps its own GEMM).
+    func streams(_ ctx: ComputeContext, rows: Int, columns: Int) -> Bool {
+        columns <= ctx.policy.streamColumns && rows >= 32 && ctx.policy.precision == .f32
+    }
+
+    /// out = start + W·Xᵀ with every weight read once in place (gemm_stream.c): W is rows × k
+    /// (row stride k), X(j, l) = x[j·xj + l·xl] for j < n, C(i, j) = out[i·ci + j·cj]. Rows are
+    /// split between workers in multiples of the kernel's tiles, at the segments' bounds.
+    func stream(_ ctx: ComputeContext, rows m: Int, k: Int, n: Int, x: UnsafePointer<Float>, xj: Int, xl: Int,
+                into out: UnsafeMutablePointer<Float>, ci: Int, cj: Int, onto start: ProductStart) {
+        let beta: Float = start.write(ctx, channels: m, into: out) ? 1 : 0
+        let level = Int32(min(ctx.policy.streamLevel, Int(diffedit_stream_level())))
+        let bitsCode: Int32 = bits == .f32 ? 0 : bits == .f16 ? 1 : 2
+        ctx.countMACs(m * n * k)
+        let parts = max(1, min(ctx.threads, m / 48, n * k >= 1 << 14 ? ctx.threads : 1))
+        let size = ((m + parts - 1) / parts + 11) / 12 * 12
+        let scratchFloats = Int(diffedit_gemm_stream_scratch(n, k))
+        ctx.workspace.withScratch(parts * scratchFloats) { scratch in
+            ctx.parallel(parts) { p in
+                let lo = min(m, p * size), hi = min(m, lo + size)
+                var r = lo
+                while r < hi {
+                    // The run of rows [r, end) within one stored segment.
+                    var end = hi
+                    if let segments {
+                        var s = 0
+                        while r >= segments.firstRows[s + 1] { s += 1 }
+                        end = min(hi, segments.firstRows[s + 1])
+                    }
+                    diffedit_gemm_stream(level, end - r, n, k, row(r, ld: k), k, bitsCode,
+                                         x, xj, xl, beta, out + r * ci, ci, cj, scratch + p * scratchFloats)
+                    r = end
+                }
+            }
         }
     }
 }
