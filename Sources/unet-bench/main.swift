@@ -26,6 +26,13 @@ enum WinogradChoice: String, CaseIterable, ExpressibleByArgument {
     case four = "4", two = "2", off
 }
 
+/// The instruction set of our own register tiles (fused attention, streamed products).
+enum TileChoice: String, CaseIterable, ExpressibleByArgument {
+    case best, avx512, avx2, plain
+    /// The level the C kernels take, nil for the CPU's best.
+    var level: Int? { switch self { case .best: nil; case .avx512: 2; case .avx2: 1; case .plain: 0 } }
+}
+
 /// How attention runs (KernelPolicy.fusedAttention).
 enum AttentionChoice: String, CaseIterable, ExpressibleByArgument {
     case fused, gemm
@@ -71,6 +78,8 @@ struct UNetBench: DiffEditTool {
     var attention: AttentionChoice = KernelPolicy().fusedAttention ? .fused : .gemm
     @Option(Numbers.streamColumns, "Products by a weight with at most this many columns (tokens or pixels) stream the weight once in place instead of widening it for the BLAS; 0 = never (KernelPolicy.streamColumns)", default: KernelPolicy().streamColumns)
     var streamColumns: Int?
+    @Option(name: .long, help: "Instruction set of our own register tiles (fused attention, streamed products), at most the CPU's: best, avx512, avx2 or plain C (KernelPolicy.attentionLevel, streamLevel); with OPENBLAS_CORETYPE=Haswell it shows an AVX2-only CPU's path")
+    var tiles: TileChoice = .best
     @Flag(name: .long, help: "Convert every weight to a private f32 copy at load instead of reading matrices in place from the checkpoint's memory map (same numbers).")
     var f32Weights = false
 
@@ -138,6 +147,7 @@ struct UNetBench: DiffEditTool {
             if winograd == .two { context.policy.winogradTile = 2 }
             context.policy.fusedAttention = attention == .fused
             if let streamColumns { context.policy.streamColumns = streamColumns }
+            if let level = tiles.level { context.policy.attentionLevel = level; context.policy.streamLevel = level }
             let loadStart = Date()
             let unet: UNet2DCondition
             if let model {
@@ -185,6 +195,7 @@ struct UNetBench: DiffEditTool {
         let q = g.randn(shape: [batch, lq, w]), k = g.randn(shape: [batch, lk, w]), v = g.randn(shape: [batch, lk, w])
         let scale = 1 / Float(d).squareRoot()
         let context = ComputeContext(threads: threads ?? ComputeContext.defaultThreads)
+        if let level = tiles.level { context.policy.attentionLevel = level }
         // float64 rows: (batch, query) pairs spread over the whole output.
         let samples = (0..<64).map { ($0 % batch, ($0 * 7919) % lq) }
         var exact = [[Double]]()

@@ -79,7 +79,6 @@ extension WeightMatrix {
         let beta: Float = start.write(ctx, channels: m, into: out) ? 1 : 0
         let level = Int32(min(ctx.policy.streamLevel, Int(diffedit_stream_level())))
         let bitsCode: Int32 = bits == .f32 ? 0 : bits == .f16 ? 1 : 2
-        ctx.countMACs(m * n * k)
         let parts = max(1, min(ctx.threads, m / 48, n * k >= 1 << 14 ? ctx.threads : 1))
         let size = ((m + parts - 1) / parts + 11) / 12 * 12
         let scratchFloats = Int(diffedit_gemm_stream_scratch(n, k))
