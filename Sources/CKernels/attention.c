@@ -25,12 +25,6 @@
 #define AT_TARGET __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
 #define AT_NAME(x) x##_avx512
 #include "attention_tiles.h"
-#undef AT_VL
-#undef AT_MQ
-#undef AT_MV
-#undef AT_CV
-#undef AT_TARGET
-#undef AT_NAME
 
 #define AT_VL 8
 #define AT_MQ 6
@@ -39,12 +33,6 @@
 #define AT_TARGET __attribute__((target("avx2,fma")))
 #define AT_NAME(x) x##_avx2
 #include "attention_tiles.h"
-#undef AT_VL
-#undef AT_MQ
-#undef AT_MV
-#undef AT_CV
-#undef AT_TARGET
-#undef AT_NAME
 #endif
 
 #define AT_VL 4
@@ -54,8 +42,6 @@
 #define AT_TARGET
 #define AT_NAME(x) x##_base
 #include "attention_tiles.h"
-#undef AT_TARGET
-#undef AT_NAME
 
 int diffedit_attention_level(void) {
 #if defined(__x86_64__)

@@ -6,6 +6,7 @@
  *   AT_CV      vectors of output columns per tile
  *   AT_TARGET  the function attribute that selects the instruction set
  *   AT_NAME(x) x with the set's suffix
+ * (all undefined again at the end, for the next inclusion)
  * The accumulators are local arrays of constant size, indexed by fully unrolled loops, so that
  * the compiler keeps them in registers; the sums run in the order of one FMA chain per output,
  * as a BLAS micro-kernel does. */
@@ -158,3 +159,10 @@ AT_TARGET static void AT_NAME(values)(const float *p, size_t ldp, size_t rows, c
         }
     }
 }
+
+#undef AT_VL
+#undef AT_MQ
+#undef AT_MV
+#undef AT_CV
+#undef AT_TARGET
+#undef AT_NAME

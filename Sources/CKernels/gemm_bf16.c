@@ -55,9 +55,35 @@ int diffedit_has_avx512bf16(void) {
 #endif
 }
 
+/* Rounding 16 floats at once: the same bits as bf16_rne, lane by lane (GNU vectors: one AVX-512
+ * register, two AVX2 or four SSE ones, as the clone the CPU runs was compiled for). */
+typedef uint32_t vu32 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t vi32 __attribute__((vector_size(64), aligned(4)));
+
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+/* Helpers as macros (GNU statement expressions): a function taking a 64-byte vector would have
+ * a different ABI in each clone. */
+#define rne16(u_) ({                                                                          \
+    vu32 x_ = (u_);                                                                           \
+    vu32 r_ = (x_ + 0x7FFFu + ((x_ >> 16) & 1u)) >> 16;                                       \
+    vu32 n_ = (vu32)((vi32)((x_ & 0x7FFFFFFFu) > 0x7F800000u)); /* all ones where NaN */      \
+    (r_ & ~n_) | (((x_ >> 16) | 0x40u) & n_);                                                 \
+})
+
+/* pair(lo[i], hi[i]) for 16 contiguous floats of each: the vector form of `pair`. */
+#define pairs16(lo_, hi_) ({                                                                  \
+    vu32 a_, b_;                                                                              \
+    memcpy(&a_, (lo_), sizeof a_);                                                            \
+    memcpy(&b_, (hi_), sizeof b_);                                                            \
+    rne16(a_) | (rne16(b_) << 16);                                                            \
+})
+
 /* Packing. X(j, k) = x[j·js + k·ks]; the packed block holds, per micro-panel of W rows (MR for
  * A, NR for B), kp pairs × W units: out[panel·kp·W + p·W + r] = pair(X(j0 + panel·W + r, 2p),
- * X(…, 2p + 1)), zero beyond `rows` or `kc`. */
+ * X(…, 2p + 1)), zero beyond `rows` or `kc`. Both walks round 16 units at a time where the
+ * floats lie contiguous (29 % of a 2048 × 1280 × 1280 product's time was scalar packing). */
+CLONES
 static void pack(const float *x, size_t js, size_t ks, size_t rows, size_t kc, size_t W, uint32_t *out) {
     size_t kp = (kc + 1) / 2, panels = (rows + W - 1) / W;
     for (size_t pn = 0; pn < panels; pn++) {
@@ -67,6 +93,15 @@ static void pack(const float *x, size_t js, size_t ks, size_t rows, size_t kc, s
             for (size_t r = 0; r < rn; r++) {
                 const float *row = x + (r0 + r) * js;
                 size_t p = 0;
+                /* 32 floats are 16 (lo, hi) pairs: the pair's two halves, rounded as 64-bit lanes. */
+                for (; 2 * p + 32 <= kc; p += 16) {
+                    vu32 w[2];
+                    memcpy(w, row + 2 * p, sizeof w);
+                    for (int h = 0; h < 2; h++) {
+                        vu32 r16 = rne16(w[h]);
+                        for (int i = 0; i < 8; i++) o[(p + 8 * h + i) * W + r] = r16[2 * i] | (r16[2 * i + 1] << 16);
+                    }
+                }
                 for (; 2 * p + 1 < kc; p++) o[p * W + r] = pair(row[2 * p], row[2 * p + 1]);
                 if (p < kp) o[p * W + r] = pair(row[2 * p], 0.0f);
             }
@@ -74,7 +109,13 @@ static void pack(const float *x, size_t js, size_t ks, size_t rows, size_t kc, s
             for (size_t p = 0; p < kp; p++) {
                 const float *k0 = x + 2 * p * ks, *k1 = k0 + ks;
                 int odd = 2 * p + 1 >= kc;
-                for (size_t r = 0; r < rn; r++)
+                size_t r = 0;
+                if (js == 1 && !odd)
+                    for (; r + 16 <= rn; r += 16) {
+                        vu32 v = pairs16(k0 + r0 + r, k1 + r0 + r);
+                        memcpy(o + p * W + r, &v, sizeof v);
+                    }
+                for (; r < rn; r++)
                     o[p * W + r] = pair(k0[(r0 + r) * js], odd ? 0.0f : k1[(r0 + r) * js]);
             }
         }

@@ -25,6 +25,42 @@ final class GEMMBF16Tests: XCTestCase {
         XCTAssertEqual(Self.bf16(Float.greatestFiniteMagnitude), .infinity, "rounds up past the largest bf16")
     }
 
+    /// The packing's vector rounding (16 values at a time, both walks) gives the scalar rounding's
+    /// bits: A·I and I·B with an exact identity return the rounded A and B, ties and values next
+    /// to them included; a NaN stays a NaN in its own row and nowhere else.
+    func testVectorPackingRoundsAsScalar() {
+        let k = 64, m = 16
+        var rng = Lcg(state: 11)
+        var values = rng.array(m * k)
+        let ties: [UInt32] = [0x3F80_8000, 0x3F81_8000, 0x3F80_8001, 0x3F80_7FFF, 0xBF80_8000, 0x7F7E_8000, 0x0000_8000]
+        for (i, t) in ties.enumerated() { values[i * 5 + 3] = Float(bitPattern: t) }
+        let identity = (0..<(k * k)).map { $0 / k == $0 % k ? Float(1) : 0 }
+        let paths: [Int32] = Precision.bf16Available ? [1, 0] : [1]
+        for emulate in paths {
+            // A·I: A packed along its rows (pairs adjacent).
+            var c = [Float](repeating: .nan, count: m * k)
+            XCTAssertEqual(diffedit_gemm_bf16(m, k, k, 1, values, k, 1, identity, k, 1, 0, &c, k, emulate), 0)
+            XCTAssertEqual(c.map(\.bitPattern), values.map { Self.bf16($0).bitPattern }, "A·I, emulate \(emulate)")
+            // I·B: B packed across its columns (rows adjacent), 16 columns at a time.
+            var d = [Float](repeating: .nan, count: k * m)
+            let b = (0..<(k * m)).map { values[($0 % m) * k + $0 / m] }  // B = Aᵀ, k × m
+            XCTAssertEqual(diffedit_gemm_bf16(k, m, k, 1, identity, k, 1, b, m, 1, 0, &d, m, emulate), 0)
+            XCTAssertEqual(d.map(\.bitPattern), b.map { Self.bf16($0).bitPattern }, "I·B, emulate \(emulate)")
+        }
+        // A NaN in row 2 of A: row 2 of A·I is NaN throughout, every other row exact.
+        var withNaN = values
+        withNaN[2 * k + 7] = .nan
+        for emulate in paths {
+            var c = [Float](repeating: 0, count: m * k)
+            XCTAssertEqual(diffedit_gemm_bf16(m, k, k, 1, withNaN, k, 1, identity, k, 1, 0, &c, k, emulate), 0)
+            for i in 0..<m {
+                let row = Array(c[(i * k)..<((i + 1) * k)])
+                if i == 2 { XCTAssertTrue(row[7].isNaN, "the NaN itself, emulate \(emulate)") }
+                else { XCTAssertEqual(row.map(\.bitPattern), withNaN[(i * k)..<((i + 1) * k)].map { Self.bf16($0).bitPattern }) }
+            }
+        }
+    }
+
     /// C = alpha·op(A)·op(B) + beta·C for odd sizes, both transposes, several K blocks (the
     /// kernel's KC is 384) and row/column tails, against float64 sums of the rounded operands.
     func testProductMatchesRoundedFloat64() {
