@@ -21,6 +21,7 @@ precision), in the same run:
   edit-fast        the opt-in levers together: --deep-cache 4, and --maps 5 on noise-diff-mask (5 noise
                    draws for the mask instead of 10), against the same diffusers edit
   edit-fast-dc3    the same with --deep-cache 3 (measured once as edit-fast)
+  edit-fast-bf16   edit-fast with DIFFEDIT_PRECISION=bf16 (every stage's products in bf16; AVX512-BF16)
   edit512, ledits  the edit at 512x512, 10 steps; a LEDITS++ edit at 256x256, 30 inversion steps
 
 Run it under the machine's CPU lock, e.g.

@@ -109,8 +109,10 @@ class Ours:
         e = tools.Edit(source, target, image, seed=0, ledits_steps=steps, ledits_remove_source=True)
         return tools.Commands(e, bin=bin_dir, dir=d).ledits_stages()
 
-    def edit(self, source, target, image, steps, runs, name="edit", method="diffedit", levers=None):
+    def edit(self, source, target, image, steps, runs, name="edit", method="diffedit", levers=None, precision=None):
         env = tools.tool_env(self.cache, base=self.env)   # as examples.sh: export DIFFEDIT_MODEL
+        if precision:
+            env["DIFFEDIT_PRECISION"] = precision         # every stage's products (the opt-in bf16 path)
         d = os.path.join(self.work, name)
         os.makedirs(d, exist_ok=True)
         times, stages, rss = [], [], []
@@ -130,6 +132,8 @@ class Ours:
         # As a reader would type them in the work folder's parent: files in out/, tools on $PATH.
         shown = [s.shell(tools.quote_shown)
                  for s in commands(source, target, "out/" + os.path.basename(image), steps, "out", None)]
+        if precision:
+            shown.insert(0, f"export DIFFEDIT_PRECISION={precision}")
         top = max(rss)
         return {"cmd": shown, "times": times, "stages": stages, "maxrss_kb": top[0], "maxrss_tool": top[1], "steps": steps,
                 "maxrss_by_tool": {n: max(r for r, m in rss if m == n) for _, n in rss}, "dir": d}

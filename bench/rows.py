@@ -113,7 +113,7 @@ class WholeEdit(Kind):
     def ours(self, ctx, row):
         p = row.params
         o = ctx.ours.edit(SOURCE, TARGET, ctx.ours.image(p["size"]), p["steps"], ctx.edit_runs, name=row.id,
-                          levers=p.get("levers"))
+                          levers=p.get("levers"), precision=p.get("precision"))
         o["edit_cmds"] = o["cmd"]
         return o
 
@@ -166,6 +166,9 @@ class WholeEdit(Kind):
         if levers.get("maps"):
             said.append(f"noise-diff-mask with `--maps {levers['maps']}`: {levers['maps']} noise draws averaged "
                         "for the mask instead of diffusers' 10")
+        if row.params.get("precision"):
+            said.append(f"`DIFFEDIT_PRECISION={row.params['precision']}` exported: every stage's products in "
+                        f"{row.params['precision']} (AVX512-BF16)")
         md.append(f"Our commands (examples.sh's edit with MODEL=the cache folder, STEPS={steps}, SEED=0, GUIDANCE=7.5, "
                   "NEGATIVE=source; `DIFFEDIT_MODEL` exported" +
                   ("; opt-in: " + "; ".join(said) if said else "") + "):\n")
@@ -275,6 +278,9 @@ ROWS = [
         WholeEdit(), {"size": 256, "steps": 20, "levers": {"deep_cache": 3, "maps": 5}}, peer_row="edit"),
     Row("edit-fast", "whole DiffEdit edit, 256², 20 steps, guidance 7.5; ours with --deep-cache 4 and --maps 5",
         WholeEdit(), {"size": 256, "steps": 20, "levers": {"deep_cache": 4, "maps": 5}}, peer_row="edit"),
+    Row("edit-fast-bf16", "whole DiffEdit edit, 256², 20 steps, guidance 7.5; ours with --deep-cache 4, --maps 5 "
+        "and DIFFEDIT_PRECISION=bf16", WholeEdit(),
+        {"size": 256, "steps": 20, "levers": {"deep_cache": 4, "maps": 5}, "precision": "bf16"}, peer_row="edit"),
     Row("ledits", "whole LEDITS++ edit, 256², 30 inversion steps (DDIM)", LEditsEdit(), {"size": 256, "steps": 30}),
 ]
 BY_ID = {r.id: r for r in ROWS}

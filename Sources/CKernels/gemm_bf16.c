@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include "bf16_round.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -19,28 +20,7 @@
 
 enum { MR = 12, NR = 32, KC = 384, MC = 240, NC = 1024 };
 
-/* float → bfloat16 bits, round to nearest even (as vcvtneps2bf16 on normal numbers); NaN stays
- * a quiet NaN. */
-static inline uint16_t bf16_rne(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 uint16_t diffedit_f32_to_bf16(float x) { return bf16_rne(x); }
-
-static inline uint32_t pair(float lo, float hi) {
-    return (uint32_t)bf16_rne(lo) | ((uint32_t)bf16_rne(hi) << 16);
-}
-
-static inline float bf16_value(uint32_t bits16) {
-    uint32_t u = bits16 << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 int diffedit_has_avx512bf16(void) {
 #if defined(__x86_64__)
@@ -55,72 +35,52 @@ int diffedit_has_avx512bf16(void) {
 #endif
 }
 
-/* Rounding 16 floats at once: the same bits as bf16_rne, lane by lane (GNU vectors: one AVX-512
- * register, two AVX2 or four SSE ones, as the clone the CPU runs was compiled for). */
-typedef uint32_t vu32 __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi32 __attribute__((vector_size(64), aligned(4)));
-
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
-/* Helpers as macros (GNU statement expressions): a function taking a 64-byte vector would have
- * a different ABI in each clone. */
-#define rne16(u_) ({                                                                          \
-    vu32 x_ = (u_);                                                                           \
-    vu32 r_ = (x_ + 0x7FFFu + ((x_ >> 16) & 1u)) >> 16;                                       \
-    vu32 n_ = (vu32)((vi32)((x_ & 0x7FFFFFFFu) > 0x7F800000u)); /* all ones where NaN */      \
-    (r_ & ~n_) | (((x_ >> 16) | 0x40u) & n_);                                                 \
-})
-
-/* pair(lo[i], hi[i]) for 16 contiguous floats of each: the vector form of `pair`. */
-#define pairs16(lo_, hi_) ({                                                                  \
-    vu32 a_, b_;                                                                              \
-    memcpy(&a_, (lo_), sizeof a_);                                                            \
-    memcpy(&b_, (hi_), sizeof b_);                                                            \
-    rne16(a_) | (rne16(b_) << 16);                                                            \
-})
-
 /* Packing. X(j, k) = x[j·js + k·ks]; the packed block holds, per micro-panel of W rows (MR for
- * A, NR for B), kp pairs × W units: out[panel·kp·W + p·W + r] = pair(X(j0 + panel·W + r, 2p),
- * X(…, 2p + 1)), zero beyond `rows` or `kc`. Both walks round 16 units at a time where the
- * floats lie contiguous (29 % of a 2048 × 1280 × 1280 product's time was scalar packing). */
+ * A, NR for B), kp pairs × W units, unit (r, p) = bf16_pair(X(j0 + panel·W + r, 2p), X(…, 2p + 1)),
+ * zero beyond `rows` or `kc`, at out[panel·kp·W + p·W + r] (interleaved: what the tile reads with
+ * one vector load for B, and with one pointer for A) or, with `by_rows`, at
+ * out[panel·kp·W + r·kp + p] (each row's units contiguous: A taken along K, where the interleaved
+ * form scattered one unit per store and was 17 % of a bf16 UNet step). Both walks round 16 values
+ * at a time where the floats lie contiguous. */
 CLONES
-static void pack(const float *x, size_t js, size_t ks, size_t rows, size_t kc, size_t W, uint32_t *out) {
+static void pack(const float *x, size_t js, size_t ks, size_t rows, size_t kc, size_t W, int by_rows, uint32_t *out) {
     size_t kp = (kc + 1) / 2, panels = (rows + W - 1) / W;
+    size_t rs = by_rows ? kp : 1, ps = by_rows ? 1 : W;    /* unit (r, p) at o[r·rs + p·ps] */
     for (size_t pn = 0; pn < panels; pn++) {
         uint32_t *o = out + pn * kp * W;
         size_t r0 = pn * W, rn = rows - r0 < W ? rows - r0 : W;
         if (ks == 1) {          /* pairs adjacent in memory: walk each row along K */
             for (size_t r = 0; r < rn; r++) {
                 const float *row = x + (r0 + r) * js;
+                uint32_t *u = o + r * rs;
                 size_t p = 0;
-                /* 32 floats are 16 (lo, hi) pairs: the pair's two halves, rounded as 64-bit lanes. */
-                for (; 2 * p + 32 <= kc; p += 16) {
-                    vu32 w[2];
-                    memcpy(w, row + 2 * p, sizeof w);
-                    for (int h = 0; h < 2; h++) {
-                        vu32 r16 = rne16(w[h]);
-                        for (int i = 0; i < 8; i++) o[(p + 8 * h + i) * W + r] = r16[2 * i] | (r16[2 * i + 1] << 16);
-                    }
+                for (; 2 * p + 16 <= kc; p += 8) {
+                    bf16_vu32h v = bf16_adjacent8(row + 2 * p);
+                    if (by_rows) memcpy(u + p, &v, sizeof v);
+                    else
+                        for (int i = 0; i < 8; i++) u[(p + i) * ps] = v[i];
                 }
-                for (; 2 * p + 1 < kc; p++) o[p * W + r] = pair(row[2 * p], row[2 * p + 1]);
-                if (p < kp) o[p * W + r] = pair(row[2 * p], 0.0f);
+                for (; 2 * p + 1 < kc; p++) u[p * ps] = bf16_pair(row[2 * p], row[2 * p + 1]);
+                if (p < kp) u[p * ps] = bf16_pair(row[2 * p], 0.0f);
             }
         } else {                /* rows adjacent (js == 1, say): walk two K rows at once */
             for (size_t p = 0; p < kp; p++) {
                 const float *k0 = x + 2 * p * ks, *k1 = k0 + ks;
                 int odd = 2 * p + 1 >= kc;
                 size_t r = 0;
-                if (js == 1 && !odd)
+                if (js == 1 && !odd && !by_rows)
                     for (; r + 16 <= rn; r += 16) {
-                        vu32 v = pairs16(k0 + r0 + r, k1 + r0 + r);
+                        bf16_vu32 v = bf16_pairs16(k0 + r0 + r, k1 + r0 + r);
                         memcpy(o + p * W + r, &v, sizeof v);
                     }
                 for (; r < rn; r++)
-                    o[p * W + r] = pair(k0[(r0 + r) * js], odd ? 0.0f : k1[(r0 + r) * js]);
+                    o[r * rs + p * ps] = bf16_pair(k0[(r0 + r) * js], odd ? 0.0f : k1[(r0 + r) * js]);
             }
         }
         for (size_t r = rn; r < W; r++)
-            for (size_t p = 0; p < kp; p++) o[p * W + r] = 0;
+            for (size_t p = 0; p < kp; p++) o[r * rs + p * ps] = 0;
     }
 }
 
@@ -135,11 +95,11 @@ static inline void merge(const float *t, size_t mr, size_t nr, float *c, size_t 
         }
 }
 
-static void tile_scalar(size_t kp, const uint32_t *ap, const uint32_t *bp, float *t) {
+static void tile_scalar(size_t kp, const uint32_t *ap, size_t ars, size_t aps, const uint32_t *bp, float *t) {
     for (size_t i = 0; i < MR * NR; i++) t[i] = 0;
     for (size_t p = 0; p < kp; p++)
         for (size_t r = 0; r < MR; r++) {
-            uint32_t a = ap[p * MR + r];
+            uint32_t a = ap[r * ars + p * aps];
             float a0 = bf16_value(a & 0xFFFFu), a1 = bf16_value(a >> 16);
             for (size_t j = 0; j < NR; j++) {
                 uint32_t b = bp[p * NR + j];
@@ -149,42 +109,48 @@ static void tile_scalar(size_t kp, const uint32_t *ap, const uint32_t *bp, float
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f,avx512bf16")))
-static void tile_avx512bf16(size_t kp, const uint32_t *ap, const uint32_t *bp, float *c, size_t ldc,
-                            size_t mr, size_t nr, int mode, float alpha, float beta) {
-    __m512 acc[MR][2];
-    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (size_t p = 0; p < kp; p++) {
-        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR));
-        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR + 16));
-        const uint32_t *a = ap + p * MR;
-#pragma clang loop unroll(full)
-        for (int r = 0; r < MR; r++) {
-            __m512bh ar = (__m512bh)_mm512_set1_epi32((int)a[r]);
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
-        }
-    }
-    if (mr == MR && nr == NR) {
-        __m512 vb = _mm512_set1_ps(beta), va = _mm512_set1_ps(alpha);
-        for (int r = 0; r < MR; r++) {
-            float *d = c + r * ldc;
-            for (int h = 0; h < 2; h++) {
-                __m512 v = alpha == 1 ? acc[r][h] : _mm512_mul_ps(va, acc[r][h]);
-                if (mode == 1) v = _mm512_add_ps(v, _mm512_loadu_ps(d + 16 * h));
-                else if (mode == 2) v = _mm512_fmadd_ps(vb, _mm512_loadu_ps(d + 16 * h), v);
-                _mm512_storeu_ps(d + 16 * h, v);
-            }
-        }
-        return;
-    }
-    float t[MR * NR];
-    for (int r = 0; r < MR; r++) {
-        _mm512_storeu_ps(t + r * NR, acc[r][0]);
-        _mm512_storeu_ps(t + r * NR + 16, acc[r][1]);
-    }
-    merge(t, mr, nr, c, ldc, mode, alpha, beta);
+/* The register tile, its A units at ap[r·ARS + p·APS]: interleaved (constants: the twelve
+ * broadcasts are fixed offsets from one pointer) or by rows, `ars` units apart (kp for a block
+ * packed per call, ⌈k/2⌉ for a weight packed once). */
+#define BF16_TILE(NAME, ARS, APS)                                                                  \
+__attribute__((target("avx512f,avx512bf16")))                                                      \
+static void NAME(size_t kp, const uint32_t *ap, size_t ars, const uint32_t *bp, float *c,          \
+                 size_t ldc, size_t mr, size_t nr, int mode, float alpha, float beta) {            \
+    __m512 acc[MR][2];                                                                             \
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();                      \
+    for (size_t p = 0; p < kp; p++) {                                                              \
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR));                   \
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * NR + 16));              \
+        _Pragma("clang loop unroll(full)")                                                         \
+        for (int r = 0; r < MR; r++) {                                                             \
+            __m512bh ar = (__m512bh)_mm512_set1_epi32((int)ap[r * (ARS) + p * (APS)]);             \
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);                                       \
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);                                       \
+        }                                                                                          \
+    }                                                                                              \
+    if (mr == MR && nr == NR) {                                                                    \
+        __m512 vb = _mm512_set1_ps(beta), va = _mm512_set1_ps(alpha);                              \
+        for (int r = 0; r < MR; r++) {                                                             \
+            float *d = c + r * ldc;                                                                \
+            for (int h = 0; h < 2; h++) {                                                          \
+                __m512 v = alpha == 1 ? acc[r][h] : _mm512_mul_ps(va, acc[r][h]);                  \
+                if (mode == 1) v = _mm512_add_ps(v, _mm512_loadu_ps(d + 16 * h));                  \
+                else if (mode == 2) v = _mm512_fmadd_ps(vb, _mm512_loadu_ps(d + 16 * h), v);       \
+                _mm512_storeu_ps(d + 16 * h, v);                                                   \
+            }                                                                                      \
+        }                                                                                          \
+        return;                                                                                    \
+    }                                                                                              \
+    float t[MR * NR];                                                                              \
+    for (int r = 0; r < MR; r++) {                                                                 \
+        _mm512_storeu_ps(t + r * NR, acc[r][0]);                                                   \
+        _mm512_storeu_ps(t + r * NR + 16, acc[r][1]);                                              \
+    }                                                                                              \
+    merge(t, mr, nr, c, ldc, mode, alpha, beta);                                                   \
 }
+BF16_TILE(tile_avx512bf16, 1, MR)
+BF16_TILE(tile_avx512bf16_rows, ars, 1)
+#undef BF16_TILE
 #endif
 
 /* Per-thread packing buffers, grown to the largest block once and kept (no allocation per call
@@ -202,8 +168,27 @@ static int reserve(uint32_t **buf, size_t *cap, size_t units) {
     return 1;
 }
 
+size_t diffedit_bf16_packed_units(int role, size_t rows, size_t k) {
+    size_t h = role == 0 ? MR : NR;
+    return (rows + h - 1) / h * h * ((k + 1) / 2);
+}
+
+void diffedit_bf16_pack_weight(int role, const float *w, size_t ldw, size_t rows, size_t k, size_t r0, size_t r1,
+                               uint32_t *out) {
+    size_t h = role == 0 ? MR : NR, kp = (k + 1) / 2;
+    if (r1 <= r0) return;
+    pack(w, ldw, 1, r1 - r0, k, h, role == 0, out + r0 / h * h * kp);
+    (void)rows;
+}
+
 int diffedit_gemm_bf16(size_t m, size_t n, size_t k, float alpha, const float *a, size_t ars, size_t acs,
                        const float *b, size_t brs, size_t bcs, float beta, float *c, size_t ldc, int emulate) {
+    return diffedit_gemm_bf16_packed(m, n, k, alpha, a, ars, acs, NULL, b, brs, bcs, NULL, beta, c, ldc, emulate);
+}
+
+int diffedit_gemm_bf16_packed(size_t m, size_t n, size_t k, float alpha, const float *a, size_t ars, size_t acs,
+                              const uint32_t *pa, const float *b, size_t brs, size_t bcs, const uint32_t *pb,
+                              float beta, float *c, size_t ldc, int emulate) {
     if (m == 0 || n == 0) return 0;
     if (k == 0) {
         for (size_t i = 0; i < m; i++)
@@ -211,32 +196,43 @@ int diffedit_gemm_bf16(size_t m, size_t n, size_t k, float alpha, const float *a
         return 0;
     }
     int fast = !emulate && diffedit_has_avx512bf16();
-    size_t kcMax = k < KC ? k : KC, kpMax = (kcMax + 1) / 2;
+    size_t kcMax = k < KC ? k : KC, kpMax = (kcMax + 1) / 2, kFull = (k + 1) / 2;
     size_t ncMax = n < NC ? n : NC, mcMax = m < MC ? m : MC;
-    if (!reserve(&packB, &capB, kpMax * ((ncMax + NR - 1) / NR) * NR)) return -1;
-    if (!reserve(&packA, &capA, kpMax * ((mcMax + MR - 1) / MR) * MR)) return -1;
+    if (!pb && !reserve(&packB, &capB, kpMax * ((ncMax + NR - 1) / NR) * NR)) return -1;
+    if (!pa && !reserve(&packA, &capA, kpMax * ((mcMax + MR - 1) / MR) * MR)) return -1;
     float t[MR * NR];
+    /* A along K (its rows contiguous), or packed once, is read by rows: no scatter. */
+    int by_rows = pa || acs == 1;
     for (size_t jc = 0; jc < n; jc += NC) {
         size_t nc = n - jc < NC ? n - jc : NC;
         for (size_t pc = 0; pc < k; pc += KC) {
             size_t kc = k - pc < KC ? k - pc : KC, kp = (kc + 1) / 2;
             int mode = pc > 0 ? 1 : beta == 0 ? 0 : beta == 1 ? 1 : 2;
-            /* B(k, j) = b[k·brs + j·bcs]: rows of the packed block are columns j. */
-            pack(b + pc * brs + jc * bcs, bcs, brs, nc, kc, NR, packB);
+            /* B(k, j) = b[k·brs + j·bcs]: rows of the packed block are columns j. A weight packed
+             * once holds whole K per panel: the block starts pc/2 units into each. */
+            size_t bstride = pb ? kFull * NR : kp * NR;
+            const uint32_t *bblock = pb ? pb + jc / NR * bstride + pc / 2 * NR : packB;
+            if (!pb) pack(b + pc * brs + jc * bcs, bcs, brs, nc, kc, NR, 0, packB);
             for (size_t ic = 0; ic < m; ic += MC) {
                 size_t mc = m - ic < MC ? m - ic : MC;
-                pack(a + ic * ars + pc * acs, ars, acs, mc, kc, MR, packA);
+                size_t arow = pa ? kFull : kp;    /* units between rows of A, by rows */
+                const uint32_t *ablock = pa ? pa + ic * kFull + pc / 2 : packA;
+                if (!pa) pack(a + ic * ars + pc * acs, ars, acs, mc, kc, MR, by_rows, packA);
                 for (size_t jr = 0; jr < nc; jr += NR) {
                     size_t nr = nc - jr < NR ? nc - jr : NR;
-                    const uint32_t *bp = packB + (jr / NR) * kp * NR;
+                    const uint32_t *bp = bblock + (jr / NR) * bstride;
                     for (size_t ir = 0; ir < mc; ir += MR) {
                         size_t mr = mc - ir < MR ? mc - ir : MR;
-                        const uint32_t *ap = packA + (ir / MR) * kp * MR;
+                        const uint32_t *ap = by_rows ? ablock + ir * arow : ablock + (ir / MR) * kp * MR;
                         float *cp = c + (ic + ir) * ldc + jc + jr;
 #if defined(__x86_64__)
-                        if (fast) { tile_avx512bf16(kp, ap, bp, cp, ldc, mr, nr, mode, alpha, beta); continue; }
+                        if (fast) {
+                            if (by_rows) tile_avx512bf16_rows(kp, ap, arow, bp, cp, ldc, mr, nr, mode, alpha, beta);
+                            else tile_avx512bf16(kp, ap, 0, bp, cp, ldc, mr, nr, mode, alpha, beta);
+                            continue;
+                        }
 #endif
-                        tile_scalar(kp, ap, bp, t);
+                        tile_scalar(kp, ap, by_rows ? arow : 1, by_rows ? 1 : MR, bp, t);
                         merge(t, mr, nr, cp, ldc, mode, alpha, beta);
                     }
                 }

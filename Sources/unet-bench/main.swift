@@ -33,6 +33,11 @@ enum TileChoice: String, CaseIterable, ExpressibleByArgument {
     var level: Int? { switch self { case .best: nil; case .avx512: 2; case .avx2: 1; case .plain: 0 } }
 }
 
+/// How bf16 products read their weights (KernelPolicy.packsWeightsBF16).
+enum BF16WeightsChoice: String, CaseIterable, ExpressibleByArgument {
+    case packed, perProduct = "per-product"
+}
+
 /// How attention runs (KernelPolicy.fusedAttention).
 enum AttentionChoice: String, CaseIterable, ExpressibleByArgument {
     case fused, gemm
@@ -78,6 +83,8 @@ struct UNetBench: DiffEditTool {
     var attention: AttentionChoice = KernelPolicy().fusedAttention ? .fused : .gemm
     @Option(Numbers.streamColumns, "Products by a weight with at most this many columns (tokens or pixels) stream the weight once in place instead of widening it for the BLAS; 0 = never (KernelPolicy.streamColumns)", default: KernelPolicy().streamColumns)
     var streamColumns: Int?
+    @Option(name: .long, help: "At --precision bf16: packed = each weight packed into the bf16 kernel's layout once, at its first product, and kept (memory: about the 16-bit checkpoint's size again); per-product = widened and packed at every product (KernelPolicy.packsWeightsBF16). Same numbers.")
+    var bf16Weights: BF16WeightsChoice = KernelPolicy().packsWeightsBF16 ? .packed : .perProduct
     @Option(name: .long, help: "Instruction set of our own register tiles (fused attention, streamed products), at most the CPU's: best, avx512, avx2 or plain C (KernelPolicy.attentionLevel, streamLevel); with OPENBLAS_CORETYPE=Haswell it shows an AVX2-only CPU's path")
     var tiles: TileChoice = .best
     @Flag(name: .long, help: "Convert every weight to a private f32 copy at load instead of reading matrices in place from the checkpoint's memory map (same numbers).")
@@ -146,6 +153,7 @@ struct UNetBench: DiffEditTool {
             if noWinograd || winograd == .off { context.policy.useWinograd = false }
             if winograd == .two { context.policy.winogradTile = 2 }
             context.policy.fusedAttention = attention == .fused
+            context.policy.packsWeightsBF16 = bf16Weights == .packed
             if let streamColumns { context.policy.streamColumns = streamColumns }
             if let level = tiles.level { context.policy.attentionLevel = level; context.policy.streamLevel = level }
             let loadStart = Date()

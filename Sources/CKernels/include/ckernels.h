@@ -52,6 +52,24 @@ uint16_t diffedit_f32_to_bf16(float x);
 int diffedit_gemm_bf16(size_t m, size_t n, size_t k, float alpha, const float *a, size_t ars, size_t acs,
                        const float *b, size_t brs, size_t bcs, float beta, float *c, size_t ldc, int emulate);
 
+/// diffedit_gemm_bf16 with either operand, or both, a weight packed once (pa, pb; NULL: packed per
+/// call from a or b, which are then ignored when non-NULL). A packed A (role 0) is m rows of ⌈k/2⌉
+/// pair units, rows padded to a multiple of 12; a packed B (role 1) is the n × k matrix W with
+/// B(l, j) = W(j, l) in panels of 32 rows. Pointers into a packed weight start at a row that is a
+/// multiple of its panel (12 for A, 32 for B), so that threads can split the rows or columns.
+int diffedit_gemm_bf16_packed(size_t m, size_t n, size_t k, float alpha, const float *a, size_t ars, size_t acs,
+                              const uint32_t *pa, const float *b, size_t brs, size_t bcs, const uint32_t *pb,
+                              float beta, float *c, size_t ldc, int emulate);
+
+/// 32-bit units of a rows × k weight packed as `role` (0: the left operand A; 1: the right one, transposed).
+size_t diffedit_bf16_packed_units(int role, size_t rows, size_t k);
+
+/// Packs rows [r0, r1) of a rows × k f32 weight (row r at w + (r − r0)·ldw) into `out`, the whole
+/// packed weight; r0 a multiple of the role's panel (12 or 32), r1 too unless it is `rows` (the
+/// last panel's missing rows are then zeroed).
+void diffedit_bf16_pack_weight(int role, const float *w, size_t ldw, size_t rows, size_t k, size_t r0, size_t r1,
+                               uint32_t *out);
+
 /// Limits glibc's malloc to one arena (mallopt(M_ARENA_MAX, 1), which Swift cannot import):
 /// under an address-space limit each extra arena reserves 64 MiB. Returns mallopt's result.
 int diffedit_limit_malloc_arenas(void);
@@ -82,6 +100,27 @@ void diffedit_attention_scores(int level, const float *q, size_t ldq, size_t row
 /// out[r·ldo + c] = inv[r] · (P·V)(r, c) for `rows` rows of p (row stride ldp) and the lk packed values.
 void diffedit_attention_values(int level, const float *p, size_t ldp, size_t rows, const float *vp, size_t lk,
                                size_t d, const float *inv, float *out, size_t ldo);
+
+/* Fused attention at bf16 (attention_bf16.c): the blocks of the f32 form with Q, K, the
+ * unnormalised probabilities and V rounded to bfloat16 and both products on vdpbf16ps (f32
+ * accumulation); with emulate 1, or without AVX512-BF16, scalar loops of the same arithmetic. */
+
+/// 32-bit units of the packed keys and of the packed values of lk keys of width d.
+size_t diffedit_attention_bf16_keys_units(size_t lk, size_t d);
+size_t diffedit_attention_bf16_values_units(size_t lk, size_t d);
+
+/// Packs K (row j at k + j·ldk, d wide) into kt and V into vp. Returns −1 for heads wider than 256.
+int diffedit_attention_bf16_pack(const float *k, size_t ldk, const float *v, size_t ldv, size_t lk, size_t d,
+                                 uint32_t *kt, uint32_t *vp);
+
+/// s[r·lds + j] = scale · (Q·Kᵀ)(r, j) for `rows` query rows and the lk packed keys. −1 for d > 256.
+int diffedit_attention_bf16_scores(const float *q, size_t ldq, size_t rows, const uint32_t *kt, size_t lk, size_t d,
+                                   float scale, float *s, size_t lds, int emulate);
+
+/// out[r·ldo + c] = inv[r] · (P·V)(r, c) for `rows` rows of p (stride ldp, lk wide); p's rows are
+/// overwritten by their rounded pairs.
+void diffedit_attention_bf16_values(float *p, size_t ldp, size_t rows, const uint32_t *vp, size_t lk, size_t d,
+                                    const float *inv, float *out, size_t ldo, int emulate);
 
 /* Products of a weight with few columns (gemm_stream.c). */
 

@@ -40,8 +40,7 @@ public enum Attention {
                                batch b: Int, lq: Int, lk: Int, heads: Int, headDim d: Int,
                                scale: Float, causal: Bool = false) {
         guard b > 0, lq > 0, heads > 0 else { return }
-        if ctx.policy.fusedAttention && ctx.policy.precision == .f32 && !causal && d <= fusedMaxHeadDim
-            && lk >= ctx.policy.fusedAttentionMinKeys {
+        if ctx.policy.fusedAttention && !causal && d <= fusedMaxHeadDim && lk >= ctx.policy.fusedAttentionMinKeys {
             fused(ctx, q: q, ldq: ldq, k: k, ldk: ldk, v: v, ldv: ldv, out: out, ldo: ldo,
                   batch: b, lq: lq, lk: lk, heads: heads, headDim: d, scale: scale)
             return
@@ -102,21 +101,25 @@ public enum Attention {
     /// 512-wide head stays on the BLAS, which blocks K for its cache where a packed head would not fit.
     public static let fusedMaxHeadDim = 160
 
-    /// The fused form of `forward` (attention.c). Work items are (pair, block of query rows), split
-    /// in contiguous runs between workers; a worker packs a pair's K and V when it reaches it, then
-    /// per block: scores, softmax in place (the same exp as the BLAS path), and P·V scaled by 1/Σ.
+    /// The fused form of `forward` (attention.c; attention_bf16.c at `precision` bf16, which rounds
+    /// what the bf16 products of the BLAS form round). Work items are (pair, block of query rows),
+    /// split in contiguous runs between workers; a worker packs a pair's K and V when it reaches it,
+    /// then per block: scores, softmax in place (the same exp as the BLAS path), and P·V scaled by 1/Σ.
     private static func fused(_ ctx: ComputeContext, q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>,
                               ldk: Int, v: UnsafePointer<Float>, ldv: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
                               batch b: Int, lq: Int, lk: Int, heads: Int, headDim d: Int, scale: Float) {
+        let bf16 = ctx.policy.precision == .bf16
         let level = Int32(min(ctx.policy.attentionLevel, Int(diffedit_attention_level())))
-        let tile = Int(diffedit_attention_tile_rows(level))
+        let tile = bf16 ? 12 : Int(diffedit_attention_tile_rows(level))
         let wanted = max(tile, ctx.policy.attentionBlockFloats / lk / tile * tile)
         let blockRows = max(1, min(lq, wanted, ctx.policy.scoreBudget / lk))
         let blocks = (lq + blockRows - 1) / blockRows
         let items = b * heads * blocks
         let workers = max(1, min(ctx.threads, items, lq * lk * d * b * heads >= 1 << 16 ? items : 1))
-        let keyFloats = Int(diffedit_attention_keys_floats(level, lk, d))
-        let valueFloats = Int(diffedit_attention_values_floats(level, lk, d))
+        // Packed K and V: floats at f32, 32-bit pair units (the same size) at bf16.
+        let keyFloats = bf16 ? Int(diffedit_attention_bf16_keys_units(lk, d)) : Int(diffedit_attention_keys_floats(level, lk, d))
+        let valueFloats = bf16 ? Int(diffedit_attention_bf16_values_units(lk, d))
+                               : Int(diffedit_attention_values_floats(level, lk, d))
         // Each worker's part starts on a 64-byte line, as the workspace does (vector loads that split lines cost two).
         let perWorker = (keyFloats + valueFloats + blockRows * (lk + 2) + 15) / 16 * 16
         ctx.countMACs(2 * b * heads * lq * lk * d)
@@ -124,22 +127,29 @@ public enum Attention {
         ctx.measure("attention") { ctx.parallel(workers) { w in
             let kt = scratch + w * perWorker, vp = kt + keyFloats, s = vp + valueFloats
             let sums = s + blockRows * lk, inv = sums + blockRows
+            let kUnits = UnsafeMutableRawPointer(kt).assumingMemoryBound(to: UInt32.self)
+            let vUnits = UnsafeMutableRawPointer(vp).assumingMemoryBound(to: UInt32.self)
             var packed = -1
             for item in (w * items / workers)..<((w + 1) * items / workers) {
                 let pair = item / blocks, i0 = (item % blocks) * blockRows
                 let bi = pair / heads, h = pair % heads
                 if pair != packed {
-                    diffedit_attention_pack(level, k + bi * lk * ldk + h * d, ldk, v + bi * lk * ldv + h * d, ldv, lk, d, kt, vp)
+                    let kh = k + bi * lk * ldk + h * d, vh = v + bi * lk * ldv + h * d
+                    if bf16 { _ = diffedit_attention_bf16_pack(kh, ldk, vh, ldv, lk, d, kUnits, vUnits) }
+                    else { diffedit_attention_pack(level, kh, ldk, vh, ldv, lk, d, kt, vp) }
                     packed = pair
                 }
                 let rows = min(blockRows, lq - i0)
+                let qi = q + (bi * lq + i0) * ldq + h * d, oi = out + (bi * lq + i0) * ldo + h * d
                 ctx.measure("attention QK") {
-                    diffedit_attention_scores(level, q + (bi * lq + i0) * ldq + h * d, ldq, rows, kt, lk, d, scale, s, lk)
+                    if bf16 { _ = diffedit_attention_bf16_scores(qi, ldq, rows, kUnits, lk, d, scale, s, lk, 0) }
+                    else { diffedit_attention_scores(level, qi, ldq, rows, kt, lk, d, scale, s, lk) }
                 }
                 ctx.measure("attention softmax") { VectorMath.expRows(s, rows: rows, n: lk, stride: lk, sums: sums) }
                 for r in 0..<rows { inv[r] = 1 / sums[r] }
                 ctx.measure("attention PV") {
-                    diffedit_attention_values(level, s, lk, rows, vp, lk, d, inv, out + (bi * lq + i0) * ldo + h * d, ldo)
+                    if bf16 { diffedit_attention_bf16_values(s, lk, rows, vUnits, lk, d, inv, oi, ldo, 0) }
+                    else { diffedit_attention_values(level, s, lk, rows, vp, lk, d, inv, oi, ldo) }
                 }
             }
         } }

@@ -65,6 +65,33 @@ public final class ComputeContext: @unchecked Sendable {
                   b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
 
+    /// C = alpha·W·B + beta·C with the weight on the left (`WeightRole.left`; W is m × k).
+    @inline(__always)
+    func gemm(threads: Int? = nil, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1, weight w: WeightBlock,
+              b: UnsafePointer<Float>, ldb: Int, beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if let packed = w.packed,
+           GEMMBF16.gemm(threads: threads ?? self.threads, transA: false, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                         a: nil, lda: k, packedA: packed, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) {
+            return
+        }
+        gemm(threads: threads, transB: transB, m: m, n: n, k: k, alpha: alpha, a: w.values!, lda: w.ld, b: b, ldb: ldb,
+             beta: beta, c: c, ldc: ldc)
+    }
+
+    /// C = alpha·A·Wᵀ + beta·C with the weight on the right, transposed (`WeightRole.right`; W is n × k).
+    @inline(__always)
+    func gemm(threads: Int? = nil, transA: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
+              a: UnsafePointer<Float>, lda: Int, weightTransposed w: WeightBlock, beta: Float = 0,
+              c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if let packed = w.packed,
+           GEMMBF16.gemm(threads: threads ?? self.threads, transA: transA, transB: true, m: m, n: n, k: k, alpha: alpha,
+                         a: a, lda: lda, b: nil, ldb: k, packedB: packed, beta: beta, c: c, ldc: ldc) {
+            return
+        }
+        gemm(threads: threads, transA: transA, transB: true, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+             b: w.values!, ldb: w.ld, beta: beta, c: c, ldc: ldc)
+    }
+
     /// Runs body(i) for i in 0..<count on up to `threads` workers, each of which may call
     /// `BLAS.gemm(threads: 1, …)`: the BLAS is set to one thread before the workers start.
     func parallel(_ count: Int, _ body: (Int) -> Void) {

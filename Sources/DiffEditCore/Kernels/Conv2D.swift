@@ -111,9 +111,9 @@ public enum Conv2D {
         if kh == 1 && kw == 1 && stride == 1 && padding == .same(0) {
             // Y[b] = W · X[b]: each weight block widened once for every image.
             weight.accumulate(ctx, rows: o, columns: k, into: out,
-                              onto: .biasPlanes(bias, planes: n * o, width: pixels, ld: pixels)) { kr, wk, ldw, beta in
+                              onto: .biasPlanes(bias, planes: n * o, width: pixels, ld: pixels), as: .left) { kr, wk, beta in
                 for b in 0..<n {
-                    ctx.gemm(m: o, n: pixels, k: kr.count, a: wk, lda: ldw, b: x + b * c * h * w + kr.lowerBound * pixels,
+                    ctx.gemm(m: o, n: pixels, k: kr.count, weight: wk, b: x + b * c * h * w + kr.lowerBound * pixels,
                              ldb: pixels, beta: beta, c: out + b * o * pixels, ldc: pixels)
                 }
             }
@@ -130,8 +130,8 @@ public enum Conv2D {
                     // This band's rows of every output plane of image b.
                     let y = out + b * o * pixels + y0 * ow
                     weight.accumulate(ctx, rows: o, columns: k, into: y,
-                                      onto: .biasPlanes(bias, planes: o, width: columns, ld: pixels)) { kr, wk, ldw, beta in
-                        ctx.gemm(m: o, n: columns, k: kr.count, a: wk, lda: ldw, b: cols + kr.lowerBound * columns,
+                                      onto: .biasPlanes(bias, planes: o, width: columns, ld: pixels), as: .left) { kr, wk, beta in
+                        ctx.gemm(m: o, n: columns, k: kr.count, weight: wk, b: cols + kr.lowerBound * columns,
                                  ldb: columns, beta: beta, c: y, ldc: pixels)
                     }
                     y0 += rows
@@ -164,8 +164,8 @@ public enum Conv2D {
                         weight.stream(ctx, rows: o, k: k, n: columns, x: cols, xj: 1, xl: columns, into: y, ci: columns, cj: 1,
                                       onto: .empty)
                     } else {
-                        weight.accumulate(ctx, rows: o, columns: k, into: y, onto: .empty) { kr, wk, ldw, beta in
-                            ctx.gemm(m: o, n: columns, k: kr.count, a: wk, lda: ldw, b: cols + kr.lowerBound * columns, ldb: columns,
+                        weight.accumulate(ctx, rows: o, columns: k, into: y, onto: .empty, as: .left) { kr, wk, beta in
+                            ctx.gemm(m: o, n: columns, k: kr.count, weight: wk, b: cols + kr.lowerBound * columns, ldb: columns,
                                      beta: beta, c: y, ldc: columns)
                         }
                     }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CKernels
 import Dispatch
 import Foundation
@@ -47,18 +50,25 @@ enum GEMMBF16 {
     static func applies(m: Int, n: Int, k: Int) -> Bool { k >= minimumK && m * n * k >= minimumWork }
 
     /// false when the packing buffers could not be allocated (the caller then runs the f32 BLAS).
+    /// A weight packed once (`PackedBF16`) may stand for A (`packedA`) or B (`packedB`); the
+    /// matching `a` or `b` is then not read.
     static func gemm(threads: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-                     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float,
+                     a: UnsafePointer<Float>?, lda: Int, packedA: UnsafePointer<UInt32>? = nil,
+                     b: UnsafePointer<Float>?, ldb: Int, packedB: UnsafePointer<UInt32>? = nil, beta: Float,
                      c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
         // A(i, l) and B(l, j) as strides: a transpose swaps them.
         let (ars, acs) = transA ? (1, lda) : (lda, 1)
         let (brs, bcs) = transB ? (1, ldb) : (ldb, 1)
+        let units = (k + 1) / 2   // pair units per row of a packed weight
         func run(_ rows: Range<Int>, _ cols: Range<Int>) -> Int32 {
-            diffedit_gemm_bf16(rows.count, cols.count, k, alpha, a + rows.lowerBound * ars, ars, acs,
-                               b + cols.lowerBound * bcs, brs, bcs, beta,
-                               c + rows.lowerBound * ldc + cols.lowerBound, ldc, 0)
+            diffedit_gemm_bf16_packed(rows.count, cols.count, k, alpha, a.map { $0 + rows.lowerBound * ars }, ars, acs,
+                                      packedA.map { $0 + rows.lowerBound * units },
+                                      b.map { $0 + cols.lowerBound * bcs }, brs, bcs,
+                                      packedB.map { $0 + cols.lowerBound * units }, beta,
+                                      c + rows.lowerBound * ldc + cols.lowerBound, ldc, 0)
         }
-        // Work split in multiples of the kernel's register tile (12 rows × 32 columns).
+        // Work split in multiples of the kernel's register tile (12 rows × 32 columns), which
+        // are the panels of packed weights too.
         let byRows = m >= n
         let extent = byRows ? m : n, unit = byRows ? 12 : 32
         let parts = max(1, min(threads, extent / (2 * unit)))
@@ -72,5 +82,81 @@ enum GEMMBF16 {
             }
             return statuses.allSatisfy { $0 == 0 }
         }
+    }
+}
+
+/// Which operand of its products a weight is: `left`, A = W (rows: output channels; convolutions,
+/// products written back to channels), or `right`, B = Wᵀ (linear layers over tokens).
+enum WeightRole: Int32 { case left = 0, right = 1 }
+
+/// A model weight packed once in the bf16 kernel's layout (gemm_bf16.c, `diffedit_bf16_pack_weight`)
+/// for the role its layer uses, made at the first bf16 product and freed with the weight: no
+/// widening and no packing per product after that. One per stored matrix, shared by every
+/// `WeightMatrix` view of it; building is locked, reading is not (a pack never changes once made).
+final class PackedBF16: @unchecked Sendable {
+    private let lock = NSLock()
+    private var made: [WeightRole: (units: UnsafeMutablePointer<UInt32>, rows: Int, columns: Int)] = [:]
+    /// The weight's bytes in a checkpoint's read-only memory map, if it is read in place: once
+    /// packed, their pages are given back (MADV_DONTNEED; a later read — an f32 product, another
+    /// role — faults them in again from the file), so that peak memory holds the packing, not
+    /// the packing and the checkpoint.
+    private let sourcePages: [(UnsafeRawPointer, Int)]
+
+    init(sourcePages: [(UnsafeRawPointer, Int)]) { self.sourcePages = sourcePages }
+
+    deinit { for p in made.values { p.units.deallocate() } }
+
+    /// The roles packed so far.
+    var roles: Set<WeightRole> { lock.lock(); defer { lock.unlock() }; return Set(made.keys) }
+
+    /// The packing of `matrix` (rows × columns, row stride `columns`) as `role`, made now if it is
+    /// not yet.
+    func units(of matrix: WeightMatrix, role: WeightRole, rows: Int, columns: Int,
+               _ ctx: ComputeContext) -> UnsafePointer<UInt32> {
+        lock.lock()
+        defer { lock.unlock() }
+        if let p = made[role] {
+            precondition(p.rows == rows && p.columns == columns, "a weight packed as \(p.rows)×\(p.columns) is used as \(rows)×\(columns)")
+            return UnsafePointer(p.units)
+        }
+        let count = Int(diffedit_bf16_packed_units(role.rawValue, rows, columns))
+        let units = UnsafeMutablePointer<UInt32>.allocate(capacity: count)
+        // Whole panels (12 or 32 rows) per worker, widened to f32 in scratch first when 16-bit.
+        let panel = role == .left ? 12 : 32
+        let panels = (rows + panel - 1) / panel
+        let perPart = max(1, min(panels, ctx.policy.weightBlockFloats / max(1, panel * columns)))
+        let parts = (panels + perPart - 1) / perPart
+        let workers = min(ctx.threads, parts)
+        ctx.workspace.withScratch(workers * perPart * panel * columns) { scratch in
+            ctx.parallel(workers) { w in
+                var part = w
+                while part < parts {
+                    let r0 = part * perPart * panel, r1 = min(rows, r0 + perPart * panel)
+                    let block = scratch + w * perPart * panel * columns
+                    for r in r0..<r1 { matrix.widenRow(r, ld: columns, columns: 0..<columns, into: block + (r - r0) * columns) }
+                    diffedit_bf16_pack_weight(role.rawValue, block, columns, rows, columns, r0, r1, units)
+                    part += workers
+                }
+            }
+        }
+        made[role] = (units, rows, columns)
+        #if os(Linux)
+        // Only whole pages inside the weight's bytes (a neighbour's could be in use).
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        for (start, bytes) in sourcePages {
+            let lo = (Int(bitPattern: start) + page - 1) / page * page, hi = (Int(bitPattern: start) + bytes) / page * page
+            if hi > lo { _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, MADV_DONTNEED) }
+        }
+        #endif
+        return UnsafePointer(units)
+    }
+}
+
+extension WeightMatrix {
+    /// At `precision` bf16 (with `KernelPolicy.packsWeightsBF16`), this model weight packed once as
+    /// `role`; nil at f32, or for a matrix made for one call.
+    func packedBF16(_ ctx: ComputeContext, role: WeightRole, rows: Int, columns: Int) -> UnsafePointer<UInt32>? {
+        guard ctx.policy.precision == .bf16, ctx.policy.packsWeightsBF16, let packs else { return nil }
+        return packs.units(of: self, role: role, rows: rows, columns: columns, ctx)
     }
 }

@@ -39,6 +39,12 @@ public struct KernelPolicy: Sendable, Equatable {
     /// `Precision.requested` says, which is f32 unless a tool or the environment asked.
     public var precision: Precision = Precision.requested.effective
 
+    /// At `precision` bf16, whether a model's linear and convolution weights are packed into the
+    /// bf16 kernel's layout once, at their first product, and kept (`WeightMatrix.packedBF16`: as
+    /// many bytes as the 16-bit checkpoint) instead of being widened and packed again at every
+    /// product (`unet-bench --bf16-weights packed|per-product`). Same numbers either way.
+    public var packsWeightsBF16 = true
+
     // MARK: Attention
 
     /// Rows of scores kept at once are bounded by this many floats per worker (4 MiB; measured
@@ -51,7 +57,8 @@ public struct KernelPolicy: Sendable, Equatable {
     /// cross-attention over 77 text tokens or CLIP's causal one) runs fused (attention.c: keys and values packed once per
     /// head, blocks of query rows whose scores stay in cache) instead of as two BLAS products per
     /// chunk (`unet-bench --attention fused|gemm`). Same arithmetic but for the order of sums.
-    /// f32 only: at `precision` bf16 attention keeps its bf16 products.
+    /// At `precision` bf16 the fused form is attention_bf16.c: the same roundings as the bf16
+    /// products of the BLAS form, on vdpbf16ps.
     public var fusedAttention = true
 
     /// Fewer keys than this stay on the BLAS: the 77 text tokens of cross-attention fill three

@@ -12,9 +12,9 @@ public enum Linear {
             return
         }
         weight.accumulate(ctx, rows: outFeatures, columns: inFeatures, into: out,
-                          onto: .biasRows(bias, rows: rows, ld: ldo)) { k, w, ldw, beta in
-            ctx.gemm(transB: true, m: rows, n: outFeatures, k: k.count, a: x + k.lowerBound, lda: inFeatures, b: w,
-                     ldb: ldw, beta: beta, c: out, ldc: ldo)
+                          onto: .biasRows(bias, rows: rows, ld: ldo), as: .right) { k, w, beta in
+            ctx.gemm(m: rows, n: outFeatures, k: k.count, a: x + k.lowerBound, lda: inFeatures, weightTransposed: w,
+                     beta: beta, c: out, ldc: ldo)
         }
     }
 
@@ -34,10 +34,10 @@ public enum Linear {
             return
         }
         weight.accumulate(ctx, rows: outFeatures, columns: c, into: out,
-                          onto: .biasRows(bias, rows: b * hw, ld: outFeatures)) { k, w, ldw, beta in
+                          onto: .biasRows(bias, rows: b * hw, ld: outFeatures), as: .right) { k, w, beta in
             for bi in 0..<b {
-                ctx.gemm(transA: true, transB: true, m: hw, n: outFeatures, k: k.count,
-                         a: x + (bi * c + k.lowerBound) * hw, lda: hw, b: w, ldb: ldw,
+                ctx.gemm(transA: true, m: hw, n: outFeatures, k: k.count,
+                         a: x + (bi * c + k.lowerBound) * hw, lda: hw, weightTransposed: w,
                          beta: beta, c: out + bi * hw * outFeatures, ldc: outFeatures)
             }
         }
@@ -58,9 +58,9 @@ public enum Linear {
             return
         }
         weight.accumulate(ctx, rows: c, columns: inFeatures, into: out,
-                          onto: .residual(residual, bias: bias, images: b, plane: hw)) { k, w, ldw, beta in
+                          onto: .residual(residual, bias: bias, images: b, plane: hw), as: .left) { k, w, beta in
             for bi in 0..<b {
-                ctx.gemm(transB: true, m: c, n: hw, k: k.count, a: w, lda: ldw,
+                ctx.gemm(transB: true, m: c, n: hw, k: k.count, weight: w,
                          b: t + bi * hw * inFeatures + k.lowerBound, ldb: inFeatures, beta: beta,
                          c: out + bi * c * hw, ldc: hw)
             }

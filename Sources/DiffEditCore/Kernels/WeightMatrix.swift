@@ -26,17 +26,21 @@ public struct WeightMatrix: @unchecked Sendable {
     let base: UnsafeRawPointer
     public let bits: Bits
     let segments: Segments?
+    /// Where a model's weight keeps its bf16 packing (nil: a matrix made for one call, never packed).
+    let packs: PackedBF16?
 
     public init(f32 pointer: UnsafePointer<Float>) {
         base = UnsafeRawPointer(pointer)
         bits = .f32
         segments = nil
+        packs = nil
     }
 
-    init(raw: UnsafeRawPointer, bits: Bits, segments: Segments? = nil) {
+    init(raw: UnsafeRawPointer, bits: Bits, segments: Segments? = nil, packs: PackedBF16? = nil) {
         base = raw
         self.bits = bits
         self.segments = segments
+        self.packs = packs
     }
 
     /// Whether kernels can read the matrix as it is (f32 in one piece), without widening.

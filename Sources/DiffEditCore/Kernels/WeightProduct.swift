@@ -47,18 +47,31 @@ enum ProductStart {
     }
 }
 
+/// A weight as one product reads it: a block of its columns widened to f32 (`values`, row stride
+/// `ld`), or the whole weight packed once for bf16 (`packed`, `WeightMatrix.packedBF16`).
+struct WeightBlock {
+    let values: UnsafePointer<Float>?
+    let ld: Int
+    let packed: UnsafePointer<UInt32>?
+}
+
 extension WeightMatrix {
-    /// out = start + W·X for this rows × columns matrix (rows: output channels), multiplied in
-    /// the K blocks of `columnBlocks`: writes `start` into `out`, then calls
-    /// `gemm(k, block, ldBlock, beta)` per block with the beta that sums the blocks onto it — 0
-    /// only for the first block when the start is empty, 1 for every other.
+    /// out = start + the product with this rows × columns weight as `role`, multiplied in the K
+    /// blocks of `columnBlocks`: writes `start` into `out`, then calls `gemm(k, block, beta)` per
+    /// block with the beta that sums the blocks onto it — 0 only for the first block when the
+    /// start is empty, 1 for every other. At bf16 with the weight packed once, one call with all
+    /// of K and the packing.
     @inline(__always)
     func accumulate(_ ctx: ComputeContext, rows: Int, columns: Int, into out: UnsafeMutablePointer<Float>,
-                    onto start: ProductStart,
-                    _ gemm: (_ k: Range<Int>, _ block: UnsafePointer<Float>, _ ldBlock: Int, _ beta: Float) -> Void) {
+                    onto start: ProductStart, as role: WeightRole,
+                    _ gemm: (_ k: Range<Int>, _ block: WeightBlock, _ beta: Float) -> Void) {
         let written = start.write(ctx, channels: rows, into: out)
+        if let packed = packedBF16(ctx, role: role, rows: rows, columns: columns) {
+            gemm(0..<columns, WeightBlock(values: nil, ld: columns, packed: packed), written ? 1 : 0)
+            return
+        }
         columnBlocks(ctx, rows: rows, ld: columns, columns: 0..<columns) { k, block, ldBlock in
-            gemm(k, block, ldBlock, written || k.lowerBound > 0 ? 1 : 0)
+            gemm(k, WeightBlock(values: block, ld: ldBlock, packed: nil), written || k.lowerBound > 0 ? 1 : 0)
         }
     }
 }

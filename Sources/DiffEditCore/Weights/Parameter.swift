@@ -20,6 +20,8 @@ public struct Parameter: @unchecked Sendable {
         let mapped: Bool
         /// The stored tensors a stacked matrix's rows come from, when read in place.
         let segments: WeightMatrix.Segments?
+        /// The matrix packed for the bf16 products, made at its first one (empty until then).
+        let packs: PackedBF16
 
         var byteCount: Int { max(count, 1) * (bits == .f32 ? 4 : 2) }
 
@@ -31,6 +33,7 @@ public struct Parameter: @unchecked Sendable {
             self.bits = bits
             owner = nil
             segments = nil
+            packs = PackedBF16(sourcePages: [])
             let bytes = max(count, 1) * (bits == .f32 ? 4 : 2)
             #if os(Linux)
             if bytes >= Storage.hugeThreshold,
@@ -54,6 +57,17 @@ public struct Parameter: @unchecked Sendable {
             self.owner = owner
             self.segments = segments
             mapped = false
+            // The checkpoint's bytes of this matrix (read-only file pages), which a bf16 packing
+            // lets go of once made.
+            let size = bits == .f32 ? 4 : 2
+            if let segments {
+                let columns = count / max(1, segments.firstRows.last!)
+                packs = PackedBF16(sourcePages: segments.bases.indices.map {
+                    (segments.bases[$0], (segments.firstRows[$0 + 1] - segments.firstRows[$0]) * columns * size)
+                })
+            } else {
+                packs = PackedBF16(sourcePages: [(pointer, count * size)])
+            }
         }
 
         deinit {
@@ -90,7 +104,7 @@ public struct Parameter: @unchecked Sendable {
     }
 
     /// The weight as its kernels read it.
-    var matrix: WeightMatrix { WeightMatrix(raw: storage.raw, bits: storage.bits, segments: storage.segments) }
+    var matrix: WeightMatrix { WeightMatrix(raw: storage.raw, bits: storage.bits, segments: storage.segments, packs: storage.packs) }
 
     /// The values as f32 (tests, small per-channel vectors), widened when stored in 16 bits.
     public var values: [Float] {

@@ -167,6 +167,73 @@ final class AttentionKernelTests: XCTestCase {
             }
         }
     }
+    /// The fused attention at bf16 (attention_bf16.c), its scalar emulation on every CPU and its
+    /// AVX512-BF16 tiles where the CPU has them, against softmax attention in Double on the values
+    /// it rounds: Q, K and V in bf16, the probabilities e^{s − max} rounded to bf16 over their f32
+    /// sum. Odd widths and key counts cover the pair and panel padding, 300+ keys the runs of 128
+    /// key pairs, d 160 three-vector output tiles.
+    func testFusedAttentionBF16MatchesRoundedReference() {
+        func bf(_ x: Float) -> Float { Float(bitPattern: UInt32(diffedit_f32_to_bf16(x)) << 16) }
+        for (lq, lk, d) in [(25, 300, 40), (13, 129, 80), (7, 33, 17), (30, 70, 160), (11, 520, 64), (5, 31, 1)] {
+            let q = random(lq * d, seed: 60), k = random(lk * d, seed: 61), v = random(lk * d, seed: 62)
+            let scale = 1 / Float(d).squareRoot()
+            // The reference: scores of the rounded Q and K (f32 sums differ from Double's only in
+            // the last bits), probabilities rounded as the kernel rounds them.
+            var want = [Double](repeating: 0, count: lq * d)
+            for i in 0..<lq {
+                var s = [Double](repeating: 0, count: lk)
+                for j in 0..<lk {
+                    var dot = 0.0
+                    for x in 0..<d { dot += Double(bf(q[i * d + x])) * Double(bf(k[j * d + x])) }
+                    s[j] = dot * Double(scale)
+                }
+                let m = s.max()!
+                let e = s.map { Float(Foundation.exp($0 - m)) }
+                let z = e.reduce(0.0) { $0 + Double($1) }
+                for x in 0..<d {
+                    var acc = 0.0
+                    for j in 0..<lk { acc += Double(bf(e[j])) * Double(bf(v[j * d + x])) }
+                    want[i * d + x] = acc / z
+                }
+            }
+            let paths: [Int32] = Precision.bf16Available ? [1, 0] : [1]
+            for emulate in paths {
+                var kt = [UInt32](repeating: 0, count: Int(diffedit_attention_bf16_keys_units(lk, d)))
+                var vp = [UInt32](repeating: 0, count: Int(diffedit_attention_bf16_values_units(lk, d)))
+                var scores = [Float](repeating: .nan, count: lq * lk), sums = [Float](repeating: 0, count: lq)
+                var out = [Float](repeating: .nan, count: lq * d)
+                XCTAssertEqual(diffedit_attention_bf16_pack(k, d, v, d, lk, d, &kt, &vp), 0)
+                XCTAssertEqual(diffedit_attention_bf16_scores(q, d, lq, kt, lk, d, scale, &scores, lk, emulate), 0)
+                diffedit_exp_rows(&scores, lq, lk, lk, &sums)
+                let inv = sums.map { 1 / $0 }
+                diffedit_attention_bf16_values(&scores, lk, lq, vp, lk, d, inv, &out, d, emulate)
+                // A probability whose f32 exp sits at a bf16 rounding boundary may round the other
+                // way than the reference's: one bf16 step of one weight, at most ~4e-3 of |V|.
+                assertClose(out, want, atol: 4e-3, "bf16 fused lq \(lq) lk \(lk) d \(d) emulate \(emulate)")
+                let worst = zip(out, want).map { abs(Double($0) - $1) }.max()!
+                XCTAssertLessThan(worst, 4e-3)
+            }
+        }
+        // Through Attention.forward at bf16 (batch, heads, blocks, workers) against its bf16 BLAS form.
+        guard Precision.bf16Available else { return }
+        let (b, lq, lk, heads, d) = (2, 70, 300, 3, 40)
+        let w = heads * d
+        let q = Tensor(shape: [b, lq, w], data: random(b * lq * w, seed: 63))
+        let k = Tensor(shape: [b, lk, w], data: random(b * lk * w, seed: 64))
+        let v = Tensor(shape: [b, lk, w], data: random(b * lk * w, seed: 65))
+        let fused = ComputeContext(threads: 2), blas = ComputeContext(threads: 2)
+        for ctx in [fused, blas] { ctx.policy.precision = .bf16; ctx.policy.attentionBlockFloats = 3 * lk }
+        blas.policy.fusedAttention = false
+        let scale = 1 / Float(d).squareRoot()
+        let got = Attention.forward(q: q, k: k, v: v, heads: heads, scale: scale, context: fused)
+        let ref = Attention.forward(q: q, k: k, v: v, heads: heads, scale: scale, context: blas)
+        let exact = naiveAttention(q: q.data, k: k.data, v: v.data, b: b, lq: lq, lk: lk, heads: heads, d: d, scale: scale, causal: false)
+        assertClose(got.data, ref.data.map(Double.init), atol: 4e-3, "fused bf16 against the bf16 BLAS form")
+        let err = zip(got.data, exact).map { abs(Double($0) - $1) }.max()!
+        XCTAssertGreaterThan(err, 1e-5, "bf16 rounding shows against Double (the bf16 path ran)")
+        XCTAssertLessThan(err, 2e-2)
+    }
+
 
     /// The strided form reads Q, K, V out of one fused [L, 3·width] buffer.
     func testStridedAttentionOnFusedQKV() {

@@ -117,4 +117,114 @@ final class GEMMBF16Tests: XCTestCase {
         XCTAssertGreaterThan(err, 0, "the bf16 path did not run")
         XCTAssertLessThan(err / rms, 0.05)
     }
+    /// A weight packed once (either role, packed in two row ranges as the model's packing splits
+    /// it between workers) gives the same bits as the same product packed per call, from row or
+    /// column offsets at panel multiples too (how threads split a product).
+    func testWeightsPackedOnceGiveTheSameBits() {
+        let paths: [Int32] = Precision.bf16Available ? [1, 0] : [1]
+        var rng = Lcg(state: 23)
+        for (m, n, k) in [(13, 33, 7), (25, 70, 513), (40, 300, 800), (7, 5, 2), (64, 96, 1)] {
+            let x = rng.array(m * k), w = rng.array(n * k), c0 = rng.array(m * n)
+            let units = (k + 1) / 2
+            for emulate in paths {
+                // Role 1: C = X·Wᵀ with W (n × k) packed; rows of W split at 32.
+                var pb = [UInt32](repeating: 0xFFFF_FFFF, count: Int(diffedit_bf16_packed_units(1, n, k)))
+                let split = min(n, 32)
+                w.withUnsafeBufferPointer { wp in
+                    diffedit_bf16_pack_weight(1, wp.baseAddress!, k, n, k, 0, split, &pb)
+                    diffedit_bf16_pack_weight(1, wp.baseAddress! + split * k, k, n, k, split, n, &pb)
+                }
+                var want = c0, got = c0
+                XCTAssertEqual(diffedit_gemm_bf16(m, n, k, 1, x, k, 1, w, 1, k, 0.5, &want, n, emulate), 0)
+                XCTAssertEqual(diffedit_gemm_bf16_packed(m, n, k, 1, x, k, 1, nil, nil, 1, k, pb, 0.5, &got, n, emulate), 0)
+                XCTAssertEqual(got.map(\.bitPattern), want.map(\.bitPattern), "packed B \(m)×\(n)×\(k) emulate \(emulate)")
+                if n > 32 {  // the columns from 32 on, as a second worker computes them
+                    var part = c0
+                    pb.withUnsafeBufferPointer { p in
+                        part.withUnsafeMutableBufferPointer { c in
+                            XCTAssertEqual(diffedit_gemm_bf16_packed(m, n - 32, k, 1, x, k, 1, nil, nil, 1, k, p.baseAddress! + 32 * units,
+                                                                     0.5, c.baseAddress! + 32, n, emulate), 0)
+                        }
+                    }
+                    for i in 0..<m { for j in 32..<n { XCTAssertEqual(part[i * n + j].bitPattern, want[i * n + j].bitPattern) } }
+                }
+                // Role 0: C' = W'·Y with W' (m × k) packed; rows split at 12.
+                let y = rng.array(k * n)
+                var pa = [UInt32](repeating: 0xFFFF_FFFF, count: Int(diffedit_bf16_packed_units(0, m, k)))
+                let rsplit = min(m, 12)
+                x.withUnsafeBufferPointer { xp in
+                    diffedit_bf16_pack_weight(0, xp.baseAddress!, k, m, k, 0, rsplit, &pa)
+                    diffedit_bf16_pack_weight(0, xp.baseAddress! + rsplit * k, k, m, k, rsplit, m, &pa)
+                }
+                var want2 = c0, got2 = c0
+                XCTAssertEqual(diffedit_gemm_bf16(m, n, k, 0.25, x, k, 1, y, n, 1, 0, &want2, n, emulate), 0)
+                XCTAssertEqual(diffedit_gemm_bf16_packed(m, n, k, 0.25, nil, k, 1, pa, y, n, 1, nil, 0, &got2, n, emulate), 0)
+                XCTAssertEqual(got2.map(\.bitPattern), want2.map(\.bitPattern), "packed A \(m)×\(n)×\(k) emulate \(emulate)")
+                if m > 12 {
+                    var part = c0
+                    pa.withUnsafeBufferPointer { p in
+                        part.withUnsafeMutableBufferPointer { c in
+                            XCTAssertEqual(diffedit_gemm_bf16_packed(m - 12, n, k, 0.25, nil, k, 1, p.baseAddress! + 12 * units, y, n, 1, nil,
+                                                                     0, c.baseAddress! + 12 * n, n, emulate), 0)
+                        }
+                    }
+                    for i in 12..<m { for j in 0..<n { XCTAssertEqual(part[i * n + j].bitPattern, want2[i * n + j].bitPattern) } }
+                }
+            }
+        }
+    }
+
+    /// Model layers at bf16 with their weights packed once give the bits of the same layers packed
+    /// per product: a linear layer (weight on the right), a 1×1 and a 3×3 convolution (on the left),
+    /// through checkpoint-like 16-bit parameters, twice (the second call reads the kept packing).
+    func testLayersWithWeightsPackedOnceMatchPerProduct() throws {
+        try XCTSkipUnless(Precision.bf16Available, "this CPU has no AVX512-BF16 (the packing itself is tested emulated above)")
+        var rng = Lcg(state: 31)
+        let packedCtx = ComputeContext(threads: 2), perProduct = ComputeContext(threads: 2)
+        for ctx in [packedCtx, perProduct] { ctx.policy.precision = .bf16 }
+        perProduct.policy.packsWeightsBF16 = false
+        packedCtx.policy.winograd4MinTiles = Int.max
+        perProduct.policy.winograd4MinTiles = Int.max
+        packedCtx.policy.useWinograd = false
+        perProduct.policy.useWinograd = false
+        // Linear, 70 tokens, 200 → 150, the weight in f16 as a checkpoint stores it.
+        let lin = Parameter(shape: [150, 200], bits: .f16)
+        let lw = rng.array(150 * 200)
+        let lh = lin.storage.raw.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<lw.count { lh[i] = Float16(lw[i]).bitPattern }
+        let x = rng.array(70 * 200), bias = rng.array(150)
+        func linear(_ ctx: ComputeContext) -> [Float] {
+            var out = [Float](repeating: 0, count: 70 * 150)
+            x.withUnsafeBufferPointer { xp in bias.withUnsafeBufferPointer { bp in out.withUnsafeMutableBufferPointer { o in
+                Linear.forward(ctx, x: xp.baseAddress!, rows: 70, inFeatures: 200, weight: lin.matrix, bias: bp.baseAddress!,
+                               outFeatures: 150, out: o.baseAddress!)
+            } } }
+            return out
+        }
+        let want = linear(perProduct)
+        XCTAssertEqual(linear(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "linear, packing made")
+        XCTAssertEqual(lin.storage.packs.roles, [.right], "the linear weight was packed, as B")
+        XCTAssertEqual(linear(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "linear, packing kept")
+        // Convolutions 48 → 40 channels on 2 images of 9 × 11.
+        for kernel in [1, 3] {
+            let conv = Parameter(shape: [40, 48, kernel, kernel], bits: .f16)
+            let cw = rng.array(40 * 48 * kernel * kernel)
+            let ch = conv.storage.raw.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<cw.count { ch[i] = Float16(cw[i]).bitPattern }
+            let img = rng.array(2 * 48 * 9 * 11), cb = rng.array(40)
+            func run(_ ctx: ComputeContext) -> [Float] {
+                var out = [Float](repeating: 0, count: 2 * 40 * 9 * 11)
+                img.withUnsafeBufferPointer { xp in cb.withUnsafeBufferPointer { bp in out.withUnsafeMutableBufferPointer { o in
+                    Conv2D.forward(ctx, x: xp.baseAddress!, n: 2, c: 48, h: 9, w: 11, weight: conv.matrix, bias: bp.baseAddress!,
+                                   outChannels: 40, kernel: kernel, stride: 1, padding: .same(kernel / 2), out: o.baseAddress!)
+                } } }
+                return out
+            }
+            let want = run(perProduct)
+            XCTAssertEqual(run(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "conv \(kernel)×\(kernel), packing made")
+            XCTAssertEqual(conv.storage.packs.roles, [.left], "the convolution weight was packed, as A")
+            XCTAssertEqual(run(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "conv \(kernel)×\(kernel), packing kept")
+            XCTAssertFalse(want.contains { $0.isNaN })
+        }
+    }
 }
