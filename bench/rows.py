@@ -127,7 +127,7 @@ class WholeEdit(Kind):
         return {"agreement": edit_agreement(o["dir"], spec)}
 
     def summary(self, o, p, line):
-        line["notes"].append(f"ours: {len(o['edit_cmds'])} tool stages, sum of wall times; peak RSS is "
+        line["notes"].append(f"ours: {len(o['stages'][0])} tool stages, sum of wall times; peak RSS is "
                              f"the largest single process ({o['maxrss_tool']})")
         return median(o["times"]), None
 
