@@ -56,6 +56,10 @@ static void pack(const float *x, size_t js, size_t ks, size_t rows, size_t kc, s
                 const float *row = x + (r0 + r) * js;
                 uint32_t *u = o + r * rs;
                 size_t p = 0;
+                /* The activations come from DRAM or the other core's cache: ask for the row after
+                 * next while this one is rounded (the loads' latency was most of packing's time). */
+                if (r0 + r + 2 < rows)
+                    for (size_t q = 0; q < kc; q += 16) __builtin_prefetch(row + 2 * js + q);
                 for (; 2 * p + 16 <= kc; p += 8) {
                     bf16_vu32h v = bf16_adjacent8(row + 2 * p);
                     if (by_rows) memcpy(u + p, &v, sizeof v);
@@ -70,6 +74,12 @@ static void pack(const float *x, size_t js, size_t ks, size_t rows, size_t kc, s
                 const float *k0 = x + 2 * p * ks, *k1 = k0 + ks;
                 int odd = 2 * p + 1 >= kc;
                 size_t r = 0;
+                /* K rows lie a whole row of X apart: the prefetcher does not follow; two pairs ahead. */
+                if (js == 1 && 2 * p + 5 < kc)
+                    for (size_t q = 0; q < rn; q += 16) {
+                        __builtin_prefetch(k0 + 4 * ks + r0 + q);
+                        __builtin_prefetch(k1 + 4 * ks + r0 + q);
+                    }
                 if (js == 1 && !odd && !by_rows)
                     for (; r + 16 <= rn; r += 16) {
                         bf16_vu32 v = bf16_pairs16(k0 + r0 + r, k1 + r0 + r);
