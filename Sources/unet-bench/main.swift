@@ -83,7 +83,7 @@ struct UNetBench: DiffEditTool {
     var attention: AttentionChoice = KernelPolicy().fusedAttention ? .fused : .gemm
     @Option(Numbers.streamColumns, "Products by a weight with at most this many columns (tokens or pixels) stream the weight once in place instead of widening it for the BLAS; 0 = never (KernelPolicy.streamColumns)", default: KernelPolicy().streamColumns)
     var streamColumns: Int?
-    @Option(name: .long, help: "At --precision bf16: packed = each weight packed into the bf16 kernel's layout once, at its first product, and kept (memory: about the 16-bit checkpoint's size again); per-product = widened and packed at every product (KernelPolicy.packsWeightsBF16). Same numbers.")
+    @Option(name: .long, help: "At --precision bf16: packed = each weight (or a Winograd layer's transformed planes) packed into the bf16 kernel's layout once, at its first product, and kept, the checkpoint's pages given back; per-product = widened and packed at every product (KernelPolicy.packsWeightsBF16). Same numbers.")
     var bf16Weights: BF16WeightsChoice = KernelPolicy().packsWeightsBF16 ? .packed : .perProduct
     @Option(name: .long, help: "Instruction set of our own register tiles (fused attention, streamed products), at most the CPU's: best, avx512, avx2 or plain C (KernelPolicy.attentionLevel, streamLevel); with OPENBLAS_CORETYPE=Haswell it shows an AVX2-only CPU's path")
     var tiles: TileChoice = .best

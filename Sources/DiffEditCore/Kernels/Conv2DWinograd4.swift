@@ -1,3 +1,5 @@
+import CKernels
+
 /// 3×3 stride-1 convolution by Winograd's minimal filtering F(4×4, 3×3) (Lavin & Gray 2015): each
 /// 4×4 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A over a 6×6 input tile d, so the channel sums
 /// become 36 GEMMs M_ξ[O][tiles] = U_ξ[O][C] · V_ξ[C][tiles]: 36 multiplies per 16 outputs
@@ -161,6 +163,34 @@ public extension Conv2D {
         }
     }
 
+    /// At `precision` bf16 (with `KernelPolicy.packsWeightsBF16`): the 36 planes U_ξ (o × c each)
+    /// of this model weight, built once by `transformWeights4` in blocks of whole 12-row panels and
+    /// packed as the left operand (plane ξ at `units + ξ·planeUnits`), kept with the weight; nil
+    /// otherwise. The same f32 U rounded the same way as a per-product build: the same bits.
+    internal static func packedWinograd4BF16(_ ctx: ComputeContext, weight: WeightMatrix, o: Int,
+                                             c: Int) -> (units: UnsafePointer<UInt32>, planeUnits: Int)? {
+        guard ctx.policy.precision == .bf16, ctx.policy.packsWeightsBF16, let packs = weight.packs else { return nil }
+        let planeUnits = Int(diffedit_bf16_packed_units(WeightRole.left.rawValue, o, c))
+        let units = packs.units(.winograd4, shape: [o, c], count: 36 * planeUnits) { units in
+            let blockRows = max(12, ctx.policy.winogradWeightBudget / max(1, 36 * c) / 12 * 12)
+            ctx.workspace.withScratch(36 * min(o, blockRows) * c) { u in
+                var r0 = 0
+                while r0 < o {
+                    let rows = r0..<min(o, r0 + blockRows), mr = rows.count
+                    transformWeights4(ctx, weight: weight, c: c, rows: rows, into: u)
+                    ctx.parallelRanges(36, minChunk: 1) { planes in
+                        for xi in planes {
+                            diffedit_bf16_pack_weight(WeightRole.left.rawValue, u + xi * mr * c, c, o, c, r0,
+                                                      rows.upperBound, units + xi * planeUnits)
+                        }
+                    }
+                    r0 = rows.upperBound
+                }
+            }
+        }
+        return (units, planeUnits)
+    }
+
     /// V_ξ[c][k] = (Bᵀ d B)_ξ over the 6×6 input tile d of tile t0 + k (zero outside the image),
     /// ξ-planes c·nt apart.
     internal static func transformInput4(_ ctx: ComputeContext, x: UnsafePointer<Float>, c: Int, h: Int, w: Int,
@@ -282,11 +312,13 @@ public extension Conv2D {
         let th = (oh + 3) / 4, tw = (ow + 3) / 4
         let tilesPerImage = th * tw, tiles = n * tilesPerImage
         let policy = ctx.policy
-        let blockRows = max(1, min(o, policy.winogradWeightBudget / max(1, 36 * c)))
+        // At bf16 the planes are packed once for all output channels (no U per product).
+        let packedU = packedWinograd4BF16(ctx, weight: weight, o: o, c: c)
+        let blockRows = packedU != nil ? o : max(1, min(o, policy.winogradWeightBudget / max(1, 36 * c)))
         let group = max(1, min(tiles, policy.winogradBudget / max(1, 36 * (c + blockRows))))
         let inputOnce = group == tiles
         let ws = ctx.workspace
-        ws.withScratch(36 * blockRows * c) { u in
+        ws.withScratch(packedU != nil ? 16 : 36 * blockRows * c) { u in
             ws.withScratch(36 * c * group) { v in
                 ws.withScratch(36 * blockRows * group) { m in
                     if inputOnce {
@@ -296,7 +328,7 @@ public extension Conv2D {
                     var r0 = 0
                     while r0 < o {
                         let rows = r0..<min(o, r0 + blockRows)
-                        transformWeights4(ctx, weight: weight, c: c, rows: rows, into: u)
+                        if packedU == nil { transformWeights4(ctx, weight: weight, c: c, rows: rows, into: u) }
                         var t0 = 0
                         while t0 < tiles {
                             let nt = min(group, tiles - t0)
@@ -306,7 +338,9 @@ public extension Conv2D {
                             }
                             let mr = rows.count
                             for xi in 0..<36 {
-                                ctx.gemm(m: mr, n: nt, k: c, a: u + xi * mr * c, lda: c, b: v + xi * c * nt, ldb: nt,
+                                let plane = packedU.map { WeightBlock(values: nil, ld: c, packed: $0.units + xi * $0.planeUnits) }
+                                    ?? WeightBlock(values: u + xi * mr * c, ld: c, packed: nil)
+                                ctx.gemm(m: mr, n: nt, k: c, weight: plane, b: v + xi * c * nt, ldb: nt,
                                          c: m + xi * mr * nt, ldc: nt)
                             }
                             transformOutput4(ctx, m: m, o: o, rows: rows, oh: oh, ow: ow, tileRows: th,

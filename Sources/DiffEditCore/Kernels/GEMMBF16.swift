@@ -90,15 +90,19 @@ enum GEMMBF16 {
 enum WeightRole: Int32 { case left = 0, right = 1 }
 
 /// A model weight packed once in the bf16 kernel's layout (gemm_bf16.c, `diffedit_bf16_pack_weight`)
-/// for the role its layer uses, made at the first bf16 product and freed with the weight: no
-/// widening and no packing per product after that. One per stored matrix, shared by every
-/// `WeightMatrix` view of it; building is locked, reading is not (a pack never changes once made).
+/// for the role its layer uses — or, for a Winograd layer, its 36 transformed planes — made at the
+/// first bf16 product and freed with the weight: no widening and no packing per product after that.
+/// One per stored matrix, shared by every `WeightMatrix` view of it; building is locked, reading is
+/// not (a pack never changes once made).
 final class PackedBF16: @unchecked Sendable {
+    /// What is packed: the matrix as A or B, or F(4×4, 3×3)'s planes U_ξ, each as A.
+    enum Form: Hashable { case matrix(WeightRole), winograd4 }
+
     private let lock = NSLock()
-    private var made: [WeightRole: (units: UnsafeMutablePointer<UInt32>, rows: Int, columns: Int)] = [:]
+    private var made: [Form: (units: UnsafeMutablePointer<UInt32>, count: Int, shape: [Int])] = [:]
     /// The weight's bytes in a checkpoint's read-only memory map, if it is read in place: once
     /// packed, their pages are given back (MADV_DONTNEED; a later read — an f32 product, another
-    /// role — faults them in again from the file), so that peak memory holds the packing, not
+    /// form — faults them in again from the file), so that peak memory holds the packing, not
     /// the packing and the checkpoint.
     private let sourcePages: [(UnsafeRawPointer, Int)]
 
@@ -106,40 +110,22 @@ final class PackedBF16: @unchecked Sendable {
 
     deinit { for p in made.values { p.units.deallocate() } }
 
-    /// The roles packed so far.
-    var roles: Set<WeightRole> { lock.lock(); defer { lock.unlock() }; return Set(made.keys) }
+    /// The forms packed so far.
+    var forms: Set<Form> { lock.lock(); defer { lock.unlock() }; return Set(made.keys) }
 
-    /// The packing of `matrix` (rows × columns, row stride `columns`) as `role`, made now if it is
-    /// not yet.
-    func units(of matrix: WeightMatrix, role: WeightRole, rows: Int, columns: Int,
-               _ ctx: ComputeContext) -> UnsafePointer<UInt32> {
+    /// The packing `form` of a weight of `shape`, made now by `make` (which fills `count` units)
+    /// if it is not yet.
+    func units(_ form: Form, shape: [Int], count: Int,
+               make: (UnsafeMutablePointer<UInt32>) -> Void) -> UnsafePointer<UInt32> {
         lock.lock()
         defer { lock.unlock() }
-        if let p = made[role] {
-            precondition(p.rows == rows && p.columns == columns, "a weight packed as \(p.rows)×\(p.columns) is used as \(rows)×\(columns)")
+        if let p = made[form] {
+            precondition(p.shape == shape && p.count == count, "a weight packed as \(p.shape) is used as \(shape)")
             return UnsafePointer(p.units)
         }
-        let count = Int(diffedit_bf16_packed_units(role.rawValue, rows, columns))
         let units = UnsafeMutablePointer<UInt32>.allocate(capacity: count)
-        // Whole panels (12 or 32 rows) per worker, widened to f32 in scratch first when 16-bit.
-        let panel = role == .left ? 12 : 32
-        let panels = (rows + panel - 1) / panel
-        let perPart = max(1, min(panels, ctx.policy.weightBlockFloats / max(1, panel * columns)))
-        let parts = (panels + perPart - 1) / perPart
-        let workers = min(ctx.threads, parts)
-        ctx.workspace.withScratch(workers * perPart * panel * columns) { scratch in
-            ctx.parallel(workers) { w in
-                var part = w
-                while part < parts {
-                    let r0 = part * perPart * panel, r1 = min(rows, r0 + perPart * panel)
-                    let block = scratch + w * perPart * panel * columns
-                    for r in r0..<r1 { matrix.widenRow(r, ld: columns, columns: 0..<columns, into: block + (r - r0) * columns) }
-                    diffedit_bf16_pack_weight(role.rawValue, block, columns, rows, columns, r0, r1, units)
-                    part += workers
-                }
-            }
-        }
-        made[role] = (units, rows, columns)
+        make(units)
+        made[form] = (units, count, shape)
         #if os(Linux)
         // Only whole pages inside the weight's bytes (a neighbour's could be in use).
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -153,10 +139,30 @@ final class PackedBF16: @unchecked Sendable {
 }
 
 extension WeightMatrix {
-    /// At `precision` bf16 (with `KernelPolicy.packsWeightsBF16`), this model weight packed once as
-    /// `role`; nil at f32, or for a matrix made for one call.
+    /// At `precision` bf16 (with `KernelPolicy.packsWeightsBF16`), this model weight (rows × columns)
+    /// packed once as `role`; nil at f32, or for a matrix made for one call.
     func packedBF16(_ ctx: ComputeContext, role: WeightRole, rows: Int, columns: Int) -> UnsafePointer<UInt32>? {
         guard ctx.policy.precision == .bf16, ctx.policy.packsWeightsBF16, let packs else { return nil }
-        return packs.units(of: self, role: role, rows: rows, columns: columns, ctx)
+        let count = Int(diffedit_bf16_packed_units(role.rawValue, rows, columns))
+        return packs.units(.matrix(role), shape: [rows, columns], count: count) { units in
+            // Whole panels (12 or 32 rows) per worker, widened to f32 in scratch first when 16-bit.
+            let panel = role == .left ? 12 : 32
+            let panels = (rows + panel - 1) / panel
+            let perPart = max(1, min(panels, ctx.policy.weightBlockFloats / max(1, panel * columns)))
+            let parts = (panels + perPart - 1) / perPart
+            let workers = min(ctx.threads, parts)
+            ctx.workspace.withScratch(workers * perPart * panel * columns) { scratch in
+                ctx.parallel(workers) { w in
+                    var part = w
+                    while part < parts {
+                        let r0 = part * perPart * panel, r1 = min(rows, r0 + perPart * panel)
+                        let block = scratch + w * perPart * panel * columns
+                        for r in r0..<r1 { widenRow(r, ld: columns, columns: 0..<columns, into: block + (r - r0) * columns) }
+                        diffedit_bf16_pack_weight(role.rawValue, block, columns, rows, columns, r0, r1, units)
+                        part += workers
+                    }
+                }
+            }
+        }
     }
 }

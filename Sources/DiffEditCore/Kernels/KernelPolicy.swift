@@ -39,10 +39,12 @@ public struct KernelPolicy: Sendable, Equatable {
     /// `Precision.requested` says, which is f32 unless a tool or the environment asked.
     public var precision: Precision = Precision.requested.effective
 
-    /// At `precision` bf16, whether a model's linear and convolution weights are packed into the
-    /// bf16 kernel's layout once, at their first product, and kept (`WeightMatrix.packedBF16`: as
-    /// many bytes as the 16-bit checkpoint) instead of being widened and packed again at every
-    /// product (`unet-bench --bf16-weights packed|per-product`). Same numbers either way.
+    /// At `precision` bf16, whether a model's linear and convolution weights (and F(4×4, 3×3)'s
+    /// transformed planes) are packed into the bf16 kernel's layout once, at their first product,
+    /// and kept (`WeightMatrix.packedBF16`, `Conv2D.packedWinograd4BF16`; the checkpoint's pages of
+    /// a packed weight are given back) instead of being widened and packed again at every product
+    /// (`unet-bench --bf16-weights packed|per-product`). Same numbers, but that products too small
+    /// for the bf16 kernel stay in f32 per product.
     public var packsWeightsBF16 = true
 
     // MARK: Attention

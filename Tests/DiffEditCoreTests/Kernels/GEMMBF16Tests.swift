@@ -203,7 +203,7 @@ final class GEMMBF16Tests: XCTestCase {
         }
         let want = linear(perProduct)
         XCTAssertEqual(linear(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "linear, packing made")
-        XCTAssertEqual(lin.storage.packs.roles, [.right], "the linear weight was packed, as B")
+        XCTAssertEqual(lin.storage.packs.forms, [.matrix(.right)], "the linear weight was packed, as B")
         XCTAssertEqual(linear(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "linear, packing kept")
         // Convolutions 48 → 40 channels on 2 images of 9 × 11.
         for kernel in [1, 3] {
@@ -222,9 +222,34 @@ final class GEMMBF16Tests: XCTestCase {
             }
             let want = run(perProduct)
             XCTAssertEqual(run(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "conv \(kernel)×\(kernel), packing made")
-            XCTAssertEqual(conv.storage.packs.roles, [.left], "the convolution weight was packed, as A")
+            XCTAssertEqual(conv.storage.packs.forms, [.matrix(.left)], "the convolution weight was packed, as A")
             XCTAssertEqual(run(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "conv \(kernel)×\(kernel), packing kept")
             XCTAssertFalse(want.contains { $0.isNaN })
         }
+        // F(4×4, 3×3): its 36 transformed planes packed once, against U built per product.
+        for ctx in [packedCtx, perProduct] { ctx.policy.useWinograd = true; ctx.policy.winograd4MinTiles = 64 }
+        // Both build U 24 rows at a time, two blocks (the transform's products by the BLAS may round
+        // a last bit differently for another block width, and a block under GEMMBF16.minimumWork
+        // would stay in f32 per product); the packed planes are then multiplied whole.
+        for ctx in [packedCtx, perProduct] { ctx.policy.winogradWeightBudget = 36 * 48 * 24 }
+        let conv = Parameter(shape: [40, 48, 3, 3], bits: .f16)
+        let cw = rng.array(40 * 48 * 9)
+        let ch = conv.storage.raw.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<cw.count { ch[i] = Float16(cw[i] / 8).bitPattern }
+        let (h, w) = (33, 35)
+        let img = rng.array(2 * 48 * h * w), cb = rng.array(40)
+        func winograd(_ ctx: ComputeContext) -> [Float] {
+            var out = [Float](repeating: 0, count: 2 * 40 * h * w)
+            img.withUnsafeBufferPointer { xp in cb.withUnsafeBufferPointer { bp in out.withUnsafeMutableBufferPointer { o in
+                Conv2D.forwardWinograd4(ctx, x: xp.baseAddress!, n: 2, c: 48, h: h, w: w, weight: conv.matrix, bias: bp.baseAddress!,
+                                        outChannels: 40, padding: .same(1), out: o.baseAddress!)
+            } } }
+            return out
+        }
+        let wantW = winograd(perProduct)
+        XCTAssertEqual(winograd(packedCtx).map(\.bitPattern), wantW.map(\.bitPattern), "F(4×4), planes packed")
+        XCTAssertEqual(conv.storage.packs.forms, [.winograd4], "the planes were packed")
+        XCTAssertEqual(winograd(packedCtx).map(\.bitPattern), wantW.map(\.bitPattern), "F(4×4), planes kept")
+        XCTAssertFalse(wantW.contains { $0.isNaN })
     }
 }
