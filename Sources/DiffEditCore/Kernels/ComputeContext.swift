@@ -74,7 +74,8 @@ public final class ComputeContext: @unchecked Sendable {
                          a: nil, lda: k, packedA: packed, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) {
             return
         }
-        gemm(threads: threads, transB: transB, m: m, n: n, k: k, alpha: alpha, a: w.values!, lda: w.ld, b: b, ldb: ldb,
+        guard let values = w.values else { fatalError("bf16 product: no memory for its packing buffers") }
+        gemm(threads: threads, transB: transB, m: m, n: n, k: k, alpha: alpha, a: values, lda: w.ld, b: b, ldb: ldb,
              beta: beta, c: c, ldc: ldc)
     }
 
@@ -88,8 +89,9 @@ public final class ComputeContext: @unchecked Sendable {
                          a: a, lda: lda, b: nil, ldb: k, packedB: packed, beta: beta, c: c, ldc: ldc) {
             return
         }
+        guard let values = w.values else { fatalError("bf16 product: no memory for its packing buffers") }
         gemm(threads: threads, transA: transA, transB: true, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-             b: w.values!, ldb: w.ld, beta: beta, c: c, ldc: ldc)
+             b: values, ldb: w.ld, beta: beta, c: c, ldc: ldc)
     }
 
     /// Runs body(i) for i in 0..<count on up to `threads` workers, each of which may call

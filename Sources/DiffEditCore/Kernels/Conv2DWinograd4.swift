@@ -171,7 +171,7 @@ public extension Conv2D {
                                              c: Int) -> (units: UnsafePointer<UInt32>, planeUnits: Int)? {
         guard ctx.policy.precision == .bf16, ctx.policy.packsWeightsBF16, let packs = weight.packs else { return nil }
         let planeUnits = Int(diffedit_bf16_packed_units(WeightRole.left.rawValue, o, c))
-        let units = packs.units(.winograd4, shape: [o, c], count: 36 * planeUnits) { units in
+        let units = packs.units(.winograd4, rows: o, columns: c, count: 36 * planeUnits) { units in
             let blockRows = max(12, ctx.policy.winogradWeightBudget / max(1, 36 * c) / 12 * 12)
             ctx.workspace.withScratch(36 * min(o, blockRows) * c) { u in
                 var r0 = 0

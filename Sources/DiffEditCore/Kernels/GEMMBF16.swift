@@ -99,7 +99,7 @@ final class PackedBF16: @unchecked Sendable {
     enum Form: Hashable { case matrix(WeightRole), winograd4 }
 
     private let lock = NSLock()
-    private var made: [Form: (units: UnsafeMutablePointer<UInt32>, count: Int, shape: [Int])] = [:]
+    private var made: [Form: (units: UnsafeMutablePointer<UInt32>, count: Int, rows: Int, columns: Int)] = [:]
     /// The weight's bytes in a checkpoint's read-only memory map, if it is read in place: once
     /// packed, their pages are given back (MADV_DONTNEED; a later read — an f32 product, another
     /// form — faults them in again from the file), so that peak memory holds the packing, not
@@ -113,19 +113,20 @@ final class PackedBF16: @unchecked Sendable {
     /// The forms packed so far.
     var forms: Set<Form> { lock.lock(); defer { lock.unlock() }; return Set(made.keys) }
 
-    /// The packing `form` of a weight of `shape`, made now by `make` (which fills `count` units)
-    /// if it is not yet.
-    func units(_ form: Form, shape: [Int], count: Int,
+    /// The packing `form` of a rows × columns weight, made now by `make` (which fills `count`
+    /// units) if it is not yet. (Called at every product: nothing here allocates once it is made.)
+    func units(_ form: Form, rows: Int, columns: Int, count: Int,
                make: (UnsafeMutablePointer<UInt32>) -> Void) -> UnsafePointer<UInt32> {
         lock.lock()
         defer { lock.unlock() }
         if let p = made[form] {
-            precondition(p.shape == shape && p.count == count, "a weight packed as \(p.shape) is used as \(shape)")
+            precondition(p.rows == rows && p.columns == columns && p.count == count,
+                         "a weight packed as \(p.rows)×\(p.columns) is used as \(rows)×\(columns)")
             return UnsafePointer(p.units)
         }
         let units = UnsafeMutablePointer<UInt32>.allocate(capacity: count)
         make(units)
-        made[form] = (units, count, shape)
+        made[form] = (units, count, rows, columns)
         #if os(Linux)
         // Only whole pages inside the weight's bytes (a neighbour's could be in use).
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -144,7 +145,7 @@ extension WeightMatrix {
     func packedBF16(_ ctx: ComputeContext, role: WeightRole, rows: Int, columns: Int) -> UnsafePointer<UInt32>? {
         guard ctx.policy.precision == .bf16, ctx.policy.packsWeightsBF16, let packs else { return nil }
         let count = Int(diffedit_bf16_packed_units(role.rawValue, rows, columns))
-        return packs.units(.matrix(role), shape: [rows, columns], count: count) { units in
+        return packs.units(.matrix(role), rows: rows, columns: columns, count: count) { units in
             // Whole panels (12 or 32 rows) per worker, widened to f32 in scratch first when 16-bit.
             let panel = role == .left ? 12 : 32
             let panels = (rows + panel - 1) / panel
