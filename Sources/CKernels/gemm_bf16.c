@@ -95,12 +95,16 @@ static void pack(const float *x, size_t js, size_t ks, size_t rows, size_t kc, s
 }
 
 /* The tile's result (times alpha, on the first K block; later blocks add alpha·tile too) written
- * into C: mode 0 stores, 1 adds, 2 adds beta·C. */
+ * into C: mode 0 stores, 1 adds, 2 adds beta·C. On the first K block a bias is added too, per
+ * row (brow[i]) or per column (bcol[j]) of the tile, NULL for none: one addition, the one the
+ * caller's writing the bias into C before a beta-1 product would make. */
 static inline void merge(const float *t, size_t mr, size_t nr, float *c, size_t ldc, int mode, float alpha,
-                         float beta) {
+                         float beta, const float *brow, const float *bcol) {
     for (size_t i = 0; i < mr; i++)
         for (size_t j = 0; j < nr; j++) {
             float *d = c + i * ldc + j, v = alpha * t[i * NR + j];
+            if (brow) v += brow[i];
+            if (bcol) v += bcol[j];
             *d = mode == 0 ? v : mode == 1 ? *d + v : beta * *d + v;
         }
 }
@@ -125,7 +129,8 @@ static void tile_scalar(size_t kp, const uint32_t *ap, size_t ars, size_t aps, c
 #define BF16_TILE(NAME, ARS, APS)                                                                  \
 __attribute__((target("avx512f,avx512bf16")))                                                      \
 static void NAME(size_t kp, const uint32_t *ap, size_t ars, const uint32_t *bp, float *c,          \
-                 size_t ldc, size_t mr, size_t nr, int mode, float alpha, float beta) {            \
+                 size_t ldc, size_t mr, size_t nr, int mode, float alpha, float beta,              \
+                 const float *brow, const float *bcol) {                                           \
     __m512 acc[MR][2];                                                                             \
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();                      \
     for (size_t p = 0; p < kp; p++) {                                                              \
@@ -144,6 +149,8 @@ static void NAME(size_t kp, const uint32_t *ap, size_t ars, const uint32_t *bp, 
             float *d = c + r * ldc;                                                                \
             for (int h = 0; h < 2; h++) {                                                          \
                 __m512 v = alpha == 1 ? acc[r][h] : _mm512_mul_ps(va, acc[r][h]);                  \
+                if (brow) v = _mm512_add_ps(v, _mm512_set1_ps(brow[r]));                           \
+                if (bcol) v = _mm512_add_ps(v, _mm512_loadu_ps(bcol + 16 * h));                    \
                 if (mode == 1) v = _mm512_add_ps(v, _mm512_loadu_ps(d + 16 * h));                  \
                 else if (mode == 2) v = _mm512_fmadd_ps(vb, _mm512_loadu_ps(d + 16 * h), v);       \
                 _mm512_storeu_ps(d + 16 * h, v);                                                   \
@@ -156,7 +163,7 @@ static void NAME(size_t kp, const uint32_t *ap, size_t ars, const uint32_t *bp, 
         _mm512_storeu_ps(t + r * NR, acc[r][0]);                                                   \
         _mm512_storeu_ps(t + r * NR + 16, acc[r][1]);                                              \
     }                                                                                              \
-    merge(t, mr, nr, c, ldc, mode, alpha, beta);                                                   \
+    merge(t, mr, nr, c, ldc, mode, alpha, beta, brow, bcol);                                       \
 }
 BF16_TILE(tile_avx512bf16, 1, MR)
 BF16_TILE(tile_avx512bf16_rows, ars, 1)
@@ -193,16 +200,21 @@ void diffedit_bf16_pack_weight(int role, const float *w, size_t ldw, size_t rows
 
 int diffedit_gemm_bf16(size_t m, size_t n, size_t k, float alpha, const float *a, size_t ars, size_t acs,
                        const float *b, size_t brs, size_t bcs, float beta, float *c, size_t ldc, int emulate) {
-    return diffedit_gemm_bf16_packed(m, n, k, alpha, a, ars, acs, NULL, b, brs, bcs, NULL, beta, c, ldc, emulate);
+    return diffedit_gemm_bf16_packed(m, n, k, alpha, a, ars, acs, NULL, b, brs, bcs, NULL, beta, c, ldc, NULL, 0,
+                                     emulate);
 }
 
 int diffedit_gemm_bf16_packed(size_t m, size_t n, size_t k, float alpha, const float *a, size_t ars, size_t acs,
                               const uint32_t *pa, const float *b, size_t brs, size_t bcs, const uint32_t *pb,
-                              float beta, float *c, size_t ldc, int emulate) {
+                              float beta, float *c, size_t ldc, const float *bias, int bias_per_column,
+                              int emulate) {
     if (m == 0 || n == 0) return 0;
     if (k == 0) {
         for (size_t i = 0; i < m; i++)
-            for (size_t j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+            for (size_t j = 0; j < n; j++) {
+                float v = beta == 0 ? 0 : beta * c[i * ldc + j];
+                c[i * ldc + j] = bias ? v + bias[bias_per_column ? j : i] : v;
+            }
         return 0;
     }
     int fast = !emulate && diffedit_has_avx512bf16();
@@ -235,15 +247,19 @@ int diffedit_gemm_bf16_packed(size_t m, size_t n, size_t k, float alpha, const f
                         size_t mr = mc - ir < MR ? mc - ir : MR;
                         const uint32_t *ap = by_rows ? ablock + ir * arow : ablock + (ir / MR) * kp * MR;
                         float *cp = c + (ic + ir) * ldc + jc + jr;
+                        /* The bias with the first K block only. */
+                        const float *brow = bias && pc == 0 && !bias_per_column ? bias + ic + ir : NULL;
+                        const float *bcol = bias && pc == 0 && bias_per_column ? bias + jc + jr : NULL;
 #if defined(__x86_64__)
                         if (fast) {
-                            if (by_rows) tile_avx512bf16_rows(kp, ap, arow, bp, cp, ldc, mr, nr, mode, alpha, beta);
-                            else tile_avx512bf16(kp, ap, 0, bp, cp, ldc, mr, nr, mode, alpha, beta);
+                            if (by_rows)
+                                tile_avx512bf16_rows(kp, ap, arow, bp, cp, ldc, mr, nr, mode, alpha, beta, brow, bcol);
+                            else tile_avx512bf16(kp, ap, 0, bp, cp, ldc, mr, nr, mode, alpha, beta, brow, bcol);
                             continue;
                         }
 #endif
                         tile_scalar(kp, ap, by_rows ? arow : 1, by_rows ? 1 : MR, bp, t);
-                        merge(t, mr, nr, cp, ldc, mode, alpha, beta);
+                        merge(t, mr, nr, cp, ldc, mode, alpha, beta, brow, bcol);
                     }
                 }
             }

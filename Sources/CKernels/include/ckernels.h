@@ -57,9 +57,13 @@ int diffedit_gemm_bf16(size_t m, size_t n, size_t k, float alpha, const float *a
 /// pair units, rows padded to a multiple of 12; a packed B (role 1) is the n × k matrix W with
 /// B(l, j) = W(j, l) in panels of 32 rows. Pointers into a packed weight start at a row that is a
 /// multiple of its panel (12 for A, 32 for B), so that threads can split the rows or columns.
+/// `bias` (NULL: none) is added to every row's element i (bias_per_column 0: bias[i] for row i)
+/// or column's (1: bias[j] for column j): C = alpha·A·B + bias + beta·C, one addition per
+/// element, as writing the bias into C and multiplying with beta 1 would add it.
 int diffedit_gemm_bf16_packed(size_t m, size_t n, size_t k, float alpha, const float *a, size_t ars, size_t acs,
                               const uint32_t *pa, const float *b, size_t brs, size_t bcs, const uint32_t *pb,
-                              float beta, float *c, size_t ldc, int emulate);
+                              float beta, float *c, size_t ldc, const float *bias, int bias_per_column,
+                              int emulate);
 
 /// 32-bit units of a rows × k weight packed as `role` (0: the left operand A; 1: the right one, transposed).
 size_t diffedit_bf16_packed_units(int role, size_t rows, size_t k);

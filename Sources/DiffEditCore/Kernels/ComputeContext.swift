@@ -71,7 +71,8 @@ public final class ComputeContext: @unchecked Sendable {
               b: UnsafePointer<Float>, ldb: Int, beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
         if let packed = w.packed,
            GEMMBF16.gemm(threads: threads ?? self.threads, transA: false, transB: transB, m: m, n: n, k: k, alpha: alpha,
-                         a: nil, lda: k, packedA: packed, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) {
+                         a: nil, lda: k, packedA: packed, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                         bias: w.bias.map { Bias(values: $0, perColumn: false) }) {
             return
         }
         guard let values = w.values else { fatalError("bf16 product: no memory for its packing buffers") }
@@ -86,7 +87,8 @@ public final class ComputeContext: @unchecked Sendable {
               c: UnsafeMutablePointer<Float>, ldc: Int) {
         if let packed = w.packed,
            GEMMBF16.gemm(threads: threads ?? self.threads, transA: transA, transB: true, m: m, n: n, k: k, alpha: alpha,
-                         a: a, lda: lda, b: nil, ldb: k, packedB: packed, beta: beta, c: c, ldc: ldc) {
+                         a: a, lda: lda, b: nil, ldb: k, packedB: packed, beta: beta, c: c, ldc: ldc,
+                         bias: w.bias.map { Bias(values: $0, perColumn: true) }) {
             return
         }
         guard let values = w.values else { fatalError("bf16 product: no memory for its packing buffers") }

@@ -21,9 +21,9 @@ public enum Conv2D {
     /// 3×3 stride-1 convolutions take F(4×4, 3×3) where it pays (`prefersWinograd4`: 64 tiles and
     /// 24 input channels, so in SD every 3×3 convolution of the UNet at 32×32 and above at batch
     /// ≥ 1, at 16×16 from batch 4, but conv_in; and the VAE decoder's but conv_in); the others
-    /// with a spatial kernel take whole
-    /// small images (`smallImagePixels`), F(2×2, 3×3) when the policy asks for it and it pays,
-    /// else bands; 1×1 and strided ones take im2col.
+    /// with a spatial kernel, strided ones too, take whole small images (`smallImagePixels`: the
+    /// downsampler to 4×4 at a 32² latent read its weight twice, per image, as bands), F(2×2, 3×3)
+    /// when the policy asks for it and it pays, else bands; 1×1 ones a product per image.
     static func forward(_ ctx: ComputeContext, x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int,
                         weight: WeightMatrix, bias: UnsafePointer<Float>?, outChannels o: Int, kernel: Int,
                         stride: Int, padding: Padding, out: UnsafeMutablePointer<Float>) {
@@ -36,10 +36,10 @@ public enum Conv2D {
                 forwardWinograd4(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
                                  padding: padding, out: out)
             }
-        } else if spatial && oh * ow <= policy.smallImagePixels {
-            ctx.measure("conv small \(h)x\(w) \(c)->\(o)") {
+        } else if kernel > 1 && oh * ow <= policy.smallImagePixels {
+            ctx.measure("conv small \(stride > 1 ? "\(kernel)x\(kernel)/\(stride) " : "")\(h)x\(w) \(c)->\(o)") {
                 forwardSmall(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
-                             kernel: (kernel, kernel), padding: padding, out: out)
+                             kernel: (kernel, kernel), stride: stride, padding: padding, out: out)
             }
         } else if spatial && kernel == 3 && policy.useWinograd && prefersWinograd(inChannels: c, outChannels: o) {
             ctx.measure("conv winograd \(h)x\(w) \(c)->\(o)") {
@@ -47,7 +47,9 @@ public enum Conv2D {
                                 padding: padding, out: out)
             }
         } else {
-            ctx.measure(spatial ? "conv bands \(h)x\(w) \(c)->\(o)" : "conv im2col") {
+            ctx.measure(spatial ? "conv bands \(h)x\(w) \(c)->\(o)"
+                        : kernel == 1 && stride == 1 ? "conv 1x1 \(h)x\(w) \(c)->\(o)"
+                        : "conv im2col \(kernel)x\(kernel)/\(stride) \(h)x\(w) \(c)->\(o)") {
                 forwardIm2col(ctx, x: x, n: n, c: c, h: h, w: w, weight: weight, bias: bias, outChannels: o,
                               kernel: (kernel, kernel), stride: stride, padding: padding, out: out)
             }

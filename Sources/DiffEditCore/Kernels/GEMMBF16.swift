@@ -51,11 +51,11 @@ enum GEMMBF16 {
 
     /// false when the packing buffers could not be allocated (the caller then runs the f32 BLAS).
     /// A weight packed once (`PackedBF16`) may stand for A (`packedA`) or B (`packedB`); the
-    /// matching `a` or `b` is then not read.
+    /// matching `a` or `b` is then not read. `bias` is added in the kernel's epilogue (`Bias`).
     static func gemm(threads: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                      a: UnsafePointer<Float>?, lda: Int, packedA: UnsafePointer<UInt32>? = nil,
                      b: UnsafePointer<Float>?, ldb: Int, packedB: UnsafePointer<UInt32>? = nil, beta: Float,
-                     c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
+                     c: UnsafeMutablePointer<Float>, ldc: Int, bias: Bias? = nil) -> Bool {
         // A(i, l) and B(l, j) as strides: a transpose swaps them.
         let (ars, acs) = transA ? (1, lda) : (lda, 1)
         let (brs, bcs) = transB ? (1, ldb) : (ldb, 1)
@@ -65,7 +65,9 @@ enum GEMMBF16 {
                                       packedA.map { $0 + rows.lowerBound * units },
                                       b.map { $0 + cols.lowerBound * bcs }, brs, bcs,
                                       packedB.map { $0 + cols.lowerBound * units }, beta,
-                                      c + rows.lowerBound * ldc + cols.lowerBound, ldc, 0)
+                                      c + rows.lowerBound * ldc + cols.lowerBound, ldc,
+                                      bias.map { $0.values + ($0.perColumn ? cols.lowerBound : rows.lowerBound) },
+                                      bias?.perColumn == true ? 1 : 0, 0)
         }
         // Work split in multiples of the kernel's register tile (12 rows × 32 columns), which
         // are the panels of packed weights too.
@@ -83,6 +85,14 @@ enum GEMMBF16 {
             return statuses.allSatisfy { $0 == 0 }
         }
     }
+}
+
+/// A bias the bf16 kernel adds as it writes C (one addition per element, where writing it into C
+/// first and multiplying with beta 1 would make the same one, and a pass over C): `values[i]` on
+/// row i of C, or with `perColumn` `values[j]` on column j.
+struct Bias {
+    let values: UnsafePointer<Float>
+    let perColumn: Bool
 }
 
 /// Which operand of its products a weight is: `left`, A = W (rows: output channels; convolutions,

@@ -19,6 +19,17 @@ enum ProductStart {
     /// plane when there is one: a product written back to NCHW with a skip connection.
     case residual(UnsafePointer<Float>, bias: UnsafePointer<Float>?, images: Int, plane: Int)
 
+    /// The bias alone, when this start is just a bias on the output channels of a product by a
+    /// weight in `role` — per column of C for `right` (rows of tokens), per row of C for `left`
+    /// (channel planes, each product one image's or band's planes) — which the bf16 kernel can
+    /// add as it writes C; nil for any other start.
+    func biasPerChannel(_ role: WeightRole) -> UnsafePointer<Float>? {
+        switch (self, role) {
+        case let (.biasRows(bias, _, _), .right), let (.biasPlanes(bias, _, _, _), .left): return bias
+        default: return nil
+        }
+    }
+
     /// Writes the start into `out` (`channels`: the product's output channels, the weight's
     /// rows); returns whether anything was written for the GEMMs to add to.
     func write(_ ctx: ComputeContext, channels: Int, into out: UnsafeMutablePointer<Float>) -> Bool {
@@ -48,11 +59,14 @@ enum ProductStart {
 }
 
 /// A weight as one product reads it: a block of its columns widened to f32 (`values`, row stride
-/// `ld`), or the whole weight packed once for bf16 (`packed`, `WeightMatrix.packedBF16`).
+/// `ld`), or the whole weight packed once for bf16 (`packed`, `WeightMatrix.packedBF16`), then
+/// with the product's bias (`bias`: per output channel, the weight's rows) when the kernel adds it
+/// as it writes C instead of the start writing it first.
 struct WeightBlock {
     let values: UnsafePointer<Float>?
     let ld: Int
     let packed: UnsafePointer<UInt32>?
+    var bias: UnsafePointer<Float>? = nil
 }
 
 extension WeightMatrix {
@@ -60,16 +74,21 @@ extension WeightMatrix {
     /// blocks of `columnBlocks`: writes `start` into `out`, then calls `gemm(k, block, beta)` per
     /// block with the beta that sums the blocks onto it — 0 only for the first block when the
     /// start is empty, 1 for every other. At bf16 with the weight packed once, one call with all
-    /// of K and the packing.
+    /// of K and the packing; a bias start is then left to the kernel (`WeightBlock.bias`).
     @inline(__always)
     func accumulate(_ ctx: ComputeContext, rows: Int, columns: Int, into out: UnsafeMutablePointer<Float>,
                     onto start: ProductStart, as role: WeightRole,
                     _ gemm: (_ k: Range<Int>, _ block: WeightBlock, _ beta: Float) -> Void) {
-        let written = start.write(ctx, channels: rows, into: out)
         if let packed = packedBF16(ctx, role: role, rows: rows, columns: columns) {
+            if let bias = start.biasPerChannel(role) {
+                gemm(0..<columns, WeightBlock(values: nil, ld: columns, packed: packed, bias: bias), 0)
+                return
+            }
+            let written = start.write(ctx, channels: rows, into: out)
             gemm(0..<columns, WeightBlock(values: nil, ld: columns, packed: packed), written ? 1 : 0)
             return
         }
+        let written = start.write(ctx, channels: rows, into: out)
         columnBlocks(ctx, rows: rows, ld: columns, columns: 0..<columns) { k, block, ldBlock in
             gemm(k, WeightBlock(values: block, ld: ldBlock, packed: nil), written || k.lowerBound > 0 ? 1 : 0)
         }

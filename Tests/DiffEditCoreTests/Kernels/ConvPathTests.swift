@@ -165,6 +165,48 @@ final class ConvPathTests: XCTestCase {
         print("conv paths against torch: \(runs) runs, worst abs error \(worst)")
     }
 
+    /// Strided convolutions of small images (SD's downsamplers: 3×3 stride 2, padding 1 in the
+    /// UNet, (0, 1, 0, 1) in the VAE encoder) take whole small images too: the same numbers as
+    /// unfolded bands of rows and a float64 direct convolution, with weights in f32 and f16, on
+    /// batches with odd sizes.
+    func testStridedSmallImagesMatchBands() {
+        var rng = KernelTests.Lcg(state: 41)
+        for (n, c, o, h, w, pad) in [(2, 24, 20, 9, 7, Conv2D.Padding.same(1)), (3, 16, 8, 8, 8, Conv2D.Padding(top: 0, bottom: 1, left: 0, right: 1)),
+                                     (1, 5, 70, 5, 6, Conv2D.Padding.same(1))] {
+            let x = rng.array(n * c * h * w), wf = rng.array(o * c * 9), bias = rng.array(o)
+            let half = Parameter(shape: [o, c, 3, 3], bits: .f16)
+            let hp = half.storage.raw.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<wf.count { hp[i] = Float16(wf[i]).bitPattern }
+            let (oh, ow) = Conv2D.outputSize(h: h, w: w, kernel: (3, 3), stride: 2, padding: pad)
+            for sixteen in [false, true] {
+                let used = sixteen ? wf.map { Float(Float16($0)) } : wf
+                let want = KernelTests.naiveConv(Tensor(shape: [n, c, h, w], data: x), weight: used, bias: bias, outC: o,
+                                                 k: (3, 3), stride: 2, pad: pad).data
+                var outs: [[Float]] = []
+                for small in [true, false] {
+                    var p = KernelPolicy()
+                    if !small { p.smallImagePixels = 0 }
+                    let ctx = ComputeContext(threads: 2, policy: p)
+                    ctx.profiler = Profiler()
+                    var out = [Float](repeating: .nan, count: n * o * oh * ow)
+                    x.withUnsafeBufferPointer { xp in wf.withUnsafeBufferPointer { wp in bias.withUnsafeBufferPointer { bp in
+                        Conv2D.forward(ctx, x: xp.baseAddress!, n: n, c: c, h: h, w: w,
+                                       weight: sixteen ? half.matrix : WeightMatrix(f32: wp.baseAddress!), bias: bp.baseAddress!,
+                                       outChannels: o, kernel: 3, stride: 2, padding: pad, out: &out)
+                    } } }
+                    let path = ctx.profiler!.report().map(\.name)
+                    XCTAssertEqual(path, [small ? "conv small 3x3/2 \(h)x\(w) \(c)->\(o)" : "conv im2col 3x3/2 \(h)x\(w) \(c)->\(o)"])
+                    outs.append(out)
+                }
+                for (out, path) in zip(outs, ["small", "bands"]) {
+                    XCTAssertEqual(out.count, want.count)
+                    let worst = zip(out, want).map { abs($0 - $1) }.max()!
+                    XCTAssertLessThan(worst, 2e-5, "stride 2 \(path) \(n)×\(c)→\(o) \(h)×\(w) f16 \(sixteen)")
+                }
+            }
+        }
+    }
+
     /// Which method the dispatcher picks, at the edges of the policy's rules: whole small images
     /// up to `smallImagePixels` output pixels (1024 = 32×32), Winograd for 3×3 stride-1 only when
     /// 2·C·O ≥ 160·(C + O) (160 → 160 yes, 159 → 159 or 160 → 80 no) and `useWinograd`; 1×1 and
@@ -197,8 +239,8 @@ final class ConvPathTests: XCTestCase {
         XCTAssertEqual(path(c: 240, o: 120, h: 4, w: 5) { $0.smallImagePixels = 0 }, ["conv winograd 4x5 240->120"])
         XCTAssertEqual(path(c: 160, o: 160, h: 4, w: 5) { $0.smallImagePixels = 0; $0.useWinograd = false }, ["conv bands 4x5 160->160"])
         XCTAssertEqual(path(c: 160, o: 160, h: 4, w: 5), ["conv small 4x5 160->160"])
-        XCTAssertEqual(path(c: 160, o: 160, h: 8, w: 8, stride: 2) { $0.smallImagePixels = 0 }, ["conv im2col"])
-        XCTAssertEqual(path(c: 160, o: 160, h: 8, w: 8, kernel: 1) { $0.smallImagePixels = 0 }, ["conv im2col"])
-        XCTAssertEqual(path(c: 4, o: 4, h: 8, w: 8, kernel: 1), ["conv im2col"])
+        XCTAssertEqual(path(c: 160, o: 160, h: 8, w: 8, stride: 2) { $0.smallImagePixels = 0 }, ["conv im2col 3x3/2 8x8 160->160"])
+        XCTAssertEqual(path(c: 160, o: 160, h: 8, w: 8, kernel: 1) { $0.smallImagePixels = 0 }, ["conv 1x1 8x8 160->160"])
+        XCTAssertEqual(path(c: 4, o: 4, h: 8, w: 8, kernel: 1), ["conv 1x1 8x8 4->4"])
     }
 }

@@ -136,14 +136,21 @@ final class GEMMBF16Tests: XCTestCase {
                 }
                 var want = c0, got = c0
                 XCTAssertEqual(diffedit_gemm_bf16(m, n, k, 1, x, k, 1, w, 1, k, 0.5, &want, n, emulate), 0)
-                XCTAssertEqual(diffedit_gemm_bf16_packed(m, n, k, 1, x, k, 1, nil, nil, 1, k, pb, 0.5, &got, n, emulate), 0)
+                XCTAssertEqual(diffedit_gemm_bf16_packed(m, n, k, 1, x, k, 1, nil, nil, 1, k, pb, 0.5, &got, n, nil, 0, emulate), 0)
                 XCTAssertEqual(got.map(\.bitPattern), want.map(\.bitPattern), "packed B \(m)×\(n)×\(k) emulate \(emulate)")
+                // A bias per column added by the kernel: the bits of the bias written into C and a
+                // beta-1 product (over K blocks too, k = 513 and 800).
+                let bc = rng.array(n)
+                var wantBias = (0..<(m * n)).map { bc[$0 % n] }, gotBias = c0
+                XCTAssertEqual(diffedit_gemm_bf16(m, n, k, 1, x, k, 1, w, 1, k, 1, &wantBias, n, emulate), 0)
+                XCTAssertEqual(diffedit_gemm_bf16_packed(m, n, k, 1, x, k, 1, nil, nil, 1, k, pb, 0, &gotBias, n, bc, 1, emulate), 0)
+                XCTAssertEqual(gotBias.map(\.bitPattern), wantBias.map(\.bitPattern), "packed B with bias \(m)×\(n)×\(k) emulate \(emulate)")
                 if n > 32 {  // the columns from 32 on, as a second worker computes them
                     var part = c0
                     pb.withUnsafeBufferPointer { p in
                         part.withUnsafeMutableBufferPointer { c in
                             XCTAssertEqual(diffedit_gemm_bf16_packed(m, n - 32, k, 1, x, k, 1, nil, nil, 1, k, p.baseAddress! + 32 * units,
-                                                                     0.5, c.baseAddress! + 32, n, emulate), 0)
+                                                                     0.5, c.baseAddress! + 32, n, nil, 0, emulate), 0)
                         }
                     }
                     for i in 0..<m { for j in 32..<n { XCTAssertEqual(part[i * n + j].bitPattern, want[i * n + j].bitPattern) } }
@@ -158,14 +165,20 @@ final class GEMMBF16Tests: XCTestCase {
                 }
                 var want2 = c0, got2 = c0
                 XCTAssertEqual(diffedit_gemm_bf16(m, n, k, 0.25, x, k, 1, y, n, 1, 0, &want2, n, emulate), 0)
-                XCTAssertEqual(diffedit_gemm_bf16_packed(m, n, k, 0.25, nil, k, 1, pa, y, n, 1, nil, 0, &got2, n, emulate), 0)
+                XCTAssertEqual(diffedit_gemm_bf16_packed(m, n, k, 0.25, nil, k, 1, pa, y, n, 1, nil, 0, &got2, n, nil, 0, emulate), 0)
                 XCTAssertEqual(got2.map(\.bitPattern), want2.map(\.bitPattern), "packed A \(m)×\(n)×\(k) emulate \(emulate)")
+                // A bias per row (an output channel of a convolution), with alpha ≠ 1.
+                let br = rng.array(m)
+                var wantRows = (0..<(m * n)).map { br[$0 / n] }, gotRows = c0
+                XCTAssertEqual(diffedit_gemm_bf16(m, n, k, 0.25, x, k, 1, y, n, 1, 1, &wantRows, n, emulate), 0)
+                XCTAssertEqual(diffedit_gemm_bf16_packed(m, n, k, 0.25, nil, k, 1, pa, y, n, 1, nil, 0, &gotRows, n, br, 0, emulate), 0)
+                XCTAssertEqual(gotRows.map(\.bitPattern), wantRows.map(\.bitPattern), "packed A with bias \(m)×\(n)×\(k) emulate \(emulate)")
                 if m > 12 {
                     var part = c0
                     pa.withUnsafeBufferPointer { p in
                         part.withUnsafeMutableBufferPointer { c in
                             XCTAssertEqual(diffedit_gemm_bf16_packed(m - 12, n, k, 0.25, nil, k, 1, p.baseAddress! + 12 * units, y, n, 1, nil,
-                                                                     0, c.baseAddress! + 12 * n, n, emulate), 0)
+                                                                     0, c.baseAddress! + 12 * n, n, nil, 0, emulate), 0)
                         }
                     }
                     for i in 12..<m { for j in 0..<n { XCTAssertEqual(part[i * n + j].bitPattern, want2[i * n + j].bitPattern) } }
