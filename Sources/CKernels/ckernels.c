@@ -221,21 +221,38 @@ void diffedit_exp_rows(float *p, size_t rows, size_t n, size_t stride, float *su
     exp_rows_vectors(p, rows, n, stride, sums);
 }
 
+/* h · gelu(g), torch's exact (erf) GELU: the one expression of both GEGLU kernels below. */
+#define vgeglu(h_, g_) ({                                                                          \
+    vf gv_ = (g_);                                                                                 \
+    (h_) * (gv_ * vsplat(0.5f) * (vsplat(1.0f) + verf(gv_ * vsplat(0.70710678118654752f))));       \
+})
+
 CLONES
 void diffedit_geglu(const float *x, size_t rows, size_t d, float *out) {
-    const vf half = vsplat(0.5f), one = vsplat(1.0f), rsqrt2 = vsplat(0.70710678118654752f);
     for (size_t r = 0; r < rows; r++) {
         const float *h = x + r * 2 * d, *g = h + d;
         float *o = out + r * d;
         size_t i = 0;
+        for (; i + VL <= d; i += VL) vstore(o + i, vgeglu(vload(h + i), vload(g + i)));
+        for (; i < d; i++) o[i] = vgeglu(vsplat(h[i]), vsplat(g[i]))[0];
+    }
+}
+
+CLONES
+void diffedit_geglu_bias(const float *t, size_t ldt, size_t rows, size_t d, const float *bias_h, const float *bias_g,
+                         float *out, size_t ldo) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *h = t + r * ldt, *g = h + d;
+        float *o = out + r * ldo;
+        size_t i = 0;
         for (; i + VL <= d; i += VL) {
-            vf gv = vload(g + i);
-            vstore(o + i, vload(h + i) * (gv * half * (one + verf(gv * rsqrt2))));
+            vf hv = vload(h + i), gv = vload(g + i);
+            if (bias_h) hv += vload(bias_h + i);
+            if (bias_g) gv += vload(bias_g + i);
+            vstore(o + i, vgeglu(hv, gv));
         }
-        for (; i < d; i++) {
-            float gv = g[i];
-            o[i] = h[i] * (gv * 0.5f * (1.0f + verf(vsplat(gv * 0.70710678118654752f))[0]));
-        }
+        for (; i < d; i++)
+            o[i] = vgeglu(vsplat(h[i] + (bias_h ? bias_h[i] : 0)), vsplat(g[i] + (bias_g ? bias_g[i] : 0)))[0];
     }
 }
 

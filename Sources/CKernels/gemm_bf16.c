@@ -267,3 +267,52 @@ int diffedit_gemm_bf16_packed(size_t m, size_t n, size_t k, float alpha, const f
     }
     return 0;
 }
+
+/* Each register tile of 12 rows × one panel (16 value and 16 gate columns) runs over K in the
+ * blocks of diffedit_gemm_bf16_packed, summed in an f32 tile that rounds as that C does, bias
+ * with the first block; then value · gelu(gate) into C. A is packed for the whole of K, once per
+ * block of MC rows. */
+int diffedit_gemm_bf16_geglu(size_t m, size_t n, size_t k, const float *a, size_t ars, size_t acs, const uint32_t *pb,
+                             float *c, size_t ldc, const float *bias_h, const float *bias_g, int emulate) {
+    if (n % NR != 0 || !pb) return -1;
+    if (m == 0 || n == 0) return 0;
+    int fast = !emulate && diffedit_has_avx512bf16();
+    size_t kFull = (k + 1) / 2, mcMax = m < MC ? m : MC;
+    if (k > 0 && !reserve(&packA, &capA, kFull * ((mcMax + MR - 1) / MR) * MR)) return -1;
+    int by_rows = acs == 1, biased = bias_h || bias_g;
+    float t[MR * NR], u[MR * NR], bias[NR];
+    for (size_t ic = 0; ic < m; ic += MC) {
+        size_t mc = m - ic < MC ? m - ic : MC;
+        if (k > 0) pack(a + ic * ars, ars, acs, mc, k, MR, by_rows, packA);
+        for (size_t jr = 0; jr < n; jr += NR) {
+            const uint32_t *panel = pb + jr / NR * kFull * NR;
+            size_t q = jr / 2;
+            for (size_t x = 0; x < NR / 2; x++) {
+                bias[x] = bias_h ? bias_h[q + x] : 0;
+                bias[NR / 2 + x] = bias_g ? bias_g[q + x] : 0;
+            }
+            for (size_t ir = 0; ir < mc; ir += MR) {
+                size_t mr = mc - ir < MR ? mc - ir : MR;
+                const uint32_t *ap = by_rows ? packA + ir * kFull : packA + (ir / MR) * kFull * MR;
+                if (k == 0)
+                    for (size_t i = 0; i < MR * NR; i++) t[i] = biased ? bias[i % NR] : 0;
+                for (size_t pc = 0; pc < k; pc += KC) {
+                    size_t kp = ((k - pc < KC ? k - pc : KC) + 1) / 2;
+                    const uint32_t *apk = by_rows ? ap + pc / 2 : ap + pc / 2 * MR, *bpk = panel + pc / 2 * NR;
+                    const float *bcol = pc == 0 && biased ? bias : NULL;
+#if defined(__x86_64__)
+                    if (fast) {
+                        if (by_rows) tile_avx512bf16_rows(kp, apk, kFull, bpk, t, NR, mr, NR, pc > 0, 1, 0, NULL, bcol);
+                        else tile_avx512bf16(kp, apk, 0, bpk, t, NR, mr, NR, pc > 0, 1, 0, NULL, bcol);
+                        continue;
+                    }
+#endif
+                    tile_scalar(kp, apk, by_rows ? kFull : 1, by_rows ? 1 : MR, bpk, u);
+                    merge(u, mr, NR, t, NR, pc > 0, 1, 0, NULL, bcol);
+                }
+                diffedit_geglu_bias(t, NR, mr, NR / 2, NULL, NULL, c + (ic + ir) * ldc + q, ldc);
+            }
+        }
+    }
+    return 0;
+}

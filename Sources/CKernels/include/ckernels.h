@@ -27,6 +27,11 @@ void diffedit_exp_rows(float *p, size_t rows, size_t n, size_t stride, float *su
 
 /// out[r][i] = h[r][i] · gelu(g[r][i]) where input row r is [h (d) | g (d)] (GEGLU, exact GELU).
 void diffedit_geglu(const float *x, size_t rows, size_t d, float *out);
+/// diffedit_geglu of rows [h (d) | g (d)] at t + r·ldt with biases added first (NULL: none):
+/// out[r·ldo + i] = (h + bias_h[i]) · gelu(g + bias_g[i]), the arithmetic of a product written
+/// with its bias and then diffedit_geglu (the epilogue of diffedit_gemm_bf16_geglu).
+void diffedit_geglu_bias(const float *t, size_t ldt, size_t rows, size_t d, const float *bias_h, const float *bias_g,
+                         float *out, size_t ldo);
 
 /// x[i] = x[i] · σ(x[i]) in place.
 void diffedit_silu(float *x, size_t n);
@@ -64,6 +69,16 @@ int diffedit_gemm_bf16_packed(size_t m, size_t n, size_t k, float alpha, const f
                               const uint32_t *pa, const float *b, size_t brs, size_t bcs, const uint32_t *pb,
                               float beta, float *c, size_t ldc, const float *bias, int bias_per_column,
                               int emulate);
+
+/// GEGLU's first product and its gate at once (the feed-forward of SD's transformer blocks):
+/// C = X·W'ᵀ with W' (n × k, n a multiple of 32) packed as a B weight (role 1) whose panels of 32
+/// rows hold 16 rows of the value half of the layer's weight and their 16 rows of the gate half
+/// (panel q: value rows 16q…16q+15, gate rows d + 16q…), then out[i·ldc + 16q + x] =
+/// (C(i, 32q + x) + bias_h[16q + x]) · gelu(C(i, 32q + 16 + x) + bias_g[16q + x]): n/2 columns,
+/// never the n-wide product. K is one block (the gate needs whole sums). Returns as
+/// diffedit_gemm_bf16.
+int diffedit_gemm_bf16_geglu(size_t m, size_t n, size_t k, const float *a, size_t ars, size_t acs, const uint32_t *pb,
+                             float *c, size_t ldc, const float *bias_h, const float *bias_g, int emulate);
 
 /// 32-bit units of a rows × k weight packed as `role` (0: the left operand A; 1: the right one, transposed).
 size_t diffedit_bf16_packed_units(int role, size_t rows, size_t k);

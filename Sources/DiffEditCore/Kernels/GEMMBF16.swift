@@ -87,6 +87,36 @@ enum GEMMBF16 {
     }
 }
 
+extension GEMMBF16 {
+    /// out = GEGLU(X·Wᵀ + bias) (`diffedit_gemm_bf16_geglu`): X is m × k (row stride lda), the
+    /// weight (2d × k, value rows then gate rows) packed with `WeightMatrix.packedBF16GEGLU`, out
+    /// m × d (row stride ldc); bias the layer's 2d-long one, or nil. Split between threads by
+    /// rows (12 at a time) or by panels of 16 outputs. false when the packing buffers could not
+    /// be allocated.
+    static func gemmGEGLU(threads: Int, m: Int, d: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                          packed: UnsafePointer<UInt32>, bias: UnsafePointer<Float>?,
+                          c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
+        let n = 2 * d, units = (k + 1) / 2
+        func run(_ rows: Range<Int>, _ cols: Range<Int>) -> Int32 {   // cols: of the 2d-wide product
+            diffedit_gemm_bf16_geglu(rows.count, cols.count, k, a + rows.lowerBound * lda, lda, 1,
+                                     packed + cols.lowerBound * units, c + rows.lowerBound * ldc + cols.lowerBound / 2, ldc,
+                                     bias.map { $0 + cols.lowerBound / 2 }, bias.map { $0 + d + cols.lowerBound / 2 }, 0)
+        }
+        let byRows = m >= d
+        let extent = byRows ? m : n, unit = byRows ? 12 : 32
+        let parts = max(1, min(threads, extent / (2 * unit)))
+        if parts == 1 { return run(0..<m, 0..<n) == 0 }
+        let size = ((extent + parts - 1) / parts + unit - 1) / unit * unit
+        return withUnsafeTemporaryAllocation(of: Int32.self, capacity: parts) { statuses in
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                let lo = min(extent, p * size), hi = min(extent, lo + size)
+                statuses[p] = lo < hi ? (byRows ? run(lo..<hi, 0..<n) : run(0..<m, lo..<hi)) : 0
+            }
+            return statuses.allSatisfy { $0 == 0 }
+        }
+    }
+}
+
 /// A bias the bf16 kernel adds as it writes C (one addition per element, where writing it into C
 /// first and multiplying with beta 1 would make the same one, and a pass over C): `values[i]` on
 /// row i of C, or with `perColumn` `values[j]` on column j.
@@ -105,8 +135,9 @@ enum WeightRole: Int32 { case left = 0, right = 1 }
 /// One per stored matrix, shared by every `WeightMatrix` view of it; building is locked, reading is
 /// not (a pack never changes once made).
 final class PackedBF16: @unchecked Sendable {
-    /// What is packed: the matrix as A or B, or F(4×4, 3×3)'s planes U_ξ, each as A.
-    enum Form: Hashable { case matrix(WeightRole), winograd4 }
+    /// What is packed: the matrix as A or B, F(4×4, 3×3)'s planes U_ξ, each as A, or a GEGLU
+    /// projection as B with its value and gate rows interleaved by 16 (`packedBF16GEGLU`).
+    enum Form: Hashable { case matrix(WeightRole), winograd4, geglu }
 
     private let lock = NSLock()
     private var made: [Form: (units: UnsafeMutablePointer<UInt32>, count: Int, rows: Int, columns: Int)] = [:]
@@ -153,9 +184,29 @@ extension WeightMatrix {
     /// At `precision` bf16 (with `KernelPolicy.packsWeightsBF16`), this model weight (rows × columns)
     /// packed once as `role`; nil at f32, or for a matrix made for one call.
     func packedBF16(_ ctx: ComputeContext, role: WeightRole, rows: Int, columns: Int) -> UnsafePointer<UInt32>? {
+        pack(ctx, .matrix(role), role: role, rows: rows, columns: columns) { $0 }
+    }
+
+    /// A GEGLU projection (rows 2d × columns: the value half's rows, then the gate half's) packed
+    /// once for `GEMMBF16.gemmGEGLU`: as B, each panel of 32 rows holding 16 value rows and the
+    /// same 16 gate rows, so that one register tile has both halves of 16 outputs. nil where
+    /// `packedBF16` would be, or when d is not a multiple of 16.
+    func packedBF16GEGLU(_ ctx: ComputeContext, rows: Int, columns: Int) -> UnsafePointer<UInt32>? {
+        let d = rows / 2
+        guard rows % 32 == 0 else { return nil }
+        return pack(ctx, .geglu, role: .right, rows: rows, columns: columns) { r in
+            let panel = r / 32, x = r % 32
+            return x < 16 ? 16 * panel + x : d + 16 * panel + x - 16
+        }
+    }
+
+    /// The packing `form` of this weight as `role`, row r of the packed matrix being stored row
+    /// `source(r)`.
+    private func pack(_ ctx: ComputeContext, _ form: PackedBF16.Form, role: WeightRole, rows: Int, columns: Int,
+                      source: (Int) -> Int) -> UnsafePointer<UInt32>? {
         guard ctx.policy.precision == .bf16, ctx.policy.packsWeightsBF16, let packs else { return nil }
         let count = Int(diffedit_bf16_packed_units(role.rawValue, rows, columns))
-        return packs.units(.matrix(role), rows: rows, columns: columns, count: count) { units in
+        return packs.units(form, rows: rows, columns: columns, count: count) { units in
             // Whole panels (12 or 32 rows) per worker, widened to f32 in scratch first when 16-bit.
             let panel = role == .left ? 12 : 32
             let panels = (rows + panel - 1) / panel
@@ -168,7 +219,7 @@ extension WeightMatrix {
                     while part < parts {
                         let r0 = part * perPart * panel, r1 = min(rows, r0 + perPart * panel)
                         let block = scratch + w * perPart * panel * columns
-                        for r in r0..<r1 { widenRow(r, ld: columns, columns: 0..<columns, into: block + (r - r0) * columns) }
+                        for r in r0..<r1 { widenRow(source(r), ld: columns, columns: 0..<columns, into: block + (r - r0) * columns) }
                         diffedit_bf16_pack_weight(role.rawValue, block, columns, rows, columns, r0, r1, units)
                         part += workers
                     }

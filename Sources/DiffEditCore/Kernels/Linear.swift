@@ -18,6 +18,20 @@ public enum Linear {
         }
     }
 
+    /// GEGLU over this linear's output at once, out = h · gelu(g) for [h | g] = x·Wᵀ + bias (d =
+    /// outFeatures / 2 columns, row stride d): at bf16 with the weight packed once
+    /// (`WeightMatrix.packedBF16GEGLU`), one product whose register tiles hold both halves of 16
+    /// outputs, so the 2d-wide product is never written. false, with nothing written, where that
+    /// does not apply (the caller runs `forward` and `Pointwise.geglu`, the same arithmetic).
+    static func forwardGEGLU(_ ctx: ComputeContext, x: UnsafePointer<Float>, rows: Int, inFeatures: Int,
+                             weight: WeightMatrix, bias: UnsafePointer<Float>?, outFeatures: Int,
+                             out: UnsafeMutablePointer<Float>) -> Bool {
+        guard outFeatures % 32 == 0,
+              let packed = weight.packedBF16GEGLU(ctx, rows: outFeatures, columns: inFeatures) else { return false }
+        return GEMMBF16.gemmGEGLU(threads: ctx.threads, m: rows, d: outFeatures / 2, k: inFeatures, a: x, lda: inFeatures,
+                                  packed: packed, bias: bias, c: out, ldc: outFeatures / 2)
+    }
+
     /// The product read from NCHW channels: x [b, inFeatures, pixels] → tokens
     /// [b, pixels, outFeatures] (the permute to tokens folded into the product:
     /// tokens[i] = x[i]ᵀ·Wᵀ + bias).

@@ -71,6 +71,24 @@ struct LinearLayer {
         return y
     }
 
+    /// GEGLU of this projection ([h | g] = x·Wᵀ + b, out/2 wide each) as one product where the
+    /// kernel can (`Linear.forwardGEGLU`: bf16, weights packed once, no LoRA); nil elsewhere.
+    func geglu(_ x: Activation, _ ctx: ComputeContext) -> Activation? {
+        guard lowRank == nil, ctx.policy.precision == .bf16, x.shape.last == inFeatures else { return nil }
+        let rows = x.count / inFeatures
+        var shape = x.shape
+        shape[shape.count - 1] = outFeatures / 2
+        let y = ctx.activation(shape)
+        let matrix = weight.matrix
+        let done = ctx.measure("linear") {
+            Linear.forwardGEGLU(ctx, x: x.pointer, rows: rows, inFeatures: inFeatures, weight: matrix,
+                                bias: bias?.pointer, outFeatures: outFeatures, out: y.pointer)
+        }
+        guard done else { return nil }
+        ctx.countMACs(rows * inFeatures * outFeatures)
+        return y
+    }
+
     /// The same product read from NCHW channels: x [B, C = in, H, W] → tokens [B, H·W, out]
     /// (the permute to tokens folded into the product: tokens[b] = x[b]ᵀ·Wᵀ + bias).
     func fromChannels(_ x: Activation, _ ctx: ComputeContext) -> Activation {

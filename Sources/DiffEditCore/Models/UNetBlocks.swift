@@ -28,15 +28,22 @@ struct BasicTransformerBlock {
         Pointwise.add(ctx, x.pointer, a1.pointer, count: x.count)
         let a2 = attn2(norm2(x, ctx), encoder: encoder, store: store, ctx)
         Pointwise.add(ctx, x.pointer, a2.pointer, count: x.count)
-        let h = ffIn(norm3(x, ctx), ctx)
+        let f = ffOut(feedForwardGEGLU(norm3(x, ctx), ctx), ctx)
+        Pointwise.add(ctx, x.pointer, f.pointer, count: x.count)
+    }
+
+    /// GEGLU(ff.net.0.proj(n)): in one product where the kernel can (bf16), else the product
+    /// then the gate.
+    private func feedForwardGEGLU(_ n: Activation, _ ctx: ComputeContext) -> Activation {
+        if let g = ffIn.geglu(n, ctx) { return g }
+        let h = ffIn(n, ctx)
         let d = ffOut.inFeatures
         let rows = h.count / (2 * d)
         var gs = h.shape
         gs[gs.count - 1] = d
         let g = ctx.activation(gs)
         ctx.measure("geglu") { Pointwise.geglu(ctx, h.pointer, rows: rows, d: d, out: g.pointer) }
-        let f = ffOut(g, ctx)
-        Pointwise.add(ctx, x.pointer, f.pointer, count: x.count)
+        return g
     }
 }
 

@@ -187,6 +187,52 @@ final class GEMMBF16Tests: XCTestCase {
         }
     }
 
+    /// GEGLU's product with its value and gate rows interleaved by 16 in the packed weight
+    /// (`diffedit_gemm_bf16_geglu`) gives the bits of the plain product with its bias, then
+    /// `diffedit_geglu`: emulated everywhere, on vdpbf16ps where present; odd row counts, K over
+    /// one block of the plain product (which then sums over K blocks), no bias, and threads'
+    /// column offsets (whole panels of 16 outputs).
+    func testGEGLUProductGivesTheBitsOfProductThenGate() {
+        let paths: [Int32] = Precision.bf16Available ? [1, 0] : [1]
+        var rng = Lcg(state: 53)
+        for (m, d, k, withBias) in [(13, 16, 40, true), (30, 48, 800, true), (5, 32, 7, false)] {
+            let x = rng.array(m * k), w = rng.array(2 * d * k), bias = rng.array(2 * d)
+            // W' rows: panel q = value rows 16q…16q+15, then gate rows d + 16q….
+            var permuted = [Float](repeating: 0, count: 2 * d * k)
+            for r in 0..<(2 * d) {
+                let q = r / 32, i = r % 32, src = i < 16 ? 16 * q + i : d + 16 * q + i - 16
+                for l in 0..<k { permuted[r * k + l] = w[src * k + l] }
+            }
+            var pb = [UInt32](repeating: 0, count: Int(diffedit_bf16_packed_units(1, 2 * d, k)))
+            diffedit_bf16_pack_weight(1, permuted, k, 2 * d, k, 0, 2 * d, &pb)
+            var plain = [UInt32](repeating: 0, count: Int(diffedit_bf16_packed_units(1, 2 * d, k)))
+            diffedit_bf16_pack_weight(1, w, k, 2 * d, k, 0, 2 * d, &plain)
+            for emulate in paths {
+                var projected = [Float](repeating: 0, count: m * 2 * d), want = [Float](repeating: 0, count: m * d)
+                bias.withUnsafeBufferPointer { bp in
+                    XCTAssertEqual(diffedit_gemm_bf16_packed(m, 2 * d, k, 1, x, k, 1, nil, nil, 1, k, plain, 0, &projected, 2 * d,
+                                                             withBias ? bp.baseAddress : nil, 1, emulate), 0)
+                }
+                diffedit_geglu(projected, m, d, &want)
+                var got = [Float](repeating: .nan, count: m * d)
+                bias.withUnsafeBufferPointer { bp in
+                    XCTAssertEqual(diffedit_gemm_bf16_geglu(m, 2 * d, k, x, k, 1, pb, &got, d, withBias ? bp.baseAddress : nil,
+                                                            withBias ? bp.baseAddress! + d : nil, emulate), 0)
+                }
+                XCTAssertEqual(got.map(\.bitPattern), want.map(\.bitPattern), "GEGLU \(m)×\(d)×\(k) emulate \(emulate)")
+                if d > 16 {  // the outputs from 16 on, as a second worker computes them
+                    var part = [Float](repeating: .nan, count: m * d)
+                    pb.withUnsafeBufferPointer { p in bias.withUnsafeBufferPointer { bp in part.withUnsafeMutableBufferPointer { o in
+                        XCTAssertEqual(diffedit_gemm_bf16_geglu(m, 2 * d - 32, k, x, k, 1, p.baseAddress! + 32 * ((k + 1) / 2),
+                                                                o.baseAddress! + 16, d, withBias ? bp.baseAddress! + 16 : nil,
+                                                                withBias ? bp.baseAddress! + d + 16 : nil, emulate), 0)
+                    } } }
+                    for i in 0..<m { for j in 16..<d { XCTAssertEqual(part[i * d + j].bitPattern, want[i * d + j].bitPattern) } }
+                }
+            }
+        }
+    }
+
     /// Model layers at bf16 with their weights packed once give the bits of the same layers packed
     /// per product: a linear layer (weight on the right), a 1×1 and a 3×3 convolution (on the left),
     /// through checkpoint-like 16-bit parameters, twice (the second call reads the kept packing).
@@ -218,6 +264,31 @@ final class GEMMBF16Tests: XCTestCase {
         XCTAssertEqual(linear(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "linear, packing made")
         XCTAssertEqual(lin.storage.packs.forms, [.matrix(.right)], "the linear weight was packed, as B")
         XCTAssertEqual(linear(packedCtx).map(\.bitPattern), want.map(\.bitPattern), "linear, packing kept")
+        // GEGLU's projection, 70 tokens, 96 → 2 × 64 (value rows, then gate rows), in one fused
+        // product: the bits of the product (per product) then Pointwise.geglu.
+        let ff = Parameter(shape: [128, 96], bits: .f16)
+        let fw = rng.array(128 * 96)
+        let fh = ff.storage.raw.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<fw.count { fh[i] = Float16(fw[i]).bitPattern }
+        let fx = rng.array(70 * 96), fb = rng.array(128)
+        var wantG = [Float](repeating: 0, count: 70 * 64), projected = [Float](repeating: 0, count: 70 * 128)
+        fx.withUnsafeBufferPointer { xp in fb.withUnsafeBufferPointer { bp in
+            Linear.forward(perProduct, x: xp.baseAddress!, rows: 70, inFeatures: 96, weight: ff.matrix, bias: bp.baseAddress!,
+                           outFeatures: 128, out: &projected)
+            XCTAssertFalse(Linear.forwardGEGLU(perProduct, x: xp.baseAddress!, rows: 70, inFeatures: 96, weight: ff.matrix,
+                                               bias: bp.baseAddress!, outFeatures: 128, out: &wantG),
+                           "without weights packed once there is no fused product")
+        } }
+        Pointwise.geglu(perProduct, projected, rows: 70, d: 64, out: &wantG)
+        for _ in 0..<2 {
+            var got = [Float](repeating: .nan, count: 70 * 64)
+            fx.withUnsafeBufferPointer { xp in fb.withUnsafeBufferPointer { bp in
+                XCTAssertTrue(Linear.forwardGEGLU(packedCtx, x: xp.baseAddress!, rows: 70, inFeatures: 96, weight: ff.matrix,
+                                                  bias: bp.baseAddress!, outFeatures: 128, out: &got))
+            } }
+            XCTAssertEqual(got.map(\.bitPattern), wantG.map(\.bitPattern), "GEGLU fused")
+        }
+        XCTAssertEqual(ff.storage.packs.forms, [.geglu], "the projection was packed with its halves interleaved")
         // Convolutions 48 → 40 channels on 2 images of 9 × 11.
         for kernel in [1, 3] {
             let conv = Parameter(shape: [40, 48, kernel, kernel], bits: .f16)
