@@ -69,9 +69,14 @@ enum GEMMBF16 {
                                       bias.map { $0.values + ($0.perColumn ? cols.lowerBound : rows.lowerBound) },
                                       bias?.perColumn == true ? 1 : 0, 0)
         }
-        // Work split in multiples of the kernel's register tile (12 rows × 32 columns), which
-        // are the panels of packed weights too.
-        let byRows = m >= n
+        return split(threads: threads, m: m, n: n, byRows: m >= n, run)
+    }
+
+    /// Runs `run(rows, columns)` on parts of an m × n product, split between `threads` workers by
+    /// rows or by columns in multiples of the kernel's register tile (12 rows × 32 columns), which
+    /// are the panels of packed weights too. false when a part failed.
+    private static func split(threads: Int, m: Int, n: Int, byRows: Bool,
+                              _ run: (Range<Int>, Range<Int>) -> Int32) -> Bool {
         let extent = byRows ? m : n, unit = byRows ? 12 : 32
         let parts = max(1, min(threads, extent / (2 * unit)))
         if parts == 1 { return run(0..<m, 0..<n) == 0 }
@@ -102,18 +107,7 @@ extension GEMMBF16 {
                                      packed + cols.lowerBound * units, c + rows.lowerBound * ldc + cols.lowerBound / 2, ldc,
                                      bias.map { $0 + cols.lowerBound / 2 }, bias.map { $0 + d + cols.lowerBound / 2 }, 0)
         }
-        let byRows = m >= d
-        let extent = byRows ? m : n, unit = byRows ? 12 : 32
-        let parts = max(1, min(threads, extent / (2 * unit)))
-        if parts == 1 { return run(0..<m, 0..<n) == 0 }
-        let size = ((extent + parts - 1) / parts + unit - 1) / unit * unit
-        return withUnsafeTemporaryAllocation(of: Int32.self, capacity: parts) { statuses in
-            DispatchQueue.concurrentPerform(iterations: parts) { p in
-                let lo = min(extent, p * size), hi = min(extent, lo + size)
-                statuses[p] = lo < hi ? (byRows ? run(lo..<hi, 0..<n) : run(0..<m, lo..<hi)) : 0
-            }
-            return statuses.allSatisfy { $0 == 0 }
-        }
+        return split(threads: threads, m: m, n: n, byRows: m >= d, run)
     }
 }
 
