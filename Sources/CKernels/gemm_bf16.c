@@ -316,3 +316,91 @@ int diffedit_gemm_bf16_geglu(size_t m, size_t n, size_t k, const float *a, size_
     }
     return 0;
 }
+
+/* The unfolded images' value B(l, j) (as Conv2D.unfold writes it), 0 outside the image. */
+static inline float im2col_value(const float *x, size_t c, size_t h, size_t w, size_t kh, size_t kw, size_t stride,
+                                 size_t pt, size_t pl, size_t oh, size_t ow, size_t l, size_t j) {
+    size_t taps = kh * kw, ci = l / taps, ky = l % taps / kw, kx = l % kw;
+    size_t img = j / (oh * ow), q = j % (oh * ow);
+    long iy = (long)(q / ow * stride + ky) - (long)pt, ix = (long)(q % ow * stride + kx) - (long)pl;
+    if (iy < 0 || ix < 0 || iy >= (long)h || ix >= (long)w) return 0;
+    return x[((img * c + ci) * h + (size_t)iy) * w + (size_t)ix];
+}
+
+#if defined(__x86_64__)
+/* Panels of 32 columns at once: per tap, the 32 columns' element offsets and which lie inside the
+ * image; then per pair of K rows two 16-lane gathers each, rounded as `pack` rounds. */
+__attribute__((target("avx512f")))
+static void pack_im2col_avx512(const float *x, size_t c, size_t h, size_t w, size_t kh, size_t kw, size_t stride,
+                               size_t pt, size_t pl, size_t oh, size_t ow, size_t columns, size_t j0, size_t j1,
+                               uint32_t *out) {
+    size_t taps = kh * kw, k = c * taps, kp = (k + 1) / 2, plane = oh * ow;
+    for (size_t j = j0; j < j1; j += NR) {
+        uint32_t *o = out + j / NR * kp * NR;
+        int32_t base[NR], iy0[NR], ix0[NR];
+        for (size_t r = 0; r < NR; r++) {
+            size_t jj = j + r < columns ? j + r : columns - 1, img = jj / plane, q = jj % plane;
+            base[r] = (int32_t)(img * c * h * w);
+            iy0[r] = j + r < columns ? (int32_t)(q / ow * stride) - (int32_t)pt : -(1 << 20);  /* never inside */
+            ix0[r] = (int32_t)(q % ow * stride) - (int32_t)pl;
+        }
+        __m512i vb[2], vy[2], vx[2];
+        for (int g = 0; g < 2; g++) {
+            vb[g] = _mm512_loadu_si512(base + 16 * g);
+            vy[g] = _mm512_loadu_si512(iy0 + 16 * g);
+            vx[g] = _mm512_loadu_si512(ix0 + 16 * g);
+        }
+        for (size_t p = 0; p < kp; p++) {
+            bf16_vu32 half[2][2];    /* [lo/hi][16 lanes] */
+            for (int e = 0; e < 2; e++) {
+                size_t l = 2 * p + e;
+                for (int g = 0; g < 2; g++) {
+                    __m512 v = _mm512_setzero_ps();
+                    if (l < k) {
+                        size_t ci = l / taps, ky = l % taps / kw, kx = l % kw;
+                        __m512i iy = _mm512_add_epi32(vy[g], _mm512_set1_epi32((int32_t)ky));
+                        __m512i ix = _mm512_add_epi32(vx[g], _mm512_set1_epi32((int32_t)kx));
+                        __mmask16 in = _mm512_cmpge_epi32_mask(iy, _mm512_setzero_si512())
+                                     & _mm512_cmplt_epi32_mask(iy, _mm512_set1_epi32((int32_t)h))
+                                     & _mm512_cmpge_epi32_mask(ix, _mm512_setzero_si512())
+                                     & _mm512_cmplt_epi32_mask(ix, _mm512_set1_epi32((int32_t)w));
+                        __m512i off = _mm512_add_epi32(_mm512_add_epi32(vb[g], _mm512_set1_epi32((int32_t)(ci * h * w))),
+                                                       _mm512_add_epi32(_mm512_mullo_epi32(iy, _mm512_set1_epi32((int32_t)w)), ix));
+                        v = _mm512_mask_i32gather_ps(v, in, off, x, 4);
+                    }
+                    memcpy(&half[e][g], &v, sizeof v);
+                }
+            }
+            for (int g = 0; g < 2; g++) {
+                bf16_vu32 u = bf16_rne16(half[0][g]) | (bf16_rne16(half[1][g]) << 16);
+                memcpy(o + p * NR + 16 * g, &u, sizeof u);
+            }
+        }
+    }
+}
+#endif
+
+void diffedit_bf16_pack_im2col(const float *x, size_t images, size_t c, size_t h, size_t w, size_t kh, size_t kw,
+                               size_t stride, size_t pt, size_t pl, size_t oh, size_t ow, size_t j0, size_t j1,
+                               uint32_t *out) {
+    size_t columns = images * oh * ow, k = c * kh * kw, kp = (k + 1) / 2;
+    if (j1 > columns) j1 = columns;
+#if defined(__x86_64__)
+    /* Offsets as 32-bit lanes: the images' elements must fit. */
+    if (__builtin_cpu_supports("avx512f") && images * c * h * w < (size_t)1 << 31) {
+        pack_im2col_avx512(x, c, h, w, kh, kw, stride, pt, pl, oh, ow, columns, j0, j1, out);
+        return;
+    }
+#endif
+    for (size_t j = j0; j < j1; j += NR) {
+        uint32_t *o = out + j / NR * kp * NR;
+        for (size_t p = 0; p < kp; p++)
+            for (size_t r = 0; r < NR; r++) {
+                size_t jj = j + r;
+                float lo = jj < columns ? im2col_value(x, c, h, w, kh, kw, stride, pt, pl, oh, ow, 2 * p, jj) : 0;
+                float hi = jj < columns && 2 * p + 1 < k
+                               ? im2col_value(x, c, h, w, kh, kw, stride, pt, pl, oh, ow, 2 * p + 1, jj) : 0;
+                o[p * NR + r] = bf16_pair(lo, hi);
+            }
+    }
+}

@@ -80,6 +80,16 @@ int diffedit_gemm_bf16_packed(size_t m, size_t n, size_t k, float alpha, const f
 int diffedit_gemm_bf16_geglu(size_t m, size_t n, size_t k, const float *a, size_t ars, size_t acs, const uint32_t *pb,
                              float *c, size_t ldc, const float *bias_h, const float *bias_g, int emulate);
 
+/// The B operand of a convolution's product over `images` images [c, h, w] (kernel kh × kw,
+/// `stride`, top and left padding pt and pl, output oh × ow), packed as diffedit_gemm_bf16_packed
+/// takes a B packed once (role 1's layout): B(l, j) = x[i][ci][oy·stride + ky − pt][ox·stride + kx
+/// − pl], 0 outside the image, for l = (ci·kh + ky)·kw + kx and j = (i·oh + oy)·ow + ox — the
+/// values Conv2D.unfold writes, rounded to bf16 pairs along l, without the unfolded copy. Columns
+/// [j0, j1) only, j0 a multiple of 32 (threads split the panels); `out` is the whole operand.
+void diffedit_bf16_pack_im2col(const float *x, size_t images, size_t c, size_t h, size_t w, size_t kh, size_t kw,
+                               size_t stride, size_t pt, size_t pl, size_t oh, size_t ow, size_t j0, size_t j1,
+                               uint32_t *out);
+
 /// 32-bit units of a rows × k weight packed as `role` (0: the left operand A; 1: the right one, transposed).
 size_t diffedit_bf16_packed_units(int role, size_t rows, size_t k);
 

@@ -233,6 +233,38 @@ final class GEMMBF16Tests: XCTestCase {
         }
     }
 
+    /// The unfolded images packed straight from the images (`diffedit_bf16_pack_im2col`) are the
+    /// units of unfolding them (`Conv2D.unfold`) and packing the copy as a B operand: 3×3 with
+    /// padding 1, stride 2 with the VAE encoder's padding, 1×1, a last panel part empty, and two
+    /// threads' panel ranges.
+    func testImagesPackedAsTheirUnfoldedColumns() {
+        var rng = Lcg(state: 61)
+        for (n, c, h, w, kernel, stride, pad) in [(2, 5, 7, 9, 3, 1, Conv2D.Padding.same(1)),
+                                                  (3, 4, 8, 8, 3, 2, Conv2D.Padding(top: 0, bottom: 1, left: 0, right: 1)),
+                                                  (1, 9, 6, 5, 1, 1, Conv2D.Padding.same(0))] {
+            let x = rng.array(n * c * h * w).map { $0 * 3 }
+            let (oh, ow) = Conv2D.outputSize(h: h, w: w, kernel: (kernel, kernel), stride: stride, padding: pad)
+            let columns = n * oh * ow, k = c * kernel * kernel
+            var cols = [Float](repeating: .nan, count: k * columns)
+            x.withUnsafeBufferPointer { xp in
+                Conv2D.unfold(ComputeContext(threads: 1), x: xp.baseAddress!, images: n, c: c, h: h, w: w,
+                              kernel: (kernel, kernel), stride: stride, padding: pad, rows: 0..<oh, ow: ow, into: &cols, ld: columns)
+            }
+            var transposed = [Float](repeating: 0, count: columns * k)
+            for l in 0..<k { for j in 0..<columns { transposed[j * k + l] = cols[l * columns + j] } }
+            let count = Int(diffedit_bf16_packed_units(1, columns, k))
+            var want = [UInt32](repeating: 0, count: count), got = [UInt32](repeating: 0xFFFF_FFFF, count: count)
+            diffedit_bf16_pack_weight(1, transposed, k, columns, k, 0, columns, &want)
+            let split = min(columns, 32)
+            x.withUnsafeBufferPointer { xp in
+                diffedit_bf16_pack_im2col(xp.baseAddress!, n, c, h, w, kernel, kernel, stride, pad.top, pad.left, oh, ow, 0, split, &got)
+                diffedit_bf16_pack_im2col(xp.baseAddress!, n, c, h, w, kernel, kernel, stride, pad.top, pad.left, oh, ow, split,
+                                          (columns + 31) / 32 * 32, &got)
+            }
+            XCTAssertEqual(got, want, "\(kernel)×\(kernel)/\(stride) \(n)×\(c)×\(h)×\(w)")
+        }
+    }
+
     /// Model layers at bf16 with their weights packed once give the bits of the same layers packed
     /// per product: a linear layer (weight on the right), a 1×1 and a 3×3 convolution (on the left),
     /// through checkpoint-like 16-bit parameters, twice (the second call reads the kept packing).
