@@ -156,23 +156,24 @@ public enum Conv2D {
         let pixels = oh * ow, k = c * kernel.0 * kernel.1
         let group = max(1, min(n, ctx.policy.smallColumnBudget / max(1, k * pixels)))
         let ws = ctx.workspace
-        ws.withScratch(k * group * pixels) { cols in
-            ws.withScratch(o * group * pixels) { y in
-                var b0 = 0
-                while b0 < n {
-                    let g = min(group, n - b0), columns = g * pixels
-                    // The bias comes with the scatter below.
-                    let xg = x + b0 * c * h * w
-                    if let packed = weight.packedBF16(ctx, role: .left, rows: o, columns: k),
-                       productFromImages(ctx, x: xg, images: g, c: c, h: h, w: w, kernel: kernel, stride: stride,
-                                         padding: padding, packedWeight: packed, outChannels: o, into: y) {
-                        // bf16, weight packed once: no unfolded copy.
-                    } else {
+        ws.withScratch(o * group * pixels) { y in
+            var b0 = 0
+            while b0 < n {
+                let g = min(group, n - b0), columns = g * pixels
+                // The bias comes with the scatter below.
+                let xg = x + b0 * c * h * w
+                if let packed = weight.packedBF16(ctx, role: .left, rows: o, columns: k),
+                   productFromImages(ctx, x: xg, images: g, c: c, h: h, w: w, kernel: kernel, stride: stride,
+                                     padding: padding, packedWeight: packed, outChannels: o, into: y) {
+                    // bf16, weight packed once: no unfolded copy.
+                } else {
+                    // The unfolded copy only here (the bf16 form above packs from the images).
+                    ws.withScratch(k * group * pixels) { cols in
                         unfold(ctx, x: xg, images: g, c: c, h: h, w: w, kernel: kernel, stride: stride,
                                padding: padding, rows: 0..<oh, ow: ow, into: cols, ld: columns)
                         if weight.streams(ctx, rows: o, columns: columns) {
-                            weight.stream(ctx, rows: o, k: k, n: columns, x: cols, xj: 1, xl: columns, into: y, ci: columns,
-                                          cj: 1, onto: .empty)
+                            weight.stream(ctx, rows: o, k: k, n: columns, x: cols, xj: 1, xl: columns, into: y,
+                                          ci: columns, cj: 1, onto: .empty)
                         } else {
                             weight.accumulate(ctx, rows: o, columns: k, into: y, onto: .empty, as: .left) { kr, wk, beta in
                                 ctx.gemm(m: o, n: columns, k: kr.count, weight: wk, b: cols + kr.lowerBound * columns,
@@ -180,17 +181,17 @@ public enum Conv2D {
                             }
                         }
                     }
-                    ctx.parallelRanges(o, minChunk: 16) { range in
-                        for oi in range {
-                            let bv = bias?[oi] ?? 0
-                            for i in 0..<g {
-                                let s = y + oi * columns + i * pixels, d = out + ((b0 + i) * o + oi) * pixels
-                                for p in 0..<pixels { d[p] = s[p] + bv }
-                            }
+                }
+                ctx.parallelRanges(o, minChunk: 16) { range in
+                    for oi in range {
+                        let bv = bias?[oi] ?? 0
+                        for i in 0..<g {
+                            let s = y + oi * columns + i * pixels, d = out + ((b0 + i) * o + oi) * pixels
+                            for p in 0..<pixels { d[p] = s[p] + bv }
                         }
                     }
-                    b0 += g
                 }
+                b0 += g
             }
         }
     }

@@ -74,7 +74,9 @@ struct LinearLayer {
     /// GEGLU of this projection ([h | g] = x·Wᵀ + b, out/2 wide each) as one product where the
     /// kernel can (`Linear.forwardGEGLU`: bf16, weights packed once, no LoRA); nil elsewhere.
     func geglu(_ x: Activation, _ ctx: ComputeContext) -> Activation? {
-        guard lowRank == nil, ctx.policy.precision == .bf16, x.shape.last == inFeatures else { return nil }
+        // Only where the fused product can run: no activation taken for nothing.
+        guard lowRank == nil, ctx.policy.precision == .bf16, ctx.policy.packsWeightsBF16, outFeatures % 32 == 0,
+              x.shape.last == inFeatures else { return nil }
         let rows = x.count / inFeatures
         var shape = x.shape
         shape[shape.count - 1] = outFeatures / 2
